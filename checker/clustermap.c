@@ -1,0 +1,48 @@
+/*
+ * Per-host-cluster maps: computed refcounts (saturating dense counters) and
+ * bitsets. Sized by the real file, never by header claims, and charged to
+ * the context's memory limit.
+ */
+#include "ctx.h"
+
+bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters, unsigned refcount_bits)
+{
+    map->clusters = clusters;
+    /* Counters must be able to exceed refcount_max so overflow shows. */
+    map->width = refcount_bits < 16 ? 2 : 4;
+    uint64_t bytes;
+    if (!qc_mul_ok(clusters, map->width, &bytes))
+        bytes = UINT64_MAX;
+    map->counts = qc_alloc(ctx, bytes, "computed refcount map");
+    return map->counts != NULL;
+}
+
+static uint64_t refmap_saturation(const qc_refmap *map)
+{
+    return map->width == 2 ? UINT16_MAX : UINT32_MAX;
+}
+
+void qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n)
+{
+    uint64_t max = refmap_saturation(map);
+    if (map->width == 2) {
+        uint16_t *c = (uint16_t *)map->counts + cluster;
+        *c = (uint16_t)(n >= max - *c ? max : *c + n);
+    } else {
+        uint32_t *c = (uint32_t *)map->counts + cluster;
+        *c = (uint32_t)(n >= max - *c ? max : *c + n);
+    }
+}
+
+uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
+{
+    return map->width == 2 ? ((const uint16_t *)map->counts)[cluster]
+                           : ((const uint32_t *)map->counts)[cluster];
+}
+
+bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits)
+{
+    set->bits = bits;
+    set->words = qc_alloc(ctx, qc_div_round_up(bits, 64) * 8, "cluster bitmap");
+    return set->words != NULL;
+}

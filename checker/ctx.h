@@ -1,0 +1,210 @@
+/*
+ * The check context: the one struct that flows through every pass.
+ *
+ * Pass order and what each leaves here (see docs/passes.md):
+ *   header     -> hdr, geo, file_clusters, extension facts, feature flags
+ *   snapshots  -> snapshots[] (with a "follow" verdict each)
+ *   reftable   -> reftable[] (entry verdicts), refblock extents
+ *   bitmaps    -> bitmap directory/table/data extents
+ *   mapping    -> L1 and L2 extents, computed refcounts, statistics
+ *   compare    -> leaks, corruptions, COPIED verdicts, image end offset
+ */
+#ifndef QC_CTX_H
+#define QC_CTX_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "../layout/format.h"
+#include "qcheck.h"
+
+#define QC_ACTIVE ((uint32_t)-1) /* "snapshot index" of the active L1 */
+#define QC_REPORT_CAP 20        /* findings shown per problem; the rest are counted */
+
+/* What owns a host cluster, for overlap detection and messages. */
+typedef enum qc_owner {
+    QC_OWN_HEADER,
+    QC_OWN_L1,
+    QC_OWN_L2,
+    QC_OWN_REFTABLE,
+    QC_OWN_REFBLOCK,
+    QC_OWN_SNAPSHOT_TABLE,
+    QC_OWN_BITMAP_DIRECTORY,
+    QC_OWN_BITMAP_TABLE,
+    QC_OWN_BITMAP_DATA,
+    QC_OWN_CRYPTO_HEADER,
+} qc_owner;
+
+/* One metadata structure occupying [start, start + length). */
+typedef struct qc_extent {
+    uint64_t start;
+    uint64_t length;
+    qc_owner owner;
+    uint32_t index;  /* snapshot / bitmap / reftable index, QC_ACTIVE for active */
+    uint32_t index2; /* L1 index for L2 tables */
+    bool conflicted; /* overlaps a more trusted structure: not followed */
+} qc_extent;
+
+/* A snapshot, after validation. */
+typedef struct qc_snapshot {
+    qc_snapshot_entry entry; /* id/name point into snap_table_buf */
+    uint64_t table_offset;   /* where the entry starts in the image */
+    bool follow;             /* its L1 table is valid and will be walked */
+} qc_snapshot;
+
+/* One reference from an L1 entry to an L2 table. */
+typedef struct qc_l2_ref {
+    uint64_t l2_offset;
+    uint32_t snapshot; /* QC_ACTIVE or snapshot index */
+    uint32_t l1_index;
+    bool copied; /* bit 63 of the L1 entry */
+} qc_l2_ref;
+
+/* One distinct L2 table, with how many L1 entries reference it. */
+typedef struct qc_l2_table {
+    uint64_t offset;
+    uint32_t refs;
+    uint32_t active_refs;
+    size_t first_ref; /* index into l2_refs of the first reference */
+} qc_l2_table;
+
+/* A dense counter per host cluster: the computed refcounts. Counters are
+ * 16 bits wide for refcounts narrower than 16 bits and 32 bits otherwise,
+ * so a count above refcount_max is always visible; they saturate. */
+typedef struct qc_refmap {
+    uint64_t clusters;
+    unsigned width; /* bytes per counter: 2 or 4 */
+    void *counts;
+} qc_refmap;
+
+typedef struct qc_bitset {
+    uint64_t bits;
+    uint64_t *words;
+} qc_bitset;
+
+typedef struct qc_ctx {
+    qc_io *io;
+    const qc_options *opts;
+    qc_result *res;
+    uint64_t file_size;
+    uint64_t mem_used;
+    uint64_t mem_limit;
+
+    /* header pass */
+    uint8_t *cluster0; /* the first cluster (or the whole file if shorter) */
+    size_t cluster0_len;
+    qc_header hdr;
+    qc_geometry geo;
+    uint64_t file_clusters;
+    bool has_data_file;
+    bool bitmaps_ext_valid;
+    qc_bitmaps_ext bitmaps_ext;
+    bool crypto_ext_present;
+    uint64_t crypto_offset, crypto_length;
+    qc_feature_name *feature_names;
+    size_t nb_feature_names;
+    bool l1_usable;       /* the active L1 table can be read */
+    bool reftable_usable; /* the refcount table can be read */
+    bool snapshots_usable;
+
+    /* snapshots pass */
+    uint8_t *snap_table_buf;
+    qc_snapshot *snapshots;
+    uint32_t nb_snapshots; /* entries decoded */
+
+    /* reftable pass */
+    uint64_t *reftable; /* decoded entries; 0 where unusable */
+    uint64_t reftable_entries;
+    bool *refblock_valid; /* per reftable entry: the refblock can be read */
+
+    /* metadata extents (every pass adds; sorted before the L2 walk) */
+    qc_extent *extents;
+    size_t nb_extents, cap_extents;
+    qc_bitset meta_clusters; /* clusters owned by any metadata extent */
+
+    /* mapping pass */
+    qc_refmap refmap;
+    qc_bitset copied_set;   /* active data cluster referenced with COPIED set */
+    qc_bitset copied_clear; /* ... and with COPIED clear */
+    qc_l2_ref *l2_refs; /* sorted by L2 offset after collection */
+    size_t nb_l2_refs, cap_l2_refs;
+    qc_l2_table *l2_tables;
+    size_t nb_l2_tables;
+
+    /* Structures that were reported and not followed: clusters they may
+     * own are not called leaks. */
+    uint64_t unfollowed;
+    bool stop; /* nothing more can be checked */
+
+    /* findings */
+    uint64_t shown[QC_P_COUNT];
+    uint64_t hidden[QC_P_COUNT];
+    uint64_t hidden_count[QC_P_COUNT];
+} qc_ctx;
+
+/* ---- problems.c ---- */
+/* Report one finding. `object` names the structure (may be NULL), `offset`
+ * is a host offset or QC_NO_OFFSET, `count` how many clusters/entries it
+ * covers (at least 1). */
+void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offset,
+               uint64_t count, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Emit the "N more" summaries for findings past the per-problem cap. */
+void qc_report_flush(qc_ctx *ctx);
+/* Copy image-provided bytes into dst as printable ASCII (escaped). */
+void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len);
+
+/* ---- memory.c: allocation bounded by max_mem ---- */
+void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what);
+void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what);
+void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
+/* Read [off, off+len) into buf; on failure reports readFailed for `what`. */
+bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what);
+
+/* ---- clustermap.c ---- */
+bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters, unsigned refcount_bits);
+void qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n);
+uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster);
+bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits);
+static inline void qc_bitset_set(qc_bitset *s, uint64_t i)
+{
+    s->words[i / 64] |= 1ull << (i % 64);
+}
+static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
+{
+    return (s->words[i / 64] >> (i % 64)) & 1;
+}
+
+/* ---- extents.c ---- */
+/* Describe an owner for messages: "L2 table (active L1 index 3)". */
+void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t len);
+/* Register a metadata structure and count one reference to each cluster
+ * it touches. Returns false (after reporting) when it lies past the end of
+ * the file; the caller then must not read it. */
+bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
+                   uint64_t length, uint64_t refs);
+/* Sort extents, report overlaps, build meta_clusters. Extents that overlap
+ * an earlier one are marked so their contents are not followed. */
+bool qc_extents_finish(qc_ctx *ctx);
+/* The extent owning host cluster `cluster`, or NULL. */
+const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster);
+/* Whether an L2 table at `offset` overlapped another structure. */
+bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
+
+/* ---- passes ---- */
+void qc_pass_header(qc_ctx *ctx);
+void qc_pass_snapshots(qc_ctx *ctx);
+void qc_pass_reftable(qc_ctx *ctx);
+void qc_pass_bitmaps(qc_ctx *ctx);
+void qc_pass_mapping_collect(qc_ctx *ctx);
+void qc_pass_mapping_walk(qc_ctx *ctx);
+void qc_pass_compare(qc_ctx *ctx);
+
+/* Helpers shared by passes. */
+static inline bool qc_cluster_aligned(const qc_ctx *ctx, uint64_t off)
+{
+    return (off & (ctx->geo.cluster_size - 1)) == 0;
+}
+void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t len);
+
+#endif

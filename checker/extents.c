@@ -1,0 +1,212 @@
+/*
+ * Metadata extents: every structure that owns host clusters (header, L1 and
+ * L2 tables, refcount table and blocks, snapshot table, bitmap directory,
+ * tables and data, encryption header).
+ *
+ * Registering an extent counts its references in the computed refcount
+ * map. After all are registered, qc_extents_finish() sorts them, reports
+ * any two that share a cluster (the less trusted one is then not
+ * followed), and builds a bitset of metadata clusters so the L2 walk can
+ * tell in O(1) when a guest data cluster lands on metadata.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ctx.h"
+
+/* Lower ranks are more trusted: when two structures overlap, the one with
+ * the higher rank is assumed to be the bad pointer. */
+static int owner_rank(const qc_extent *e)
+{
+    switch (e->owner) {
+    case QC_OWN_HEADER:
+        return 0;
+    case QC_OWN_REFTABLE:
+        return 1;
+    case QC_OWN_CRYPTO_HEADER:
+        return 2;
+    case QC_OWN_REFBLOCK:
+        return 3;
+    case QC_OWN_L1:
+        return e->index == QC_ACTIVE ? 4 : 6;
+    case QC_OWN_SNAPSHOT_TABLE:
+        return 5;
+    case QC_OWN_BITMAP_DIRECTORY:
+        return 7;
+    case QC_OWN_L2:
+        return 8;
+    case QC_OWN_BITMAP_TABLE:
+        return 9;
+    case QC_OWN_BITMAP_DATA:
+        return 10;
+    }
+    return 11;
+}
+
+void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t len)
+{
+    if (index >= ctx->nb_snapshots) {
+        snprintf(buf, len, "snapshot #%u", index);
+        return;
+    }
+    const qc_snapshot_entry *e = &ctx->snapshots[index].entry;
+    char id[64], name[64];
+    qc_printable(id, sizeof(id), e->id, e->id_str_size);
+    qc_printable(name, sizeof(name), e->name, e->name_size);
+    snprintf(buf, len, "snapshot %u (id \"%s\", name \"%s\")", index, id, name);
+}
+
+void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t len)
+{
+    char snap[160];
+    switch (e->owner) {
+    case QC_OWN_HEADER:
+        snprintf(buf, len, "image header");
+        return;
+    case QC_OWN_L1:
+        if (e->index == QC_ACTIVE) {
+            snprintf(buf, len, "active L1 table");
+        } else {
+            qc_describe_snapshot(ctx, e->index, snap, sizeof(snap));
+            snprintf(buf, len, "L1 table of %s", snap);
+        }
+        return;
+    case QC_OWN_L2:
+        if (e->index == QC_ACTIVE) {
+            snprintf(buf, len, "L2 table (active L1 index %u)", e->index2);
+        } else {
+            qc_describe_snapshot(ctx, e->index, snap, sizeof(snap));
+            snprintf(buf, len, "L2 table (L1 index %u of %s)", e->index2, snap);
+        }
+        return;
+    case QC_OWN_REFTABLE:
+        snprintf(buf, len, "refcount table");
+        return;
+    case QC_OWN_REFBLOCK:
+        snprintf(buf, len, "refcount block %u", e->index);
+        return;
+    case QC_OWN_SNAPSHOT_TABLE:
+        snprintf(buf, len, "snapshot table");
+        return;
+    case QC_OWN_BITMAP_DIRECTORY:
+        snprintf(buf, len, "bitmap directory");
+        return;
+    case QC_OWN_BITMAP_TABLE:
+        snprintf(buf, len, "table of bitmap %u", e->index);
+        return;
+    case QC_OWN_BITMAP_DATA:
+        snprintf(buf, len, "data cluster %u of bitmap %u", e->index2, e->index);
+        return;
+    case QC_OWN_CRYPTO_HEADER:
+        snprintf(buf, len, "encryption header");
+        return;
+    }
+    snprintf(buf, len, "metadata");
+}
+
+bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
+                   uint64_t length, uint64_t refs)
+{
+    if (length == 0 || !qc_range_within(start, length, ctx->file_size))
+        return false;
+    qc_extent *grown = qc_grow(ctx, ctx->extents, &ctx->cap_extents, sizeof(qc_extent),
+                               ctx->nb_extents + 1, "metadata extent list");
+    if (!grown)
+        return false;
+    ctx->extents = grown;
+    ctx->extents[ctx->nb_extents++] = (qc_extent){start, length, owner, index, index2, false};
+    uint64_t first = start >> ctx->geo.cluster_bits;
+    uint64_t last = (start + length - 1) >> ctx->geo.cluster_bits;
+    for (uint64_t c = first; c <= last; c++)
+        qc_refmap_add(&ctx->refmap, c, refs);
+    return true;
+}
+
+static int extent_cmp(const void *a, const void *b)
+{
+    const qc_extent *x = a, *y = b;
+    if (x->start != y->start)
+        return x->start < y->start ? -1 : 1;
+    int rx = owner_rank(x), ry = owner_rank(y);
+    return rx < ry ? -1 : rx > ry;
+}
+
+static uint64_t extent_end_cluster(const qc_ctx *ctx, const qc_extent *e)
+{
+    return (e->start + e->length - 1) >> ctx->geo.cluster_bits;
+}
+
+bool qc_extents_finish(qc_ctx *ctx)
+{
+    qsort(ctx->extents, ctx->nb_extents, sizeof(qc_extent), extent_cmp);
+    if (!qc_bitset_init(ctx, &ctx->meta_clusters, ctx->file_clusters))
+        return false;
+    /* Sweep in start order, remembering the extent reaching furthest so
+     * far; two extents conflict when they share a host cluster. */
+    size_t reach = SIZE_MAX;
+    for (size_t i = 0; i < ctx->nb_extents; i++) {
+        qc_extent *e = &ctx->extents[i];
+        uint64_t first = e->start >> ctx->geo.cluster_bits;
+        if (reach != SIZE_MAX && extent_end_cluster(ctx, &ctx->extents[reach]) >= first) {
+            qc_extent *other = &ctx->extents[reach];
+            qc_extent *loser = owner_rank(e) >= owner_rank(other) ? e : other;
+            qc_extent *winner = loser == e ? other : e;
+            char a[200], b[200];
+            qc_describe_extent(ctx, loser, a, sizeof(a));
+            qc_describe_extent(ctx, winner, b, sizeof(b));
+            qc_report(ctx, QC_P_METADATA_OVERLAP, a, loser->start, 1,
+                      "%s at 0x%llx (%llu bytes) overlaps %s at 0x%llx (%llu bytes)", a,
+                      (unsigned long long)loser->start, (unsigned long long)loser->length, b,
+                      (unsigned long long)winner->start, (unsigned long long)winner->length);
+            if (!loser->conflicted) {
+                loser->conflicted = true;
+                ctx->unfollowed++;
+            }
+        }
+        if (reach == SIZE_MAX ||
+            extent_end_cluster(ctx, e) > extent_end_cluster(ctx, &ctx->extents[reach]))
+            reach = i;
+        for (uint64_t c = first; c <= extent_end_cluster(ctx, e); c++)
+            qc_bitset_set(&ctx->meta_clusters, c);
+    }
+    return true;
+}
+
+const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
+{
+    /* Binary search for the last extent starting at or before the cluster's
+     * end, then scan back over extents that may still cover it. */
+    uint64_t pos = (cluster + 1) << ctx->geo.cluster_bits;
+    size_t lo = 0, hi = ctx->nb_extents;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ctx->extents[mid].start < pos)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i-- > 0;) {
+        const qc_extent *e = &ctx->extents[i];
+        if (extent_end_cluster(ctx, e) >= cluster && (e->start >> ctx->geo.cluster_bits) <= cluster)
+            return e;
+        if (lo - i > 64) /* metadata extents do not nest deeply */
+            break;
+    }
+    return NULL;
+}
+
+bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
+{
+    size_t lo = 0, hi = ctx->nb_extents;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ctx->extents[mid].start < offset)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (size_t i = lo; i < ctx->nb_extents && ctx->extents[i].start == offset; i++)
+        if (ctx->extents[i].owner == owner)
+            return ctx->extents[i].conflicted;
+    return false;
+}

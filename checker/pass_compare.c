@@ -1,0 +1,226 @@
+/*
+ * Pass 6: compare computed refcounts with the refcounts on disk, and judge
+ * COPIED flags against the computed refcounts.
+ *
+ * Checks, per host cluster: leaks (higher on disk), refcounts too low or
+ * zero for clusters in use, refcount overflow for narrow widths, non-zero
+ * refcounts past the end of the file, clusters whose refcount cannot be
+ * read. Unreferenced clusters are reported as orphans instead of leaks when
+ * some pointer was not followed (they may belong to it). Then COPIED in the
+ * active L1 and L2 tables. Consecutive clusters with the same finding are
+ * reported as one range, counted per cluster as qemu-img does.
+ * Needs: every earlier pass (the computed refcount map is complete).
+ * Produces: leak/corruption counts, image end offset.
+ */
+#include <stdio.h>
+
+#include "ctx.h"
+
+typedef struct run {
+    qc_problem_id id;
+    uint64_t start, len;
+    uint64_t ondisk, computed; /* of the first cluster */
+    bool uniform;
+    bool active;
+} run;
+
+static void run_flush(qc_ctx *ctx, run *r)
+{
+    if (!r->active)
+        return;
+    char obj[96];
+    if (r->len == 1)
+        snprintf(obj, sizeof(obj), "host cluster %llu", (unsigned long long)r->start);
+    else
+        snprintf(obj, sizeof(obj), "host clusters %llu-%llu", (unsigned long long)r->start,
+                 (unsigned long long)(r->start + r->len - 1));
+    uint64_t off = r->start << ctx->geo.cluster_bits;
+    const char *prefix = r->uniform || r->len == 1 ? "" : "first: ";
+    switch (r->id) {
+    case QC_P_REFCOUNTS_UNKNOWN:
+        qc_report(ctx, r->id, obj, off, r->len, "%s%llu references; the refcount block is unusable",
+                  prefix, (unsigned long long)r->computed);
+        break;
+    case QC_P_REFCOUNT_OVERFLOW:
+        qc_report(ctx, r->id, obj, off, r->len,
+                  "%s%llu references; %u-bit refcounts hold at most %llu (widen them with qemu-img "
+                  "amend -o refcount_bits=...)",
+                  prefix, (unsigned long long)r->computed, ctx->geo.refcount_bits,
+                  (unsigned long long)ctx->geo.refcount_max);
+        break;
+    case QC_P_L2_COPIED_WRONG:
+        qc_report(ctx, r->id, obj, off, r->len,
+                  "%sdata cluster mapped by the active L2 tables has COPIED %s but %llu references",
+                  prefix, r->ondisk ? "set" : "clear", (unsigned long long)r->computed);
+        break;
+    default:
+        qc_report(ctx, r->id, obj, off, r->len, "%srefcount %llu on disk, %llu references", prefix,
+                  (unsigned long long)r->ondisk, (unsigned long long)r->computed);
+        break;
+    }
+    r->active = false;
+}
+
+static void run_add(qc_ctx *ctx, run *r, qc_problem_id id, uint64_t cluster, uint64_t ondisk,
+                    uint64_t computed)
+{
+    if (r->active && r->id == id && r->start + r->len == cluster) {
+        r->len++;
+        r->uniform = r->uniform && r->ondisk == ondisk && r->computed == computed;
+        return;
+    }
+    run_flush(ctx, r);
+    *r = (run){id, cluster, 1, ondisk, computed, true, true};
+}
+
+typedef struct compare_state {
+    run run;
+    uint64_t last_used; /* highest cluster with a non-zero refcount, +1 */
+} compare_state;
+
+static void compare_cluster(qc_ctx *ctx, compare_state *st, uint64_t c, uint64_t ondisk)
+{
+    uint64_t computed = qc_refmap_get(&ctx->refmap, c);
+    if (ondisk || computed)
+        st->last_used = c + 1;
+    if (computed > ctx->geo.refcount_max) {
+        run_add(ctx, &st->run, QC_P_REFCOUNT_OVERFLOW, c, ondisk, computed);
+        computed = ctx->geo.refcount_max;
+    }
+    if (ondisk == computed)
+        return;
+    qc_problem_id id;
+    if (ondisk > computed)
+        id = computed == 0 && ctx->unfollowed ? QC_P_REFCOUNT_ORPHAN : QC_P_REFCOUNT_LEAK;
+    else
+        id = ondisk == 0 ? QC_P_REFCOUNT_ZERO_IN_USE : QC_P_REFCOUNT_TOO_LOW;
+    run_add(ctx, &st->run, id, c, ondisk, computed);
+}
+
+static void compare_unknown(qc_ctx *ctx, compare_state *st, uint64_t first, uint64_t end)
+{
+    for (uint64_t c = first; c < end; c++) {
+        uint64_t computed = qc_refmap_get(&ctx->refmap, c);
+        if (!computed)
+            continue;
+        st->last_used = c + 1;
+        run_add(ctx, &st->run, QC_P_REFCOUNTS_UNKNOWN, c, 0, computed);
+    }
+}
+
+static void compare_refblock(qc_ctx *ctx, compare_state *st, uint64_t index, uint8_t *block)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t first = index * g->refblock_entries;
+    uint64_t off = ctx->reftable[index];
+    char obj[64];
+    snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)index);
+    if (!qc_read(ctx, off, block, g->cluster_size, obj))
+        return;
+    uint64_t past_eof = 0, past_first = 0;
+    for (uint64_t j = 0; j < g->refblock_entries; j++) {
+        uint64_t c = first + j;
+        uint64_t ondisk = qc_refblock_get(block, g->refcount_bits, j);
+        if (c < ctx->file_clusters)
+            compare_cluster(ctx, st, c, ondisk);
+        else if (ondisk && !past_eof++)
+            past_first = c;
+    }
+    if (past_eof)
+        qc_report(ctx, QC_P_REFCOUNT_PAST_EOF, obj, off, past_eof,
+                  "%llu clusters from cluster %llu on are past the end of the file (%llu clusters) "
+                  "but have non-zero refcounts",
+                  (unsigned long long)past_eof, (unsigned long long)past_first,
+                  (unsigned long long)ctx->file_clusters);
+}
+
+static void compare_refcounts(qc_ctx *ctx, compare_state *st)
+{
+    const qc_geometry *g = &ctx->geo;
+    if (!ctx->reftable_usable) {
+        /* No refcount table at all reads as all zero (what QEMU sees); a
+         * table we could not read leaves the refcounts unknown. */
+        bool missing = ctx->hdr.refcount_table_clusters == 0 || ctx->hdr.refcount_table_offset == 0;
+        for (uint64_t c = 0; c < ctx->file_clusters; c++) {
+            if (missing)
+                compare_cluster(ctx, st, c, 0);
+            else
+                compare_unknown(ctx, st, c, c + 1);
+        }
+        return;
+    }
+    uint8_t *block = qc_alloc(ctx, g->cluster_size, "refcount block buffer");
+    if (!block)
+        return;
+    uint64_t covered = 0;
+    for (uint64_t i = 0; i < ctx->reftable_entries && !ctx->stop; i++) {
+        uint64_t first = i * g->refblock_entries;
+        uint64_t end = first + g->refblock_entries;
+        uint64_t clip = end < ctx->file_clusters ? end : ctx->file_clusters;
+        covered = end;
+        if (ctx->reftable[i] == 0 && first >= ctx->file_clusters)
+            continue;
+        if (ctx->reftable[i] == 0) {
+            for (uint64_t c = first; c < clip; c++)
+                compare_cluster(ctx, st, c, 0);
+        } else if (!ctx->refblock_valid[i] ||
+                   qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i])) {
+            compare_unknown(ctx, st, first, clip);
+        } else {
+            compare_refblock(ctx, st, i, block);
+        }
+    }
+    /* Clusters beyond what the refcount table covers have refcount 0. */
+    for (uint64_t c = covered; c < ctx->file_clusters; c++)
+        compare_cluster(ctx, st, c, 0);
+    qc_free(ctx, block, g->cluster_size);
+}
+
+static void check_copied(qc_ctx *ctx)
+{
+    /* L1 entries of the active table: COPIED iff the L2 table's refcount is 1. */
+    for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
+        const qc_l2_ref *r = &ctx->l2_refs[i];
+        if (r->snapshot != QC_ACTIVE)
+            continue;
+        uint64_t computed = qc_refmap_get(&ctx->refmap, r->l2_offset >> ctx->geo.cluster_bits);
+        if (r->copied == (computed == 1))
+            continue;
+        qc_report(ctx, QC_P_L1_COPIED_WRONG, "active L1 table",
+                  ctx->hdr.l1_table_offset + (uint64_t)r->l1_index * 8, 1,
+                  "entry %u: COPIED is %s but the L2 table at 0x%llx has %llu references",
+                  r->l1_index, r->copied ? "set" : "clear", (unsigned long long)r->l2_offset,
+                  (unsigned long long)computed);
+    }
+    /* Data clusters of the active tree, from the bits the walk recorded. */
+    run r = {0};
+    uint64_t words = qc_div_round_up(ctx->file_clusters, 64);
+    for (uint64_t w = 0; w < words; w++) {
+        uint64_t any = ctx->copied_set.words[w] | ctx->copied_clear.words[w];
+        while (any) {
+            uint64_t c = w * 64 + (uint64_t)__builtin_ctzll(any);
+            any &= any - 1;
+            uint64_t computed = qc_refmap_get(&ctx->refmap, c);
+            if (qc_bitset_test(&ctx->copied_set, c) && computed != 1)
+                run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 1, computed);
+            else if (qc_bitset_test(&ctx->copied_clear, c) && computed == 1)
+                run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 0, computed);
+        }
+    }
+    run_flush(ctx, &r);
+}
+
+void qc_pass_compare(qc_ctx *ctx)
+{
+    compare_state st = {0};
+    compare_refcounts(ctx, &st);
+    run_flush(ctx, &st.run);
+    check_copied(ctx);
+    ctx->res->image_end_offset = st.last_used << ctx->geo.cluster_bits;
+    if (ctx->file_size > ctx->res->image_end_offset + ctx->geo.cluster_size - 1 &&
+        ctx->res->image_end_offset)
+        qc_report(ctx, QC_P_TRAILING_SPACE, "end of file", ctx->res->image_end_offset, 1,
+                  "the last cluster in use ends at 0x%llx; the file is %llu bytes",
+                  (unsigned long long)ctx->res->image_end_offset,
+                  (unsigned long long)ctx->file_size);
+}

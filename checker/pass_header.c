@@ -1,0 +1,606 @@
+/*
+ * Pass 1: the header and its extensions.
+ *
+ * Checks: magic and version (and what other format the file looks like),
+ * every fixed field against its valid range, feature bits (unknown ones
+ * named from the image's feature table), the header extension area
+ * (bounds, padding, duplicates, end marker, each known extension), the
+ * backing file name's placement, and where the L1 table, refcount table and
+ * snapshot table lie relative to the file.
+ * Needs: the io and the real file size.
+ * Produces: ctx->hdr, ctx->geo, ctx->file_clusters, cluster 0 in memory,
+ * extension facts, the *_usable flags, the header extent, result->header.
+ * Sets ctx->stop when nothing behind the header can be checked.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "ctx.h"
+
+/* What a non-qcow2 file looks like, from its first bytes. */
+static const char *guess_format(const uint8_t *b, size_t len)
+{
+    static const struct {
+        size_t off;
+        const char *sig;
+        size_t sig_len;
+        const char *name;
+    } sigs[] = {
+        {0, "QED\0", 4, "qed"},
+        {0, "KDMV", 4, "vmdk"},
+        {0, "# Disk DescriptorFile", 21, "vmdk (descriptor)"},
+        {0, "vhdxfile", 8, "vhdx"},
+        {0, "conectix", 8, "vpc (vhd)"},
+        {0, "WithoutFreeSpace", 16, "parallels"},
+        {0, "WithouFreSpacExt", 16, "parallels"},
+        {0, "LUKS\xba\xbe", 6, "luks"},
+        {0, "cloop", 5, "cloop"},
+        {0, "\x7f\x10\xda\xbe", 4, "vdi"}, /* at 0x40, checked below */
+    };
+    if (len == 0)
+        return "empty file";
+    if (len >= 8 && qc_be32(b) == QC_MAGIC && qc_be32(b + 4) == 1)
+        return "qcow (version 1)";
+    for (size_t i = 0; i < sizeof(sigs) / sizeof(sigs[0]); i++) {
+        size_t off = sigs[i].off;
+        if (strcmp(sigs[i].name, "vdi") == 0)
+            off = 0x40;
+        if (len >= off + sigs[i].sig_len && memcmp(b + off, sigs[i].sig, sigs[i].sig_len) == 0)
+            return sigs[i].name;
+    }
+    return "raw";
+}
+
+static const char *ext_name(uint32_t magic)
+{
+    switch (magic) {
+    case QC_EXT_BACKING_FORMAT:
+        return "backing format";
+    case QC_EXT_FEATURE_TABLE:
+        return "feature name table";
+    case QC_EXT_BITMAPS:
+        return "bitmaps";
+    case QC_EXT_CRYPTO:
+        return "full disk encryption header pointer";
+    case QC_EXT_DATA_FILE:
+        return "external data file name";
+    }
+    return NULL;
+}
+
+/* "name1, name2, bit 40" for the set bits of `bits` of feature `type`. */
+static void feature_list(const qc_ctx *ctx, unsigned type, uint64_t bits, char *buf, size_t len)
+{
+    size_t o = 0;
+    buf[0] = '\0';
+    for (unsigned bit = 0; bit < 64 && o < len; bit++) {
+        if (!(bits >> bit & 1))
+            continue;
+        const char *name = NULL;
+        for (size_t i = 0; i < ctx->nb_feature_names; i++)
+            if (ctx->feature_names[i].type == type && ctx->feature_names[i].bit == bit)
+                name = ctx->feature_names[i].name;
+        char printable[100];
+        if (name) {
+            qc_printable(printable, sizeof(printable), (const uint8_t *)name, strlen(name));
+            o += (size_t)snprintf(buf + o, len - o, "%s\"%s\" (bit %u)", o ? ", " : "", printable, bit);
+        } else {
+            o += (size_t)snprintf(buf + o, len - o, "%sbit %u", o ? ", " : "", bit);
+        }
+    }
+}
+
+static bool check_fixed_fields(qc_ctx *ctx, const uint8_t *buf, size_t len)
+{
+    qc_header *h = &ctx->hdr;
+    size_t min_len = h->version >= 3 ? QC_V3_HEADER_MIN_LENGTH : QC_V2_HEADER_LENGTH;
+    if (!qc_header_decode(buf, len, h) || len < min_len) {
+        qc_report(ctx, QC_P_HEADER_TRUNCATED, "image header", 0, 1,
+                  "the file is %llu bytes long, a version %u header needs %zu",
+                  (unsigned long long)ctx->file_size, h->version, min_len);
+        return false;
+    }
+    if (h->cluster_bits < QC_MIN_CLUSTER_BITS || h->cluster_bits > QC_MAX_CLUSTER_BITS) {
+        qc_report(ctx, QC_P_CLUSTER_BITS_INVALID, "image header", 20, 1,
+                  "cluster_bits is %u; valid values are 9 to 21 (512 bytes to 2 MiB)",
+                  h->cluster_bits);
+        return false;
+    }
+    uint64_t cluster_size = 1ull << h->cluster_bits;
+    if (h->version >= 3 && (h->header_length < QC_V3_HEADER_MIN_LENGTH ||
+                            h->header_length > cluster_size)) {
+        qc_report(ctx, QC_P_HEADER_LENGTH_INVALID, "image header", 100, 1,
+                  "header_length is %u; it must be at least 104 and at most the cluster size %llu",
+                  h->header_length, (unsigned long long)cluster_size);
+        return false;
+    }
+    if (h->header_length > ctx->file_size) {
+        qc_report(ctx, QC_P_HEADER_TRUNCATED, "image header", 0, 1,
+                  "header_length is %u but the file is only %llu bytes long", h->header_length,
+                  (unsigned long long)ctx->file_size);
+        return false;
+    }
+    if (h->header_length % 8)
+        qc_report(ctx, QC_P_HEADER_LENGTH_UNALIGNED, "image header", 100, 1,
+                  "header_length is %u; header extensions would start misaligned",
+                  h->header_length);
+    if (h->refcount_order > QC_MAX_REFCOUNT_ORDER) {
+        qc_report(ctx, QC_P_REFCOUNT_ORDER_INVALID, "image header", 96, 1,
+                  "refcount_order is %u; valid values are 0 to 6", h->refcount_order);
+        return false;
+    }
+    return true;
+}
+
+/* Fields that do not prevent reading the rest of the image. */
+static void check_optional_fields(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    if (h->header_length > 104) {
+        if (h->compression_type > 1)
+            qc_report(ctx, QC_P_COMPRESSION_TYPE_INVALID, "image header", 104, 1,
+                      "compression_type is %u", h->compression_type);
+        bool bit = h->incompatible_features & QC_INCOMPAT_COMPRESSION;
+        if (bit != (h->compression_type != 0))
+            qc_report(ctx, QC_P_COMPRESSION_BIT_MISMATCH, "image header", 72, 1,
+                      "compression_type is %u but incompatible bit 3 is %s", h->compression_type,
+                      bit ? "set" : "clear");
+        for (unsigned i = 0; i < sizeof(h->padding); i++) {
+            if (h->padding[i]) {
+                qc_report(ctx, QC_P_HEADER_PADDING_NONZERO, "image header", 105 + i, 1,
+                          "byte %u is 0x%02x", 105 + i, h->padding[i]);
+                break;
+            }
+        }
+    } else if (h->incompatible_features & QC_INCOMPAT_COMPRESSION) {
+        qc_report(ctx, QC_P_COMPRESSION_BIT_MISMATCH, "image header", 72, 1,
+                  "incompatible bit 3 is set but the header (length %u) has no compression_type",
+                  h->header_length);
+    }
+    if (h->crypt_method > 2)
+        qc_report(ctx, QC_P_CRYPT_METHOD_INVALID, "image header", 32, 1, "crypt_method is %u",
+                  h->crypt_method);
+    if (h->size % 512)
+        qc_report(ctx, QC_P_VIRTUAL_SIZE_UNALIGNED, "image header", 24, 1,
+                  "virtual size is %llu bytes", (unsigned long long)h->size);
+    if ((h->incompatible_features & QC_INCOMPAT_EXTL2) && h->cluster_bits < 14)
+        qc_report(ctx, QC_P_EXTENDED_L2_CLUSTER_TOO_SMALL, "image header", 20, 1,
+                  "cluster size %llu gives subclusters of %llu bytes",
+                  (unsigned long long)ctx->geo.cluster_size,
+                  (unsigned long long)ctx->geo.cluster_size / 32);
+}
+
+typedef struct ext_walk {
+    uint64_t ext_end;
+    unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
+        seen_data_file : 1;
+} ext_walk;
+
+static void check_backing_format(qc_ctx *ctx, const qc_extension *x)
+{
+    bool printable = x->length > 0 && x->length < 16;
+    for (uint32_t i = 0; printable && i < x->length; i++)
+        printable = x->data[i] >= 0x20 && x->data[i] < 0x7f;
+    if (!printable) {
+        char fmt[80];
+        qc_printable(fmt, sizeof(fmt), x->data, x->length);
+        qc_report(ctx, QC_P_BACKING_FORMAT_INVALID, "backing format extension", x->offset, 1,
+                  "backing format \"%s\" (%u bytes) must be 1 to 15 printable characters", fmt,
+                  x->length);
+    }
+}
+
+static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
+{
+    if (x->length % QC_FEATURE_NAME_ENTRY_SIZE) {
+        qc_report(ctx, QC_P_FEATURE_TABLE_INVALID, "feature name table", x->offset, 1,
+                  "length %u is not a multiple of 48", x->length);
+    }
+    size_t n = x->length / QC_FEATURE_NAME_ENTRY_SIZE;
+    ctx->feature_names = qc_alloc(ctx, n * sizeof(qc_feature_name), "feature name table");
+    if (!ctx->feature_names)
+        return;
+    for (size_t i = 0; i < n; i++) {
+        qc_feature_name *f = &ctx->feature_names[ctx->nb_feature_names];
+        qc_feature_name_decode(x->data + i * QC_FEATURE_NAME_ENTRY_SIZE, f);
+        if (f->type > 2 || f->bit > 63) {
+            qc_report(ctx, QC_P_FEATURE_TABLE_INVALID, "feature name table",
+                      x->offset + i * QC_FEATURE_NAME_ENTRY_SIZE, 1,
+                      "entry %zu has type %u and bit %u (type must be 0..2, bit 0..63)", i, f->type,
+                      f->bit);
+            continue;
+        }
+        ctx->nb_feature_names++;
+    }
+}
+
+static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
+{
+    const char *obj = "bitmaps extension";
+    if (x->length != QC_BITMAPS_EXT_SIZE) {
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset, 1,
+                  "length is %u, expected 24", x->length);
+        return;
+    }
+    qc_bitmaps_ext *b = &ctx->bitmaps_ext;
+    qc_bitmaps_ext_decode(x->data, b);
+    bool valid = false;
+    if (b->reserved)
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 4, 1,
+                  "reserved field is 0x%x, must be zero", b->reserved);
+    else if (b->nb_bitmaps == 0 || b->nb_bitmaps > QC_MAX_BITMAPS)
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset, 1,
+                  "nb_bitmaps is %u; it must be 1 to 65535", b->nb_bitmaps);
+    else if (b->directory_size == 0 || b->directory_size > QC_MAX_BITMAP_DIRECTORY)
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 8, 1,
+                  "bitmap directory size is %llu; it must be 1 to %llu bytes",
+                  (unsigned long long)b->directory_size,
+                  (unsigned long long)QC_MAX_BITMAP_DIRECTORY);
+    else if (!qc_cluster_aligned(ctx, b->directory_offset) || b->directory_offset == 0)
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1,
+                  "bitmap directory offset 0x%llx is not a cluster-aligned non-zero offset",
+                  (unsigned long long)b->directory_offset);
+    else if (!qc_range_within(b->directory_offset, b->directory_size, ctx->file_size))
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1,
+                  "bitmap directory at 0x%llx (%llu bytes) extends past the end of the file",
+                  (unsigned long long)b->directory_offset, (unsigned long long)b->directory_size);
+    else
+        valid = true;
+    if (!(ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS))
+        qc_report(ctx, QC_P_BITMAPS_WITHOUT_AUTOCLEAR, obj, x->offset, 1,
+                  "%u bitmaps are considered inconsistent; QEMU drops the extension on its next "
+                  "write and their clusters are counted as leaked",
+                  b->nb_bitmaps);
+    else if (valid)
+        ctx->bitmaps_ext_valid = true;
+    else
+        ctx->unfollowed++; /* the bitmaps' clusters may still be owned */
+}
+
+static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
+{
+    const char *obj = "encryption header extension";
+    ctx->crypto_ext_present = true;
+    if (ctx->hdr.crypt_method != 2) {
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
+                  "present although crypt_method is %u (only LUKS, method 2, uses it)",
+                  ctx->hdr.crypt_method);
+        return;
+    }
+    if (x->length != QC_CRYPTO_EXT_SIZE) {
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
+                  "length is %u, expected 16", x->length);
+        return;
+    }
+    uint64_t off = qc_be64(x->data), len = qc_be64(x->data + 8);
+    if (!qc_cluster_aligned(ctx, off) || off == 0)
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
+                  "encryption header offset 0x%llx is not a cluster-aligned non-zero offset",
+                  (unsigned long long)off);
+    else if (len == 0 || !qc_range_within(off, len, ctx->file_size))
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
+                  "encryption header at 0x%llx (%llu bytes) is empty or extends past the end of "
+                  "the file",
+                  (unsigned long long)off, (unsigned long long)len);
+    else {
+        ctx->crypto_offset = off;
+        ctx->crypto_length = len;
+    }
+}
+
+static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
+{
+    unsigned dup = 0;
+    switch (x->magic) {
+    case QC_EXT_BACKING_FORMAT:
+        dup = w->seen_backing_format;
+        w->seen_backing_format = 1;
+        check_backing_format(ctx, x);
+        break;
+    case QC_EXT_FEATURE_TABLE:
+        dup = w->seen_feature_table;
+        w->seen_feature_table = 1;
+        if (!dup)
+            read_feature_table(ctx, x);
+        break;
+    case QC_EXT_BITMAPS:
+        dup = w->seen_bitmaps;
+        w->seen_bitmaps = 1;
+        ctx->bitmaps_ext_valid = false; /* QEMU uses the last copy */
+        check_bitmaps_ext(ctx, x);
+        break;
+    case QC_EXT_CRYPTO:
+        dup = w->seen_crypto;
+        w->seen_crypto = 1;
+        check_crypto_ext(ctx, x);
+        break;
+    case QC_EXT_DATA_FILE:
+        dup = w->seen_data_file;
+        w->seen_data_file = 1;
+        if (!ctx->has_data_file)
+            qc_report(ctx, QC_P_DATA_FILE_EXTENSION_INVALID, "external data file extension",
+                      x->offset, 1, "names a data file but incompatible bit 2 is clear");
+        break;
+    default:
+        qc_report(ctx, QC_P_EXTENSION_UNKNOWN, "header extension", x->offset - 8, 1,
+                  "magic 0x%08x, %u bytes", x->magic, x->length);
+        break;
+    }
+    if (dup)
+        qc_report(ctx, QC_P_EXTENSION_DUPLICATE, "header extension", x->offset - 8, 1,
+                  "%s extension (magic 0x%08x) appears again", ext_name(x->magic), x->magic);
+}
+
+static void walk_extensions(qc_ctx *ctx, ext_walk *w)
+{
+    uint64_t off = ctx->hdr.header_length;
+    while (off < w->ext_end) {
+        if (w->ext_end - off < 8) {
+            qc_report(ctx, QC_P_EXTENSION_TRUNCATED, "header extension", off, 1,
+                      "%llu bytes left before the end of the extension area at 0x%llx, too few "
+                      "for an extension header",
+                      (unsigned long long)(w->ext_end - off), (unsigned long long)w->ext_end);
+            return;
+        }
+        qc_extension x;
+        x.magic = qc_be32(ctx->cluster0 + off);
+        x.length = qc_be32(ctx->cluster0 + off + 4);
+        x.offset = off + 8;
+        if (x.magic == QC_EXT_END)
+            return;
+        uint64_t padded = ((uint64_t)x.length + 7) & ~7ull;
+        if (x.length > w->ext_end - x.offset) {
+            const char *name = ext_name(x.magic);
+            qc_report(ctx, QC_P_EXTENSION_TRUNCATED, "header extension", off, 1,
+                      "%s extension (magic 0x%08x) claims %u bytes but only %llu remain before "
+                      "0x%llx%s",
+                      name ? name : "unknown", x.magic, x.length,
+                      (unsigned long long)(w->ext_end - x.offset), (unsigned long long)w->ext_end,
+                      ctx->hdr.backing_file_offset ? " (the backing file name)" : " (end of cluster 0)");
+            return;
+        }
+        x.data = ctx->cluster0 + x.offset;
+        check_extension(ctx, w, &x);
+        uint64_t pad_end = x.offset + padded < w->ext_end ? x.offset + padded : w->ext_end;
+        for (uint64_t i = x.offset + x.length; i < pad_end; i++) {
+            if (ctx->cluster0[i]) {
+                qc_report(ctx, QC_P_EXTENSION_PADDING_NONZERO, "header extension", i, 1,
+                          "padding byte at 0x%llx after extension 0x%08x is 0x%02x",
+                          (unsigned long long)i, x.magic, ctx->cluster0[i]);
+                break;
+            }
+        }
+        off = x.offset + padded;
+    }
+    qc_report(ctx, QC_P_EXTENSION_END_MISSING, "header extension area", w->ext_end, 1,
+              "no end marker before 0x%llx", (unsigned long long)w->ext_end);
+}
+
+static void check_backing_name(qc_ctx *ctx, ext_walk *w)
+{
+    const qc_header *h = &ctx->hdr;
+    uint64_t cs = ctx->geo.cluster_size;
+    w->ext_end = ctx->cluster0_len;
+    if (h->backing_file_offset == 0)
+        return;
+    const char *obj = "backing file name";
+    if (h->backing_file_offset > cs || h->backing_file_size > QC_MAX_BACKING_NAME ||
+        h->backing_file_size > cs - h->backing_file_offset) {
+        qc_report(ctx, QC_P_BACKING_NAME_INVALID, obj, 8, 1,
+                  "name of %u bytes at offset 0x%llx must be at most 1023 bytes and end inside "
+                  "cluster 0 (%llu bytes)",
+                  h->backing_file_size, (unsigned long long)h->backing_file_offset,
+                  (unsigned long long)cs);
+        return;
+    }
+    if (h->backing_file_offset < h->header_length) {
+        qc_report(ctx, QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS, obj, h->backing_file_offset, 1,
+                  "name at offset 0x%llx lies inside the %u-byte header",
+                  (unsigned long long)h->backing_file_offset, h->header_length);
+        return;
+    }
+    if (!qc_range_within(h->backing_file_offset, h->backing_file_size, ctx->cluster0_len)) {
+        qc_report(ctx, QC_P_HEADER_TRUNCATED, obj, h->backing_file_offset, 1,
+                  "the file ends inside the backing file name");
+        return;
+    }
+    w->ext_end = h->backing_file_offset;
+}
+
+static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
+{
+    const qc_header *h = &ctx->hdr;
+    qc_header_info *info = &ctx->res->header;
+    char names[400];
+    if (h->incompatible_features & QC_INCOMPAT_DIRTY)
+        qc_report(ctx, QC_P_DIRTY_BIT_SET, "image header", 72, 1,
+                  "incompatible bit 0 (dirty) is set%s",
+                  h->compatible_features & QC_COMPAT_LAZY_REFCOUNTS
+                      ? "; lazy refcounts are enabled, so refcount mismatches are expected"
+                      : "");
+    if (h->incompatible_features & QC_INCOMPAT_CORRUPT)
+        qc_report(ctx, QC_P_CORRUPT_BIT_SET, "image header", 72, 1, "incompatible bit 1 (corrupt) is set");
+    if (info->unknown_compatible) {
+        feature_list(ctx, 1, info->unknown_compatible, names, sizeof(names));
+        qc_report(ctx, QC_P_UNKNOWN_COMPAT_FEATURE, "image header", 80, 1, "%s", names);
+    }
+    if (info->unknown_autoclear) {
+        feature_list(ctx, 2, info->unknown_autoclear, names, sizeof(names));
+        qc_report(ctx, QC_P_UNKNOWN_AUTOCLEAR_FEATURE, "image header", 88, 1, "%s", names);
+    }
+    if ((h->autoclear_features & QC_AUTOCLEAR_BITMAPS) && !w->seen_bitmaps)
+        qc_report(ctx, QC_P_AUTOCLEAR_WITHOUT_BITMAPS, "image header", 88, 1,
+                  "autoclear bit 0 is set but no bitmaps extension exists");
+    if (h->autoclear_features & QC_AUTOCLEAR_DATA_FILE_RAW) {
+        if (!ctx->has_data_file)
+            qc_report(ctx, QC_P_RAW_DATA_FILE_INVALID, "image header", 88, 1,
+                      "autoclear bit 1 (raw external data) is set without incompatible bit 2");
+        else if (h->backing_file_offset)
+            qc_report(ctx, QC_P_RAW_DATA_FILE_INVALID, "image header", 88, 1,
+                      "autoclear bit 1 (raw external data) is set in an image with a backing file");
+    }
+    if (ctx->has_data_file && !w->seen_data_file)
+        qc_report(ctx, QC_P_DATA_FILE_NAME_MISSING, "image header", 72, 1,
+                  "the data file must be given when the image is opened");
+    if (h->crypt_method == 2 && !w->seen_crypto)
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, "image header", 32, 1,
+                  "LUKS encryption (crypt_method 2) without an encryption header extension");
+    if (h->backing_file_offset && h->backing_file_size && !w->seen_backing_format)
+        qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
+                  "no backing format extension");
+    if (info->unknown_incompatible) {
+        feature_list(ctx, 0, info->unknown_incompatible, names, sizeof(names));
+        /* A v2-era writer may have put an extension where v3 keeps the
+         * upper incompatible bits: say so when bytes 72..75 look like one. */
+        uint32_t high = qc_be32(raw + 72);
+        const char *hint = ext_name(high) && h->version == 3
+                               ? "; bytes 72..75 hold a header extension magic: this may be a "
+                                 "version 2 image with a wrong version field"
+                               : "";
+        qc_report(ctx, QC_P_UNKNOWN_INCOMPAT_FEATURE, "image header", 72, 1, "%s%s", names, hint);
+        ctx->stop = true;
+    }
+}
+
+static void check_table_locations(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    uint64_t bytes;
+
+    /* Active L1 table. */
+    uint64_t needed = qc_l1_entries_needed(&ctx->geo, h->size);
+    bytes = (uint64_t)h->l1_size * 8;
+    ctx->l1_usable = h->l1_size > 0;
+    if (h->l1_size < needed) {
+        qc_report(ctx, QC_P_L1_TOO_SMALL, "active L1 table", 36, 1,
+                  "l1_size is %u but a virtual size of %llu bytes needs %llu entries", h->l1_size,
+                  (unsigned long long)h->size, (unsigned long long)needed);
+    }
+    if (h->l1_size && !qc_cluster_aligned(ctx, h->l1_table_offset)) {
+        qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
+                  "offset 0x%llx is not a multiple of the cluster size %llu",
+                  (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->geo.cluster_size);
+        ctx->l1_usable = false;
+    } else if (h->l1_size && !qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
+        qc_report(ctx, QC_P_L1_PAST_EOF, "active L1 table", h->l1_table_offset, 1,
+                  "%u entries at 0x%llx end past the end of the file (%llu bytes)", h->l1_size,
+                  (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->file_size);
+        ctx->l1_usable = false;
+    }
+    if (bytes > QC_MAX_L1_BYTES)
+        qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "active L1 table", 36, 1,
+                  "the L1 table is %llu bytes; QEMU accepts at most 32 MiB", (unsigned long long)bytes);
+
+    /* Refcount table. */
+    bytes = (uint64_t)h->refcount_table_clusters << ctx->geo.cluster_bits;
+    ctx->reftable_usable = false;
+    if (h->refcount_table_clusters == 0 || h->refcount_table_offset == 0)
+        qc_report(ctx, QC_P_REFTABLE_MISSING, "refcount table", 48, 1,
+                  "refcount table offset 0x%llx, %u clusters",
+                  (unsigned long long)h->refcount_table_offset, h->refcount_table_clusters);
+    else if (!qc_cluster_aligned(ctx, h->refcount_table_offset))
+        qc_report(ctx, QC_P_REFTABLE_OFFSET_UNALIGNED, "refcount table", 48, 1,
+                  "offset 0x%llx is not a multiple of the cluster size %llu",
+                  (unsigned long long)h->refcount_table_offset,
+                  (unsigned long long)ctx->geo.cluster_size);
+    else if (!qc_range_within(h->refcount_table_offset, bytes, ctx->file_size))
+        qc_report(ctx, QC_P_REFTABLE_PAST_EOF, "refcount table", h->refcount_table_offset, 1,
+                  "%u clusters at 0x%llx end past the end of the file (%llu bytes)",
+                  h->refcount_table_clusters, (unsigned long long)h->refcount_table_offset,
+                  (unsigned long long)ctx->file_size);
+    else
+        ctx->reftable_usable = true;
+    if (bytes > QC_MAX_REFTABLE_BYTES)
+        qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "refcount table", 56, 1,
+                  "the refcount table is %llu bytes; QEMU accepts at most 8 MiB",
+                  (unsigned long long)bytes);
+
+    /* Snapshot table: its entries are parsed by the snapshot pass. */
+    ctx->snapshots_usable = false;
+    if (h->nb_snapshots == 0)
+        return;
+    if (!qc_cluster_aligned(ctx, h->snapshots_offset) || h->snapshots_offset == 0)
+        qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
+                  "offset 0x%llx is not a cluster-aligned non-zero offset",
+                  (unsigned long long)h->snapshots_offset);
+    else if (h->snapshots_offset >= ctx->file_size)
+        qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
+                  "offset 0x%llx is past the end of the file (%llu bytes)",
+                  (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
+    else
+        ctx->snapshots_usable = true;
+}
+
+static void fill_header_info(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    qc_header_info *i = &ctx->res->header;
+    i->version = h->version;
+    i->cluster_bits = h->cluster_bits;
+    i->virtual_size = h->size;
+    i->refcount_bits = 1u << (h->refcount_order > 6 ? 0 : h->refcount_order);
+    i->incompatible_features = h->incompatible_features;
+    i->compatible_features = h->compatible_features;
+    i->autoclear_features = h->autoclear_features;
+    i->unknown_incompatible = h->incompatible_features & ~QC_INCOMPAT_KNOWN;
+    i->unknown_compatible = h->compatible_features & ~QC_COMPAT_KNOWN;
+    i->unknown_autoclear = h->autoclear_features & ~QC_AUTOCLEAR_KNOWN;
+    i->dirty = h->incompatible_features & QC_INCOMPAT_DIRTY;
+    i->corrupt = h->incompatible_features & QC_INCOMPAT_CORRUPT;
+    i->external_data_file = h->incompatible_features & QC_INCOMPAT_DATA_FILE;
+    i->extended_l2 = h->incompatible_features & QC_INCOMPAT_EXTL2;
+    i->compression_type = h->compression_type;
+    i->nb_snapshots = h->nb_snapshots;
+    i->has_backing_file = h->backing_file_offset != 0;
+    i->has_bitmaps = h->autoclear_features & QC_AUTOCLEAR_BITMAPS;
+    ctx->res->header_valid = true;
+}
+
+void qc_pass_header(qc_ctx *ctx)
+{
+    uint8_t raw[QC_V3_HEADER_LENGTH] = {0};
+    size_t raw_len = ctx->file_size < sizeof(raw) ? (size_t)ctx->file_size : sizeof(raw);
+    if (raw_len && !qc_read(ctx, 0, raw, raw_len, "image header")) {
+        ctx->stop = true;
+        return;
+    }
+    if (raw_len < 8 || qc_be32(raw) != QC_MAGIC || qc_be32(raw + 4) == 1) {
+        ctx->res->other_format = guess_format(raw, raw_len);
+        ctx->stop = true;
+        return;
+    }
+    ctx->hdr.version = qc_be32(raw + 4);
+    if (ctx->hdr.version != 2 && ctx->hdr.version != 3) {
+        qc_report(ctx, QC_P_VERSION_UNSUPPORTED, "image header", 4, 1,
+                  "version %u; qcheck knows versions 2 and 3", ctx->hdr.version);
+        ctx->stop = true;
+        return;
+    }
+    if (!check_fixed_fields(ctx, raw, raw_len)) {
+        ctx->stop = true;
+        return;
+    }
+    const qc_header *h = &ctx->hdr;
+    ctx->has_data_file = h->incompatible_features & QC_INCOMPAT_DATA_FILE;
+    qc_geometry_init(&ctx->geo, h->cluster_bits, h->refcount_order,
+                     h->incompatible_features & QC_INCOMPAT_EXTL2);
+    ctx->file_clusters = qc_div_round_up(ctx->file_size, ctx->geo.cluster_size);
+    ctx->res->total_clusters = qc_div_round_up(h->size, ctx->geo.cluster_size);
+    fill_header_info(ctx);
+    check_optional_fields(ctx);
+
+    ctx->cluster0_len = ctx->file_size < ctx->geo.cluster_size ? (size_t)ctx->file_size
+                                                                : (size_t)ctx->geo.cluster_size;
+    ctx->cluster0 = qc_alloc(ctx, ctx->cluster0_len, "cluster 0");
+    if (!ctx->cluster0 || !qc_read(ctx, 0, ctx->cluster0, ctx->cluster0_len, "cluster 0")) {
+        ctx->stop = true;
+        return;
+    }
+    ext_walk w = {0};
+    check_backing_name(ctx, &w);
+    walk_extensions(ctx, &w);
+    check_features(ctx, &w, raw);
+    if (ctx->stop)
+        return;
+    check_table_locations(ctx);
+}

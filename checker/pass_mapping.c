@@ -1,0 +1,320 @@
+/*
+ * Pass 5: mapping. Active and snapshot L1 tables, then every distinct L2
+ * table once, however many L1 entries share it.
+ *
+ * Checks: L1 entries (reserved bits, alignment, inside the file); L2
+ * entries of every kind (standard, zero, compressed, extended L2):
+ * reserved bits, the zero flag where it is not allowed, offset 0 with
+ * COPIED, alignment, inside the file, compressed descriptors, subcluster
+ * bitmaps, host == guest offset with an external data file, guest data
+ * landing on metadata.
+ * Needs: header, snapshot, reftable and bitmap passes (all metadata
+ * extents except L1/L2 registered).
+ * Produces: L1 and L2 extents, computed refcounts of L2 tables and data,
+ * COPIED observations of the active tree, allocation statistics.
+ *
+ * An L2 table referenced n times contributes n references to each data
+ * cluster it maps, exactly as if it were walked n times (QEMU re-reads it
+ * per snapshot; the result is the same).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "ctx.h"
+
+typedef struct l1_source {
+    uint32_t snapshot;
+    uint64_t offset;
+    uint32_t size;
+} l1_source;
+
+static void describe_l1(const qc_ctx *ctx, uint32_t snapshot, char *buf, size_t len)
+{
+    qc_extent e = {0, 0, QC_OWN_L1, snapshot, 0, false};
+    qc_describe_extent(ctx, &e, buf, len);
+}
+
+static void collect_l1(qc_ctx *ctx, const l1_source *src)
+{
+    uint64_t bytes = (uint64_t)src->size * 8;
+    uint8_t *l1 = qc_alloc(ctx, bytes, "L1 table");
+    char obj[240];
+    describe_l1(ctx, src->snapshot, obj, sizeof(obj));
+    if (!l1 || !qc_read(ctx, src->offset, l1, bytes, obj)) {
+        qc_free(ctx, l1, bytes);
+        return;
+    }
+    for (uint32_t i = 0; i < src->size; i++) {
+        uint64_t e = qc_be64(l1 + (uint64_t)i * 8);
+        uint64_t off = e & QC_L1_OFFSET_MASK;
+        uint64_t at = src->offset + (uint64_t)i * 8;
+        if (e & QC_L1_RESERVED_MASK)
+            qc_report(ctx, QC_P_L1_ENTRY_RESERVED_BITS, obj, at, 1, "entry %u is 0x%016llx", i,
+                      (unsigned long long)e);
+        if (off == 0)
+            continue;
+        if (!qc_cluster_aligned(ctx, off)) {
+            qc_report(ctx, QC_P_L1_ENTRY_UNALIGNED, obj, at, 1,
+                      "entry %u points to an L2 table at 0x%llx", i, (unsigned long long)off);
+            ctx->unfollowed++;
+            continue;
+        }
+        if (!qc_range_within(off, ctx->geo.cluster_size, ctx->file_size)) {
+            qc_report(ctx, QC_P_L1_ENTRY_PAST_EOF, obj, at, 1,
+                      "entry %u points to an L2 table at 0x%llx; the file is %llu bytes", i,
+                      (unsigned long long)off, (unsigned long long)ctx->file_size);
+            ctx->unfollowed++;
+            continue;
+        }
+        qc_l2_ref *refs = qc_grow(ctx, ctx->l2_refs, &ctx->cap_l2_refs, sizeof(qc_l2_ref),
+                                  ctx->nb_l2_refs + 1, "L2 reference list");
+        if (!refs)
+            break;
+        ctx->l2_refs = refs;
+        refs[ctx->nb_l2_refs++] = (qc_l2_ref){off, src->snapshot, i, (e & QC_OFLAG_COPIED) != 0};
+    }
+    qc_free(ctx, l1, bytes);
+}
+
+static int l1_source_cmp(const void *a, const void *b)
+{
+    const l1_source *x = a, *y = b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+/* Order: by L2 offset, then the active L1 first, then snapshots in order. */
+static int l2_ref_cmp(const void *a, const void *b)
+{
+    const qc_l2_ref *x = a, *y = b;
+    if (x->l2_offset != y->l2_offset)
+        return x->l2_offset < y->l2_offset ? -1 : 1;
+    uint32_t sx = x->snapshot + 1, sy = y->snapshot + 1; /* QC_ACTIVE wraps to 0 */
+    if (sx != sy)
+        return sx < sy ? -1 : 1;
+    return x->l1_index < y->l1_index ? -1 : x->l1_index > y->l1_index;
+}
+
+void qc_pass_mapping_collect(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    uint64_t nb = 1 + (uint64_t)ctx->nb_snapshots;
+    l1_source *srcs = qc_alloc(ctx, nb * sizeof(l1_source), "L1 table list");
+    if (!srcs)
+        return;
+    size_t n = 0;
+    if (ctx->l1_usable)
+        srcs[n++] = (l1_source){QC_ACTIVE, h->l1_table_offset, h->l1_size};
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
+        if (ctx->snapshots[i].follow)
+            srcs[n++] = (l1_source){i, ctx->snapshots[i].entry.l1_table_offset,
+                                    ctx->snapshots[i].entry.l1_size};
+    for (size_t i = 0; i < n; i++)
+        qc_add_extent(ctx, QC_OWN_L1, srcs[i].snapshot, 0, srcs[i].offset,
+                      (uint64_t)srcs[i].size * 8, 1);
+    /* Read L1 tables in file order. One that overlaps an earlier one is not
+     * read (the overlap is reported with the other extents): this keeps
+     * the number of L1 entries examined below the file size / 8 however
+     * the snapshot table is forged. */
+    qsort(srcs, n, sizeof(l1_source), l1_source_cmp);
+    uint64_t covered_end = 0;
+    for (size_t i = 0; i < n && !ctx->stop; i++) {
+        if (srcs[i].offset < covered_end) {
+            ctx->unfollowed++;
+            continue;
+        }
+        covered_end = srcs[i].offset + (uint64_t)srcs[i].size * 8;
+        collect_l1(ctx, &srcs[i]);
+    }
+    qc_free(ctx, srcs, nb * sizeof(l1_source));
+    if (ctx->stop)
+        return;
+
+    qsort(ctx->l2_refs, ctx->nb_l2_refs, sizeof(qc_l2_ref), l2_ref_cmp);
+    size_t tables = 0;
+    for (size_t i = 0; i < ctx->nb_l2_refs; i++)
+        tables += i == 0 || ctx->l2_refs[i].l2_offset != ctx->l2_refs[i - 1].l2_offset;
+    ctx->l2_tables = qc_alloc(ctx, (uint64_t)tables * sizeof(qc_l2_table), "L2 table list");
+    if (!ctx->l2_tables)
+        return;
+    for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
+        const qc_l2_ref *r = &ctx->l2_refs[i];
+        if (i == 0 || r->l2_offset != ctx->l2_refs[i - 1].l2_offset)
+            ctx->l2_tables[ctx->nb_l2_tables++] = (qc_l2_table){r->l2_offset, 0, 0, i};
+        qc_l2_table *t = &ctx->l2_tables[ctx->nb_l2_tables - 1];
+        t->refs++;
+        t->active_refs += r->snapshot == QC_ACTIVE;
+    }
+    for (size_t i = 0; i < ctx->nb_l2_tables; i++) {
+        const qc_l2_table *t = &ctx->l2_tables[i];
+        const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
+        qc_add_extent(ctx, QC_OWN_L2, first->snapshot, first->l1_index, t->offset,
+                      ctx->geo.cluster_size, t->refs);
+    }
+}
+
+/* State while walking one L2 table. */
+typedef struct l2_walk {
+    const qc_l2_table *table;
+    const qc_l2_ref *first;
+    char obj[240];
+    uint64_t next_contiguous; /* for the fragmentation statistic */
+} l2_walk;
+
+static void count_data_cluster(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t cluster,
+                               bool copied)
+{
+    qc_refmap_add(&ctx->refmap, cluster, w->table->refs);
+    if (w->table->active_refs)
+        qc_bitset_set(copied ? &ctx->copied_set : &ctx->copied_clear, cluster);
+    if (qc_bitset_test(&ctx->meta_clusters, cluster)) {
+        const qc_extent *owner = qc_extent_at(ctx, cluster);
+        char what[240] = "metadata";
+        if (owner)
+            qc_describe_extent(ctx, owner, what, sizeof(what));
+        qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, w->obj, w->table->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
+                  "entry %u maps guest data to host cluster 0x%llx, which is the %s", index,
+                  (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
+    }
+}
+
+static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
+{
+    uint64_t at = w->table->offset + (uint64_t)i * ctx->geo.l2_entry_size;
+    if (w->table->active_refs) {
+        ctx->res->allocated_clusters += w->table->active_refs;
+        ctx->res->compressed_clusters += w->table->active_refs;
+        ctx->res->fragmented_clusters += w->table->active_refs;
+    }
+    if (bitmap)
+        qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, w->obj, at, 1,
+                  "entry %u: compressed cluster with subcluster bitmap 0x%016llx", i,
+                  (unsigned long long)bitmap);
+    if (entry & QC_OFLAG_COPIED)
+        qc_report(ctx, QC_P_COMPRESSED_COPIED, w->obj, at, 1, "entry %u is 0x%016llx", i,
+                  (unsigned long long)entry);
+    if (ctx->has_data_file) {
+        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, w->obj, at, 1, "entry %u is 0x%016llx", i,
+                  (unsigned long long)entry);
+        return;
+    }
+    qc_compressed c;
+    qc_compressed_decode(&ctx->geo, entry, &c);
+    uint64_t first = c.host_offset >> ctx->geo.cluster_bits;
+    uint64_t last = (c.host_offset + c.length - 1) >> ctx->geo.cluster_bits;
+    if (c.high_bits || last >= ctx->file_clusters) {
+        qc_report(ctx, QC_P_COMPRESSED_RANGE_INVALID, w->obj, at, 1,
+                  "entry %u: compressed data at 0x%llx (%llu bytes) %s", i,
+                  (unsigned long long)c.host_offset, (unsigned long long)c.length,
+                  c.high_bits ? "uses offset bits above 55" : "extends past the end of the file");
+        ctx->unfollowed++;
+        return;
+    }
+    for (uint64_t cl = first; cl <= last; cl++) {
+        qc_refmap_add(&ctx->refmap, cl, w->table->refs);
+        if (qc_bitset_test(&ctx->meta_clusters, cl)) {
+            const qc_extent *owner = qc_extent_at(ctx, cl);
+            char what[240] = "metadata";
+            if (owner)
+                qc_describe_extent(ctx, owner, what, sizeof(what));
+            qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, w->obj, at, 1,
+                      "entry %u: compressed data at 0x%llx lies in host cluster 0x%llx, which is the %s",
+                      i, (unsigned long long)c.host_offset,
+                      (unsigned long long)(cl << ctx->geo.cluster_bits), what);
+        }
+    }
+}
+
+static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t at = w->table->offset + (uint64_t)i * g->l2_entry_size;
+    uint64_t off = entry & QC_L2_OFFSET_MASK;
+    bool copied = entry & QC_OFLAG_COPIED;
+    uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
+
+    if (entry & QC_L2_RESERVED_MASK)
+        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, w->obj, at, 1, "entry %u is 0x%016llx", i,
+                  (unsigned long long)entry);
+    if ((entry & QC_OFLAG_ZERO) && (ctx->hdr.version < 3 || g->extended_l2))
+        qc_report(ctx, QC_P_L2_ZERO_FLAG_INVALID, w->obj, at, 1,
+                  "entry %u is 0x%016llx: the zero flag is not allowed in %s", i,
+                  (unsigned long long)entry,
+                  ctx->hdr.version < 3 ? "a version 2 image" : "an extended L2 image");
+    if (off == 0 && !(ctx->has_data_file && copied)) {
+        /* Unallocated (or a plain zero cluster). */
+        if (copied)
+            qc_report(ctx, QC_P_L2_ZERO_OFFSET_COPIED, w->obj, at, 1,
+                      "entry %u is 0x%016llx: COPIED with host offset 0 means nothing without an "
+                      "external data file",
+                      i, (unsigned long long)entry);
+        if (g->extended_l2 && alloc)
+            qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_UNALLOCATED, w->obj, at, 1,
+                      "entry %u: unallocated cluster with allocation bits 0x%08x", i, alloc);
+        return;
+    }
+    if (g->extended_l2 && (alloc & zero))
+        qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_AND_ZERO, w->obj, at, 1,
+                  "entry %u: subclusters 0x%08x are both allocated and zero", i, alloc & zero);
+    if (w->table->active_refs) {
+        ctx->res->allocated_clusters += w->table->active_refs;
+        if (w->next_contiguous && off != w->next_contiguous)
+            ctx->res->fragmented_clusters += w->table->active_refs;
+        w->next_contiguous = off + g->cluster_size;
+    }
+    if (ctx->has_data_file) {
+        uint64_t guest = ((uint64_t)w->first->l1_index * g->l2_entries + i) << g->cluster_bits;
+        if (off != guest)
+            qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, w->obj, at, 1,
+                      "entry %u maps guest offset 0x%llx to data file offset 0x%llx", i,
+                      (unsigned long long)guest, (unsigned long long)off);
+        if (!copied && w->table->active_refs)
+            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, w->obj, at, 1, "entry %u is 0x%016llx",
+                      i, (unsigned long long)entry);
+        return; /* data clusters live in the data file and are not refcounted */
+    }
+    if (!qc_cluster_aligned(ctx, off)) {
+        qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, w->obj, at, 1,
+                  "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
+                  (entry & QC_OFLAG_ZERO) || (g->extended_l2 && !alloc) ? "a preallocated cluster"
+                                                                         : "a data cluster",
+                  (unsigned long long)off);
+        ctx->unfollowed++;
+        return;
+    }
+    uint64_t cluster = off >> g->cluster_bits;
+    if (cluster >= ctx->file_clusters) {
+        qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, w->obj, at, 1,
+                  "entry %u points to a data cluster at 0x%llx; the file is %llu bytes", i,
+                  (unsigned long long)off, (unsigned long long)ctx->file_size);
+        return;
+    }
+    count_data_cluster(ctx, w, i, cluster, copied);
+}
+
+void qc_pass_mapping_walk(qc_ctx *ctx)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint8_t *buf = qc_alloc(ctx, g->cluster_size, "L2 table buffer");
+    if (!buf)
+        return;
+    for (size_t t = 0; t < ctx->nb_l2_tables && !ctx->stop; t++) {
+        l2_walk w = {&ctx->l2_tables[t], &ctx->l2_refs[ctx->l2_tables[t].first_ref], "", 0};
+        qc_extent e = {w.table->offset, g->cluster_size, QC_OWN_L2, w.first->snapshot,
+                       w.first->l1_index, false};
+        qc_describe_extent(ctx, &e, w.obj, sizeof(w.obj));
+        if (qc_extent_conflicted(ctx, QC_OWN_L2, w.table->offset))
+            continue; /* reported as an overlap; its contents are not trusted */
+        if (!qc_read(ctx, w.table->offset, buf, g->cluster_size, w.obj))
+            continue;
+        for (uint32_t i = 0; i < g->l2_entries; i++) {
+            const uint8_t *p = buf + (uint64_t)i * g->l2_entry_size;
+            uint64_t entry = qc_be64(p);
+            uint64_t bitmap = g->extended_l2 ? qc_be64(p + 8) : 0;
+            if (entry & QC_OFLAG_COMPRESSED)
+                walk_compressed(ctx, &w, i, entry, bitmap);
+            else
+                walk_standard(ctx, &w, i, entry, bitmap);
+        }
+    }
+    qc_free(ctx, buf, g->cluster_size);
+}

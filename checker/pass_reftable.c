@@ -1,0 +1,58 @@
+/*
+ * Pass 3: the refcount table.
+ *
+ * Checks: every refcount table entry (reserved bits, alignment, inside the
+ * file). Refcount block contents are compared in the compare pass.
+ * Needs: the header pass (reftable_usable).
+ * Produces: ctx->reftable[] (offset per entry, 0 when none or unusable),
+ * ctx->refblock_valid[], the refcount table and refcount block extents.
+ */
+#include <stdio.h>
+
+#include "ctx.h"
+
+void qc_pass_reftable(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    if (!ctx->reftable_usable)
+        return;
+    uint64_t bytes = (uint64_t)h->refcount_table_clusters << ctx->geo.cluster_bits;
+    qc_add_extent(ctx, QC_OWN_REFTABLE, 0, 0, h->refcount_table_offset, bytes, 1);
+    uint8_t *raw = qc_alloc(ctx, bytes, "refcount table");
+    ctx->reftable_entries = bytes / 8;
+    ctx->reftable = qc_alloc(ctx, ctx->reftable_entries * 8, "refcount table");
+    ctx->refblock_valid = qc_alloc(ctx, ctx->reftable_entries, "refcount table");
+    if (!raw || !ctx->reftable || !ctx->refblock_valid ||
+        !qc_read(ctx, h->refcount_table_offset, raw, bytes, "refcount table")) {
+        ctx->reftable_usable = false;
+        qc_free(ctx, raw, bytes);
+        return;
+    }
+    for (uint64_t i = 0; i < ctx->reftable_entries; i++) {
+        uint64_t e = qc_be64(raw + i * 8);
+        uint64_t off = e & QC_REFTABLE_OFFSET_MASK;
+        uint64_t at = h->refcount_table_offset + i * 8;
+        char obj[64];
+        snprintf(obj, sizeof(obj), "refcount table entry %llu", (unsigned long long)i);
+        ctx->reftable[i] = off;
+        if (e == 0)
+            continue;
+        if (e & QC_REFTABLE_RESERVED_MASK) {
+            qc_report(ctx, QC_P_REFTABLE_ENTRY_RESERVED_BITS, obj, at, 1, "entry is 0x%016llx",
+                      (unsigned long long)e);
+        } else if (!qc_cluster_aligned(ctx, off)) {
+            qc_report(ctx, QC_P_REFTABLE_ENTRY_UNALIGNED, obj, at, 1,
+                      "refcount block offset 0x%llx is not cluster aligned", (unsigned long long)off);
+        } else if (!qc_range_within(off, ctx->geo.cluster_size, ctx->file_size)) {
+            qc_report(ctx, QC_P_REFTABLE_ENTRY_PAST_EOF, obj, at, 1,
+                      "refcount block at 0x%llx is past the end of the file (%llu bytes)",
+                      (unsigned long long)off, (unsigned long long)ctx->file_size);
+        } else {
+            ctx->refblock_valid[i] = true;
+            qc_add_extent(ctx, QC_OWN_REFBLOCK, (uint32_t)i, 0, off, ctx->geo.cluster_size, 1);
+            continue;
+        }
+        ctx->unfollowed++;
+    }
+    qc_free(ctx, raw, bytes);
+}

@@ -1,0 +1,185 @@
+/*
+ * Pass 2: the snapshot table.
+ *
+ * Checks: every entry lies inside the file, extra data size (at most 1024
+ * bytes; at least 16 in version 3), the table's total size (64 MiB),
+ * duplicate ids, each snapshot's L1 table (aligned, inside the file, at
+ * most 32 MiB, large enough for the snapshot's disk size), snapshots in an
+ * image with an external data file.
+ * Needs: the header pass (geometry, snapshots_usable).
+ * Produces: ctx->snapshots[] with a `follow` verdict each, the snapshot
+ * table extent.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx.h"
+
+/* Largest single entry: fixed part, extra data (up to 2^32 is possible in
+ * the field but anything above 1024 is reported), id and name. */
+#define MAX_READ_CHUNK (1ull << 20)
+
+typedef struct id_key {
+    const uint8_t *id;
+    uint16_t len;
+    uint32_t index;
+} id_key;
+
+static int id_cmp(const void *a, const void *b)
+{
+    const id_key *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = n ? memcmp(x->id, y->id, n) : 0;
+    if (c)
+        return c;
+    if (x->len != y->len)
+        return x->len < y->len ? -1 : 1;
+    return x->index < y->index ? -1 : x->index > y->index;
+}
+
+static void check_duplicate_ids(qc_ctx *ctx)
+{
+    if (ctx->nb_snapshots < 2)
+        return;
+    id_key *keys = qc_alloc(ctx, (uint64_t)ctx->nb_snapshots * sizeof(id_key), "snapshot id index");
+    if (!keys)
+        return;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
+        keys[i] = (id_key){ctx->snapshots[i].entry.id, ctx->snapshots[i].entry.id_str_size, i};
+    qsort(keys, ctx->nb_snapshots, sizeof(id_key), id_cmp);
+    for (uint32_t i = 1; i < ctx->nb_snapshots; i++) {
+        if (keys[i].len != keys[i - 1].len ||
+            (keys[i].len && memcmp(keys[i].id, keys[i - 1].id, keys[i].len)))
+            continue;
+        char a[160], b[160];
+        qc_describe_snapshot(ctx, keys[i].index, a, sizeof(a));
+        qc_describe_snapshot(ctx, keys[i - 1].index, b, sizeof(b));
+        qc_report(ctx, QC_P_SNAPSHOT_ID_DUPLICATE, a, ctx->snapshots[keys[i].index].table_offset, 1,
+                  "has the same id as %s", b);
+    }
+    qc_free(ctx, keys, (uint64_t)ctx->nb_snapshots * sizeof(id_key));
+}
+
+static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
+{
+    qc_snapshot *s = &ctx->snapshots[index];
+    const qc_snapshot_entry *e = &s->entry;
+    char obj[200];
+    qc_describe_snapshot(ctx, index, obj, sizeof(obj));
+    uint64_t bytes = (uint64_t)e->l1_size * 8;
+    s->follow = false;
+    if (!qc_cluster_aligned(ctx, e->l1_table_offset))
+        qc_report(ctx, QC_P_SNAPSHOT_L1_UNALIGNED, obj, s->table_offset, 1,
+                  "L1 table offset 0x%llx is not cluster aligned",
+                  (unsigned long long)e->l1_table_offset);
+    else if (bytes > QC_MAX_L1_BYTES)
+        qc_report(ctx, QC_P_SNAPSHOT_L1_TOO_LARGE, obj, s->table_offset + 8, 1,
+                  "l1_size %u (%llu bytes) exceeds 32 MiB", e->l1_size, (unsigned long long)bytes);
+    else if (e->l1_size && (e->l1_table_offset == 0 ||
+                            !qc_range_within(e->l1_table_offset, bytes, ctx->file_size)))
+        qc_report(ctx, QC_P_SNAPSHOT_L1_PAST_EOF, obj, s->table_offset, 1,
+                  "L1 table at 0x%llx (%u entries) is not inside the file (%llu bytes)",
+                  (unsigned long long)e->l1_table_offset, e->l1_size,
+                  (unsigned long long)ctx->file_size);
+    else
+        s->follow = e->l1_size > 0;
+    if (!s->follow && e->l1_size)
+        ctx->unfollowed++;
+    if (e->has_disk_size && qc_l1_entries_needed(&ctx->geo, e->disk_size) > e->l1_size)
+        qc_report(ctx, QC_P_SNAPSHOT_L1_TOO_SMALL, obj, s->table_offset + 8, 1,
+                  "l1_size %u is too small for its disk size of %llu bytes", e->l1_size,
+                  (unsigned long long)e->disk_size);
+}
+
+/* Decode up to `count` entries from buf; returns how many were complete.
+ * *end receives the offset just past the last complete entry. */
+static uint32_t decode_entries(qc_ctx *ctx, const uint8_t *buf, size_t len, uint32_t count,
+                               size_t *end)
+{
+    qc_cursor c = qc_cursor_make(buf, len);
+    uint32_t n = 0;
+    *end = 0;
+    while (n < count) {
+        qc_snapshot_entry e;
+        size_t start = c.pos;
+        if (!qc_snapshot_decode(&c, &e))
+            break;
+        ctx->snapshots[n].entry = e;
+        ctx->snapshots[n].table_offset = ctx->hdr.snapshots_offset + start;
+        *end = c.pos;
+        n++;
+    }
+    return n;
+}
+
+void qc_pass_snapshots(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    if (!ctx->snapshots_usable)
+        return;
+    if (ctx->has_data_file)
+        qc_report(ctx, QC_P_SNAPSHOTS_WITH_DATA_FILE, "snapshot table", 60, 1,
+                  "%u snapshots in an image with an external data file", h->nb_snapshots);
+    uint32_t count = h->nb_snapshots;
+    if (count > QC_MAX_SNAPSHOTS) {
+        qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
+                  "nb_snapshots is %u; at most 65536 are allowed", count);
+        count = QC_MAX_SNAPSHOTS;
+    }
+    /* The table cannot be larger than what remains of the file, nor (for
+     * QEMU) than 64 MiB plus one entry; read that much at the most. */
+    uint64_t avail = ctx->file_size - h->snapshots_offset;
+    uint64_t max_entries = avail / QC_SNAPSHOT_FIXED_SIZE;
+    if (count > max_entries) {
+        qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
+                  "nb_snapshots is %u but only %llu entries fit in the %llu bytes after offset 0x%llx",
+                  h->nb_snapshots, (unsigned long long)max_entries, (unsigned long long)avail,
+                  (unsigned long long)h->snapshots_offset);
+        count = (uint32_t)max_entries;
+    }
+    if (count == 0)
+        return;
+    uint64_t cap = QC_MAX_SNAPSHOT_TABLE + MAX_READ_CHUNK;
+    uint64_t len = avail < cap ? avail : cap;
+    /* Start small and read more only when the entries need it. */
+    uint64_t want = len < 65536 ? len : 65536;
+    ctx->snapshots = qc_alloc(ctx, (uint64_t)count * sizeof(qc_snapshot), "snapshot list");
+    if (!ctx->snapshots)
+        return;
+    size_t end = 0;
+    uint32_t n = 0;
+    for (uint64_t have = 0;; have = want, want = want * 4 < len ? want * 4 : len) {
+        qc_free(ctx, ctx->snap_table_buf, have);
+        ctx->snap_table_buf = qc_alloc(ctx, want, "snapshot table");
+        if (!ctx->snap_table_buf ||
+            !qc_read(ctx, h->snapshots_offset, ctx->snap_table_buf, want, "snapshot table"))
+            return;
+        n = decode_entries(ctx, ctx->snap_table_buf, want, count, &end);
+        if (n == count || want == len)
+            break;
+    }
+    ctx->nb_snapshots = n;
+    if (n < count)
+        qc_report(ctx, QC_P_SNAPSHOT_TABLE_TRUNCATED, "snapshot table",
+                  h->snapshots_offset + end, count - n,
+                  "entry %u of %u does not fit in the file (or in 64 MiB)", n, count);
+    if (end > QC_MAX_SNAPSHOT_TABLE)
+        qc_report(ctx, QC_P_SNAPSHOT_TABLE_TOO_LARGE, "snapshot table", h->snapshots_offset, 1,
+                  "the table is %zu bytes", end);
+    for (uint32_t i = 0; i < n; i++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+        char obj[200];
+        qc_describe_snapshot(ctx, i, obj, sizeof(obj));
+        if (e->extra_data_size > QC_MAX_SNAPSHOT_EXTRA)
+            qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_LARGE, obj, ctx->snapshots[i].table_offset + 36,
+                      1, "extra_data_size is %u bytes", e->extra_data_size);
+        if (h->version >= 3 && e->extra_data_size < 16)
+            qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_SMALL, obj, ctx->snapshots[i].table_offset + 36,
+                      1, "extra_data_size is %u bytes; version 3 needs at least 16",
+                      e->extra_data_size);
+        check_snapshot_l1(ctx, i);
+    }
+    check_duplicate_ids(ctx);
+    qc_add_extent(ctx, QC_OWN_SNAPSHOT_TABLE, 0, 0, h->snapshots_offset, end, 1);
+}

@@ -1,0 +1,159 @@
+/*
+ * qcheck public interface: check qcow2 images.
+ *
+ * The library never prints, never exits and keeps no global state: every
+ * call works on the context or the result it is given, findings are passed
+ * to a callback, and errors are returned as negative errno values.
+ */
+#ifndef QCHECK_H
+#define QCHECK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define QC_VERSION_STRING "0.1.0"
+
+/* ---- I/O: where the image bytes come from ---------------------------- */
+
+typedef struct qc_io {
+    /* Read exactly len bytes at off; returns 0 or a negative errno.
+     * Reading past the end of the image is -EIO (callers bound their reads
+     * by `size` first). */
+    int (*read)(void *opaque, uint64_t off, void *buf, size_t len);
+    void (*close)(void *opaque);
+    void *opaque;
+    uint64_t size; /* real length of the image in bytes */
+} qc_io;
+
+/* Open a file read-only (O_RDONLY; nothing is ever written). */
+int qc_io_open_file(qc_io *io, const char *path);
+/* Wrap a caller-owned buffer; it must outlive the io. */
+void qc_io_open_memory(qc_io *io, const void *buf, size_t len);
+void qc_io_close(qc_io *io);
+
+/* ---- The problem table ----------------------------------------------- */
+
+typedef enum qc_severity {
+    QC_SEV_ERROR,      /* the check could not be completed (check-errors) */
+    QC_SEV_CORRUPTION, /* counted in "corruptions" */
+    QC_SEV_LEAK,       /* counted in "leaks" */
+    QC_SEV_WARNING,    /* non-conforming but not counted */
+    QC_SEV_INFO,
+} qc_severity;
+
+typedef enum qc_fix {
+    QC_FIX_NONE,
+    QC_FIX_LOWER_REFCOUNT,
+    QC_FIX_RAISE_REFCOUNT,
+    QC_FIX_REBUILD_REFCOUNTS,
+    QC_FIX_FIX_COPIED,
+    QC_FIX_CLEAR_ENTRY,
+    QC_FIX_CLEAR_FEATURE_BIT,
+    QC_FIX_REPAIR_SNAPSHOT_TABLE,
+    QC_FIX_DROP_BITMAPS,
+} qc_fix;
+
+typedef enum qc_problem_id {
+#define QC_PROBLEM(name, code, id, sev, fix, summary) QC_P_##name,
+#include "problems.def"
+#undef QC_PROBLEM
+    QC_P_COUNT
+} qc_problem_id;
+
+typedef struct qc_problem {
+    qc_problem_id index;
+    unsigned code;
+    const char *id;
+    qc_severity severity;
+    qc_fix fix;
+    const char *summary;
+} qc_problem;
+
+const qc_problem *qc_problem_get(qc_problem_id index);
+const qc_problem *qc_problem_by_id(const char *id);
+const char *qc_severity_name(qc_severity sev);
+const char *qc_fix_name(qc_fix fix);
+
+/* ---- Findings --------------------------------------------------------- */
+
+#define QC_NO_OFFSET UINT64_MAX
+
+typedef struct qc_finding {
+    const qc_problem *problem;
+    const char *object;  /* e.g. "L2 table (L1 index 3)", "snapshot 1 \"s1\"" */
+    const char *message; /* the specifics, printable ASCII */
+    uint64_t offset;     /* host byte offset, or QC_NO_OFFSET */
+    uint64_t count;      /* how many clusters or entries this finding covers */
+} qc_finding;
+
+typedef void (*qc_finding_cb)(const qc_finding *finding, void *payload);
+
+/* ---- Checking ---------------------------------------------------------- */
+
+typedef struct qc_options {
+    qc_finding_cb on_finding; /* may be NULL */
+    void *payload;
+    uint64_t max_mem; /* bytes the check may allocate; 0 = default */
+} qc_options;
+
+#define QC_DEFAULT_MAX_MEM (8ULL << 30)
+
+typedef struct qc_header_info {
+    unsigned version;
+    unsigned cluster_bits;
+    uint64_t virtual_size;
+    unsigned refcount_bits;
+    uint64_t incompatible_features;
+    uint64_t compatible_features;
+    uint64_t autoclear_features;
+    uint64_t unknown_incompatible; /* bits qcheck does not know */
+    uint64_t unknown_compatible;
+    uint64_t unknown_autoclear;
+    bool dirty, corrupt, external_data_file, extended_l2;
+    unsigned compression_type;
+    unsigned nb_snapshots;
+    bool has_backing_file;
+    bool has_bitmaps;
+} qc_header_info;
+
+typedef struct qc_result {
+    /* Not a qcow2 image at all: what it looks like ("raw", "qed", "qcow
+     * (version 1)", "vmdk", ...). NULL for a qcow2 image. */
+    const char *other_format;
+    bool header_valid; /* the header decoded far enough to fill `header` */
+    qc_header_info header;
+
+    /* qemu-img check's ImageCheck counters, same meaning. */
+    uint64_t check_errors;
+    uint64_t corruptions;
+    uint64_t leaks;
+    uint64_t image_end_offset;
+    uint64_t total_clusters;
+    uint64_t allocated_clusters;
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+
+    uint64_t warnings;
+    uint64_t findings;
+    uint64_t per_problem[QC_P_COUNT]; /* counted findings per problem */
+} qc_result;
+
+/* Check the image behind io. Returns 0 when the check ran (whatever it
+ * found: see result) or a negative errno for a failure of the caller's
+ * making (bad arguments). Out-of-memory and read failures during the check
+ * are findings (check errors), not return values. */
+int qc_check(qc_io *io, const qc_options *opts, qc_result *result);
+
+/* Exit status with qemu-img check's meaning: 0 clean, 1 check not
+ * completed, 2 corruptions, 3 leaks only, 63 not a checkable format. */
+int qc_exit_status(const qc_result *result);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,442 @@
+/*
+ * The qcheck command: a drop-in for `qemu-img check` on qcow2 images.
+ *
+ * Parses qemu-img check's options, runs the library, prints findings (one
+ * line each, on stderr, as qemu-img prints its diagnostics) and the summary
+ * lines qemu-img prints (on stdout), or one JSON object on stdout. The exit
+ * status is qemu-img check's.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "qcheck.h"
+
+enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
+
+typedef struct cli {
+    const char *filename; /* as given, for output */
+    const char *path;     /* what is opened */
+    bool quiet;
+    enum output_format output;
+    uint64_t max_mem;
+    /* JSON mode collects findings and prints them inside the object. */
+    char **problems;
+    size_t nb_problems, cap_problems;
+    bool out_of_memory;
+} cli;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: qcheck [-q] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
+            "              [--max-mem=SIZE] FILE\n"
+            "       qcheck --list-problems[=markdown]\n"
+            "\n"
+            "Check a qcow2 image for consistency, read-only. Options and exit status\n"
+            "follow `qemu-img check`:\n"
+            "  -q, --quiet            print no summary (findings still go to stderr)\n"
+            "  -f, --format=FMT       image format; only qcow2 can be checked\n"
+            "  --output=FMT           human (default) or json\n"
+            "  -r, --repair=leaks|all repair the image (not supported yet)\n"
+            "  -U, --force-share      accepted for compatibility (qcheck takes no locks)\n"
+            "  --image-opts           FILE is an option string (driver=qcow2,file.filename=PATH)\n"
+            "  -T, --cache=MODE       accepted for compatibility\n"
+            "  --object=OBJDEF        accepted for compatibility (no secret is ever needed)\n"
+            "  --max-mem=SIZE         memory the check may use (default 8G; suffixes K M G T)\n"
+            "  --list-problems[=markdown]  list every problem qcheck can report\n"
+            "  -h, --help             show this help\n"
+            "  -V, --version          show the version\n"
+            "\n"
+            "Exit status: 0 no problems, 1 the check could not be completed, 2 corruptions\n"
+            "found, 3 only leaked clusters found, 63 not a qcow2 image.\n"
+            "qcheck never opens a backing file or external data file named in the image.\n");
+}
+
+static void json_string(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p == '"' || *p == '\\')
+            fprintf(out, "\\%c", *p);
+        else if (*p < 0x20 || *p >= 0x7f)
+            fprintf(out, "\\u%04x", *p);
+        else
+            fputc(*p, out);
+    }
+    fputc('"', out);
+}
+
+/* Print one finding as a JSON object into a heap string. */
+static char *finding_json(const qc_finding *f)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m)
+        return NULL;
+    fprintf(m, "{\"code\": %u, \"id\": ", f->problem->code);
+    json_string(m, f->problem->id);
+    fprintf(m, ", \"severity\": ");
+    json_string(m, qc_severity_name(f->problem->severity));
+    fprintf(m, ", \"message\": ");
+    json_string(m, f->message);
+    fprintf(m, ", \"object\": ");
+    json_string(m, f->object);
+    if (f->offset == QC_NO_OFFSET)
+        fprintf(m, ", \"offset\": null");
+    else
+        fprintf(m, ", \"offset\": %" PRIu64, f->offset);
+    fprintf(m, ", \"count\": %" PRIu64 ", \"fix\": ", f->count);
+    json_string(m, qc_fix_name(f->problem->fix));
+    fputc('}', m);
+    if (fclose(m) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static void on_finding(const qc_finding *f, void *payload)
+{
+    cli *c = payload;
+    if (c->output == OUTPUT_HUMAN) {
+        fprintf(stderr, "%s: %s (%u) in %s", qc_severity_name(f->problem->severity),
+                f->problem->id, f->problem->code, f->object);
+        if (f->offset != QC_NO_OFFSET)
+            fprintf(stderr, " at 0x%" PRIx64, f->offset);
+        fprintf(stderr, ": %s\n", f->message);
+        return;
+    }
+    if (c->nb_problems == c->cap_problems) {
+        size_t cap = c->cap_problems ? c->cap_problems * 2 : 32;
+        char **p = realloc(c->problems, cap * sizeof(*p));
+        if (!p) {
+            c->out_of_memory = true;
+            return;
+        }
+        c->problems = p;
+        c->cap_problems = cap;
+    }
+    char *s = finding_json(f);
+    if (!s) {
+        c->out_of_memory = true;
+        return;
+    }
+    c->problems[c->nb_problems++] = s;
+}
+
+static void print_human_summary(const qc_result *r)
+{
+    if (!(r->corruptions || r->leaks || r->check_errors)) {
+        printf("No errors were found on the image.\n");
+    } else {
+        if (r->corruptions)
+            printf("\n%" PRIu64 " errors were found on the image.\n"
+                   "Data may be corrupted, or further writes to the image may corrupt it.\n",
+                   r->corruptions);
+        if (r->leaks)
+            printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
+                   "This means waste of disk space, but no harm to data.\n",
+                   r->leaks);
+        if (r->check_errors)
+            printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
+                   r->check_errors);
+    }
+    if (r->total_clusters && r->allocated_clusters)
+        printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% "
+               "compressed clusters\n",
+               r->allocated_clusters, r->total_clusters,
+               (double)r->allocated_clusters * 100.0 / (double)r->total_clusters,
+               (double)r->fragmented_clusters * 100.0 / (double)r->allocated_clusters,
+               (double)r->compressed_clusters * 100.0 / (double)r->allocated_clusters);
+    if (r->image_end_offset)
+        printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+}
+
+static void json_field(const char *key, uint64_t value, bool always)
+{
+    if (value || always)
+        printf(",\n    \"%s\": %" PRIu64, key, value);
+}
+
+/* The JSON object: qemu-img's ImageCheck keys (optional ones omitted when
+ * zero), then qcheck's own. `error` is set when no check could be made. */
+static void print_json(const cli *c, const qc_result *r, const char *format, const char *error,
+                       int status)
+{
+    printf("{\n    \"filename\": ");
+    json_string(stdout, c->filename);
+    printf(",\n    \"format\": ");
+    json_string(stdout, format);
+    json_field("check-errors", r->check_errors, true);
+    json_field("image-end-offset", r->image_end_offset, false);
+    json_field("corruptions", r->corruptions, false);
+    json_field("leaks", r->leaks, false);
+    json_field("total-clusters", r->total_clusters, false);
+    json_field("allocated-clusters", r->allocated_clusters, false);
+    json_field("fragmented-clusters", r->fragmented_clusters, false);
+    json_field("compressed-clusters", r->compressed_clusters, false);
+    json_field("warnings", r->warnings, true);
+    if (r->header_valid) {
+        const qc_header_info *h = &r->header;
+        printf(",\n    \"header\": {\"version\": %u, \"cluster-size\": %" PRIu64
+               ", \"virtual-size\": %" PRIu64 ", \"refcount-bits\": %u, \"dirty\": %s, "
+               "\"corrupt\": %s, \"external-data-file\": %s, \"extended-l2\": %s, "
+               "\"snapshots\": %u, \"incompatible-features\": %" PRIu64
+               ", \"compatible-features\": %" PRIu64 ", \"autoclear-features\": %" PRIu64
+               ", \"unknown-incompatible-features\": %" PRIu64
+               ", \"unknown-compatible-features\": %" PRIu64
+               ", \"unknown-autoclear-features\": %" PRIu64 "}",
+               h->version, (uint64_t)1 << h->cluster_bits, h->virtual_size, h->refcount_bits,
+               h->dirty ? "true" : "false", h->corrupt ? "true" : "false",
+               h->external_data_file ? "true" : "false", h->extended_l2 ? "true" : "false",
+               h->nb_snapshots, h->incompatible_features, h->compatible_features,
+               h->autoclear_features, h->unknown_incompatible, h->unknown_compatible,
+               h->unknown_autoclear);
+    }
+    printf(",\n    \"problems\": [");
+    for (size_t i = 0; i < c->nb_problems; i++)
+        printf("%s\n        %s", i ? "," : "", c->problems[i]);
+    printf("%s]", c->nb_problems ? "\n    " : "");
+    if (error) {
+        printf(",\n    \"error\": ");
+        json_string(stdout, error);
+    }
+    printf(",\n    \"exit-code\": %d\n}\n", status);
+}
+
+/* Report a failure to start the check; returns the exit status. */
+static int fail(const cli *c, int status, const char *format, const char *message)
+{
+    if (c->output == OUTPUT_JSON) {
+        if (!c->quiet) {
+            qc_result empty = {0};
+            empty.check_errors = status == 1 ? 1 : 0;
+            print_json(c, &empty, format, message, status);
+        }
+    } else {
+        fprintf(stderr, "qcheck: %s\n", message);
+    }
+    return status;
+}
+
+static bool parse_size(const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s)
+        return false;
+    unsigned shift = 0;
+    switch (*end) {
+    case 'k': case 'K': shift = 10; end++; break;
+    case 'm': case 'M': shift = 20; end++; break;
+    case 'g': case 'G': shift = 30; end++; break;
+    case 't': case 'T': shift = 40; end++; break;
+    case '\0': break;
+    default: return false;
+    }
+    if (*end || v > (UINT64_MAX >> shift))
+        return false;
+    *out = (uint64_t)v << shift;
+    return true;
+}
+
+/* --image-opts: "driver=qcow2,file.filename=PATH" (or filename=PATH). */
+static const char *image_opts_path(char *opts, const char **driver)
+{
+    const char *path = NULL;
+    *driver = NULL;
+    for (char *tok = strtok(opts, ","); tok; tok = strtok(NULL, ",")) {
+        if (strncmp(tok, "driver=", 7) == 0)
+            *driver = tok + 7;
+        else if (strncmp(tok, "file.filename=", 14) == 0)
+            path = tok + 14;
+        else if (strncmp(tok, "filename=", 9) == 0)
+            path = tok + 9;
+    }
+    return path;
+}
+
+static void list_problems(bool markdown)
+{
+    if (markdown) {
+        printf("# qcheck problem ids\n\n"
+               "Generated from `checker/problems.def` by `qcheck --list-problems=markdown`;\n"
+               "a test fails when this file and the table disagree.\n\n"
+               "Severity `corruption` and `leak` count towards qemu-img's `corruptions` and\n"
+               "`leaks`; `error` means the check could not be completed (exit 1); `warning`\n"
+               "and `info` do not change the exit status.\n\n"
+               "| Code | Id | Severity | Fix | Meaning |\n"
+               "|---|---|---|---|---|\n");
+    }
+    for (unsigned i = 0; i < QC_P_COUNT; i++) {
+        const qc_problem *p = qc_problem_get((qc_problem_id)i);
+        if (markdown)
+            printf("| %u | `%s` | %s | %s | %s |\n", p->code, p->id, qc_severity_name(p->severity),
+                   qc_fix_name(p->fix), p->summary);
+        else
+            printf("%u\t%s\t%s\t%s\t%s\n", p->code, p->id, qc_severity_name(p->severity),
+                   qc_fix_name(p->fix), p->summary);
+    }
+}
+
+int main(int argc, char **argv)
+{
+    enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST };
+    static const struct option longopts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {"quiet", no_argument, NULL, 'q'},
+        {"format", required_argument, NULL, 'f'},
+        {"output", required_argument, NULL, OPT_OUTPUT},
+        {"repair", required_argument, NULL, 'r'},
+        {"force-share", no_argument, NULL, 'U'},
+        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+        {"cache", required_argument, NULL, 'T'},
+        {"object", required_argument, NULL, OPT_OBJECT},
+        {"max-mem", required_argument, NULL, OPT_MAX_MEM},
+        {"list-problems", optional_argument, NULL, OPT_LIST},
+        {NULL, 0, NULL, 0},
+    };
+    cli c = {0};
+    const char *format = NULL, *repair = NULL;
+    bool image_opts = false;
+    int opt;
+    /* Report usage errors ourselves, in JSON when JSON was asked for. */
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--output=json") == 0 ||
+            (strcmp(argv[i], "--output") == 0 && i + 1 < argc && strcmp(argv[i + 1], "json") == 0))
+            c.output = OUTPUT_JSON;
+    opterr = 0;
+    c.filename = "";
+    while ((opt = getopt_long(argc, argv, ":hVqf:r:UT:", longopts, NULL)) != -1) {
+        char msg[300];
+        switch (opt) {
+        case 'h':
+            usage(stdout);
+            return 0;
+        case 'V':
+            printf("qcheck %s\n", QC_VERSION_STRING);
+            return 0;
+        case 'q':
+            c.quiet = true;
+            break;
+        case 'f':
+            format = optarg;
+            break;
+        case OPT_OUTPUT:
+            if (strcmp(optarg, "json") == 0) {
+                c.output = OUTPUT_JSON;
+            } else if (strcmp(optarg, "human") == 0) {
+                c.output = OUTPUT_HUMAN;
+            } else {
+                c.output = OUTPUT_HUMAN;
+                return fail(&c, 1, "unknown", "--output must be used with human or json as argument.");
+            }
+            break;
+        case 'r':
+            repair = optarg;
+            break;
+        case 'U':
+        case 'T':
+        case OPT_OBJECT:
+            break;
+        case OPT_IMAGE_OPTS:
+            image_opts = true;
+            break;
+        case OPT_MAX_MEM:
+            if (!parse_size(optarg, &c.max_mem) || c.max_mem == 0) {
+                snprintf(msg, sizeof(msg), "--max-mem expects a size such as 512M or 4G, not '%s'", optarg);
+                return fail(&c, 1, "unknown", msg);
+            }
+            break;
+        case OPT_LIST:
+            list_problems(optarg && strcmp(optarg, "markdown") == 0);
+            return 0;
+        case ':':
+            snprintf(msg, sizeof(msg), "option '%s' needs an argument (see qcheck --help)",
+                     argv[optind - 1]);
+            return fail(&c, 1, "unknown", msg);
+        default:
+            snprintf(msg, sizeof(msg), "unknown option '%s' (see qcheck --help)", argv[optind - 1]);
+            return fail(&c, 1, "unknown", msg);
+        }
+    }
+    if (optind != argc - 1)
+        return fail(&c, 1, "unknown", "Expecting one image file name (see qcheck --help)");
+    c.filename = c.path = argv[optind];
+    char *opts_copy = NULL;
+    if (image_opts) {
+        opts_copy = strdup(argv[optind]);
+        const char *driver;
+        c.path = opts_copy ? image_opts_path(opts_copy, &driver) : NULL;
+        if (!c.path) {
+            free(opts_copy);
+            return fail(&c, 1, "unknown", "--image-opts needs file.filename=PATH in its option string");
+        }
+        if (driver && !format)
+            format = driver;
+    }
+    int status;
+    char msg[600];
+    if (repair) {
+        if (strcmp(repair, "leaks") && strcmp(repair, "all"))
+            snprintf(msg, sizeof(msg), "--repair (-r) expects 'leaks' or 'all', not '%s'", repair);
+        else
+            snprintf(msg, sizeof(msg), "repair (-r %s) is not supported yet; run without -r to check", repair);
+        status = fail(&c, 1, "qcow2", msg);
+        goto out;
+    }
+    if (format && strcmp(format, "qcow2") != 0) {
+        snprintf(msg, sizeof(msg), "format '%s' does not support checks; qcheck checks qcow2 images only", format);
+        status = fail(&c, 63, format, msg);
+        goto out;
+    }
+    qc_io io;
+    int ret = qc_io_open_file(&io, c.path);
+    if (ret < 0) {
+        snprintf(msg, sizeof(msg), "Could not open '%s': %s", c.path, strerror(-ret));
+        status = fail(&c, 1, "qcow2", msg);
+        goto out;
+    }
+    qc_options o = {on_finding, &c, c.max_mem};
+    qc_result r;
+    ret = qc_check(&io, &o, &r);
+    qc_io_close(&io);
+    if (ret < 0) {
+        snprintf(msg, sizeof(msg), "Could not check '%s': %s", c.path, strerror(-ret));
+        status = fail(&c, 1, "qcow2", msg);
+        goto out;
+    }
+    status = qc_exit_status(&r);
+    if (r.other_format) {
+        snprintf(msg, sizeof(msg), "'%s' is not a qcow2 image (it looks like %s); this image format does not support checks",
+                 c.path, r.other_format);
+        status = fail(&c, status, r.other_format, msg);
+        goto out;
+    }
+    if (c.out_of_memory) {
+        r.check_errors++;
+        status = 1;
+    }
+    if (c.output == OUTPUT_JSON) {
+        if (!c.quiet)
+            print_json(&c, &r, "qcow2", NULL, status);
+    } else {
+        if (!c.quiet)
+            print_human_summary(&r);
+        if (r.check_errors)
+            fprintf(stderr, "qcheck: Check failed: the check could not be completed\n");
+    }
+out:
+    for (size_t i = 0; i < c.nb_problems; i++)
+        free(c.problems[i]);
+    free(c.problems);
+    free(opts_copy);
+    return status;
+}

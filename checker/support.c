@@ -1,0 +1,210 @@
+/*
+ * Support shared by every pass: the problem table and the reporting
+ * decision point, memory accounting against --max-mem, bounded reads.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctx.h"
+
+static const qc_problem problem_table[QC_P_COUNT] = {
+#define QC_PROBLEM(name, code_, id_, sev, fix_, summary_)                                          \
+    [QC_P_##name] = {QC_P_##name, code_, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_},
+#include "problems.def"
+#undef QC_PROBLEM
+};
+
+const qc_problem *qc_problem_get(qc_problem_id index)
+{
+    return (unsigned)index < QC_P_COUNT ? &problem_table[index] : NULL;
+}
+
+const qc_problem *qc_problem_by_id(const char *id)
+{
+    for (unsigned i = 0; i < QC_P_COUNT; i++)
+        if (strcmp(problem_table[i].id, id) == 0)
+            return &problem_table[i];
+    return NULL;
+}
+
+const char *qc_severity_name(qc_severity sev)
+{
+    static const char *const names[] = {"error", "corruption", "leak", "warning", "info"};
+    return (unsigned)sev < sizeof(names) / sizeof(names[0]) ? names[sev] : "?";
+}
+
+const char *qc_fix_name(qc_fix fix)
+{
+    static const char *const names[] = {
+        "none",          "lower-refcount",    "raise-refcount",        "rebuild-refcounts",
+        "fix-copied",    "clear-entry",       "clear-feature-bit",     "repair-snapshot-table",
+        "drop-bitmaps",
+    };
+    return (unsigned)fix < sizeof(names) / sizeof(names[0]) ? names[fix] : "?";
+}
+
+static void tally(qc_ctx *ctx, const qc_problem *p, uint64_t count)
+{
+    qc_result *r = ctx->res;
+    switch (p->severity) {
+    case QC_SEV_ERROR:
+        r->check_errors += count;
+        break;
+    case QC_SEV_CORRUPTION:
+        r->corruptions += count;
+        break;
+    case QC_SEV_LEAK:
+        r->leaks += count;
+        break;
+    case QC_SEV_WARNING:
+        r->warnings += 1;
+        break;
+    case QC_SEV_INFO:
+        break;
+    }
+    r->per_problem[p->index] += count;
+    r->findings++;
+}
+
+static void emit(qc_ctx *ctx, const qc_problem *p, const char *object, uint64_t offset,
+                 uint64_t count, const char *message)
+{
+    if (!ctx->opts || !ctx->opts->on_finding)
+        return;
+    qc_finding f = {p, object ? object : "", message, offset, count};
+    ctx->opts->on_finding(&f, ctx->opts->payload);
+}
+
+void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offset,
+               uint64_t count, const char *fmt, ...)
+{
+    const qc_problem *p = &problem_table[id];
+    if (count == 0)
+        count = 1;
+    tally(ctx, p, count);
+    /* Findings past the cap are counted but folded into one summary line, so
+     * a thousand bad entries do not flood the output. */
+    if (ctx->shown[id] >= QC_REPORT_CAP) {
+        ctx->hidden[id]++;
+        ctx->hidden_count[id] += count;
+        return;
+    }
+    ctx->shown[id]++;
+    char message[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof(message), fmt, ap);
+    va_end(ap);
+    emit(ctx, p, object, offset, count, message);
+}
+
+void qc_report_flush(qc_ctx *ctx)
+{
+    for (unsigned i = 0; i < QC_P_COUNT; i++) {
+        if (!ctx->hidden[i])
+            continue;
+        char message[160];
+        snprintf(message, sizeof(message),
+                 "%llu more findings of this kind (%llu items) are not shown one by one",
+                 (unsigned long long)ctx->hidden[i], (unsigned long long)ctx->hidden_count[i]);
+        emit(ctx, &problem_table[i], "(summary)", QC_NO_OFFSET, ctx->hidden_count[i], message);
+    }
+}
+
+void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (dst_len == 0)
+        return;
+    for (size_t i = 0; i < src_len; i++) {
+        uint8_t ch = src[i];
+        bool plain = ch >= 0x20 && ch < 0x7f && ch != '\\' && ch != '"';
+        size_t need = plain ? 1 : 4;
+        if (o + need + 4 >= dst_len) { /* keep room for "..." and NUL */
+            memcpy(dst + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (plain) {
+            dst[o++] = (char)ch;
+        } else {
+            dst[o++] = '\\';
+            dst[o++] = 'x';
+            dst[o++] = hex[ch >> 4];
+            dst[o++] = hex[ch & 15];
+        }
+    }
+    dst[o] = '\0';
+}
+
+void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
+{
+    if (bytes == 0)
+        bytes = 1;
+    if (bytes > ctx->mem_limit - ctx->mem_used || bytes > SIZE_MAX) {
+        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
+                  "needs %llu more bytes, over the limit of %llu bytes",
+                  (unsigned long long)bytes, (unsigned long long)ctx->mem_limit);
+        ctx->stop = true;
+        return NULL;
+    }
+    void *p = calloc(1, (size_t)bytes);
+    if (!p) {
+        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
+                  "out of memory allocating %llu bytes", (unsigned long long)bytes);
+        ctx->stop = true;
+        return NULL;
+    }
+    ctx->mem_used += bytes;
+    return p;
+}
+
+void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what)
+{
+    if (need <= *cap)
+        return ptr;
+    size_t new_cap = *cap ? *cap : 16;
+    while (new_cap < need)
+        new_cap *= 2;
+    uint64_t old_bytes = (uint64_t)*cap * elem, new_bytes;
+    if (!qc_mul_ok(new_cap, elem, &new_bytes) ||
+        new_bytes - old_bytes > ctx->mem_limit - ctx->mem_used) {
+        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
+                  "needs %llu bytes, over the limit of %llu bytes",
+                  (unsigned long long)new_bytes, (unsigned long long)ctx->mem_limit);
+        ctx->stop = true;
+        return NULL;
+    }
+    void *p = realloc(ptr, (size_t)new_bytes);
+    if (!p) {
+        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1, "out of memory");
+        ctx->stop = true;
+        return NULL;
+    }
+    ctx->mem_used += new_bytes - old_bytes;
+    *cap = new_cap;
+    return p;
+}
+
+void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes)
+{
+    if (!ptr)
+        return;
+    free(ptr);
+    ctx->mem_used -= bytes ? bytes : 1;
+}
+
+bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)
+{
+    int ret = qc_range_within(off, len, ctx->file_size) ? ctx->io->read(ctx->io->opaque, off, buf, len)
+                                                        : -EIO;
+    if (ret < 0) {
+        qc_report(ctx, QC_P_READ_FAILED, what, off, 1, "reading %zu bytes failed: %s", len,
+                  strerror(-ret));
+        return false;
+    }
+    return true;
+}
