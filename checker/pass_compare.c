@@ -54,8 +54,9 @@ static void run_flush(qc_ctx *ctx, run *r)
                   prefix, r->ondisk ? "set" : "clear", (unsigned long long)r->computed);
         break;
     default:
-        qc_report(ctx, r->id, obj, off, r->len, "%srefcount %llu on disk, %llu references", prefix,
-                  (unsigned long long)r->ondisk, (unsigned long long)r->computed);
+        qc_report(ctx, r->id, obj, off, r->len, "%srefcount %llu on disk, %llu reference%s", prefix,
+                  (unsigned long long)r->ondisk, (unsigned long long)r->computed,
+                  r->computed == 1 ? "" : "s");
         break;
     }
     r->active = false;

@@ -129,6 +129,8 @@ void qc_pass_mapping_collect(qc_ctx *ctx)
     if (ctx->stop)
         return;
 
+    if (ctx->nb_l2_refs == 0)
+        return;
     qsort(ctx->l2_refs, ctx->nb_l2_refs, sizeof(qc_l2_ref), l2_ref_cmp);
     size_t tables = 0;
     for (size_t i = 0; i < ctx->nb_l2_refs; i++)
