@@ -351,12 +351,18 @@ static void walk_extensions(qc_ctx *ctx, ext_walk *w)
         uint64_t padded = ((uint64_t)x.length + 7) & ~7ull;
         if (x.length > w->ext_end - x.offset) {
             const char *name = ext_name(x.magic);
-            qc_report(ctx, QC_P_EXTENSION_TRUNCATED, "header extension", off, 1,
+            /* Running into the backing file name is a placement error of
+             * its own; running off cluster 0 is a truncated extension. */
+            bool into_name = ctx->hdr.backing_file_offset &&
+                             x.length <= ctx->cluster0_len - x.offset;
+            qc_report(ctx, into_name ? QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS : QC_P_EXTENSION_TRUNCATED,
+                      "header extension", off, 1,
                       "%s extension (magic 0x%08x) claims %u bytes but only %llu remain before "
-                      "0x%llx%s",
+                      "%s at 0x%llx",
                       name ? name : "unknown", x.magic, x.length,
-                      (unsigned long long)(w->ext_end - x.offset), (unsigned long long)w->ext_end,
-                      ctx->hdr.backing_file_offset ? " (the backing file name)" : " (end of cluster 0)");
+                      (unsigned long long)(w->ext_end - x.offset),
+                      into_name ? "the backing file name" : "the end of cluster 0",
+                      (unsigned long long)w->ext_end);
             return;
         }
         x.data = ctx->cluster0 + x.offset;
