@@ -24,7 +24,7 @@ static void release(qc_ctx *ctx)
     free(ctx->snap_table_buf);
     free(ctx->snapshots);
     free(ctx->reftable);
-    free(ctx->refblock_valid);
+    free(ctx->refblock_state);
     free(ctx->extents);
     free(ctx->meta_clusters.words);
     free(ctx->refmap.counts);

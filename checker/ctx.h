@@ -22,6 +22,8 @@
 #define QC_ACTIVE ((uint32_t)-1) /* "snapshot index" of the active L1 */
 #define QC_REPORT_CAP 20        /* findings shown per problem; the rest are counted */
 
+enum { QC_REFBLOCK_NONE, QC_REFBLOCK_VALID, QC_REFBLOCK_INVALID };
+
 /* What owns a host cluster, for overlap detection and messages. */
 typedef enum qc_owner {
     QC_OWN_HEADER,
@@ -71,7 +73,9 @@ typedef struct qc_l2_table {
 
 /* A dense counter per host cluster: the computed refcounts. Counters are
  * 16 bits wide for refcounts narrower than 16 bits and 32 bits otherwise,
- * so a count above refcount_max is always visible; they saturate. */
+ * so a count above refcount_max is visible for widths up to 16 bits (wider
+ * refcounts cannot overflow from references a real file can hold); they
+ * saturate. */
 typedef struct qc_refmap {
     uint64_t clusters;
     unsigned width; /* bytes per counter: 2 or 4 */
@@ -114,9 +118,9 @@ typedef struct qc_ctx {
     uint32_t nb_snapshots; /* entries decoded */
 
     /* reftable pass */
-    uint64_t *reftable; /* decoded entries; 0 where unusable */
+    uint64_t *reftable; /* refcount block offset per entry (masked) */
     uint64_t reftable_entries;
-    bool *refblock_valid; /* per reftable entry: the refblock can be read */
+    uint8_t *refblock_state; /* per entry: QC_REFBLOCK_NONE/VALID/INVALID */
 
     /* metadata extents (every pass adds; sorted before the L2 walk) */
     qc_extent *extents;
@@ -143,7 +147,7 @@ typedef struct qc_ctx {
     uint64_t hidden_count[QC_P_COUNT];
 } qc_ctx;
 
-/* ---- problems.c ---- */
+/* ---- support.c: reporting ---- */
 /* Report one finding. `object` names the structure (may be NULL), `offset`
  * is a host offset or QC_NO_OFFSET, `count` how many clusters/entries it
  * covers (at least 1). */
@@ -154,7 +158,7 @@ void qc_report_flush(qc_ctx *ctx);
 /* Copy image-provided bytes into dst as printable ASCII (escaped). */
 void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len);
 
-/* ---- memory.c: allocation bounded by max_mem ---- */
+/* ---- support.c: allocation bounded by max_mem, reads ---- */
 void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what);
 void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what);
 void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
@@ -178,9 +182,10 @@ static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
 /* ---- extents.c ---- */
 /* Describe an owner for messages: "L2 table (active L1 index 3)". */
 void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t len);
-/* Register a metadata structure and count one reference to each cluster
- * it touches. Returns false (after reporting) when it lies past the end of
- * the file; the caller then must not read it. */
+/* Register a metadata structure and count `refs` references to each
+ * cluster it touches. Returns false, reporting nothing, when it does not lie
+ * inside the file (callers validate and report first) or memory ran out;
+ * the caller then must not read it. */
 bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
                    uint64_t length, uint64_t refs);
 /* Sort extents, report overlaps, build meta_clusters. Extents that overlap

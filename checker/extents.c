@@ -155,9 +155,9 @@ bool qc_extents_finish(qc_ctx *ctx)
             qc_describe_extent(ctx, loser, a, sizeof(a));
             qc_describe_extent(ctx, winner, b, sizeof(b));
             qc_report(ctx, QC_P_METADATA_OVERLAP, a, loser->start, 1,
-                      "%s at 0x%llx (%llu bytes) overlaps %s at 0x%llx (%llu bytes)", a,
-                      (unsigned long long)loser->start, (unsigned long long)loser->length, b,
-                      (unsigned long long)winner->start, (unsigned long long)winner->length);
+                      "its %llu bytes overlap the %s at 0x%llx (%llu bytes)",
+                      (unsigned long long)loser->length, b, (unsigned long long)winner->start,
+                      (unsigned long long)winner->length);
             if (!loser->conflicted) {
                 loser->conflicted = true;
                 ctx->unfollowed++;

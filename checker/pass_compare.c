@@ -159,12 +159,12 @@ static void compare_refcounts(qc_ctx *ctx, compare_state *st)
         uint64_t end = first + g->refblock_entries;
         uint64_t clip = end < ctx->file_clusters ? end : ctx->file_clusters;
         covered = end;
-        if (ctx->reftable[i] == 0 && first >= ctx->file_clusters)
+        if (ctx->refblock_state[i] == QC_REFBLOCK_NONE && first >= ctx->file_clusters)
             continue;
-        if (ctx->reftable[i] == 0) {
+        if (ctx->refblock_state[i] == QC_REFBLOCK_NONE) {
             for (uint64_t c = first; c < clip; c++)
                 compare_cluster(ctx, st, c, 0);
-        } else if (!ctx->refblock_valid[i] ||
+        } else if (ctx->refblock_state[i] == QC_REFBLOCK_INVALID ||
                    qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i])) {
             compare_unknown(ctx, st, first, clip);
         } else {

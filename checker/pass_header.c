@@ -217,15 +217,15 @@ static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
 static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
 {
     const char *obj = "bitmaps extension";
-    if (x->length != QC_BITMAPS_EXT_SIZE) {
+    qc_bitmaps_ext *b = &ctx->bitmaps_ext;
+    *b = (qc_bitmaps_ext){0};
+    if (x->length >= QC_BITMAPS_EXT_SIZE)
+        qc_bitmaps_ext_decode(x->data, b);
+    bool valid = false;
+    if (x->length != QC_BITMAPS_EXT_SIZE)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset, 1,
                   "length is %u, expected 24", x->length);
-        return;
-    }
-    qc_bitmaps_ext *b = &ctx->bitmaps_ext;
-    qc_bitmaps_ext_decode(x->data, b);
-    bool valid = false;
-    if (b->reserved)
+    else if (b->reserved)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 4, 1,
                   "reserved field is 0x%x, must be zero", b->reserved);
     else if (b->nb_bitmaps == 0 || b->nb_bitmaps > QC_MAX_BITMAPS)

@@ -288,6 +288,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
         qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, w->obj, at, 1,
                   "entry %u points to a data cluster at 0x%llx; the file is %llu bytes", i,
                   (unsigned long long)off, (unsigned long long)ctx->file_size);
+        ctx->unfollowed++; /* the cluster it should point to may now look leaked */
         return;
     }
     count_data_cluster(ctx, w, i, cluster, copied);

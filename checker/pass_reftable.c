@@ -4,8 +4,9 @@
  * Checks: every refcount table entry (reserved bits, alignment, inside the
  * file). Refcount block contents are compared in the compare pass.
  * Needs: the header pass (reftable_usable).
- * Produces: ctx->reftable[] (offset per entry, 0 when none or unusable),
- * ctx->refblock_valid[], the refcount table and refcount block extents.
+ * Produces: ctx->reftable[] (refcount block offset per entry),
+ * ctx->refblock_state[] (none, valid or invalid), the refcount table and
+ * refcount block extents.
  */
 #include <stdio.h>
 
@@ -21,8 +22,8 @@ void qc_pass_reftable(qc_ctx *ctx)
     uint8_t *raw = qc_alloc(ctx, bytes, "refcount table");
     ctx->reftable_entries = bytes / 8;
     ctx->reftable = qc_alloc(ctx, ctx->reftable_entries * 8, "refcount table");
-    ctx->refblock_valid = qc_alloc(ctx, ctx->reftable_entries, "refcount table");
-    if (!raw || !ctx->reftable || !ctx->refblock_valid ||
+    ctx->refblock_state = qc_alloc(ctx, ctx->reftable_entries, "refcount table");
+    if (!raw || !ctx->reftable || !ctx->refblock_state ||
         !qc_read(ctx, h->refcount_table_offset, raw, bytes, "refcount table")) {
         ctx->reftable_usable = false;
         qc_free(ctx, raw, bytes);
@@ -48,10 +49,11 @@ void qc_pass_reftable(qc_ctx *ctx)
                       "refcount block at 0x%llx is past the end of the file (%llu bytes)",
                       (unsigned long long)off, (unsigned long long)ctx->file_size);
         } else {
-            ctx->refblock_valid[i] = true;
+            ctx->refblock_state[i] = QC_REFBLOCK_VALID;
             qc_add_extent(ctx, QC_OWN_REFBLOCK, (uint32_t)i, 0, off, ctx->geo.cluster_size, 1);
             continue;
         }
+        ctx->refblock_state[i] = QC_REFBLOCK_INVALID;
         ctx->unfollowed++;
     }
     qc_free(ctx, raw, bytes);

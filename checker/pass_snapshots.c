@@ -160,6 +160,9 @@ void qc_pass_snapshots(qc_ctx *ctx)
             break;
     }
     ctx->nb_snapshots = n;
+    /* Entries that could not be decoded may own L1/L2 tables and data. */
+    if (n < h->nb_snapshots)
+        ctx->unfollowed++;
     if (n < count)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_TRUNCATED, "snapshot table",
                   h->snapshots_offset + end, count - n,

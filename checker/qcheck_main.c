@@ -285,36 +285,47 @@ static void list_problems(bool markdown)
     }
 }
 
+enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST };
+static const char shortopts[] = ":hVqf:r:UT:";
+static const struct option longopts[] = {
+    {"help", no_argument, NULL, 'h'},
+    {"version", no_argument, NULL, 'V'},
+    {"quiet", no_argument, NULL, 'q'},
+    {"format", required_argument, NULL, 'f'},
+    {"output", required_argument, NULL, OPT_OUTPUT},
+    {"repair", required_argument, NULL, 'r'},
+    {"force-share", no_argument, NULL, 'U'},
+    {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
+    {"cache", required_argument, NULL, 'T'},
+    {"object", required_argument, NULL, OPT_OBJECT},
+    {"max-mem", required_argument, NULL, OPT_MAX_MEM},
+    {"list-problems", optional_argument, NULL, OPT_LIST},
+    {NULL, 0, NULL, 0},
+};
+
+/* A first pass over the options only to learn the output format, so that
+ * usage errors found by the real pass are reported in JSON when asked. */
+static enum output_format output_requested(int argc, char **argv)
+{
+    enum output_format out = OUTPUT_HUMAN;
+    int opt;
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1)
+        if (opt == OPT_OUTPUT && strcmp(optarg, "json") == 0)
+            out = OUTPUT_JSON;
+    optind = 0; /* GNU getopt: start over, reinitialising */
+    return out;
+}
+
 int main(int argc, char **argv)
 {
-    enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST };
-    static const struct option longopts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {"quiet", no_argument, NULL, 'q'},
-        {"format", required_argument, NULL, 'f'},
-        {"output", required_argument, NULL, OPT_OUTPUT},
-        {"repair", required_argument, NULL, 'r'},
-        {"force-share", no_argument, NULL, 'U'},
-        {"image-opts", no_argument, NULL, OPT_IMAGE_OPTS},
-        {"cache", required_argument, NULL, 'T'},
-        {"object", required_argument, NULL, OPT_OBJECT},
-        {"max-mem", required_argument, NULL, OPT_MAX_MEM},
-        {"list-problems", optional_argument, NULL, OPT_LIST},
-        {NULL, 0, NULL, 0},
-    };
     cli c = {0};
     const char *format = NULL, *repair = NULL;
     bool image_opts = false;
     int opt;
-    /* Report usage errors ourselves, in JSON when JSON was asked for. */
-    for (int i = 1; i < argc; i++)
-        if (strcmp(argv[i], "--output=json") == 0 ||
-            (strcmp(argv[i], "--output") == 0 && i + 1 < argc && strcmp(argv[i + 1], "json") == 0))
-            c.output = OUTPUT_JSON;
-    opterr = 0;
+    c.output = output_requested(argc, argv);
     c.filename = "";
-    while ((opt = getopt_long(argc, argv, ":hVqf:r:UT:", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
         char msg[300];
         switch (opt) {
         case 'h':
