@@ -13,7 +13,8 @@ static bool init_maps(qc_ctx *ctx)
 {
     return qc_refmap_init(ctx, &ctx->refmap, ctx->file_clusters, ctx->geo.refcount_bits) &&
            qc_bitset_init(ctx, &ctx->copied_set, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->copied_clear, ctx->file_clusters);
+           qc_bitset_init(ctx, &ctx->copied_clear, ctx->file_clusters) &&
+           qc_bitset_init(ctx, &ctx->suspect, ctx->file_clusters);
 }
 
 static void release(qc_ctx *ctx)
@@ -30,6 +31,7 @@ static void release(qc_ctx *ctx)
     free(ctx->refmap.counts);
     free(ctx->copied_set.words);
     free(ctx->copied_clear.words);
+    free(ctx->suspect.words);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
 }

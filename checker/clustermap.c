@@ -40,6 +40,15 @@ uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
                            : ((const uint32_t *)map->counts)[cluster];
 }
 
+void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset)
+{
+    uint64_t cluster = host_offset >> ctx->geo.cluster_bits;
+    if (cluster < ctx->file_clusters)
+        qc_bitset_set(&ctx->suspect, cluster);
+    else
+        ctx->unfollowed++;
+}
+
 bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits)
 {
     set->bits = bits;

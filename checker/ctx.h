@@ -136,9 +136,12 @@ typedef struct qc_ctx {
     qc_l2_table *l2_tables;
     size_t nb_l2_tables;
 
-    /* Structures that were reported and not followed: clusters they may
-     * own are not called leaks. */
+    /* Pointers that were reported and not followed. What they may own is
+     * not called leaked: any cluster when a whole structure was skipped
+     * (`unfollowed`), or just the cluster a broken leaf pointer most
+     * likely meant (`suspect`). */
     uint64_t unfollowed;
+    qc_bitset suspect;
     bool stop; /* nothing more can be checked */
 
     /* findings */
@@ -178,6 +181,11 @@ static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
 {
     return (s->words[i / 64] >> (i % 64)) & 1;
 }
+
+/* A data or bitmap-data pointer at `host_offset` was not followed: mark
+ * the cluster it most likely meant (its aligned-down cluster) as suspect,
+ * or count an unfollowed structure when that is outside the file. */
+void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset);
 
 /* ---- extents.c ---- */
 /* Describe an owner for messages: "L2 table (active L1 index 3)". */

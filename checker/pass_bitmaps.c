@@ -96,7 +96,8 @@ static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, c
         if (why) {
             qc_report(ctx, QC_P_BITMAP_TABLE_ENTRY_INVALID, obj, e->table_offset + (uint64_t)j * 8, 1,
                       "entry %u is 0x%016llx: %s", j, (unsigned long long)v, why);
-            ctx->unfollowed++;
+            if (off)
+                qc_unfollowed_leaf(ctx, off);
         } else if (off) {
             qc_add_extent(ctx, QC_OWN_BITMAP_DATA, index, j, off, ctx->geo.cluster_size, 1);
         }
@@ -137,6 +138,11 @@ void qc_pass_bitmaps(qc_ctx *ctx)
             qc_report(ctx, QC_P_BITMAP_ENTRY_INVALID, obj, at, 1, "%s", why);
             ctx->unfollowed++;
         } else {
+            if (e.granularity_bits < 9 || e.granularity_bits > 31 || e.extra_data_size ||
+                (e.flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE))
+                qc_report(ctx, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, obj, at, 1,
+                          "granularity_bits %u, flags 0x%x, %u bytes of extra data",
+                          e.granularity_bits, e.flags, e.extra_data_size);
             check_table(ctx, n, &e, obj);
         }
         n++;

@@ -5,8 +5,9 @@
  * Checks, per host cluster: leaks (higher on disk), refcounts too low or
  * zero for clusters in use, refcount overflow for narrow widths, non-zero
  * refcounts past the end of the file, clusters whose refcount cannot be
- * read. Unreferenced clusters are reported as orphans instead of leaks when
- * some pointer was not followed (they may belong to it). Then COPIED in the
+ * read. Refcounts above the references found are reported as orphans
+ * instead of leaks when some structure was not followed or the cluster is
+ * what a broken pointer most likely meant (the difference may be theirs). Then COPIED in the
  * active L1 and L2 tables. Consecutive clusters with the same finding are
  * reported as one range, counted per cluster as qemu-img does.
  * Needs: every earlier pass (the computed refcount map is complete).
@@ -92,7 +93,8 @@ static void compare_cluster(qc_ctx *ctx, compare_state *st, uint64_t c, uint64_t
         return;
     qc_problem_id id;
     if (ondisk > computed)
-        id = computed == 0 && ctx->unfollowed ? QC_P_REFCOUNT_ORPHAN : QC_P_REFCOUNT_LEAK;
+        id = ctx->unfollowed || qc_bitset_test(&ctx->suspect, c) ? QC_P_REFCOUNT_ORPHAN
+                                                                 : QC_P_REFCOUNT_LEAK;
     else
         id = ondisk == 0 ? QC_P_REFCOUNT_ZERO_IN_USE : QC_P_REFCOUNT_TOO_LOW;
     run_add(ctx, &st->run, id, c, ondisk, computed);
@@ -204,7 +206,11 @@ static void check_copied(qc_ctx *ctx)
             uint64_t computed = qc_refmap_get(&ctx->refmap, c);
             if (qc_bitset_test(&ctx->copied_set, c) && computed != 1)
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 1, computed);
-            else if (qc_bitset_test(&ctx->copied_clear, c) && computed == 1)
+            /* COPIED clear with one reference only costs a needless copy on
+             * write, and the missing reference may belong to a structure
+             * that was not followed: judge it only when all were. */
+            else if (qc_bitset_test(&ctx->copied_clear, c) && computed == 1 && !ctx->unfollowed &&
+                     !qc_bitset_test(&ctx->suspect, c))
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 0, computed);
         }
     }

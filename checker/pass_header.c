@@ -451,6 +451,9 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     if (h->crypt_method == 2 && !w->seen_crypto)
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, "image header", 32, 1,
                   "LUKS encryption (crypt_method 2) without an encryption header extension");
+    /* A LUKS header we cannot locate still owns its clusters (and the keys). */
+    if ((h->crypt_method == 2 || w->seen_crypto) && !ctx->crypto_length)
+        ctx->unfollowed++;
     if (h->backing_file_offset && h->backing_file_size && !w->seen_backing_format)
         qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
                   "no backing format extension");
@@ -481,17 +484,20 @@ static void check_table_locations(qc_ctx *ctx)
         qc_report(ctx, QC_P_L1_TOO_SMALL, "active L1 table", 36, 1,
                   "l1_size is %u but a virtual size of %llu bytes needs %llu entries", h->l1_size,
                   (unsigned long long)h->size, (unsigned long long)needed);
+        ctx->unfollowed++; /* entries past l1_size may map real data */
     }
     if (h->l1_size && !qc_cluster_aligned(ctx, h->l1_table_offset)) {
         qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
                   "offset 0x%llx is not a multiple of the cluster size %llu",
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->geo.cluster_size);
         ctx->l1_usable = false;
+        ctx->unfollowed++;
     } else if (h->l1_size && !qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
         qc_report(ctx, QC_P_L1_PAST_EOF, "active L1 table", h->l1_table_offset, 1,
                   "%u entries at 0x%llx end past the end of the file (%llu bytes)", h->l1_size,
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->file_size);
         ctx->l1_usable = false;
+        ctx->unfollowed++;
     }
     if (bytes > QC_MAX_L1_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "active L1 table", 36, 1,
@@ -525,6 +531,7 @@ static void check_table_locations(qc_ctx *ctx)
     ctx->snapshots_usable = false;
     if (h->nb_snapshots == 0)
         return;
+    ctx->unfollowed++; /* until the table proves usable below */
     if (!qc_cluster_aligned(ctx, h->snapshots_offset) || h->snapshots_offset == 0)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
                   "offset 0x%llx is not a cluster-aligned non-zero offset",
@@ -533,8 +540,10 @@ static void check_table_locations(qc_ctx *ctx)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
                   "offset 0x%llx is past the end of the file (%llu bytes)",
                   (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
-    else
+    else {
         ctx->snapshots_usable = true;
+        ctx->unfollowed--;
+    }
 }
 
 static void fill_header_info(qc_ctx *ctx)

@@ -280,7 +280,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
                   (entry & QC_OFLAG_ZERO) || (g->extended_l2 && !alloc) ? "a preallocated cluster"
                                                                          : "a data cluster",
                   (unsigned long long)off);
-        ctx->unfollowed++;
+        qc_unfollowed_leaf(ctx, off);
         return;
     }
     uint64_t cluster = off >> g->cluster_bits;

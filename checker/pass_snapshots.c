@@ -131,13 +131,14 @@ void qc_pass_snapshots(qc_ctx *ctx)
      * QEMU) than 64 MiB plus one entry; read that much at the most. */
     uint64_t avail = ctx->file_size - h->snapshots_offset;
     uint64_t max_entries = avail / QC_SNAPSHOT_FIXED_SIZE;
-    if (count > max_entries) {
+    if (count > max_entries && count == h->nb_snapshots) {
         qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
                   "nb_snapshots is %u but only %llu entries fit in the %llu bytes after offset 0x%llx",
                   h->nb_snapshots, (unsigned long long)max_entries, (unsigned long long)avail,
                   (unsigned long long)h->snapshots_offset);
-        count = (uint32_t)max_entries;
     }
+    if (count > max_entries)
+        count = (uint32_t)max_entries;
     if (count == 0)
         return;
     uint64_t cap = QC_MAX_SNAPSHOT_TABLE + MAX_READ_CHUNK;

@@ -1,0 +1,870 @@
+"""The corruption catalogue: one row per test case.
+
+A case = a base image (build_images.BASES), a patch applied to a copy of it
+with qcow2lib, the problem ids qcheck must report (all of them; more may
+appear), qcheck's exit code, and what qemu-img check 7.2 does with the same
+file (`Qemu`). Section references (§) are to
+/work/shared/reference/qemu-img-check.md unless they name qcow2-format.md.
+
+Patches read what they need before they damage anything, and keep refcounts
+consistent when they add or move structures (qcow2lib.append_clusters), so
+that each case carries only the inconsistency it is named after.
+"""
+
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+
+import qcow2lib as q
+from qcow2lib import OFLAG_COPIED, OFLAG_ZERO, OFFSET_MASK
+
+PROBLEMS_DEF = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                            "..", "..", "checker", "problems.def")
+
+
+def load_problem_table(path=PROBLEMS_DEF):
+    """{id: (code, severity)} from checker/problems.def."""
+    with open(path) as f:
+        text = f.read()
+    rows = re.findall(r'QC_PROBLEM\(\s*\w+,\s*(\d+),\s*"(\w+)",\s*(\w+),', text)
+    return {pid: (int(code), sev.lower()) for code, pid, sev in rows}
+
+
+# ---- what qemu-img check says ---------------------------------------------
+
+FULL, COUNTS, EXIT, DIFFERS = "full", "counts", "exit", "differs"
+
+
+@dataclass(frozen=True)
+class Qemu:
+    """Expected relation between qemu-img check and qcheck.
+
+    full    same exit code, corruptions, leaks, image-end-offset and
+            total/allocated/fragmented/compressed clusters, and qcheck's
+            human summary contains qemu-img's stdout lines;
+    counts  same exit code, corruptions and leaks;
+    exit    same exit code only (`why` says why the counts differ);
+    differs deliberate difference: qemu-img exits `exit` (observed with
+            qemu-img 7.2.22) for the reason `why`.
+    `opens` is False when qemu-img cannot even open the image."""
+    relation: str
+    exit: int = None
+    why: str = ""
+    opens: bool = True
+
+    @property
+    def agrees(self):
+        return self.relation != DIFFERS
+
+
+def exit_only(why, opens=True):
+    return Qemu(EXIT, why=why, opens=opens)
+
+
+def differs(qemu_exit, why, opens=True):
+    return Qemu(DIFFERS, qemu_exit, why, opens)
+
+
+def cannot_open(why):
+    """QEMU refuses the image at open time (exit 1) while qcheck reports it."""
+    return Qemu(DIFFERS, 1, why, opens=False)
+
+
+def check_aborts(why):
+    """QEMU opens the image but its check stops with an error (exit 1)."""
+    return Qemu(DIFFERS, 1, why, opens=True)
+
+
+def refused_too(why):
+    """Neither tool checks the image; both exit 1."""
+    return Qemu(EXIT, why=why, opens=False)
+
+
+BAD_HEADER = ("QEMU refuses to open an image with this header field (%s) and exits 1; "
+              "qcheck reports a corruption (§5)")
+BAD_BITMAP = ("QEMU cannot open an image with a broken bitmap (%s, §5.10) and exits 1; "
+              "qcheck reports it and checks the rest")
+NOT_FOLLOWED = ("qcheck does not follow the bad pointer while QEMU parses or counts through it (%s), "
+                "so counts differ")
+COPIED_DOUBLE = ("QEMU's OFLAG_COPIED pass compares against on-disk refcounts and counts the same "
+                 "cluster again (§2.B F2, §5.16)")
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    base: str
+    patch: object  # callable(qcow2lib.Image) or None
+    expect: frozenset  # problem ids that must all be reported
+    exit: int
+    qemu: Qemu
+    companions: bool = True  # copy backing/data files for qemu-img
+    qemu_target: object = None  # override of the base's qemu-img arguments
+    format: str = None  # non-qcow2 files: what qcheck must call them
+    header: dict = field(default_factory=dict)  # subset of JSON "header"
+    absent: frozenset = frozenset()  # problem ids qcheck must NOT report
+    qcheck_args: tuple = ()  # extra qcheck options
+
+
+CASES = []
+
+
+def case(name, base, patch, expect, exit, qemu, absent="", **kw):
+    CASES.append(Case(name, base, patch, frozenset(expect.split()), exit, qemu,
+                      absent=frozenset(absent.split()), **kw))
+
+
+# Clusters that only a pointer qcheck did not follow could own must be
+# quarantined (refcountOrphan), never reported as leaks that a repair would
+# free (qemu-img-check.md §7, H1, H4; problems.def 611). Cases whose
+# unfollowed structure may own unreferenced clusters say absent=QUARANTINED.
+QUARANTINED = "refcountLeak"
+# When snapshots cannot be followed, COPIED in the active tables cannot be
+# judged: "fixing" it would make guest writes land in clusters a snapshot
+# still uses (§3.5).
+SNAPSHOTS_UNKNOWN = "refcountLeak l2CopiedWrong"
+
+
+# ---- patch vocabulary --------------------------------------------------------
+# Each helper returns a callable(im). Values may be callables of the image.
+
+def _val(v, im):
+    return v(im) if callable(v) else v
+
+
+def chain(*patches):
+    def p(im):
+        for x in patches:
+            x(im)
+    return p
+
+
+def header(**fields):
+    def p(im):
+        values = {k: _val(v, im) for k, v in fields.items()}  # read all first
+        for k, v in values.items():
+            im.set_header_field(k, v)
+    return p
+
+
+def header_bits(name, set=0, clear=0):
+    return lambda im: im.set_header_bits(name, set, clear)
+
+
+def past_eof(clusters=16):
+    """An aligned offset well past the end of the file."""
+    return lambda im: q.align_up(im.file_size, im.cluster_size) + clusters * im.cluster_size
+
+
+def l1_entry(fn, index=0):
+    """Replace active L1 entry `index` with fn(im, old)."""
+    def p(im):
+        im.set_l1_entry(index, fn(im, im.l1()[index]))
+    return p
+
+
+def entry(select, fn, bitmap=None):
+    """Replace an L2 entry chosen by select(im) with fn(im, ref); with
+    `bitmap`, replace the extended-L2 bitmap by bitmap(im, ref) too."""
+    def p(im):
+        r = select(im)
+        value = fn(im, r)
+        bits = bitmap(im, r) if bitmap else None
+        im.write_int(r.entry_offset, 8, value)
+        if bits is not None:
+            im.write_int(r.entry_offset + 8, 8, bits)
+    return p
+
+
+def data(n=0):
+    return lambda im: im.data_refs()[n]
+
+
+def unallocated(n=0):
+    return lambda im: im.unallocated_refs()[n]
+
+
+def compressed(n=0):
+    return lambda im: im.compressed_refs()[n]
+
+
+def first(pred):
+    return lambda im: next(r for r in im.mappings() if pred(r))
+
+
+def snapshot_l2(snap=0, n=0):
+    """The n-th data entry of snapshot `snap`'s L2 tables."""
+    def sel(im):
+        s = im.snapshots()[snap]
+        return im.data_refs(l1_offset=s.l1_table_offset, l1_size=s.l1_size)[n]
+    return sel
+
+
+def set_bits(mask):
+    return lambda im, r: r.entry | mask
+
+
+def clear_bits(mask):
+    return lambda im, r: r.entry & ~mask
+
+
+def point_at(target, flags=OFLAG_COPIED):
+    """Entry pointing at the host offset target(im)."""
+    return lambda im, r: flags | target(im)
+
+
+def move_by(delta):
+    return lambda im, r: r.entry + delta
+
+
+def l1_offset(im):
+    return im.header.l1_table_offset
+
+
+def reftable_offset(im):
+    return im.header.refcount_table_offset
+
+
+def refblock0(im):
+    return im.refblocks()[0][1]
+
+
+def l2_table0(im):
+    return im.l1()[0] & OFFSET_MASK
+
+
+def leak_cluster(im):
+    """An unreferenced cluster with refcount 1 appended at the end."""
+    im.append_clusters()
+
+
+def data_refcount(value, n=0):
+    def p(im):
+        im.set_refcount(im.data_refs()[n].host_offset // im.cluster_size, value)
+    return p
+
+
+def crosslink(extra=1, disk_refcount=None):
+    """Make `extra` unallocated guest clusters map the first data cluster
+    too (COPIED set, as a careless writer would)."""
+    def p(im):
+        target = im.data_refs()[0].host_offset
+        for r in im.unallocated_refs()[:extra]:
+            im.write_int(r.entry_offset, 8, OFLAG_COPIED | target)
+        if disk_refcount is not None:
+            im.set_refcount(target // im.cluster_size, disk_refcount)
+    return p
+
+
+def overflow(im):
+    """One more reference to a data cluster than the refcount width holds;
+    the on-disk refcount is at its maximum so only the overflow is wrong."""
+    top = (1 << im.refcount_bits) - 1
+    crosslink(extra=top, disk_refcount=top)(im)
+
+
+def edit_extension(magic, fn):
+    """Replace the data of the (last) extension `magic` by fn(im, data)."""
+    def p(im):
+        exts = list(im.extensions)
+        i = max(k for k, e in enumerate(exts) if e.magic == magic)
+        exts[i] = q.Extension(magic, fn(im, exts[i].data))
+        im.replace_extensions(exts)
+    return p
+
+
+def drop_extension(magic):
+    return lambda im: im.replace_extensions([e for e in im.extensions if e.magic != magic])
+
+
+def add_extension(magic, payload, where=0):
+    def p(im):
+        exts = list(im.extensions)
+        exts.insert(where, q.Extension(magic, _val(payload, im)))
+        im.replace_extensions(exts)
+    return p
+
+
+def bitmaps_ext(nb=None, reserved=None, size=None, offset=None):
+    """Rewrite fields of the bitmaps extension (None keeps a field)."""
+    def fn(im, data):
+        cur = struct.unpack(">IIQQ", data)
+        new = [c if v is None else _val(v, im) for c, v in zip(cur, (nb, reserved, size, offset))]
+        return struct.pack(">IIQQ", *new)
+    return edit_extension(q.EXT_BITMAPS, fn)
+
+
+def bitmap_field(index, name, fn):
+    def p(im):
+        b = im.bitmaps()[index]
+        off, size = q.Bitmap.FIELDS[name]
+        im.write_int(b.offset + off, size, fn(im, im.read_int(b.offset + off, size)))
+    return p
+
+
+def bitmap_table_entry(index, fn):
+    """Rewrite the first data-cluster entry of bitmap `index`'s table."""
+    def p(im):
+        b = im.bitmaps()[index]
+        i = next(k for k, e in enumerate(im.bitmap_table(b)) if e & OFFSET_MASK)
+        old = im.read_int(b.table_offset + 8 * i, 8)
+        im.write_int(b.table_offset + 8 * i, 8, fn(im, old))
+    return p
+
+
+def snapshot_field(index, name, fn):
+    def p(im):
+        s = im.snapshots()[index]
+        off, size = q.Snapshot.FIELDS[name]
+        im.write_int(s.offset + off, size, fn(im, im.read_int(s.offset + off, size)))
+    return p
+
+
+def rewrite_snapshots(edit):
+    """Rewrite the snapshot table (relocated, refcounts kept right) after
+    edit(im, [Snapshot]) changed the entries in place."""
+    def p(im):
+        snaps = im.snapshots()
+        edit(im, snaps)
+        im.write_snapshot_table(snaps)
+    return p
+
+
+def truncate_snapshot_table(im):
+    """Move the snapshot table to the end of the file, then cut the file
+    8 bytes before the end of the last entry."""
+    off = im.write_snapshot_table(im.snapshots())
+    im.truncate(off + im.snapshot_table_size() - 8)
+
+
+def add_empty_snapshot(im):
+    """An internal snapshot of an empty disk (all-zero L1 of its own)."""
+    h = im.header
+    l1 = im.append_clusters(count=-(-8 * h.l1_size // im.cluster_size))
+    extra = struct.pack(">QQq", 0, h.size, -1)
+    im.write_snapshot_table([q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"1", b"s1")])
+
+
+def with_backing_name(name):
+    """Add a backing file name after the extensions (no format extension)."""
+    return lambda im: im.replace_extensions(im.extensions, backing_name=name)
+
+
+def shift_extensions(header_length):
+    """Set header_length and move the extension area to start there, as a
+    writer honouring that header_length would have placed it."""
+    def p(im):
+        exts = im.extensions
+        im.set_header_field("header_length", header_length)
+        im.replace_extensions(exts, header_length=header_length)
+    return p
+
+
+def end_marker_missing(im):
+    """Extensions end exactly where the backing name starts: no end marker."""
+    im.replace_extensions(im.extensions, end_marker=False)
+
+
+def extension_length(magic, length):
+    """Overwrite the length field of extension `magic` in place."""
+    return lambda im: im.write_int(im.extension(magic).offset + 4, 4, _val(length, im))
+
+
+def extension_padding(magic, pad):
+    """Overwrite the padding bytes after extension `magic`'s data."""
+    def p(im):
+        e = im.extension(magic)
+        im.write(e.offset + 8 + len(e.data), pad)
+    return p
+
+
+def fde(fn):
+    """Rewrite the LUKS header pointer extension: fn(offset, length)."""
+    return edit_extension(q.EXT_FDE, lambda im, d: struct.pack(">QQ", *fn(*struct.unpack(">QQ", d))))
+
+
+def huge_reftable(im):
+    """Move the refcount table to the end of the file and grow it past
+    QEMU's 8 MiB limit (the new clusters are sparse zeros)."""
+    h, cs = im.header, im.cluster_size
+    clusters = (8 << 20) // cs + 1
+    old = im.read(h.refcount_table_offset, h.refcount_table_clusters * cs)
+    new = q.align_up(im.file_size, cs)
+    im.truncate(new + clusters * cs)
+    im.write(new, old)
+    im.set_range_refcount(new, clusters * cs, 1)
+    im.free_clusters(h.refcount_table_offset, h.refcount_table_clusters * cs)
+    im.set_header_field("refcount_table_offset", new)
+    im.set_header_field("refcount_table_clusters", clusters)
+
+
+def huge_snapshot_table(im):
+    """A snapshot table just over QEMU's 64 MiB limit: 520 entries with
+    65535-byte ids and names (iotest 261), written sparse at the end of the
+    file. The snapshots have empty L1 tables; ids are unique."""
+    extra = struct.pack(">QQq", 0, 0, -1)
+    size = 65535
+    # the 64 bytes of fixed fields and extra data; ids and names stay zero
+    head = q.Snapshot(0, 0, 0, 0, 0, 0, extra, b"", b"").encode(id_size=size, name_size=size)
+    stride = q.align_up(len(head) + 2 * size, 8)
+    start = q.align_up(im.file_size, im.cluster_size)
+    for i in range(520):
+        im.write(start + i * stride, head + str(i).encode())
+    end = start + 520 * stride
+    im.truncate(q.align_up(end, im.cluster_size))
+    im.set_range_refcount(start, end - start, 1)
+    im.set_header_field("snapshots_offset", start)
+    im.set_header_field("nb_snapshots", 520)
+
+
+def truncate_to(size):
+    return lambda im: im.truncate(size)
+
+
+def overwrite(offset, data):
+    return lambda im: im.write(offset, data)
+
+
+# ---- the catalogue -------------------------------------------------------------
+
+CLEAN_BASES = ["v3_512", "v3_4k", "v3_64k", "v3_2m", "v2_64k", "v2_512",
+               "rc1", "rc2", "rc4", "rc8", "rc16", "rc32", "rc64", "rc64_512",
+               "zlib", "zstd", "zlib_4k", "extl2", "extl2_16k", "data_file",
+               "data_file_raw", "lazy_clean", "snapshots", "bitmaps", "backing", "luks"]
+
+# -- clean images: nothing of severity corruption/leak/error, qemu-img agrees
+#    on everything it prints.
+for b in CLEAN_BASES:
+    case("clean_" + b, b, None, "", 0, Qemu(FULL))
+case("clean_backing_nofmt", "backing_nofmt", None, "backingFormatMissing", 0, Qemu(FULL))
+case("clean_snapshot_l1_copied", "snapshots",
+     lambda im: [im.set_l1_entry(0, e | OFLAG_COPIED, s.l1_table_offset)
+                 for s in im.snapshots() for e in im.read_table(s.l1_table_offset, 1)],
+     "", 0, Qemu(FULL))  # COPIED is meaningless in snapshot L1s (qcow2-format.md §10)
+
+# -- not qcow2 at all: exit 63, like qemu-img when it probes the format
+for b, fmt in [("raw", "raw"), ("empty", None), ("qed", "qed"), ("qcow", "qcow"), ("vmdk", "vmdk")]:
+    qemu = (differs(0, "QEMU's %s driver has its own check; qcheck only checks qcow2" % b)
+            if b in ("qed", "vmdk") else Qemu(EXIT))
+    case("notqcow2_" + b, b, None, "", 63, qemu, format=fmt)
+case("notqcow2_bad_magic", "v3_64k", header(magic=0x514649FC), "", 63, Qemu(EXIT),
+     qemu_target=lambda path: [path], format="raw")  # probing falls back to raw, §2.A O2
+
+# -- header fields (qcow2-format.md §1)
+case("hdr_version_4", "v3_64k", header(version=4), "versionUnsupported", 1,
+     refused_too("both refuse to interpret an unknown version (O3)"))
+case("hdr_cluster_bits_8", "v3_64k", header(cluster_bits=8), "clusterBitsInvalid", 2,
+     cannot_open(BAD_HEADER % "O4"))
+case("hdr_cluster_bits_22", "v3_64k", header(cluster_bits=22), "clusterBitsInvalid", 2,
+     cannot_open(BAD_HEADER % "O4"))
+case("hdr_length_short", "v3_64k", header(header_length=96), "headerLengthInvalid", 2,
+     cannot_open(BAD_HEADER % "O5"))
+case("hdr_length_past_cluster", "v3_4k", header(header_length=8192), "headerLengthInvalid", 2,
+     cannot_open(BAD_HEADER % "O6"))
+case("hdr_length_unaligned", "v3_64k", shift_extensions(116), "headerLengthUnaligned", 0,
+     Qemu(FULL))  # QEMU does not check the multiple of 8 (qcow2-format.md §1)
+case("hdr_refcount_order_7", "v3_64k", header(refcount_order=7), "refcountOrderInvalid", 2,
+     cannot_open(BAD_HEADER % "O13"))
+case("hdr_compression_type_2", "zstd", header(compression_type=2), "compressionTypeInvalid", 2,
+     cannot_open(BAD_HEADER % "O9"))
+case("hdr_zstd_without_bit3", "zstd", header_bits("incompatible_features", clear=q.INCOMPAT_COMPRESSION),
+     "compressionBitMismatch", 2, cannot_open(BAD_HEADER % "O9"))
+case("hdr_bit3_with_zlib", "v3_64k", header_bits("incompatible_features", set=q.INCOMPAT_COMPRESSION),
+     "compressionBitMismatch", 2, cannot_open(BAD_HEADER % "O9"))
+case("hdr_crypt_method_3", "v3_64k", header(crypt_method=3), "cryptMethodInvalid", 2,
+     cannot_open(BAD_HEADER % "O22"))
+case("hdr_padding_nonzero", "v3_64k", overwrite(105, b"\x01"), "headerPaddingNonzero", 0, Qemu(FULL))
+case("hdr_unknown_incompat_bit5", "v3_64k", header_bits("incompatible_features", set=1 << 5),
+     "unknownIncompatFeature", 1, refused_too("unknown incompatible bits stop both tools (O10)"),
+     header={"unknown-incompatible-features": 1 << 5})
+case("hdr_unknown_incompat_bytes72_75", "v3_64k", header_bits("incompatible_features", set=1 << 40),
+     "unknownIncompatFeature", 1, refused_too("unknown incompatible bits stop both tools (O10)"),
+     header={"unknown-incompatible-features": 1 << 40})
+case("hdr_unknown_compat", "v3_64k", header_bits("compatible_features", set=1 << 9),
+     "unknownCompatFeature", 0, Qemu(FULL), header={"unknown-compatible-features": 1 << 9})
+case("hdr_unknown_autoclear", "v3_64k", header_bits("autoclear_features", set=1 << 9),
+     "unknownAutoclearFeature", 0, Qemu(FULL), header={"unknown-autoclear-features": 1 << 9})
+case("hdr_dirty_consistent", "lazy_clean", header_bits("incompatible_features", set=q.INCOMPAT_DIRTY),
+     "dirtyBitSet", 0, Qemu(FULL), header={"dirty": True})
+case("hdr_corrupt_bit", "v3_64k", header_bits("incompatible_features", set=q.INCOMPAT_CORRUPT),
+     "corruptBitSet", 0, Qemu(FULL), header={"corrupt": True})  # §3.7: QEMU ignores it
+case("hdr_l1_unaligned", "v3_64k", header(l1_table_offset=lambda im: im.header.l1_table_offset + 512),
+     "l1OffsetUnaligned refcountOrphan", 2, cannot_open(BAD_HEADER % "O18"), absent=QUARANTINED)
+case("hdr_l1_past_eof", "v3_64k", header(l1_table_offset=past_eof()), "l1PastEof refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R2, it reads zeros past EOF"), absent=QUARANTINED)
+case("hdr_l1_too_small", "v3_64k", header(l1_size=0), "l1TooSmall refcountOrphan", 2,
+     cannot_open(BAD_HEADER % "O20"), absent=QUARANTINED)
+# tiny file, huge claims (hostile-inputs.md 4, 7, 24): sizes bounded by the file
+case("hdr_l1_size_huge", "v3_64k", header(l1_size=0x10000000), "l1PastEof qemuLimitExceeded", 2,
+     cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""), absent=QUARANTINED)
+case("hdr_reftable_clusters_huge", "v3_64k", header(refcount_table_clusters=0xFFFFFFFF),
+     "reftablePastEof qemuLimitExceeded", 2,
+     cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+case("hdr_reftable_unaligned", "v3_64k",
+     header(refcount_table_offset=lambda im: im.header.refcount_table_offset + 512),
+     "reftableOffsetUnaligned", 2, cannot_open(BAD_HEADER % "O16"))
+case("hdr_reftable_past_eof", "v3_64k", header(refcount_table_offset=past_eof()), "reftablePastEof", 2,
+     exit_only(NOT_FOLLOWED % "it reads a zero reftable past EOF"))
+case("hdr_reftable_clusters_0", "v3_64k", header(refcount_table_clusters=0), "reftableMissing", 2,
+     exit_only("check mode tolerates it (O15); QEMU counts every cluster as refcount=0 and OFLAG errors"))
+case("hdr_snapshots_unaligned", "snapshots",
+     header(snapshots_offset=lambda im: im.header.snapshots_offset + 512),
+     "snapshotTableUnaligned refcountOrphan", 2,
+     check_aborts("check mode skips the open-time test but the check aborts on it (O17, S3)"),
+     absent=SNAPSHOTS_UNKNOWN)
+case("hdr_snapshots_past_eof", "snapshots", header(snapshots_offset=past_eof()),
+     "snapshotTablePastEof refcountOrphan", 2, exit_only(NOT_FOLLOWED % "it reads zeroed entries past EOF"),
+     absent=SNAPSHOTS_UNKNOWN)
+case("hdr_too_many_snapshots", "snapshots", header(nb_snapshots=70000), "tooManySnapshots", 2,
+     check_aborts("check mode skips the open-time test but the check aborts on it (O17, S3)"))
+case("hdr_backing_name_too_long", "backing", header(backing_file_size=2000), "backingNameInvalid", 2,
+     cannot_open(BAD_HEADER % "O34"))
+case("hdr_backing_name_outside_cluster0", "backing",
+     header(backing_file_offset=lambda im: im.cluster_size - 4), "backingNameInvalid", 2,
+     cannot_open(BAD_HEADER % "O34"))
+case("hdr_backing_offset_past_cluster", "backing",
+     header(backing_file_offset=lambda im: im.cluster_size + 64), "backingNameInvalid", 2,
+     cannot_open(BAD_HEADER % "O8"))
+case("hdr_backing_name_in_extensions", "backing",
+     header(backing_file_offset=lambda im: im.header.header_length + 8),
+     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "O25"))
+case("hdr_backing_name_in_header", "backing", header(backing_file_offset=16),
+     "backingNameOverlapsExtensions", 2,
+     differs(0, "the name QEMU reads from the header starts with a NUL, so it sees no backing file (§5.13)"))
+case("hdr_extl2_4k_clusters", "v3_4k", header_bits("incompatible_features", set=q.INCOMPAT_EXTL2),
+     "extendedL2ClusterTooSmall", 2, cannot_open(BAD_HEADER % "O12"))
+case("hdr_virtual_size_unaligned", "v3_64k", header(size=lambda im: im.header.size - 100),
+     "virtualSizeUnaligned", 0, Qemu(FULL))
+case("hdr_raw_data_bit_without_data_file", "v3_64k",
+     header_bits("autoclear_features", set=q.AUTOCLEAR_DATA_FILE_RAW), "rawDataFileInvalid", 2,
+     cannot_open("QEMU refuses it: \"data-file-raw requires a data file\" (O32)"))
+case("hdr_raw_data_file_with_backing", "data_file_raw", with_backing_name(b"data_file_raw.data"),
+     "rawDataFileInvalid backingFormatMissing", 2,
+     differs(0, "QEMU 7.2 does not reject data-file-raw with a backing file (§5.12)"))
+case("hdr_truncated", "v3_64k", truncate_to(60), "headerTruncated", 2,
+     cannot_open("QEMU cannot read the header (O1) and exits 1"))
+case("hdr_data_file_name_missing", "data_file", drop_extension(q.EXT_DATA_FILE),
+     "dataFileNameMissing", 0, cannot_open("QEMU needs the data file to open the image (O32, §5.12)"))
+case("hdr_data_file_ext_without_bit", "v3_64k", add_extension(q.EXT_DATA_FILE, b"v3_64k.data"),
+     "dataFileExtensionInvalid", 0, Qemu(FULL))
+
+# -- header extensions (qcow2-format.md §2)
+case("ext_length_past_area", "v3_64k", extension_length(q.EXT_FEATURE_TABLE, 0x10000),
+     "extensionTruncated", 2, cannot_open(BAD_HEADER % "O25"))
+case("ext_padding_nonzero", "backing", extension_padding(q.EXT_BACKING_FORMAT, b"\x01"),
+     "extensionPaddingNonzero", 0, Qemu(FULL))  # "qcow2" leaves 3 padding bytes
+case("ext_duplicate", "backing", add_extension(q.EXT_BACKING_FORMAT, b"qcow2"),
+     "extensionDuplicate", 0, Qemu(FULL))
+case("ext_unknown", "v3_64k", add_extension(0x12345678, b"hello, qcheck"),
+     "extensionUnknown", 0, Qemu(FULL))
+case("ext_end_missing", "backing", end_marker_missing, "extensionEndMissing", 0, Qemu(FULL))
+case("ext_backing_format_too_long", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow2-but-much-too-long"),
+     "backingFormatInvalid", 2, cannot_open(BAD_HEADER % "O26"))
+case("ext_backing_format_empty", "backing", edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b""),
+     "backingFormatInvalid", 2,
+     differs(0, "QEMU takes an empty backing format as none and probes the backing file"))
+case("ext_backing_format_unprintable", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qc\x01w2"), "backingFormatInvalid", 2,
+     cannot_open("QEMU looks up a driver of that name for the backing file (O34)"))
+case("ext_feature_table_ragged", "v3_64k",
+     edit_extension(q.EXT_FEATURE_TABLE, lambda im, d: d[:-8]), "featureTableInvalid", 0,
+     Qemu(FULL))  # QEMU only reads the table to name unknown incompatible bits
+case("ext_bitmaps_reserved", "bitmaps", bitmaps_ext(reserved=1), "bitmapsExtensionInvalid refcountOrphan", 2,
+     cannot_open(BAD_BITMAP % "O29"))
+case("ext_bitmaps_short", "bitmaps", edit_extension(q.EXT_BITMAPS, lambda im, d: d[:16]),
+     "bitmapsExtensionInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "O29"), absent=QUARANTINED)
+case("ext_bitmaps_zero_count", "bitmaps", bitmaps_ext(nb=0), "bitmapsExtensionInvalid", 2,
+     cannot_open(BAD_BITMAP % "O29"))
+case("ext_bitmaps_dir_unaligned", "bitmaps",
+     bitmaps_ext(offset=lambda im: im.bitmaps_ext()[3] + 8), "bitmapsExtensionInvalid", 2,
+     cannot_open(BAD_BITMAP % "O29"))
+case("ext_bitmaps_without_autoclear", "bitmaps",
+     header_bits("autoclear_features", clear=q.AUTOCLEAR_BITMAPS),
+     "bitmapsWithoutAutoclear refcountLeak", 3, Qemu(COUNTS))  # O30: their clusters leak
+case("ext_autoclear_without_bitmaps", "v3_64k",
+     header_bits("autoclear_features", set=q.AUTOCLEAR_BITMAPS), "autoclearWithoutBitmaps", 0,
+     Qemu(FULL))
+case("ext_luks_pointer_missing", "luks", drop_extension(q.EXT_FDE),
+     "encryptionExtensionInvalid refcountOrphan", 2,
+     cannot_open(BAD_HEADER % "O33"), absent=QUARANTINED)  # freeing the LUKS header loses all data
+case("ext_luks_pointer_unaligned", "luks", fde(lambda off, length: (off + 512, length)),
+     "encryptionExtensionInvalid refcountOrphan", 2, cannot_open(BAD_HEADER % "O28"), absent=QUARANTINED)
+case("ext_luks_pointer_without_luks", "v3_64k",
+     add_extension(q.EXT_FDE, lambda im: struct.pack(">QQ", im.append_clusters(), im.cluster_size)),
+     "encryptionExtensionInvalid", 2, cannot_open(BAD_HEADER % "O28"))
+
+# -- snapshot table (qcow2-format.md §10)
+case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotTableTruncated refcountOrphan", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"), absent=SNAPSHOTS_UNKNOWN)
+case("snap_extra_too_large", "snapshots",
+     rewrite_snapshots(lambda im, s: setattr(s[0], "extra", s[0].extra + bytes(2048))),
+     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))
+case("snap_extra_too_small_v3", "snapshots",
+     rewrite_snapshots(lambda im, s: setattr(s[1], "extra", s[1].extra[:8])),
+     "snapshotExtraTooSmall", 2, Qemu(COUNTS))  # S6
+case("snap_duplicate_id", "snapshots",
+     rewrite_snapshots(lambda im, s: setattr(s[1], "id", s[0].id)),
+     "snapshotIdDuplicate", 0, Qemu(FULL))  # §5.9: QEMU does not look
+case("snap_l1_unaligned", "snapshots", snapshot_field(0, "l1_table_offset", lambda im, v: v + 512),
+     "snapshotL1Unaligned refcountOrphan", 2,
+     exit_only("QEMU skips the snapshot, so its clusters count as leaks (R17, H4)"),
+     absent=QUARANTINED)
+case("snap_l1_past_eof", "snapshots", snapshot_field(0, "l1_table_offset", lambda im, v: past_eof()(im)),
+     "snapshotL1PastEof refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)
+case("snap_l1_too_large", "snapshots", snapshot_field(0, "l1_size", lambda im, v: 5 << 20),
+     "snapshotL1TooLarge refcountOrphan", 2,
+     exit_only("QEMU skips the snapshot, so its clusters count as leaks (R18)"),
+     absent=QUARANTINED)
+case("snap_disk_size_beyond_l1", "snapshots", snapshot_field(0, "disk_size", lambda im, v: 1 << 40),
+     "snapshotL1TooSmall", 0, Qemu(FULL))
+case("snap_with_data_file", "data_file", add_empty_snapshot, "snapshotsWithDataFile", 2,
+     Qemu(COUNTS))  # R16
+case("snap_l1_entry_past_eof", "snapshots",
+     lambda im: im.set_l1_entry(0, past_eof()(im), im.snapshots()[0].l1_table_offset),
+     "l1EntryPastEof refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R2; the lost L2 table and data become leaks"),
+     absent=QUARANTINED)
+case("snap_l1_entry_unaligned", "snapshots",
+     lambda im: im.set_l1_entry(0, im.read_table(im.snapshots()[0].l1_table_offset, 1)[0] + 512,
+                                im.snapshots()[0].l1_table_offset),
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6"), absent=QUARANTINED)
+case("snap_l2_reserved_bits", "snapshots", entry(snapshot_l2(0), set_bits(1 << 57)),
+     "l2EntryReservedBits", 2, Qemu(COUNTS))  # R8, the L2 table is the snapshot's own
+case("snap_shared_cluster_copied", "snapshots",
+     entry(lambda im: next(r for r in im.data_refs() if not r.entry & OFLAG_COPIED),
+           set_bits(OFLAG_COPIED)),
+     "l2CopiedWrong", 2, Qemu(COUNTS))  # F2
+case("snap_shared_refcount_too_low", "snapshots",
+     lambda im: im.set_refcount(next(r for r in im.data_refs() if not r.entry & OFLAG_COPIED)
+                                .host_offset // im.cluster_size, 1),
+     "refcountTooLow", 2, exit_only(COPIED_DOUBLE))
+case("snap_shares_active_l1", "snapshots",
+     snapshot_field(1, "l1_table_offset", lambda im, v: im.header.l1_table_offset),
+     "metadataOverlap", 2,
+     exit_only("QEMU has no overlap analysis; it sees refcount and leak errors (§5.8)"),
+     absent=QUARANTINED)
+
+# -- persistent bitmaps (qcow2-format.md §11)
+case("ext_bitmaps_dir_past_eof", "bitmaps", bitmaps_ext(size=lambda im: im.bitmaps_ext()[2] + 8),
+     "bitmapsExtensionInvalid", 2, cannot_open(BAD_BITMAP % "O37"))  # the directory ends the file
+case("bitmap_count_mismatch", "bitmaps", bitmaps_ext(nb=2), "bitmapDirectoryInvalid", 2,
+     cannot_open(BAD_BITMAP % "O37, \"More bitmaps found than specified\""))
+case("bitmap_entry_overruns_directory", "bitmaps", bitmap_field(2, "name_size", lambda im, v: 200),
+     "bitmapDirectoryInvalid", 2, cannot_open(BAD_BITMAP % "O37, \"Broken bitmap directory\""))
+case("bitmap_granularity_64", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 64),
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+SPEC_VALID_BITMAP = ("the spec allows it but QEMU's stricter bitmap constraints refuse to open "
+                     "the image (O37, §5.10)")
+case("bitmap_granularity_8_spec_valid", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 8),
+     "", 0, cannot_open(SPEC_VALID_BITMAP))  # spec: 0..63, QEMU: 9..31
+case("bitmap_extra_data_compatible_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 4),
+     "", 0, cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_type_2", "bitmaps", bitmap_field(1, "type", lambda im, v: 2),
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_reserved_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1 << 8),
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_table_size_0", "bitmaps", bitmap_field(2, "bitmap_table_size", lambda im, v: 0),
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_duplicate_name", "bitmaps",
+     lambda im: im.write(im.bitmaps()[1].offset + 24, im.bitmaps()[0].name),
+     "bitmapNameDuplicate", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_table_reserved_bits", "bitmaps", bitmap_table_entry(0, lambda im, e: e | 1 << 60),
+     "bitmapTableEntryInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_table_past_eof", "bitmaps", bitmap_table_entry(1, lambda im, e: past_eof()(im)),
+     "bitmapTableEntryInvalid", 2,
+     exit_only("QEMU loads the table (it only checks bits and alignment, O37), counts past EOF (R2) "
+               "and leaks the lost cluster"))
+case("bitmap_broken_rest_checked", "bitmaps",
+     chain(bitmap_table_entry(0, lambda im, e: e + 512), entry(data(), clear_bits(OFLAG_COPIED))),
+     "bitmapTableEntryInvalid l2CopiedWrong", 2, cannot_open(BAD_BITMAP % "O37"))
+# The unfollowed entry is a leaf (one bitmap data cluster): it cannot own a
+# cluster elsewhere, so an unrelated leak is still a leak.
+case("bitmap_broken_and_leak", "bitmaps",
+     chain(bitmap_table_entry(0, lambda im, e: e + 512), leak_cluster),
+     "bitmapTableEntryInvalid refcountLeak", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_in_use", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1),
+     "bitmapInUse", 0, Qemu(FULL))
+case("bitmap_data_is_guest_data", "bitmaps",
+     bitmap_table_entry(0, lambda im, e: im.data_refs()[0].host_offset), "dataOverlapsMetadata", 2,
+     exit_only("QEMU has no overlap analysis (§5.8): refcount=1 reference=2 plus a leak"))
+
+# -- mapping: L1 and L2 entries (qcow2-format.md §5-§8)
+case("l1_reserved_high", "v3_64k", l1_entry(lambda im, e: e | 1 << 56), "l1EntryReservedBits", 2,
+     Qemu(COUNTS))  # R5, entry still followed
+case("l1_reserved_low", "v3_64k", l1_entry(lambda im, e: e | 1 << 1), "l1EntryReservedBits", 2,
+     Qemu(COUNTS))
+case("l1_unaligned", "v3_64k", l1_entry(lambda im, e: e + 512), "l1EntryUnaligned refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R6, H3"))
+case("l1_past_eof", "v3_64k", l1_entry(lambda im, e: OFLAG_COPIED | past_eof()(im)),
+     "l1EntryPastEof refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R2, H1"))
+case("l2_reserved_high", "v3_64k", entry(data(), set_bits(1 << 57)), "l2EntryReservedBits", 2,
+     Qemu(COUNTS))  # R8
+case("l2_reserved_low", "v3_64k", entry(data(), set_bits(1 << 3)), "l2EntryReservedBits", 2,
+     Qemu(COUNTS))
+case("l2_unaligned", "v3_64k", entry(data(), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_past_eof", "v3_64k", entry(data(), point_at(past_eof())), "l2EntryPastEof refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)  # as l2_unaligned: the old cluster is an orphan
+case("l2_zero_flag_v2", "v2_64k", entry(data(), set_bits(OFLAG_ZERO)), "l2ZeroFlagInvalid", 2,
+     differs(0, "QEMU's reserved mask excludes bit 0, so it misses the v2 zero flag (§5.4)"))
+case("l2_zero_flag_extl2", "extl2", entry(data(), set_bits(OFLAG_ZERO)), "l2ZeroFlagInvalid", 2,
+     differs(0, "QEMU's reserved mask excludes bit 0, so it misses it with extended L2 (§5.4)"))
+case("l2_unallocated_copied", "v3_64k", entry(unallocated(), point_at(lambda im: 0)),
+     "l2ZeroOffsetCopied", 2,
+     differs(0, "QEMU classifies offset 0 as unallocated and ignores COPIED there (§5.4)"))
+case("l2_zero_plain_copied", "v3_64k",
+     entry(first(lambda r: r.entry == OFLAG_ZERO), set_bits(OFLAG_COPIED)), "l2ZeroOffsetCopied", 2,
+     differs(0, "QEMU does not flag COPIED on zero-plain entries (§5.4)"))
+case("l2_copied_cleared", "v3_64k", entry(data(), clear_bits(OFLAG_COPIED)), "l2CopiedWrong", 2,
+     Qemu(COUNTS))  # F2
+case("l1_copied_cleared", "v3_64k", l1_entry(lambda im, e: e & ~OFLAG_COPIED), "l1CopiedWrong", 2,
+     Qemu(COUNTS))  # F1
+case("data_file_offset_mismatch", "data_file",
+     entry(data(1), point_at(lambda im: 2 << 20)), "dataFileOffsetMismatch", 2,
+     differs(0, "QEMU's check does not compare host and guest offsets (§5.12)"))
+case("data_file_copied_missing", "data_file", entry(data(1), clear_bits(OFLAG_COPIED)),
+     "dataFileCopiedMissing", 0,
+     differs(2, "QEMU takes data-file refcounts as 1 and counts the missing COPIED as a corruption (F2)"))
+case("data_file_compressed", "data_file",
+     entry(data(1), lambda im, r: im.compressed_entry(65536, 512)), "compressedWithDataFile", 2,
+     Qemu(COUNTS))  # R10
+case("compressed_copied", "zlib", entry(compressed(1), set_bits(OFLAG_COPIED)), "compressedCopied", 2,
+     Qemu(COUNTS))  # R9
+case("compressed_copied_zstd", "zstd", entry(compressed(0), set_bits(OFLAG_COPIED)),
+     "compressedCopied", 2, Qemu(COUNTS))
+case("compressed_past_eof", "zlib",
+     entry(compressed(1), lambda im, r: im.compressed_entry(past_eof()(im) + 1000, 600)),
+     "compressedRangeInvalid", 2, exit_only(NOT_FOLLOWED % "R2; the packed host cluster also leaks"),
+     absent=QUARANTINED)
+case("compressed_offset_bit56", "zlib_4k", entry(compressed(0), set_bits(1 << 56)),
+     "compressedRangeInvalid", 2, exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)
+case("extl2_alloc_and_zero", "extl2",
+     entry(data(0), lambda im, r: r.entry, bitmap=lambda im, r: r.bitmap | 1 << 32),
+     "subclusterAllocAndZero", 2, Qemu(COUNTS))  # R12
+case("extl2_alloc_unallocated", "extl2",
+     entry(unallocated(), lambda im, r: 0, bitmap=lambda im, r: 1), "subclusterAllocUnallocated", 2,
+     Qemu(COUNTS))  # R15
+case("extl2_compressed_bitmap", "extl2",
+     entry(compressed(0), lambda im, r: r.entry, bitmap=lambda im, r: 1 << 32),
+     "compressedSubclusterBitmap", 2,
+     exit_only("QEMU stops counting the compressed range, so the packed cluster also leaks (R11)"))
+
+# -- refcounts, every width (qcow2-format.md §9)
+for bits in (1, 2, 4, 8, 16, 32, 64):
+    b = "rc%d" % bits
+    case("leak_rc%d" % bits, b, leak_cluster, "refcountLeak", 3, Qemu(FULL))
+    case("zero_in_use_rc%d" % bits, b, data_refcount(0), "refcountZeroInUse", 2,
+         exit_only(COPIED_DOUBLE))
+    if bits > 1:  # with 1-bit refcounts two references are an overflow
+        case("too_low_rc%d" % bits, b, crosslink(), "refcountTooLow", 2,
+             exit_only("qcheck also flags COPIED against the computed refcount; "
+                       "QEMU against the on-disk one"))
+    if bits <= 4:
+        case("overflow_rc%d" % bits, b, overflow, "refcountOverflow", 2,
+             exit_only("QEMU reports the overflow (R3) and the COPIED/refcount fallout differently"))
+for b in ("v3_512", "v3_4k", "v3_2m", "v2_64k", "rc64_512", "zlib", "extl2"):
+    case("leak_" + b, b, leak_cluster, "refcountLeak", 3, Qemu(FULL))
+for b in ("v3_512", "v3_2m", "v2_512", "extl2"):
+    case("zero_in_use_" + b, b, data_refcount(0), "refcountZeroInUse", 2, exit_only(COPIED_DOUBLE))
+case("l2_unaligned_4k", "v3_4k", entry(data(), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R14, H2"))
+# With 512-byte clusters every offset is aligned: bit 8 is a reserved bit.
+case("l2_reserved_bit8_512", "v3_512", entry(data(), set_bits(1 << 8)), "l2EntryReservedBits", 2,
+     Qemu(COUNTS))
+case("l2_unaligned_2m", "v3_2m", entry(data(), move_by(1 << 20)), "l2EntryUnaligned refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R14, H2"))
+case("leak_data_cluster", "v3_64k", data_refcount(2), "refcountLeak", 3,
+     differs(2, "QEMU counts a pure data leak as a corruption via OFLAG_COPIED (§4.4)"))
+case("leak_compressed_cluster", "zlib",
+     lambda im: im.set_refcount(im.compressed_range(im.compressed_refs()[0].entry)[0] // im.cluster_size, 4),
+     "refcountLeak", 3, Qemu(FULL))  # F2 skips compressed entries, so QEMU says leak too
+case("too_low_compressed_cluster", "zlib",
+     lambda im: im.set_refcount(im.compressed_range(im.compressed_refs()[0].entry)[0] // im.cluster_size, 1),
+     "refcountTooLow", 2, Qemu(COUNTS))  # C4
+case("leak_l2_table", "v3_64k", lambda im: im.set_refcount(l2_table0(im) // im.cluster_size, 2),
+     "refcountLeak", 3,
+     differs(2, "QEMU counts the L1 COPIED flag against the on-disk refcount 2 as a corruption (F1, §5.16)"))
+case("zero_in_use_l2_table", "v3_64k", lambda im: im.set_refcount(l2_table0(im) // im.cluster_size, 0),
+     "refcountZeroInUse", 2, exit_only(COPIED_DOUBLE))
+case("zero_in_use_refblock", "v3_64k", lambda im: im.set_refcount(refblock0(im) // im.cluster_size, 0),
+     "refcountZeroInUse", 2, Qemu(COUNTS))
+case("zero_in_use_header", "rc8", lambda im: im.set_refcount(0, 0), "refcountZeroInUse", 2, Qemu(COUNTS))
+case("refcount_past_eof", "v3_64k",
+     lambda im: im.set_refcount(-(-im.file_size // im.cluster_size) + 3, 1), "refcountPastEof", 0,
+     Qemu(FULL))  # §5.1: QEMU never looks past EOF
+case("refcount_past_eof_rc1", "rc1",
+     lambda im: im.set_refcount(-(-im.file_size // im.cluster_size) + 100, 1), "refcountPastEof", 0,
+     Qemu(FULL))
+case("reftable_entry_reserved", "v3_64k", lambda im: im.set_reftable_entry(0, refblock0(im) | 1 << 3),
+     "reftableEntryReservedBits", 2, exit_only("QEMU still reads refcounts through the entry (B1)"))
+case("reftable_entry_unaligned", "v3_64k", lambda im: im.set_reftable_entry(0, refblock0(im) + 512),
+     "reftableEntryUnaligned refcountsUnknown", 2,
+     differs(1, "QEMU fails every refcount read through the unaligned block: check errors, "
+                "exit 1 (§4.2, B2, C1)"))
+case("reftable_entry_past_eof", "v3_64k", lambda im: im.set_reftable_entry(0, past_eof()(im)),
+     "reftableEntryPastEof refcountsUnknown", 2,
+     exit_only("QEMU reads zero refcounts past EOF: every cluster is refcount=0 (B3, C2)"))
+case("reftable_entry_past_eof_second", "rc64_512",
+     lambda im: im.set_reftable_entry(1, past_eof()(im)), "reftableEntryPastEof refcountsUnknown", 2,
+     exit_only("QEMU reads zero refcounts past EOF (B3, C2)"))
+
+# -- overlaps: one owner per host cluster (§5.8)
+NO_OVERLAP_CHECK = "QEMU has no overlap analysis and reports refcount/COPIED fallout instead (§5.8, H7)"
+case("overlap_data_on_refblock", "v3_64k", entry(data(), point_at(refblock0)), "dataOverlapsMetadata", 2,
+     exit_only(NO_OVERLAP_CHECK))
+case("overlap_data_on_l1", "v3_64k", entry(data(), point_at(l1_offset)), "dataOverlapsMetadata", 2,
+     exit_only(NO_OVERLAP_CHECK))
+case("overlap_data_on_reftable", "v3_64k", entry(data(), point_at(reftable_offset)),
+     "dataOverlapsMetadata", 2, exit_only(NO_OVERLAP_CHECK))
+case("overlap_data_on_l2", "rc64_512", entry(data(), point_at(l2_table0)), "dataOverlapsMetadata", 2,
+     exit_only(NO_OVERLAP_CHECK))
+case("overlap_l2_on_refblock", "v3_64k", l1_entry(lambda im, e: OFLAG_COPIED | refblock0(im)),
+     "metadataOverlap", 2, exit_only(NO_OVERLAP_CHECK))
+case("overlap_l2_on_l1", "v3_64k", l1_entry(lambda im, e: OFLAG_COPIED | im.header.l1_table_offset),
+     "metadataOverlap", 2, exit_only(NO_OVERLAP_CHECK))
+case("overlap_refblock_on_l2", "v3_64k", lambda im: im.set_reftable_entry(0, l2_table0(im)),
+     "metadataOverlap", 2, exit_only(NO_OVERLAP_CHECK))
+
+# -- whole-image states
+case("lazy_refcounts_crashed", "lazy_dirty", None, "dirtyBitSet refcountZeroInUse", 2,
+     exit_only("QEMU ignores the dirty bit and counts each stale cluster twice (§3.7)"),
+     header={"dirty": True})
+case("backing_file_missing", "backing", None, "", 0,
+     cannot_open("QEMU opens the backing chain and fails on the missing file (O34, §5.13)"),
+     companions=False)
+case("data_file_missing", "data_file", None, "", 0,
+     cannot_open("QEMU needs the external data file to check metadata (O32, §5.12)"), companions=False)
+case("trailing_space", "v3_64k", lambda im: im.append_clusters(count=2, refcount=None),
+     "trailingSpace", 0, Qemu(FULL))  # §5.2: QEMU never mentions it
+case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 0,
+     cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+case("snapshot_table_too_large", "v3_64k", huge_snapshot_table, "snapshotTableTooLarge", 2,
+     check_aborts("QEMU aborts the check: \"Snapshot table is too big\" (S4)"))
+case("memory_limit", "v3_64k", None, "memoryLimit", 1,
+     differs(0, "qemu-img has no memory limit; qcheck stops cleanly at --max-mem"),
+     qcheck_args=("--max-mem=64K",))
+case("luks_without_key", "luks", None, "", 0,
+     cannot_open("QEMU needs the LUKS key even to check metadata (O33, §5.14)"),
+     qemu_target=lambda path: ["-f", "qcow2", path])
+
+
+def validate(problem_table, bases):
+    """Catalogue sanity: unique names, known bases and problem ids."""
+    names = [c.name for c in CASES]
+    dup = {n for n in names if names.count(n) > 1}
+    assert not dup, "duplicate case names: %s" % sorted(dup)
+    for c in CASES:
+        assert c.base in bases, "%s: unknown base %s" % (c.name, c.base)
+        unknown = c.expect - set(problem_table)
+        assert not unknown, "%s: ids not in problems.def: %s" % (c.name, sorted(unknown))
+        assert c.qemu.relation in (FULL, COUNTS, EXIT, DIFFERS), c.name
+        assert c.qemu.relation != DIFFERS or c.qemu.why, "%s: a difference needs a reason" % c.name
+
+
+def uncovered(problem_table):
+    """Problem ids no case expects (reported by run_cases.py --list)."""
+    seen = set().union(*(c.expect for c in CASES))
+    return sorted(set(problem_table) - seen)
