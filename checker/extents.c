@@ -50,7 +50,7 @@ void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t l
         return;
     }
     const qc_snapshot_entry *e = &ctx->snapshots[index].entry;
-    char id[64], name[64];
+    char id[48], name[48]; /* keeps the description within the callers' 160 bytes */
     qc_printable(id, sizeof(id), e->id, e->id_str_size);
     qc_printable(name, sizeof(name), e->name, e->name_size);
     snprintf(buf, len, "snapshot %u (id \"%s\", name \"%s\")", index, id, name);
