@@ -49,6 +49,13 @@ static void run_flush(qc_ctx *ctx, run *r)
                   prefix, (unsigned long long)r->computed, ctx->geo.refcount_bits,
                   (unsigned long long)ctx->geo.refcount_max);
         break;
+    case QC_P_REFCOUNT_ORPHAN:
+        qc_report(ctx, r->id, obj, off, r->len,
+                  "%srefcount %llu on disk, %llu reference%s found; the rest may belong to a "
+                  "structure that was not followed, so this is not called a leak",
+                  prefix, (unsigned long long)r->ondisk, (unsigned long long)r->computed,
+                  r->computed == 1 ? "" : "s");
+        break;
     case QC_P_L2_COPIED_WRONG:
         qc_report(ctx, r->id, obj, off, r->len,
                   "%sdata cluster mapped by the active L2 tables has COPIED %s but %llu references",
