@@ -162,21 +162,29 @@ typedef struct l2_walk {
     uint64_t next_contiguous; /* for the fragmentation statistic */
 } l2_walk;
 
+/* Guest data (a data cluster or part of a compressed range) landing on a
+ * cluster some metadata structure owns. */
+static void check_data_on_metadata(qc_ctx *ctx, const l2_walk *w, uint32_t index, uint64_t cluster)
+{
+    if (!qc_bitset_test(&ctx->meta_clusters, cluster))
+        return;
+    const qc_extent *owner = qc_extent_at(ctx, cluster);
+    char what[240] = "metadata";
+    if (owner)
+        qc_describe_extent(ctx, owner, what, sizeof(what));
+    qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, w->obj,
+              w->table->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
+              "entry %u maps guest data to host cluster 0x%llx, which is the %s", index,
+              (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
+}
+
 static void count_data_cluster(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t cluster,
                                bool copied)
 {
     qc_refmap_add(&ctx->refmap, cluster, w->table->refs);
     if (w->table->active_refs)
         qc_bitset_set(copied ? &ctx->copied_set : &ctx->copied_clear, cluster);
-    if (qc_bitset_test(&ctx->meta_clusters, cluster)) {
-        const qc_extent *owner = qc_extent_at(ctx, cluster);
-        char what[240] = "metadata";
-        if (owner)
-            qc_describe_extent(ctx, owner, what, sizeof(what));
-        qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, w->obj, w->table->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
-                  "entry %u maps guest data to host cluster 0x%llx, which is the %s", index,
-                  (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
-    }
+    check_data_on_metadata(ctx, w, index, cluster);
 }
 
 static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
@@ -213,16 +221,7 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
     }
     for (uint64_t cl = first; cl <= last; cl++) {
         qc_refmap_add(&ctx->refmap, cl, w->table->refs);
-        if (qc_bitset_test(&ctx->meta_clusters, cl)) {
-            const qc_extent *owner = qc_extent_at(ctx, cl);
-            char what[240] = "metadata";
-            if (owner)
-                qc_describe_extent(ctx, owner, what, sizeof(what));
-            qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, w->obj, at, 1,
-                      "entry %u: compressed data at 0x%llx lies in host cluster 0x%llx, which is the %s",
-                      i, (unsigned long long)c.host_offset,
-                      (unsigned long long)(cl << ctx->geo.cluster_bits), what);
-        }
+        check_data_on_metadata(ctx, w, i, cl);
     }
 }
 
