@@ -66,8 +66,8 @@ typedef struct qc_l2_ref {
 /* One distinct L2 table, with how many L1 entries reference it. */
 typedef struct qc_l2_table {
     uint64_t offset;
-    uint32_t refs;
-    uint32_t active_refs;
+    uint64_t refs; /* L1 entries can outnumber 2^32 in a forged image */
+    uint64_t active_refs;
     size_t first_ref; /* index into l2_refs of the first reference */
 } qc_l2_table;
 

@@ -7,8 +7,8 @@
  * refcounts past the end of the file, clusters whose refcount cannot be
  * read. Refcounts above the references found are reported as orphans
  * instead of leaks when some structure was not followed or the cluster is
- * what a broken pointer most likely meant (the difference may be theirs). Then COPIED in the
- * active L1 and L2 tables. Consecutive clusters with the same finding are
+ * what a broken pointer most likely meant (the difference may be theirs).
+ * Then COPIED in the active L1 and L2 tables. Consecutive clusters with the same finding are
  * reported as one range, counted per cluster as qemu-img does.
  * Needs: every earlier pass (the computed refcount map is complete).
  * Produces: leak/corruption counts, image end offset.
