@@ -531,7 +531,6 @@ static void check_table_locations(qc_ctx *ctx)
     ctx->snapshots_usable = false;
     if (h->nb_snapshots == 0)
         return;
-    ctx->unfollowed++; /* until the table proves usable below */
     if (!qc_cluster_aligned(ctx, h->snapshots_offset) || h->snapshots_offset == 0)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
                   "offset 0x%llx is not a cluster-aligned non-zero offset",
@@ -540,10 +539,10 @@ static void check_table_locations(qc_ctx *ctx)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
                   "offset 0x%llx is past the end of the file (%llu bytes)",
                   (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
-    else {
+    else
         ctx->snapshots_usable = true;
-        ctx->unfollowed--;
-    }
+    if (!ctx->snapshots_usable)
+        ctx->unfollowed++; /* the snapshots' tables and data are not followed */
 }
 
 static void fill_header_info(qc_ctx *ctx)

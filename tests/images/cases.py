@@ -295,12 +295,18 @@ def bitmaps_ext(nb=None, reserved=None, size=None, offset=None):
     return edit_extension(q.EXT_BITMAPS, fn)
 
 
-def bitmap_field(index, name, fn):
+def _entry_field(entries, fields, index, name, fn):
+    """Rewrite field `name` of entry `index` of a table of variable-length
+    entries (snapshots, bitmap directory) with fn(image, old value)."""
     def p(im):
-        b = im.bitmaps()[index]
-        off, size = q.Bitmap.FIELDS[name]
-        im.write_int(b.offset + off, size, fn(im, im.read_int(b.offset + off, size)))
+        e = entries(im)[index]
+        off, size = fields[name]
+        im.write_int(e.offset + off, size, fn(im, im.read_int(e.offset + off, size)))
     return p
+
+
+def bitmap_field(index, name, fn):
+    return _entry_field(lambda im: im.bitmaps(), q.Bitmap.FIELDS, index, name, fn)
 
 
 def bitmap_table_entry(index, fn):
@@ -314,11 +320,7 @@ def bitmap_table_entry(index, fn):
 
 
 def snapshot_field(index, name, fn):
-    def p(im):
-        s = im.snapshots()[index]
-        off, size = q.Snapshot.FIELDS[name]
-        im.write_int(s.offset + off, size, fn(im, im.read_int(s.offset + off, size)))
-    return p
+    return _entry_field(lambda im: im.snapshots(), q.Snapshot.FIELDS, index, name, fn)
 
 
 def rewrite_snapshots(edit):
