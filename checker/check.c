@@ -1,6 +1,7 @@
 /*
  * qc_check(): runs the passes in order over one context and turns the
- * result into qemu-img check's exit status.
+ * result into qemu-img check's exit status. The repair planner runs the
+ * same passes through qc_ctx_run() and reads the context before release.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -14,10 +15,11 @@ static bool init_maps(qc_ctx *ctx)
     return qc_refmap_init(ctx, &ctx->refmap, ctx->file_clusters, ctx->geo.refcount_bits) &&
            qc_bitset_init(ctx, &ctx->copied_set, ctx->file_clusters) &&
            qc_bitset_init(ctx, &ctx->copied_clear, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->suspect, ctx->file_clusters);
+           qc_bitset_init(ctx, &ctx->suspect, ctx->file_clusters) &&
+           qc_bitset_init(ctx, &ctx->orphans, ctx->file_clusters);
 }
 
-static void release(qc_ctx *ctx)
+void qc_ctx_release(qc_ctx *ctx)
 {
     /* Sizes are only needed for accounting, which ends here. */
     free(ctx->cluster0);
@@ -32,41 +34,47 @@ static void release(qc_ctx *ctx)
     free(ctx->copied_set.words);
     free(ctx->copied_clear.words);
     free(ctx->suspect.words);
+    free(ctx->orphans.words);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
+}
+
+void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)
+{
+    memset(result, 0, sizeof(*result));
+    ctx->io = io;
+    ctx->opts = opts;
+    ctx->res = result;
+    ctx->file_size = io->size;
+    ctx->mem_limit = opts && opts->max_mem ? opts->max_mem : QC_DEFAULT_MAX_MEM;
+
+    qc_pass_header(ctx);
+    if (!ctx->stop && init_maps(ctx)) {
+        /* Cluster 0 always belongs to the header; the LUKS header region
+         * is metadata too. */
+        qc_add_extent(ctx, QC_OWN_HEADER, 0, 0, 0, ctx->cluster0_len, 1);
+        if (ctx->crypto_length)
+            qc_add_extent(ctx, QC_OWN_CRYPTO_HEADER, 0, 0, ctx->crypto_offset, ctx->crypto_length, 1);
+        void (*const passes[])(qc_ctx *) = {qc_pass_snapshots, qc_pass_reftable, qc_pass_bitmaps,
+                                            qc_pass_mapping_collect};
+        for (size_t i = 0; i < sizeof(passes) / sizeof(passes[0]) && !ctx->stop; i++)
+            passes[i](ctx);
+        if (!ctx->stop && qc_extents_finish(ctx)) {
+            qc_pass_mapping_walk(ctx);
+            if (!ctx->stop)
+                qc_pass_compare(ctx);
+        }
+    }
+    qc_report_flush(ctx);
 }
 
 int qc_check(qc_io *io, const qc_options *opts, qc_result *result)
 {
     if (!io || !io->read || !result)
         return -EINVAL;
-    memset(result, 0, sizeof(*result));
     qc_ctx ctx = {0};
-    ctx.io = io;
-    ctx.opts = opts;
-    ctx.res = result;
-    ctx.file_size = io->size;
-    ctx.mem_limit = opts && opts->max_mem ? opts->max_mem : QC_DEFAULT_MAX_MEM;
-
-    qc_pass_header(&ctx);
-    if (!ctx.stop && init_maps(&ctx)) {
-        /* Cluster 0 always belongs to the header; the LUKS header region
-         * is metadata too. */
-        qc_add_extent(&ctx, QC_OWN_HEADER, 0, 0, 0, ctx.cluster0_len, 1);
-        if (ctx.crypto_length)
-            qc_add_extent(&ctx, QC_OWN_CRYPTO_HEADER, 0, 0, ctx.crypto_offset, ctx.crypto_length, 1);
-        void (*const passes[])(qc_ctx *) = {qc_pass_snapshots, qc_pass_reftable, qc_pass_bitmaps,
-                                            qc_pass_mapping_collect};
-        for (size_t i = 0; i < sizeof(passes) / sizeof(passes[0]) && !ctx.stop; i++)
-            passes[i](&ctx);
-        if (!ctx.stop && qc_extents_finish(&ctx)) {
-            qc_pass_mapping_walk(&ctx);
-            if (!ctx.stop)
-                qc_pass_compare(&ctx);
-        }
-    }
-    qc_report_flush(&ctx);
-    release(&ctx);
+    qc_ctx_run(&ctx, io, opts, result);
+    qc_ctx_release(&ctx);
     return 0;
 }
 

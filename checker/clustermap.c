@@ -34,6 +34,17 @@ void qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n)
     }
 }
 
+void qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value)
+{
+    uint64_t max = refmap_saturation(map);
+    if (value > max)
+        value = max;
+    if (map->width == 2)
+        ((uint16_t *)map->counts)[cluster] = (uint16_t)value;
+    else
+        ((uint32_t *)map->counts)[cluster] = (uint32_t)value;
+}
+
 uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
 {
     return map->width == 2 ? ((const uint16_t *)map->counts)[cluster]

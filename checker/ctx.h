@@ -141,8 +141,14 @@ typedef struct qc_ctx {
      * (`unfollowed`), or just the cluster a broken leaf pointer most
      * likely meant (`suspect`). */
     uint64_t unfollowed;
+    uint64_t unfollowed_refblocks; /* of those: refcount blocks behind bad pointers */
     qc_bitset suspect;
-    bool stop; /* nothing more can be checked */
+    qc_bitset orphans; /* compare: clusters reported as refcountOrphan */
+    bool stop;         /* nothing more can be checked */
+
+    /* Every finding, uncapped, for the repair planner (NULL in a check). */
+    void (*fix_sink)(void *payload, qc_problem_id id, uint64_t offset, uint64_t count);
+    void *fix_sink_payload;
 
     /* findings */
     uint64_t shown[QC_P_COUNT];
@@ -172,6 +178,7 @@ bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)
 bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters, unsigned refcount_bits);
 void qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n);
 uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster);
+void qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value); /* saturating */
 bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits);
 static inline void qc_bitset_set(qc_bitset *s, uint64_t i)
 {
@@ -203,6 +210,31 @@ bool qc_extents_finish(qc_ctx *ctx);
 const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster);
 /* Whether an L2 table at `offset` overlapped another structure. */
 bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
+
+/* ---- ondisk.c: the refcounts on disk ---- */
+/* A run of clusters whose on-disk refcounts come from one place. */
+typedef struct qc_refcount_span {
+    uint64_t first, count; /* clusters [first, first + count) */
+    enum {
+        QC_SPAN_BLOCK,   /* a readable refcount block: `block`, reftable entry `index` */
+        QC_SPAN_ZERO,    /* no refcount block (or no table): refcounts read as 0 */
+        QC_SPAN_UNKNOWN, /* the refcount block pointer or the table is unusable */
+    } kind;
+    uint64_t index;
+    const uint8_t *block; /* cluster_size bytes; may cover clusters past the file end */
+} qc_refcount_span;
+/* Visit the on-disk refcounts of every cluster of the file, in order, one
+ * span at a time (spans of refcount blocks also cover clusters past the
+ * end of the file). Returns false when reading or allocating failed (a
+ * finding was reported). */
+typedef void (*qc_span_visit)(qc_ctx *ctx, void *state, const qc_refcount_span *span);
+bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit);
+
+/* ---- check.c: running the passes ---- */
+/* Run every pass on a zeroed ctx; the caller reads the context and then
+ * releases it. */
+void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result);
+void qc_ctx_release(qc_ctx *ctx);
 
 /* ---- passes ---- */
 void qc_pass_header(qc_ctx *ctx);

@@ -99,91 +99,53 @@ static void compare_cluster(qc_ctx *ctx, compare_state *st, uint64_t c, uint64_t
     if (ondisk == computed)
         return;
     qc_problem_id id;
-    if (ondisk > computed)
-        id = ctx->unfollowed || qc_bitset_test(&ctx->suspect, c) ? QC_P_REFCOUNT_ORPHAN
-                                                                 : QC_P_REFCOUNT_LEAK;
-    else
+    if (ondisk > computed && (ctx->unfollowed || qc_bitset_test(&ctx->suspect, c))) {
+        id = QC_P_REFCOUNT_ORPHAN;
+        qc_bitset_set(&ctx->orphans, c);
+    } else if (ondisk > computed) {
+        id = QC_P_REFCOUNT_LEAK;
+    } else {
         id = ondisk == 0 ? QC_P_REFCOUNT_ZERO_IN_USE : QC_P_REFCOUNT_TOO_LOW;
+    }
     run_add(ctx, &st->run, id, c, ondisk, computed);
 }
 
-static void compare_unknown(qc_ctx *ctx, compare_state *st, uint64_t first, uint64_t end)
+static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 {
-    for (uint64_t c = first; c < end; c++) {
-        uint64_t computed = qc_refmap_get(&ctx->refmap, c);
-        if (!computed)
-            continue;
-        st->last_used = c + 1;
-        run_add(ctx, &st->run, QC_P_REFCOUNTS_UNKNOWN, c, 0, computed);
-    }
-}
-
-static void compare_refblock(qc_ctx *ctx, compare_state *st, uint64_t index, uint8_t *block)
-{
-    const qc_geometry *g = &ctx->geo;
-    uint64_t first = index * g->refblock_entries;
-    uint64_t off = ctx->reftable[index];
-    char obj[64];
-    snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)index);
-    if (!qc_read(ctx, off, block, g->cluster_size, obj))
+    compare_state *st = state;
+    uint64_t end = span->first + span->count;
+    if (span->kind == QC_SPAN_UNKNOWN) {
+        for (uint64_t c = span->first; c < end; c++) {
+            uint64_t computed = qc_refmap_get(&ctx->refmap, c);
+            if (!computed)
+                continue;
+            st->last_used = c + 1;
+            run_add(ctx, &st->run, QC_P_REFCOUNTS_UNKNOWN, c, 0, computed);
+        }
         return;
+    }
+    if (span->kind == QC_SPAN_ZERO) {
+        for (uint64_t c = span->first; c < end; c++)
+            compare_cluster(ctx, st, c, 0);
+        return;
+    }
     uint64_t past_eof = 0, past_first = 0;
-    for (uint64_t j = 0; j < g->refblock_entries; j++) {
-        uint64_t c = first + j;
-        uint64_t ondisk = qc_refblock_get(block, g->refcount_bits, j);
+    for (uint64_t c = span->first; c < end; c++) {
+        uint64_t ondisk = qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first);
         if (c < ctx->file_clusters)
             compare_cluster(ctx, st, c, ondisk);
         else if (ondisk && !past_eof++)
             past_first = c;
     }
-    if (past_eof)
-        qc_report(ctx, QC_P_REFCOUNT_PAST_EOF, obj, off, past_eof,
+    if (past_eof) {
+        char obj[64];
+        snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)span->index);
+        qc_report(ctx, QC_P_REFCOUNT_PAST_EOF, obj, ctx->reftable[span->index], past_eof,
                   "%llu clusters from cluster %llu on are past the end of the file (%llu clusters) "
                   "but have non-zero refcounts",
                   (unsigned long long)past_eof, (unsigned long long)past_first,
                   (unsigned long long)ctx->file_clusters);
-}
-
-static void compare_refcounts(qc_ctx *ctx, compare_state *st)
-{
-    const qc_geometry *g = &ctx->geo;
-    if (!ctx->reftable_usable) {
-        /* No refcount table at all reads as all zero (what QEMU sees); a
-         * table we could not read leaves the refcounts unknown. */
-        bool missing = ctx->hdr.refcount_table_clusters == 0 || ctx->hdr.refcount_table_offset == 0;
-        for (uint64_t c = 0; c < ctx->file_clusters; c++) {
-            if (missing)
-                compare_cluster(ctx, st, c, 0);
-            else
-                compare_unknown(ctx, st, c, c + 1);
-        }
-        return;
     }
-    uint8_t *block = qc_alloc(ctx, g->cluster_size, "refcount block buffer");
-    if (!block)
-        return;
-    uint64_t covered = 0;
-    for (uint64_t i = 0; i < ctx->reftable_entries && !ctx->stop; i++) {
-        uint64_t first = i * g->refblock_entries;
-        uint64_t end = first + g->refblock_entries;
-        uint64_t clip = end < ctx->file_clusters ? end : ctx->file_clusters;
-        covered = end;
-        if (ctx->refblock_state[i] == QC_REFBLOCK_NONE && first >= ctx->file_clusters)
-            continue;
-        if (ctx->refblock_state[i] == QC_REFBLOCK_NONE) {
-            for (uint64_t c = first; c < clip; c++)
-                compare_cluster(ctx, st, c, 0);
-        } else if (ctx->refblock_state[i] == QC_REFBLOCK_INVALID ||
-                   qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i])) {
-            compare_unknown(ctx, st, first, clip);
-        } else {
-            compare_refblock(ctx, st, i, block);
-        }
-    }
-    /* Clusters beyond what the refcount table covers have refcount 0. */
-    for (uint64_t c = covered; c < ctx->file_clusters; c++)
-        compare_cluster(ctx, st, c, 0);
-    qc_free(ctx, block, g->cluster_size);
 }
 
 static void check_copied(qc_ctx *ctx)
@@ -229,7 +191,7 @@ static void check_copied(qc_ctx *ctx)
 void qc_pass_compare(qc_ctx *ctx)
 {
     compare_state st = {0};
-    compare_refcounts(ctx, &st);
+    qc_each_refcount_span(ctx, &st, compare_span);
     run_flush(ctx, &st.run);
     check_copied(ctx);
     ctx->res->image_end_offset = st.last_used << ctx->geo.cluster_bits;

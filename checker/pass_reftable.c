@@ -55,6 +55,7 @@ void qc_pass_reftable(qc_ctx *ctx)
         }
         ctx->refblock_state[i] = QC_REFBLOCK_INVALID;
         ctx->unfollowed++;
+        ctx->unfollowed_refblocks++;
     }
     qc_free(ctx, raw, bytes);
 }

@@ -1,5 +1,5 @@
 /*
- * qcheck public interface: check qcow2 images.
+ * qcheck public interface: check and repair qcow2 images.
  *
  * The library never prints, never exits and keeps no global state: every
  * call works on the context or the result it is given, findings are passed
@@ -25,6 +25,13 @@ typedef struct qc_io {
      * Reading past the end of the image is -EIO (callers bound their reads
      * by `size` first). */
     int (*read)(void *opaque, uint64_t off, void *buf, size_t len);
+    /* Write exactly len bytes at off, extending the image if needed (the
+     * caller then updates `size`). NULL in a read-only io. */
+    int (*write)(void *opaque, uint64_t off, const void *buf, size_t len);
+    /* Make every completed write durable. NULL in a read-only io. */
+    int (*flush)(void *opaque);
+    /* Set the image length (used by rollback only). */
+    int (*truncate)(void *opaque, uint64_t size);
     void (*close)(void *opaque);
     void *opaque;
     uint64_t size; /* real length of the image in bytes */
@@ -32,8 +39,22 @@ typedef struct qc_io {
 
 /* Open a file read-only (O_RDONLY; nothing is ever written). */
 int qc_io_open_file(qc_io *io, const char *path);
-/* Wrap a caller-owned buffer; it must outlive the io. */
+/* Open a file for repair: read-write, refusing with -EBUSY when another
+ * process holds QEMU's image locks on it (a running VM, qemu-img, qemu-io),
+ * and taking those locks itself so QEMU cannot open it meanwhile. */
+int qc_io_open_file_rw(qc_io *io, const char *path);
+/* Wrap a caller-owned buffer read-only; it must outlive the io. */
 void qc_io_open_memory(qc_io *io, const void *buf, size_t len);
+/* A writable memory image: *buf (malloc'd, *len bytes) is taken over and
+ * grown with realloc as writes extend it; *buf and *len follow the image
+ * until qc_io_close(). */
+int qc_io_open_memory_rw(qc_io *io, uint8_t **buf, size_t *len);
+/* Test backend for crash injection: forwards to `inner` (which stays owned
+ * by the caller) until `writes_allowed` writes have completed, then fails
+ * every write and flush as if the process had died. With
+ * `drop_unflushed`, the moment it "dies" it also undoes every write not
+ * yet followed by a flush, as a power failure may. */
+int qc_io_open_crash(qc_io *io, qc_io *inner, uint64_t writes_allowed, bool drop_unflushed);
 void qc_io_close(qc_io *io);
 
 /* ---- The problem table ----------------------------------------------- */
@@ -152,6 +173,64 @@ int qc_check(qc_io *io, const qc_options *opts, qc_result *result);
 /* Exit status with qemu-img check's meaning: 0 clean, 1 check not
  * completed, 2 corruptions, 3 leaks only, 63 not a checkable format. */
 int qc_exit_status(const qc_result *result);
+
+/* ---- Repairing ---------------------------------------------------------- */
+
+typedef enum qc_repair_mode {
+    QC_REPAIR_LEAKS = 1, /* lower refcounts of leaked clusters only */
+    QC_REPAIR_ALL = 2,   /* everything qcheck can repair safely */
+} qc_repair_mode;
+
+/* One step of a repair, in the order it must happen. */
+typedef struct qc_repair_step {
+    enum { QC_STEP_WRITE, QC_STEP_FLUSH } kind;
+    uint64_t offset;     /* WRITE: where */
+    uint64_t length;     /* WRITE: how many bytes */
+    const uint8_t *data; /* WRITE: the new bytes */
+    const char *what;    /* the structure written, e.g. "refcount block 0" */
+    const char *why;     /* e.g. "host cluster 5: refcount 2 -> 1 (leaked)" */
+} qc_repair_step;
+
+typedef struct qc_repair_plan qc_repair_plan;
+
+/* Plan a repair of the image behind io without changing it: every stage
+ * runs against a copy-on-write view in memory and records its writes.
+ * `before` receives the check of the image as it is (its findings go to
+ * opts->on_finding), `after` the check of the image as the plan leaves it.
+ * Returns 0 with *plan set (possibly with no steps), or a negative errno:
+ * -EPERM when the image must not be repaired (unknown incompatible
+ * features, a check that could not complete; see qc_repair_plan_refusal
+ * of the returned plan, which is set in that case too), -ENOMEM. */
+int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
+                         qc_result *before, qc_result *after, qc_repair_plan **plan);
+size_t qc_repair_plan_steps(const qc_repair_plan *plan, const qc_repair_step **steps);
+/* Decisions worth telling the user that are not writes: clusters kept
+ * because an unparsed structure may own them, guest ranges dropped,
+ * problems left alone and why. */
+size_t qc_repair_plan_notes(const qc_repair_plan *plan, const char *const **notes);
+/* Why the image must not be repaired, or NULL. */
+const char *qc_repair_plan_refusal(const qc_repair_plan *plan);
+/* Clusters counted as leaked / corruptions before minus after, as
+ * qemu-img reports "leaks-fixed" and "corruptions-fixed". */
+void qc_repair_plan_fixed(const qc_repair_plan *plan, uint64_t *leaks_fixed,
+                          uint64_t *corruptions_fixed);
+void qc_repair_plan_free(qc_repair_plan *plan);
+
+/* Carry out a plan on the image it was built from: if `undo` is given,
+ * first write the undo log there (the original bytes of every region the
+ * plan changes, each record checksummed) and flush it; then every step in
+ * order, flushing where the plan says. Returns 0 or the first negative
+ * errno; a failed repair leaves an image qcheck can check and repair
+ * again (see docs/repair.md). */
+int qc_repair_apply(const qc_repair_plan *plan, qc_io *image, qc_io *undo);
+
+/* Restore an image from an undo log written by qc_repair_apply. The log is
+ * verified completely, and so is the image (every region must hold either
+ * the bytes the repair wrote or the ones it saved) before anything is
+ * written. Returns 0, -EINVAL for a log that does not verify, -ESTALE for
+ * a log that does not belong to this image, or another negative errno;
+ * `why` (may be NULL) receives a message. */
+int qc_rollback(qc_io *image, qc_io *undo, char *why, size_t why_len);
 
 #ifdef __cplusplus
 }

@@ -4,14 +4,17 @@
  * Parses qemu-img check's options, runs the library, prints findings (one
  * line each, on stderr, as qemu-img prints its diagnostics) and the summary
  * lines qemu-img prints (on stdout), or one JSON object on stdout. The exit
- * status is qemu-img check's.
+ * status is qemu-img check's. With -r it plans a repair, carries it out
+ * (or, with --dry-run, only shows it) and checks the image again.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "qcheck.h"
 
@@ -27,22 +30,32 @@ typedef struct cli {
     char **problems;
     size_t nb_problems, cap_problems;
     bool out_of_memory;
+    /* Repair: set when -r ran; printed in JSON. */
+    const char *repair_mode;
+    const qc_repair_plan *plan;
+    bool dry_run, repaired;
 } cli;
 
 static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: qcheck [-q] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
-            "              [--max-mem=SIZE] FILE\n"
+            "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG]] FILE\n"
+            "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
             "\n"
-            "Check a qcow2 image for consistency, read-only. Options and exit status\n"
-            "follow `qemu-img check`:\n"
+            "Check a qcow2 image for consistency (read-only unless -r is given). Options\n"
+            "and exit status follow `qemu-img check`:\n"
             "  -q, --quiet            print no summary (findings still go to stderr)\n"
             "  -f, --format=FMT       image format; only qcow2 can be checked\n"
             "  --output=FMT           human (default) or json\n"
-            "  -r, --repair=leaks|all repair the image (not supported yet)\n"
-            "  -U, --force-share      accepted for compatibility (qcheck takes no locks)\n"
+            "  -r, --repair=leaks     lower the refcounts of leaked clusters\n"
+            "  -r, --repair=all       repair everything qcheck can repair safely\n"
+            "  -n, --dry-run          with -r: print every write the repair would make, write nothing\n"
+            "  --undo=LOG             with -r: save the bytes the repair overwrites in LOG (a new file)\n"
+            "  --rollback=LOG         restore FILE from an undo log, byte for byte\n"
+            "  -U, --force-share      accepted for compatibility when checking (qcheck takes no\n"
+            "                         locks to check; a repair refuses images QEMU has open)\n"
             "  --image-opts           FILE is an option string (driver=qcow2,file.filename=PATH)\n"
             "  -T, --cache=MODE       accepted for compatibility\n"
             "  --object=OBJDEF        accepted for compatibility (no secret is ever needed)\n"
@@ -51,8 +64,9 @@ static void usage(FILE *out)
             "  -h, --help             show this help\n"
             "  -V, --version          show the version\n"
             "\n"
-            "Exit status: 0 no problems, 1 the check could not be completed, 2 corruptions\n"
-            "found, 3 only leaked clusters found, 63 not a qcow2 image.\n"
+            "Exit status: 0 no problems, 1 the check could not be completed (or the repair\n"
+            "was refused or failed), 2 corruptions found, 3 only leaked clusters found,\n"
+            "63 not a qcow2 image. After a repair: the state the image was left in.\n"
             "qcheck never opens a backing file or external data file named in the image.\n");
 }
 
@@ -163,6 +177,43 @@ static void json_field(const char *key, uint64_t value, bool always)
         printf(",\n    \"%s\": %" PRIu64, key, value);
 }
 
+/* "repair": what -r did or (with --dry-run) would do. */
+static void print_json_repair(const cli *c)
+{
+    const qc_repair_step *steps;
+    const char *const *notes;
+    size_t nb_steps = qc_repair_plan_steps(c->plan, &steps);
+    size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
+    printf(",\n    \"repair\": {\"mode\": ");
+    json_string(stdout, c->repair_mode);
+    printf(", \"dry-run\": %s, \"applied\": %s", c->dry_run ? "true" : "false",
+           c->repaired ? "true" : "false");
+    if (qc_repair_plan_refusal(c->plan)) {
+        printf(", \"refused\": ");
+        json_string(stdout, qc_repair_plan_refusal(c->plan));
+    }
+    printf(", \"notes\": [");
+    for (size_t i = 0; i < nb_notes; i++) {
+        printf("%s", i ? ", " : "");
+        json_string(stdout, notes[i]);
+    }
+    printf("], \"steps\": [");
+    for (size_t i = 0; i < nb_steps; i++) {
+        printf("%s\n        ", i ? "," : "");
+        if (steps[i].kind == QC_STEP_FLUSH) {
+            printf("{\"flush\": true}");
+            continue;
+        }
+        printf("{\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"what\": ", steps[i].offset,
+               steps[i].length);
+        json_string(stdout, steps[i].what);
+        printf(", \"why\": ");
+        json_string(stdout, steps[i].why);
+        printf("}");
+    }
+    printf("%s]}", nb_steps ? "\n    " : "");
+}
+
 /* The JSON object: qemu-img's ImageCheck keys (optional ones omitted when
  * zero), then qcheck's own. `error` is set when no check could be made. */
 static void print_json(const cli *c, const qc_result *r, const char *format, const char *error,
@@ -180,6 +231,12 @@ static void print_json(const cli *c, const qc_result *r, const char *format, con
     json_field("allocated-clusters", r->allocated_clusters, false);
     json_field("fragmented-clusters", r->fragmented_clusters, false);
     json_field("compressed-clusters", r->compressed_clusters, false);
+    if (c->plan && c->repaired) {
+        uint64_t leaks_fixed, corruptions_fixed;
+        qc_repair_plan_fixed(c->plan, &leaks_fixed, &corruptions_fixed);
+        json_field("leaks-fixed", leaks_fixed, false);
+        json_field("corruptions-fixed", corruptions_fixed, false);
+    }
     json_field("warnings", r->warnings, true);
     if (r->header_valid) {
         const qc_header_info *h = &r->header;
@@ -202,6 +259,8 @@ static void print_json(const cli *c, const qc_result *r, const char *format, con
     for (size_t i = 0; i < c->nb_problems; i++)
         printf("%s\n        %s", i ? "," : "", c->problems[i]);
     printf("%s]", c->nb_problems ? "\n    " : "");
+    if (c->plan)
+        print_json_repair(c);
     if (error) {
         printf(",\n    \"error\": ");
         json_string(stdout, error);
@@ -285,8 +344,8 @@ static void list_problems(bool markdown)
     }
 }
 
-enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST };
-static const char shortopts[] = ":hVqf:r:UT:";
+enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK };
+static const char shortopts[] = ":hVqf:r:nUT:";
 static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -300,6 +359,9 @@ static const struct option longopts[] = {
     {"object", required_argument, NULL, OPT_OBJECT},
     {"max-mem", required_argument, NULL, OPT_MAX_MEM},
     {"list-problems", optional_argument, NULL, OPT_LIST},
+    {"dry-run", no_argument, NULL, 'n'},
+    {"undo", required_argument, NULL, OPT_UNDO},
+    {"rollback", required_argument, NULL, OPT_ROLLBACK},
     {NULL, 0, NULL, 0},
 };
 
@@ -317,11 +379,270 @@ static enum output_format output_requested(int argc, char **argv)
     return out;
 }
 
+/* Print the outcome of a check: the summary (human) or the JSON object. */
+static void print_result(const cli *c, const qc_result *r, int status)
+{
+    if (c->output == OUTPUT_JSON) {
+        if (!c->quiet)
+            print_json(c, r, "qcow2", NULL, status);
+        return;
+    }
+    if (!c->quiet)
+        print_human_summary(r);
+    if (r->check_errors)
+        fprintf(stderr, "qcheck: Check failed: the check could not be completed\n");
+}
+
+/* Check the file read-only; returns the exit status. *checked tells
+ * whether there is a result to print (failures were reported already). */
+static int check_file(cli *c, qc_result *r, bool *checked)
+{
+    char msg[600];
+    *checked = false;
+    qc_io io;
+    int ret = qc_io_open_file(&io, c->path);
+    if (ret < 0) {
+        snprintf(msg, sizeof(msg), "Could not open '%s': %s", c->path, strerror(-ret));
+        return fail(c, 1, "qcow2", msg);
+    }
+    qc_options o = {on_finding, c, c->max_mem};
+    ret = qc_check(&io, &o, r);
+    qc_io_close(&io);
+    if (ret < 0) {
+        snprintf(msg, sizeof(msg), "Could not check '%s': %s", c->path, strerror(-ret));
+        return fail(c, 1, "qcow2", msg);
+    }
+    if (r->other_format) {
+        snprintf(msg, sizeof(msg),
+                 "'%s' is not a qcow2 image (it looks like %s); this image format does not "
+                 "support checks",
+                 c->path, r->other_format);
+        return fail(c, 63, r->other_format, msg);
+    }
+    int status = qc_exit_status(r);
+    if (c->out_of_memory) {
+        r->check_errors++;
+        status = 1;
+    }
+    *checked = true;
+    return status;
+}
+
+static void forget_findings(cli *c)
+{
+    for (size_t i = 0; i < c->nb_problems; i++)
+        free(c->problems[i]);
+    c->nb_problems = 0;
+}
+
+/* Human output of a plan: notes and steps on stderr (dry run: steps on
+ * stdout, since they are what was asked for). */
+static void print_plan_human(const cli *c, const qc_result *after)
+{
+    const qc_repair_step *steps;
+    const char *const *notes;
+    size_t nb_steps = qc_repair_plan_steps(c->plan, &steps);
+    size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
+    for (size_t i = 0; i < nb_notes; i++)
+        fprintf(stderr, "repair: %s\n", notes[i]);
+    if (!c->dry_run) {
+        /* Like qemu-img's "Repairing ..." lines, capped for huge repairs. */
+        size_t shown = 0, writes = 0;
+        for (size_t i = 0; i < nb_steps; i++) {
+            if (steps[i].kind != QC_STEP_WRITE)
+                continue;
+            writes++;
+            if (shown++ < 50)
+                fprintf(stderr, "Repairing %s: %s\n", steps[i].what, steps[i].why);
+        }
+        if (writes > 50)
+            fprintf(stderr, "Repairing: ... and %zu more writes\n", writes - 50);
+        return;
+    }
+    FILE *out = c->quiet ? stderr : stdout;
+    size_t writes = 0;
+    for (size_t i = 0; i < nb_steps; i++)
+        writes += steps[i].kind == QC_STEP_WRITE;
+    if (writes == 0) {
+        fprintf(out, "Dry run (-r %s): the repair would write nothing.\n", c->repair_mode);
+        return;
+    }
+    fprintf(out, "Dry run (-r %s): the repair would make these writes, in this order:\n",
+            c->repair_mode);
+    for (size_t i = 0; i < nb_steps; i++) {
+        if (steps[i].kind == QC_STEP_FLUSH)
+            fprintf(out, "    flush\n");
+        else
+            fprintf(out, "    write %" PRIu64 " bytes at 0x%" PRIx64 " (%s): %s\n", steps[i].length,
+                    steps[i].offset, steps[i].what, steps[i].why);
+    }
+    fprintf(out,
+            "After them, the check would find %" PRIu64 " errors and %" PRIu64
+            " leaked clusters.\nNothing was written. The image as it is now:\n\n",
+            after->corruptions, after->leaks);
+}
+
+/* Open the undo log: a new file, so an old log is never overwritten. */
+static int open_undo(const char *path, qc_io *io)
+{
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    int ret = qc_io_open_file_rw(io, path);
+    if (ret < 0)
+        unlink(path);
+    return ret;
+}
+
+/* The crash-injection hook of the test suite: QCHECK_TEST_CRASH_AFTER_WRITES=N
+ * lets N writes reach the image and fails the rest;
+ * QCHECK_TEST_CRASH_DROP_UNFLUSHED=1 also takes back the unflushed ones. */
+static bool crash_hook(qc_io *crash, qc_io *image)
+{
+    const char *after = getenv("QCHECK_TEST_CRASH_AFTER_WRITES");
+    if (!after || !*after)
+        return false;
+    const char *drop = getenv("QCHECK_TEST_CRASH_DROP_UNFLUSHED");
+    return qc_io_open_crash(crash, image, strtoull(after, NULL, 10), drop && *drop == '1') == 0;
+}
+
+static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
+{
+    char msg[700];
+    qc_io io;
+    int ret = c->dry_run ? qc_io_open_file(&io, c->path) : qc_io_open_file_rw(&io, c->path);
+    if (ret < 0) {
+        if (ret == -EBUSY)
+            snprintf(msg, sizeof(msg),
+                     "Could not open '%s' for repair: another process (QEMU?) holds its image "
+                     "locks; stop it first, or repair a copy",
+                     c->path);
+        else
+            snprintf(msg, sizeof(msg), "Could not open '%s'%s: %s", c->path,
+                     c->dry_run ? "" : " for repair", strerror(-ret));
+        return fail(c, 1, "qcow2", msg);
+    }
+    qc_options o = {on_finding, c, c->max_mem};
+    qc_result before, after;
+    qc_repair_plan *plan = NULL;
+    ret = qc_repair_plan_build(&io, &o, mode, &before, &after, &plan);
+    c->plan = plan;
+    int status;
+    if (ret == -EPERM && before.other_format) {
+        snprintf(msg, sizeof(msg),
+                 "'%s' is not a qcow2 image (it looks like %s); this image format does not "
+                 "support checks",
+                 c->path, before.other_format);
+        c->plan = NULL;
+        status = fail(c, 63, before.other_format, msg);
+    } else if (ret == -EPERM) {
+        if (c->output == OUTPUT_HUMAN && !c->quiet)
+            print_human_summary(&before);
+        snprintf(msg, sizeof(msg), "cannot repair '%s': %s", c->path, qc_repair_plan_refusal(plan));
+        status = fail(c, 1, "qcow2", msg);
+        if (c->output == OUTPUT_JSON && c->quiet)
+            status = 1;
+    } else if (ret < 0) {
+        snprintf(msg, sizeof(msg), "Could not plan the repair of '%s': %s", c->path, strerror(-ret));
+        status = fail(c, 1, "qcow2", msg);
+    } else {
+        const qc_repair_step *steps;
+        size_t nb_steps = qc_repair_plan_steps(plan, &steps);
+        if (c->output == OUTPUT_HUMAN)
+            print_plan_human(c, &after);
+        if (c->dry_run || nb_steps == 0) {
+            status = qc_exit_status(&before);
+            print_result(c, &before, status);
+        } else {
+            qc_io undo = {0}, crash = {0};
+            ret = undo_path ? open_undo(undo_path, &undo) : 0;
+            if (ret < 0) {
+                snprintf(msg, sizeof(msg), "Could not create the undo log '%s': %s (nothing was written)",
+                         undo_path, strerror(-ret));
+                status = fail(c, 1, "qcow2", msg);
+            } else {
+                qc_io *target = crash_hook(&crash, &io) ? &crash : &io;
+                ret = qc_repair_apply(plan, target, undo_path ? &undo : NULL);
+                if (crash.close)
+                    qc_io_close(&crash);
+                if (undo.close)
+                    qc_io_close(&undo);
+                if (ret < 0) {
+                    snprintf(msg, sizeof(msg),
+                             "the repair of '%s' stopped: %s. The image is safe to check and "
+                             "repair again (qcheck -r all)%s",
+                             c->path, strerror(-ret), undo_path ? ", or to roll back" : "");
+                    status = fail(c, 1, "qcow2", msg);
+                } else {
+                    c->repaired = true;
+                    uint64_t leaks_fixed, corruptions_fixed;
+                    qc_repair_plan_fixed(plan, &leaks_fixed, &corruptions_fixed);
+                    if (c->output == OUTPUT_HUMAN && !c->quiet)
+                        printf("The following inconsistencies were found and repaired:\n\n"
+                               "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
+                               "Double checking the fixed image now...\n",
+                               leaks_fixed, corruptions_fixed);
+                    qc_io_close(&io);
+                    forget_findings(c);
+                    qc_result final;
+                    bool checked;
+                    status = check_file(c, &final, &checked);
+                    if (checked)
+                        print_result(c, &final, status);
+                }
+            }
+        }
+    }
+    if (io.close)
+        qc_io_close(&io);
+    qc_repair_plan_free(plan);
+    c->plan = NULL;
+    return status;
+}
+
+static int rollback_file(cli *c, const char *log_path)
+{
+    char msg[900], why[600] = "";
+    qc_io image, log;
+    int ret = qc_io_open_file_rw(&image, c->path);
+    if (ret < 0) {
+        snprintf(msg, sizeof(msg), "Could not open '%s' for rollback: %s", c->path,
+                 ret == -EBUSY ? "another process (QEMU?) holds its image locks" : strerror(-ret));
+        return fail(c, 1, "qcow2", msg);
+    }
+    ret = qc_io_open_file(&log, log_path);
+    if (ret < 0) {
+        qc_io_close(&image);
+        snprintf(msg, sizeof(msg), "Could not open the undo log '%s': %s", log_path, strerror(-ret));
+        return fail(c, 1, "qcow2", msg);
+    }
+    ret = qc_rollback(&image, &log, why, sizeof(why));
+    qc_io_close(&log);
+    qc_io_close(&image);
+    if (ret < 0) {
+        snprintf(msg, sizeof(msg), "refusing to roll back '%s' with '%s': %s%s", c->path, log_path,
+                 why[0] ? why : strerror(-ret), ret == -EINVAL || ret == -ESTALE ? " (nothing was written)" : "");
+        return fail(c, 1, "qcow2", msg);
+    }
+    if (!c->quiet) {
+        if (c->output == OUTPUT_JSON)
+            printf("{\n    \"filename\": ");
+        if (c->output == OUTPUT_JSON) {
+            json_string(stdout, c->filename);
+            printf(",\n    \"rolled-back\": true,\n    \"exit-code\": 0\n}\n");
+        } else {
+            printf("Rolled back '%s' to its state before the repair.\n", c->filename);
+        }
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli c = {0};
-    const char *format = NULL, *repair = NULL;
-    bool image_opts = false;
+    const char *format = NULL, *repair = NULL, *undo_path = NULL, *rollback_log = NULL;
+    bool image_opts = false, force_share = false;
     int opt;
     c.output = output_requested(argc, argv);
     c.filename = "";
@@ -353,7 +674,18 @@ int main(int argc, char **argv)
         case 'r':
             repair = optarg;
             break;
+        case 'n':
+            c.dry_run = true;
+            break;
+        case OPT_UNDO:
+            undo_path = optarg;
+            break;
+        case OPT_ROLLBACK:
+            rollback_log = optarg;
+            break;
         case 'U':
+            force_share = true;
+            break;
         case 'T':
         case OPT_OBJECT:
             break;
@@ -395,56 +727,36 @@ int main(int argc, char **argv)
     }
     int status;
     char msg[600];
-    if (repair) {
-        if (strcmp(repair, "leaks") && strcmp(repair, "all"))
-            snprintf(msg, sizeof(msg), "--repair (-r) expects 'leaks' or 'all', not '%s'", repair);
-        else
-            snprintf(msg, sizeof(msg), "repair (-r %s) is not supported yet; run without -r to check", repair);
+    qc_repair_mode mode = 0;
+    if (repair && strcmp(repair, "leaks") == 0)
+        mode = QC_REPAIR_LEAKS;
+    else if (repair && strcmp(repair, "all") == 0)
+        mode = QC_REPAIR_ALL;
+    c.repair_mode = repair;
+    if (repair && !mode) {
+        snprintf(msg, sizeof(msg), "--repair (-r) expects 'leaks' or 'all', not '%s'", repair);
         status = fail(&c, 1, "qcow2", msg);
-        goto out;
-    }
-    if (format && strcmp(format, "qcow2") != 0) {
+    } else if ((c.dry_run || undo_path) && !repair) {
+        status = fail(&c, 1, "qcow2", "--dry-run and --undo go with -r leaks or -r all");
+    } else if (rollback_log && repair) {
+        status = fail(&c, 1, "qcow2", "--rollback cannot be combined with -r");
+    } else if (force_share && (repair || rollback_log)) {
+        status = fail(&c, 1, "qcow2",
+                      "--force-share (-U) can only be used when checking, not when writing");
+    } else if (format && strcmp(format, "qcow2") != 0) {
         snprintf(msg, sizeof(msg), "format '%s' does not support checks; qcheck checks qcow2 images only", format);
         status = fail(&c, 63, format, msg);
-        goto out;
-    }
-    qc_io io;
-    int ret = qc_io_open_file(&io, c.path);
-    if (ret < 0) {
-        snprintf(msg, sizeof(msg), "Could not open '%s': %s", c.path, strerror(-ret));
-        status = fail(&c, 1, "qcow2", msg);
-        goto out;
-    }
-    qc_options o = {on_finding, &c, c.max_mem};
-    qc_result r;
-    ret = qc_check(&io, &o, &r);
-    qc_io_close(&io);
-    if (ret < 0) {
-        snprintf(msg, sizeof(msg), "Could not check '%s': %s", c.path, strerror(-ret));
-        status = fail(&c, 1, "qcow2", msg);
-        goto out;
-    }
-    status = qc_exit_status(&r);
-    if (r.other_format) {
-        snprintf(msg, sizeof(msg), "'%s' is not a qcow2 image (it looks like %s); this image format does not support checks",
-                 c.path, r.other_format);
-        status = fail(&c, status, r.other_format, msg);
-        goto out;
-    }
-    if (c.out_of_memory) {
-        r.check_errors++;
-        status = 1;
-    }
-    if (c.output == OUTPUT_JSON) {
-        if (!c.quiet)
-            print_json(&c, &r, "qcow2", NULL, status);
+    } else if (rollback_log) {
+        status = rollback_file(&c, rollback_log);
+    } else if (repair) {
+        status = repair_file(&c, mode, undo_path);
     } else {
-        if (!c.quiet)
-            print_human_summary(&r);
-        if (r.check_errors)
-            fprintf(stderr, "qcheck: Check failed: the check could not be completed\n");
+        qc_result r;
+        bool checked;
+        status = check_file(&c, &r, &checked);
+        if (checked)
+            print_result(&c, &r, status);
     }
-out:
     for (size_t i = 0; i < c.nb_problems; i++)
         free(c.problems[i]);
     free(c.problems);

@@ -84,6 +84,8 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
     if (count == 0)
         count = 1;
     tally(ctx, p, count);
+    if (ctx->fix_sink)
+        ctx->fix_sink(ctx->fix_sink_payload, id, offset, count);
     /* Findings past the cap are counted but folded into one summary line, so
      * a thousand bad entries do not flood the output. */
     if (ctx->shown[id] >= QC_REPORT_CAP) {

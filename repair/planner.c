@@ -1,0 +1,399 @@
+/*
+ * The repair planner: runs the stages of a repair mode over a
+ * copy-on-write view of the image and records every write as a plan step.
+ *
+ * Needs: a readable image. Produces: the plan (ordered writes and
+ * flushes, with the reason for each), notes, the check before and the
+ * predicted check after. Nothing is written to the image here.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+static void fail(repair_run *r, int err)
+{
+    if (!r->error)
+        r->error = err;
+}
+
+static bool reserve_step(repair_run *r)
+{
+    qc_repair_plan *p = r->plan;
+    if (p->nb_steps < p->cap_steps)
+        return true;
+    size_t cap = p->cap_steps ? p->cap_steps * 2 : 32;
+    qc_repair_step *steps = realloc(p->steps, cap * sizeof(*steps));
+    if (steps)
+        p->steps = steps;
+    uint8_t **old = realloc(p->old_bytes, cap * sizeof(*old));
+    if (old)
+        p->old_bytes = old;
+    if (!steps || !old) {
+        fail(r, -ENOMEM);
+        return false;
+    }
+    p->cap_steps = cap;
+    return true;
+}
+
+static void add_step(repair_run *r, qc_repair_step step, uint8_t *old)
+{
+    if (!reserve_step(r)) {
+        free((void *)step.data);
+        free((void *)step.what);
+        free((void *)step.why);
+        free(old);
+        return;
+    }
+    r->plan->old_bytes[r->plan->nb_steps] = old;
+    r->plan->steps[r->plan->nb_steps++] = step;
+}
+
+/* The corrupt bit keeps QEMU from opening the image read-write while the
+ * repair is incomplete; the last stage sets the final value. */
+static void write_fence(repair_run *r)
+{
+    r->fenced = true;
+    if (r->version < 3 || (r->incompat_before & QC_INCOMPAT_CORRUPT))
+        return;
+    uint8_t be[8];
+    qc_put_be64(be, r->incompat_before | QC_INCOMPAT_CORRUPT);
+    plan_write(r, 72, be, 8, "image header (incompatible features)",
+               "set the corrupt bit while the repair is in progress");
+    plan_flush(r);
+}
+
+void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+                const char *why_fmt, ...)
+{
+    if (r->error || len == 0)
+        return;
+    if (!r->fenced)
+        write_fence(r);
+    if (r->error)
+        return;
+    char why[512];
+    va_list ap;
+    va_start(ap, why_fmt);
+    vsnprintf(why, sizeof(why), why_fmt, ap);
+    va_end(ap);
+    uint64_t end;
+    uint8_t *copy = malloc(len), *old = malloc(len);
+    char *what_copy = strdup(what), *why_copy = strdup(why);
+    int ret = !qc_add_ok(off, len, &end) ? -EFBIG
+              : !copy || !old || !what_copy || !why_copy ? -ENOMEM
+                                                          : qc_read_zero_filled(&r->view, off, old, len);
+    if (ret == 0)
+        ret = r->view.write(r->view.opaque, off, data, len);
+    if (ret < 0) {
+        free(copy), free(old), free(what_copy), free(why_copy);
+        fail(r, ret);
+        return;
+    }
+    memcpy(copy, data, len);
+    if (end > r->view.size)
+        r->view.size = end;
+    r->ctx_stale = true;
+    add_step(r, (qc_repair_step){QC_STEP_WRITE, off, len, copy, what_copy, why_copy}, old);
+}
+
+void plan_flush(repair_run *r)
+{
+    qc_repair_plan *p = r->plan;
+    if (r->error || p->nb_steps == 0 || p->steps[p->nb_steps - 1].kind == QC_STEP_FLUSH)
+        return;
+    add_step(r, (qc_repair_step){QC_STEP_FLUSH, 0, 0, NULL, NULL, NULL}, NULL);
+}
+
+void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
+{
+    qc_repair_plan *p = r->plan;
+    if (r->notes_of_kind[kind]++ >= REPAIR_NOTE_CAP)
+        return;
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    if (p->nb_notes == p->cap_notes) {
+        size_t cap = p->cap_notes ? p->cap_notes * 2 : 16;
+        char **notes = realloc(p->notes, cap * sizeof(*notes));
+        if (!notes) {
+            fail(r, -ENOMEM);
+            return;
+        }
+        p->notes = notes;
+        p->cap_notes = cap;
+    }
+    char *copy = strdup(text);
+    if (!copy) {
+        fail(r, -ENOMEM);
+        return;
+    }
+    p->notes[p->nb_notes++] = copy;
+}
+
+static void collect_finding(void *payload, qc_problem_id id, uint64_t offset, uint64_t count)
+{
+    repair_run *r = payload;
+    if (r->nb_found == r->cap_found) {
+        size_t cap = r->cap_found ? r->cap_found * 2 : 64;
+        repair_finding *f = realloc(r->found, cap * sizeof(*f));
+        if (!f) {
+            fail(r, -ENOMEM);
+            return;
+        }
+        r->found = f;
+        r->cap_found = cap;
+    }
+    r->found[r->nb_found++] = (repair_finding){id, offset, count};
+}
+
+static void release_check(repair_run *r)
+{
+    if (r->ctx_live)
+        qc_ctx_release(&r->ctx);
+    r->ctx_live = false;
+}
+
+/* Check the view into r->ctx / r->res; `opts` decides what is reported. */
+static bool run_check(repair_run *r, const qc_options *opts)
+{
+    release_check(r);
+    memset(&r->ctx, 0, sizeof(r->ctx));
+    r->nb_found = 0;
+    r->ctx.fix_sink = collect_finding;
+    r->ctx.fix_sink_payload = r;
+    qc_ctx_run(&r->ctx, &r->view, opts, &r->res);
+    r->ctx_live = true;
+    r->ctx_stale = false;
+    return !r->ctx.stop && r->res.header_valid && r->res.check_errors == 0 && !r->error;
+}
+
+qc_ctx *current_check(repair_run *r)
+{
+    if (r->error)
+        return NULL;
+    if (r->ctx_live && !r->ctx_stale)
+        return &r->ctx;
+    if (!run_check(r, &r->check_opts)) {
+        plan_note(r, NOTE_GENERAL,
+                  "the image could not be checked completely after the previous repair stage; "
+                  "the remaining stages were skipped");
+        return NULL;
+    }
+    return &r->ctx;
+}
+
+bool found_fix(const repair_run *r, qc_fix fix)
+{
+    for (unsigned i = 0; i < QC_P_COUNT; i++)
+        if (r->res.per_problem[i] && qc_problem_get((qc_problem_id)i)->fix == fix)
+            return true;
+    return false;
+}
+
+uint64_t view_end_cluster(const repair_run *r)
+{
+    return qc_div_round_up(r->view.size, r->ctx.geo.cluster_size);
+}
+
+const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off)
+{
+    uint64_t table = off & ~(ctx->geo.cluster_size - 1);
+    size_t lo = 0, hi = ctx->nb_l2_tables;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (ctx->l2_tables[mid].offset < table)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < ctx->nb_l2_tables && ctx->l2_tables[lo].offset == table ? &ctx->l2_tables[lo]
+                                                                        : NULL;
+}
+
+static int refuse(qc_repair_plan *plan, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static int refuse(qc_repair_plan *plan, const char *fmt, ...)
+{
+    char text[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(text, sizeof(text), fmt, ap);
+    va_end(ap);
+    free(plan->refusal);
+    plan->refusal = strdup(text);
+    return -EPERM;
+}
+
+/* Why the first check rules out any repair, or NULL. */
+static const char *refusal_reason(const repair_run *r, const qc_result *before, char *buf,
+                                  size_t len)
+{
+    if (before->other_format) {
+        snprintf(buf, len, "it is not a qcow2 image (it looks like %s)", before->other_format);
+        return buf;
+    }
+    if (before->header_valid && before->header.unknown_incompatible) {
+        snprintf(buf, len,
+                 "it uses incompatible features qcheck does not know (0x%llx); changing it could "
+                 "destroy what they describe",
+                 (unsigned long long)before->header.unknown_incompatible);
+        return buf;
+    }
+    if (!before->header_valid || r->ctx.stop || before->check_errors) {
+        snprintf(buf, len,
+                 "the check could not be completed (%llu check errors), so what the image owns "
+                 "is not known",
+                 (unsigned long long)before->check_errors);
+        return buf;
+    }
+    return NULL;
+}
+
+/* Orphans of the first check stay allocated through every stage. Orphans
+ * that exist only because a refcount block pointer is bad are not kept:
+ * the refcount structures are rebuilt instead. */
+static bool keep_first_orphans(repair_run *r)
+{
+    qc_ctx *ctx = &r->ctx;
+    r->kept.bits = ctx->file_clusters;
+    r->kept.words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
+    if (!r->kept.words)
+        return false;
+    bool only_refblocks = ctx->unfollowed == ctx->unfollowed_refblocks;
+    uint64_t kept = 0;
+    for (uint64_t c = 0; c < ctx->file_clusters; c++) {
+        if (!qc_bitset_test(&ctx->orphans, c))
+            continue;
+        if (r->mode == QC_REPAIR_ALL && only_refblocks && !qc_bitset_test(&ctx->suspect, c))
+            continue;
+        qc_bitset_set(&r->kept, c);
+        kept++;
+    }
+    if (kept)
+        plan_note(r, NOTE_GENERAL,
+                  "kept %llu cluster%s allocated that a structure qcheck could not follow may own "
+                  "(reported as refcountOrphan); copy out what you need before freeing them",
+                  (unsigned long long)kept, kept == 1 ? "" : "s");
+    return true;
+}
+
+int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
+                         qc_result *before, qc_result *after, qc_repair_plan **out)
+{
+    *out = NULL;
+    if (!io || !io->read || !before || !after ||
+        (mode != QC_REPAIR_LEAKS && mode != QC_REPAIR_ALL))
+        return -EINVAL;
+    qc_repair_plan *plan = calloc(1, sizeof(*plan));
+    if (!plan)
+        return -ENOMEM;
+    plan->size_before = io->size;
+    repair_run r = {.plan = plan, .mode = mode};
+    if (opts)
+        r.check_opts = *opts;
+    qc_options first_opts = r.check_opts;
+    r.check_opts.on_finding = NULL;
+    int ret = qc_overlay_open(&r.view, io);
+    if (ret < 0) {
+        free(plan);
+        return ret;
+    }
+    run_check(&r, &first_opts);
+    *before = r.res;
+    *after = r.res;
+    char why[512];
+    const char *reason = refusal_reason(&r, before, why, sizeof(why));
+    if (reason) {
+        ret = refuse(plan, "%s", reason);
+    } else if (!keep_first_orphans(&r)) {
+        ret = -ENOMEM;
+    } else {
+        r.version = r.ctx.hdr.version;
+        r.incompat_before = r.ctx.hdr.incompatible_features;
+        static void (*const leaks_stages[])(repair_run *) = {stage_refcounts, stage_header_flags};
+        static void (*const all_stages[])(repair_run *) = {
+            stage_feature_bits, stage_snapshot_table,  stage_data_on_metadata, stage_refcounts,
+            stage_copied,       stage_broken_pointers, stage_header_flags};
+        void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
+        size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
+                                          : sizeof(leaks_stages) / sizeof(leaks_stages[0]);
+        for (size_t i = 0; i < nb && !r.error; i++)
+            stages[i](&r);
+        plan_flush(&r);
+        for (int k = 0; k < NOTE_KINDS; k++)
+            if (r.notes_of_kind[k] > REPAIR_NOTE_CAP) {
+                uint64_t more = r.notes_of_kind[k] - REPAIR_NOTE_CAP;
+                r.notes_of_kind[k] = 0; /* let the summary through */
+                plan_note(&r, (note_kind)k, "... and %llu more like the above",
+                          (unsigned long long)more);
+            }
+        ret = r.error;
+        if (!ret && current_check(&r))
+            *after = r.res;
+    }
+    if (!ret) {
+        plan->leaks_fixed = before->leaks > after->leaks ? before->leaks - after->leaks : 0;
+        plan->corruptions_fixed =
+            before->corruptions > after->corruptions ? before->corruptions - after->corruptions : 0;
+    }
+    release_check(&r);
+    free(r.kept.words);
+    free(r.found);
+    qc_io_close(&r.view);
+    if (ret && ret != -EPERM) {
+        qc_repair_plan_free(plan);
+        return ret;
+    }
+    *out = plan;
+    return ret;
+}
+
+size_t qc_repair_plan_steps(const qc_repair_plan *plan, const qc_repair_step **steps)
+{
+    *steps = plan->steps;
+    return plan->nb_steps;
+}
+
+size_t qc_repair_plan_notes(const qc_repair_plan *plan, const char *const **notes)
+{
+    *notes = (const char *const *)plan->notes;
+    return plan->nb_notes;
+}
+
+const char *qc_repair_plan_refusal(const qc_repair_plan *plan)
+{
+    return plan->refusal;
+}
+
+void qc_repair_plan_fixed(const qc_repair_plan *plan, uint64_t *leaks_fixed,
+                          uint64_t *corruptions_fixed)
+{
+    *leaks_fixed = plan->leaks_fixed;
+    *corruptions_fixed = plan->corruptions_fixed;
+}
+
+void qc_repair_plan_free(qc_repair_plan *plan)
+{
+    if (!plan)
+        return;
+    for (size_t i = 0; i < plan->nb_steps; i++) {
+        free((void *)plan->steps[i].data);
+        free((void *)plan->steps[i].what);
+        free((void *)plan->steps[i].why);
+        free(plan->old_bytes[i]);
+    }
+    for (size_t i = 0; i < plan->nb_notes; i++)
+        free(plan->notes[i]);
+    free(plan->steps);
+    free(plan->old_bytes);
+    free(plan->notes);
+    free(plan->refusal);
+    free(plan);
+}

@@ -1,0 +1,94 @@
+/*
+ * The repair planner's shared state. A repair is planned completely before
+ * the image is touched: each stage checks a copy-on-write view of the
+ * image (repair/overlay.c), decides, and writes into the view; every write
+ * is recorded as a step of the plan. qc_repair_apply() then replays the
+ * steps on the real image, in order, with the flushes the stages asked for.
+ */
+#ifndef QC_REPAIR_PLANNER_H
+#define QC_REPAIR_PLANNER_H
+
+#include "../checker/ctx.h"
+
+struct qc_repair_plan {
+    qc_repair_step *steps;
+    uint8_t **old_bytes; /* per step: what the region held before (NULL for flushes) */
+    size_t nb_steps, cap_steps;
+    char **notes;
+    size_t nb_notes, cap_notes;
+    char *refusal;
+    uint64_t size_before; /* image length before the repair */
+    uint64_t leaks_fixed, corruptions_fixed;
+};
+
+/* A finding of the current check, uncapped (see qc_ctx.fix_sink). */
+typedef struct repair_finding {
+    qc_problem_id id;
+    uint64_t offset, count;
+} repair_finding;
+
+/* Notes of one kind beyond this many are summarised in one line. */
+#define REPAIR_NOTE_CAP 20
+
+typedef enum note_kind {
+    NOTE_GENERAL,
+    NOTE_GUEST_RANGE,
+    NOTE_KINDS,
+} note_kind;
+
+typedef struct repair_run {
+    qc_repair_plan *plan;
+    qc_repair_mode mode;
+    qc_options check_opts; /* silent checks of the view */
+    qc_io view;            /* the image as the plan so far leaves it */
+    int error;             /* first failure (negative errno) */
+
+    /* The current check of the view; re-run after writes. */
+    qc_ctx ctx;
+    qc_result res;
+    bool ctx_live, ctx_stale;
+    repair_finding *found;
+    size_t nb_found, cap_found;
+
+    /* Clusters the first check called orphans: never lowered. */
+    qc_bitset kept;
+    unsigned version;
+    uint64_t incompat_before; /* incompatible features before the repair */
+    bool fenced;              /* the corrupt bit is set as a fence */
+    uint64_t notes_of_kind[NOTE_KINDS];
+} repair_run;
+
+/* overlay.c: a writable copy-on-write view over a read-only io. */
+int qc_overlay_open(qc_io *view, qc_io *base);
+/* Read from an io, with zeros for anything past its end. */
+int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
+
+/* planner.c */
+/* Record a write of `len` bytes at `off` and apply it to the view. The
+ * first write of a repair is preceded by the fence (see docs/repair.md). */
+void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+                const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Ask for a flush: the writes before it reach the disk before any after. */
+void plan_flush(repair_run *r);
+void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The check of the view as it is now (re-run when writes made it stale).
+ * Returns NULL when the view cannot be checked completely. */
+qc_ctx *current_check(repair_run *r);
+/* Whether the current check found any problem whose fix is `fix`. */
+bool found_fix(const repair_run *r, qc_fix fix);
+/* The first cluster past the end of the view: where new structures go. */
+uint64_t view_end_cluster(const repair_run *r);
+/* The L2 table (distinct) containing host offset `off`, or NULL. */
+const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
+
+/* The stages, in the order they run (planner.c lists them per mode). */
+void stage_feature_bits(repair_run *r);
+void stage_snapshot_table(repair_run *r);
+void stage_data_on_metadata(repair_run *r);
+void stage_refcounts(repair_run *r);
+void stage_copied(repair_run *r);
+void stage_broken_pointers(repair_run *r);
+void stage_header_flags(repair_run *r);
+
+#endif

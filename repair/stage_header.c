@@ -1,0 +1,150 @@
+/*
+ * Repair stages for the header and the snapshot table.
+ *
+ * feature bits (-r all): clears autoclear bits qcheck does not know, bit 0
+ *   when the bitmaps extension is missing or any bitmap is broken (QEMU then
+ *   ignores the bitmaps, and their clusters become leaks freed below), and
+ *   bit 1 (raw external data) where it is invalid.
+ * snapshot table (-r all): rewrites the table where QEMU would: entries that
+ *   do not fit in the file are dropped, extra data is cut to the fields
+ *   qcheck knows or completed to the 16 bytes version 3 needs. The new
+ *   table goes past the end of the file; one 12-byte header write between
+ *   two flushes switches to it.
+ * header flags (both modes, last): clears the dirty bit once no refcount is
+ *   too low, and the corrupt bit when the image is clean; otherwise the
+ *   corrupt bit goes back to what it was before the repair.
+ * Needs: a current check. Produces: header and snapshot table writes.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+void stage_feature_bits(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || ctx->hdr.version < 3)
+        return;
+    uint64_t before = ctx->hdr.autoclear_features, after = before & QC_AUTOCLEAR_KNOWN;
+    if (after != before)
+        plan_note(r, NOTE_GENERAL, "cleared autoclear feature bits qcheck does not know: 0x%llx",
+                  (unsigned long long)(before & ~QC_AUTOCLEAR_KNOWN));
+    bool drop_bitmaps = false;
+    for (unsigned i = 0; i < QC_P_COUNT; i++)
+        if (r->res.per_problem[i] && qc_problem_get((qc_problem_id)i)->fix == QC_FIX_DROP_BITMAPS)
+            drop_bitmaps = true;
+    if ((drop_bitmaps || r->res.per_problem[QC_P_AUTOCLEAR_WITHOUT_BITMAPS]) &&
+        (after & QC_AUTOCLEAR_BITMAPS)) {
+        after &= ~QC_AUTOCLEAR_BITMAPS;
+        if (drop_bitmaps)
+            plan_note(r, NOTE_GENERAL,
+                      "dropped the persistent bitmaps (autoclear bit 0 cleared) because some are "
+                      "broken: QEMU ignores them from now on, and the next incremental backup "
+                      "must be a full one");
+    }
+    if (r->res.per_problem[QC_P_RAW_DATA_FILE_INVALID])
+        after &= ~QC_AUTOCLEAR_DATA_FILE_RAW;
+    if (after == before)
+        return;
+    uint8_t be[8];
+    qc_put_be64(be, after);
+    plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
+               (unsigned long long)before, (unsigned long long)after);
+    plan_flush(r);
+}
+
+/* The entry as it will be written: extra data cut to what qcheck knows
+ * (at most 24 bytes) or, in version 3, completed to 16 bytes as QEMU does. */
+static qc_snapshot_entry repaired_entry(const qc_ctx *ctx, const qc_snapshot_entry *e)
+{
+    qc_snapshot_entry out = *e;
+    if (ctx->hdr.version >= 3 && !out.has_disk_size) {
+        if (!out.has_vm_state_size_large)
+            out.vm_state_size_large = out.vm_state_size;
+        out.has_vm_state_size_large = true;
+        out.has_disk_size = true;
+        out.disk_size = ctx->hdr.size;
+    }
+    return out;
+}
+
+void stage_snapshot_table(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || !found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
+        return;
+    const qc_geometry *g = &ctx->geo;
+    /* Bounded by the decoded entries, which were bounded by the file. */
+    size_t cap = 0;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
+        cap += QC_SNAPSHOT_FIXED_SIZE + 24 + ctx->snapshots[i].entry.id_str_size +
+               ctx->snapshots[i].entry.name_size + 8;
+    uint8_t *table = calloc(cap ? cap : 1, 1);
+    if (!table) {
+        r->error = -ENOMEM;
+        return;
+    }
+    size_t len = 0;
+    uint32_t kept = 0;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
+        qc_snapshot_entry e = repaired_entry(ctx, &ctx->snapshots[i].entry);
+        size_t n = qc_snapshot_encode(&e, table + len, cap - len);
+        if (n == 0 || len + n > QC_MAX_SNAPSHOT_TABLE)
+            break;
+        len += n;
+        kept++;
+    }
+    uint64_t at = len ? view_end_cluster(r) << g->cluster_bits : 0;
+    if (len)
+        plan_write(r, at, table, len, "new snapshot table", "%u snapshot entries, repaired", kept);
+    free(table);
+    plan_flush(r);
+    uint8_t hdr[12];
+    qc_put_be32(hdr, kept);
+    qc_put_be64(hdr + 4, at);
+    plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
+               "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
+               (unsigned long long)at, kept);
+    plan_flush(r);
+    if (kept < ctx->hdr.nb_snapshots)
+        plan_note(r, NOTE_GENERAL,
+                  "the snapshot table listed %u snapshots; %u could be read and were kept, the "
+                  "rest do not fit in the file and were dropped",
+                  ctx->hdr.nb_snapshots, kept);
+}
+
+void stage_header_flags(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || ctx->hdr.version < 3)
+        return;
+    const qc_result *res = &r->res;
+    uint64_t now = ctx->hdr.incompatible_features, want = now;
+    bool refcounts_safe = !res->per_problem[QC_P_REFCOUNT_TOO_LOW] &&
+                          !res->per_problem[QC_P_REFCOUNT_ZERO_IN_USE] &&
+                          !res->per_problem[QC_P_REFCOUNTS_UNKNOWN];
+    if (refcounts_safe)
+        want &= ~QC_INCOMPAT_DIRTY;
+    if (res->corruptions == 0 && res->check_errors == 0)
+        want &= ~QC_INCOMPAT_CORRUPT;
+    else
+        want = (want & ~QC_INCOMPAT_CORRUPT) | (r->incompat_before & QC_INCOMPAT_CORRUPT);
+    if (want == now)
+        return;
+    /* Everything else must be on disk before the bits say it is done. One
+     * aligned 8-byte write needs no fence when it is the only one. */
+    plan_flush(r);
+    r->fenced = true;
+    uint8_t be[8];
+    qc_put_be64(be, want);
+    plan_write(r, 72, be, 8, "image header (incompatible features)", "%s%s%s",
+               (now & ~want & QC_INCOMPAT_DIRTY) ? "clear the dirty bit (refcounts are correct) " : "",
+               (now & ~want & QC_INCOMPAT_CORRUPT)
+                   ? (res->corruptions ? "clear the corrupt bit set during the repair"
+                                       : "clear the corrupt bit (the image is clean)")
+                   : "",
+               (want & ~now) ? "restore the corrupt bit" : "");
+    plan_flush(r);
+}

@@ -1,0 +1,338 @@
+/*
+ * Repair stage: refcounts.
+ *
+ * Checks: the on-disk refcount of every cluster against the references the
+ * check found. Fixes: leaks (lowered, in both modes) and, with -r all,
+ * refcounts too low or zero (raised); refcounts past the end of the file
+ * (lowered to 0). Refcounts are patched in place while every refcount
+ * block that matters is readable; otherwise (-r all) the whole refcount
+ * structure is rebuilt at the end of the file and the header switched to
+ * it with one 12-byte write between two flushes.
+ * Never lowers a refcount an unfollowed structure may need: orphans of the
+ * first check and of the current one keep their refcount.
+ * Needs: a current check. Produces: refcount block and table writes.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+/* An orphan whose refcount must stay: kept from the first check, or an
+ * orphan now, unless only the refcount structures themselves were not
+ * followed and they are being rebuilt. */
+static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c, bool rebuilding)
+{
+    if (c < r->kept.bits && qc_bitset_test(&r->kept, c))
+        return true;
+    if (!qc_bitset_test(&ctx->orphans, c))
+        return false;
+    return !rebuilding || qc_bitset_test(&ctx->suspect, c) ||
+           ctx->unfollowed > ctx->unfollowed_refblocks;
+}
+
+/* The refcount cluster c should have once repaired, given `ondisk`. */
+static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint64_t ondisk)
+{
+    if (c >= ctx->file_clusters)
+        return 0; /* nothing can live past the end of the file */
+    uint64_t computed = qc_refmap_get(&ctx->refmap, c);
+    if (computed > ctx->geo.refcount_max)
+        computed = ctx->geo.refcount_max;
+    if (ondisk > computed)
+        return binding_orphan(r, ctx, c, false) ? ondisk : computed;
+    return r->mode == QC_REPAIR_ALL ? computed : ondisk;
+}
+
+typedef struct assess {
+    bool needs_rebuild;
+} assess;
+
+static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+{
+    assess *a = state;
+    if (span->kind == QC_SPAN_UNKNOWN) {
+        a->needs_rebuild = true;
+        return;
+    }
+    if (span->kind == QC_SPAN_ZERO)
+        for (uint64_t c = span->first; c < span->first + span->count; c++)
+            if (qc_refmap_get(&ctx->refmap, c))
+                a->needs_rebuild = true;
+}
+
+/* ---- in place ---- */
+
+typedef struct patcher {
+    repair_run *r;
+    uint8_t *copy;
+} patcher;
+
+/* Emit the changed bytes of one refcount block as writes of runs. */
+static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcount_span *span,
+                               const uint8_t *copy)
+{
+    const qc_geometry *g = &ctx->geo;
+    char what[64];
+    snprintf(what, sizeof(what), "refcount block %llu", (unsigned long long)span->index);
+    for (uint64_t a = 0; a < g->cluster_size;) {
+        if (copy[a] == span->block[a]) {
+            a++;
+            continue;
+        }
+        uint64_t b = a + 1;
+        while (b < g->cluster_size && copy[b] != span->block[b])
+            b++;
+        uint64_t first = span->first + a * 8 / g->refcount_bits;
+        uint64_t last = span->first + (b * 8 - 1) / g->refcount_bits;
+        uint64_t lowered = 0, raised = 0;
+        for (uint64_t c = first; c <= last; c++) {
+            uint64_t o = qc_refblock_get(span->block, g->refcount_bits, c - span->first);
+            uint64_t n = qc_refblock_get(copy, g->refcount_bits, c - span->first);
+            lowered += n < o;
+            raised += n > o;
+        }
+        uint64_t o = qc_refblock_get(span->block, g->refcount_bits, first - span->first);
+        uint64_t n = qc_refblock_get(copy, g->refcount_bits, first - span->first);
+        if (first == last)
+            plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
+                       "host cluster %llu: refcount %llu -> %llu (%s)", (unsigned long long)first,
+                       (unsigned long long)o, (unsigned long long)n,
+                       first >= ctx->file_clusters ? "past the end of the file"
+                       : n < o                     ? "leaked"
+                                                   : "in use");
+        else
+            plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
+                       "host clusters %llu-%llu: %llu refcounts lowered (leaked or past the end "
+                       "of the file), %llu raised (in use)",
+                       (unsigned long long)first, (unsigned long long)last,
+                       (unsigned long long)lowered, (unsigned long long)raised);
+        a = b;
+    }
+}
+
+static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+{
+    patcher *p = state;
+    if (span->kind != QC_SPAN_BLOCK)
+        return;
+    const qc_geometry *g = &ctx->geo;
+    memcpy(p->copy, span->block, g->cluster_size);
+    bool changed = false;
+    for (uint64_t j = 0; j < span->count; j++) {
+        uint64_t ondisk = qc_refblock_get(span->block, g->refcount_bits, j);
+        uint64_t want = wanted(p->r, ctx, span->first + j, ondisk);
+        if (want != ondisk) {
+            qc_refblock_set(p->copy, g->refcount_bits, j, want);
+            changed = true;
+        }
+    }
+    if (changed)
+        emit_block_changes(p->r, ctx, span, p->copy);
+}
+
+static void patch_in_place(repair_run *r, qc_ctx *ctx)
+{
+    patcher p = {r, malloc(ctx->geo.cluster_size)};
+    if (!p.copy) {
+        r->error = -ENOMEM;
+        return;
+    }
+    qc_each_refcount_span(ctx, &p, patch_span);
+    free(p.copy);
+}
+
+/* ---- rebuild ---- */
+
+typedef struct targets {
+    repair_run *r;
+    qc_bitset old_structures; /* clusters of the refcount table and blocks being replaced */
+} targets;
+
+/* Turn the computed refcounts into the refcounts to write: without the old
+ * refcount structures, with binding orphans kept at their on-disk value. */
+static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+{
+    targets *t = state;
+    uint64_t end = span->first + span->count;
+    if (end > ctx->file_clusters)
+        end = ctx->file_clusters;
+    for (uint64_t c = span->first; c < end; c++) {
+        uint64_t v = qc_refmap_get(&ctx->refmap, c);
+        bool old = qc_bitset_test(&t->old_structures, c);
+        if (old && v)
+            v--;
+        if (span->kind == QC_SPAN_BLOCK && !old) {
+            uint64_t ondisk = qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first);
+            if (ondisk > v && binding_orphan(t->r, ctx, c, true))
+                v = ondisk;
+        }
+        if (v > ctx->geo.refcount_max)
+            v = ctx->geo.refcount_max;
+        qc_refmap_set(&ctx->refmap, c, v);
+    }
+}
+
+static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
+{
+    old->bits = ctx->file_clusters;
+    old->words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
+    if (!old->words)
+        return false;
+    for (size_t i = 0; i < ctx->nb_extents; i++) {
+        const qc_extent *e = &ctx->extents[i];
+        if (e->owner != QC_OWN_REFTABLE && e->owner != QC_OWN_REFBLOCK)
+            continue;
+        uint64_t first = e->start >> ctx->geo.cluster_bits;
+        uint64_t last = (e->start + e->length - 1) >> ctx->geo.cluster_bits;
+        for (uint64_t c = first; c <= last && c < ctx->file_clusters; c++)
+            qc_bitset_set(old, c);
+    }
+    return true;
+}
+
+typedef struct layout {
+    uint64_t base;            /* first new cluster: the refcount table */
+    uint64_t table_clusters;  /* T */
+    uint64_t blocks;          /* R */
+    uint64_t end;             /* base + T + R */
+    uint64_t file_blocks;     /* refcount blocks covering the old file */
+    bool *needed;             /* per refcount block index < file_blocks */
+    uint64_t entries;         /* refcount table entries in use */
+} layout;
+
+static bool block_needed(const layout *l, uint64_t i, uint64_t per_block)
+{
+    if (i < l->file_blocks && l->needed[i])
+        return true;
+    return i >= l->base / per_block && i <= (l->end - 1) / per_block;
+}
+
+/* Size the new structures so that they also count themselves. */
+static void plan_layout(const qc_ctx *ctx, layout *l)
+{
+    uint64_t per_block = ctx->geo.refblock_entries;
+    uint64_t base_blocks = 0, highest = 0;
+    for (uint64_t i = 0; i < l->file_blocks; i++)
+        if (l->needed[i]) {
+            base_blocks++;
+            highest = i + 1;
+        }
+    l->table_clusters = 1;
+    l->blocks = base_blocks;
+    for (;;) {
+        l->end = l->base + l->table_clusters + l->blocks;
+        uint64_t extra = 0;
+        for (uint64_t i = l->base / per_block; i <= (l->end - 1) / per_block; i++)
+            extra += !(i < l->file_blocks && l->needed[i]);
+        uint64_t last_new = (l->end - 1) / per_block + 1;
+        l->entries = highest > last_new ? highest : last_new;
+        uint64_t table = qc_div_round_up(l->entries * 8, ctx->geo.cluster_size);
+        if (base_blocks + extra == l->blocks && table == l->table_clusters)
+            return;
+        l->blocks = base_blocks + extra;
+        l->table_clusters = table;
+    }
+}
+
+static void write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t per_block = g->refblock_entries;
+    uint8_t *block = malloc(g->cluster_size);
+    uint8_t *table = calloc(l->table_clusters, g->cluster_size);
+    if (!block || !table) {
+        free(block), free(table);
+        r->error = -ENOMEM;
+        return;
+    }
+    uint64_t next = l->base + l->table_clusters;
+    for (uint64_t i = 0; i < l->entries; i++) {
+        if (!block_needed(l, i, per_block))
+            continue;
+        memset(block, 0, g->cluster_size);
+        for (uint64_t j = 0; j < per_block; j++) {
+            uint64_t c = i * per_block + j;
+            uint64_t v = c < ctx->file_clusters ? qc_refmap_get(&ctx->refmap, c)
+                                                : (c >= l->base && c < l->end);
+            qc_refblock_set(block, g->refcount_bits, j, v);
+        }
+        uint64_t at = next++ << g->cluster_bits;
+        qc_put_be64(table + i * 8, at);
+        char what[64];
+        snprintf(what, sizeof(what), "new refcount block %llu", (unsigned long long)i);
+        plan_write(r, at, block, g->cluster_size, what,
+                   "rebuilt refcounts of host clusters %llu-%llu", (unsigned long long)(i * per_block),
+                   (unsigned long long)(i * per_block + per_block - 1));
+    }
+    plan_write(r, l->base << g->cluster_bits, table, l->table_clusters << g->cluster_bits,
+               "new refcount table", "%llu entries pointing to the rebuilt refcount blocks",
+               (unsigned long long)l->entries);
+    free(block);
+    free(table);
+    /* The new structures must be on disk before the header points to them;
+     * the old ones are free in the new counts, so the switch is the only
+     * moment the image changes its mind. */
+    plan_flush(r);
+    uint8_t hdr[12];
+    qc_put_be64(hdr, l->base << g->cluster_bits);
+    qc_put_be32(hdr + 8, (uint32_t)l->table_clusters);
+    plan_write(r, 48, hdr, sizeof(hdr), "image header (refcount table)",
+               "switch to the rebuilt refcount table at 0x%llx (%llu clusters)",
+               (unsigned long long)(l->base << g->cluster_bits),
+               (unsigned long long)l->table_clusters);
+    plan_flush(r);
+    plan_note(r, NOTE_GENERAL,
+              "rebuilt the refcount structures: a new table at 0x%llx and %llu refcount blocks; "
+              "the old ones are now free",
+              (unsigned long long)(l->base << g->cluster_bits), (unsigned long long)l->blocks);
+}
+
+static void rebuild(repair_run *r, qc_ctx *ctx)
+{
+    const qc_geometry *g = &ctx->geo;
+    targets t = {r, {0, NULL}};
+    layout l = {0};
+    l.base = view_end_cluster(r);
+    l.file_blocks = qc_div_round_up(ctx->file_clusters, g->refblock_entries);
+    l.needed = calloc(l.file_blocks + 1, sizeof(bool));
+    if (!l.needed || !mark_old_structures(ctx, &t.old_structures)) {
+        r->error = -ENOMEM;
+    } else if (qc_each_refcount_span(ctx, &t, target_span)) {
+        for (uint64_t c = 0; c < ctx->file_clusters; c++)
+            if (qc_refmap_get(&ctx->refmap, c))
+                l.needed[c / g->refblock_entries] = true;
+        plan_layout(ctx, &l);
+        if (l.entries * 8 > QC_MAX_REFTABLE_BYTES)
+            plan_note(r, NOTE_GENERAL,
+                      "the refcount structures need rebuilding, but the new refcount table "
+                      "(%llu entries) would exceed QEMU's limit of 8 MiB; left unchanged",
+                      (unsigned long long)l.entries);
+        else
+            write_rebuilt(r, ctx, &l);
+    }
+    free(l.needed);
+    free(t.old_structures.words);
+    /* The refcount map now holds targets, not what the check found. */
+    r->ctx_stale = true;
+}
+
+void stage_refcounts(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return;
+    assess a = {false};
+    qc_each_refcount_span(ctx, &a, assess_span);
+    if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
+        rebuild(r, ctx);
+        return;
+    }
+    if (a.needs_rebuild)
+        plan_note(r, NOTE_GENERAL,
+                  "some refcounts are missing or unreadable: the refcount structures need "
+                  "rebuilding, which -r leaks does not do (run -r all)");
+    patch_in_place(r, ctx);
+    plan_flush(r);
+}

@@ -1,0 +1,269 @@
+/*
+ * Repair stages for L1 and L2 entries (-r all only).
+ *
+ * data on metadata: clears L2 entries whose guest data lands on a cluster
+ *   metadata owns (so the refcount stage does not "fix" the metadata's
+ *   refcount to 2, which would let the guest read and write it).
+ * COPIED: makes OFLAG_COPIED agree with the repaired refcounts: L1 entries
+ *   and the entries the check flagged (data clusters, compressed entries,
+ *   zero-offset entries, data-file entries).
+ * broken pointers: clears L1 and L2 entries that point past the end of the
+ *   file or at unaligned offsets, naming the guest ranges affected. Runs
+ *   last, after the refcounts, so that whatever those pointers may own is
+ *   still an orphan (kept) when refcounts are repaired.
+ * Needs: a current check and its uncapped findings (entry offsets).
+ * Produces: writes of single entries, notes naming guest ranges.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+static const char *guest_effect(const repair_run *r)
+{
+    return r->res.header.has_backing_file ? "now read from the backing file"
+                                          : "now read as zeros";
+}
+
+static void describe_owner(const qc_ctx *ctx, uint32_t snapshot, char *buf, size_t len)
+{
+    if (snapshot == QC_ACTIVE)
+        snprintf(buf, len, "the active image");
+    else
+        qc_describe_snapshot(ctx, snapshot, buf, len);
+}
+
+/* Note the guest clusters an L2 entry at host offset `at` maps. */
+static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const char *effect)
+{
+    const qc_geometry *g = &ctx->geo;
+    const qc_l2_table *t = l2_table_at(ctx, at);
+    if (!t)
+        return;
+    uint64_t index = (at - t->offset) / g->l2_entry_size;
+    for (uint64_t k = 0; k < t->refs; k++) {
+        const qc_l2_ref *ref = &ctx->l2_refs[t->first_ref + k];
+        uint64_t guest = ((uint64_t)ref->l1_index * g->l2_entries + index) << g->cluster_bits;
+        char who[200];
+        describe_owner(ctx, ref->snapshot, who, sizeof(who));
+        plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L2 entry at 0x%llx) %s", who,
+                  (unsigned long long)guest, (unsigned long long)(guest + g->cluster_size - 1),
+                  (unsigned long long)at, effect);
+    }
+}
+
+/* Rewrite the L2 entry at `at` as unallocated, or as a plain zero entry
+ * when it read as zeros anyway. */
+static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, const char *why)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint8_t old[16] = {0}, now[16] = {0};
+    if (qc_read_zero_filled(&r->view, at, old, g->l2_entry_size) < 0)
+        return;
+    uint64_t entry = qc_be64(old), bitmap = g->extended_l2 ? qc_be64(old + 8) : 0;
+    bool reads_zero = !(entry & QC_OFLAG_COMPRESSED) &&
+                      (g->extended_l2 ? (uint32_t)bitmap == 0 && bitmap : (entry & QC_OFLAG_ZERO));
+    uint64_t new_entry = !g->extended_l2 && reads_zero ? QC_OFLAG_ZERO : 0;
+    uint64_t new_bitmap = entry & QC_OFLAG_COMPRESSED ? 0 : bitmap & 0xffffffff00000000ull;
+    qc_put_be64(now, new_entry);
+    if (g->extended_l2)
+        qc_put_be64(now + 8, new_bitmap);
+    if (memcmp(old, now, g->l2_entry_size) == 0)
+        return;
+    const qc_l2_table *t = l2_table_at(ctx, at);
+    char what[240] = "L2 table";
+    if (t) {
+        const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
+        qc_extent e = {t->offset, g->cluster_size, QC_OWN_L2, first->snapshot, first->l1_index,
+                       false};
+        qc_describe_extent(ctx, &e, what, sizeof(what));
+    }
+    plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
+               (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
+               (unsigned long long)entry, why);
+    note_l2_guest(r, ctx, at, reads_zero ? "still read as zeros" : guest_effect(r));
+}
+
+void stage_data_on_metadata(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return;
+    for (size_t i = 0; i < r->nb_found; i++)
+        if (r->found[i].id == QC_P_DATA_OVERLAPS_METADATA)
+            clear_l2_entry(r, ctx, r->found[i].offset,
+                           "guest data mapped onto metadata; the mapping is dropped");
+    plan_flush(r);
+}
+
+/* Which L1 table holds the entry at `at`, and its index there. */
+static bool l1_entry_at(const qc_ctx *ctx, uint64_t at, uint32_t *snapshot, uint64_t *index)
+{
+    const qc_header *h = &ctx->hdr;
+    if (at >= h->l1_table_offset && at - h->l1_table_offset < (uint64_t)h->l1_size * 8) {
+        *snapshot = QC_ACTIVE;
+        *index = (at - h->l1_table_offset) / 8;
+        return true;
+    }
+    for (uint32_t s = 0; s < ctx->nb_snapshots; s++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[s].entry;
+        if (ctx->snapshots[s].follow && at >= e->l1_table_offset &&
+            at - e->l1_table_offset < (uint64_t)e->l1_size * 8) {
+            *snapshot = s;
+            *index = (at - e->l1_table_offset) / 8;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Set the L1 or L2 entry at `at` to `set` COPIED (or toggle it). */
+static void write_copied(repair_run *r, uint64_t at, int set, const char *what, const char *why)
+{
+    uint8_t be[8];
+    if (qc_read_zero_filled(&r->view, at, be, 8) < 0)
+        return;
+    uint64_t entry = qc_be64(be);
+    bool copied = set < 0 ? !(entry & QC_OFLAG_COPIED) : set;
+    uint64_t now = copied ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED;
+    if (now == entry)
+        return;
+    qc_put_be64(be, now);
+    plan_write(r, at, be, 8, what, "entry 0x%016llx -> 0x%016llx: %s", (unsigned long long)entry,
+               (unsigned long long)now, why);
+}
+
+/* Data clusters the check flagged: every active entry mapping one gets
+ * COPIED exactly when the cluster has one reference. */
+static void fix_data_copied(repair_run *r, qc_ctx *ctx)
+{
+    const qc_geometry *g = &ctx->geo;
+    qc_bitset flagged = {ctx->file_clusters, calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8)};
+    uint8_t *table = malloc(g->cluster_size), *copy = malloc(g->cluster_size);
+    if (!flagged.words || !table || !copy) {
+        r->error = -ENOMEM;
+        goto out;
+    }
+    bool any = false;
+    for (size_t i = 0; i < r->nb_found; i++) {
+        const repair_finding *f = &r->found[i];
+        if (f->id != QC_P_L2_COPIED_WRONG || f->offset == QC_NO_OFFSET)
+            continue;
+        for (uint64_t c = f->offset >> g->cluster_bits;
+             c < (f->offset >> g->cluster_bits) + f->count && c < ctx->file_clusters; c++)
+            qc_bitset_set(&flagged, c);
+        any = true;
+    }
+    for (size_t t = 0; any && t < ctx->nb_l2_tables && !r->error; t++) {
+        const qc_l2_table *tab = &ctx->l2_tables[t];
+        if (!tab->active_refs || qc_extent_conflicted(ctx, QC_OWN_L2, tab->offset) ||
+            qc_read_zero_filled(&r->view, tab->offset, table, g->cluster_size) < 0)
+            continue;
+        memcpy(copy, table, g->cluster_size);
+        for (uint64_t i = 0; i < g->l2_entries; i++) {
+            uint64_t entry = qc_be64(copy + i * g->l2_entry_size);
+            uint64_t off = entry & QC_L2_OFFSET_MASK;
+            if ((entry & QC_OFLAG_COMPRESSED) || off == 0 || !qc_cluster_aligned(ctx, off) ||
+                (off >> g->cluster_bits) >= ctx->file_clusters ||
+                !qc_bitset_test(&flagged, off >> g->cluster_bits))
+                continue;
+            bool want = qc_refmap_get(&ctx->refmap, off >> g->cluster_bits) == 1;
+            qc_put_be64(copy + i * g->l2_entry_size,
+                        want ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED);
+        }
+        const qc_l2_ref *first = &ctx->l2_refs[tab->first_ref];
+        qc_extent e = {tab->offset, g->cluster_size, QC_OWN_L2, first->snapshot, first->l1_index,
+                       false};
+        char what[240];
+        qc_describe_extent(ctx, &e, what, sizeof(what));
+        for (uint64_t a = 0; a < g->cluster_size; a += 8) {
+            if (memcmp(copy + a, table + a, 8) == 0)
+                continue;
+            uint64_t b = a + 8;
+            while (b < g->cluster_size && memcmp(copy + b, table + b, 8) != 0)
+                b += 8;
+            plan_write(r, tab->offset + a, copy + a, (size_t)(b - a), what,
+                       "entries %llu-%llu: COPIED set exactly where the data cluster has one "
+                       "reference",
+                       (unsigned long long)(a / g->l2_entry_size),
+                       (unsigned long long)((b - 1) / g->l2_entry_size));
+            a = b;
+        }
+    }
+out:
+    free(flagged.words);
+    free(table);
+    free(copy);
+}
+
+void stage_copied(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return;
+    for (size_t i = 0; i < r->nb_found; i++) {
+        const repair_finding *f = &r->found[i];
+        switch (f->id) {
+        case QC_P_L1_COPIED_WRONG:
+            write_copied(r, f->offset, -1, "active L1 table",
+                         "COPIED set exactly when the L2 table has one reference");
+            break;
+        case QC_P_L2_ZERO_OFFSET_COPIED:
+        case QC_P_COMPRESSED_COPIED:
+            write_copied(r, f->offset, 0, "L2 table", "COPIED is not allowed on this entry");
+            break;
+        case QC_P_DATA_FILE_COPIED_MISSING:
+            write_copied(r, f->offset, 1, "L2 table",
+                         "data file clusters are not refcounted and are always COPIED");
+            break;
+        default:
+            break;
+        }
+    }
+    fix_data_copied(r, ctx);
+    plan_flush(r);
+}
+
+void stage_broken_pointers(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return;
+    const qc_geometry *g = &ctx->geo;
+    for (size_t i = 0; i < r->nb_found; i++) {
+        const repair_finding *f = &r->found[i];
+        switch (f->id) {
+        case QC_P_L2_ENTRY_UNALIGNED:
+        case QC_P_L2_ENTRY_PAST_EOF:
+        case QC_P_COMPRESSED_RANGE_INVALID:
+            clear_l2_entry(r, ctx, f->offset, "it points outside the file or off a cluster boundary");
+            break;
+        case QC_P_L1_ENTRY_UNALIGNED:
+        case QC_P_L1_ENTRY_PAST_EOF: {
+            uint32_t snapshot;
+            uint64_t index;
+            if (!l1_entry_at(ctx, f->offset, &snapshot, &index))
+                break;
+            uint8_t zero[8] = {0};
+            char who[200], what[240];
+            describe_owner(ctx, snapshot, who, sizeof(who));
+            snprintf(what, sizeof(what), "L1 table of %s", who);
+            plan_write(r, f->offset, zero, 8, what,
+                       "entry %llu points to an L2 table outside the file or off a cluster "
+                       "boundary; cleared",
+                       (unsigned long long)index);
+            uint64_t span = g->l2_entries << g->cluster_bits;
+            plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", who,
+                      (unsigned long long)(index * span),
+                      (unsigned long long)(index * span + span - 1), (unsigned long long)index,
+                      guest_effect(r));
+            break;
+        }
+        default:
+            break;
+        }
+    }
+    plan_flush(r);
+}
