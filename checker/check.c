@@ -16,7 +16,9 @@ static bool init_maps(qc_ctx *ctx)
            qc_bitset_init(ctx, &ctx->copied_set, ctx->file_clusters) &&
            qc_bitset_init(ctx, &ctx->copied_clear, ctx->file_clusters) &&
            qc_bitset_init(ctx, &ctx->suspect, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->orphans, ctx->file_clusters);
+           qc_bitset_init(ctx, &ctx->bitmap_suspect, ctx->file_clusters) &&
+           qc_bitset_init(ctx, &ctx->orphans, ctx->file_clusters) &&
+           qc_bitset_init(ctx, &ctx->over, ctx->file_clusters);
 }
 
 void qc_ctx_release(qc_ctx *ctx)
@@ -35,6 +37,8 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->copied_clear.words);
     free(ctx->suspect.words);
     free(ctx->orphans.words);
+    free(ctx->bitmap_suspect.words);
+    free(ctx->over.words);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
 }

@@ -60,6 +60,29 @@ void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset)
         ctx->unfollowed++;
 }
 
+void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset)
+{
+    uint64_t cluster = host_offset >> ctx->geo.cluster_bits;
+    if (cluster < ctx->file_clusters) {
+        qc_bitset_set(&ctx->suspect, cluster);
+        qc_bitset_set(&ctx->bitmap_suspect, cluster);
+    } else {
+        ctx->unfollowed++;
+        ctx->unfollowed_bitmaps++;
+    }
+}
+
+bool qc_orphan_binds(const qc_ctx *ctx, qc_repair_mode mode, uint64_t cluster)
+{
+    if (!qc_bitset_test(&ctx->orphans, cluster))
+        return false;
+    if (mode == QC_REPAIR_LEAKS)
+        return true;
+    uint64_t others = ctx->unfollowed - ctx->unfollowed_refblocks - ctx->unfollowed_bitmaps;
+    return others > 0 || (qc_bitset_test(&ctx->suspect, cluster) &&
+                          !qc_bitset_test(&ctx->bitmap_suspect, cluster));
+}
+
 bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits)
 {
     set->bits = bits;

@@ -142,8 +142,11 @@ typedef struct qc_ctx {
      * likely meant (`suspect`). */
     uint64_t unfollowed;
     uint64_t unfollowed_refblocks; /* of those: refcount blocks behind bad pointers */
+    uint64_t unfollowed_bitmaps;   /* of those: bitmap structures */
     qc_bitset suspect;
-    qc_bitset orphans; /* compare: clusters reported as refcountOrphan */
+    qc_bitset bitmap_suspect; /* suspect because of a bitmap table entry */
+    qc_bitset orphans;        /* compare: clusters reported as refcountOrphan */
+    qc_bitset over;           /* compare: on-disk refcount above the references found */
     bool stop;         /* nothing more can be checked */
 
     /* Every finding, uncapped, for the repair planner (NULL in a check). */
@@ -193,6 +196,13 @@ static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
  * the cluster it most likely meant (its aligned-down cluster) as suspect,
  * or count an unfollowed structure when that is outside the file. */
 void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset);
+/* The same for a bitmap data pointer (bitmap_suspect / unfollowed_bitmaps
+ * too: -r all drops broken bitmaps, so what only they own is not kept). */
+void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);
+/* Whether the check's orphan verdict on `cluster` must hold in a repair:
+ * -r leaks keeps every orphan; -r all rebuilds damaged refcount structures
+ * and drops broken bitmaps, so orphans only they explain are not kept. */
+bool qc_orphan_binds(const qc_ctx *ctx, qc_repair_mode mode, uint64_t cluster);
 
 /* ---- extents.c ---- */
 /* Describe an owner for messages: "L2 table (active L1 index 3)". */

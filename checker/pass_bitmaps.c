@@ -97,7 +97,7 @@ static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, c
             qc_report(ctx, QC_P_BITMAP_TABLE_ENTRY_INVALID, obj, e->table_offset + (uint64_t)j * 8, 1,
                       "entry %u is 0x%016llx: %s", j, (unsigned long long)v, why);
             if (off)
-                qc_unfollowed_leaf(ctx, off);
+                qc_unfollowed_bitmap_leaf(ctx, off);
         } else if (off) {
             qc_add_extent(ctx, QC_OWN_BITMAP_DATA, index, j, off, ctx->geo.cluster_size, 1);
         }
@@ -125,6 +125,7 @@ void qc_pass_bitmaps(qc_ctx *ctx)
                       "entry %u runs past the end of the %llu-byte directory", n,
                       (unsigned long long)x->directory_size);
             ctx->unfollowed++;
+            ctx->unfollowed_bitmaps++;
             break;
         }
         char obj[1200], name[1100], why[160];
@@ -137,6 +138,7 @@ void qc_pass_bitmaps(qc_ctx *ctx)
         if (entry_defect(ctx, &e, why, sizeof(why))) {
             qc_report(ctx, QC_P_BITMAP_ENTRY_INVALID, obj, at, 1, "%s", why);
             ctx->unfollowed++;
+            ctx->unfollowed_bitmaps++;
         } else {
             if (e.granularity_bits < 9 || e.granularity_bits > 31 || e.extra_data_size ||
                 (e.flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE))

@@ -99,6 +99,8 @@ static void compare_cluster(qc_ctx *ctx, compare_state *st, uint64_t c, uint64_t
     if (ondisk == computed)
         return;
     qc_problem_id id;
+    if (ondisk > computed)
+        qc_bitset_set(&ctx->over, c);
     if (ondisk > computed && (ctx->unfollowed || qc_bitset_test(&ctx->suspect, c))) {
         id = QC_P_REFCOUNT_ORPHAN;
         qc_bitset_set(&ctx->orphans, c);
@@ -158,7 +160,7 @@ static void check_copied(qc_ctx *ctx)
         uint64_t computed = qc_refmap_get(&ctx->refmap, r->l2_offset >> ctx->geo.cluster_bits);
         if (r->copied == (computed == 1))
             continue;
-        if (!r->copied && ctx->unfollowed)
+        if (!r->copied && (ctx->unfollowed || qc_bitset_test(&ctx->over, r->l2_offset >> ctx->geo.cluster_bits)))
             continue; /* the other reference may be a skipped snapshot's (see below) */
         qc_report(ctx, QC_P_L1_COPIED_WRONG, "active L1 table",
                   ctx->hdr.l1_table_offset + (uint64_t)r->l1_index * 8, 1,
@@ -178,10 +180,12 @@ static void check_copied(qc_ctx *ctx)
             if (qc_bitset_test(&ctx->copied_set, c) && computed != 1)
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 1, computed);
             /* COPIED clear with one reference only costs a needless copy on
-             * write, and the missing reference may belong to a structure
-             * that was not followed: judge it only when all were. */
+             * write, the missing reference may belong to a structure that
+             * was not followed, and with a higher refcount on disk QEMU
+             * wants it clear: judge it only when all were followed and the
+             * refcount on disk is 1 too. */
             else if (qc_bitset_test(&ctx->copied_clear, c) && computed == 1 && !ctx->unfollowed &&
-                     !qc_bitset_test(&ctx->suspect, c))
+                     !qc_bitset_test(&ctx->suspect, c) && !qc_bitset_test(&ctx->over, c))
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 0, computed);
         }
     }

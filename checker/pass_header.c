@@ -221,9 +221,18 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
     *b = (qc_bitmaps_ext){0};
     if (x->length >= QC_BITMAPS_EXT_SIZE)
         qc_bitmaps_ext_decode(x->data, b);
+    /* Without autoclear bit 0, QEMU ignores the extension whatever it holds
+     * except its length, which it checks first. */
+    if (!(ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS) && x->length == QC_BITMAPS_EXT_SIZE) {
+        qc_report(ctx, QC_P_BITMAPS_WITHOUT_AUTOCLEAR, obj, x->offset, 1,
+                  "%u bitmaps are considered inconsistent; QEMU drops the extension on its next "
+                  "write and their clusters are counted as leaked",
+                  b->nb_bitmaps);
+        return;
+    }
     bool valid = false;
     if (x->length != QC_BITMAPS_EXT_SIZE)
-        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset, 1,
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_LENGTH, obj, x->offset, 1,
                   "length is %u, expected 24", x->length);
     else if (b->reserved)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 4, 1,
@@ -246,15 +255,12 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
                   (unsigned long long)b->directory_offset, (unsigned long long)b->directory_size);
     else
         valid = true;
-    if (!(ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS))
-        qc_report(ctx, QC_P_BITMAPS_WITHOUT_AUTOCLEAR, obj, x->offset, 1,
-                  "%u bitmaps are considered inconsistent; QEMU drops the extension on its next "
-                  "write and their clusters are counted as leaked",
-                  b->nb_bitmaps);
-    else if (valid)
+    if (valid) {
         ctx->bitmaps_ext_valid = true;
-    else
+    } else {
         ctx->unfollowed++; /* the bitmaps' clusters may still be owned */
+        ctx->unfollowed_bitmaps++;
+    }
 }
 
 static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)

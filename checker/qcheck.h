@@ -77,6 +77,7 @@ typedef enum qc_fix {
     QC_FIX_CLEAR_FEATURE_BIT,
     QC_FIX_REPAIR_SNAPSHOT_TABLE,
     QC_FIX_DROP_BITMAPS,
+    QC_FIX_CLEAR_BITS, /* clear bits QEMU ignores in an entry */
 } qc_fix;
 
 typedef enum qc_problem_id {

@@ -246,7 +246,14 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
                  (unsigned long long)before->header.unknown_incompatible);
         return buf;
     }
+    if ((!before->header_valid || r->ctx.stop) && !before->check_errors) {
+        snprintf(buf, len,
+                 "the header is too damaged to check the rest of the image (see the findings), "
+                 "so what the image owns is not known");
+        return buf;
+    }
     if (!before->header_valid || r->ctx.stop || before->check_errors) {
+        /* read failures or the memory limit */
         snprintf(buf, len,
                  "the check could not be completed (%llu check errors), so what the image owns "
                  "is not known",
@@ -256,9 +263,8 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
     return NULL;
 }
 
-/* Orphans of the first check stay allocated through every stage. Orphans
- * that exist only because a refcount block pointer is bad are not kept:
- * the refcount structures are rebuilt instead. */
+/* Orphans of the first check stay allocated through every stage, even
+ * once the pointers that made them orphans are dropped. */
 static bool keep_first_orphans(repair_run *r)
 {
     qc_ctx *ctx = &r->ctx;
@@ -266,12 +272,9 @@ static bool keep_first_orphans(repair_run *r)
     r->kept.words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
     if (!r->kept.words)
         return false;
-    bool only_refblocks = ctx->unfollowed == ctx->unfollowed_refblocks;
     uint64_t kept = 0;
     for (uint64_t c = 0; c < ctx->file_clusters; c++) {
-        if (!qc_bitset_test(&ctx->orphans, c))
-            continue;
-        if (r->mode == QC_REPAIR_ALL && only_refblocks && !qc_bitset_test(&ctx->suspect, c))
+        if (!qc_orphan_binds(ctx, r->mode, c))
             continue;
         qc_bitset_set(&r->kept, c);
         kept++;

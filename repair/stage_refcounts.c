@@ -20,16 +20,10 @@
 #include "planner.h"
 
 /* An orphan whose refcount must stay: kept from the first check, or an
- * orphan now, unless only the refcount structures themselves were not
- * followed and they are being rebuilt. */
-static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c, bool rebuilding)
+ * orphan now (see qc_orphan_binds). */
+static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c)
 {
-    if (c < r->kept.bits && qc_bitset_test(&r->kept, c))
-        return true;
-    if (!qc_bitset_test(&ctx->orphans, c))
-        return false;
-    return !rebuilding || qc_bitset_test(&ctx->suspect, c) ||
-           ctx->unfollowed > ctx->unfollowed_refblocks;
+    return (c < r->kept.bits && qc_bitset_test(&r->kept, c)) || qc_orphan_binds(ctx, r->mode, c);
 }
 
 /* The refcount cluster c should have once repaired, given `ondisk`. */
@@ -41,7 +35,7 @@ static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint6
     if (computed > ctx->geo.refcount_max)
         computed = ctx->geo.refcount_max;
     if (ondisk > computed)
-        return binding_orphan(r, ctx, c, false) ? ondisk : computed;
+        return binding_orphan(r, ctx, c) ? ondisk : computed;
     return r->mode == QC_REPAIR_ALL ? computed : ondisk;
 }
 
@@ -165,7 +159,7 @@ static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
             v--;
         if (span->kind == QC_SPAN_BLOCK && !old) {
             uint64_t ondisk = qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first);
-            if (ondisk > v && binding_orphan(t->r, ctx, c, true))
+            if (ondisk > v && binding_orphan(t->r, ctx, c))
                 v = ondisk;
         }
         if (v > ctx->geo.refcount_max)

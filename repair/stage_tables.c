@@ -4,9 +4,11 @@
  * data on metadata: clears L2 entries whose guest data lands on a cluster
  *   metadata owns (so the refcount stage does not "fix" the metadata's
  *   refcount to 2, which would let the guest read and write it).
- * COPIED: makes OFLAG_COPIED agree with the repaired refcounts: L1 entries
- *   and the entries the check flagged (data clusters, compressed entries,
- *   zero-offset entries, data-file entries).
+ * COPIED and ignored bits: makes OFLAG_COPIED agree with the repaired
+ *   refcounts (L1 entries and the entries the check flagged: data clusters,
+ *   compressed entries, zero-offset entries, data-file entries), and clears
+ *   reserved bits and misplaced zero flags, which QEMU ignores when reading
+ *   (so the guest sees the same data).
  * broken pointers: clears L1 and L2 entries that point past the end of the
  *   file or at unaligned offsets, naming the guest ranges affected. Runs
  *   last, after the refcounts, so that whatever those pointers may own is
@@ -119,6 +121,21 @@ static bool l1_entry_at(const qc_ctx *ctx, uint64_t at, uint32_t *snapshot, uint
     return false;
 }
 
+/* Clear `bits` in the entry at `at`. */
+static void clear_entry_bits(repair_run *r, uint64_t at, uint64_t bits, const char *what,
+                             const char *why)
+{
+    uint8_t be[8];
+    if (qc_read_zero_filled(&r->view, at, be, 8) < 0)
+        return;
+    uint64_t entry = qc_be64(be), now = entry & ~bits;
+    if (now == entry)
+        return;
+    qc_put_be64(be, now);
+    plan_write(r, at, be, 8, what, "entry 0x%016llx -> 0x%016llx: %s", (unsigned long long)entry,
+               (unsigned long long)now, why);
+}
+
 /* Set the L1 or L2 entry at `at` to `set` COPIED (or toggle it). */
 static void write_copied(repair_run *r, uint64_t at, int set, const char *what, const char *why)
 {
@@ -135,8 +152,9 @@ static void write_copied(repair_run *r, uint64_t at, int set, const char *what, 
                (unsigned long long)now, why);
 }
 
-/* Data clusters the check flagged: every active entry mapping one gets
- * COPIED exactly when the cluster has one reference. */
+/* Data clusters the check flagged, and those with more references on disk
+ * than found (kept orphans): every active entry mapping one gets COPIED
+ * exactly when the cluster has one reference, on disk and found. */
 static void fix_data_copied(repair_run *r, qc_ctx *ctx)
 {
     const qc_geometry *g = &ctx->geo;
@@ -146,7 +164,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
         r->error = -ENOMEM;
         goto out;
     }
-    bool any = false;
+    bool any = r->res.per_problem[QC_P_REFCOUNT_LEAK] || r->res.per_problem[QC_P_REFCOUNT_ORPHAN];
     for (size_t i = 0; i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
         if (f->id != QC_P_L2_COPIED_WRONG || f->offset == QC_NO_OFFSET)
@@ -165,11 +183,12 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
         for (uint64_t i = 0; i < g->l2_entries; i++) {
             uint64_t entry = qc_be64(copy + i * g->l2_entry_size);
             uint64_t off = entry & QC_L2_OFFSET_MASK;
+            uint64_t c = off >> g->cluster_bits;
             if ((entry & QC_OFLAG_COMPRESSED) || off == 0 || !qc_cluster_aligned(ctx, off) ||
-                (off >> g->cluster_bits) >= ctx->file_clusters ||
-                !qc_bitset_test(&flagged, off >> g->cluster_bits))
+                c >= ctx->file_clusters ||
+                !(qc_bitset_test(&flagged, c) || qc_bitset_test(&ctx->over, c)))
                 continue;
-            bool want = qc_refmap_get(&ctx->refmap, off >> g->cluster_bits) == 1;
+            bool want = qc_refmap_get(&ctx->refmap, c) == 1 && !qc_bitset_test(&ctx->over, c);
             qc_put_be64(copy + i * g->l2_entry_size,
                         want ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED);
         }
@@ -214,6 +233,18 @@ void stage_copied(repair_run *r)
         case QC_P_COMPRESSED_COPIED:
             write_copied(r, f->offset, 0, "L2 table", "COPIED is not allowed on this entry");
             break;
+        case QC_P_L1_ENTRY_RESERVED_BITS:
+            clear_entry_bits(r, f->offset, QC_L1_RESERVED_MASK, "L1 table",
+                             "reserved bits cleared (QEMU ignores them when reading)");
+            break;
+        case QC_P_L2_ENTRY_RESERVED_BITS:
+            clear_entry_bits(r, f->offset, QC_L2_RESERVED_MASK, "L2 table",
+                             "reserved bits cleared (QEMU ignores them when reading)");
+            break;
+        case QC_P_L2_ZERO_FLAG_INVALID:
+            clear_entry_bits(r, f->offset, QC_OFLAG_ZERO, "L2 table",
+                             "bit 0 cleared: it is not a zero flag here and QEMU ignores it");
+            break;
         case QC_P_DATA_FILE_COPIED_MISSING:
             write_copied(r, f->offset, 1, "L2 table",
                          "data file clusters are not refcounted and are always COPIED");
@@ -221,6 +252,15 @@ void stage_copied(repair_run *r)
         default:
             break;
         }
+    }
+    /* L2 tables with more references on disk than found: COPIED clear, as
+     * QEMU wants for any refcount above 1. */
+    for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
+        const qc_l2_ref *ref = &ctx->l2_refs[i];
+        if (ref->snapshot == QC_ACTIVE && ref->copied &&
+            qc_bitset_test(&ctx->over, ref->l2_offset >> ctx->geo.cluster_bits))
+            write_copied(r, ctx->hdr.l1_table_offset + (uint64_t)ref->l1_index * 8, 0,
+                         "active L1 table", "the L2 table has more than one reference on disk");
     }
     fix_data_copied(r, ctx);
     plan_flush(r);

@@ -576,7 +576,7 @@ case("ext_feature_table_ragged", "v3_64k",
 case("ext_bitmaps_reserved", "bitmaps", bitmaps_ext(reserved=1), "bitmapsExtensionInvalid refcountOrphan", 2,
      cannot_open(BAD_BITMAP % "O29"))
 case("ext_bitmaps_short", "bitmaps", edit_extension(q.EXT_BITMAPS, lambda im, d: d[:16]),
-     "bitmapsExtensionInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "O29"), absent=QUARANTINED)
+     "bitmapsExtensionLength refcountOrphan", 2, cannot_open(BAD_BITMAP % "O29"), absent=QUARANTINED)
 case("ext_bitmaps_zero_count", "bitmaps", bitmaps_ext(nb=0), "bitmapsExtensionInvalid", 2,
      cannot_open(BAD_BITMAP % "O29"))
 case("ext_bitmaps_dir_unaligned", "bitmaps",
