@@ -177,16 +177,16 @@ START_TEST(test_severity_and_fix_names)
     ck_assert_str_eq(qc_severity_name(QC_SEV_LEAK), "leak");
     ck_assert_str_eq(qc_severity_name(QC_SEV_WARNING), "warning");
     ck_assert_str_eq(qc_severity_name(QC_SEV_INFO), "info");
-    for (int a = QC_FIX_NONE; a <= QC_FIX_DROP_BITMAPS; a++) {
+    for (int a = QC_FIX_NONE; a <= QC_FIX_CLEAR_BITS; a++) {
         ck_assert_str_ne(qc_fix_name((qc_fix)a), "?");
-        for (int b = a + 1; b <= QC_FIX_DROP_BITMAPS; b++)
+        for (int b = a + 1; b <= QC_FIX_CLEAR_BITS; b++)
             ck_assert_str_ne(qc_fix_name((qc_fix)a), qc_fix_name((qc_fix)b));
     }
     ck_assert_str_eq(qc_fix_name(QC_FIX_NONE), "none");
-    ck_assert_str_eq(qc_fix_name(QC_FIX_DROP_BITMAPS), "drop-bitmaps");
+    ck_assert_str_eq(qc_fix_name(QC_FIX_CLEAR_BITS), "drop-bitmaps");
     /* Out of range values are named "?" instead of read out of bounds. */
     ck_assert_str_eq(qc_severity_name((qc_severity)(QC_SEV_INFO + 1)), "?");
-    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_DROP_BITMAPS + 1)), "?");
+    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_CLEAR_BITS + 1)), "?");
 }
 END_TEST
 
@@ -219,7 +219,7 @@ START_TEST(test_counted_severities)
         ck_assert_int_ge(p->severity, QC_SEV_ERROR);
         ck_assert_int_le(p->severity, QC_SEV_INFO);
         ck_assert_int_ge(p->fix, QC_FIX_NONE);
-        ck_assert_int_le(p->fix, QC_FIX_DROP_BITMAPS);
+        ck_assert_int_le(p->fix, QC_FIX_CLEAR_BITS);
     }
 }
 END_TEST
