@@ -183,7 +183,8 @@ START_TEST(test_severity_and_fix_names)
             ck_assert_str_ne(qc_fix_name((qc_fix)a), qc_fix_name((qc_fix)b));
     }
     ck_assert_str_eq(qc_fix_name(QC_FIX_NONE), "none");
-    ck_assert_str_eq(qc_fix_name(QC_FIX_CLEAR_BITS), "drop-bitmaps");
+    ck_assert_str_eq(qc_fix_name(QC_FIX_DROP_BITMAPS), "drop-bitmaps");
+    ck_assert_str_eq(qc_fix_name(QC_FIX_CLEAR_BITS), "clear-bits");
     /* Out of range values are named "?" instead of read out of bounds. */
     ck_assert_str_eq(qc_severity_name((qc_severity)(QC_SEV_INFO + 1)), "?");
     ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_CLEAR_BITS + 1)), "?");
