@@ -15,6 +15,7 @@
  * L2 table maps, so l1_size is 1.
  */
 #include <check.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -2402,6 +2403,237 @@ START_TEST(test_rich_image_corruption_never_crashes)
 }
 END_TEST
 
+/* ---- repair on memory images ------------------------------------------- */
+
+#define REPAIR_ROUNDS 600
+
+/* What repair_buffer did: the plan's and apply's return values, the
+ * checks before, predicted and after, the image afterwards, the undo log. */
+typedef struct repaired {
+    int plan_ret, apply_ret;
+    qc_result before, predicted, after;
+    size_t writes;
+    uint8_t *image;
+    size_t len;
+    uint8_t *undo;
+    size_t undo_len;
+} repaired;
+
+/* Plan a repair of buf and apply it to a growable copy with an undo log,
+ * through the crash io when crash_after is not UINT64_MAX. */
+static void repair_buffer(const uint8_t *buf, size_t len, qc_repair_mode mode, uint64_t crash_after,
+                          bool drop_unflushed, repaired *out)
+{
+    memset(out, 0, sizeof(*out));
+    qc_io ro;
+    qc_io_open_memory(&ro, buf, len);
+    qc_repair_plan *plan = NULL;
+    out->plan_ret = qc_repair_plan_build(&ro, NULL, mode, &out->before, &out->predicted, &plan);
+    out->image = malloc(len ? len : 1);
+    REQUIRE(out->image != NULL, "out of memory");
+    memcpy(out->image, buf, len);
+    out->len = len;
+    if (out->plan_ret == 0) {
+        const qc_repair_step *steps;
+        size_t n = qc_repair_plan_steps(plan, &steps);
+        for (size_t i = 0; i < n; i++)
+            out->writes += steps[i].kind == QC_STEP_WRITE;
+        qc_io rw, undo, crash;
+        REQUIRE(qc_io_open_memory_rw(&rw, &out->image, &out->len) == 0, "memory io");
+        REQUIRE(qc_io_open_memory_rw(&undo, &out->undo, &out->undo_len) == 0, "memory io");
+        qc_io *target = &rw;
+        if (crash_after != UINT64_MAX) {
+            REQUIRE(qc_io_open_crash(&crash, &rw, crash_after, drop_unflushed) == 0, "crash io");
+            target = &crash;
+        }
+        out->apply_ret = qc_repair_apply(plan, target, &undo);
+        if (target == &crash)
+            qc_io_close(&crash);
+        qc_io_close(&undo);
+        qc_io_close(&rw);
+    }
+    qc_repair_plan_free(plan);
+    qc_io_close(&ro);
+    qc_io check_io;
+    qc_io_open_memory(&check_io, out->image, out->len);
+    ck_assert_int_eq(qc_check(&check_io, NULL, &out->after), 0);
+    qc_io_close(&check_io);
+}
+
+static void repaired_free(repaired *r)
+{
+    free(r->image);
+    free(r->undo);
+}
+
+START_TEST(test_repair_leak_and_rollback)
+{
+    img im;
+    img_params p = default_params();
+    p.spare_clusters = 2;
+    img_build(&im, &p);
+    uint64_t spare = img_clusters(&im) - 1;
+    img_set_refcount(&im, spare, 1);       /* leaked */
+    img_set_refcount(&im, spare - 1, 0);   /* the other spare stays free */
+    repaired r;
+    repair_buffer(im.buf, im.len, QC_REPAIR_LEAKS, UINT64_MAX, false, &r);
+    ck_assert_int_eq(r.plan_ret, 0);
+    ck_assert_uint_eq(r.before.leaks, 1);
+    ck_assert_int_eq(r.apply_ret, 0);
+    ck_assert_uint_eq(r.after.leaks, 0);
+    ck_assert_uint_eq(r.after.corruptions, 0);
+    ck_assert_uint_eq(r.predicted.leaks, r.after.leaks);
+    /* Only the leaked cluster's refcount changed; the corrupt bit, set as a
+     * fence while writing, is clear again. */
+    img repaired_img = im;
+    repaired_img.buf = r.image;
+    ck_assert_uint_eq(img_get_refcount(&repaired_img, spare), 0);
+    ck_assert_uint_eq(qc_be64(r.image + 72) & QC_INCOMPAT_CORRUPT, 0);
+    /* Rollback restores every byte. */
+    qc_io rw, undo;
+    ck_assert_int_eq(qc_io_open_memory_rw(&rw, &r.image, &r.len), 0);
+    qc_io_open_memory(&undo, r.undo, r.undo_len);
+    char why[256];
+    ck_assert_int_eq(qc_rollback(&rw, &undo, why, sizeof(why)), 0);
+    qc_io_close(&undo);
+    qc_io_close(&rw);
+    ck_assert_uint_eq(r.len, im.len);
+    ck_assert_mem_eq(r.image, im.buf, im.len);
+    /* A log whose saved bytes were changed does not verify. */
+    r.undo[r.undo_len - 9] ^= 1;
+    ck_assert_int_eq(qc_io_open_memory_rw(&rw, &r.image, &r.len), 0);
+    qc_io_open_memory(&undo, r.undo, r.undo_len);
+    ck_assert_int_eq(qc_rollback(&rw, &undo, why, sizeof(why)), -EINVAL);
+    qc_io_close(&undo);
+    qc_io_close(&rw);
+    ck_assert_mem_eq(r.image, im.buf, im.len);
+    repaired_free(&r);
+    img_free(&im);
+}
+END_TEST
+
+START_TEST(test_repair_refuses_unknown_incompatible)
+{
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    qc_put_be64(im.buf + 72, 1ull << 20);
+    qc_io ro;
+    qc_io_open_memory(&ro, im.buf, im.len);
+    qc_result before, after;
+    qc_repair_plan *plan = NULL;
+    ck_assert_int_eq(qc_repair_plan_build(&ro, NULL, QC_REPAIR_ALL, &before, &after, &plan), -EPERM);
+    ck_assert_ptr_nonnull(plan);
+    ck_assert_ptr_nonnull(strstr(qc_repair_plan_refusal(plan), "incompatible"));
+    uint8_t *buf = malloc(im.len);
+    size_t len = im.len;
+    memcpy(buf, im.buf, im.len);
+    qc_io rw;
+    ck_assert_int_eq(qc_io_open_memory_rw(&rw, &buf, &len), 0);
+    ck_assert_int_eq(qc_repair_apply(plan, &rw, NULL), -EINVAL);
+    qc_io_close(&rw);
+    ck_assert_mem_eq(buf, im.buf, im.len);
+    free(buf);
+    qc_repair_plan_free(plan);
+    qc_io_close(&ro);
+    img_free(&im);
+}
+END_TEST
+
+/* Random damage to a rich image, then -r all or -r leaks: the repair must
+ * never crash, its prediction must be what the image really shows after,
+ * it must never add corruptions, a second -r all must find nothing more
+ * to fix, and an interrupted repair followed by a full one must end with
+ * the same corruptions as an uninterrupted one. */
+START_TEST(test_repair_random_damage)
+{
+    img im;
+    img_params p = default_params();
+    p.cluster_bits = 9;
+    p.data_clusters = 3;
+    img_build(&im, &p);
+    img_add_shared_snapshot(&im, 24, "1");
+    img_add_bitmap(&im);
+    const uint64_t meta[] = {0, 1, 2, 3, 4, 8, 9, 10, 11};
+    uint8_t *copy = malloc(im.len);
+    ck_assert_ptr_nonnull(copy);
+    uint64_t state = 0x2545f4914f6cdd1dull + (uint64_t)_i;
+    unsigned repaired_rounds = 0, crashed_rounds = 0;
+    for (int round = 0; round < REPAIR_ROUNDS; round++) {
+        memcpy(copy, im.buf, im.len);
+        unsigned edits = 1 + (unsigned)(fuzz_next(&state) % 3);
+        for (unsigned e = 0; e < edits; e++) {
+            uint64_t r = fuzz_next(&state);
+            uint64_t cl = meta[r % (sizeof(meta) / sizeof(meta[0]))];
+            size_t off = (size_t)(cl_off(&im, cl) + ((r >> 8) % im.cs));
+            if ((r >> 40) % 2)
+                copy[off] = (uint8_t)(r >> 48);
+            else
+                qc_put_be64(copy + (off & ~(size_t)7), (r >> 48) % (im.len + 4096));
+        }
+        qc_repair_mode mode = round % 3 ? QC_REPAIR_ALL : QC_REPAIR_LEAKS;
+        repaired a;
+        repair_buffer(copy, im.len, mode, UINT64_MAX, false, &a);
+        if (a.plan_ret != 0) {
+            ck_assert_int_eq(a.plan_ret, -EPERM);
+            ck_assert_mem_eq(a.image, copy, im.len); /* nothing was written */
+            repaired_free(&a);
+            continue;
+        }
+        ck_assert_int_eq(a.apply_ret, 0);
+        ck_assert_msg(a.after.corruptions == a.predicted.corruptions &&
+                          a.after.leaks == a.predicted.leaks &&
+                          a.after.check_errors == a.predicted.check_errors,
+                      "round %d: predicted %llu/%llu/%llu, got %llu/%llu/%llu", round,
+                      (unsigned long long)a.predicted.corruptions,
+                      (unsigned long long)a.predicted.leaks,
+                      (unsigned long long)a.predicted.check_errors,
+                      (unsigned long long)a.after.corruptions, (unsigned long long)a.after.leaks,
+                      (unsigned long long)a.after.check_errors);
+        ck_assert_msg(a.after.corruptions <= a.before.corruptions,
+                      "round %d: the repair added corruptions (%llu -> %llu)", round,
+                      (unsigned long long)a.before.corruptions,
+                      (unsigned long long)a.after.corruptions);
+        repaired_rounds += a.writes > 0;
+        if (mode == QC_REPAIR_ALL) {
+            repaired again;
+            repair_buffer(a.image, a.len, QC_REPAIR_ALL, UINT64_MAX, false, &again);
+            ck_assert_int_eq(again.plan_ret, 0);
+            ck_assert_msg(again.after.corruptions == a.after.corruptions,
+                          "round %d: a second -r all changed corruptions %llu -> %llu", round,
+                          (unsigned long long)a.after.corruptions,
+                          (unsigned long long)again.after.corruptions);
+            repaired_free(&again);
+            if (a.writes) {
+                uint64_t n = fuzz_next(&state) % a.writes;
+                bool drop = fuzz_next(&state) & 1;
+                repaired crashed, resumed;
+                repair_buffer(copy, im.len, QC_REPAIR_ALL, n, drop, &crashed);
+                ck_assert_int_ne(crashed.apply_ret, 0);
+                repair_buffer(crashed.image, crashed.len, QC_REPAIR_ALL, UINT64_MAX, false,
+                              &resumed);
+                ck_assert_int_eq(resumed.plan_ret, 0);
+                ck_assert_msg(resumed.after.corruptions == a.after.corruptions,
+                              "round %d: crash after %llu writes (%s): %llu corruptions left, "
+                              "%llu without the crash",
+                              round, (unsigned long long)n, drop ? "unflushed dropped" : "kept",
+                              (unsigned long long)resumed.after.corruptions,
+                              (unsigned long long)a.after.corruptions);
+                crashed_rounds++;
+                repaired_free(&crashed);
+                repaired_free(&resumed);
+            }
+        }
+        repaired_free(&a);
+    }
+    /* The damage must have given the repair something to do. */
+    ck_assert_uint_gt(repaired_rounds, REPAIR_ROUNDS / 10);
+    ck_assert_uint_gt(crashed_rounds, REPAIR_ROUNDS / 20);
+    free(copy);
+    img_free(&im);
+}
+END_TEST
+
 static Suite *check_memory_suite(void)
 {
     Suite *s = suite_create("check_memory");
@@ -2533,6 +2765,13 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_truncated_whole_image);
     tcase_add_test(tc, test_byte_corruption_never_crashes);
     tcase_add_test(tc, test_rich_image_corruption_never_crashes);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("repair");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, test_repair_leak_and_rollback);
+    tcase_add_test(tc, test_repair_refuses_unknown_incompatible);
+    tcase_add_loop_test(tc, test_repair_random_damage, 0, 2);
     suite_add_tcase(s, tc);
 
     return s;
