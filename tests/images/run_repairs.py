@@ -1,0 +1,812 @@
+#!/usr/bin/env python3
+"""Repair every case of the corruption catalogue and check the outcome.
+
+    run_repairs.py QCHECK WORKDIR [--filter SUBSTR] [--list] [--jobs N] [--keep]
+
+Builds the base images once into WORKDIR/bases and patches each case exactly
+as run_cases.py does (same catalogue, same patches), into
+WORKDIR/repairs/NAME/orig. Then, on copies, with no backing or data file
+beside the image (qcheck must never need them):
+
+  before  `QCHECK --output=json` on the damaged image;
+  dry     `QCHECK -r all -n --output=json`: the file must not change
+          (sha256) and the steps listed must be those of the real run
+          (same offsets and lengths, same flushes), with the same verdict;
+  all     `QCHECK -r all --output=json`, then
+          (a) the re-check it prints is clean when every corruption the
+              first check found has a fix in the problem table
+              (checker/problems.def, fix column) other than `none`: exit 0,
+              or exit 3 with exactly the kept orphans left as leaks when the
+              notes say clusters were kept; otherwise no corruption appears
+              that was not there before. A fresh `QCHECK --output=json`
+              agrees with the printed re-check;
+          (b) `qemu-img check` (backing/data files copied beside the image
+              now) is clean whenever qcheck says exit 0;
+          (c) the guest data of the active image and of every snapshot is
+              unchanged, cluster by cluster, except the clusters that were
+              unreadable before and the guest ranges the repair notes name
+              ("guest bytes 0xA-0xB ... now read as zeros/from the backing
+              file");
+          (d) every cluster the first check called refcountOrphan keeps its
+              on-disk refcount;
+  leaks   `QCHECK -r leaks --output=json`: the same corruptions as before,
+          no leak left (beyond the kept clusters), guest data unchanged,
+          orphans' refcounts unchanged.
+
+Files that are not qcow2, and images qcheck cannot check completely (exit 1
+before), must be refused: nonzero exit and the file byte for byte unchanged.
+
+Guest data is read with the pure-Python reader below (it decodes what a
+clean image needs, and marks a cluster unreadable where a pointer is
+broken or ambiguous); where qemu-img can open the repaired image, the
+reader's per-cluster view is compared with `qemu-img convert -O raw` too.
+
+Prints `FAIL name: reasons` per failed case, the deliberate exceptions, and
+a last line of figures; exit status 0 only if every case passed.
+"""
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import sys
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.dont_write_bytecode = True  # keep the source tree clean under CTest
+sys.path.insert(0, HERE)
+import build_images  # noqa: E402
+import cases as catalogue  # noqa: E402
+import qcow2lib as q  # noqa: E402
+from run_cases import expected_exit, parse_json, run  # noqa: E402
+
+QEMU_IMG = build_images.QEMU_IMG
+
+KEPT_RE = re.compile(r"^kept (\d+) clusters? allocated that a structure qcheck could not follow may own")
+GUEST_RE = re.compile(r'^(the active image|snapshot \d+ \(id "(.*?)", name ".*?"\)): '
+                      r"guest bytes 0x([0-9a-f]+)-0x([0-9a-f]+) ")
+MORE_RE = re.compile(r"^\.\.\. and \d+ more like the above")
+BITMAPS_DROPPED = "dropped the persistent bitmaps"
+SNAPSHOTS_DROPPED_RE = re.compile(r"^the snapshot table listed \d+ snapshots; \d+ could be read")
+
+
+def load_fix_table(path=catalogue.PROBLEMS_DEF):
+    """{id: fix action as `qcheck --list-problems` prints it} from
+    checker/problems.def (REBUILD_REFCOUNTS -> rebuild-refcounts)."""
+    with open(path) as f:
+        text = f.read()
+    rows = re.findall(r'QC_PROBLEM\(\s*\w+,\s*\d+,\s*"(\w+)",\s*\w+,\s*(\w+),', text)
+    return {pid: fix.lower().replace("_", "-") for pid, fix in rows}
+
+
+# ---- guest data -------------------------------------------------------------
+
+ZERO = "zero"  # reads as zeros
+BACKING = "backing"  # falls through to the backing file
+UNREADABLE = None  # broken or ambiguous pointer: nothing to compare
+
+
+class GuestReader:
+    """Per-cluster view of what a guest reads, from an image's own tables.
+
+    view() returns {owner: (clusters, {cluster index: token})} for the
+    active image ("active") and each snapshot (its id as str); clusters not
+    in the dict read as zeros (or from the backing file). A token is
+    ("d", sha1) for bytes qemu would return as they are, ZERO/BACKING, a
+    tuple of per-subcluster tokens for extended L2 clusters that mix kinds,
+    ("raw", ...) for content this reader does not decode (compressed zstd,
+    encrypted, external data file) but that is the same exactly when the
+    token is, or UNREADABLE."""
+
+    def __init__(self, path):
+        self.im = q.Image(path)
+        self.hosts = {}  # (owner, guest cluster) -> host cluster of its data
+
+    def close(self):
+        self.im.close()
+
+    def view(self):
+        im, h = self.im, self.im.header
+        out = {"active": self.table("active", h.l1_table_offset, h.l1_size, h.size)}
+        for s in im.snapshots() if h.nb_snapshots <= 1000 else ():
+            size = s.disk_size if s.disk_size is not None else h.size
+            owner = s.id.decode("latin-1")
+            out[owner] = self.table(owner, s.l1_table_offset, s.l1_size, size)
+        return out
+
+    def _data(self, off, length):
+        """Token of `length` bytes at host offset `off`, or UNREADABLE."""
+        im = self.im
+        if im.has_data_file:
+            return ("raw", "data file", off)  # qcheck never writes the data file
+        if off % im.cluster_size or off >= im.file_size:
+            return UNREADABLE
+        data = im.read(off, length)  # a short last cluster reads zeros past EOF, as in QEMU
+        if im.header.crypt_method:
+            return ("raw", hashlib.sha1(data).hexdigest())
+        return digest(data)
+
+    def _compressed(self, entry, length):
+        im = self.im
+        off, clen = im.compressed_range(entry & ~q.OFLAG_COPIED)
+        if off >= im.file_size or off >> 56:
+            return UNREADABLE
+        raw = im.read(off, clen)
+        if im.header.compression_type == 0 and not im.header.crypt_method:
+            try:
+                data = zlib.decompressobj(-15).decompress(raw, im.cluster_size)
+            except zlib.error:
+                return UNREADABLE
+            if len(data) != im.cluster_size:
+                return UNREADABLE
+            return digest(data[:length])
+        return ("raw", hashlib.sha1(raw).hexdigest())
+
+    def table(self, owner, l1_off, l1_size, virtual_size):
+        im, cs = self.im, self.im.cluster_size
+        clusters = -(-virtual_size // cs)
+        tokens = {}
+        unalloc = BACKING if im.header.backing_file_offset else ZERO
+        if l1_off % cs or l1_off + 8 * l1_size > im.file_size:
+            return clusters, {g: UNREADABLE for g in range(clusters)}, unalloc
+        l1 = im.read_table(l1_off, l1_size) if l1_size else []
+        for i in range(-(-clusters // im.l2_entries)):
+            first = i * im.l2_entries
+            span = range(first, min(first + im.l2_entries, clusters))
+            e = l1[i] if i < len(l1) else 0
+            l2 = e & q.OFFSET_MASK
+            if not l2:
+                continue
+            if l2 % cs or l2 + cs > im.file_size:
+                tokens.update((g, UNREADABLE) for g in span)
+                continue
+            for r in im.l2_entries_of(l2, i)[:len(span)]:
+                g = first + r.l2_index
+                length = min(cs, virtual_size - g * cs)
+                tok = self.entry(r, length, unalloc)
+                if r.host_offset and not r.compressed:
+                    self.hosts[owner, g] = r.host_offset // cs
+                if tok != unalloc:
+                    tokens[g] = tok
+        return clusters, tokens, unalloc
+
+    def entry(self, r, length, unalloc):
+        im = self.im
+        e, off = r.entry, r.entry & q.OFFSET_MASK
+        if r.compressed:
+            if im.extended_l2 and r.bitmap:
+                return UNREADABLE  # compressedSubclusterBitmap: ambiguous
+            return self._compressed(e, length)
+        if im.has_data_file and not off and e & q.OFLAG_COPIED:
+            off_is_zero_but_allocated = True  # offset 0 of the data file (QEMU: COPIED says so)
+        else:
+            off_is_zero_but_allocated = False
+        if not im.extended_l2:
+            if e & q.OFLAG_ZERO:
+                return ZERO if im.header.version >= 3 else UNREADABLE  # v2: ambiguous
+            return self._data(off, length) if off or off_is_zero_but_allocated else unalloc
+        alloc, zero = r.bitmap & 0xFFFFFFFF, r.bitmap >> 32
+        if alloc & zero or (alloc and not off):
+            return UNREADABLE  # subclusterAllocAndZero / subclusterAllocUnallocated
+        sc = im.cluster_size // 32
+        parts = []
+        for k in range(32):
+            if k * sc >= length:
+                break
+            n = min(sc, length - k * sc)
+            if zero >> k & 1:
+                parts.append((ZERO, bytes(n)))
+            elif alloc >> k & 1:
+                if off + k * sc >= im.file_size or off % im.cluster_size:
+                    return UNREADABLE
+                parts.append(("d", im.read(off + k * sc, n)))
+            else:
+                parts.append((unalloc, bytes(n)))
+        if all(kind in ("d", ZERO) for kind, _ in parts):
+            return digest(b"".join(p for _, p in parts))
+        return tuple((kind, hashlib.sha1(p).hexdigest()) for kind, p in parts)
+
+
+def guest_view(path):
+    """(view, {(owner, guest cluster): host cluster}) or (None, {}) when
+    the image cannot be read at all."""
+    try:
+        reader = GuestReader(path)
+    except Exception:  # noqa: BLE001 - a header too broken to parse
+        return None, {}
+    try:
+        return reader.view(), reader.hosts
+    except Exception:  # noqa: BLE001
+        return None, {}
+    finally:
+        reader.close()
+
+
+def bitmap_clusters(im):
+    """Host clusters the persistent bitmaps use: directory, tables, data."""
+    cs, out = im.cluster_size, set()
+
+    def add(off, length):
+        if length > 0 and off + length <= im.file_size:
+            out.update(range(off // cs, (off + length - 1) // cs + 1))
+    ext = im.bitmaps_ext()
+    if not ext:
+        return out
+    add(ext[3], ext[2])
+    for b in im.bitmaps():
+        add(b.table_offset, 8 * b.table_size)
+        for e in im.bitmap_table(b):
+            if e & q.OFFSET_MASK:
+                add(e & q.OFFSET_MASK, cs)
+    return out
+
+
+def metadata_clusters(path):
+    """Host clusters that hold metadata in an image, as far as a
+    well-formed reading finds them (each structure is read on its own, so a
+    broken one does not hide the others)."""
+    out = set()
+    with q.Image(path) as im:
+        cs, h = im.cluster_size, im.header
+
+        def add(off, length):
+            if length > 0 and off + length <= im.file_size:
+                out.update(range(off // cs, (off + length - 1) // cs + 1))
+
+        def tables(l1_off, l1_size):
+            add(l1_off, 8 * l1_size)
+            if l1_off % cs == 0 and l1_off + 8 * l1_size <= im.file_size:
+                for e in im.read_table(l1_off, l1_size):
+                    if e & q.OFFSET_MASK and (e & q.OFFSET_MASK) % cs == 0:
+                        add(e & q.OFFSET_MASK, cs)
+        parts = [lambda: add(0, cs),
+                 lambda: tables(h.l1_table_offset, h.l1_size),
+                 lambda: add(h.refcount_table_offset, h.refcount_table_clusters * cs),
+                 lambda: [add(b, cs) for _, b in im.refblocks() if b % cs == 0],
+                 lambda: [tables(s.l1_table_offset, s.l1_size) for s in im.snapshots()],
+                 lambda: add(h.snapshots_offset, im.snapshot_table_size()),
+                 lambda: out.update(bitmap_clusters(im))]
+        for part in parts:
+            try:
+                part()
+            except Exception:  # noqa: BLE001
+                pass
+    return out
+
+
+def digest(data):
+    """Token of guest bytes: ZERO for all zeros however they are stored."""
+    return ZERO if not data.strip(b"\0") else ("d", hashlib.sha1(data).hexdigest())
+
+
+def token_at(view, owner, g):
+    clusters, tokens, default = view[owner]
+    return tokens.get(g, default) if g < clusters else UNREADABLE
+
+
+def dropped_ranges(notes):
+    """{owner: [(first byte, last byte)]} named by the repair notes, and
+    whether the notes are complete (no "... and N more")."""
+    out = {}
+    complete = True
+    for n in notes:
+        m = GUEST_RE.match(n)
+        if m:
+            owner = "active" if m.group(1) == "the active image" else m.group(2)
+            out.setdefault(owner, []).append((int(m.group(3), 16), int(m.group(4), 16)))
+        elif MORE_RE.match(n):
+            complete = False
+    return out, complete
+
+
+def compare_views(before, after, notes, cluster_size, aliased=()):
+    """Failures (strings) where guest data changed outside what the notes
+    name, and the number of clusters compared. `aliased` are (owner, guest
+    cluster) whose data cluster was metadata before: the damage made two
+    owners share the cluster, so it holds no guest data to keep."""
+    fails = []
+    drops, complete = dropped_ranges(notes)
+    snapshots_dropped = any(SNAPSHOTS_DROPPED_RE.match(n) for n in notes)
+    compared = 0
+    for owner, (clusters, _, _) in before.items():
+        if owner not in after:
+            if not (owner != "active" and snapshots_dropped):
+                fails.append("guest view of %s is gone after the repair" % owner)
+            continue
+        ranges = drops.get(owner, [])
+        changed = []
+        for g in range(clusters):
+            b = token_at(before, owner, g)
+            if b is UNREADABLE or (owner, g) in aliased:
+                continue
+            if any(lo <= g * cluster_size + cluster_size - 1 and g * cluster_size <= hi for lo, hi in ranges):
+                continue
+            compared += 1
+            a = token_at(after, owner, g)
+            if a != b:
+                changed.append(g)
+        if changed:
+            what = "%s guest cluster%s %s" % (
+                len(changed), "s" if len(changed) > 1 else "",
+                ", ".join("0x%x" % (g * cluster_size) for g in changed[:6]) + (" ..." if len(changed) > 6 else ""))
+            fails.append("guest data of %s changed in %s%s" % (
+                owner, what, "" if complete else " (the notes were cut short by '... and N more')"))
+    return fails, compared
+
+
+def cross_check_qemu(path, view, target_dir, cluster_size):
+    """Compare the reader's active view with qemu-img convert -O raw on an
+    image qemu opens; returns failures."""
+    raw = os.path.join(target_dir, "guest.raw")
+    rc, _, err = run([QEMU_IMG, "convert", "-f", "qcow2", "-O", "raw", path, raw], cwd=target_dir)
+    if rc != 0:
+        return ["qemu-img convert failed on an image qemu-img check calls clean: %s" % err.strip()[-200:]]
+    clusters = view["active"][0]
+    fails = []
+    with open(raw, "rb") as f:
+        for g in range(clusters):
+            data = f.read(cluster_size)
+            tok = token_at(view, "active", g)
+            if tok == ZERO or (isinstance(tok, tuple) and tok and tok[0] == "d"):
+                if digest(data) != tok:
+                    fails.append("the test reader and qemu-img convert disagree on guest cluster 0x%x"
+                                 % (g * cluster_size))
+                    break
+    os.unlink(raw)
+    return fails
+
+
+# ---- one case ---------------------------------------------------------------
+
+def problems_by_severity(res, severity):
+    return [p for p in res.get("problems", []) if p.get("severity") == severity]
+
+
+def kept_count(notes):
+    for n in notes:
+        m = KEPT_RE.match(n)
+        if m:
+            return int(m.group(1))
+    return 0
+
+
+def orphan_clusters(res, cluster_size):
+    out = []
+    for p in res.get("problems", []):
+        if p.get("id") == "refcountOrphan":
+            first = p["offset"] // cluster_size
+            out.extend(range(first, first + p["count"]))
+    return out
+
+
+def refcounts_of(path, clusters):
+    try:
+        with q.Image(path) as im:
+            return {c: im.refcount(c) for c in clusters}
+    except Exception as e:  # noqa: BLE001
+        return "unreadable refcounts (%s: %s)" % (type(e).__name__, e)
+
+
+def write_steps(res):
+    """Steps as comparable tuples: ("w", offset, length) or ("flush",)."""
+    steps = (res.get("repair") or {}).get("steps", [])
+    return [("flush",) if s.get("flush") else ("w", s.get("offset"), s.get("length")) for s in steps]
+
+
+class Outcome:
+    def __init__(self, case):
+        self.case = case
+        self.fails = []
+        self.exceptions = []  # deliberate, documented: (kind, text)
+        self.repairable = None
+        self.qcheck_clean = False  # -r all left an image qcheck calls clean (exit 0)
+        self.qcheck_clean_kept = False  # exit 3 with exactly the kept orphans as leaks
+        self.qemu_clean = None  # True/False when asked, None when not applicable
+        self.guest_kept = False
+        self.orphans = 0  # orphan clusters whose refcount survived both repairs
+        self.beyond_table = []  # corruption ids fixed although the table says none
+        self.kept = 0
+        self.refused = False
+
+
+class RepairRunner:
+    def __init__(self, qcheck, workdir):
+        self.qcheck = os.path.abspath(qcheck)
+        self.workdir = os.path.abspath(workdir)
+        self.bases_dir = os.path.join(self.workdir, "bases")
+        self.problems = catalogue.load_problem_table()
+        self.fixes = load_fix_table()
+
+    def prepare(self, case):
+        """As run_cases.Runner.prepare, into WORKDIR/repairs/NAME/orig."""
+        base = build_images.BASES[case.base]
+        cdir = os.path.join(self.workdir, "repairs", case.name)
+        shutil.rmtree(cdir, ignore_errors=True)
+        os.makedirs(os.path.join(cdir, "orig"))
+        path = os.path.join(cdir, "orig", base.filename)
+        shutil.copyfile(os.path.join(self.bases_dir, base.filename), path)
+        if case.patch:
+            with q.Image(path, writable=True) as image:
+                case.patch(image)
+        return base, cdir, path
+
+    def copy(self, cdir, src, sub):
+        d = os.path.join(cdir, sub)
+        os.makedirs(d, exist_ok=True)
+        dst = os.path.join(d, os.path.basename(src))
+        shutil.copyfile(src, dst)
+        return d, dst
+
+    def qcheck_json(self, case, path, *extra):
+        argv = [self.qcheck, *case.qcheck_args, *extra, "--output=json", os.path.basename(path)]
+        rc, out, err = run(argv, cwd=os.path.dirname(path))
+        return rc, parse_json(out), err
+
+    def run_case(self, case):
+        o = Outcome(case)
+        try:
+            self._run_case(case, o)
+        except Exception as e:  # noqa: BLE001 - a broken case is a failure, not a crash
+            import traceback
+            o.fails.append("%s: %s (%s)" % (type(e).__name__, e,
+                                            traceback.format_exc().strip().splitlines()[-3].strip()))
+        return o
+
+    def _run_case(self, case, o):
+        base, cdir, orig = self.prepare(case)
+        name = os.path.basename(orig)
+        rc0, before, err0 = self.qcheck_json(case, orig)
+        if rc0 is None or rc0 < 0 or not isinstance(before, dict):
+            o.fails.append("the check before the repair failed (exit %s): %s" % (rc0, err0[-200:]))
+            return
+        if rc0 in (1, 63):
+            self.expect_refusal(case, cdir, orig, rc0, o)
+            return
+        with q.Image(orig) as im:
+            cs = im.cluster_size
+        for p in before.get("problems", []):
+            if p.get("fix") != self.fixes.get(p.get("id")):
+                o.fails.append("%s: JSON fix %r, problems.def says %r" % (
+                    p.get("id"), p.get("fix"), self.fixes.get(p.get("id"))))
+        corr_before = problems_by_severity(before, "corruption")
+        o.repairable = all(self.fixes.get(p["id"]) != "none" for p in corr_before)
+        orphans = orphan_clusters(before, cs)
+        orphan_rc = refcounts_of(orig, orphans)
+        if isinstance(orphan_rc, str):
+            o.fails.append("orphans: %s" % orphan_rc)
+            orphan_rc = {}
+        view0, hosts0 = guest_view(orig)
+        if view0 is None:
+            o.exceptions.append(("guest", "the test reader cannot parse the damaged image; "
+                                          "guest data compared by file checksum only"))
+            aliased = set()
+        else:
+            meta = metadata_clusters(orig)
+            aliased = {k for k, c in hosts0.items() if c in meta}
+
+        # dry run, then the real -r all
+        ddir, dry = self.copy(cdir, orig, "dry")
+        sha = q.file_sha256(dry)
+        drc, dres, derr = self.qcheck_json(case, dry, "-r", "all", "-n")
+        if q.file_sha256(dry) != sha:
+            o.fails.append("-r all -n changed the file")
+        if os.listdir(ddir) != [name]:
+            o.fails.append("-r all -n created files: %s" % sorted(set(os.listdir(ddir)) - {name}))
+        adir, img = self.copy(cdir, orig, "all")
+        sha_orig = q.file_sha256(img)
+        rc, res, err = self.qcheck_json(case, img, "-r", "all")
+        if rc is None or rc < 0 or not isinstance(res, dict):
+            o.fails.append("-r all failed (exit %s): %s" % (rc, err[-300:]))
+            return
+        if sorted(os.listdir(adir)) != [name]:
+            o.fails.append("-r all created files: %s" % sorted(set(os.listdir(adir)) - {name}))
+        if (res.get("repair") or {}).get("refused"):
+            self.refused_after_check(case, cdir, orig, rc0, before, img, sha_orig, rc, res, dres, o)
+            return
+        if not isinstance(dres, dict):
+            o.fails.append("-r all -n printed no JSON (exit %s): %s" % (drc, derr[-200:]))
+        else:
+            if write_steps(dres) != write_steps(res):
+                o.fails.append("-r all -n lists %d steps, the real run made %d (first difference: %s)" % (
+                    len(write_steps(dres)), len(write_steps(res)),
+                    next((("dry", a, "real", b) for a, b in zip(write_steps(dres), write_steps(res)) if a != b),
+                         "length")))
+            if drc != rc0:  # nothing written: the image is still in the state checked before
+                o.fails.append("-r all -n exits %s, the image was checked as %s" % (drc, rc0))
+        self.check_result(case, "-r all", rc, res, o)
+        repair = res.get("repair") or {}
+        notes = repair.get("notes", [])
+        o.kept = kept_count(notes)
+        self.check_all(case, before, rc, res, notes, o)
+        fresh_rc, fresh, _ = self.qcheck_json(case, img)
+        if isinstance(fresh, dict):
+            for k in ("exit-code", "corruptions", "leaks", "check-errors"):
+                if fresh.get(k, 0) != res.get(k, 0):
+                    o.fails.append("-r all printed %s=%s but a fresh check says %s" % (
+                        k, res.get(k, 0), fresh.get(k, 0)))
+        else:
+            o.fails.append("the fresh check after -r all printed no JSON (exit %s)" % fresh_rc)
+
+        # (c) guest data, (d) orphans
+        guest_ok = self.check_guest(view0, aliased, img, notes, cs, sha_orig, "-r all", o)
+        freeable = set()
+        if any(n.startswith(BITMAPS_DROPPED) for n in notes):
+            # -r all dropped the bitmaps: their clusters (in the undamaged
+            # base) have no owner left and are freed as leaks, as QEMU does.
+            with q.Image(os.path.join(self.bases_dir, base.filename)) as im:
+                freeable = bitmap_clusters(im)
+        orphans_ok = self.check_orphans(orphan_rc, img, "-r all", o, freeable)
+
+        # -r leaks
+        ldir, limg = self.copy(cdir, orig, "leaks")
+        lsha = q.file_sha256(limg)
+        lrc, lres, lerr = self.qcheck_json(case, limg, "-r", "leaks")
+        if lrc is None or lrc < 0 or not isinstance(lres, dict):
+            o.fails.append("-r leaks failed (exit %s): %s" % (lrc, lerr[-300:]))
+            return
+        self.check_result(case, "-r leaks", lrc, lres, o)
+        lnotes = (lres.get("repair") or {}).get("notes", [])
+        self.check_leaks(case, before, lrc, lres, lnotes, o)
+        guest_ok &= self.check_guest(view0, aliased, limg, lnotes, cs, lsha, "-r leaks", o)
+        orphans_ok &= self.check_orphans(orphan_rc, limg, "-r leaks", o)
+        o.guest_kept = guest_ok
+        o.orphans = len(orphan_rc) if orphans_ok else 0
+
+        # (b) qemu-img on what qcheck calls clean
+        if rc == 0:
+            for f in base.companion_files():
+                shutil.copyfile(os.path.join(self.bases_dir, f), os.path.join(adir, f))
+            self.check_qemu(case, base, adir, name, o)
+            if o.qemu_clean and base.qemu_target is not build_images._luks_target:
+                after, _ = guest_view(img)
+                if after is not None:
+                    o.fails.extend(cross_check_qemu(img, after, adir, cs))
+
+    # -- the pieces -------------------------------------------------------------
+
+    def check_refusal(self, what, img, sha, rc, res, o):
+        if q.file_sha256(img) != sha:
+            o.fails.append("%s refused but changed the file" % what)
+        if rc != 1:
+            o.fails.append("%s refused with exit %s, not 1" % (what, rc))
+        if not isinstance(res, dict):
+            o.fails.append("%s printed no JSON" % what)
+            return
+        repair = res.get("repair") or {}
+        if repair.get("applied") or repair.get("steps"):
+            o.fails.append("%s refused but lists steps or says applied" % what)
+        for sev, key in (("corruption", "corruptions"), ("leak", "leaks")):
+            n = len(problems_by_severity(res, sev))
+            if bool(n) != bool(res.get(key)):
+                o.fails.append("%s refused: its JSON lists %d %s problem(s) but %s=%s "
+                               "(the human summary of the same run counts them)" % (
+                                   what, n, sev, key, res.get(key, 0)))
+
+    def refused_after_check(self, case, cdir, orig, rc0, before, img, sha, rc, res, dres, o):
+        """qcheck checked the image (exit 2 or 3) but refuses to repair it.
+        Only acceptable where the problem table has no fix for some
+        corruption; the file must be untouched in every mode."""
+        o.refused = True
+        o.guest_kept = True
+        reason = res["repair"]["refused"]
+        if o.repairable:
+            o.fails.append("-r all refused (%s) although every corruption has a fix" % reason)
+        else:
+            o.exceptions.append(("refused", "-r all: %s" % reason))
+        self.check_refusal("-r all", img, sha, rc, res, o)
+        if not isinstance(dres, dict) or not (dres.get("repair") or {}).get("refused"):
+            o.fails.append("-r all refused but -r all -n did not")
+        d, limg = self.copy(cdir, orig, "leaks")
+        lsha = q.file_sha256(limg)
+        lrc, lres, _ = self.qcheck_json(case, limg, "-r", "leaks")
+        if isinstance(lres, dict) and (lres.get("repair") or {}).get("refused"):
+            self.check_refusal("-r leaks", limg, lsha, lrc, lres, o)
+        else:
+            o.fails.append("-r all refused but -r leaks went ahead (exit %s)" % lrc)
+        if q.file_sha256(limg) != lsha:
+            o.guest_kept = False
+
+    def expect_refusal(self, case, cdir, orig, rc0, o):
+        """Not qcow2, or the check cannot complete: both repairs must refuse
+        and leave the file as it was."""
+        o.refused = True
+        for mode in ("all", "leaks"):
+            d, img = self.copy(cdir, orig, mode)
+            sha = q.file_sha256(img)
+            rc, res, err = self.qcheck_json(case, img, "-r", mode)
+            if q.file_sha256(img) != sha:
+                o.fails.append("-r %s changed a file it cannot check (exit %d before)" % (mode, rc0))
+            if rc in (0, 2, 3) or rc is None or rc < 0:
+                o.fails.append("-r %s exits %s on a file it cannot check (exit %d before)" % (mode, rc, rc0))
+            if not isinstance(res, dict):
+                o.fails.append("-r %s printed no JSON: %s" % (mode, err[-200:]))
+        o.guest_kept = not o.fails
+
+    def check_result(self, case, what, rc, res, o):
+        """The printed re-check is self-consistent."""
+        if res.get("exit-code") != rc:
+            o.fails.append("%s: JSON exit-code %r but exited %s" % (what, res.get("exit-code"), rc))
+        if expected_exit(res) != rc:
+            o.fails.append("%s: exit %s does not follow from the counts (%d)" % (what, rc, expected_exit(res)))
+        repair = res.get("repair")
+        if not isinstance(repair, dict):
+            o.fails.append("%s: no \"repair\" object in the JSON" % what)
+            return
+        mode = what.split()[-1]
+        if repair.get("mode") != mode:
+            o.fails.append("%s: repair.mode %r" % (what, repair.get("mode")))
+        if repair.get("steps") and not repair.get("applied"):
+            o.fails.append("%s: steps listed but applied is %r" % (what, repair.get("applied")))
+        for sev, key in (("corruption", "corruptions"), ("leak", "leaks")):
+            if bool(problems_by_severity(res, sev)) != bool(res.get(key)):
+                o.fails.append("%s: %s=%s but %d %s problems" % (
+                    what, key, res.get(key, 0), len(problems_by_severity(res, sev)), sev))
+
+    def check_all(self, case, before, rc, res, notes, o):
+        """(a): the outcome the problem table predicts."""
+        corr_before = {p["id"] for p in problems_by_severity(before, "corruption")}
+        corr_after = {p["id"] for p in problems_by_severity(res, "corruption")}
+        leaks = res.get("leaks", 0)
+        if o.repairable:
+            want = 3 if o.kept else 0
+            if rc != want or leaks != o.kept or res.get("corruptions", 0):
+                o.fails.append("-r all: every corruption has a fix (%s) but the re-check exits %s "
+                               "with %d corruptions (%s) and %d leaks (kept %d)" % (
+                                   ", ".join(sorted(corr_before)) or "none", rc, res.get("corruptions", 0),
+                                   ", ".join(sorted(corr_after)) or "-", leaks, o.kept))
+            else:
+                o.qcheck_clean = rc == 0
+                o.qcheck_clean_kept = rc == 3
+        else:
+            new = corr_after - corr_before
+            if new:
+                o.fails.append("-r all introduced corruptions: %s" % ", ".join(sorted(new)))
+            if res.get("corruptions", 0) > before.get("corruptions", 0):
+                o.fails.append("-r all: corruptions went up from %d to %d" % (
+                    before.get("corruptions", 0), res.get("corruptions", 0)))
+            if leaks > o.kept:
+                o.fails.append("-r all left %d leaks, more than the %d clusters it kept" % (leaks, o.kept))
+            if rc == 0 or (rc == 3 and leaks == o.kept):
+                o.qcheck_clean = rc == 0
+                o.qcheck_clean_kept = rc == 3
+                o.beyond_table = sorted(i for i in corr_before if self.fixes.get(i) == "none")
+
+    def check_leaks(self, case, before, rc, res, notes, o):
+        corr_before = sorted(p["id"] for p in problems_by_severity(before, "corruption"))
+        corr_after = sorted(p["id"] for p in problems_by_severity(res, "corruption"))
+        if corr_before != corr_after or before.get("corruptions", 0) != res.get("corruptions", 0):
+            o.fails.append("-r leaks changed the corruptions: %d (%s) -> %d (%s)" % (
+                before.get("corruptions", 0), ", ".join(corr_before) or "-",
+                res.get("corruptions", 0), ", ".join(corr_after) or "-"))
+        kept = kept_count(notes)
+        if res.get("leaks", 0) > kept:
+            o.fails.append("-r leaks left %d leaks (kept %d)%s" % (
+                res.get("leaks", 0), kept,
+                "; notes: " + " | ".join(notes) if notes else ""))
+
+    def check_guest(self, view0, aliased, img, notes, cs, sha_before, what, o):
+        if q.file_sha256(img) == sha_before:
+            return True
+        if view0 is None:
+            return False  # counted as not proven; the exception is recorded
+        after, _ = guest_view(img)
+        if after is None:
+            o.fails.append("%s: the test reader cannot parse the repaired image" % what)
+            return False
+        fails, _ = compare_views(view0, after, notes, cs, aliased)
+        o.fails.extend("%s: %s" % (what, f) for f in fails)
+        return not fails
+
+    def check_orphans(self, orphan_rc, img, what, o, freeable=()):
+        if not orphan_rc:
+            return True
+        now = refcounts_of(img, orphan_rc)
+        if isinstance(now, str):
+            o.fails.append("%s: orphans: %s" % (what, now))
+            return False
+        freed = sorted(c for c in orphan_rc if now[c] == 0 and orphan_rc[c] and c in freeable)
+        if freed:
+            o.exceptions.append(("orphans", "%s dropped the persistent bitmaps and freed %d orphan "
+                                 "cluster(s) that held bitmap data: %s" % (
+                                     what, len(freed), ", ".join(map(str, freed[:8])))))
+        lowered = [c for c in orphan_rc if now[c] != orphan_rc[c] and c not in freed]
+        if lowered:
+            o.fails.append("%s changed the refcount of %d orphan cluster(s): %s" % (
+                what, len(lowered), ", ".join("%d: %d->%d" % (c, orphan_rc[c], now[c]) for c in lowered[:5])))
+        return not lowered and not freed
+
+    def check_qemu(self, case, base, d, name, o):
+        rc, out, err = run([QEMU_IMG, "check", "--output=json"] + base.qemu_target(name), cwd=d)
+        qm = parse_json(out) or {}
+        o.qemu_clean = rc == 0
+        if rc == 0:
+            return
+        why = (err.strip().splitlines() or [""])[-1][:200]
+        opened = "Could not open" not in err
+        inherited = (not case.qemu.agrees or not case.qemu.opens) and \
+            rc == case.qemu.exit and opened == case.qemu.opens
+        text = "qemu-img check exits %s after -r all left an image qcheck calls clean " \
+               "(corruptions %s, leaks %s): %s" % (rc, qm.get("corruptions", 0), qm.get("leaks", 0), why)
+        if inherited:
+            o.exceptions.append(("qemu", text + " [the catalogue records the same qemu-img verdict before "
+                                 "the repair: %s]" % case.qemu.why))
+        else:
+            o.fails.append(text)
+
+    # -- the whole run ------------------------------------------------------------
+
+    def run(self, selected, jobs):
+        needed = sorted({c.base for c in selected})
+        t0 = time.time()
+        build_images.build_all(self.bases_dir, needed, jobs)
+        print("built %d base images in %.1f s" % (len(needed), time.time() - t0), flush=True)
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(self.run_case, selected))
+        failed = [r for r in results if r.fails]
+        for r in failed:
+            print("FAIL %s: %s" % (r.case.name, "; ".join(r.fails)))
+        exc = [(r.case.name, k, t) for r in results for k, t in r.exceptions]
+        if exc:
+            print("\ndeliberate exceptions (not failures):")
+            for name, kind, text in exc:
+                print("  %-40s %s: %s" % (name, kind, text))
+        beyond = [r for r in results if r.beyond_table]
+        if beyond:
+            print("\nrepaired although problems.def gives no fix for (problem table understates -r all):")
+            for r in beyond:
+                print("  %-40s %s" % (r.case.name, ", ".join(r.beyond_table)))
+        qcow = [r for r in results if not r.refused]
+        rep = [r for r in qcow if r.repairable]
+        print()
+        print("%d cases (%d s): %d refused (not qcow2, or not checkable enough to repair); of %d repaired, "
+              "%d repairable by the problem table: -r all left %d clean for qcheck and %d with only the "
+              "kept orphans as leaks; %d more clean although the table promised no fix; qemu-img clean "
+              "on %d of the %d qcheck calls clean; guest data unchanged in %d of %d cases; orphans kept "
+              "in %d cases (%d clusters)" % (
+                  len(results), time.time() - t0, len(results) - len(qcow), len(qcow), len(rep),
+                  sum(r.qcheck_clean for r in rep), sum(r.qcheck_clean_kept for r in rep),
+                  sum(r.qcheck_clean or r.qcheck_clean_kept for r in qcow if not r.repairable),
+                  sum(r.qemu_clean is True for r in qcow), sum(r.qemu_clean is not None for r in qcow),
+                  sum(r.guest_kept for r in results), len(results), sum(r.orphans > 0 for r in results),
+                  sum(r.orphans for r in results)))
+        print("%d passed, %d failed" % (len(results) - len(failed), len(failed)))
+        return len(failed)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("qcheck")
+    ap.add_argument("workdir")
+    ap.add_argument("--filter", default="", help="only cases whose name contains this")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--jobs", type=int, default=4)
+    ap.add_argument("--keep", action="store_true", help="keep WORKDIR/repairs afterwards")
+    args = ap.parse_args()
+
+    runner = RepairRunner(args.qcheck, args.workdir)
+    catalogue.validate(runner.problems, build_images.BASES)
+    selected = [c for c in catalogue.CASES if args.filter in c.name]
+    if args.list:
+        for c in selected:
+            fixes = sorted({runner.fixes[i] for i in c.expect})
+            print("%-40s %-14s exit %-2d %s  [fix: %s]" % (
+                c.name, c.base, c.exit, " ".join(sorted(c.expect)), ", ".join(fixes) or "-"))
+        print("%d cases" % len(selected))
+        return 0
+    if not selected:
+        print("no case matches %r" % args.filter)
+        return 1
+    if not os.access(args.qcheck, os.X_OK):
+        print("%s is not an executable" % args.qcheck)
+        return 1
+    failed = runner.run(selected, args.jobs)
+    if not args.keep and not failed:
+        shutil.rmtree(os.path.join(runner.workdir, "repairs"), ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
