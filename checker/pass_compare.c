@@ -160,8 +160,11 @@ static void check_copied(qc_ctx *ctx)
         uint64_t computed = qc_refmap_get(&ctx->refmap, r->l2_offset >> ctx->geo.cluster_bits);
         if (r->copied == (computed == 1))
             continue;
-        if (!r->copied && (ctx->unfollowed || qc_bitset_test(&ctx->over, r->l2_offset >> ctx->geo.cluster_bits)))
-            continue; /* the other reference may be a skipped snapshot's (see below) */
+        /* The other reference may be a skipped snapshot's, and with a
+         * higher refcount on disk QEMU wants COPIED clear (see below). */
+        if (!r->copied && (ctx->unfollowed ||
+                           qc_bitset_test(&ctx->over, r->l2_offset >> ctx->geo.cluster_bits)))
+            continue;
         qc_report(ctx, QC_P_L1_COPIED_WRONG, "active L1 table",
                   ctx->hdr.l1_table_offset + (uint64_t)r->l1_index * 8, 1,
                   "entry %u: COPIED is %s but the L2 table at 0x%llx has %llu references",

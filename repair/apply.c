@@ -9,10 +9,12 @@
  *     offset (u64), length (u64), xxh64 of the bytes written (u64),
  *     the bytes the region held just before that step (length bytes),
  *     xxh64 of this record up to here (u64)
- * Rollback walks the records backwards; each region must hold either what
- * the step wrote (then the saved bytes are put back) or what it found (the
- * step never ran: a repair that was interrupted). Anything else means the
- * log is not this image's, and nothing is written.
+ * Rollback walks the records backwards and puts the saved bytes back. It
+ * first does so on a copy-on-write view to prove the log is this image's:
+ * the writes found applied must form a prefix of the plan (an interrupted
+ * repair applies a prefix), the image length must be what they explain,
+ * and with none applied the image must already hold the saved bytes.
+ * Anything else, and nothing is written.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -173,10 +175,17 @@ static int parse_log(qc_io *undo, undo_log *log, char *why, size_t why_len)
     return 0;
 }
 
-/* Walk the records backwards over `io`, restoring into it. With a view
- * this is the dry run that proves the log matches the image. */
-static int restore(const undo_log *log, qc_io *io, char *why, size_t why_len)
+/* A repair applies its writes in order, so an interrupted one applied a
+ * prefix: walking the records backwards, the first whose region holds the
+ * bytes it wrote is the last one applied, and every earlier one must hold
+ * its own bytes once the later ones are undone. Writing every record's
+ * saved bytes backwards restores the original whatever the prefix was
+ * (each byte ends with the bytes of the earliest write covering it), so
+ * the walk only decides whether the log matches the image. Returns the
+ * number of writes found applied, or a negative errno. */
+static int64_t restore(const undo_log *log, qc_io *io, char *why, size_t why_len)
 {
+    int64_t applied = 0;
     for (uint64_t k = log->nb_records; k-- > 0;) {
         const undo_record *rec = &log->records[k];
         uint8_t *cur = malloc(rec->length ? (size_t)rec->length : 1);
@@ -184,25 +193,58 @@ static int restore(const undo_log *log, qc_io *io, char *why, size_t why_len)
             return -ENOMEM;
         int ret = qc_read_zero_filled(io, rec->offset, cur, (size_t)rec->length);
         bool written = ret == 0 && XXH64(cur, (size_t)rec->length, 0) == rec->new_hash;
-        bool untouched = ret == 0 && memcmp(cur, rec->old, (size_t)rec->length) == 0;
         free(cur);
         if (ret < 0)
             return set_why(why, why_len, ret, "reading the image at 0x%llx failed",
                            (unsigned long long)rec->offset);
-        if (!written && !untouched)
+        if (written && !applied)
+            applied = (int64_t)k + 1;
+        if (applied && !written)
             return set_why(why, why_len, -ESTALE,
-                           "the image at 0x%llx (%llu bytes) holds neither what the repair wrote "
-                           "nor what it saved: this log is not for this image, or the image "
-                           "changed since",
+                           "the image at 0x%llx (%llu bytes) does not hold what the repair wrote "
+                           "there: this log is not for this image, or the image changed since",
                            (unsigned long long)rec->offset, (unsigned long long)rec->length);
-        if (written) {
-            ret = io->write(io->opaque, rec->offset, rec->old, (size_t)rec->length);
-            if (ret < 0)
-                return set_why(why, why_len, ret, "writing the image at 0x%llx failed",
-                               (unsigned long long)rec->offset);
-            if (rec->offset + rec->length > io->size)
-                io->size = rec->offset + rec->length;
-        }
+        ret = io->write(io->opaque, rec->offset, rec->old, (size_t)rec->length);
+        if (ret < 0)
+            return set_why(why, why_len, ret, "writing the image at 0x%llx failed",
+                           (unsigned long long)rec->offset);
+    }
+    return applied;
+}
+
+/* The image may be longer than before the repair only by what the applied
+ * writes appended; with nothing applied, it must read as the original. */
+static int check_belongs(const undo_log *log, qc_io *image, qc_io *restored, int64_t applied,
+                         char *why, size_t why_len)
+{
+    uint64_t longest = log->size_before;
+    for (int64_t k = 0; k < applied; k++) {
+        uint64_t end = log->records[k].offset + log->records[k].length;
+        longest = end > longest ? end : longest;
+    }
+    if (image->size < log->size_before || image->size > longest)
+        return set_why(why, why_len, -ESTALE,
+                       "the image is %llu bytes; the repair this log undoes left it between %llu "
+                       "and %llu bytes: this log is not for this image",
+                       (unsigned long long)image->size, (unsigned long long)log->size_before,
+                       (unsigned long long)longest);
+    for (uint64_t k = 0; applied == 0 && k < log->nb_records; k++) {
+        const undo_record *rec = &log->records[k];
+        uint8_t *a = malloc(rec->length ? (size_t)rec->length : 1);
+        uint8_t *b = malloc(rec->length ? (size_t)rec->length : 1);
+        int ret = !a || !b ? -ENOMEM : qc_read_zero_filled(image, rec->offset, a, (size_t)rec->length);
+        if (ret == 0)
+            ret = qc_read_zero_filled(restored, rec->offset, b, (size_t)rec->length);
+        bool same = ret == 0 && memcmp(a, b, (size_t)rec->length) == 0;
+        free(a);
+        free(b);
+        if (ret < 0)
+            return ret;
+        if (!same)
+            return set_why(why, why_len, -ESTALE,
+                           "the image at 0x%llx holds neither what the repair wrote nor what it "
+                           "saved: this log is not for this image",
+                           (unsigned long long)rec->offset);
     }
     return 0;
 }
@@ -214,25 +256,24 @@ int qc_rollback(qc_io *image, qc_io *undo, char *why, size_t why_len)
     undo_log log = {0};
     int ret = parse_log(undo, &log, why, why_len);
     qc_io view = {0};
-    if (ret == 0 && image->size < log.size_before)
-        ret = set_why(why, why_len, -ESTALE,
-                      "the image is %llu bytes, smaller than the %llu it had before the repair: "
-                      "this log is not for this image",
-                      (unsigned long long)image->size, (unsigned long long)log.size_before);
     if (ret == 0)
         ret = qc_overlay_open(&view, image);
+    int64_t applied = 0;
+    if (ret == 0) {
+        applied = restore(&log, &view, why, why_len);
+        ret = applied < 0 ? (int)applied : check_belongs(&log, image, &view, applied, why, why_len);
+    }
+    if (ret == 0) {
+        int64_t again = restore(&log, image, why, why_len);
+        ret = again < 0 ? (int)again : 0;
+    }
+    /* Restored regions past the old end (an interrupted repair) went away
+     * with the truncation, as did everything the repair appended. */
     if (ret == 0)
-        ret = restore(&log, &view, why, why_len);
-    if (ret == 0)
-        ret = restore(&log, image, why, why_len);
-    if (ret == 0)
-        ret = image->flush(image->opaque);
-    if (ret == 0 && image->size != log.size_before) {
         ret = image->truncate(image->opaque, log.size_before);
-        if (ret == 0) {
-            image->size = log.size_before;
-            ret = image->flush(image->opaque);
-        }
+    if (ret == 0) {
+        image->size = log.size_before;
+        ret = image->flush(image->opaque);
     }
     if (view.close)
         qc_io_close(&view);

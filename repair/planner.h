@@ -84,6 +84,7 @@ const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
 
 /* The stages, in the order they run (planner.c lists them per mode). */
 void stage_feature_bits(repair_run *r);
+void stage_snapshot_count(repair_run *r);
 void stage_snapshot_table(repair_run *r);
 void stage_data_on_metadata(repair_run *r);
 void stage_refcounts(repair_run *r);

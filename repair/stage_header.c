@@ -5,11 +5,14 @@
  *   when the bitmaps extension is missing or any bitmap is broken (QEMU then
  *   ignores the bitmaps, and their clusters become leaks freed below), and
  *   bit 1 (raw external data) where it is invalid.
- * snapshot table (-r all): rewrites the table where QEMU would: entries that
- *   do not fit in the file are dropped, extra data is cut to the fields
- *   qcheck knows or completed to the 16 bytes version 3 needs. The new
- *   table goes past the end of the file; one 12-byte header write between
- *   two flushes switches to it.
+ * snapshot count (-r all): drops the entries that do not fit in the file (or
+ *   in QEMU's 64 MiB) by lowering nb_snapshots, one 4-byte write, before
+ *   anything extends the file.
+ * snapshot table (-r all): where extra data is too large or (version 3) too
+ *   small, rewrites the table as QEMU would: extra data cut to the fields
+ *   qcheck knows or completed to 16 bytes. The new table goes past the end
+ *   of the file; one 12-byte header write between two flushes switches to
+ *   it.
  * header flags (both modes, last): clears the dirty bit once no refcount is
  *   too low, and the corrupt bit when the image is clean; otherwise the
  *   corrupt bit goes back to what it was before the repair.
@@ -70,10 +73,48 @@ static qc_snapshot_entry repaired_entry(const qc_ctx *ctx, const qc_snapshot_ent
     return out;
 }
 
-void stage_snapshot_table(repair_run *r)
+/* How many leading entries the repaired table keeps: those that were
+ * decoded, up to QEMU's 64 MiB. */
+static uint32_t snapshots_kept(const qc_ctx *ctx)
+{
+    uint64_t size = 0;
+    uint32_t kept = 0;
+    for (; kept < ctx->nb_snapshots; kept++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[kept].entry;
+        size += e->entry_size;
+        if (size > QC_MAX_SNAPSHOT_TABLE)
+            break;
+    }
+    return kept;
+}
+
+void stage_snapshot_count(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
     if (!ctx || !found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
+        return;
+    uint32_t kept = snapshots_kept(ctx);
+    if (kept >= ctx->hdr.nb_snapshots)
+        return;
+    /* Before anything extends the file: a truncated last entry must not
+     * become readable (zero-filled) if a later step is interrupted. */
+    uint8_t be[4];
+    qc_put_be32(be, kept);
+    plan_write(r, 60, be, 4, "image header (snapshot count)",
+               "keep the %u snapshots that fit in the file; drop %u", kept,
+               ctx->hdr.nb_snapshots - kept);
+    plan_flush(r);
+    plan_note(r, NOTE_GENERAL,
+              "the snapshot table listed %u snapshots; %u could be read and were kept, the rest "
+              "do not fit in the file (or in 64 MiB) and were dropped",
+              ctx->hdr.nb_snapshots, kept);
+}
+
+void stage_snapshot_table(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || (!r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE] &&
+                 !r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL]))
         return;
     const qc_geometry *g = &ctx->geo;
     /* Bounded by the decoded entries, which were bounded by the file. */
@@ -91,14 +132,14 @@ void stage_snapshot_table(repair_run *r)
     for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
         qc_snapshot_entry e = repaired_entry(ctx, &ctx->snapshots[i].entry);
         size_t n = qc_snapshot_encode(&e, table + len, cap - len);
-        if (n == 0 || len + n > QC_MAX_SNAPSHOT_TABLE)
+        if (n == 0)
             break;
         len += n;
         kept++;
     }
-    uint64_t at = len ? view_end_cluster(r) << g->cluster_bits : 0;
-    if (len)
-        plan_write(r, at, table, len, "new snapshot table", "%u snapshot entries, repaired", kept);
+    uint64_t at = view_end_cluster(r) << g->cluster_bits;
+    plan_write(r, at, table, len, "new snapshot table",
+               "%u snapshot entries with their extra data repaired", kept);
     free(table);
     plan_flush(r);
     uint8_t hdr[12];
@@ -108,11 +149,6 @@ void stage_snapshot_table(repair_run *r)
                "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
                (unsigned long long)at, kept);
     plan_flush(r);
-    if (kept < ctx->hdr.nb_snapshots)
-        plan_note(r, NOTE_GENERAL,
-                  "the snapshot table listed %u snapshots; %u could be read and were kept, the "
-                  "rest do not fit in the file and were dropped",
-                  ctx->hdr.nb_snapshots, kept);
 }
 
 void stage_header_flags(repair_run *r)

@@ -11,8 +11,8 @@
  *   (so the guest sees the same data).
  * broken pointers: clears L1 and L2 entries that point past the end of the
  *   file or at unaligned offsets, naming the guest ranges affected. Runs
- *   last, after the refcounts, so that whatever those pointers may own is
- *   still an orphan (kept) when refcounts are repaired.
+ *   before anything extends the file; what those pointers may own stays
+ *   allocated through the run (the planner's kept set), not beyond it.
  * Needs: a current check and its uncapped findings (entry offsets).
  * Produces: writes of single entries, notes naming guest ranges.
  */
