@@ -10,11 +10,11 @@
  *     the bytes the region held just before that step (length bytes),
  *     xxh64 of this record up to here (u64)
  * Rollback walks the records backwards and puts the saved bytes back. It
- * first does so on a copy-on-write view to prove the log is this image's:
- * the writes found applied must form a prefix of the plan (an interrupted
- * repair applies a prefix), the image length must be what they explain,
- * and with none applied the image must already hold the saved bytes.
- * Anything else, and nothing is written.
+ * first proves the log is this image's: some prefix of the plan's writes
+ * (an interrupted repair applies a prefix) must explain the image, each
+ * applied write's bytes found when undoing it on a copy-on-write view, the
+ * image length within what they explain, and with none applied the image
+ * already holding the saved bytes. Otherwise nothing is written.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -175,78 +175,115 @@ static int parse_log(qc_io *undo, undo_log *log, char *why, size_t why_len)
     return 0;
 }
 
-/* A repair applies its writes in order, so an interrupted one applied a
- * prefix: walking the records backwards, the first whose region holds the
- * bytes it wrote is the last one applied, and every earlier one must hold
- * its own bytes once the later ones are undone. Writing every record's
- * saved bytes backwards restores the original whatever the prefix was
- * (each byte ends with the bytes of the earliest write covering it), so
- * the walk only decides whether the log matches the image. Returns the
- * number of writes found applied, or a negative errno. */
-static int64_t restore(const undo_log *log, qc_io *io, char *why, size_t why_len)
+static int read_region(qc_io *io, const undo_record *rec, uint8_t **out)
 {
-    int64_t applied = 0;
+    *out = malloc(rec->length ? (size_t)rec->length : 1);
+    if (!*out)
+        return -ENOMEM;
+    return qc_read_zero_filled(io, rec->offset, *out, (size_t)rec->length);
+}
+
+/* Whether the region of `rec` in io holds the bytes the repair wrote. */
+static int holds_written(qc_io *io, const undo_record *rec)
+{
+    uint8_t *cur;
+    int ret = read_region(io, rec, &cur);
+    if (ret == 0)
+        ret = XXH64(cur, (size_t)rec->length, 0) == rec->new_hash;
+    free(cur);
+    return ret;
+}
+
+/* Put every record's saved bytes back, last record first. Whatever prefix
+ * of the plan was applied, each byte ends with the bytes of the earliest
+ * write covering it: the original. With `applied` = k, records k-1..0
+ * must each hold what they wrote when their turn comes. */
+static int undo_records(const undo_log *log, qc_io *io, uint64_t applied, char *why,
+                        size_t why_len)
+{
     for (uint64_t k = log->nb_records; k-- > 0;) {
         const undo_record *rec = &log->records[k];
-        uint8_t *cur = malloc(rec->length ? (size_t)rec->length : 1);
-        if (!cur)
-            return -ENOMEM;
-        int ret = qc_read_zero_filled(io, rec->offset, cur, (size_t)rec->length);
-        bool written = ret == 0 && XXH64(cur, (size_t)rec->length, 0) == rec->new_hash;
-        free(cur);
-        if (ret < 0)
-            return set_why(why, why_len, ret, "reading the image at 0x%llx failed",
-                           (unsigned long long)rec->offset);
-        if (written && !applied)
-            applied = (int64_t)k + 1;
-        if (applied && !written)
-            return set_why(why, why_len, -ESTALE,
-                           "the image at 0x%llx (%llu bytes) does not hold what the repair wrote "
-                           "there: this log is not for this image, or the image changed since",
-                           (unsigned long long)rec->offset, (unsigned long long)rec->length);
-        ret = io->write(io->opaque, rec->offset, rec->old, (size_t)rec->length);
+        if (k < applied) {
+            int held = holds_written(io, rec);
+            if (held < 0)
+                return set_why(why, why_len, held, "reading the image at 0x%llx failed",
+                               (unsigned long long)rec->offset);
+            if (!held)
+                return set_why(why, why_len, -ESTALE,
+                               "the image at 0x%llx (%llu bytes) does not hold what the repair "
+                               "wrote there",
+                               (unsigned long long)rec->offset, (unsigned long long)rec->length);
+        }
+        int ret = io->write(io->opaque, rec->offset, rec->old, (size_t)rec->length);
         if (ret < 0)
             return set_why(why, why_len, ret, "writing the image at 0x%llx failed",
                            (unsigned long long)rec->offset);
     }
-    return applied;
+    return 0;
 }
 
-/* The image may be longer than before the repair only by what the applied
- * writes appended; with nothing applied, it must read as the original. */
-static int check_belongs(const undo_log *log, qc_io *image, qc_io *restored, int64_t applied,
-                         char *why, size_t why_len)
+/* Test the hypothesis that exactly the first `applied` writes of the plan
+ * reached the image (an interrupted repair applies a prefix): undoing them
+ * on a view must find each one's bytes, the image length must be what
+ * they explain, and with none applied the image must already read as the
+ * original. */
+static int verify_prefix(const undo_log *log, qc_io *image, uint64_t applied, char *why,
+                         size_t why_len)
 {
     uint64_t longest = log->size_before;
-    for (int64_t k = 0; k < applied; k++) {
+    for (uint64_t k = 0; k < applied; k++) {
         uint64_t end = log->records[k].offset + log->records[k].length;
         longest = end > longest ? end : longest;
     }
     if (image->size < log->size_before || image->size > longest)
         return set_why(why, why_len, -ESTALE,
                        "the image is %llu bytes; the repair this log undoes left it between %llu "
-                       "and %llu bytes: this log is not for this image",
+                       "and %llu bytes",
                        (unsigned long long)image->size, (unsigned long long)log->size_before,
                        (unsigned long long)longest);
-    for (uint64_t k = 0; applied == 0 && k < log->nb_records; k++) {
-        const undo_record *rec = &log->records[k];
-        uint8_t *a = malloc(rec->length ? (size_t)rec->length : 1);
-        uint8_t *b = malloc(rec->length ? (size_t)rec->length : 1);
-        int ret = !a || !b ? -ENOMEM : qc_read_zero_filled(image, rec->offset, a, (size_t)rec->length);
+    qc_io view;
+    int ret = qc_overlay_open(&view, image);
+    if (ret == 0)
+        ret = undo_records(log, &view, applied, why, why_len);
+    for (uint64_t k = 0; ret == 0 && applied == 0 && k < log->nb_records; k++) {
+        uint8_t *a = NULL, *b = NULL;
+        ret = read_region(image, &log->records[k], &a);
         if (ret == 0)
-            ret = qc_read_zero_filled(restored, rec->offset, b, (size_t)rec->length);
-        bool same = ret == 0 && memcmp(a, b, (size_t)rec->length) == 0;
+            ret = read_region(&view, &log->records[k], &b);
+        if (ret == 0 && memcmp(a, b, (size_t)log->records[k].length) != 0)
+            ret = set_why(why, why_len, -ESTALE,
+                          "the image at 0x%llx holds neither what the repair wrote nor what it "
+                          "saved",
+                          (unsigned long long)log->records[k].offset);
         free(a);
         free(b);
-        if (ret < 0)
-            return ret;
-        if (!same)
-            return set_why(why, why_len, -ESTALE,
-                           "the image at 0x%llx holds neither what the repair wrote nor what it "
-                           "saved: this log is not for this image",
-                           (unsigned long long)rec->offset);
     }
-    return 0;
+    if (view.close)
+        qc_io_close(&view);
+    return ret;
+}
+
+/* The longest prefix of the plan that explains the image, tried from the
+ * last write that the image still holds; -ESTALE when none does. */
+static int find_applied(const undo_log *log, qc_io *image, uint64_t *applied, char *why,
+                        size_t why_len)
+{
+    int ret = -ESTALE;
+    for (uint64_t k = log->nb_records + 1; k-- > 0;) {
+        if (k > 0) {
+            int held = holds_written(image, &log->records[k - 1]);
+            if (held < 0)
+                return held;
+            if (!held)
+                continue;
+        }
+        ret = verify_prefix(log, image, k, why, why_len);
+        if (ret != -ESTALE) {
+            *applied = k;
+            return ret;
+        }
+    }
+    return ret;
 }
 
 int qc_rollback(qc_io *image, qc_io *undo, char *why, size_t why_len)
@@ -254,19 +291,19 @@ int qc_rollback(qc_io *image, qc_io *undo, char *why, size_t why_len)
     if (!image || !undo || !image->write || !image->flush || !image->truncate)
         return set_why(why, why_len, -EINVAL, "the image is not open for writing");
     undo_log log = {0};
+    uint64_t applied = 0;
     int ret = parse_log(undo, &log, why, why_len);
-    qc_io view = {0};
+    if (ret == 0) {
+        ret = find_applied(&log, image, &applied, why, why_len);
+        if (ret == -ESTALE && why && why_len) {
+            char detail[256];
+            snprintf(detail, sizeof(detail), "%s", why);
+            set_why(why, why_len, ret, "%s: this log is not for this image, or the image changed "
+                    "since", detail);
+        }
+    }
     if (ret == 0)
-        ret = qc_overlay_open(&view, image);
-    int64_t applied = 0;
-    if (ret == 0) {
-        applied = restore(&log, &view, why, why_len);
-        ret = applied < 0 ? (int)applied : check_belongs(&log, image, &view, applied, why, why_len);
-    }
-    if (ret == 0) {
-        int64_t again = restore(&log, image, why, why_len);
-        ret = again < 0 ? (int)again : 0;
-    }
+        ret = undo_records(&log, image, 0, why, why_len);
     /* Restored regions past the old end (an interrupted repair) went away
      * with the truncation, as did everything the repair appended. */
     if (ret == 0)
@@ -275,8 +312,6 @@ int qc_rollback(qc_io *image, qc_io *undo, char *why, size_t why_len)
         image->size = log.size_before;
         ret = image->flush(image->opaque);
     }
-    if (view.close)
-        qc_io_close(&view);
     free(log.records);
     free(log.bytes);
     return ret;

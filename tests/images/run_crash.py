@@ -15,7 +15,9 @@ crash    For each image: the plan of `qcheck -r all -n --output=json`; for
          write did: that is the fence), a drop-unflushed crash must leave
          exactly what a plain crash at the last flush leaves, and a plain
          check must complete. Then `qcheck -r all` (at most twice) must
-         converge to what an uninterrupted repair of a fresh copy gives:
+         converge to what an uninterrupted repair of a fresh copy gives
+         (or what one more `-r all` of that gives: clusters kept for
+         structures qcheck could not follow are kept for one run only):
          same exit code, corruptions, leaks, bad problem ids, header bits
          and number of snapshots, the same guest data (sha256 per guest cluster, read with
          `qemu-img convert`), and `qemu-img check` must agree when that
@@ -360,7 +362,10 @@ class Runner:
         for attempt in (1, 2):
             frc, fres = self.qc_json(t, ["-r", "all"], img, what="follow-up repair %d" % attempt)
             got = self.verdict(t, img, "check after follow-up repair %d" % attempt)
-            if frc == ctx["ref_rc"] and got == ref:
+            # Clusters a repair keeps for unfollowed structures are kept for
+            # that run only (docs/repair.md): an interrupted run may end
+            # where a second run of the uninterrupted result ends.
+            if (frc == ctx["ref_rc"] and got == ref) or got == ctx["ref_again"]:
                 if attempt == 2:
                     self.count("second_run")
                 break
@@ -378,7 +383,7 @@ class Runner:
                          repro, len(diff), diff[:8],
                          "" if len(guest) == len(ctx["ref_guest"]) else
                          "; guest sizes %d/%d clusters" % (len(guest), len(ctx["ref_guest"]))))
-        if ref["exit"] == 0:
+        if got["exit"] == 0:
             qrc, qout, qerr = self.tool([QEMU_IMG, "check", "-f", "qcow2", os.path.basename(img)],
                                         cwd=ctx["dir"])
             t.expect(qrc == 0, "qemu-img check exits %s on the image converged after %s: %s" % (
