@@ -72,15 +72,15 @@ void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset)
     }
 }
 
-bool qc_orphan_binds(const qc_ctx *ctx, qc_repair_mode mode, uint64_t cluster)
+bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitmaps,
+                     uint64_t cluster)
 {
     if (!qc_bitset_test(&ctx->orphans, cluster))
         return false;
-    if (mode == QC_REPAIR_LEAKS)
-        return true;
-    uint64_t others = ctx->unfollowed - ctx->unfollowed_refblocks - ctx->unfollowed_bitmaps;
+    uint64_t others = ctx->unfollowed - (rebuilds_refcounts ? ctx->unfollowed_refblocks : 0) -
+                      (drops_bitmaps ? ctx->unfollowed_bitmaps : 0);
     return others > 0 || (qc_bitset_test(&ctx->suspect, cluster) &&
-                          !qc_bitset_test(&ctx->bitmap_suspect, cluster));
+                          !(drops_bitmaps && qc_bitset_test(&ctx->bitmap_suspect, cluster)));
 }
 
 bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits)

@@ -199,10 +199,12 @@ void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset);
 /* The same for a bitmap data pointer (bitmap_suspect / unfollowed_bitmaps
  * too: -r all drops broken bitmaps, so what only they own is not kept). */
 void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);
-/* Whether the check's orphan verdict on `cluster` must hold in a repair:
- * -r leaks keeps every orphan; -r all rebuilds damaged refcount structures
- * and drops broken bitmaps, so orphans only they explain are not kept. */
-bool qc_orphan_binds(const qc_ctx *ctx, qc_repair_mode mode, uint64_t cluster);
+/* Whether the check's orphan verdict on `cluster` must hold in a repair
+ * that rebuilds the refcount structures (damaged refcount blocks are then
+ * replaced) and/or drops the bitmaps: orphans only they explain are not
+ * kept. */
+bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitmaps,
+                     uint64_t cluster);
 
 /* ---- extents.c ---- */
 /* Describe an owner for messages: "L2 table (active L1 index 3)". */

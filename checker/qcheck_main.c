@@ -537,26 +537,31 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
         c->plan = NULL;
         status = fail(c, 63, before.other_format, msg);
     } else if (ret == -EPERM) {
-        if (c->output == OUTPUT_HUMAN && !c->quiet)
-            print_human_summary(&before);
+        /* The check's own figures, then why nothing was written. */
         snprintf(msg, sizeof(msg), "cannot repair '%s': %s", c->path, qc_repair_plan_refusal(plan));
-        status = fail(c, 1, "qcow2", msg);
-        if (c->output == OUTPUT_JSON && c->quiet)
-            status = 1;
+        status = 1;
+        if (c->output == OUTPUT_JSON) {
+            if (!c->quiet)
+                print_json(c, &before, "qcow2", msg, status);
+        } else {
+            if (!c->quiet)
+                print_human_summary(&before);
+            fprintf(stderr, "qcheck: %s\n", msg);
+        }
     } else if (ret < 0) {
         snprintf(msg, sizeof(msg), "Could not plan the repair of '%s': %s", c->path, strerror(-ret));
         status = fail(c, 1, "qcow2", msg);
     } else {
         const qc_repair_step *steps;
         size_t nb_steps = qc_repair_plan_steps(plan, &steps);
-        if (c->output == OUTPUT_HUMAN)
+        qc_io undo = {0}, crash = {0};
+        ret = undo_path && nb_steps && !c->dry_run ? open_undo(undo_path, &undo) : 0;
+        if (c->output == OUTPUT_HUMAN && ret == 0)
             print_plan_human(c, &after);
-        if (c->dry_run || nb_steps == 0) {
+        if (ret == 0 && (c->dry_run || nb_steps == 0)) {
             status = qc_exit_status(&before);
             print_result(c, &before, status);
         } else {
-            qc_io undo = {0}, crash = {0};
-            ret = undo_path ? open_undo(undo_path, &undo) : 0;
             if (ret < 0) {
                 snprintf(msg, sizeof(msg), "Could not create the undo log '%s': %s (nothing was written)",
                          undo_path, strerror(-ret));

@@ -272,9 +272,11 @@ static bool keep_first_orphans(repair_run *r)
     r->kept.words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
     if (!r->kept.words)
         return false;
+    r->drops_bitmaps = r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_DROP_BITMAPS) &&
+                       (ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
     uint64_t kept = 0;
     for (uint64_t c = 0; c < ctx->file_clusters; c++) {
-        if (!qc_orphan_binds(ctx, r->mode, c))
+        if (!qc_orphan_binds(ctx, r->mode == QC_REPAIR_ALL, r->drops_bitmaps, c))
             continue;
         qc_bitset_set(&r->kept, c);
         kept++;

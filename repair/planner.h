@@ -52,6 +52,7 @@ typedef struct repair_run {
 
     /* Clusters the first check called orphans: never lowered. */
     qc_bitset kept;
+    bool drops_bitmaps; /* -r all and a bitmap problem whose fix is dropping them */
     unsigned version;
     uint64_t incompat_before; /* incompatible features before the repair */
     bool fenced;              /* the corrupt bit is set as a fence */

@@ -175,8 +175,12 @@ void stage_header_flags(repair_run *r)
     r->fenced = true;
     uint8_t be[8];
     qc_put_be64(be, want);
+    bool both = (now & ~want & QC_INCOMPAT_DIRTY) && (now ^ want) & QC_INCOMPAT_CORRUPT;
     plan_write(r, 72, be, 8, "image header (incompatible features)", "%s%s%s",
-               (now & ~want & QC_INCOMPAT_DIRTY) ? "clear the dirty bit (refcounts are correct) " : "",
+               (now & ~want & QC_INCOMPAT_DIRTY)
+                   ? (both ? "clear the dirty bit (refcounts are correct); "
+                           : "clear the dirty bit (refcounts are correct)")
+                   : "",
                (now & ~want & QC_INCOMPAT_CORRUPT)
                    ? (res->corruptions ? "clear the corrupt bit set during the repair"
                                        : "clear the corrupt bit (the image is clean)")

@@ -23,7 +23,9 @@
  * orphan now (see qc_orphan_binds). */
 static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c)
 {
-    return (c < r->kept.bits && qc_bitset_test(&r->kept, c)) || qc_orphan_binds(ctx, r->mode, c);
+    bool all = r->mode == QC_REPAIR_ALL;
+    return (c < r->kept.bits && qc_bitset_test(&r->kept, c)) ||
+           qc_orphan_binds(ctx, all, r->drops_bitmaps, c);
 }
 
 /* The refcount cluster c should have once repaired, given `ondisk`. */
@@ -39,13 +41,34 @@ static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint6
     return r->mode == QC_REPAIR_ALL ? computed : ondisk;
 }
 
+/* Whether the refcount block's cluster is also claimed by another
+ * structure: whoever "won" the overlap, writing refcounts there could
+ * change the other one (an L2 table, say), and a rebuild could expose the
+ * other one's contents, so neither happens: the block is left alone. */
+static bool refblock_shared(const qc_ctx *ctx, uint64_t index)
+{
+    uint64_t off = ctx->reftable[index];
+    for (size_t i = 0; i < ctx->nb_extents; i++) {
+        const qc_extent *e = &ctx->extents[i];
+        bool self = e->owner == QC_OWN_REFBLOCK && e->index == index;
+        if (!self && off < e->start + e->length && e->start < off + ctx->geo.cluster_size)
+            return true;
+    }
+    return false;
+}
+
 typedef struct assess {
     bool needs_rebuild;
+    uint64_t shared_blocks;
 } assess;
 
 static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 {
     assess *a = state;
+    if (span->kind == QC_SPAN_BLOCK && refblock_shared(ctx, span->index)) {
+        a->shared_blocks++;
+        return;
+    }
     if (span->kind == QC_SPAN_UNKNOWN) {
         a->needs_rebuild = true;
         return;
@@ -109,7 +132,7 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
 static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 {
     patcher *p = state;
-    if (span->kind != QC_SPAN_BLOCK)
+    if (span->kind != QC_SPAN_BLOCK || refblock_shared(ctx, span->index))
         return;
     const qc_geometry *g = &ctx->geo;
     memcpy(p->copy, span->block, g->cluster_size);
@@ -317,8 +340,16 @@ void stage_refcounts(repair_run *r)
     qc_ctx *ctx = current_check(r);
     if (!ctx)
         return;
-    assess a = {false};
+    assess a = {false, 0};
     qc_each_refcount_span(ctx, &a, assess_span);
+    if (a.shared_blocks)
+        plan_note(r, NOTE_GENERAL,
+                  "%llu refcount block%s share%s a cluster with another structure "
+                  "(metadataOverlap): %s refcounts are left alone, and nothing is rebuilt",
+                  (unsigned long long)a.shared_blocks, a.shared_blocks == 1 ? "" : "s",
+                  a.shared_blocks == 1 ? "s" : "", a.shared_blocks == 1 ? "its" : "their");
+    if (a.shared_blocks)
+        a.needs_rebuild = false;
     if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
         rebuild(r, ctx);
         return;
