@@ -209,6 +209,8 @@ bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitm
 /* ---- extents.c ---- */
 /* Describe an owner for messages: "L2 table (active L1 index 3)". */
 void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t len);
+/* The same for a distinct L2 table, named after its first reference. */
+void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len);
 /* Register a metadata structure and count `refs` references to each
  * cluster it touches. Returns false, reporting nothing, when it does not lie
  * inside the file (callers validate and report first) or memory ran out;
@@ -220,8 +222,12 @@ bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2,
 bool qc_extents_finish(qc_ctx *ctx);
 /* The extent owning host cluster `cluster`, or NULL. */
 const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster);
-/* Whether an L2 table at `offset` overlapped another structure. */
+/* Whether the structure of `owner` at `offset` lost an overlap (it is not
+ * followed). */
 bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
+/* Whether the first cluster of the structure of `owner` at `offset` is
+ * also claimed by another structure, whichever won the overlap. */
+bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
 
 /* ---- ondisk.c: the refcounts on disk ---- */
 /* A run of clusters whose on-disk refcounts come from one place. */

@@ -104,6 +104,14 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
     snprintf(buf, len, "metadata");
 }
 
+void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len)
+{
+    const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
+    qc_extent e = {t->offset, ctx->geo.cluster_size, QC_OWN_L2, first->snapshot, first->l1_index,
+                   false};
+    qc_describe_extent(ctx, &e, buf, len);
+}
+
 bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
                    uint64_t length, uint64_t refs)
 {
@@ -172,11 +180,9 @@ bool qc_extents_finish(qc_ctx *ctx)
     return true;
 }
 
-const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
+/* Index of the first extent starting at or after byte `pos`. */
+static size_t first_starting_at(const qc_ctx *ctx, uint64_t pos)
 {
-    /* Binary search for the last extent starting at or before the cluster's
-     * end, then scan back over extents that may still cover it. */
-    uint64_t pos = (cluster + 1) << ctx->geo.cluster_bits;
     size_t lo = 0, hi = ctx->nb_extents;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -185,9 +191,19 @@ const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
         else
             hi = mid;
     }
+    return lo;
+}
+
+/* The extent covering `cluster` that is not `skip` (may be NULL), or
+ * NULL: scan back from the last extent starting before the cluster's end
+ * over extents that may still cover it. */
+static const qc_extent *extent_covering(const qc_ctx *ctx, uint64_t cluster, const qc_extent *skip)
+{
+    size_t lo = first_starting_at(ctx, (cluster + 1) << ctx->geo.cluster_bits);
     for (size_t i = lo; i-- > 0;) {
         const qc_extent *e = &ctx->extents[i];
-        if (extent_end_cluster(ctx, e) >= cluster && (e->start >> ctx->geo.cluster_bits) <= cluster)
+        if (e != skip && extent_end_cluster(ctx, e) >= cluster &&
+            (e->start >> ctx->geo.cluster_bits) <= cluster)
             return e;
         if (lo - i > 64) /* metadata extents do not nest deeply */
             break;
@@ -195,18 +211,29 @@ const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
     return NULL;
 }
 
+const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
+{
+    return extent_covering(ctx, cluster, NULL);
+}
+
+/* The extent of `owner` starting at `offset`, or NULL. */
+static const qc_extent *extent_of(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
+{
+    for (size_t i = first_starting_at(ctx, offset);
+         i < ctx->nb_extents && ctx->extents[i].start == offset; i++)
+        if (ctx->extents[i].owner == owner)
+            return &ctx->extents[i];
+    return NULL;
+}
+
 bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
 {
-    size_t lo = 0, hi = ctx->nb_extents;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (ctx->extents[mid].start < offset)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    for (size_t i = lo; i < ctx->nb_extents && ctx->extents[i].start == offset; i++)
-        if (ctx->extents[i].owner == owner)
-            return ctx->extents[i].conflicted;
-    return false;
+    const qc_extent *e = extent_of(ctx, owner, offset);
+    return e && e->conflicted;
+}
+
+bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
+{
+    const qc_extent *e = extent_of(ctx, owner, offset);
+    return e && extent_covering(ctx, offset >> ctx->geo.cluster_bits, e) != NULL;
 }

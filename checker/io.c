@@ -165,13 +165,19 @@ typedef struct mem_backend {
     size_t len;
 } mem_backend;
 
+/* Read from a buffer of `size` bytes; past its end is -EIO. */
+static int copy_out(const uint8_t *data, size_t size, uint64_t off, void *buf, size_t len)
+{
+    if (off > size || len > size - off)
+        return -EIO;
+    memcpy(buf, data + off, len);
+    return 0;
+}
+
 static int mem_read(void *opaque, uint64_t off, void *buf, size_t len)
 {
     const mem_backend *m = opaque;
-    if (off > m->len || len > m->len - off)
-        return -EIO;
-    memcpy(buf, m->buf + off, len);
-    return 0;
+    return copy_out(m->buf, m->len, off, buf, len);
 }
 
 static void mem_close(void *opaque)
@@ -201,10 +207,7 @@ typedef struct growable_backend {
 static int growable_read(void *opaque, uint64_t off, void *buf, size_t len)
 {
     const growable_backend *m = opaque;
-    if (off > *m->len || len > *m->len - off)
-        return -EIO;
-    memcpy(buf, *m->buf + off, len);
-    return 0;
+    return copy_out(*m->buf, *m->len, off, buf, len);
 }
 
 static int growable_truncate(void *opaque, uint64_t size)

@@ -301,9 +301,7 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
         return;
     for (size_t t = 0; t < ctx->nb_l2_tables && !ctx->stop; t++) {
         l2_walk w = {&ctx->l2_tables[t], &ctx->l2_refs[ctx->l2_tables[t].first_ref], "", 0};
-        qc_extent e = {w.table->offset, g->cluster_size, QC_OWN_L2, w.first->snapshot,
-                       w.first->l1_index, false};
-        qc_describe_extent(ctx, &e, w.obj, sizeof(w.obj));
+        qc_describe_l2_table(ctx, w.table, w.obj, sizeof(w.obj));
         if (qc_extent_conflicted(ctx, QC_OWN_L2, w.table->offset))
             continue; /* reported as an overlap; its contents are not trusted */
         if (!qc_read(ctx, w.table->offset, buf, g->cluster_size, w.obj))

@@ -393,6 +393,17 @@ static void print_result(const cli *c, const qc_result *r, int status)
         fprintf(stderr, "qcheck: Check failed: the check could not be completed\n");
 }
 
+/* Not a qcow2 image: exit 63, as qemu-img does for formats without checks. */
+static int fail_other_format(const cli *c, const char *other_format)
+{
+    char msg[600];
+    snprintf(msg, sizeof(msg),
+             "'%s' is not a qcow2 image (it looks like %s); this image format does not support "
+             "checks",
+             c->path, other_format);
+    return fail(c, 63, other_format, msg);
+}
+
 /* Check the file read-only; returns the exit status. *checked tells
  * whether there is a result to print (failures were reported already). */
 static int check_file(cli *c, qc_result *r, bool *checked)
@@ -412,13 +423,8 @@ static int check_file(cli *c, qc_result *r, bool *checked)
         snprintf(msg, sizeof(msg), "Could not check '%s': %s", c->path, strerror(-ret));
         return fail(c, 1, "qcow2", msg);
     }
-    if (r->other_format) {
-        snprintf(msg, sizeof(msg),
-                 "'%s' is not a qcow2 image (it looks like %s); this image format does not "
-                 "support checks",
-                 c->path, r->other_format);
-        return fail(c, 63, r->other_format, msg);
-    }
+    if (r->other_format)
+        return fail_other_format(c, r->other_format);
     int status = qc_exit_status(r);
     if (c->out_of_memory) {
         r->check_errors++;
@@ -530,12 +536,8 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
     c->plan = plan;
     int status;
     if (ret == -EPERM && before.other_format) {
-        snprintf(msg, sizeof(msg),
-                 "'%s' is not a qcow2 image (it looks like %s); this image format does not "
-                 "support checks",
-                 c->path, before.other_format);
         c->plan = NULL;
-        status = fail(c, 63, before.other_format, msg);
+        status = fail_other_format(c, before.other_format);
     } else if (ret == -EPERM) {
         /* The check's own figures, then why nothing was written. */
         snprintf(msg, sizeof(msg), "cannot repair '%s': %s", c->path, qc_repair_plan_refusal(plan));
@@ -631,9 +633,8 @@ static int rollback_file(cli *c, const char *log_path)
         return fail(c, 1, "qcow2", msg);
     }
     if (!c->quiet) {
-        if (c->output == OUTPUT_JSON)
-            printf("{\n    \"filename\": ");
         if (c->output == OUTPUT_JSON) {
+            printf("{\n    \"filename\": ");
             json_string(stdout, c->filename);
             printf(",\n    \"rolled-back\": true,\n    \"exit-code\": 0\n}\n");
         } else {

@@ -34,10 +34,7 @@ void stage_feature_bits(repair_run *r)
     if (after != before)
         plan_note(r, NOTE_GENERAL, "cleared autoclear feature bits qcheck does not know: 0x%llx",
                   (unsigned long long)(before & ~QC_AUTOCLEAR_KNOWN));
-    bool drop_bitmaps = false;
-    for (unsigned i = 0; i < QC_P_COUNT; i++)
-        if (r->res.per_problem[i] && qc_problem_get((qc_problem_id)i)->fix == QC_FIX_DROP_BITMAPS)
-            drop_bitmaps = true;
+    bool drop_bitmaps = found_fix(r, QC_FIX_DROP_BITMAPS);
     if ((drop_bitmaps || r->res.per_problem[QC_P_AUTOCLEAR_WITHOUT_BITMAPS]) &&
         (after & QC_AUTOCLEAR_BITMAPS)) {
         after &= ~QC_AUTOCLEAR_BITMAPS;

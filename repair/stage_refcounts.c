@@ -41,20 +41,13 @@ static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint6
     return r->mode == QC_REPAIR_ALL ? computed : ondisk;
 }
 
-/* Whether the refcount block's cluster is also claimed by another
- * structure: whoever "won" the overlap, writing refcounts there could
- * change the other one (an L2 table, say), and a rebuild could expose the
- * other one's contents, so neither happens: the block is left alone. */
+/* A refcount block whose cluster another structure also claims is left
+ * alone, whoever "won" the overlap: writing refcounts there could change
+ * the other one (an L2 table, say), and a rebuild could expose the other
+ * one's contents. */
 static bool refblock_shared(const qc_ctx *ctx, uint64_t index)
 {
-    uint64_t off = ctx->reftable[index];
-    for (size_t i = 0; i < ctx->nb_extents; i++) {
-        const qc_extent *e = &ctx->extents[i];
-        bool self = e->owner == QC_OWN_REFBLOCK && e->index == index;
-        if (!self && off < e->start + e->length && e->start < off + ctx->geo.cluster_size)
-            return true;
-    }
-    return false;
+    return qc_extent_shared(ctx, QC_OWN_REFBLOCK, ctx->reftable[index]);
 }
 
 typedef struct assess {

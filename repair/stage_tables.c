@@ -25,8 +25,7 @@
 
 static const char *guest_effect(const repair_run *r)
 {
-    return r->res.header.has_backing_file ? "now read from the backing file"
-                                          : "now read as zeros";
+    return r->res.header.has_backing_file ? "now read from the backing file" : "now read as zeros";
 }
 
 static void describe_owner(const qc_ctx *ctx, uint32_t snapshot, char *buf, size_t len)
@@ -76,12 +75,8 @@ static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, const 
         return;
     const qc_l2_table *t = l2_table_at(ctx, at);
     char what[240] = "L2 table";
-    if (t) {
-        const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
-        qc_extent e = {t->offset, g->cluster_size, QC_OWN_L2, first->snapshot, first->l1_index,
-                       false};
-        qc_describe_extent(ctx, &e, what, sizeof(what));
-    }
+    if (t)
+        qc_describe_l2_table(ctx, t, what, sizeof(what));
     plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
                (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
                (unsigned long long)entry, why);
@@ -121,30 +116,14 @@ static bool l1_entry_at(const qc_ctx *ctx, uint64_t at, uint32_t *snapshot, uint
     return false;
 }
 
-/* Clear `bits` in the entry at `at`. */
-static void clear_entry_bits(repair_run *r, uint64_t at, uint64_t bits, const char *what,
-                             const char *why)
+/* Rewrite the 8-byte entry at `at` as ((entry & ~clear) | set) ^ toggle. */
+static void rewrite_entry(repair_run *r, uint64_t at, uint64_t clear, uint64_t set, uint64_t toggle,
+                          const char *what, const char *why)
 {
     uint8_t be[8];
     if (qc_read_zero_filled(&r->view, at, be, 8) < 0)
         return;
-    uint64_t entry = qc_be64(be), now = entry & ~bits;
-    if (now == entry)
-        return;
-    qc_put_be64(be, now);
-    plan_write(r, at, be, 8, what, "entry 0x%016llx -> 0x%016llx: %s", (unsigned long long)entry,
-               (unsigned long long)now, why);
-}
-
-/* Set the L1 or L2 entry at `at` to `set` COPIED (or toggle it). */
-static void write_copied(repair_run *r, uint64_t at, int set, const char *what, const char *why)
-{
-    uint8_t be[8];
-    if (qc_read_zero_filled(&r->view, at, be, 8) < 0)
-        return;
-    uint64_t entry = qc_be64(be);
-    bool copied = set < 0 ? !(entry & QC_OFLAG_COPIED) : set;
-    uint64_t now = copied ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED;
+    uint64_t entry = qc_be64(be), now = ((entry & ~clear) | set) ^ toggle;
     if (now == entry)
         return;
     qc_put_be64(be, now);
@@ -158,7 +137,8 @@ static void write_copied(repair_run *r, uint64_t at, int set, const char *what, 
 static void fix_data_copied(repair_run *r, qc_ctx *ctx)
 {
     const qc_geometry *g = &ctx->geo;
-    qc_bitset flagged = {ctx->file_clusters, calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8)};
+    qc_bitset flagged = {ctx->file_clusters,
+                         calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8)};
     uint8_t *table = malloc(g->cluster_size), *copy = malloc(g->cluster_size);
     if (!flagged.words || !table || !copy) {
         r->error = -ENOMEM;
@@ -192,11 +172,8 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
             qc_put_be64(copy + i * g->l2_entry_size,
                         want ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED);
         }
-        const qc_l2_ref *first = &ctx->l2_refs[tab->first_ref];
-        qc_extent e = {tab->offset, g->cluster_size, QC_OWN_L2, first->snapshot, first->l1_index,
-                       false};
         char what[240];
-        qc_describe_extent(ctx, &e, what, sizeof(what));
+        qc_describe_l2_table(ctx, tab, what, sizeof(what));
         for (uint64_t a = 0; a < g->cluster_size; a += 8) {
             if (memcmp(copy + a, table + a, 8) == 0)
                 continue;
@@ -226,28 +203,29 @@ void stage_copied(repair_run *r)
         const repair_finding *f = &r->found[i];
         switch (f->id) {
         case QC_P_L1_COPIED_WRONG:
-            write_copied(r, f->offset, -1, "active L1 table",
-                         "COPIED set exactly when the L2 table has one reference");
+            rewrite_entry(r, f->offset, 0, 0, QC_OFLAG_COPIED, "active L1 table",
+                          "COPIED set exactly when the L2 table has one reference");
             break;
         case QC_P_L2_ZERO_OFFSET_COPIED:
         case QC_P_COMPRESSED_COPIED:
-            write_copied(r, f->offset, 0, "L2 table", "COPIED is not allowed on this entry");
+            rewrite_entry(r, f->offset, QC_OFLAG_COPIED, 0, 0, "L2 table",
+                          "COPIED is not allowed on this entry");
             break;
         case QC_P_L1_ENTRY_RESERVED_BITS:
-            clear_entry_bits(r, f->offset, QC_L1_RESERVED_MASK, "L1 table",
-                             "reserved bits cleared (QEMU ignores them when reading)");
+            rewrite_entry(r, f->offset, QC_L1_RESERVED_MASK, 0, 0, "L1 table",
+                          "reserved bits cleared (QEMU ignores them when reading)");
             break;
         case QC_P_L2_ENTRY_RESERVED_BITS:
-            clear_entry_bits(r, f->offset, QC_L2_RESERVED_MASK, "L2 table",
-                             "reserved bits cleared (QEMU ignores them when reading)");
+            rewrite_entry(r, f->offset, QC_L2_RESERVED_MASK, 0, 0, "L2 table",
+                          "reserved bits cleared (QEMU ignores them when reading)");
             break;
         case QC_P_L2_ZERO_FLAG_INVALID:
-            clear_entry_bits(r, f->offset, QC_OFLAG_ZERO, "L2 table",
-                             "bit 0 cleared: it is not a zero flag here and QEMU ignores it");
+            rewrite_entry(r, f->offset, QC_OFLAG_ZERO, 0, 0, "L2 table",
+                          "bit 0 cleared: it is not a zero flag here and QEMU ignores it");
             break;
         case QC_P_DATA_FILE_COPIED_MISSING:
-            write_copied(r, f->offset, 1, "L2 table",
-                         "data file clusters are not refcounted and are always COPIED");
+            rewrite_entry(r, f->offset, 0, QC_OFLAG_COPIED, 0, "L2 table",
+                          "data file clusters are not refcounted and are always COPIED");
             break;
         default:
             break;
@@ -259,8 +237,9 @@ void stage_copied(repair_run *r)
         const qc_l2_ref *ref = &ctx->l2_refs[i];
         if (ref->snapshot == QC_ACTIVE && ref->copied &&
             qc_bitset_test(&ctx->over, ref->l2_offset >> ctx->geo.cluster_bits))
-            write_copied(r, ctx->hdr.l1_table_offset + (uint64_t)ref->l1_index * 8, 0,
-                         "active L1 table", "the L2 table has more than one reference on disk");
+            rewrite_entry(r, ctx->hdr.l1_table_offset + (uint64_t)ref->l1_index * 8,
+                          QC_OFLAG_COPIED, 0, 0, "active L1 table",
+                          "the L2 table has more than one reference on disk");
     }
     fix_data_copied(r, ctx);
     plan_flush(r);
@@ -278,7 +257,8 @@ void stage_broken_pointers(repair_run *r)
         case QC_P_L2_ENTRY_UNALIGNED:
         case QC_P_L2_ENTRY_PAST_EOF:
         case QC_P_COMPRESSED_RANGE_INVALID:
-            clear_l2_entry(r, ctx, f->offset, "it points outside the file or off a cluster boundary");
+            clear_l2_entry(r, ctx, f->offset,
+                           "it points outside the file or off a cluster boundary");
             break;
         case QC_P_L1_ENTRY_UNALIGNED:
         case QC_P_L1_ENTRY_PAST_EOF: {
