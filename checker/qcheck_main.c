@@ -484,7 +484,7 @@ static void print_plan_human(const cli *c, const qc_result *after)
     }
     fprintf(out,
             "After them, the check would find %" PRIu64 " errors and %" PRIu64
-            " leaked clusters.\nNothing was written. The image as it is now:\n\n",
+            " leaked clusters.\nNothing was written. The image as it is now:\n",
             after->corruptions, after->leaks);
 }
 

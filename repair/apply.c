@@ -157,7 +157,8 @@ static int parse_log(qc_io *undo, undo_log *log, char *why, size_t why_len)
         const uint8_t *rec = log->bytes + pos;
         uint64_t length = qc_be64(rec + 8);
         if (length > undo->size - pos - UNDO_RECORD_FIXED)
-            return set_why(why, why_len, -EINVAL, "undo record %llu is truncated",
+            return set_why(why, why_len, -EINVAL,
+                           "undo record %llu is truncated, or its length field is damaged",
                            (unsigned long long)i);
         if (qc_be64(rec + 24 + length) != XXH64(rec, 24 + (size_t)length, 0))
             return set_why(why, why_len, -EINVAL, "undo record %llu fails its checksum",
