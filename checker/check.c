@@ -43,7 +43,7 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->l2_tables);
 }
 
-void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)
+void qc_ctx_begin(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)
 {
     memset(result, 0, sizeof(*result));
     ctx->io = io;
@@ -51,7 +51,11 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
     ctx->res = result;
     ctx->file_size = io->size;
     ctx->mem_limit = opts && opts->max_mem ? opts->max_mem : QC_DEFAULT_MAX_MEM;
+}
 
+void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)
+{
+    qc_ctx_begin(ctx, io, opts, result);
     qc_pass_header(ctx);
     if (!ctx->stop && init_maps(ctx)) {
         /* Cluster 0 always belongs to the header; the LUKS header region

@@ -249,6 +249,9 @@ typedef void (*qc_span_visit)(qc_ctx *ctx, void *state, const qc_refcount_span *
 bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit);
 
 /* ---- check.c: running the passes ---- */
+/* Bind a zeroed ctx to its io, options and result (the fuzz harness of
+ * the header pass starts here and runs that pass alone). */
+void qc_ctx_begin(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result);
 /* Run every pass on a zeroed ctx; the caller reads the context and then
  * releases it. */
 void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result);

@@ -24,6 +24,7 @@
 
 #include "format.h"
 #include "qcheck.h"
+#include "repair_run.h"
 
 #ifndef FUZZ_ROUNDS
 #define FUZZ_ROUNDS 3000
@@ -2407,63 +2408,12 @@ END_TEST
 
 #define REPAIR_ROUNDS 600
 
-/* What repair_buffer did: the plan's and apply's return values, the
- * checks before, predicted and after, the image afterwards, the undo log. */
-typedef struct repaired {
-    int plan_ret, apply_ret;
-    qc_result before, predicted, after;
-    size_t writes;
-    uint8_t *image;
-    size_t len;
-    uint8_t *undo;
-    size_t undo_len;
-} repaired;
-
-/* Plan a repair of buf and apply it to a growable copy with an undo log,
- * through the crash io when crash_after is not UINT64_MAX. */
+/* Plan a repair of buf and apply it to a growable copy with an undo log
+ * (through the crash io when crash_after is not UINT64_MAX), then check it. */
 static void repair_buffer(const uint8_t *buf, size_t len, qc_repair_mode mode, uint64_t crash_after,
-                          bool drop_unflushed, repaired *out)
+                          bool drop_unflushed, fz_repaired *out)
 {
-    memset(out, 0, sizeof(*out));
-    qc_io ro;
-    qc_io_open_memory(&ro, buf, len);
-    qc_repair_plan *plan = NULL;
-    out->plan_ret = qc_repair_plan_build(&ro, NULL, mode, &out->before, &out->predicted, &plan);
-    out->image = malloc(len ? len : 1);
-    REQUIRE(out->image != NULL, "out of memory");
-    memcpy(out->image, buf, len);
-    out->len = len;
-    if (out->plan_ret == 0) {
-        const qc_repair_step *steps;
-        size_t n = qc_repair_plan_steps(plan, &steps);
-        for (size_t i = 0; i < n; i++)
-            out->writes += steps[i].kind == QC_STEP_WRITE;
-        qc_io rw, undo, crash;
-        REQUIRE(qc_io_open_memory_rw(&rw, &out->image, &out->len) == 0, "memory io");
-        REQUIRE(qc_io_open_memory_rw(&undo, &out->undo, &out->undo_len) == 0, "memory io");
-        qc_io *target = &rw;
-        if (crash_after != UINT64_MAX) {
-            REQUIRE(qc_io_open_crash(&crash, &rw, crash_after, drop_unflushed) == 0, "crash io");
-            target = &crash;
-        }
-        out->apply_ret = qc_repair_apply(plan, target, &undo);
-        if (target == &crash)
-            qc_io_close(&crash);
-        qc_io_close(&undo);
-        qc_io_close(&rw);
-    }
-    qc_repair_plan_free(plan);
-    qc_io_close(&ro);
-    qc_io check_io;
-    qc_io_open_memory(&check_io, out->image, out->len);
-    ck_assert_int_eq(qc_check(&check_io, NULL, &out->after), 0);
-    qc_io_close(&check_io);
-}
-
-static void repaired_free(repaired *r)
-{
-    free(r->image);
-    free(r->undo);
+    ck_assert_int_eq(fz_repair_run(buf, len, NULL, mode, crash_after, drop_unflushed, out), 0);
 }
 
 START_TEST(test_repair_leak_and_rollback)
@@ -2475,7 +2425,7 @@ START_TEST(test_repair_leak_and_rollback)
     uint64_t spare = img_clusters(&im) - 1;
     img_set_refcount(&im, spare, 1);       /* leaked */
     img_set_refcount(&im, spare - 1, 0);   /* the other spare stays free */
-    repaired r;
+    fz_repaired r;
     repair_buffer(im.buf, im.len, QC_REPAIR_LEAKS, UINT64_MAX, false, &r);
     ck_assert_int_eq(r.plan_ret, 0);
     ck_assert_uint_eq(r.before.leaks, 1);
@@ -2507,7 +2457,7 @@ START_TEST(test_repair_leak_and_rollback)
     qc_io_close(&undo);
     qc_io_close(&rw);
     ck_assert_mem_eq(r.image, im.buf, im.len);
-    repaired_free(&r);
+    fz_repaired_free(&r);
     img_free(&im);
 }
 END_TEST
@@ -2572,59 +2522,12 @@ START_TEST(test_repair_random_damage)
                 qc_put_be64(copy + (off & ~(size_t)7), (r >> 48) % (im.len + 4096));
         }
         qc_repair_mode mode = round % 3 ? QC_REPAIR_ALL : QC_REPAIR_LEAKS;
-        repaired a;
-        repair_buffer(copy, im.len, mode, UINT64_MAX, false, &a);
-        if (a.plan_ret != 0) {
-            ck_assert_int_eq(a.plan_ret, -EPERM);
-            ck_assert_mem_eq(a.image, copy, im.len); /* nothing was written */
-            repaired_free(&a);
-            continue;
-        }
-        ck_assert_int_eq(a.apply_ret, 0);
-        ck_assert_msg(a.after.corruptions == a.predicted.corruptions &&
-                          a.after.leaks == a.predicted.leaks &&
-                          a.after.check_errors == a.predicted.check_errors,
-                      "round %d: predicted %llu/%llu/%llu, got %llu/%llu/%llu", round,
-                      (unsigned long long)a.predicted.corruptions,
-                      (unsigned long long)a.predicted.leaks,
-                      (unsigned long long)a.predicted.check_errors,
-                      (unsigned long long)a.after.corruptions, (unsigned long long)a.after.leaks,
-                      (unsigned long long)a.after.check_errors);
-        ck_assert_msg(a.after.corruptions <= a.before.corruptions,
-                      "round %d: the repair added corruptions (%llu -> %llu)", round,
-                      (unsigned long long)a.before.corruptions,
-                      (unsigned long long)a.after.corruptions);
-        repaired_rounds += a.writes > 0;
-        if (mode == QC_REPAIR_ALL) {
-            repaired again;
-            repair_buffer(a.image, a.len, QC_REPAIR_ALL, UINT64_MAX, false, &again);
-            ck_assert_int_eq(again.plan_ret, 0);
-            ck_assert_msg(again.after.corruptions == a.after.corruptions,
-                          "round %d: a second -r all changed corruptions %llu -> %llu", round,
-                          (unsigned long long)a.after.corruptions,
-                          (unsigned long long)again.after.corruptions);
-            repaired_free(&again);
-            if (a.writes) {
-                uint64_t n = fuzz_next(&state) % a.writes;
-                bool drop = fuzz_next(&state) & 1;
-                repaired crashed, resumed;
-                repair_buffer(copy, im.len, QC_REPAIR_ALL, n, drop, &crashed);
-                ck_assert_int_ne(crashed.apply_ret, 0);
-                repair_buffer(crashed.image, crashed.len, QC_REPAIR_ALL, UINT64_MAX, false,
-                              &resumed);
-                ck_assert_int_eq(resumed.plan_ret, 0);
-                ck_assert_msg(resumed.after.corruptions == a.after.corruptions,
-                              "round %d: crash after %llu writes (%s): %llu corruptions left, "
-                              "%llu without the crash",
-                              round, (unsigned long long)n, drop ? "unflushed dropped" : "kept",
-                              (unsigned long long)resumed.after.corruptions,
-                              (unsigned long long)a.after.corruptions);
-                crashed_rounds++;
-                repaired_free(&crashed);
-                repaired_free(&resumed);
-            }
-        }
-        repaired_free(&a);
+        fz_verdict v;
+        fz_repair_oracle(copy, im.len, NULL, mode, fuzz_next(&state), &v);
+        ck_assert_msg(!v.failure[0], "round %d (-r %s): %s", round,
+                      mode == QC_REPAIR_ALL ? "all" : "leaks", v.failure);
+        repaired_rounds += v.writes > 0;
+        crashed_rounds += v.crash_tested;
     }
     /* The damage must have given the repair something to do. */
     ck_assert_uint_gt(repaired_rounds, REPAIR_ROUNDS / 10);

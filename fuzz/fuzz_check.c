@@ -1,0 +1,64 @@
+/*
+ * Fuzz harness 2: a full check.
+ *
+ * Checks the input twice and requires the same result both times (a
+ * difference means uninitialised memory or hidden state), every finding to
+ * name a problem of the table with printable text, and the counters to be
+ * consistent with each other and with qemu-img's exit codes.
+ */
+#include <string.h>
+
+#include "harness.h"
+#include "qcheck.h"
+
+static void require_printable(const char *what, const char *s)
+{
+    if (!s)
+        fuzz_fail("a finding has no %s", what);
+    for (const char *p = s; *p; p++)
+        if (*p < 0x20 || *p > 0x7e)
+            fuzz_fail("a finding's %s has byte 0x%02x: \"%s\"", what, (unsigned char)*p, s);
+}
+
+static void on_finding(const qc_finding *f, void *payload)
+{
+    (void)payload;
+    if (!f->problem || f->problem->index >= QC_P_COUNT ||
+        qc_problem_get(f->problem->index) != f->problem)
+        fuzz_fail("a finding names no problem of the table");
+    require_printable("object", f->object);
+    require_printable("message", f->message);
+}
+
+static void require_consistent(const qc_result *r)
+{
+    int status = qc_exit_status(r);
+    if (status != 0 && status != 1 && status != 2 && status != 3 && status != 63)
+        fuzz_fail("exit status %d", status);
+    if (r->other_format && (r->header_valid || r->findings))
+        fuzz_fail("a file of another format (%s) has qcow2 findings", r->other_format);
+    /* allocated_clusters may exceed total_clusters, as in QEMU: every L1
+     * entry is walked, also those past the virtual size. */
+    if (r->fragmented_clusters > r->allocated_clusters ||
+        r->compressed_clusters > r->allocated_clusters)
+        fuzz_fail("cluster counts out of order: allocated %llu, fragmented %llu, compressed %llu",
+                  (unsigned long long)r->allocated_clusters,
+                  (unsigned long long)r->fragmented_clusters,
+                  (unsigned long long)r->compressed_clusters);
+    if (r->per_problem[QC_P_MEMORY_LIMIT])
+        fuzz_fail("the check of a small input needed more than FUZZ_MAX_MEM");
+}
+
+void fuzz_one(const uint8_t *data, size_t len)
+{
+    qc_io io;
+    qc_io_open_memory(&io, data, len);
+    qc_options opts = {.on_finding = on_finding, .max_mem = FUZZ_MAX_MEM};
+    qc_result first, second;
+    if (qc_check(&io, &opts, &first) != 0 || qc_check(&io, &opts, &second) != 0)
+        fuzz_fail("qc_check refused its arguments");
+    qc_io_close(&io);
+    if (memcmp(&first, &second, sizeof(first)) != 0)
+        fuzz_fail("two checks of the same bytes differ");
+    require_consistent(&first);
+}
