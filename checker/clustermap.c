@@ -54,10 +54,22 @@ uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
 void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset)
 {
     uint64_t cluster = host_offset >> ctx->geo.cluster_bits;
-    if (cluster < ctx->file_clusters)
+    if (cluster < ctx->file_clusters) {
         qc_bitset_set(&ctx->suspect, cluster);
-    else
+    } else {
         ctx->unfollowed++;
+        qc_claim_past_eof(ctx, host_offset, ctx->geo.cluster_size, false);
+    }
+}
+
+void qc_claim_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length, bool refcount_structure)
+{
+    uint64_t end;
+    if (!qc_add_ok(start, length, &end))
+        end = UINT64_MAX;
+    uint64_t *highest = refcount_structure ? &ctx->past_eof_end_refcounts : &ctx->past_eof_end;
+    if (end > *highest)
+        *highest = end;
 }
 
 void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset)

@@ -141,6 +141,10 @@ typedef struct qc_ctx {
      * (`unfollowed`), or just the cluster a broken leaf pointer most
      * likely meant (`suspect`). */
     uint64_t unfollowed;
+    /* Highest end of a structure a pointer places past the end of the
+     * file: of the refcount table and blocks (which a rebuild replaces),
+     * and of anything else. */
+    uint64_t past_eof_end_refcounts, past_eof_end;
     uint64_t unfollowed_refblocks; /* of those: refcount blocks behind bad pointers */
     uint64_t unfollowed_bitmaps;   /* of those: bitmap structures */
     qc_bitset suspect;
@@ -196,6 +200,10 @@ static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
  * the cluster it most likely meant (its aligned-down cluster) as suspect,
  * or count an unfollowed structure when that is outside the file. */
 void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset);
+/* A pointer places [start, start + length) past the end of the file:
+ * remember how far, so that a repair appends nothing that pointer would
+ * then find (see past_eof_end). */
+void qc_claim_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length, bool refcount_structure);
 /* The same for a bitmap data pointer (bitmap_suspect / unfollowed_bitmaps
  * too: -r all drops broken bitmaps, so what only they own is not kept). */
 void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);
@@ -228,6 +236,9 @@ bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
 /* Whether the first cluster of the structure of `owner` at `offset` is
  * also claimed by another structure, whichever won the overlap. */
 bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
+/* Whether two structures claim host cluster `cluster`; `pair`, if not
+ * NULL, receives two of them. */
+bool qc_cluster_shared(const qc_ctx *ctx, uint64_t cluster, const qc_extent *pair[2]);
 
 /* ---- ondisk.c: the refcounts on disk ---- */
 /* A run of clusters whose on-disk refcounts come from one place. */

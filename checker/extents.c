@@ -237,3 +237,14 @@ bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
     const qc_extent *e = extent_of(ctx, owner, offset);
     return e && extent_covering(ctx, offset >> ctx->geo.cluster_bits, e) != NULL;
 }
+
+bool qc_cluster_shared(const qc_ctx *ctx, uint64_t cluster, const qc_extent *pair[2])
+{
+    const qc_extent *a = extent_covering(ctx, cluster, NULL);
+    const qc_extent *b = a ? extent_covering(ctx, cluster, a) : NULL;
+    if (pair) {
+        pair[0] = a;
+        pair[1] = b;
+    }
+    return b != NULL;
+}

@@ -502,6 +502,7 @@ static void check_table_locations(qc_ctx *ctx)
         qc_report(ctx, QC_P_L1_PAST_EOF, "active L1 table", h->l1_table_offset, 1,
                   "%u entries at 0x%llx end past the end of the file (%llu bytes)", h->l1_size,
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->file_size);
+        qc_claim_past_eof(ctx, h->l1_table_offset, bytes, false);
         ctx->l1_usable = false;
         ctx->unfollowed++;
     }
@@ -521,13 +522,15 @@ static void check_table_locations(qc_ctx *ctx)
                   "offset 0x%llx is not a multiple of the cluster size %llu",
                   (unsigned long long)h->refcount_table_offset,
                   (unsigned long long)ctx->geo.cluster_size);
-    else if (!qc_range_within(h->refcount_table_offset, bytes, ctx->file_size))
+    else if (!qc_range_within(h->refcount_table_offset, bytes, ctx->file_size)) {
         qc_report(ctx, QC_P_REFTABLE_PAST_EOF, "refcount table", h->refcount_table_offset, 1,
                   "%u clusters at 0x%llx end past the end of the file (%llu bytes)",
                   h->refcount_table_clusters, (unsigned long long)h->refcount_table_offset,
                   (unsigned long long)ctx->file_size);
-    else
+        qc_claim_past_eof(ctx, h->refcount_table_offset, bytes, true);
+    } else {
         ctx->reftable_usable = true;
+    }
     if (bytes > QC_MAX_REFTABLE_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "refcount table", 56, 1,
                   "the refcount table is %llu bytes; QEMU accepts at most 8 MiB",
@@ -541,11 +544,13 @@ static void check_table_locations(qc_ctx *ctx)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
                   "offset 0x%llx is not a cluster-aligned non-zero offset",
                   (unsigned long long)h->snapshots_offset);
-    else if (h->snapshots_offset >= ctx->file_size)
+    else if (h->snapshots_offset >= ctx->file_size) {
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
                   "offset 0x%llx is past the end of the file (%llu bytes)",
                   (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
-    else
+        qc_claim_past_eof(ctx, h->snapshots_offset,
+                          (uint64_t)h->nb_snapshots * QC_SNAPSHOT_FIXED_SIZE, false);
+    } else
         ctx->snapshots_usable = true;
     if (!ctx->snapshots_usable)
         ctx->unfollowed++; /* the snapshots' tables and data are not followed */

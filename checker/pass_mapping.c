@@ -63,6 +63,7 @@ static void collect_l1(qc_ctx *ctx, const l1_source *src)
             qc_report(ctx, QC_P_L1_ENTRY_PAST_EOF, obj, at, 1,
                       "entry %u points to an L2 table at 0x%llx; the file is %llu bytes", i,
                       (unsigned long long)off, (unsigned long long)ctx->file_size);
+            qc_claim_past_eof(ctx, off, ctx->geo.cluster_size, false);
             ctx->unfollowed++;
             continue;
         }
@@ -288,6 +289,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
                   "entry %u points to a data cluster at 0x%llx; the file is %llu bytes", i,
                   (unsigned long long)off, (unsigned long long)ctx->file_size);
         ctx->unfollowed++; /* the cluster it should point to may now look leaked */
+        qc_claim_past_eof(ctx, off, g->cluster_size, false);
         return;
     }
     count_data_cluster(ctx, w, i, cluster, copied);

@@ -48,6 +48,7 @@ void qc_pass_reftable(qc_ctx *ctx)
             qc_report(ctx, QC_P_REFTABLE_ENTRY_PAST_EOF, obj, at, 1,
                       "refcount block at 0x%llx is past the end of the file (%llu bytes)",
                       (unsigned long long)off, (unsigned long long)ctx->file_size);
+            qc_claim_past_eof(ctx, off, ctx->geo.cluster_size, true);
         } else {
             ctx->refblock_state[i] = QC_REFBLOCK_VALID;
             qc_add_extent(ctx, QC_OWN_REFBLOCK, (uint32_t)i, 0, off, ctx->geo.cluster_size, 1);

@@ -77,12 +77,14 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
         qc_report(ctx, QC_P_SNAPSHOT_L1_TOO_LARGE, obj, s->table_offset + 8, 1,
                   "l1_size %u (%llu bytes) exceeds 32 MiB", e->l1_size, (unsigned long long)bytes);
     else if (e->l1_size && (e->l1_table_offset == 0 ||
-                            !qc_range_within(e->l1_table_offset, bytes, ctx->file_size)))
+                            !qc_range_within(e->l1_table_offset, bytes, ctx->file_size))) {
         qc_report(ctx, QC_P_SNAPSHOT_L1_PAST_EOF, obj, s->table_offset, 1,
                   "L1 table at 0x%llx (%u entries) is not inside the file (%llu bytes)",
                   (unsigned long long)e->l1_table_offset, e->l1_size,
                   (unsigned long long)ctx->file_size);
-    else
+        if (e->l1_table_offset)
+            qc_claim_past_eof(ctx, e->l1_table_offset, bytes, false);
+    } else
         s->follow = e->l1_size > 0;
     if (!s->follow && e->l1_size)
         ctx->unfollowed++;
@@ -185,5 +187,11 @@ void qc_pass_snapshots(qc_ctx *ctx)
         check_snapshot_l1(ctx, i);
     }
     check_duplicate_ids(ctx);
-    qc_add_extent(ctx, QC_OWN_SNAPSHOT_TABLE, 0, 0, h->snapshots_offset, end, 1);
+    /* A truncated table still owns the start of the entry that did not
+     * decode: nothing else may be written there (a refcount block in the
+     * same cluster, say), or the entry could decode later as garbage. */
+    uint64_t owned = end;
+    if (n < count)
+        owned = end + QC_SNAPSHOT_FIXED_SIZE < avail ? end + QC_SNAPSHOT_FIXED_SIZE : avail;
+    qc_add_extent(ctx, QC_OWN_SNAPSHOT_TABLE, 0, 0, h->snapshots_offset, owned, 1);
 }

@@ -58,19 +58,55 @@ static void add_step(repair_run *r, qc_repair_step step, uint8_t *old)
 static void write_fence(repair_run *r)
 {
     r->fenced = true;
-    if (r->version < 3 || (r->incompat_before & QC_INCOMPAT_CORRUPT))
-        return;
     uint8_t be[8];
-    qc_put_be64(be, r->incompat_before | QC_INCOMPAT_CORRUPT);
+    if (r->version < 3 || qc_read_zero_filled(&r->view, 72, be, 8) != 0)
+        return;
+    uint64_t now = qc_be64(be);
+    if (now & QC_INCOMPAT_CORRUPT)
+        return;
+    qc_put_be64(be, now | QC_INCOMPAT_CORRUPT);
     plan_write(r, 72, be, 8, "image header (incompatible features)",
                "set the corrupt bit while the repair is in progress");
     plan_flush(r);
 }
 
+/* QEMU's overlap check before every write, cluster by cluster: a write
+ * into a cluster two structures claim could change the one it is not
+ * meant for, so it is left out (with a note). The structures are those of
+ * the latest check of the view; what the plan appended since has none. */
+static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, const char *what)
+{
+    const qc_ctx *ctx = &r->ctx;
+    if (!r->ctx_live || ctx->stop)
+        return false;
+    for (uint64_t c = off >> ctx->geo.cluster_bits;
+         c <= (end - 1) >> ctx->geo.cluster_bits && c < ctx->file_clusters; c++) {
+        const qc_extent *pair[2];
+        if (!qc_cluster_shared(ctx, c, pair))
+            continue;
+        char a[160], b[160];
+        qc_describe_extent(ctx, pair[0], a, sizeof(a));
+        qc_describe_extent(ctx, pair[1], b, sizeof(b));
+        plan_note(r, NOTE_GENERAL,
+                  "left alone: a write to the %s at 0x%llx, because host cluster %llu is claimed "
+                  "by both the %s and the %s (metadataOverlap)",
+                  what, (unsigned long long)off, (unsigned long long)c, a, b);
+        return true;
+    }
+    return false;
+}
+
 void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...)
 {
+    uint64_t end;
     if (r->error || len == 0)
+        return;
+    if (!qc_add_ok(off, len, &end)) {
+        fail(r, -EFBIG);
+        return;
+    }
+    if (lands_on_shared_cluster(r, off, end, what))
         return;
     if (!r->fenced)
         write_fence(r);
@@ -81,12 +117,10 @@ void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const
     va_start(ap, why_fmt);
     vsnprintf(why, sizeof(why), why_fmt, ap);
     va_end(ap);
-    uint64_t end;
     uint8_t *copy = malloc(len), *old = malloc(len);
     char *what_copy = strdup(what), *why_copy = strdup(why);
-    int ret = !qc_add_ok(off, len, &end) ? -EFBIG
-              : !copy || !old || !what_copy || !why_copy ? -ENOMEM
-                                                          : qc_read_zero_filled(&r->view, off, old, len);
+    int ret = !copy || !old || !what_copy || !why_copy ? -ENOMEM
+                                                        : qc_read_zero_filled(&r->view, off, old, len);
     if (ret == 0)
         ret = r->view.write(r->view.opaque, off, data, len);
     if (ret < 0) {
@@ -112,13 +146,17 @@ void plan_flush(repair_run *r)
 void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
 {
     qc_repair_plan *p = r->plan;
-    if (r->notes_of_kind[kind]++ >= REPAIR_NOTE_CAP)
-        return;
     char text[512];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(text, sizeof(text), fmt, ap);
     va_end(ap);
+    /* A later round of stages may decide the same again. */
+    for (size_t i = 0; i < p->nb_notes; i++)
+        if (strcmp(p->notes[i], text) == 0)
+            return;
+    if (r->notes_of_kind[kind]++ >= REPAIR_NOTE_CAP)
+        return;
     if (p->nb_notes == p->cap_notes) {
         size_t cap = p->cap_notes ? p->cap_notes * 2 : 16;
         char **notes = realloc(p->notes, cap * sizeof(*notes));
@@ -197,9 +235,45 @@ bool found_fix(const repair_run *r, qc_fix fix)
     return false;
 }
 
-uint64_t view_end_cluster(const repair_run *r)
+bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what)
 {
-    return qc_div_round_up(r->view.size, r->ctx.geo.cluster_size);
+    const qc_ctx *ctx = &r->ctx;
+    uint64_t end;
+    if (length == 0 || !qc_add_ok(start, length, &end))
+        return false;
+    for (uint64_t c = start >> ctx->geo.cluster_bits;
+         c <= (end - 1) >> ctx->geo.cluster_bits && c < ctx->file_clusters; c++) {
+        const qc_extent *pair[2];
+        if (!qc_cluster_shared(ctx, c, pair))
+            continue;
+        char a[160], b[160];
+        qc_describe_extent(ctx, pair[0], a, sizeof(a));
+        qc_describe_extent(ctx, pair[1], b, sizeof(b));
+        plan_note(r, NOTE_GENERAL,
+                  "%s left in place: host cluster %llu is claimed by both the %s and the %s "
+                  "(metadataOverlap), and moving one away would make the other live as it is",
+                  what, (unsigned long long)c, a, b);
+        return true;
+    }
+    return false;
+}
+
+uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts)
+{
+    const qc_ctx *ctx = &r->ctx;
+    uint64_t end = qc_div_round_up(r->view.size, ctx->geo.cluster_size);
+    uint64_t claims = ctx->past_eof_end;
+    if (!replaces_refcounts && ctx->past_eof_end_refcounts > claims)
+        claims = ctx->past_eof_end_refcounts;
+    if (claims <= r->view.size)
+        return end;
+    /* Appending would put new bytes where that structure is said to be
+     * (and placing them past it would bring all of it into the file). */
+    plan_note(r, NOTE_GENERAL,
+              "%s not written: a structure the image still points to lies past the end of the "
+              "file (up to 0x%llx), and anything appended would be read as part of it",
+              what, (unsigned long long)claims);
+    return UINT64_MAX;
 }
 
 const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off)
@@ -252,12 +326,23 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
                  "so what the image owns is not known");
         return buf;
     }
+    const qc_extent *pair[2];
     if (!before->header_valid || r->ctx.stop || before->check_errors) {
         /* read failures or the memory limit */
         snprintf(buf, len,
                  "the check could not be completed (%llu check errors), so what the image owns "
                  "is not known",
                  (unsigned long long)before->check_errors);
+        return buf;
+    }
+    /* Every repair writes the header (the corrupt-bit fence, feature bits). */
+    if (qc_cluster_shared(&r->ctx, 0, pair)) {
+        char what[160];
+        qc_describe_extent(&r->ctx, pair[pair[0]->owner == QC_OWN_HEADER], what, sizeof(what));
+        snprintf(buf, len,
+                 "the header's cluster is also claimed by the %s (metadataOverlap), and every "
+                 "repair writes the header",
+                 what);
         return buf;
     }
     return NULL;
@@ -333,9 +418,19 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
         size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
                                           : sizeof(leaks_stages) / sizeof(leaks_stages[0]);
-        for (size_t i = 0; i < nb && !r.error; i++)
-            stages[i](&r);
-        plan_flush(&r);
+        /* A repair can expose problems a structure hid (an old refcount
+         * table that was also an L2 table, say): run the stages again
+         * until a round writes nothing, so that one run converges. Each
+         * round fences its own writes. */
+        size_t writes_before;
+        unsigned round = 0;
+        do {
+            writes_before = plan->nb_steps;
+            r.fenced = false;
+            for (size_t i = 0; i < nb && !r.error; i++)
+                stages[i](&r);
+            plan_flush(&r);
+        } while (!r.error && plan->nb_steps != writes_before && ++round < REPAIR_ROUNDS);
         for (int k = 0; k < NOTE_KINDS; k++)
             if (r.notes_of_kind[k] > REPAIR_NOTE_CAP) {
                 uint64_t more = r.notes_of_kind[k] - REPAIR_NOTE_CAP;

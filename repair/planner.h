@@ -29,6 +29,8 @@ typedef struct repair_finding {
 
 /* Notes of one kind beyond this many are summarised in one line. */
 #define REPAIR_NOTE_CAP 20
+/* Rounds of stages at most (see qc_repair_plan_build). */
+#define REPAIR_ROUNDS 4
 
 typedef enum note_kind {
     NOTE_GENERAL,
@@ -79,7 +81,16 @@ qc_ctx *current_check(repair_run *r);
 /* Whether the current check found any problem whose fix is `fix`. */
 bool found_fix(const repair_run *r, qc_fix fix);
 /* The first cluster past the end of the view: where new structures go. */
-uint64_t view_end_cluster(const repair_run *r);
+/* The first cluster where `what` may be appended: the end of the view, or
+ * UINT64_MAX (with a note) while a structure the image points to lies past
+ * the end of the file (the old refcount structures do not count when what
+ * is appended replaces them). Needs a current check in r->ctx. */
+uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts);
+/* Whether a cluster of [start, start + length) is claimed by two
+ * structures (with a note naming them and `what`): a stage that would move
+ * a structure out of such a cluster leaves it, since the structure left
+ * behind was never followed and would become live garbage. */
+bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what);
 /* The L2 table (distinct) containing host offset `off`, or NULL. */
 const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
 

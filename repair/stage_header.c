@@ -114,6 +114,15 @@ void stage_snapshot_table(repair_run *r)
                  !r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL]))
         return;
     const qc_geometry *g = &ctx->geo;
+    const qc_snapshot *last = &ctx->snapshots[ctx->nb_snapshots ? ctx->nb_snapshots - 1 : 0];
+    if (ctx->nb_snapshots &&
+        range_shared(r, ctx->hdr.snapshots_offset,
+                     last->table_offset + QC_SNAPSHOT_FIXED_SIZE - ctx->hdr.snapshots_offset,
+                     "the snapshot table"))
+        return;
+    uint64_t at_cluster = append_cluster(r, "the repaired snapshot table", false);
+    if (at_cluster == UINT64_MAX)
+        return;
     /* Bounded by the decoded entries, which were bounded by the file. */
     size_t cap = 0;
     for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
@@ -134,7 +143,7 @@ void stage_snapshot_table(repair_run *r)
         len += n;
         kept++;
     }
-    uint64_t at = view_end_cluster(r) << g->cluster_bits;
+    uint64_t at = at_cluster << g->cluster_bits;
     plan_write(r, at, table, len, "new snapshot table",
                "%u snapshot entries with their extra data repaired", kept);
     free(table);

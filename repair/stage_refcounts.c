@@ -77,6 +77,12 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 typedef struct patcher {
     repair_run *r;
     uint8_t *copy;
+    /* -r leaks only: clusters the active tables reference with COPIED
+     * clear, which says "shared"; -r leaks does not fix COPIED, so it must
+     * not lower these below 2 (that would turn a leak into a COPIED
+     * corruption). */
+    qc_bitset copied_floor;
+    uint64_t floored;
 } patcher;
 
 /* Emit the changed bytes of one refcount block as writes of runs. */
@@ -132,7 +138,13 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     bool changed = false;
     for (uint64_t j = 0; j < span->count; j++) {
         uint64_t ondisk = qc_refblock_get(span->block, g->refcount_bits, j);
-        uint64_t want = wanted(p->r, ctx, span->first + j, ondisk);
+        uint64_t c = span->first + j;
+        uint64_t want = wanted(p->r, ctx, c, ondisk);
+        if (want < 2 && ondisk > want && p->copied_floor.words && c < p->copied_floor.bits &&
+            qc_bitset_test(&p->copied_floor, c)) {
+            want = 2;
+            p->floored++;
+        }
         if (want != ondisk) {
             qc_refblock_set(p->copy, g->refcount_bits, j, want);
             changed = true;
@@ -142,15 +154,40 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         emit_block_changes(p->r, ctx, span, p->copy);
 }
 
+/* The clusters -r leaks must keep at refcount 2 or more (see patcher). */
+static bool mark_copied_floor(const qc_ctx *ctx, qc_bitset *floor)
+{
+    floor->bits = ctx->file_clusters;
+    floor->words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
+    if (!floor->words)
+        return false;
+    memcpy(floor->words, ctx->copied_clear.words, qc_div_round_up(ctx->file_clusters, 64) * 8);
+    for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
+        const qc_l2_ref *ref = &ctx->l2_refs[i];
+        uint64_t c = ref->l2_offset >> ctx->geo.cluster_bits;
+        if (ref->snapshot == QC_ACTIVE && !ref->copied && c < ctx->file_clusters)
+            qc_bitset_set(floor, c);
+    }
+    return true;
+}
+
 static void patch_in_place(repair_run *r, qc_ctx *ctx)
 {
-    patcher p = {r, malloc(ctx->geo.cluster_size)};
-    if (!p.copy) {
+    patcher p = {r, malloc(ctx->geo.cluster_size), {0, NULL}, 0};
+    if (!p.copy || (r->mode == QC_REPAIR_LEAKS && !mark_copied_floor(ctx, &p.copied_floor))) {
         r->error = -ENOMEM;
-        return;
+    } else {
+        qc_each_refcount_span(ctx, &p, patch_span);
+        if (p.floored)
+            plan_note(r, NOTE_GENERAL,
+                      "%llu leaked cluster%s kept at refcount 2, not lowered: the active tables "
+                      "reference %s with COPIED clear, which -r leaks does not change; lowering "
+                      "%s would turn the leak into a COPIED corruption (-r all fixes both)",
+                      (unsigned long long)p.floored, p.floored == 1 ? "" : "s",
+                      p.floored == 1 ? "it" : "them", p.floored == 1 ? "it" : "them");
     }
-    qc_each_refcount_span(ctx, &p, patch_span);
     free(p.copy);
+    free(p.copied_floor.words);
 }
 
 /* ---- rebuild ---- */
@@ -304,7 +341,9 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
     const qc_geometry *g = &ctx->geo;
     targets t = {r, {0, NULL}};
     layout l = {0};
-    l.base = view_end_cluster(r);
+    l.base = append_cluster(r, "the rebuilt refcount structures", true);
+    if (l.base == UINT64_MAX)
+        return;
     l.file_blocks = qc_div_round_up(ctx->file_clusters, g->refblock_entries);
     l.needed = calloc(l.file_blocks + 1, sizeof(bool));
     if (!l.needed || !mark_old_structures(ctx, &t.old_structures)) {
@@ -343,6 +382,7 @@ void stage_refcounts(repair_run *r)
                   a.shared_blocks == 1 ? "s" : "", a.shared_blocks == 1 ? "its" : "their");
     if (a.shared_blocks)
         a.needs_rebuild = false;
+
     if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
         rebuild(r, ctx);
         return;
