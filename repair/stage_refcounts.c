@@ -372,7 +372,13 @@ void stage_refcounts(repair_run *r)
     qc_ctx *ctx = current_check(r);
     if (!ctx)
         return;
-    assess a = {false, 0};
+    /* A broken refcount table entry needs the rebuild even when the range
+     * it covers holds no cluster in use (past the end of the file, say). */
+    const qc_result *res = &r->res;
+    assess a = {res->per_problem[QC_P_REFTABLE_ENTRY_RESERVED_BITS] ||
+                    res->per_problem[QC_P_REFTABLE_ENTRY_UNALIGNED] ||
+                    res->per_problem[QC_P_REFTABLE_ENTRY_PAST_EOF],
+                0};
     qc_each_refcount_span(ctx, &a, assess_span);
     if (a.shared_blocks)
         plan_note(r, NOTE_GENERAL,
