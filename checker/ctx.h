@@ -236,6 +236,9 @@ bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
 /* Whether the first cluster of the structure of `owner` at `offset` is
  * also claimed by another structure, whichever won the overlap. */
 bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
+/* The kinds of structure claiming host cluster `cluster`, as a mask of
+ * 1 << qc_owner. */
+uint32_t qc_cluster_owners(const qc_ctx *ctx, uint64_t cluster);
 /* Whether two structures claim host cluster `cluster`; `pair`, if not
  * NULL, receives two of them. */
 bool qc_cluster_shared(const qc_ctx *ctx, uint64_t cluster, const qc_extent *pair[2]);

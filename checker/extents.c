@@ -238,6 +238,18 @@ bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
     return e && extent_covering(ctx, offset >> ctx->geo.cluster_bits, e) != NULL;
 }
 
+uint32_t qc_cluster_owners(const qc_ctx *ctx, uint64_t cluster)
+{
+    uint32_t owners = 0;
+    size_t lo = first_starting_at(ctx, (cluster + 1) << ctx->geo.cluster_bits);
+    for (size_t i = lo; i-- > 0 && lo - i <= 64;) {
+        const qc_extent *e = &ctx->extents[i];
+        if (extent_end_cluster(ctx, e) >= cluster && (e->start >> ctx->geo.cluster_bits) <= cluster)
+            owners |= 1u << e->owner;
+    }
+    return owners;
+}
+
 bool qc_cluster_shared(const qc_ctx *ctx, uint64_t cluster, const qc_extent *pair[2])
 {
     const qc_extent *a = extent_covering(ctx, cluster, NULL);

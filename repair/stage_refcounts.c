@@ -52,7 +52,8 @@ static bool refblock_shared(const qc_ctx *ctx, uint64_t index)
 
 typedef struct assess {
     bool needs_rebuild;
-    uint64_t shared_blocks;
+    uint64_t shared_blocks;  /* left alone when patching */
+    uint64_t exposing_blocks; /* shared with something a rebuild would expose */
 } assess;
 
 static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
@@ -60,6 +61,15 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     assess *a = state;
     if (span->kind == QC_SPAN_BLOCK && refblock_shared(ctx, span->index)) {
         a->shared_blocks++;
+        /* Two refcount blocks in one cluster are both replaced by a
+         * rebuild (and their counts cannot be trusted); a block sharing
+         * with an L2 table, say, would expose it. */
+        uint32_t others = qc_cluster_owners(ctx, ctx->reftable[span->index] >> ctx->geo.cluster_bits) &
+                          ~(1u << QC_OWN_REFBLOCK | 1u << QC_OWN_REFTABLE);
+        if (others)
+            a->exposing_blocks++;
+        else
+            a->needs_rebuild = true;
         return;
     }
     if (span->kind == QC_SPAN_UNKNOWN) {
@@ -378,16 +388,17 @@ void stage_refcounts(repair_run *r)
     assess a = {res->per_problem[QC_P_REFTABLE_ENTRY_RESERVED_BITS] ||
                     res->per_problem[QC_P_REFTABLE_ENTRY_UNALIGNED] ||
                     res->per_problem[QC_P_REFTABLE_ENTRY_PAST_EOF],
-                0};
+                0, 0};
     qc_each_refcount_span(ctx, &a, assess_span);
-    if (a.shared_blocks)
+    if (a.exposing_blocks)
+        a.needs_rebuild = false;
+    if (a.shared_blocks && !(a.needs_rebuild && r->mode == QC_REPAIR_ALL))
         plan_note(r, NOTE_GENERAL,
                   "%llu refcount block%s share%s a cluster with another structure "
-                  "(metadataOverlap): %s refcounts are left alone, and nothing is rebuilt",
+                  "(metadataOverlap): %s refcounts are left alone%s",
                   (unsigned long long)a.shared_blocks, a.shared_blocks == 1 ? "" : "s",
-                  a.shared_blocks == 1 ? "s" : "", a.shared_blocks == 1 ? "its" : "their");
-    if (a.shared_blocks)
-        a.needs_rebuild = false;
+                  a.shared_blocks == 1 ? "s" : "", a.shared_blocks == 1 ? "its" : "their",
+                  a.exposing_blocks ? ", and nothing is rebuilt" : "");
 
     if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
         rebuild(r, ctx);
