@@ -93,8 +93,8 @@ static unsigned long long ull(uint64_t x)
 }
 
 /* The oracles for one QC_REPAIR_ALL run `a` of buf. */
-static void judge_full_repair(const uint8_t *buf, size_t len, const qc_options *opts,
-                              uint64_t seed, const fz_repaired *a, fz_verdict *v)
+static void judge_full_repair(const uint8_t *buf, size_t len, const qc_options *opts, uint64_t seed,
+                              const fz_repaired *a, fz_verdict *v)
 {
     fz_repaired again;
     if (fz_repair_run(a->image, a->len, opts, QC_REPAIR_ALL, UINT64_MAX, false, &again) != 0)
@@ -123,8 +123,9 @@ static void judge_full_repair(const uint8_t *buf, size_t len, const qc_options *
         fail(v, "after a crash at write %llu (%s), -r all was refused (%d)", ull(crash_after),
              drop ? "unflushed dropped" : "kept", resumed.plan_ret);
     else if (resumed.after.corruptions != a->after.corruptions)
-        fail(v, "after a crash at write %llu (%s) and -r all: %llu corruptions, %llu without the "
-                "crash",
+        fail(v,
+             "after a crash at write %llu (%s) and -r all: %llu corruptions, %llu without the "
+             "crash",
              ull(crash_after), drop ? "unflushed dropped" : "kept", ull(resumed.after.corruptions),
              ull(a->after.corruptions));
     v->crash_tested = !v->failure[0];
@@ -151,10 +152,12 @@ void fz_repair_oracle(const uint8_t *buf, size_t len, const qc_options *opts, qc
             fail(v, "a refused repair changed the image");
     } else if (a.apply_ret != 0) {
         fail(v, "applying the plan failed with %d", a.apply_ret);
-    } else if (a.after.corruptions != a.predicted.corruptions || a.after.leaks != a.predicted.leaks ||
+    } else if (a.after.corruptions != a.predicted.corruptions ||
+               a.after.leaks != a.predicted.leaks ||
                a.after.check_errors != a.predicted.check_errors) {
-        fail(v, "predicted %llu corruptions, %llu leaks, %llu check errors; the re-check found "
-                "%llu, %llu, %llu",
+        fail(v,
+             "predicted %llu corruptions, %llu leaks, %llu check errors; the re-check found "
+             "%llu, %llu, %llu",
              ull(a.predicted.corruptions), ull(a.predicted.leaks), ull(a.predicted.check_errors),
              ull(a.after.corruptions), ull(a.after.leaks), ull(a.after.check_errors));
     } else if (a.after.corruptions > a.before.corruptions) {

@@ -29,10 +29,10 @@ int fz_repair_run(const uint8_t *buf, size_t len, const qc_options *opts, qc_rep
 void fz_repaired_free(fz_repaired *r);
 
 typedef struct fz_verdict {
-    int plan_ret;       /* 0, or why the repair was refused */
-    size_t writes;      /* writes the repair made */
-    bool crash_tested;  /* an interrupted repair was resumed and compared */
-    char failure[400];  /* empty when every oracle held, else the first that did not */
+    int plan_ret;      /* 0, or why the repair was refused */
+    size_t writes;     /* writes the repair made */
+    bool crash_tested; /* an interrupted repair was resumed and compared */
+    char failure[400]; /* empty when every oracle held, else the first that did not */
 } fz_verdict;
 
 /* Repair buf in `mode` and judge it: a refusal writes nothing; the plan's

@@ -70,30 +70,47 @@ static void write_fence(repair_run *r)
     plan_flush(r);
 }
 
-/* QEMU's overlap check before every write, cluster by cluster: a write
- * into a cluster two structures claim could change the one it is not
- * meant for, so it is left out (with a note). The structures are those of
- * the latest check of the view; what the plan appended since has none. */
-static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, const char *what)
+/* Two structures that claim one cluster, described for a note. */
+typedef struct shared_cluster {
+    uint64_t cluster;
+    char a[160], b[160];
+} shared_cluster;
+
+/* The first cluster of the bytes [start, end) that two structures of the
+ * latest check of the view claim; false if none. What the plan appended
+ * since that check belongs to no structure yet. */
+static bool find_shared_cluster(const repair_run *r, uint64_t start, uint64_t end,
+                                shared_cluster *found)
 {
     const qc_ctx *ctx = &r->ctx;
-    if (!r->ctx_live || ctx->stop)
+    if (!r->ctx_live || ctx->stop || end <= start)
         return false;
-    for (uint64_t c = off >> ctx->geo.cluster_bits;
+    for (uint64_t c = start >> ctx->geo.cluster_bits;
          c <= (end - 1) >> ctx->geo.cluster_bits && c < ctx->file_clusters; c++) {
         const qc_extent *pair[2];
         if (!qc_cluster_shared(ctx, c, pair))
             continue;
-        char a[160], b[160];
-        qc_describe_extent(ctx, pair[0], a, sizeof(a));
-        qc_describe_extent(ctx, pair[1], b, sizeof(b));
-        plan_note(r, NOTE_GENERAL,
-                  "left alone: a write to the %s at 0x%llx, because host cluster %llu is claimed "
-                  "by both the %s and the %s (metadataOverlap)",
-                  what, (unsigned long long)off, (unsigned long long)c, a, b);
+        found->cluster = c;
+        qc_describe_extent(ctx, pair[0], found->a, sizeof(found->a));
+        qc_describe_extent(ctx, pair[1], found->b, sizeof(found->b));
         return true;
     }
     return false;
+}
+
+/* QEMU's overlap check before every write: a write into a cluster two
+ * structures claim could change the one it is not meant for, so it is
+ * left out (with a note). */
+static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, const char *what)
+{
+    shared_cluster s;
+    if (!find_shared_cluster(r, off, end, &s))
+        return false;
+    plan_note(r, NOTE_GENERAL,
+              "left alone: a write to the %s at 0x%llx, because host cluster %llu is claimed by "
+              "both the %s and the %s (metadataOverlap)",
+              what, (unsigned long long)off, (unsigned long long)s.cluster, s.a, s.b);
+    return true;
 }
 
 void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
@@ -237,25 +254,15 @@ bool found_fix(const repair_run *r, qc_fix fix)
 
 bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what)
 {
-    const qc_ctx *ctx = &r->ctx;
     uint64_t end;
-    if (length == 0 || !qc_add_ok(start, length, &end))
+    shared_cluster s;
+    if (!qc_add_ok(start, length, &end) || !find_shared_cluster(r, start, end, &s))
         return false;
-    for (uint64_t c = start >> ctx->geo.cluster_bits;
-         c <= (end - 1) >> ctx->geo.cluster_bits && c < ctx->file_clusters; c++) {
-        const qc_extent *pair[2];
-        if (!qc_cluster_shared(ctx, c, pair))
-            continue;
-        char a[160], b[160];
-        qc_describe_extent(ctx, pair[0], a, sizeof(a));
-        qc_describe_extent(ctx, pair[1], b, sizeof(b));
-        plan_note(r, NOTE_GENERAL,
-                  "%s left in place: host cluster %llu is claimed by both the %s and the %s "
-                  "(metadataOverlap), and moving one away would make the other live as it is",
-                  what, (unsigned long long)c, a, b);
-        return true;
-    }
-    return false;
+    plan_note(r, NOTE_GENERAL,
+              "%s left in place: host cluster %llu is claimed by both the %s and the %s "
+              "(metadataOverlap), and moving one away would make the other live as it is",
+              what, (unsigned long long)s.cluster, s.a, s.b);
+    return true;
 }
 
 uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts)

@@ -114,12 +114,13 @@ void stage_snapshot_table(repair_run *r)
                  !r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL]))
         return;
     const qc_geometry *g = &ctx->geo;
-    const qc_snapshot *last = &ctx->snapshots[ctx->nb_snapshots ? ctx->nb_snapshots - 1 : 0];
-    if (ctx->nb_snapshots &&
-        range_shared(r, ctx->hdr.snapshots_offset,
-                     last->table_offset + QC_SNAPSHOT_FIXED_SIZE - ctx->hdr.snapshots_offset,
-                     "the snapshot table"))
-        return;
+    if (ctx->nb_snapshots) {
+        const qc_snapshot *last = &ctx->snapshots[ctx->nb_snapshots - 1];
+        if (range_shared(r, ctx->hdr.snapshots_offset,
+                         last->table_offset + QC_SNAPSHOT_FIXED_SIZE - ctx->hdr.snapshots_offset,
+                         "the snapshot table"))
+            return;
+    }
     uint64_t at_cluster = append_cluster(r, "the repaired snapshot table", false);
     if (at_cluster == UINT64_MAX)
         return;

@@ -52,7 +52,7 @@ static bool refblock_shared(const qc_ctx *ctx, uint64_t index)
 
 typedef struct assess {
     bool needs_rebuild;
-    uint64_t shared_blocks;  /* left alone when patching */
+    uint64_t shared_blocks;   /* left alone when patching */
     uint64_t exposing_blocks; /* shared with something a rebuild would expose */
 } assess;
 
@@ -64,8 +64,9 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         /* Two refcount blocks in one cluster are both replaced by a
          * rebuild (and their counts cannot be trusted); a block sharing
          * with an L2 table, say, would expose it. */
-        uint32_t others = qc_cluster_owners(ctx, ctx->reftable[span->index] >> ctx->geo.cluster_bits) &
-                          ~(1u << QC_OWN_REFBLOCK | 1u << QC_OWN_REFTABLE);
+        uint64_t cluster = ctx->reftable[span->index] >> ctx->geo.cluster_bits;
+        uint32_t others =
+            qc_cluster_owners(ctx, cluster) & ~(1u << QC_OWN_REFBLOCK | 1u << QC_OWN_REFTABLE);
         if (others)
             a->exposing_blocks++;
         else
