@@ -298,8 +298,9 @@ def cases(work):
     add(Case(14, "l2_entry_to_own_table", patched(
         "v3.qcow2", lambda im: l2_entry(0, (1 << 63) | (im.l1()[0] & q.OFFSET_MASK))(im)),
         ["dataOverlapsMetadata"], 2))
+    # ... and no repair writes a header another structure shares: refused.
     add(Case(14, "l1_at_header", patched("v3.qcow2", field("l1_table_offset", 0)),
-             ["metadataOverlap"], 2))
+             ["metadataOverlap"], 2, repair_exit=1))
     # 15. offsets at the very end of what an entry can hold
     add(Case(15, "l2_entry_max_offset", patched("v3.qcow2", l2_entry(0, 0x80FFFFFFFFFFFE00)),
              ["l2EntryPastEof"], 2))
