@@ -167,8 +167,10 @@ void qc_pass_snapshots(qc_ctx *ctx)
     if (n < h->nb_snapshots)
         ctx->unfollowed++;
     if (n < count)
+        /* One finding, as QEMU counts it: how many entries "do not fit"
+         * depends on the file's length, which a repair may change. */
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_TRUNCATED, "snapshot table",
-                  h->snapshots_offset + end, count - n,
+                  h->snapshots_offset + end, 1,
                   "entry %u of %u does not fit in the file (or in 64 MiB)", n, count);
     if (end > QC_MAX_SNAPSHOT_TABLE)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_TOO_LARGE, "snapshot table", h->snapshots_offset, 1,

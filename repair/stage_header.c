@@ -85,13 +85,25 @@ static uint32_t snapshots_kept(const qc_ctx *ctx)
     return kept;
 }
 
+/* Whether the snapshot table shares a cluster with another structure: then
+ * it is neither shortened nor moved (see range_shared). */
+static bool snapshot_table_shared(repair_run *r, const qc_ctx *ctx)
+{
+    for (size_t i = 0; i < ctx->nb_extents; i++) {
+        const qc_extent *e = &ctx->extents[i];
+        if (e->owner == QC_OWN_SNAPSHOT_TABLE)
+            return range_shared(r, e->start, e->length, "the snapshot table");
+    }
+    return false;
+}
+
 void stage_snapshot_count(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
     if (!ctx || !found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
         return;
     uint32_t kept = snapshots_kept(ctx);
-    if (kept >= ctx->hdr.nb_snapshots)
+    if (kept >= ctx->hdr.nb_snapshots || snapshot_table_shared(r, ctx))
         return;
     /* Before anything extends the file: a truncated last entry must not
      * become readable (zero-filled) if a later step is interrupted. */
@@ -114,12 +126,13 @@ void stage_snapshot_table(repair_run *r)
                  !r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL]))
         return;
     const qc_geometry *g = &ctx->geo;
-    if (ctx->nb_snapshots) {
-        const qc_snapshot *last = &ctx->snapshots[ctx->nb_snapshots - 1];
-        if (range_shared(r, ctx->hdr.snapshots_offset,
-                         last->table_offset + QC_SNAPSHOT_FIXED_SIZE - ctx->hdr.snapshots_offset,
-                         "the snapshot table"))
-            return;
+    if (snapshot_table_shared(r, ctx))
+        return;
+    if (refcounts_blocked(r, ctx)) {
+        plan_note(r, NOTE_GENERAL,
+                  "the repaired snapshot table not written: a refcount block shares its cluster "
+                  "with another structure, so the refcount stage could not count the new table");
+        return;
     }
     uint64_t at_cluster = append_cluster(r, "the repaired snapshot table", false);
     if (at_cluster == UINT64_MAX)

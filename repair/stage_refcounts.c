@@ -378,11 +378,8 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
     r->ctx_stale = true;
 }
 
-void stage_refcounts(repair_run *r)
+static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
 {
-    qc_ctx *ctx = current_check(r);
-    if (!ctx)
-        return;
     /* A broken refcount table entry needs the rebuild even when the range
      * it covers holds no cluster in use (past the end of the file, say). */
     const qc_result *res = &r->res;
@@ -391,6 +388,20 @@ void stage_refcounts(repair_run *r)
                     res->per_problem[QC_P_REFTABLE_ENTRY_PAST_EOF],
                 0, 0};
     qc_each_refcount_span(ctx, &a, assess_span);
+    return a;
+}
+
+bool refcounts_blocked(repair_run *r, qc_ctx *ctx)
+{
+    return assess_refcounts(r, ctx).exposing_blocks != 0;
+}
+
+void stage_refcounts(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return;
+    assess a = assess_refcounts(r, ctx);
     if (a.exposing_blocks)
         a.needs_rebuild = false;
     if (a.shared_blocks && !(a.needs_rebuild && r->mode == QC_REPAIR_ALL))

@@ -412,11 +412,12 @@ def opened_files(log):
 
 
 def ids_in(out):
+    """The problem ids of qcheck's JSON output, or None if it does not parse."""
     try:
         doc = json.loads(out)
     except ValueError:
-        return None, None
-    return {p["id"] for p in doc.get("problems", [])}, doc
+        return None
+    return {p["id"] for p in doc.get("problems", [])}
 
 
 def main():
@@ -452,7 +453,7 @@ def main():
         problems = []
         # The check, bounded.
         status, secs, rss, out = run(args.bounded, [args.qcheck, "--output=json", path], size)
-        found, doc = ids_in(out)
+        found = ids_in(out)
         if status not in (0, 1, 2, 3, 63):
             problems.append("check: exit status %s (killed, crashed or out of time)" % status)
         else:
@@ -486,11 +487,15 @@ def main():
             log = os.path.join(work, "%s.%s.strace" % (case.name, mode))
             argv = [args.qcheck, target] if mode == "check" else [args.qcheck, "-r", "all", target]
             run(args.bounded, argv, size, strace_log=log)
-            others = [f for f in opened_files(log)
+            opened = opened_files(log)
+            if os.path.abspath(target) not in map(os.path.abspath, opened):
+                problems.append("%s: strace did not see the image opened; the trace is not "
+                                "working" % mode)
+            others = [f for f in opened
                       if os.path.abspath(f) != os.path.abspath(target) and not system_file(f)]
             if others:
                 problems.append("%s: opened %s" % (mode, ", ".join(sorted(set(others)))))
-            named = [n for n in case.canaries if any(n in f for f in opened_files(log))]
+            named = [n for n in case.canaries if any(n in f for f in opened)]
             if named:
                 problems.append("%s: opened a file named in the image: %s" % (mode, named))
         rows.append((case, size, status, secs, rss, rstatus, rsecs, rrss))
@@ -500,7 +505,7 @@ def main():
         print("%-4s %-40s %9s %5s %8s %9s %6s %8s %9s" % (
             "ref", "case", "bytes", "exit", "seconds", "peak RSS", "-r all", "seconds",
             "peak RSS"))
-        for case, size, st, secs, rss, rst, rsecs, rrss in rows[:-1]:
+        for case, size, st, secs, rss, rst, rsecs, rrss in rows:
             print("%-4d %-40s %9d %5s %8.3f %8.1fM %6s %8.3f %8.1fM" % (
                 case.ref, case.name, size, st, secs, rss / 2**20, rst, rsecs, rrss / 2**20))
     # 27. the image changes while it is checked: whatever is read, no crash
