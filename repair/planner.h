@@ -101,8 +101,8 @@ void stage_snapshot_table(repair_run *r);
 void stage_data_on_metadata(repair_run *r);
 void stage_refcounts(repair_run *r);
 /* Whether the refcount stage would leave refcounts alone because a refcount
- * block shares its cluster with a structure that is not a refcount block:
- * then nothing may be appended, since its clusters could not be counted. */
+ * block shares its cluster with an L2 table: then nothing may be appended,
+ * since its clusters could not be counted. */
 bool refcounts_blocked(repair_run *r, qc_ctx *ctx);
 void stage_copied(repair_run *r);
 void stage_broken_pointers(repair_run *r);

@@ -53,7 +53,7 @@ static bool refblock_shared(const qc_ctx *ctx, uint64_t index)
 typedef struct assess {
     bool needs_rebuild;
     uint64_t shared_blocks;   /* left alone when patching */
-    uint64_t exposing_blocks; /* shared with something a rebuild would expose */
+    uint64_t exposing_blocks; /* shared with an L2 table a rebuild would expose */
 } assess;
 
 static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
@@ -61,13 +61,12 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     assess *a = state;
     if (span->kind == QC_SPAN_BLOCK && refblock_shared(ctx, span->index)) {
         a->shared_blocks++;
-        /* Two refcount blocks in one cluster are both replaced by a
-         * rebuild (and their counts cannot be trusted); a block sharing
-         * with an L2 table, say, would expose it. */
+        /* A rebuild replaces the block (whose counts cannot be trusted):
+         * fine, unless an L2 table shares the cluster. The check does not
+         * follow an L2 table that lost an overlap, and the rebuild would
+         * make it live as it is; every other structure was followed. */
         uint64_t cluster = ctx->reftable[span->index] >> ctx->geo.cluster_bits;
-        uint32_t others =
-            qc_cluster_owners(ctx, cluster) & ~(1u << QC_OWN_REFBLOCK | 1u << QC_OWN_REFTABLE);
-        if (others)
+        if (qc_cluster_owners(ctx, cluster) & 1u << QC_OWN_L2)
             a->exposing_blocks++;
         else
             a->needs_rebuild = true;
