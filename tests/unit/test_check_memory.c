@@ -2490,6 +2490,79 @@ START_TEST(test_repair_refuses_unknown_incompatible)
 }
 END_TEST
 
+/* Plan a repair of im and return its notes joined by newlines (the caller
+ * frees them), checking that the plan was made. */
+static char *plan_notes(const img *im, qc_repair_mode mode, qc_result *after)
+{
+    qc_io ro;
+    qc_io_open_memory(&ro, im->buf, im->len);
+    qc_repair_plan *plan = NULL;
+    qc_result before;
+    int ret = qc_repair_plan_build(&ro, NULL, mode, &before, after, &plan);
+    const char *const *notes;
+    size_t n = plan ? qc_repair_plan_notes(plan, &notes) : 0;
+    size_t len = 1;
+    for (size_t i = 0; i < n; i++)
+        len += strlen(notes[i]) + 1;
+    char *joined = calloc(len, 1);
+    ck_assert_ptr_nonnull(joined);
+    for (size_t i = 0; i < n; i++)
+        strcat(strcat(joined, notes[i]), "\n");
+    const char *refusal = plan ? qc_repair_plan_refusal(plan) : NULL;
+    if (ret != 0) {
+        ck_assert_int_eq(ret, -EPERM);
+        ck_assert_ptr_nonnull(refusal);
+        joined = realloc(joined, len + strlen(refusal) + 16);
+        ck_assert_ptr_nonnull(joined);
+        strcat(strcat(joined, "refused: "), refusal);
+    }
+    qc_repair_plan_free(plan);
+    qc_io_close(&ro);
+    return joined;
+}
+
+/* Found by fuzzing: -r leaks must not lower a leaked data cluster that the
+ * active L2 table maps with COPIED clear below 2 (that would make COPIED
+ * wrong, which -r leaks does not fix); -r all fixes both. */
+START_TEST(test_repair_leaks_keeps_copied_clear_shared)
+{
+    img im;
+    img_build(&im, &(img_params){9, 4, 3, false, 2, 0});
+    img_set_l2(&im, 0, img_get_l2(&im, 0) & ~QC_OFLAG_COPIED);
+    img_set_refcount(&im, CL_DATA, 2);
+    qc_result after;
+    char *notes = plan_notes(&im, QC_REPAIR_LEAKS, &after);
+    ck_assert_msg(strstr(notes, "1 leaked cluster kept at refcount 2"), "notes: %s", notes);
+    ck_assert_uint_eq(after.corruptions, 0);
+    ck_assert_uint_eq(after.leaks, 1);
+    free(notes);
+    fz_repaired r;
+    repair_buffer(im.buf, im.len, QC_REPAIR_ALL, UINT64_MAX, false, &r);
+    ck_assert_int_eq(r.apply_ret, 0);
+    ck_assert_uint_eq(r.after.corruptions + r.after.leaks, 0);
+    fz_repaired_free(&r);
+    img_free(&im);
+}
+END_TEST
+
+/* Found by fuzzing: with the L1 table at offset 0, "L1 entries" are the
+ * header's bytes; every repair writes the header, so none is made. */
+START_TEST(test_repair_refuses_shared_header)
+{
+    img im;
+    img_build(&im, &(img_params){9, 4, 3, false, 2, 0});
+    im.hdr.l1_table_offset = 0;
+    img_write_header(&im);
+    qc_result after;
+    char *notes = plan_notes(&im, QC_REPAIR_ALL, &after);
+    ck_assert_msg(strstr(notes, "refused: the header's cluster is also claimed by the active L1 "
+                                "table"),
+                  "notes: %s", notes);
+    free(notes);
+    img_free(&im);
+}
+END_TEST
+
 /* Random damage to a rich image, then -r all or -r leaks: the repair must
  * never crash, its prediction must be what the image really shows after,
  * it must never add corruptions, a second -r all must find nothing more
@@ -2673,6 +2746,8 @@ static Suite *check_memory_suite(void)
     tc = tcase_create("repair");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_repair_leak_and_rollback);
+    tcase_add_test(tc, test_repair_leaks_keeps_copied_clear_shared);
+    tcase_add_test(tc, test_repair_refuses_shared_header);
     tcase_add_test(tc, test_repair_refuses_unknown_incompatible);
     tcase_add_loop_test(tc, test_repair_random_damage, 0, 2);
     suite_add_tcase(s, tc);
