@@ -166,14 +166,18 @@ void qc_pass_snapshots(qc_ctx *ctx)
     /* Entries that could not be decoded may own L1/L2 tables and data. */
     if (n < h->nb_snapshots)
         ctx->unfollowed++;
-    /* The first entry that did not decode reaches past the end of the file
-     * (or of what was read): as far as its own sizes say, if its fixed part
-     * is there. A repair must not append where it would become readable. */
-    if (n < count) {
-        uint64_t claim = QC_SNAPSHOT_FIXED_SIZE;
+    /* The entries listed but not decoded reach past the end of the file (or
+     * of what was read): at least their fixed parts, and the first as far
+     * as its own sizes say, if its fixed part is there. A repair must not
+     * append where they would become readable. */
+    if (n < h->nb_snapshots) {
+        uint64_t claim = (uint64_t)(h->nb_snapshots - n) * QC_SNAPSHOT_FIXED_SIZE;
         if ((uint64_t)end + QC_SNAPSHOT_FIXED_SIZE <= want) {
             const uint8_t *e = ctx->snap_table_buf + end;
-            claim += (uint64_t)qc_be16(e + 12) + qc_be16(e + 14) + qc_be32(e + 36);
+            uint64_t first = QC_SNAPSHOT_FIXED_SIZE + (uint64_t)qc_be16(e + 12) +
+                             qc_be16(e + 14) + qc_be32(e + 36);
+            if (first > claim)
+                claim = first;
         }
         qc_claim_past_eof(ctx, h->snapshots_offset + end, claim, false);
     }
