@@ -194,21 +194,40 @@ static size_t first_starting_at(const qc_ctx *ctx, uint64_t pos)
     return lo;
 }
 
-/* The extent covering `cluster` that is not `skip` (may be NULL), or
- * NULL: scan back from the last extent starting before the cluster's end
- * over extents that may still cover it. */
-static const qc_extent *extent_covering(const qc_ctx *ctx, uint64_t cluster, const qc_extent *skip)
+/* The extents covering a cluster, one after the other: scan back from the
+ * last extent starting before the cluster's end over extents that may
+ * still cover it. */
+typedef struct covering_scan {
+    uint64_t cluster;
+    size_t lo, i;
+} covering_scan;
+
+static covering_scan covering_begin(const qc_ctx *ctx, uint64_t cluster)
 {
     size_t lo = first_starting_at(ctx, (cluster + 1) << ctx->geo.cluster_bits);
-    for (size_t i = lo; i-- > 0;) {
-        const qc_extent *e = &ctx->extents[i];
-        if (e != skip && extent_end_cluster(ctx, e) >= cluster &&
-            (e->start >> ctx->geo.cluster_bits) <= cluster)
+    return (covering_scan){cluster, lo, lo};
+}
+
+static const qc_extent *covering_next(const qc_ctx *ctx, covering_scan *s)
+{
+    while (s->i-- > 0 && s->lo - s->i <= 64) { /* metadata extents do not nest deeply */
+        const qc_extent *e = &ctx->extents[s->i];
+        if (extent_end_cluster(ctx, e) >= s->cluster &&
+            (e->start >> ctx->geo.cluster_bits) <= s->cluster)
             return e;
-        if (lo - i > 64) /* metadata extents do not nest deeply */
-            break;
     }
+    s->i = 0;
     return NULL;
+}
+
+/* The extent covering `cluster` that is not `skip` (may be NULL), or NULL. */
+static const qc_extent *extent_covering(const qc_ctx *ctx, uint64_t cluster, const qc_extent *skip)
+{
+    covering_scan s = covering_begin(ctx, cluster);
+    const qc_extent *e;
+    while ((e = covering_next(ctx, &s)) && e == skip)
+        ;
+    return e;
 }
 
 const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
@@ -241,12 +260,9 @@ bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
 uint32_t qc_cluster_owners(const qc_ctx *ctx, uint64_t cluster)
 {
     uint32_t owners = 0;
-    size_t lo = first_starting_at(ctx, (cluster + 1) << ctx->geo.cluster_bits);
-    for (size_t i = lo; i-- > 0 && lo - i <= 64;) {
-        const qc_extent *e = &ctx->extents[i];
-        if (extent_end_cluster(ctx, e) >= cluster && (e->start >> ctx->geo.cluster_bits) <= cluster)
-            owners |= 1u << e->owner;
-    }
+    covering_scan s = covering_begin(ctx, cluster);
+    for (const qc_extent *e; (e = covering_next(ctx, &s));)
+        owners |= 1u << e->owner;
     return owners;
 }
 

@@ -550,8 +550,9 @@ static void check_table_locations(qc_ctx *ctx)
                   (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
         qc_claim_past_eof(ctx, h->snapshots_offset,
                           (uint64_t)h->nb_snapshots * QC_SNAPSHOT_FIXED_SIZE, false);
-    } else
+    } else {
         ctx->snapshots_usable = true;
+    }
     if (!ctx->snapshots_usable)
         ctx->unfollowed++; /* the snapshots' tables and data are not followed */
 }

@@ -84,8 +84,9 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
                   (unsigned long long)ctx->file_size);
         if (e->l1_table_offset)
             qc_claim_past_eof(ctx, e->l1_table_offset, bytes, false);
-    } else
+    } else {
         s->follow = e->l1_size > 0;
+    }
     if (!s->follow && e->l1_size)
         ctx->unfollowed++;
     if (e->has_disk_size && qc_l1_entries_needed(&ctx->geo, e->disk_size) > e->l1_size)
@@ -163,14 +164,13 @@ void qc_pass_snapshots(qc_ctx *ctx)
             break;
     }
     ctx->nb_snapshots = n;
-    /* Entries that could not be decoded may own L1/L2 tables and data. */
-    if (n < h->nb_snapshots)
-        ctx->unfollowed++;
-    /* The entries listed but not decoded reach past the end of the file (or
-     * of what was read): at least their fixed parts, and the first as far
-     * as its own sizes say, if its fixed part is there. A repair must not
-     * append where they would become readable. */
+    /* Entries that could not be decoded may own L1/L2 tables and data, and
+     * they reach past the end of the file (or of what was read): at least
+     * their fixed parts, and the first as far as its own sizes say, if its
+     * fixed part is there. A repair must not append where they would
+     * become readable. */
     if (n < h->nb_snapshots) {
+        ctx->unfollowed++;
         uint64_t claim = (uint64_t)(h->nb_snapshots - n) * QC_SNAPSHOT_FIXED_SIZE;
         if ((uint64_t)end + QC_SNAPSHOT_FIXED_SIZE <= want) {
             const uint8_t *e = ctx->snap_table_buf + end;
