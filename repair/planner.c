@@ -272,8 +272,13 @@ uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts
     uint64_t claims = ctx->past_eof_end;
     if (!replaces_refcounts && ctx->past_eof_end_refcounts > claims)
         claims = ctx->past_eof_end_refcounts;
-    if (claims <= r->view.size)
-        return end;
+    if (claims <= r->view.size) {
+        /* The structures that replace the refcount table and blocks go
+         * past where the old ones point, when that is near: until the
+         * header switches to them, an old pointer must not find them. */
+        uint64_t old_reach = qc_div_round_up(ctx->past_eof_end_refcounts, ctx->geo.cluster_size);
+        return replaces_refcounts && old_reach > end && old_reach - end <= end ? old_reach : end;
+    }
     /* Appending would put new bytes where that structure is said to be
      * (and placing them past it would bring all of it into the file). */
     plan_note(r, NOTE_GENERAL,
