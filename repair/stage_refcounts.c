@@ -387,6 +387,13 @@ static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
                     res->per_problem[QC_P_REFTABLE_ENTRY_PAST_EOF],
                 0, 0};
     qc_each_refcount_span(ctx, &a, assess_span);
+    /* A refcount table sharing a cluster with another structure is moved
+     * away by a rebuild (whatever that leaves, QEMU reads as it is). */
+    uint64_t first = ctx->hdr.refcount_table_offset >> ctx->geo.cluster_bits;
+    for (uint64_t c = first; ctx->reftable_usable && !a.needs_rebuild &&
+                             c - first < ctx->hdr.refcount_table_clusters && c < ctx->file_clusters;
+         c++)
+        a.needs_rebuild = qc_cluster_shared(ctx, c, NULL);
     return a;
 }
 
