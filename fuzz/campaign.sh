@@ -76,8 +76,9 @@ for f in "$out"/*/crashes/id:* "$out"/*/hangs/id:*; do
   kind=$(basename "$(dirname "$f")")
   name="$kind-$(basename "$(dirname "$(dirname "$f")")")-$(basename "$f" | cut -c4-9)"
   [ -e "$findings/$name" ] && continue
-  afl-tmin -i "$f" -o "$findings/$name" -m none -t 10000 -- "$work/afl/fuzz/fuzz_$harness" \
-    >/dev/null 2>&1 || cp "$f" "$findings/$name"
+  # (in the work folder, where afl-tmin leaves its temporary file)
+  (cd "$work" && afl-tmin -i "$f" -o "$findings/$name" -m none -t 10000 -- \
+    "$work/afl/fuzz/fuzz_$harness" >/dev/null 2>&1) || cp "$f" "$findings/$name"
   echo "minimised $f -> $findings/$name"
 done
 
