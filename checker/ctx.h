@@ -173,6 +173,11 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
 void qc_report_flush(qc_ctx *ctx);
 /* Copy image-provided bytes into dst as printable ASCII (escaped). */
 void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len);
+/* In an array of n elements of elem_size bytes sorted by the uint64_t at
+ * key_offset in each, the index of the first whose key is not below `key`
+ * (n if none). */
+size_t qc_lower_bound(const void *array, size_t n, size_t elem_size, size_t key_offset,
+                      uint64_t key);
 
 /* ---- support.c: allocation bounded by max_mem, reads ---- */
 void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what);

@@ -183,15 +183,8 @@ bool qc_extents_finish(qc_ctx *ctx)
 /* Index of the first extent starting at or after byte `pos`. */
 static size_t first_starting_at(const qc_ctx *ctx, uint64_t pos)
 {
-    size_t lo = 0, hi = ctx->nb_extents;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (ctx->extents[mid].start < pos)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    return qc_lower_bound(ctx->extents, ctx->nb_extents, sizeof(qc_extent),
+                          offsetof(qc_extent, start), pos);
 }
 
 /* The extents covering a cluster, one after the other: scan back from the

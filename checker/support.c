@@ -142,6 +142,23 @@ void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len)
     dst[o] = '\0';
 }
 
+size_t qc_lower_bound(const void *array, size_t n, size_t elem_size, size_t key_offset,
+                      uint64_t key)
+{
+    const uint8_t *a = array;
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        uint64_t k;
+        memcpy(&k, a + mid * elem_size + key_offset, sizeof(k));
+        if (k < key)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
 {
     if (bytes == 0)

@@ -41,14 +41,7 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len)
 /* Index of the page, or of where it would be inserted. */
 static size_t find_page(const overlay *o, uint64_t index, bool *found)
 {
-    size_t lo = 0, hi = o->nb_pages;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (o->pages[mid].index < index)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
+    size_t lo = qc_lower_bound(o->pages, o->nb_pages, sizeof(page), offsetof(page, index), index);
     *found = lo < o->nb_pages && o->pages[lo].index == index;
     return lo;
 }
