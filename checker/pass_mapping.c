@@ -288,8 +288,9 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
         qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, w->obj, at, 1,
                   "entry %u points to a data cluster at 0x%llx; the file is %llu bytes", i,
                   (unsigned long long)off, (unsigned long long)ctx->file_size);
-        ctx->unfollowed++; /* the cluster it should point to may now look leaked */
-        qc_claim_past_eof(ctx, off, g->cluster_size, false);
+        /* Past the end: counted as unfollowed (the cluster it should point
+         * to may now look leaked) and as a claim past the end. */
+        qc_unfollowed_leaf(ctx, off);
         return;
     }
     count_data_cluster(ctx, w, i, cluster, copied);
