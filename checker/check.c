@@ -12,9 +12,7 @@
 /* Allocate the per-cluster maps once the file's cluster count is known. */
 static bool init_maps(qc_ctx *ctx)
 {
-    return qc_refmap_init(ctx, &ctx->refmap, ctx->file_clusters, ctx->geo.refcount_bits) &&
-           qc_bitset_init(ctx, &ctx->copied_set, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->copied_clear, ctx->file_clusters) &&
+    return qc_refmap_init(ctx, &ctx->refmap, ctx->file_clusters) &&
            qc_bitset_init(ctx, &ctx->suspect, ctx->file_clusters) &&
            qc_bitset_init(ctx, &ctx->bitmap_suspect, ctx->file_clusters) &&
            qc_bitset_init(ctx, &ctx->orphans, ctx->file_clusters) &&
@@ -31,14 +29,11 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->reftable);
     free(ctx->refblock_state);
     free(ctx->extents);
-    free(ctx->meta_clusters.words);
-    free(ctx->refmap.counts);
-    free(ctx->copied_set.words);
-    free(ctx->copied_clear.words);
-    free(ctx->suspect.words);
-    free(ctx->orphans.words);
-    free(ctx->bitmap_suspect.words);
-    free(ctx->over.words);
+    qc_refmap_release(&ctx->refmap);
+    qc_bitset_release(&ctx->suspect);
+    qc_bitset_release(&ctx->orphans);
+    qc_bitset_release(&ctx->bitmap_suspect);
+    qc_bitset_release(&ctx->over);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
 }

@@ -1,54 +1,148 @@
 /*
- * Per-host-cluster maps: computed refcounts (saturating dense counters) and
- * bitsets. Sized by the real file, never by header claims, and charged to
- * the context's memory limit.
+ * Per-host-cluster maps: the computed refcounts with their flags, and
+ * bitsets. Both are paged (see ctx.h): pages are allocated on first write
+ * and charged to the context's memory limit, and the directory of pages is
+ * sized by the real file, never by header claims.
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "ctx.h"
 
-bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters, unsigned refcount_bits)
+/* Memory for a map: charged to ctx, or (ctx NULL: a repair's set that
+ * outlives the checks it is used with) plain zeroed memory. */
+static void *map_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
 {
-    map->clusters = clusters;
-    /* Counters must be able to exceed refcount_max so overflow shows. */
-    map->width = refcount_bits < 16 ? 2 : 4;
+    if (ctx)
+        return qc_alloc(ctx, bytes, what);
+    return bytes <= SIZE_MAX ? calloc(1, (size_t)bytes) : NULL;
+}
+
+static void map_free(qc_ctx *ctx, void *p, uint64_t bytes)
+{
+    if (ctx)
+        qc_free(ctx, p, bytes);
+    else
+        free(p);
+}
+
+static void **alloc_directory(qc_ctx *ctx, uint64_t clusters, uint64_t *nb_pages,
+                              const char *what)
+{
+    *nb_pages = qc_div_round_up(clusters, QC_PAGE_CLUSTERS);
     uint64_t bytes;
-    if (!qc_mul_ok(clusters, map->width, &bytes))
+    if (!qc_mul_ok(*nb_pages ? *nb_pages : 1, sizeof(void *), &bytes))
         bytes = UINT64_MAX;
-    map->counts = qc_alloc(ctx, bytes, "computed refcount map");
-    return map->counts != NULL;
+    return map_alloc(ctx, bytes, what);
 }
 
-static uint64_t refmap_saturation(const qc_refmap *map)
+bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters)
 {
-    return map->width == 2 ? UINT16_MAX : UINT32_MAX;
+    memset(map, 0, sizeof(*map));
+    map->ctx = ctx;
+    map->clusters = clusters;
+    map->pages = alloc_directory(ctx, clusters, &map->nb_pages, "computed refcount map");
+    if (!map->pages)
+        return false;
+    map->width_log = qc_alloc(ctx, map->nb_pages, "computed refcount map");
+    return map->width_log != NULL;
 }
 
-void qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n)
+static uint64_t page_bytes(unsigned width_log)
 {
-    uint64_t max = refmap_saturation(map);
-    if (map->width == 2) {
-        uint16_t *c = (uint16_t *)map->counts + cluster;
-        *c = (uint16_t)(n >= max - *c ? max : *c + n);
-    } else {
-        uint32_t *c = (uint32_t *)map->counts + cluster;
-        *c = (uint32_t)(n >= max - *c ? max : *c + n);
+    return QC_PAGE_CLUSTERS << width_log;
+}
+
+void qc_refmap_release(qc_refmap *map)
+{
+    for (uint64_t p = 0; map->pages && p < map->nb_pages; p++)
+        qc_free(map->ctx, map->pages[p], page_bytes(map->width_log[p]));
+    qc_free(map->ctx, map->pages, map->nb_pages * sizeof(void *));
+    qc_free(map->ctx, map->width_log, map->nb_pages);
+    memset(map, 0, sizeof(*map));
+}
+
+static void cell_store(void *page, unsigned width_log, uint64_t i, uint64_t v)
+{
+    switch (width_log) {
+    case 0:
+        ((uint8_t *)page)[i] = (uint8_t)v;
+        break;
+    case 1:
+        ((uint16_t *)page)[i] = (uint16_t)v;
+        break;
+    case 2:
+        ((uint32_t *)page)[i] = (uint32_t)v;
+        break;
+    default:
+        ((uint64_t *)page)[i] = v;
+        break;
     }
 }
 
-void qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value)
+/* Re-encode page p with cells twice as wide. */
+static bool widen_page(qc_refmap *map, uint64_t p)
 {
-    uint64_t max = refmap_saturation(map);
-    if (value > max)
-        value = max;
-    if (map->width == 2)
-        ((uint16_t *)map->counts)[cluster] = (uint16_t)value;
-    else
-        ((uint32_t *)map->counts)[cluster] = (uint32_t)value;
+    unsigned from = map->width_log[p], to = from + 1;
+    void *wide = qc_alloc(map->ctx, page_bytes(to), "computed refcount map");
+    if (!wide)
+        return false;
+    unsigned from_bits = qc_cell_count_bits(from), to_bits = qc_cell_count_bits(to);
+    uint64_t mask = (1ull << from_bits) - 1;
+    for (uint64_t i = 0; i < QC_PAGE_CLUSTERS; i++) {
+        uint64_t cell = qc_cell_load(map->pages[p], from, i);
+        cell_store(wide, to, i, (cell & mask) | (cell >> from_bits) << to_bits);
+    }
+    qc_free(map->ctx, map->pages[p], page_bytes(from));
+    map->pages[p] = wide;
+    map->width_log[p] = (uint8_t)to;
+    return true;
 }
 
-uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
+/* Store count `count` (saturated to what 8-byte cells hold) and `flags`
+ * in the cell of `cluster`, widening its page as needed. */
+static bool store_cell(qc_refmap *map, uint64_t cluster, uint64_t count, unsigned flags)
 {
-    return map->width == 2 ? ((const uint16_t *)map->counts)[cluster]
-                           : ((const uint32_t *)map->counts)[cluster];
+    uint64_t p = cluster >> QC_PAGE_SHIFT, i = cluster & (QC_PAGE_CLUSTERS - 1);
+    if (!map->pages[p]) {
+        if (count == 0 && flags == 0)
+            return true;
+        map->pages[p] = qc_alloc(map->ctx, page_bytes(0), "computed refcount map");
+        if (!map->pages[p])
+            return false;
+    }
+    uint64_t widest = (1ull << qc_cell_count_bits(3)) - 1;
+    if (count > widest)
+        count = widest;
+    while (map->width_log[p] < 3 && count >> qc_cell_count_bits(map->width_log[p]))
+        if (!widen_page(map, p))
+            return false;
+    unsigned bits = qc_cell_count_bits(map->width_log[p]);
+    cell_store(map->pages[p], map->width_log[p], i, count | (uint64_t)flags << bits);
+    return true;
+}
+
+bool qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
+{
+    unsigned wl;
+    uint64_t cell = qc_refmap_cell(map, cluster, &wl);
+    unsigned bits = qc_cell_count_bits(wl);
+    uint64_t count = cell & ((1ull << bits) - 1);
+    count = n > UINT64_MAX - count ? UINT64_MAX : count + n;
+    return store_cell(map, cluster, count, (unsigned)(cell >> bits) | flags);
+}
+
+bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value)
+{
+    return store_cell(map, cluster, value, qc_refmap_flags(map, cluster));
+}
+
+uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster)
+{
+    for (uint64_t p = cluster >> QC_PAGE_SHIFT; p < map->nb_pages; p++)
+        if (map->pages[p])
+            return p == cluster >> QC_PAGE_SHIFT ? cluster : p << QC_PAGE_SHIFT;
+    return map->clusters;
 }
 
 void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset)
@@ -95,9 +189,50 @@ bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitm
                           !(drops_bitmaps && qc_bitset_test(&ctx->bitmap_suspect, cluster)));
 }
 
+#define BITSET_PAGE_BYTES (QC_PAGE_CLUSTERS / 8)
+
 bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits)
 {
+    memset(set, 0, sizeof(*set));
+    set->ctx = ctx;
     set->bits = bits;
-    set->words = qc_alloc(ctx, qc_div_round_up(bits, 64) * 8, "cluster bitmap");
-    return set->words != NULL;
+    set->pages = (uint64_t **)alloc_directory(ctx, bits, &set->nb_pages, "cluster bitmap");
+    return set->pages != NULL;
+}
+
+void qc_bitset_release(qc_bitset *set)
+{
+    for (uint64_t p = 0; set->pages && p < set->nb_pages; p++)
+        map_free(set->ctx, set->pages[p], BITSET_PAGE_BYTES);
+    map_free(set->ctx, set->pages, set->nb_pages * sizeof(void *));
+    memset(set, 0, sizeof(*set));
+}
+
+bool qc_bitset_set(qc_bitset *set, uint64_t i)
+{
+    uint64_t **page = &set->pages[i >> QC_PAGE_SHIFT];
+    if (!*page && !(*page = map_alloc(set->ctx, BITSET_PAGE_BYTES, "cluster bitmap")))
+        return false;
+    uint64_t bit = i & (QC_PAGE_CLUSTERS - 1);
+    (*page)[bit / 64] |= 1ull << (bit % 64);
+    return true;
+}
+
+uint64_t qc_bitset_next(const qc_bitset *set, uint64_t i)
+{
+    while (i < set->bits) {
+        const uint64_t *page = set->pages[i >> QC_PAGE_SHIFT];
+        if (!page) {
+            i = ((i >> QC_PAGE_SHIFT) + 1) << QC_PAGE_SHIFT;
+            continue;
+        }
+        uint64_t bit = i & (QC_PAGE_CLUSTERS - 1);
+        uint64_t word = page[bit / 64] >> (bit % 64);
+        if (word)
+            return i + (uint64_t)__builtin_ctzll(word) < set->bits
+                       ? i + (uint64_t)__builtin_ctzll(word)
+                       : set->bits;
+        i += 64 - bit % 64;
+    }
+    return set->bits;
 }

@@ -71,20 +71,41 @@ typedef struct qc_l2_table {
     size_t first_ref; /* index into l2_refs of the first reference */
 } qc_l2_table;
 
-/* A dense counter per host cluster: the computed refcounts. Counters are
- * 16 bits wide for refcounts narrower than 16 bits and 32 bits otherwise,
- * so a count above refcount_max is visible for widths up to 16 bits (wider
- * refcounts cannot overflow from references a real file can hold); they
- * saturate. */
+/* Per-host-cluster maps are paged: a page covers QC_PAGE_CLUSTERS clusters
+ * and is allocated on its first write, so a sparse file costs a pointer
+ * per page where nothing is, and memory follows the metadata actually
+ * present rather than the file's length. */
+#define QC_PAGE_SHIFT 15
+#define QC_PAGE_CLUSTERS (1ull << QC_PAGE_SHIFT)
+
+struct qc_ctx;
+
+/* The computed refcounts, with three flags per cluster. A page's cells
+ * start one byte wide (a count up to 31) and are widened to 2, 4 or 8
+ * bytes when a count outgrows them, so a typical image costs one byte per
+ * cluster and a count above any refcount_max stays visible. The flags
+ * live in each cell's top three bits. */
+enum {
+    QC_CELL_META = 1,       /* some metadata structure owns the cluster */
+    QC_CELL_COPIED = 2,     /* an active L2 entry maps it as data with COPIED set */
+    QC_CELL_NOT_COPIED = 4, /* ... and with COPIED clear */
+};
+#define QC_CELL_FLAG_BITS 3
+
 typedef struct qc_refmap {
+    struct qc_ctx *ctx; /* memory accounting */
     uint64_t clusters;
-    unsigned width; /* bytes per counter: 2 or 4 */
-    void *counts;
+    uint64_t nb_pages;
+    void **pages;       /* NULL: every cell of the page is 0 */
+    uint8_t *width_log; /* per page: cells of 1 << width_log bytes */
 } qc_refmap;
 
+/* A set of clusters, paged like the refcount map. */
 typedef struct qc_bitset {
+    struct qc_ctx *ctx; /* memory accounting; NULL: not accounted */
     uint64_t bits;
-    uint64_t *words;
+    uint64_t nb_pages;
+    uint64_t **pages; /* NULL: no bit of the page is set */
 } qc_bitset;
 
 typedef struct qc_ctx {
@@ -125,12 +146,9 @@ typedef struct qc_ctx {
     /* metadata extents (every pass adds; sorted before the L2 walk) */
     qc_extent *extents;
     size_t nb_extents, cap_extents;
-    qc_bitset meta_clusters; /* clusters owned by any metadata extent */
 
     /* mapping pass */
-    qc_refmap refmap;
-    qc_bitset copied_set;   /* active data cluster referenced with COPIED set */
-    qc_bitset copied_clear; /* ... and with COPIED clear */
+    qc_refmap refmap; /* counts, and flags: metadata, active COPIED set / clear */
     qc_l2_ref *l2_refs; /* sorted by L2 offset after collection */
     size_t nb_l2_refs, cap_l2_refs;
     qc_l2_table *l2_tables;
@@ -187,19 +205,89 @@ void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
 bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what);
 
 /* ---- clustermap.c ---- */
-bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters, unsigned refcount_bits);
-void qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n);
-uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster);
-void qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value); /* saturating */
-bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits);
-static inline void qc_bitset_set(qc_bitset *s, uint64_t i)
+bool qc_refmap_init(struct qc_ctx *ctx, qc_refmap *map, uint64_t clusters);
+void qc_refmap_release(qc_refmap *map);
+/* Add n references to `cluster` and set `flags` on it. Returns false when
+ * a page could not be allocated (memoryLimit was reported, ctx->stop set). */
+bool qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags);
+/* Set the count of `cluster` to `value`, keeping its flags. */
+bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value);
+/* The first cluster at or after `cluster` whose page is allocated (any
+ * cluster before it has count 0 and no flags), or map->clusters. */
+uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster);
+
+static inline uint64_t qc_cell_load(const void *page, unsigned width_log, uint64_t i)
 {
-    s->words[i / 64] |= 1ull << (i % 64);
+    switch (width_log) {
+    case 0:
+        return ((const uint8_t *)page)[i];
+    case 1:
+        return ((const uint16_t *)page)[i];
+    case 2:
+        return ((const uint32_t *)page)[i];
+    default:
+        return ((const uint64_t *)page)[i];
+    }
 }
+
+static inline unsigned qc_cell_count_bits(unsigned width_log)
+{
+    return (8u << width_log) - QC_CELL_FLAG_BITS;
+}
+
+static inline bool qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
+{
+    uint8_t *page = map->pages[cluster >> QC_PAGE_SHIFT];
+    if (page && map->width_log[cluster >> QC_PAGE_SHIFT] == 0) {
+        uint8_t *cell = page + (cluster & (QC_PAGE_CLUSTERS - 1));
+        if (n <= 31u - (*cell & 31u)) {
+            *cell = (uint8_t)((*cell + n) | flags << 5);
+            return true;
+        }
+    }
+    return qc_refmap_add_slow(map, cluster, n, flags);
+}
+
+static inline uint64_t qc_refmap_cell(const qc_refmap *map, uint64_t cluster, unsigned *width_log)
+{
+    const void *page = map->pages[cluster >> QC_PAGE_SHIFT];
+    if (!page) {
+        *width_log = 0;
+        return 0;
+    }
+    *width_log = map->width_log[cluster >> QC_PAGE_SHIFT];
+    return qc_cell_load(page, *width_log, cluster & (QC_PAGE_CLUSTERS - 1));
+}
+
+static inline uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
+{
+    unsigned wl;
+    uint64_t cell = qc_refmap_cell(map, cluster, &wl);
+    return cell & ((1ull << qc_cell_count_bits(wl)) - 1);
+}
+
+static inline unsigned qc_refmap_flags(const qc_refmap *map, uint64_t cluster)
+{
+    unsigned wl;
+    uint64_t cell = qc_refmap_cell(map, cluster, &wl);
+    return (unsigned)(cell >> qc_cell_count_bits(wl));
+}
+
+/* ctx NULL: the set's memory is not charged to any check (for a set that
+ * outlives the checks it is used with). */
+bool qc_bitset_init(struct qc_ctx *ctx, qc_bitset *set, uint64_t bits);
+void qc_bitset_release(qc_bitset *set);
+/* Returns false when a page could not be allocated (memoryLimit was
+ * reported, ctx->stop set). */
+bool qc_bitset_set(qc_bitset *set, uint64_t i);
 static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
 {
-    return (s->words[i / 64] >> (i % 64)) & 1;
+    const uint64_t *page = s->pages[i >> QC_PAGE_SHIFT];
+    uint64_t bit = i & (QC_PAGE_CLUSTERS - 1);
+    return page && (page[bit / 64] >> (bit % 64)) & 1;
 }
+/* The first set bit at or after `i`, or set->bits. */
+uint64_t qc_bitset_next(const qc_bitset *set, uint64_t i);
 
 /* A data or bitmap-data pointer at `host_offset` was not followed: mark
  * the cluster it most likely meant (its aligned-down cluster) as suspect,

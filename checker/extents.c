@@ -126,7 +126,8 @@ bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2,
     uint64_t first = start >> ctx->geo.cluster_bits;
     uint64_t last = (start + length - 1) >> ctx->geo.cluster_bits;
     for (uint64_t c = first; c <= last; c++)
-        qc_refmap_add(&ctx->refmap, c, refs);
+        if (!qc_refmap_add(&ctx->refmap, c, refs, 0))
+            return false;
     return true;
 }
 
@@ -147,8 +148,6 @@ static uint64_t extent_end_cluster(const qc_ctx *ctx, const qc_extent *e)
 bool qc_extents_finish(qc_ctx *ctx)
 {
     qsort(ctx->extents, ctx->nb_extents, sizeof(qc_extent), extent_cmp);
-    if (!qc_bitset_init(ctx, &ctx->meta_clusters, ctx->file_clusters))
-        return false;
     /* Sweep in start order, remembering the extent reaching furthest so
      * far; two extents conflict when they share a host cluster. */
     size_t reach = SIZE_MAX;
@@ -175,7 +174,8 @@ bool qc_extents_finish(qc_ctx *ctx)
             extent_end_cluster(ctx, e) > extent_end_cluster(ctx, &ctx->extents[reach]))
             reach = i;
         for (uint64_t c = first; c <= extent_end_cluster(ctx, e); c++)
-            qc_bitset_set(&ctx->meta_clusters, c);
+            if (!qc_refmap_add(&ctx->refmap, c, 0, QC_CELL_META))
+                return false;
     }
     return true;
 }

@@ -116,8 +116,12 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 {
     compare_state *st = state;
     uint64_t end = span->first + span->count;
+    /* Where the on-disk refcounts are not read from a block, only clusters
+     * with references can differ: skip the pages that have none. */
+    const qc_refmap *map = &ctx->refmap;
     if (span->kind == QC_SPAN_UNKNOWN) {
-        for (uint64_t c = span->first; c < end; c++) {
+        for (uint64_t c = qc_refmap_next_page(map, span->first); c < end;
+             c = qc_refmap_next_page(map, c + 1)) {
             uint64_t computed = qc_refmap_get(&ctx->refmap, c);
             if (!computed)
                 continue;
@@ -127,7 +131,8 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         return;
     }
     if (span->kind == QC_SPAN_ZERO) {
-        for (uint64_t c = span->first; c < end; c++)
+        for (uint64_t c = qc_refmap_next_page(map, span->first); c < end;
+             c = qc_refmap_next_page(map, c + 1))
             compare_cluster(ctx, st, c, 0);
         return;
     }
@@ -171,23 +176,22 @@ static void check_copied(qc_ctx *ctx)
                   r->l1_index, r->copied ? "set" : "clear", (unsigned long long)r->l2_offset,
                   (unsigned long long)computed);
     }
-    /* Data clusters of the active tree, from the bits the walk recorded. */
+    /* Data clusters of the active tree, from the flags the walk recorded. */
     run r = {0};
-    uint64_t words = qc_div_round_up(ctx->file_clusters, 64);
-    for (uint64_t w = 0; w < words; w++) {
-        uint64_t any = ctx->copied_set.words[w] | ctx->copied_clear.words[w];
-        while (any) {
-            uint64_t c = w * 64 + (uint64_t)__builtin_ctzll(any);
-            any &= any - 1;
-            uint64_t computed = qc_refmap_get(&ctx->refmap, c);
-            if (qc_bitset_test(&ctx->copied_set, c) && computed != 1)
+    const qc_refmap *map = &ctx->refmap;
+    for (uint64_t c = qc_refmap_next_page(map, 0); c < map->clusters;
+         c = qc_refmap_next_page(map, c + 1)) {
+        unsigned flags = qc_refmap_flags(map, c);
+        if (flags & (QC_CELL_COPIED | QC_CELL_NOT_COPIED)) {
+            uint64_t computed = qc_refmap_get(map, c);
+            if ((flags & QC_CELL_COPIED) && computed != 1)
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 1, computed);
             /* COPIED clear with one reference only costs a needless copy on
              * write, the missing reference may belong to a structure that
              * was not followed, and with a higher refcount on disk QEMU
              * wants it clear: judge it only when all were followed and the
              * refcount on disk is 1 too. */
-            else if (qc_bitset_test(&ctx->copied_clear, c) && computed == 1 && !ctx->unfollowed &&
+            else if ((flags & QC_CELL_NOT_COPIED) && computed == 1 && !ctx->unfollowed &&
                      !qc_bitset_test(&ctx->suspect, c) && !qc_bitset_test(&ctx->over, c))
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 0, computed);
         }

@@ -167,7 +167,7 @@ typedef struct l2_walk {
  * cluster some metadata structure owns. */
 static void check_data_on_metadata(qc_ctx *ctx, const l2_walk *w, uint32_t index, uint64_t cluster)
 {
-    if (!qc_bitset_test(&ctx->meta_clusters, cluster))
+    if (!(qc_refmap_flags(&ctx->refmap, cluster) & QC_CELL_META))
         return;
     const qc_extent *owner = qc_extent_at(ctx, cluster);
     char what[240] = "metadata";
@@ -182,9 +182,10 @@ static void check_data_on_metadata(qc_ctx *ctx, const l2_walk *w, uint32_t index
 static void count_data_cluster(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t cluster,
                                bool copied)
 {
-    qc_refmap_add(&ctx->refmap, cluster, w->table->refs);
+    unsigned flags = 0;
     if (w->table->active_refs)
-        qc_bitset_set(copied ? &ctx->copied_set : &ctx->copied_clear, cluster);
+        flags = copied ? QC_CELL_COPIED : QC_CELL_NOT_COPIED;
+    qc_refmap_add(&ctx->refmap, cluster, w->table->refs, flags);
     check_data_on_metadata(ctx, w, index, cluster);
 }
 
@@ -221,7 +222,7 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
         return;
     }
     for (uint64_t cl = first; cl <= last; cl++) {
-        qc_refmap_add(&ctx->refmap, cl, w->table->refs);
+        qc_refmap_add(&ctx->refmap, cl, w->table->refs, 0);
         check_data_on_metadata(ctx, w, i, cl);
     }
 }

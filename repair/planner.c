@@ -359,17 +359,17 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
 static bool keep_first_orphans(repair_run *r)
 {
     qc_ctx *ctx = &r->ctx;
-    r->kept.bits = ctx->file_clusters;
-    r->kept.words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
-    if (!r->kept.words)
+    if (!qc_bitset_init(NULL, &r->kept, ctx->file_clusters))
         return false;
     r->drops_bitmaps = r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_DROP_BITMAPS) &&
                        (ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
     uint64_t kept = 0;
-    for (uint64_t c = 0; c < ctx->file_clusters; c++) {
+    for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
+         c = qc_bitset_next(&ctx->orphans, c + 1)) {
         if (!qc_orphan_binds(ctx, r->mode == QC_REPAIR_ALL, r->drops_bitmaps, c))
             continue;
-        qc_bitset_set(&r->kept, c);
+        if (!qc_bitset_set(&r->kept, c))
+            return false;
         kept++;
     }
     if (kept)
@@ -454,7 +454,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
             before->corruptions > after->corruptions ? before->corruptions - after->corruptions : 0;
     }
     release_check(&r);
-    free(r.kept.words);
+    qc_bitset_release(&r.kept);
     free(r.found);
     qc_io_close(&r.view);
     if (ret && ret != -EPERM) {

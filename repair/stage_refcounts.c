@@ -77,7 +77,8 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         return;
     }
     if (span->kind == QC_SPAN_ZERO)
-        for (uint64_t c = span->first; c < span->first + span->count; c++)
+        for (uint64_t c = qc_refmap_next_page(&ctx->refmap, span->first);
+             c < span->first + span->count; c = qc_refmap_next_page(&ctx->refmap, c + 1))
             if (qc_refmap_get(&ctx->refmap, c))
                 a->needs_rebuild = true;
 }
@@ -150,7 +151,7 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         uint64_t ondisk = qc_refblock_get(span->block, g->refcount_bits, j);
         uint64_t c = span->first + j;
         uint64_t want = wanted(p->r, ctx, c, ondisk);
-        if (want < 2 && ondisk > want && p->copied_floor.words && c < p->copied_floor.bits &&
+        if (want < 2 && ondisk > want && p->copied_floor.pages && c < p->copied_floor.bits &&
             qc_bitset_test(&p->copied_floor, c)) {
             want = 2;
             p->floored++;
@@ -165,25 +166,28 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 }
 
 /* The clusters -r leaks must keep at refcount 2 or more (see patcher). */
-static bool mark_copied_floor(const qc_ctx *ctx, qc_bitset *floor)
+static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
 {
-    floor->bits = ctx->file_clusters;
-    floor->words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
-    if (!floor->words)
+    if (!qc_bitset_init(ctx, floor, ctx->file_clusters))
         return false;
-    memcpy(floor->words, ctx->copied_clear.words, qc_div_round_up(ctx->file_clusters, 64) * 8);
+    const qc_refmap *map = &ctx->refmap;
+    for (uint64_t c = qc_refmap_next_page(map, 0); c < map->clusters;
+         c = qc_refmap_next_page(map, c + 1))
+        if ((qc_refmap_flags(map, c) & QC_CELL_NOT_COPIED) && !qc_bitset_set(floor, c))
+            return false;
     for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
         const qc_l2_ref *ref = &ctx->l2_refs[i];
         uint64_t c = ref->l2_offset >> ctx->geo.cluster_bits;
-        if (ref->snapshot == QC_ACTIVE && !ref->copied && c < ctx->file_clusters)
-            qc_bitset_set(floor, c);
+        if (ref->snapshot == QC_ACTIVE && !ref->copied && c < ctx->file_clusters &&
+            !qc_bitset_set(floor, c))
+            return false;
     }
     return true;
 }
 
 static void patch_in_place(repair_run *r, qc_ctx *ctx)
 {
-    patcher p = {r, malloc(ctx->geo.cluster_size), {0, NULL}, 0};
+    patcher p = {r, malloc(ctx->geo.cluster_size), {0}, 0};
     if (!p.copy || (r->mode == QC_REPAIR_LEAKS && !mark_copied_floor(ctx, &p.copied_floor))) {
         r->error = -ENOMEM;
     } else {
@@ -197,7 +201,7 @@ static void patch_in_place(repair_run *r, qc_ctx *ctx)
                       p.floored == 1 ? "it" : "them", p.floored == 1 ? "it" : "them");
     }
     free(p.copy);
-    free(p.copied_floor.words);
+    qc_bitset_release(&p.copied_floor);
 }
 
 /* ---- rebuild ---- */
@@ -215,12 +219,17 @@ static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     uint64_t end = span->first + span->count;
     if (end > ctx->file_clusters)
         end = ctx->file_clusters;
-    for (uint64_t c = span->first; c < end; c++) {
-        uint64_t v = qc_refmap_get(&ctx->refmap, c);
+    /* Outside refcount blocks, only clusters with references have a
+     * target above 0: skip the pages that have none. */
+    bool block = span->kind == QC_SPAN_BLOCK;
+    const qc_refmap *map = &ctx->refmap;
+    for (uint64_t c = block ? span->first : qc_refmap_next_page(map, span->first); c < end;
+         c = block ? c + 1 : qc_refmap_next_page(map, c + 1)) {
+        uint64_t v = qc_refmap_get(map, c);
         bool old = qc_bitset_test(&t->old_structures, c);
         if (old && v)
             v--;
-        if (span->kind == QC_SPAN_BLOCK && !old) {
+        if (block && !old) {
             uint64_t ondisk = qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first);
             if (ondisk > v && binding_orphan(t->r, ctx, c))
                 v = ondisk;
@@ -233,9 +242,7 @@ static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 
 static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
 {
-    old->bits = ctx->file_clusters;
-    old->words = calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8);
-    if (!old->words)
+    if (!qc_bitset_init(ctx, old, ctx->file_clusters))
         return false;
     for (size_t i = 0; i < ctx->nb_extents; i++) {
         const qc_extent *e = &ctx->extents[i];
@@ -244,7 +251,8 @@ static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
         uint64_t first = e->start >> ctx->geo.cluster_bits;
         uint64_t last = (e->start + e->length - 1) >> ctx->geo.cluster_bits;
         for (uint64_t c = first; c <= last && c < ctx->file_clusters; c++)
-            qc_bitset_set(old, c);
+            if (!qc_bitset_set(old, c))
+                return false;
     }
     return true;
 }
@@ -349,7 +357,7 @@ static void write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
 static void rebuild(repair_run *r, qc_ctx *ctx)
 {
     const qc_geometry *g = &ctx->geo;
-    targets t = {r, {0, NULL}};
+    targets t = {r, {0}};
     layout l = {0};
     l.base = append_cluster(r, "the rebuilt refcount structures", true);
     if (l.base == UINT64_MAX)
@@ -359,8 +367,10 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
     if (!l.needed || !mark_old_structures(ctx, &t.old_structures)) {
         r->error = -ENOMEM;
     } else if (qc_each_refcount_span(ctx, &t, target_span)) {
-        for (uint64_t c = 0; c < ctx->file_clusters; c++)
-            if (qc_refmap_get(&ctx->refmap, c))
+        const qc_refmap *map = &ctx->refmap;
+        for (uint64_t c = qc_refmap_next_page(map, 0); c < map->clusters;
+             c = qc_refmap_next_page(map, c + 1))
+            if (qc_refmap_get(map, c))
                 l.needed[c / g->refblock_entries] = true;
         plan_layout(ctx, &l);
         if (l.entries * 8 > QC_MAX_REFTABLE_BYTES)
@@ -372,7 +382,7 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
             write_rebuilt(r, ctx, &l);
     }
     free(l.needed);
-    free(t.old_structures.words);
+    qc_bitset_release(&t.old_structures);
     /* The refcount map now holds targets, not what the check found. */
     r->ctx_stale = true;
 }

@@ -137,10 +137,10 @@ static void rewrite_entry(repair_run *r, uint64_t at, uint64_t clear, uint64_t s
 static void fix_data_copied(repair_run *r, qc_ctx *ctx)
 {
     const qc_geometry *g = &ctx->geo;
-    qc_bitset flagged = {ctx->file_clusters,
-                         calloc(qc_div_round_up(ctx->file_clusters, 64) + 1, 8)};
+    qc_bitset flagged;
+    bool flagged_ok = qc_bitset_init(ctx, &flagged, ctx->file_clusters);
     uint8_t *table = malloc(g->cluster_size), *copy = malloc(g->cluster_size);
-    if (!flagged.words || !table || !copy) {
+    if (!flagged_ok || !table || !copy) {
         r->error = -ENOMEM;
         goto out;
     }
@@ -151,7 +151,8 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
             continue;
         for (uint64_t c = f->offset >> g->cluster_bits;
              c < (f->offset >> g->cluster_bits) + f->count && c < ctx->file_clusters; c++)
-            qc_bitset_set(&flagged, c);
+            if (!qc_bitset_set(&flagged, c))
+                r->error = -ENOMEM;
         any = true;
     }
     for (size_t t = 0; any && t < ctx->nb_l2_tables && !r->error; t++) {
@@ -189,7 +190,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
         }
     }
 out:
-    free(flagged.words);
+    qc_bitset_release(&flagged);
     free(table);
     free(copy);
 }
