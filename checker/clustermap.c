@@ -122,14 +122,15 @@ static bool store_cell(qc_refmap *map, uint64_t cluster, uint64_t count, unsigne
     return true;
 }
 
-bool qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
+int qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
 {
     unsigned wl;
     uint64_t cell = qc_refmap_cell(map, cluster, &wl);
     unsigned bits = qc_cell_count_bits(wl);
     uint64_t count = cell & ((1ull << bits) - 1);
     count = n > UINT64_MAX - count ? UINT64_MAX : count + n;
-    return store_cell(map, cluster, count, (unsigned)(cell >> bits) | flags);
+    flags |= (unsigned)(cell >> bits);
+    return store_cell(map, cluster, count, flags) ? (int)flags : -1;
 }
 
 bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value)

@@ -42,9 +42,9 @@ typedef enum qc_owner {
 typedef struct qc_extent {
     uint64_t start;
     uint64_t length;
-    qc_owner owner;
     uint32_t index;  /* snapshot / bitmap / reftable index, QC_ACTIVE for active */
     uint32_t index2; /* L1 index for L2 tables */
+    uint8_t owner;   /* a qc_owner (one byte: there is one extent per L2 table) */
     bool conflicted; /* overlaps a more trusted structure: not followed */
 } qc_extent;
 
@@ -55,20 +55,25 @@ typedef struct qc_snapshot {
     bool follow;             /* its L1 table is valid and will be walked */
 } qc_snapshot;
 
-/* One reference from an L1 entry to an L2 table. */
+/* One reference from an L1 entry to an L2 table. These and the table
+ * records below exist once per L2 table, so they are kept small. */
 typedef struct qc_l2_ref {
     uint64_t l2_offset;
-    uint32_t snapshot; /* QC_ACTIVE or snapshot index */
-    uint32_t l1_index;
-    bool copied; /* bit 63 of the L1 entry */
+    uint32_t snapshot;      /* QC_ACTIVE or snapshot index */
+    uint32_t l1_index : 31; /* below QC_MAX_L1_BYTES / 8 */
+    uint32_t copied : 1;    /* bit 63 of the L1 entry */
 } qc_l2_ref;
+
+/* At most this many references are collected (memoryLimit beyond), so the
+ * counts below fit 32 bits. */
+#define QC_MAX_L2_REFS UINT32_MAX
 
 /* One distinct L2 table, with how many L1 entries reference it. */
 typedef struct qc_l2_table {
     uint64_t offset;
-    uint64_t refs; /* L1 entries can outnumber 2^32 in a forged image */
-    uint64_t active_refs;
-    size_t first_ref; /* index into l2_refs of the first reference */
+    uint32_t refs;
+    uint32_t active_refs;
+    uint32_t first_ref; /* index into l2_refs of the first reference */
 } qc_l2_table;
 
 /* Per-host-cluster maps are paged: a page covers QC_PAGE_CLUSTERS clusters
@@ -203,13 +208,18 @@ void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, con
 void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
 /* Read [off, off+len) into buf; on failure reports readFailed for `what`. */
 bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what);
+/* The same in two steps, for callers that name what they read only when
+ * it fails: 0 or a negative errno, and the report. */
+int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len);
+void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t len, int err);
 
 /* ---- clustermap.c ---- */
 bool qc_refmap_init(struct qc_ctx *ctx, qc_refmap *map, uint64_t clusters);
 void qc_refmap_release(qc_refmap *map);
-/* Add n references to `cluster` and set `flags` on it. Returns false when
- * a page could not be allocated (memoryLimit was reported, ctx->stop set). */
-bool qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags);
+/* Add n references to `cluster` and set `flags` on it. Returns the
+ * cluster's flags after the change, or -1 when a page could not be
+ * allocated (memoryLimit was reported, ctx->stop set). */
+int qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags);
 /* Set the count of `cluster` to `value`, keeping its flags. */
 bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value);
 /* The first cluster at or after `cluster` whose page is allocated (any
@@ -235,14 +245,16 @@ static inline unsigned qc_cell_count_bits(unsigned width_log)
     return (8u << width_log) - QC_CELL_FLAG_BITS;
 }
 
-static inline bool qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
+static inline int qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
 {
     uint8_t *page = map->pages[cluster >> QC_PAGE_SHIFT];
     if (page && map->width_log[cluster >> QC_PAGE_SHIFT] == 0) {
         uint8_t *cell = page + (cluster & (QC_PAGE_CLUSTERS - 1));
-        if (n <= 31u - (*cell & 31u)) {
-            *cell = (uint8_t)((*cell + n) | flags << 5);
-            return true;
+        unsigned v = *cell;
+        if (n <= 31u - (v & 31u)) {
+            v = (unsigned)(v + n) | flags << 5;
+            *cell = (uint8_t)v;
+            return (int)(v >> 5);
         }
     }
     return qc_refmap_add_slow(map, cluster, n, flags);

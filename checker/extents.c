@@ -107,7 +107,7 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
 void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len)
 {
     const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
-    qc_extent e = {t->offset, ctx->geo.cluster_size, QC_OWN_L2, first->snapshot, first->l1_index,
+    qc_extent e = {t->offset, ctx->geo.cluster_size, first->snapshot, first->l1_index, QC_OWN_L2,
                    false};
     qc_describe_extent(ctx, &e, buf, len);
 }
@@ -122,11 +122,11 @@ bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2,
     if (!grown)
         return false;
     ctx->extents = grown;
-    ctx->extents[ctx->nb_extents++] = (qc_extent){start, length, owner, index, index2, false};
+    ctx->extents[ctx->nb_extents++] = (qc_extent){start, length, index, index2, (uint8_t)owner, false};
     uint64_t first = start >> ctx->geo.cluster_bits;
     uint64_t last = (start + length - 1) >> ctx->geo.cluster_bits;
     for (uint64_t c = first; c <= last; c++)
-        if (!qc_refmap_add(&ctx->refmap, c, refs, 0))
+        if (qc_refmap_add(&ctx->refmap, c, refs, 0) < 0)
             return false;
     return true;
 }
@@ -174,7 +174,7 @@ bool qc_extents_finish(qc_ctx *ctx)
             extent_end_cluster(ctx, e) > extent_end_cluster(ctx, &ctx->extents[reach]))
             reach = i;
         for (uint64_t c = first; c <= extent_end_cluster(ctx, e); c++)
-            if (!qc_refmap_add(&ctx->refmap, c, 0, QC_CELL_META))
+            if (qc_refmap_add(&ctx->refmap, c, 0, QC_CELL_META) < 0)
                 return false;
     }
     return true;

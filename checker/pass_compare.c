@@ -136,14 +136,38 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
             compare_cluster(ctx, st, c, 0);
         return;
     }
-    uint64_t past_eof = 0, past_first = 0;
-    for (uint64_t c = span->first; c < end; c++) {
-        uint64_t ondisk = qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first);
-        if (c < ctx->file_clusters)
+    const unsigned bits = ctx->geo.refcount_bits;
+    const uint8_t *block = span->block;
+    uint64_t in_file = end < ctx->file_clusters ? end : ctx->file_clusters;
+    for (uint64_t c = span->first; c < in_file;) {
+        /* Equal counts are the rule: decide those here, one map page at a
+         * time, with the default 16-bit refcounts and one-byte cells
+         * decoded inline. */
+        uint64_t page_end = ((c >> QC_PAGE_SHIFT) + 1) << QC_PAGE_SHIFT;
+        uint64_t stop = page_end < in_file ? page_end : in_file;
+        const uint8_t *cells = map->pages[c >> QC_PAGE_SHIFT];
+        bool narrow = bits == 16 && cells && map->width_log[c >> QC_PAGE_SHIFT] == 0;
+        for (; c < stop; c++) {
+            uint64_t j = c - span->first, ondisk, computed;
+            if (narrow) {
+                ondisk = qc_be16(block + 2 * j);
+                computed = cells[c & (QC_PAGE_CLUSTERS - 1)] & 31u;
+            } else {
+                ondisk = qc_refblock_get(block, bits, j);
+                computed = qc_refmap_get(map, c);
+            }
+            if (ondisk == computed) {
+                if (ondisk)
+                    st->last_used = c + 1;
+                continue;
+            }
             compare_cluster(ctx, st, c, ondisk);
-        else if (ondisk && !past_eof++)
-            past_first = c;
+        }
     }
+    uint64_t past_eof = 0, past_first = 0;
+    for (uint64_t c = in_file > span->first ? in_file : span->first; c < end; c++)
+        if (qc_refblock_get(block, bits, c - span->first) && !past_eof++)
+            past_first = c;
     if (past_eof) {
         char obj[64];
         snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)span->index);
@@ -179,11 +203,22 @@ static void check_copied(qc_ctx *ctx)
     /* Data clusters of the active tree, from the flags the walk recorded. */
     run r = {0};
     const qc_refmap *map = &ctx->refmap;
-    for (uint64_t c = qc_refmap_next_page(map, 0); c < map->clusters;
-         c = qc_refmap_next_page(map, c + 1)) {
-        unsigned flags = qc_refmap_flags(map, c);
-        if (flags & (QC_CELL_COPIED | QC_CELL_NOT_COPIED)) {
-            uint64_t computed = qc_refmap_get(map, c);
+    for (uint64_t p = 0; p < map->nb_pages; p++) {
+        const void *page = map->pages[p];
+        if (!page)
+            continue;
+        unsigned wl = map->width_log[p], bits = qc_cell_count_bits(wl);
+        uint64_t first = p << QC_PAGE_SHIFT;
+        uint64_t n = map->clusters - first < QC_PAGE_CLUSTERS ? map->clusters - first
+                                                              : QC_PAGE_CLUSTERS;
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t cell = qc_cell_load(page, wl, i), c = first + i;
+            unsigned flags = (unsigned)(cell >> bits);
+            /* Most cells: not active data, or COPIED set with one reference. */
+            if (!(flags & (QC_CELL_COPIED | QC_CELL_NOT_COPIED)) ||
+                ((cell & ~((uint64_t)QC_CELL_META << bits)) == (1 | (uint64_t)QC_CELL_COPIED << bits)))
+                continue;
+            uint64_t computed = cell & ((1ull << bits) - 1);
             if ((flags & QC_CELL_COPIED) && computed != 1)
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 1, computed);
             /* COPIED clear with one reference only costs a needless copy on

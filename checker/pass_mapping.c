@@ -30,7 +30,7 @@ typedef struct l1_source {
 
 static void describe_l1(const qc_ctx *ctx, uint32_t snapshot, char *buf, size_t len)
 {
-    qc_extent e = {0, 0, QC_OWN_L1, snapshot, 0, false};
+    qc_extent e = {0, 0, snapshot, 0, QC_OWN_L1, false};
     qc_describe_extent(ctx, &e, buf, len);
 }
 
@@ -67,12 +67,20 @@ static void collect_l1(qc_ctx *ctx, const l1_source *src)
             ctx->unfollowed++;
             continue;
         }
+        if (ctx->nb_l2_refs == QC_MAX_L2_REFS) {
+            qc_report(ctx, QC_P_MEMORY_LIMIT, "L2 reference list", QC_NO_OFFSET, 1,
+                      "more than %llu L1 entries point to L2 tables",
+                      (unsigned long long)QC_MAX_L2_REFS);
+            ctx->stop = true;
+            break;
+        }
         qc_l2_ref *refs = qc_grow(ctx, ctx->l2_refs, &ctx->cap_l2_refs, sizeof(qc_l2_ref),
                                   ctx->nb_l2_refs + 1, "L2 reference list");
         if (!refs)
             break;
         ctx->l2_refs = refs;
-        refs[ctx->nb_l2_refs++] = (qc_l2_ref){off, src->snapshot, i, (e & QC_OFLAG_COPIED) != 0};
+        refs[ctx->nb_l2_refs++] =
+            (qc_l2_ref){off, src->snapshot, i & INT32_MAX, (e & QC_OFLAG_COPIED) != 0};
     }
     qc_free(ctx, l1, bytes);
 }
@@ -142,7 +150,7 @@ void qc_pass_mapping_collect(qc_ctx *ctx)
     for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
         const qc_l2_ref *r = &ctx->l2_refs[i];
         if (i == 0 || r->l2_offset != ctx->l2_refs[i - 1].l2_offset)
-            ctx->l2_tables[ctx->nb_l2_tables++] = (qc_l2_table){r->l2_offset, 0, 0, i};
+            ctx->l2_tables[ctx->nb_l2_tables++] = (qc_l2_table){r->l2_offset, 0, 0, (uint32_t)i};
         qc_l2_table *t = &ctx->l2_tables[ctx->nb_l2_tables - 1];
         t->refs++;
         t->active_refs += r->snapshot == QC_ACTIVE;
@@ -159,21 +167,34 @@ void qc_pass_mapping_collect(qc_ctx *ctx)
 typedef struct l2_walk {
     const qc_l2_table *table;
     const qc_l2_ref *first;
-    char obj[240];
+    char obj[240]; /* its description, made on first use (most tables need none) */
+    /* The active tree's allocation statistics, added to the result after
+     * the table (kept here, not in the result, so the walk's fast path
+     * can hold them in registers). */
+    uint64_t allocated, fragmented;
     uint64_t next_contiguous; /* for the fragmentation statistic */
 } l2_walk;
 
-/* Guest data (a data cluster or part of a compressed range) landing on a
- * cluster some metadata structure owns. */
-static void check_data_on_metadata(qc_ctx *ctx, const l2_walk *w, uint32_t index, uint64_t cluster)
+static const char *walk_name(const qc_ctx *ctx, l2_walk *w)
 {
-    if (!(qc_refmap_flags(&ctx->refmap, cluster) & QC_CELL_META))
+    if (!w->obj[0])
+        qc_describe_l2_table(ctx, w->table, w->obj, sizeof(w->obj));
+    return w->obj;
+}
+
+/* Guest data (a data cluster or part of a compressed range) landing on a
+ * cluster some metadata structure owns (`flags`: the cluster's, once
+ * counted). */
+static void check_data_on_metadata(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t cluster,
+                                   int flags)
+{
+    if (flags < 0 || !(flags & QC_CELL_META))
         return;
     const qc_extent *owner = qc_extent_at(ctx, cluster);
     char what[240] = "metadata";
     if (owner)
         qc_describe_extent(ctx, owner, what, sizeof(what));
-    qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, w->obj,
+    qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, walk_name(ctx, w),
               w->table->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
               "entry %u maps guest data to host cluster 0x%llx, which is the %s", index,
               (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
@@ -185,27 +206,39 @@ static void count_data_cluster(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t
     unsigned flags = 0;
     if (w->table->active_refs)
         flags = copied ? QC_CELL_COPIED : QC_CELL_NOT_COPIED;
-    qc_refmap_add(&ctx->refmap, cluster, w->table->refs, flags);
-    check_data_on_metadata(ctx, w, index, cluster);
+    check_data_on_metadata(ctx, w, index, cluster,
+                           qc_refmap_add(&ctx->refmap, cluster, w->table->refs, flags));
+}
+
+/* The allocation statistics for a standard cluster at `off`. */
+static inline void count_allocated(l2_walk *w, uint64_t active_refs, uint64_t off,
+                                   uint64_t cluster_size)
+{
+    if (active_refs) {
+        w->allocated += active_refs;
+        if (w->next_contiguous && off != w->next_contiguous)
+            w->fragmented += active_refs;
+        w->next_contiguous = off + cluster_size;
+    }
 }
 
 static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     uint64_t at = w->table->offset + (uint64_t)i * ctx->geo.l2_entry_size;
     if (w->table->active_refs) {
-        ctx->res->allocated_clusters += w->table->active_refs;
+        w->allocated += w->table->active_refs;
+        w->fragmented += w->table->active_refs;
         ctx->res->compressed_clusters += w->table->active_refs;
-        ctx->res->fragmented_clusters += w->table->active_refs;
     }
     if (bitmap)
-        qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, w->obj, at, 1,
+        qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, walk_name(ctx, w), at, 1,
                   "entry %u: compressed cluster with subcluster bitmap 0x%016llx", i,
                   (unsigned long long)bitmap);
     if (entry & QC_OFLAG_COPIED)
-        qc_report(ctx, QC_P_COMPRESSED_COPIED, w->obj, at, 1, "entry %u is 0x%016llx", i,
+        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
                   (unsigned long long)entry);
     if (ctx->has_data_file) {
-        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, w->obj, at, 1, "entry %u is 0x%016llx", i,
+        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
                   (unsigned long long)entry);
         return;
     }
@@ -214,17 +247,15 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
     uint64_t first = c.host_offset >> ctx->geo.cluster_bits;
     uint64_t last = (c.host_offset + c.length - 1) >> ctx->geo.cluster_bits;
     if (c.high_bits || last >= ctx->file_clusters) {
-        qc_report(ctx, QC_P_COMPRESSED_RANGE_INVALID, w->obj, at, 1,
+        qc_report(ctx, QC_P_COMPRESSED_RANGE_INVALID, walk_name(ctx, w), at, 1,
                   "entry %u: compressed data at 0x%llx (%llu bytes) %s", i,
                   (unsigned long long)c.host_offset, (unsigned long long)c.length,
                   c.high_bits ? "uses offset bits above 55" : "extends past the end of the file");
         ctx->unfollowed++;
         return;
     }
-    for (uint64_t cl = first; cl <= last; cl++) {
-        qc_refmap_add(&ctx->refmap, cl, w->table->refs, 0);
-        check_data_on_metadata(ctx, w, i, cl);
-    }
+    for (uint64_t cl = first; cl <= last; cl++)
+        check_data_on_metadata(ctx, w, i, cl, qc_refmap_add(&ctx->refmap, cl, w->table->refs, 0));
 }
 
 static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
@@ -236,47 +267,42 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
 
     if (entry & QC_L2_RESERVED_MASK)
-        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, w->obj, at, 1, "entry %u is 0x%016llx", i,
+        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
                   (unsigned long long)entry);
     if ((entry & QC_OFLAG_ZERO) && (ctx->hdr.version < 3 || g->extended_l2))
-        qc_report(ctx, QC_P_L2_ZERO_FLAG_INVALID, w->obj, at, 1,
+        qc_report(ctx, QC_P_L2_ZERO_FLAG_INVALID, walk_name(ctx, w), at, 1,
                   "entry %u is 0x%016llx: the zero flag is not allowed in %s", i,
                   (unsigned long long)entry,
                   ctx->hdr.version < 3 ? "a version 2 image" : "an extended L2 image");
     if (off == 0 && !(ctx->has_data_file && copied)) {
         /* Unallocated (or a plain zero cluster). */
         if (copied)
-            qc_report(ctx, QC_P_L2_ZERO_OFFSET_COPIED, w->obj, at, 1,
+            qc_report(ctx, QC_P_L2_ZERO_OFFSET_COPIED, walk_name(ctx, w), at, 1,
                       "entry %u is 0x%016llx: COPIED with host offset 0 means nothing without an "
                       "external data file",
                       i, (unsigned long long)entry);
         if (g->extended_l2 && alloc)
-            qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_UNALLOCATED, w->obj, at, 1,
+            qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_UNALLOCATED, walk_name(ctx, w), at, 1,
                       "entry %u: unallocated cluster with allocation bits 0x%08x", i, alloc);
         return;
     }
     if (g->extended_l2 && (alloc & zero))
-        qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_AND_ZERO, w->obj, at, 1,
+        qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_AND_ZERO, walk_name(ctx, w), at, 1,
                   "entry %u: subclusters 0x%08x are both allocated and zero", i, alloc & zero);
-    if (w->table->active_refs) {
-        ctx->res->allocated_clusters += w->table->active_refs;
-        if (w->next_contiguous && off != w->next_contiguous)
-            ctx->res->fragmented_clusters += w->table->active_refs;
-        w->next_contiguous = off + g->cluster_size;
-    }
+    count_allocated(w, w->table->active_refs, off, g->cluster_size);
     if (ctx->has_data_file) {
         uint64_t guest = ((uint64_t)w->first->l1_index * g->l2_entries + i) << g->cluster_bits;
         if (off != guest)
-            qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, w->obj, at, 1,
+            qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, walk_name(ctx, w), at, 1,
                       "entry %u maps guest offset 0x%llx to data file offset 0x%llx", i,
                       (unsigned long long)guest, (unsigned long long)off);
         if (!copied && w->table->active_refs)
-            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, w->obj, at, 1, "entry %u is 0x%016llx",
+            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx",
                       i, (unsigned long long)entry);
         return; /* data clusters live in the data file and are not refcounted */
     }
     if (!qc_cluster_aligned(ctx, off)) {
-        qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, w->obj, at, 1,
+        qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, walk_name(ctx, w), at, 1,
                   "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
                   (entry & QC_OFLAG_ZERO) || (g->extended_l2 && !alloc) ? "a preallocated cluster"
                                                                          : "a data cluster",
@@ -286,7 +312,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     }
     uint64_t cluster = off >> g->cluster_bits;
     if (cluster >= ctx->file_clusters) {
-        qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, w->obj, at, 1,
+        qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, walk_name(ctx, w), at, 1,
                   "entry %u points to a data cluster at 0x%llx; the file is %llu bytes", i,
                   (unsigned long long)off, (unsigned long long)ctx->file_size);
         /* Past the end: counted as unfollowed (the cluster it should point
@@ -303,22 +329,50 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
     uint8_t *buf = qc_alloc(ctx, g->cluster_size, "L2 table buffer");
     if (!buf)
         return;
+    const uint64_t l2_entries = g->l2_entries, entry_size = g->l2_entry_size;
+    const bool extended = g->extended_l2;
+    const bool plain_ok = !ctx->has_data_file; /* data-file entries have more checks */
+    const unsigned cluster_bits = g->cluster_bits;
+    const uint64_t cluster_mask = g->cluster_size - 1, file_clusters = ctx->file_clusters;
+    qc_refmap *map = &ctx->refmap;
     for (size_t t = 0; t < ctx->nb_l2_tables && !ctx->stop; t++) {
-        l2_walk w = {&ctx->l2_tables[t], &ctx->l2_refs[ctx->l2_tables[t].first_ref], "", 0};
-        qc_describe_l2_table(ctx, w.table, w.obj, sizeof(w.obj));
+        l2_walk w = {&ctx->l2_tables[t], &ctx->l2_refs[ctx->l2_tables[t].first_ref], "", 0, 0, 0};
         if (qc_extent_conflicted(ctx, QC_OWN_L2, w.table->offset))
             continue; /* reported as an overlap; its contents are not trusted */
-        if (!qc_read(ctx, w.table->offset, buf, g->cluster_size, w.obj))
+        int ret = qc_read_quiet(ctx, w.table->offset, buf, g->cluster_size);
+        if (ret < 0) {
+            qc_report_read_failed(ctx, walk_name(ctx, &w), w.table->offset, g->cluster_size, ret);
             continue;
-        for (uint32_t i = 0; i < g->l2_entries; i++) {
-            const uint8_t *p = buf + (uint64_t)i * g->l2_entry_size;
+        }
+        /* Invariants in locals: the count cells are stored through byte
+         * pointers, which could alias anything. */
+        const uint64_t refs = w.table->refs, active_refs = w.table->active_refs;
+        for (uint32_t i = 0; i < l2_entries; i++) {
+            const uint8_t *p = buf + (uint64_t)i * entry_size;
             uint64_t entry = qc_be64(p);
-            uint64_t bitmap = g->extended_l2 ? qc_be64(p + 8) : 0;
-            if (entry & QC_OFLAG_COMPRESSED)
+            uint64_t bitmap = extended ? qc_be64(p + 8) : 0;
+            if (!(entry | bitmap))
+                continue; /* unallocated, nothing to check */
+            /* A data cluster inside the file with nothing but its offset
+             * and COPIED set passes every check of walk_standard: count it
+             * straight away. */
+            uint64_t off = entry & QC_L2_OFFSET_MASK, cluster = off >> cluster_bits;
+            if (plain_ok && !(entry & ~(QC_L2_OFFSET_MASK | QC_OFLAG_COPIED)) && off &&
+                !(off & cluster_mask) && cluster < file_clusters && !(bitmap & bitmap >> 32)) {
+                count_allocated(&w, active_refs, off, cluster_mask + 1);
+                unsigned flags = !active_refs                    ? 0
+                                 : (entry & QC_OFLAG_COPIED) ? QC_CELL_COPIED
+                                                             : QC_CELL_NOT_COPIED;
+                int now = qc_refmap_add(map, cluster, refs, flags);
+                if (now < 0 || (now & QC_CELL_META))
+                    check_data_on_metadata(ctx, &w, i, cluster, now);
+            } else if (entry & QC_OFLAG_COMPRESSED)
                 walk_compressed(ctx, &w, i, entry, bitmap);
             else
                 walk_standard(ctx, &w, i, entry, bitmap);
         }
+        ctx->res->allocated_clusters += w.allocated;
+        ctx->res->fragmented_clusters += w.fragmented;
     }
     qc_free(ctx, buf, g->cluster_size);
 }

@@ -216,14 +216,22 @@ void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes)
     ctx->mem_used -= bytes ? bytes : 1;
 }
 
+int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len)
+{
+    return qc_range_within(off, len, ctx->file_size) ? ctx->io->read(ctx->io->opaque, off, buf, len)
+                                                     : -EIO;
+}
+
+void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t len, int err)
+{
+    qc_report(ctx, QC_P_READ_FAILED, what, off, 1, "reading %zu bytes failed: %s", len,
+              strerror(-err));
+}
+
 bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)
 {
-    int ret = qc_range_within(off, len, ctx->file_size) ? ctx->io->read(ctx->io->opaque, off, buf, len)
-                                                        : -EIO;
-    if (ret < 0) {
-        qc_report(ctx, QC_P_READ_FAILED, what, off, 1, "reading %zu bytes failed: %s", len,
-                  strerror(-ret));
-        return false;
-    }
-    return true;
+    int ret = qc_read_quiet(ctx, off, buf, len);
+    if (ret < 0)
+        qc_report_read_failed(ctx, what, off, len, ret);
+    return ret == 0;
 }
