@@ -1,0 +1,181 @@
+/*
+ * Unit tests for the paged per-cluster maps (checker/clustermap.c): pages
+ * appear on first write only, cells widen without losing counts or flags,
+ * counts saturate instead of wrapping, iteration skips empty pages, and
+ * every byte is charged to the context and returned on release.
+ */
+#include <check.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "ctx.h"
+
+typedef struct fixture {
+    qc_ctx ctx;
+    qc_result res;
+} fixture;
+
+static void fixture_init(fixture *f, uint64_t mem_limit)
+{
+    memset(f, 0, sizeof(*f));
+    f->ctx.res = &f->res;
+    f->ctx.mem_limit = mem_limit;
+}
+
+static uint64_t pages_allocated(const qc_refmap *m)
+{
+    uint64_t n = 0;
+    for (uint64_t p = 0; p < m->nb_pages; p++)
+        n += m->pages[p] != NULL;
+    return n;
+}
+
+START_TEST(test_refmap_pages_on_first_write)
+{
+    fixture f;
+    fixture_init(&f, 1ull << 30);
+    qc_refmap m;
+    /* A file of 2^31 + 5 clusters: the directory only, no page yet. */
+    uint64_t clusters = (1ull << 31) + 5;
+    ck_assert(qc_refmap_init(&f.ctx, &m, clusters));
+    ck_assert_uint_eq(m.nb_pages, (clusters + QC_PAGE_CLUSTERS - 1) / QC_PAGE_CLUSTERS);
+    ck_assert_uint_eq(pages_allocated(&m), 0);
+    ck_assert_uint_lt(f.ctx.mem_used, 1ull << 20);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, 0), clusters);
+
+    /* Setting 0 (or adding nothing) allocates nothing. */
+    ck_assert(qc_refmap_set(&m, 12345, 0));
+    ck_assert_int_eq(qc_refmap_add(&m, 12345, 0, 0), 0);
+    ck_assert_uint_eq(pages_allocated(&m), 0);
+
+    /* The last cluster, past 2^31: one page. */
+    ck_assert_int_eq(qc_refmap_add(&m, clusters - 1, 1, QC_CELL_META), QC_CELL_META);
+    ck_assert_uint_eq(pages_allocated(&m), 1);
+    ck_assert_uint_eq(qc_refmap_get(&m, clusters - 1), 1);
+    ck_assert_uint_eq(qc_refmap_flags(&m, clusters - 1), QC_CELL_META);
+    ck_assert_uint_eq(qc_refmap_get(&m, clusters - 2), 0);
+    uint64_t last_page = (clusters - 1) / QC_PAGE_CLUSTERS * QC_PAGE_CLUSTERS;
+    ck_assert_uint_eq(qc_refmap_next_page(&m, 0), last_page);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, last_page + 3), last_page + 3);
+
+    qc_refmap_release(&m);
+    ck_assert_uint_eq(f.ctx.mem_used, 0);
+}
+END_TEST
+
+START_TEST(test_refmap_widening_keeps_counts_and_flags)
+{
+    fixture f;
+    fixture_init(&f, 1ull << 30);
+    qc_refmap m;
+    ck_assert(qc_refmap_init(&f.ctx, &m, 3 * QC_PAGE_CLUSTERS));
+    uint64_t base = QC_PAGE_CLUSTERS; /* the second page */
+    ck_assert_int_eq(qc_refmap_add(&m, base + 7, 7, QC_CELL_NOT_COPIED), QC_CELL_NOT_COPIED);
+    ck_assert_int_eq(qc_refmap_add(&m, base + 5, 31, QC_CELL_META), QC_CELL_META);
+    ck_assert_uint_eq(m.width_log[1], 0);
+
+    /* 32 does not fit a one-byte cell: the page becomes two bytes wide. */
+    ck_assert_int_eq(qc_refmap_add(&m, base + 5, 1, QC_CELL_COPIED),
+                     QC_CELL_META | QC_CELL_COPIED);
+    ck_assert_uint_eq(m.width_log[1], 1);
+    ck_assert_uint_eq(qc_refmap_get(&m, base + 5), 32);
+    ck_assert_uint_eq(qc_refmap_flags(&m, base + 5), QC_CELL_META | QC_CELL_COPIED);
+    ck_assert_uint_eq(qc_refmap_get(&m, base + 7), 7);
+    ck_assert_uint_eq(qc_refmap_flags(&m, base + 7), QC_CELL_NOT_COPIED);
+
+    /* Straight to eight bytes, and the other pages are untouched. */
+    ck_assert(qc_refmap_add(&m, base + 7, 1ull << 40, 0) >= 0);
+    ck_assert_uint_eq(m.width_log[1], 3);
+    ck_assert_uint_eq(qc_refmap_get(&m, base + 7), (1ull << 40) + 7);
+    ck_assert_uint_eq(qc_refmap_flags(&m, base + 7), QC_CELL_NOT_COPIED);
+    ck_assert_uint_eq(qc_refmap_get(&m, base + 5), 32);
+    ck_assert_ptr_null(m.pages[0]);
+    ck_assert_ptr_null(m.pages[2]);
+
+    /* Counts saturate at what eight-byte cells hold, flags survive. */
+    uint64_t widest = (1ull << 61) - 1;
+    ck_assert(qc_refmap_add(&m, base + 7, UINT64_MAX, 0) >= 0);
+    ck_assert_uint_eq(qc_refmap_get(&m, base + 7), widest);
+    ck_assert_uint_eq(qc_refmap_flags(&m, base + 7), QC_CELL_NOT_COPIED);
+
+    /* Setting a count keeps the flags. */
+    ck_assert(qc_refmap_set(&m, base + 5, 2));
+    ck_assert_uint_eq(qc_refmap_get(&m, base + 5), 2);
+    ck_assert_uint_eq(qc_refmap_flags(&m, base + 5), QC_CELL_META | QC_CELL_COPIED);
+
+    qc_refmap_release(&m);
+    ck_assert_uint_eq(f.ctx.mem_used, 0);
+}
+END_TEST
+
+START_TEST(test_refmap_memory_limit)
+{
+    fixture f;
+    fixture_init(&f, 64 * 1024);
+    qc_refmap m;
+    ck_assert(qc_refmap_init(&f.ctx, &m, 8 * QC_PAGE_CLUSTERS));
+    ck_assert_int_eq(qc_refmap_add(&m, 0, 1, 0), 0); /* one 32 KiB page fits */
+    ck_assert_int_eq(qc_refmap_add(&m, 3 * QC_PAGE_CLUSTERS, 1, 0), -1);
+    ck_assert(f.ctx.stop);
+    ck_assert_uint_eq(f.res.per_problem[QC_P_MEMORY_LIMIT], 1);
+    ck_assert_uint_eq(f.res.check_errors, 1);
+    ck_assert_uint_eq(qc_refmap_get(&m, 0), 1);
+    qc_refmap_release(&m);
+    ck_assert_uint_eq(f.ctx.mem_used, 0);
+}
+END_TEST
+
+START_TEST(test_bitset_paged)
+{
+    fixture f;
+    fixture_init(&f, 1ull << 30);
+    qc_bitset s;
+    uint64_t bits = 4 * QC_PAGE_CLUSTERS + 100;
+    ck_assert(qc_bitset_init(&f.ctx, &s, bits));
+    ck_assert_uint_eq(qc_bitset_next(&s, 0), bits);
+    const uint64_t set[] = {0, 63, 64, QC_PAGE_CLUSTERS + 1, 4 * QC_PAGE_CLUSTERS + 99};
+    for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++)
+        ck_assert(qc_bitset_set(&s, set[i]));
+    ck_assert_ptr_null(s.pages[2]);
+    ck_assert_ptr_null(s.pages[3]);
+    uint64_t at = 0;
+    for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++) {
+        at = qc_bitset_next(&s, at);
+        ck_assert_uint_eq(at, set[i]);
+        ck_assert(qc_bitset_test(&s, at));
+        at++;
+    }
+    ck_assert_uint_eq(qc_bitset_next(&s, at), bits);
+    ck_assert(!qc_bitset_test(&s, 65));
+    ck_assert(!qc_bitset_test(&s, 3 * QC_PAGE_CLUSTERS)); /* a page never written */
+    qc_bitset_release(&s);
+    ck_assert_uint_eq(f.ctx.mem_used, 0);
+
+    /* Without a context: plain memory, nothing charged. */
+    ck_assert(qc_bitset_init(NULL, &s, bits));
+    ck_assert(qc_bitset_set(&s, 5));
+    ck_assert(qc_bitset_test(&s, 5));
+    qc_bitset_release(&s);
+}
+END_TEST
+
+static Suite *clustermap_suite(void)
+{
+    Suite *s = suite_create("clustermap");
+    TCase *tc = tcase_create("maps");
+    tcase_add_test(tc, test_refmap_pages_on_first_write);
+    tcase_add_test(tc, test_refmap_widening_keeps_counts_and_flags);
+    tcase_add_test(tc, test_refmap_memory_limit);
+    tcase_add_test(tc, test_bitset_paged);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(clustermap_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
