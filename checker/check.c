@@ -60,8 +60,13 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
             qc_add_extent(ctx, QC_OWN_CRYPTO_HEADER, 0, 0, ctx->crypto_offset, ctx->crypto_length, 1);
         void (*const passes[])(qc_ctx *) = {qc_pass_snapshots, qc_pass_reftable, qc_pass_bitmaps,
                                             qc_pass_mapping_collect};
-        for (size_t i = 0; i < sizeof(passes) / sizeof(passes[0]) && !ctx->stop; i++)
+        /* Progress: the passes before the walk take the first tenth, the
+         * L2 walk the next seven, the comparison the rest. */
+        size_t nb_passes = sizeof(passes) / sizeof(passes[0]);
+        for (size_t i = 0; i < nb_passes && !ctx->stop; i++) {
             passes[i](ctx);
+            qc_progress(ctx, 0, QC_PROGRESS_WALK, i + 1, nb_passes);
+        }
         if (!ctx->stop && qc_extents_finish(ctx)) {
             qc_pass_mapping_walk(ctx);
             if (!ctx->stop)
@@ -69,6 +74,8 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
         }
     }
     qc_report_flush(ctx);
+    if (!ctx->stop)
+        qc_progress(ctx, 0, 1000, 1, 1);
 }
 
 int qc_check(qc_io *io, const qc_options *opts, qc_result *result)

@@ -180,6 +180,8 @@ typedef struct qc_ctx {
     void (*fix_sink)(void *payload, qc_problem_id id, uint64_t offset, uint64_t count);
     void *fix_sink_payload;
 
+    unsigned progress; /* permille last passed to on_progress */
+
     /* findings */
     uint64_t shown[QC_P_COUNT];
     uint64_t hidden[QC_P_COUNT];
@@ -194,6 +196,12 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
                uint64_t count, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 /* Emit the "N more" summaries for findings past the per-problem cap. */
 void qc_report_flush(qc_ctx *ctx);
+/* Tell the caller the check is `done` parts of `total` through the stage
+ * that spans [from, to] thousandths of the whole. */
+void qc_progress(qc_ctx *ctx, unsigned from, unsigned to, uint64_t done, uint64_t total);
+/* Where the walk and the comparison start, in thousandths. */
+#define QC_PROGRESS_WALK 100
+#define QC_PROGRESS_COMPARE 800
 /* Copy image-provided bytes into dst as printable ASCII (escaped). */
 void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len);
 /* In an array of n elements of elem_size bytes sorted by the uint64_t at

@@ -116,6 +116,7 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 {
     compare_state *st = state;
     uint64_t end = span->first + span->count;
+    qc_progress(ctx, QC_PROGRESS_COMPARE, 1000, span->first, ctx->file_clusters);
     /* Where the on-disk refcounts are not read from a block, only clusters
      * with references can differ: skip the pages that have none. */
     const qc_refmap *map = &ctx->refmap;

@@ -336,6 +336,7 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
     const uint64_t cluster_mask = g->cluster_size - 1, file_clusters = ctx->file_clusters;
     qc_refmap *map = &ctx->refmap;
     for (size_t t = 0; t < ctx->nb_l2_tables && !ctx->stop; t++) {
+        qc_progress(ctx, QC_PROGRESS_WALK, QC_PROGRESS_COMPARE, t, ctx->nb_l2_tables);
         l2_walk w = {&ctx->l2_tables[t], &ctx->l2_refs[ctx->l2_tables[t].first_ref], "", 0, 0, 0};
         if (qc_extent_conflicted(ctx, QC_OWN_L2, w.table->offset))
             continue; /* reported as an overlap; its contents are not trusted */

@@ -117,10 +117,15 @@ typedef void (*qc_finding_cb)(const qc_finding *finding, void *payload);
 
 /* ---- Checking ---------------------------------------------------------- */
 
+/* How far the check has come, in thousandths; called each time it grows
+ * (at most 1000 times per check). */
+typedef void (*qc_progress_cb)(unsigned permille, void *payload);
+
 typedef struct qc_options {
     qc_finding_cb on_finding; /* may be NULL */
-    void *payload;
-    uint64_t max_mem; /* bytes the check may allocate; 0 = default */
+    void *payload;            /* passed to both callbacks */
+    uint64_t max_mem;         /* bytes the check may allocate; 0 = default */
+    qc_progress_cb on_progress; /* may be NULL; a repair reports its first check */
 } qc_options;
 
 #define QC_DEFAULT_MAX_MEM (8ULL << 30)

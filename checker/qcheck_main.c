@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "qcheck.h"
@@ -34,12 +35,18 @@ typedef struct cli {
     const char *repair_mode;
     const qc_repair_plan *plan;
     bool dry_run, repaired;
+    /* Progress on stderr: forced by -p, or on a terminal once the check
+     * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
+    bool progress_forced, progress_allowed, progress_shown;
+    double progress_start;
 } cli;
+
+#define PROGRESS_DELAY 0.5 /* seconds */
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: qcheck [-q] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
+            "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
             "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
@@ -47,6 +54,8 @@ static void usage(FILE *out)
             "Check a qcow2 image for consistency (read-only unless -r is given). Options\n"
             "and exit status follow `qemu-img check`:\n"
             "  -q, --quiet            print no summary (findings still go to stderr)\n"
+            "  -p, --progress         show progress on stderr (shown anyway on a terminal when\n"
+            "                         the check takes a while; never with -q or JSON output)\n"
             "  -f, --format=FMT       image format; only qcow2 can be checked\n"
             "  --output=FMT           human (default) or json\n"
             "  -r, --repair=leaks     lower the refcounts of leaked clusters\n"
@@ -114,10 +123,45 @@ static char *finding_json(const qc_finding *f)
     return buf;
 }
 
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* qemu-img's progress format, "    (12.34/100%)", rewritten in place. */
+static void on_progress(unsigned permille, void *payload)
+{
+    cli *c = payload;
+    if (!c->progress_allowed ||
+        (!c->progress_forced && now_seconds() - c->progress_start < PROGRESS_DELAY))
+        return;
+    fprintf(stderr, "\r    (%6.2f/100%%)", permille / 10.0);
+    fflush(stderr);
+    c->progress_shown = true;
+}
+
+/* Take the progress line off the screen before other output. */
+static void progress_clear(cli *c)
+{
+    if (c->progress_shown)
+        fputs("\r                  \r", stderr);
+    c->progress_shown = false;
+}
+
+static void progress_begin(cli *c)
+{
+    c->progress_allowed = !c->quiet && c->output == OUTPUT_HUMAN &&
+                          (c->progress_forced || isatty(STDERR_FILENO));
+    c->progress_start = now_seconds();
+}
+
 static void on_finding(const qc_finding *f, void *payload)
 {
     cli *c = payload;
     if (c->output == OUTPUT_HUMAN) {
+        progress_clear(c);
         fprintf(stderr, "%s: %s (%u) in %s", qc_severity_name(f->problem->severity),
                 f->problem->id, f->problem->code, f->object);
         if (f->offset != QC_NO_OFFSET)
@@ -345,11 +389,12 @@ static void list_problems(bool markdown)
 }
 
 enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK };
-static const char shortopts[] = ":hVqf:r:nUT:";
+static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {"quiet", no_argument, NULL, 'q'},
+    {"progress", no_argument, NULL, 'p'},
     {"format", required_argument, NULL, 'f'},
     {"output", required_argument, NULL, OPT_OUTPUT},
     {"repair", required_argument, NULL, 'r'},
@@ -416,8 +461,10 @@ static int check_file(cli *c, qc_result *r, bool *checked)
         snprintf(msg, sizeof(msg), "Could not open '%s': %s", c->path, strerror(-ret));
         return fail(c, 1, "qcow2", msg);
     }
-    qc_options o = {on_finding, c, c->max_mem};
+    qc_options o = {on_finding, c, c->max_mem, on_progress};
+    progress_begin(c);
     ret = qc_check(&io, &o, r);
+    progress_clear(c);
     qc_io_close(&io);
     if (ret < 0) {
         snprintf(msg, sizeof(msg), "Could not check '%s': %s", c->path, strerror(-ret));
@@ -529,10 +576,12 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
                      c->dry_run ? "" : " for repair", strerror(-ret));
         return fail(c, 1, "qcow2", msg);
     }
-    qc_options o = {on_finding, c, c->max_mem};
+    qc_options o = {on_finding, c, c->max_mem, on_progress};
     qc_result before, after;
     qc_repair_plan *plan = NULL;
+    progress_begin(c);
     ret = qc_repair_plan_build(&io, &o, mode, &before, &after, &plan);
+    progress_clear(c);
     c->plan = plan;
     int status;
     if (ret == -EPERM && before.other_format) {
@@ -663,6 +712,9 @@ int main(int argc, char **argv)
             return 0;
         case 'q':
             c.quiet = true;
+            break;
+        case 'p':
+            c.progress_forced = true;
             break;
         case 'f':
             format = optarg;

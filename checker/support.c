@@ -115,6 +115,19 @@ void qc_report_flush(qc_ctx *ctx)
     }
 }
 
+void qc_progress(qc_ctx *ctx, unsigned from, unsigned to, uint64_t done, uint64_t total)
+{
+    if (!ctx->opts || !ctx->opts->on_progress)
+        return;
+    /* done / total of (to - from), without overflowing for any total. */
+    uint64_t part = total ? (uint64_t)((double)(to - from) * ((double)done / (double)total)) : 0;
+    unsigned permille = from + (unsigned)(part < to - from ? part : to - from);
+    if (permille <= ctx->progress)
+        return;
+    ctx->progress = permille;
+    ctx->opts->on_progress(permille, ctx->opts->payload);
+}
+
 void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len)
 {
     static const char hex[] = "0123456789abcdef";

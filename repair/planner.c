@@ -396,6 +396,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         r.check_opts = *opts;
     qc_options first_opts = r.check_opts;
     r.check_opts.on_finding = NULL;
+    r.check_opts.on_progress = NULL;
     int ret = qc_overlay_open(&r.view, io);
     if (ret < 0) {
         free(plan);

@@ -324,7 +324,7 @@ static void run_check_opts(const void *buf, size_t len, uint64_t max_mem, outcom
     qc_io io;
     qc_io_open_memory(&io, buf, len);
     REQUIRE(io.read != NULL && io.size == len, "qc_io_open_memory failed");
-    qc_options opts = {record, &o->rec, max_mem};
+    qc_options opts = {.on_finding = record, .payload = &o->rec, .max_mem = max_mem};
     o->ret = qc_check(&io, &opts, &o->res);
     o->status = qc_exit_status(&o->res);
     qc_io_close(&io);
@@ -1523,11 +1523,46 @@ START_TEST(test_no_callback)
     img_set_refcount(&im, CL_DATA, 0);
     qc_io io;
     qc_io_open_memory(&io, im.buf, im.len);
-    qc_options opts = {NULL, NULL, 0};
+    qc_options opts = {0};
     qc_result r;
     ck_assert_int_eq(qc_check(&io, &opts, &r), 0);
     ck_assert_uint_eq(r.per_problem[QC_P_REFCOUNT_ZERO_IN_USE], 1);
     ck_assert_int_eq(qc_exit_status(&r), 2);
+    qc_io_close(&io);
+    img_free(&im);
+}
+END_TEST
+
+typedef struct progress_log {
+    unsigned calls, last;
+    bool increasing;
+} progress_log;
+
+static void log_progress(unsigned permille, void *payload)
+{
+    progress_log *log = payload;
+    if (log->calls++ && permille <= log->last)
+        log->increasing = false;
+    log->last = permille;
+}
+
+START_TEST(test_progress)
+{
+    /* Progress only grows, at most 1000 calls, and ends at 1000. */
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    qc_io io;
+    qc_io_open_memory(&io, im.buf, im.len);
+    progress_log log = {0, 0, true};
+    qc_options opts = {.payload = &log, .on_progress = log_progress};
+    qc_result r;
+    ck_assert_int_eq(qc_check(&io, &opts, &r), 0);
+    ck_assert_int_eq(qc_exit_status(&r), 0);
+    ck_assert(log.increasing);
+    ck_assert_uint_gt(log.calls, 3);
+    ck_assert_uint_le(log.calls, 1000);
+    ck_assert_uint_eq(log.last, 1000);
     qc_io_close(&io);
     img_free(&im);
 }
@@ -2737,6 +2772,7 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_memory_limit_sweep);
     tcase_add_test(tc, test_null_arguments);
     tcase_add_test(tc, test_no_callback);
+    tcase_add_test(tc, test_progress);
     tcase_add_loop_test(tc, test_truncated_anywhere, 0, 3);
     tcase_add_test(tc, test_truncated_whole_image);
     tcase_add_test(tc, test_byte_corruption_never_crashes);
