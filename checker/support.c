@@ -176,9 +176,14 @@ void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
 {
     if (bytes == 0)
         bytes = 1;
+    /* Once the check has stopped (memory ran out, say), the passes wind
+     * down: whatever they still ask for is refused quietly, so the limit
+     * is reported once. */
+    if (ctx->stop)
+        return NULL;
     if (bytes > ctx->mem_limit - ctx->mem_used || bytes > SIZE_MAX) {
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
-                  "needs %llu more bytes, over the limit of %llu bytes",
+                  "needs %llu more bytes, over the memory limit of %llu bytes (--max-mem)",
                   (unsigned long long)bytes, (unsigned long long)ctx->mem_limit);
         ctx->stop = true;
         return NULL;
@@ -198,6 +203,8 @@ void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, con
 {
     if (need <= *cap)
         return ptr;
+    if (ctx->stop) /* as in qc_alloc */
+        return NULL;
     size_t new_cap = *cap ? *cap : 16;
     while (new_cap < need)
         new_cap *= 2;
@@ -205,7 +212,7 @@ void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, con
     if (!qc_mul_ok(new_cap, elem, &new_bytes) ||
         new_bytes - old_bytes > ctx->mem_limit - ctx->mem_used) {
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
-                  "needs %llu bytes, over the limit of %llu bytes",
+                  "needs %llu bytes, over the memory limit of %llu bytes (--max-mem)",
                   (unsigned long long)new_bytes, (unsigned long long)ctx->mem_limit);
         ctx->stop = true;
         return NULL;
