@@ -101,27 +101,31 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
                                const uint8_t *copy)
 {
     const qc_geometry *g = &ctx->geo;
+    const unsigned bits = g->refcount_bits;
     char what[64];
     snprintf(what, sizeof(what), "refcount block %llu", (unsigned long long)span->index);
-    for (uint64_t a = 0; a < g->cluster_size;) {
-        if (copy[a] == span->block[a]) {
-            a++;
+    /* One write per run of consecutive changed entries, whole entries
+     * (bytes that keep their value are rewritten with it), so a hundred
+     * thousand leaked clusters in a row are one write, not one per
+     * changed byte. */
+    for (uint64_t j = 0; j < g->refblock_entries;) {
+        if (qc_refblock_get(copy, bits, j) == qc_refblock_get(span->block, bits, j)) {
+            j++;
             continue;
         }
-        uint64_t b = a + 1;
-        while (b < g->cluster_size && copy[b] != span->block[b])
-            b++;
-        uint64_t first = span->first + a * 8 / g->refcount_bits;
-        uint64_t last = span->first + (b * 8 - 1) / g->refcount_bits;
-        uint64_t lowered = 0, raised = 0;
-        for (uint64_t c = first; c <= last; c++) {
-            uint64_t o = qc_refblock_get(span->block, g->refcount_bits, c - span->first);
-            uint64_t n = qc_refblock_get(copy, g->refcount_bits, c - span->first);
+        uint64_t k = j + 1, lowered = 0, raised = 0;
+        while (k < g->refblock_entries &&
+               qc_refblock_get(copy, bits, k) != qc_refblock_get(span->block, bits, k))
+            k++;
+        for (uint64_t e = j; e < k; e++) {
+            uint64_t o = qc_refblock_get(span->block, bits, e), n = qc_refblock_get(copy, bits, e);
             lowered += n < o;
             raised += n > o;
         }
-        uint64_t o = qc_refblock_get(span->block, g->refcount_bits, first - span->first);
-        uint64_t n = qc_refblock_get(copy, g->refcount_bits, first - span->first);
+        uint64_t a = j * bits / 8, b = (k * bits + 7) / 8;
+        uint64_t first = span->first + j, last = span->first + k - 1;
+        uint64_t o = qc_refblock_get(span->block, bits, j);
+        uint64_t n = qc_refblock_get(copy, bits, j);
         if (first == last)
             plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
                        "host cluster %llu: refcount %llu -> %llu (%s)", (unsigned long long)first,
@@ -135,7 +139,7 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
                        "of the file), %llu raised (in use)",
                        (unsigned long long)first, (unsigned long long)last,
                        (unsigned long long)lowered, (unsigned long long)raised);
-        a = b;
+        j = k;
     }
 }
 
