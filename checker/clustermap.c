@@ -138,12 +138,18 @@ bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value)
     return store_cell(map, cluster, value, qc_refmap_flags(map, cluster));
 }
 
-uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster)
+uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster, uint64_t limit)
 {
-    for (uint64_t p = cluster >> QC_PAGE_SHIFT; p < map->nb_pages; p++)
+    if (limit > map->clusters)
+        limit = map->clusters;
+    for (uint64_t p = cluster >> QC_PAGE_SHIFT; p < map->nb_pages; p++) {
+        uint64_t start = p == cluster >> QC_PAGE_SHIFT ? cluster : p << QC_PAGE_SHIFT;
+        if (start >= limit)
+            break;
         if (map->pages[p])
-            return p == cluster >> QC_PAGE_SHIFT ? cluster : p << QC_PAGE_SHIFT;
-    return map->clusters;
+            return start;
+    }
+    return limit;
 }
 
 void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset)

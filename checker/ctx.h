@@ -230,9 +230,10 @@ void qc_refmap_release(qc_refmap *map);
 int qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags);
 /* Set the count of `cluster` to `value`, keeping its flags. */
 bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value);
-/* The first cluster at or after `cluster` whose page is allocated (any
- * cluster before it has count 0 and no flags), or map->clusters. */
-uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster);
+/* The first cluster in [cluster, limit) whose page is allocated (any
+ * cluster skipped has count 0 and no flags), or `limit` if there is none.
+ * The work is bounded by the pages up to `limit`. */
+uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster, uint64_t limit);
 
 static inline uint64_t qc_cell_load(const void *page, unsigned width_log, uint64_t i)
 {

@@ -121,8 +121,8 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
      * with references can differ: skip the pages that have none. */
     const qc_refmap *map = &ctx->refmap;
     if (span->kind == QC_SPAN_UNKNOWN) {
-        for (uint64_t c = qc_refmap_next_page(map, span->first); c < end;
-             c = qc_refmap_next_page(map, c + 1)) {
+        for (uint64_t c = qc_refmap_next_page(map, span->first, end); c < end;
+             c = qc_refmap_next_page(map, c + 1, end)) {
             uint64_t computed = qc_refmap_get(&ctx->refmap, c);
             if (!computed)
                 continue;
@@ -132,8 +132,8 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         return;
     }
     if (span->kind == QC_SPAN_ZERO) {
-        for (uint64_t c = qc_refmap_next_page(map, span->first); c < end;
-             c = qc_refmap_next_page(map, c + 1))
+        for (uint64_t c = qc_refmap_next_page(map, span->first, end); c < end;
+             c = qc_refmap_next_page(map, c + 1, end))
             compare_cluster(ctx, st, c, 0);
         return;
     }

@@ -76,9 +76,10 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         a->needs_rebuild = true;
         return;
     }
+    uint64_t span_end = span->first + span->count;
     if (span->kind == QC_SPAN_ZERO)
-        for (uint64_t c = qc_refmap_next_page(&ctx->refmap, span->first);
-             c < span->first + span->count; c = qc_refmap_next_page(&ctx->refmap, c + 1))
+        for (uint64_t c = qc_refmap_next_page(&ctx->refmap, span->first, span_end); c < span_end;
+             c = qc_refmap_next_page(&ctx->refmap, c + 1, span_end))
             if (qc_refmap_get(&ctx->refmap, c))
                 a->needs_rebuild = true;
 }
@@ -175,8 +176,8 @@ static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
     if (!qc_bitset_init(ctx, floor, ctx->file_clusters))
         return false;
     const qc_refmap *map = &ctx->refmap;
-    for (uint64_t c = qc_refmap_next_page(map, 0); c < map->clusters;
-         c = qc_refmap_next_page(map, c + 1))
+    for (uint64_t c = qc_refmap_next_page(map, 0, map->clusters); c < map->clusters;
+         c = qc_refmap_next_page(map, c + 1, map->clusters))
         if ((qc_refmap_flags(map, c) & QC_CELL_NOT_COPIED) && !qc_bitset_set(floor, c))
             return false;
     for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
@@ -227,8 +228,8 @@ static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
      * target above 0: skip the pages that have none. */
     bool block = span->kind == QC_SPAN_BLOCK;
     const qc_refmap *map = &ctx->refmap;
-    for (uint64_t c = block ? span->first : qc_refmap_next_page(map, span->first); c < end;
-         c = block ? c + 1 : qc_refmap_next_page(map, c + 1)) {
+    for (uint64_t c = block ? span->first : qc_refmap_next_page(map, span->first, end); c < end;
+         c = block ? c + 1 : qc_refmap_next_page(map, c + 1, end)) {
         uint64_t v = qc_refmap_get(map, c);
         bool old = qc_bitset_test(&t->old_structures, c);
         if (old && v)
@@ -372,8 +373,8 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
         r->error = -ENOMEM;
     } else if (qc_each_refcount_span(ctx, &t, target_span)) {
         const qc_refmap *map = &ctx->refmap;
-        for (uint64_t c = qc_refmap_next_page(map, 0); c < map->clusters;
-             c = qc_refmap_next_page(map, c + 1))
+        for (uint64_t c = qc_refmap_next_page(map, 0, map->clusters); c < map->clusters;
+             c = qc_refmap_next_page(map, c + 1, map->clusters))
             if (qc_refmap_get(map, c))
                 l.needed[c / g->refblock_entries] = true;
         plan_layout(ctx, &l);

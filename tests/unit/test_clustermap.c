@@ -41,7 +41,7 @@ START_TEST(test_refmap_pages_on_first_write)
     ck_assert_uint_eq(m.nb_pages, (clusters + QC_PAGE_CLUSTERS - 1) / QC_PAGE_CLUSTERS);
     ck_assert_uint_eq(pages_allocated(&m), 0);
     ck_assert_uint_lt(f.ctx.mem_used, 1ull << 20);
-    ck_assert_uint_eq(qc_refmap_next_page(&m, 0), clusters);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, 0, clusters), clusters);
 
     /* Setting 0 (or adding nothing) allocates nothing. */
     ck_assert(qc_refmap_set(&m, 12345, 0));
@@ -55,8 +55,10 @@ START_TEST(test_refmap_pages_on_first_write)
     ck_assert_uint_eq(qc_refmap_flags(&m, clusters - 1), QC_CELL_META);
     ck_assert_uint_eq(qc_refmap_get(&m, clusters - 2), 0);
     uint64_t last_page = (clusters - 1) / QC_PAGE_CLUSTERS * QC_PAGE_CLUSTERS;
-    ck_assert_uint_eq(qc_refmap_next_page(&m, 0), last_page);
-    ck_assert_uint_eq(qc_refmap_next_page(&m, last_page + 3), last_page + 3);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, 0, clusters), last_page);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, 0, last_page - 1), last_page - 1);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, 0, UINT64_MAX), last_page);
+    ck_assert_uint_eq(qc_refmap_next_page(&m, last_page + 3, clusters), last_page + 3);
 
     qc_refmap_release(&m);
     ck_assert_uint_eq(f.ctx.mem_used, 0);
