@@ -68,12 +68,13 @@ typedef struct qc_l2_ref {
  * counts below fit 32 bits. */
 #define QC_MAX_L2_REFS UINT32_MAX
 
-/* One distinct L2 table, with how many L1 entries reference it. */
+/* One distinct L2 table, with how many L1 entries reference it: its
+ * references are l2_refs[first_ref .. first_ref + refs), the active ones
+ * first (its offset is theirs: qc_l2_table_offset). */
 typedef struct qc_l2_table {
-    uint64_t offset;
+    uint32_t first_ref;
     uint32_t refs;
     uint32_t active_refs;
-    uint32_t first_ref; /* index into l2_refs of the first reference */
 } qc_l2_table;
 
 /* Per-host-cluster maps are paged: a page covers QC_PAGE_CLUSTERS clusters
@@ -187,6 +188,11 @@ typedef struct qc_ctx {
     uint64_t hidden[QC_P_COUNT];
     uint64_t hidden_count[QC_P_COUNT];
 } qc_ctx;
+
+static inline uint64_t qc_l2_table_offset(const qc_ctx *ctx, const qc_l2_table *t)
+{
+    return ctx->l2_refs[t->first_ref].l2_offset;
+}
 
 /* ---- support.c: reporting ---- */
 /* Report one finding. `object` names the structure (may be NULL), `offset`

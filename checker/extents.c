@@ -107,7 +107,7 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
 void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len)
 {
     const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
-    qc_extent e = {t->offset, ctx->geo.cluster_size, first->snapshot, first->l1_index, QC_OWN_L2,
+    qc_extent e = {first->l2_offset, ctx->geo.cluster_size, first->snapshot, first->l1_index, QC_OWN_L2,
                    false};
     qc_describe_extent(ctx, &e, buf, len);
 }

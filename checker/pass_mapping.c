@@ -150,7 +150,7 @@ void qc_pass_mapping_collect(qc_ctx *ctx)
     for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
         const qc_l2_ref *r = &ctx->l2_refs[i];
         if (i == 0 || r->l2_offset != ctx->l2_refs[i - 1].l2_offset)
-            ctx->l2_tables[ctx->nb_l2_tables++] = (qc_l2_table){r->l2_offset, 0, 0, (uint32_t)i};
+            ctx->l2_tables[ctx->nb_l2_tables++] = (qc_l2_table){(uint32_t)i, 0, 0};
         qc_l2_table *t = &ctx->l2_tables[ctx->nb_l2_tables - 1];
         t->refs++;
         t->active_refs += r->snapshot == QC_ACTIVE;
@@ -158,7 +158,7 @@ void qc_pass_mapping_collect(qc_ctx *ctx)
     for (size_t i = 0; i < ctx->nb_l2_tables; i++) {
         const qc_l2_table *t = &ctx->l2_tables[i];
         const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
-        qc_add_extent(ctx, QC_OWN_L2, first->snapshot, first->l1_index, t->offset,
+        qc_add_extent(ctx, QC_OWN_L2, first->snapshot, first->l1_index, first->l2_offset,
                       ctx->geo.cluster_size, t->refs);
     }
 }
@@ -166,6 +166,7 @@ void qc_pass_mapping_collect(qc_ctx *ctx)
 /* State while walking one L2 table. */
 typedef struct l2_walk {
     const qc_l2_table *table;
+    uint64_t offset; /* the table's */
     const qc_l2_ref *first;
     char obj[240]; /* its description, made on first use (most tables need none) */
     /* The active tree's allocation statistics, added to the result after
@@ -195,7 +196,7 @@ static void check_data_on_metadata(qc_ctx *ctx, l2_walk *w, uint32_t index, uint
     if (owner)
         qc_describe_extent(ctx, owner, what, sizeof(what));
     qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, walk_name(ctx, w),
-              w->table->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
+              w->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
               "entry %u maps guest data to host cluster 0x%llx, which is the %s", index,
               (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
 }
@@ -224,7 +225,7 @@ static inline void count_allocated(l2_walk *w, uint64_t active_refs, uint64_t of
 
 static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
-    uint64_t at = w->table->offset + (uint64_t)i * ctx->geo.l2_entry_size;
+    uint64_t at = w->offset + (uint64_t)i * ctx->geo.l2_entry_size;
     if (w->table->active_refs) {
         w->allocated += w->table->active_refs;
         w->fragmented += w->table->active_refs;
@@ -261,7 +262,7 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
 static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     const qc_geometry *g = &ctx->geo;
-    uint64_t at = w->table->offset + (uint64_t)i * g->l2_entry_size;
+    uint64_t at = w->offset + (uint64_t)i * g->l2_entry_size;
     uint64_t off = entry & QC_L2_OFFSET_MASK;
     bool copied = entry & QC_OFLAG_COPIED;
     uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
@@ -337,12 +338,13 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
     qc_refmap *map = &ctx->refmap;
     for (size_t t = 0; t < ctx->nb_l2_tables && !ctx->stop; t++) {
         qc_progress(ctx, QC_PROGRESS_WALK, QC_PROGRESS_COMPARE, t, ctx->nb_l2_tables);
-        l2_walk w = {&ctx->l2_tables[t], &ctx->l2_refs[ctx->l2_tables[t].first_ref], "", 0, 0, 0};
-        if (qc_extent_conflicted(ctx, QC_OWN_L2, w.table->offset))
+        const qc_l2_ref *first = &ctx->l2_refs[ctx->l2_tables[t].first_ref];
+        l2_walk w = {&ctx->l2_tables[t], first->l2_offset, first, "", 0, 0, 0};
+        if (qc_extent_conflicted(ctx, QC_OWN_L2, w.offset))
             continue; /* reported as an overlap; its contents are not trusted */
-        int ret = qc_read_quiet(ctx, w.table->offset, buf, g->cluster_size);
+        int ret = qc_read_quiet(ctx, w.offset, buf, g->cluster_size);
         if (ret < 0) {
-            qc_report_read_failed(ctx, walk_name(ctx, &w), w.table->offset, g->cluster_size, ret);
+            qc_report_read_failed(ctx, walk_name(ctx, &w), w.offset, g->cluster_size, ret);
             continue;
         }
         /* Invariants in locals: the count cells are stored through byte

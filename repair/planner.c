@@ -291,10 +291,18 @@ uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts
 const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off)
 {
     uint64_t table = off & ~(ctx->geo.cluster_size - 1);
-    size_t lo = qc_lower_bound(ctx->l2_tables, ctx->nb_l2_tables, sizeof(qc_l2_table),
-                               offsetof(qc_l2_table, offset), table);
-    return lo < ctx->nb_l2_tables && ctx->l2_tables[lo].offset == table ? &ctx->l2_tables[lo]
-                                                                        : NULL;
+    /* Tables are in offset order (their offset is their first reference's). */
+    size_t lo = 0, hi = ctx->nb_l2_tables;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (qc_l2_table_offset(ctx, &ctx->l2_tables[mid]) < table)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < ctx->nb_l2_tables && qc_l2_table_offset(ctx, &ctx->l2_tables[lo]) == table
+               ? &ctx->l2_tables[lo]
+               : NULL;
 }
 
 static int refuse(qc_repair_plan *plan, const char *fmt, ...)

@@ -43,7 +43,7 @@ static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const c
     const qc_l2_table *t = l2_table_at(ctx, at);
     if (!t)
         return;
-    uint64_t index = (at - t->offset) / g->l2_entry_size;
+    uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;
     for (uint64_t k = 0; k < t->refs; k++) {
         const qc_l2_ref *ref = &ctx->l2_refs[t->first_ref + k];
         uint64_t guest = ((uint64_t)ref->l1_index * g->l2_entries + index) << g->cluster_bits;
@@ -157,8 +157,8 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
     }
     for (size_t t = 0; any && t < ctx->nb_l2_tables && !r->error; t++) {
         const qc_l2_table *tab = &ctx->l2_tables[t];
-        if (!tab->active_refs || qc_extent_conflicted(ctx, QC_OWN_L2, tab->offset) ||
-            qc_read_zero_filled(&r->view, tab->offset, table, g->cluster_size) < 0)
+        if (!tab->active_refs || qc_extent_conflicted(ctx, QC_OWN_L2, qc_l2_table_offset(ctx, tab)) ||
+            qc_read_zero_filled(&r->view, qc_l2_table_offset(ctx, tab), table, g->cluster_size) < 0)
             continue;
         memcpy(copy, table, g->cluster_size);
         for (uint64_t i = 0; i < g->l2_entries; i++) {
@@ -181,7 +181,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
             uint64_t b = a + 8;
             while (b < g->cluster_size && memcmp(copy + b, table + b, 8) != 0)
                 b += 8;
-            plan_write(r, tab->offset + a, copy + a, (size_t)(b - a), what,
+            plan_write(r, qc_l2_table_offset(ctx, tab) + a, copy + a, (size_t)(b - a), what,
                        "entries %llu-%llu: COPIED set exactly where the data cluster has one "
                        "reference",
                        (unsigned long long)(a / g->l2_entry_size),
