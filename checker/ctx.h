@@ -227,6 +227,25 @@ bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)
 int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len);
 void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t len, int err);
 
+/* ---- prefetch.c: read-ahead of a long ordered sequence of reads ---- */
+typedef struct qc_prefetch qc_prefetch;
+#define QC_PREFETCH_SKIP UINT64_MAX
+/* Where item i lies, or QC_PREFETCH_SKIP for an item the pass will not
+ * ask for. Called from the read-ahead thread: it may only look at what the
+ * pass does not change while the prefetch runs. */
+typedef uint64_t (*qc_prefetch_offset)(void *arg, size_t i);
+/* Start reading `count` items of `len` bytes ahead (on a second thread
+ * when there are enough of them; with count 0, or when the thread cannot
+ * start, each item is read when asked). NULL when memory ran out
+ * (reported). */
+qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetch_offset offset_of,
+                               void *arg);
+/* Item i (increasing from call to call; items may be skipped) and its read
+ * status in *ret (0 or a negative errno); the buffer is valid until the
+ * next call. */
+const uint8_t *qc_prefetch_get(qc_prefetch *p, size_t i, int *ret);
+void qc_prefetch_stop(qc_prefetch *p);
+
 /* ---- clustermap.c ---- */
 bool qc_refmap_init(struct qc_ctx *ctx, qc_refmap *map, uint64_t clusters);
 void qc_refmap_release(qc_refmap *map);
@@ -378,9 +397,11 @@ typedef struct qc_refcount_span {
 /* Visit the on-disk refcounts of every cluster of the file, in order, one
  * span at a time (spans of refcount blocks also cover clusters past the
  * end of the file). Returns false when reading or allocating failed (a
- * finding was reported). */
+ * finding was reported). With `read_ahead` the blocks are read ahead on a
+ * second thread: only for a visitor that neither reads nor writes through
+ * ctx->io (the check's; not a repair's, which writes to the view). */
 typedef void (*qc_span_visit)(qc_ctx *ctx, void *state, const qc_refcount_span *span);
-bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit);
+bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit, bool read_ahead);
 
 /* ---- check.c: running the passes ---- */
 /* Bind a zeroed ctx to its io, options and result (the fuzz harness of

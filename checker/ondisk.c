@@ -18,7 +18,20 @@ static void visit_range(qc_ctx *ctx, void *state, qc_span_visit visit, uint64_t 
     visit(ctx, state, &span);
 }
 
-bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit)
+/* The refcount blocks the walk below reads, for the read-ahead thread. */
+static bool block_readable(const qc_ctx *ctx, uint64_t i)
+{
+    return ctx->refblock_state[i] == QC_REFBLOCK_VALID &&
+           !qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i]);
+}
+
+static uint64_t block_to_read(void *arg, size_t i)
+{
+    const qc_ctx *ctx = arg;
+    return block_readable(ctx, i) ? ctx->reftable[i] : QC_PREFETCH_SKIP;
+}
+
+bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit, bool read_ahead)
 {
     const qc_geometry *g = &ctx->geo;
     if (!ctx->reftable_usable) {
@@ -29,8 +42,10 @@ bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit)
                     missing ? QC_SPAN_ZERO : QC_SPAN_UNKNOWN);
         return true;
     }
-    uint8_t *block = qc_alloc(ctx, g->cluster_size, "refcount block buffer");
-    if (!block)
+    /* Without read-ahead (count 0): each block is read when its turn comes. */
+    qc_prefetch *blocks = qc_prefetch_start(ctx, read_ahead ? ctx->reftable_entries : 0,
+                                            g->cluster_size, block_to_read, ctx);
+    if (!blocks)
         return false;
     bool ok = true;
     uint64_t covered = 0;
@@ -43,14 +58,16 @@ bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit)
             visit_range(ctx, state, visit, first, clip, QC_SPAN_ZERO);
             continue;
         }
-        if (ctx->refblock_state[i] == QC_REFBLOCK_INVALID ||
-            qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i])) {
+        if (!block_readable(ctx, i)) {
             visit_range(ctx, state, visit, first, clip, QC_SPAN_UNKNOWN);
             continue;
         }
-        char obj[64];
-        snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)i);
-        if (!qc_read(ctx, ctx->reftable[i], block, g->cluster_size, obj)) {
+        int ret;
+        const uint8_t *block = qc_prefetch_get(blocks, i, &ret);
+        if (ret < 0) {
+            char obj[64];
+            snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)i);
+            qc_report_read_failed(ctx, obj, ctx->reftable[i], g->cluster_size, ret);
             ok = false;
             continue;
         }
@@ -59,6 +76,6 @@ bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit)
     }
     /* Clusters beyond what the refcount table covers have refcount 0. */
     visit_range(ctx, state, visit, covered, ctx->file_clusters, QC_SPAN_ZERO);
-    qc_free(ctx, block, g->cluster_size);
+    qc_prefetch_stop(blocks);
     return ok;
 }

@@ -238,7 +238,7 @@ static void check_copied(qc_ctx *ctx)
 void qc_pass_compare(qc_ctx *ctx)
 {
     compare_state st = {0};
-    qc_each_refcount_span(ctx, &st, compare_span);
+    qc_each_refcount_span(ctx, &st, compare_span, true);
     run_flush(ctx, &st.run);
     check_copied(ctx);
     ctx->res->image_end_offset = st.last_used << ctx->geo.cluster_bits;

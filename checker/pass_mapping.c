@@ -324,11 +324,20 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     count_data_cluster(ctx, w, i, cluster, copied);
 }
 
+/* The L2 tables in walking order, for the read-ahead thread. */
+static uint64_t l2_table_to_read(void *arg, size_t t)
+{
+    const qc_ctx *ctx = arg;
+    uint64_t offset = qc_l2_table_offset(ctx, &ctx->l2_tables[t]);
+    return qc_extent_conflicted(ctx, QC_OWN_L2, offset) ? QC_PREFETCH_SKIP : offset;
+}
+
 void qc_pass_mapping_walk(qc_ctx *ctx)
 {
     const qc_geometry *g = &ctx->geo;
-    uint8_t *buf = qc_alloc(ctx, g->cluster_size, "L2 table buffer");
-    if (!buf)
+    qc_prefetch *tables =
+        qc_prefetch_start(ctx, ctx->nb_l2_tables, g->cluster_size, l2_table_to_read, ctx);
+    if (!tables)
         return;
     const uint64_t l2_entries = g->l2_entries, entry_size = g->l2_entry_size;
     const bool extended = g->extended_l2;
@@ -342,7 +351,8 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
         l2_walk w = {&ctx->l2_tables[t], first->l2_offset, first, "", 0, 0, 0};
         if (qc_extent_conflicted(ctx, QC_OWN_L2, w.offset))
             continue; /* reported as an overlap; its contents are not trusted */
-        int ret = qc_read_quiet(ctx, w.offset, buf, g->cluster_size);
+        int ret;
+        const uint8_t *buf = qc_prefetch_get(tables, t, &ret);
         if (ret < 0) {
             qc_report_read_failed(ctx, walk_name(ctx, &w), w.offset, g->cluster_size, ret);
             continue;
@@ -377,5 +387,5 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
         ctx->res->allocated_clusters += w.allocated;
         ctx->res->fragmented_clusters += w.fragmented;
     }
-    qc_free(ctx, buf, g->cluster_size);
+    qc_prefetch_stop(tables);
 }

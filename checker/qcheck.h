@@ -23,7 +23,8 @@ extern "C" {
 typedef struct qc_io {
     /* Read exactly len bytes at off; returns 0 or a negative errno.
      * Reading past the end of the image is -EIO (callers bound their reads
-     * by `size` first). */
+     * by `size` first). A check may call it from a second thread it
+     * starts (read-ahead), but never from two threads at once. */
     int (*read)(void *opaque, uint64_t off, void *buf, size_t len);
     /* Write exactly len bytes at off, extending the image if needed (the
      * caller then updates `size`). NULL in a read-only io. */

@@ -2,10 +2,15 @@
  * Unit tests for the paged per-cluster maps (checker/clustermap.c): pages
  * appear on first write only, cells widen without losing counts or flags,
  * counts saturate instead of wrapping, iteration skips empty pages, and
- * every byte is charged to the context and returned on release.
+ * every byte is charged to the context and returned on release. And for
+ * the read-ahead (checker/prefetch.c): items arrive in order with their
+ * own bytes and read status, whatever the item size and whichever items
+ * the pass skips.
  */
 #include <check.h>
+#include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ctx.h"
@@ -161,6 +166,75 @@ START_TEST(test_bitset_paged)
 }
 END_TEST
 
+/* Item i of the prefetch tests: every third is skipped, every seventh
+ * lies past the end of the image. */
+typedef struct items {
+    size_t len;
+    uint64_t image_len;
+} items;
+
+static uint64_t item_offset(void *arg, size_t i)
+{
+    const items *it = arg;
+    if (i % 3 == 2)
+        return QC_PREFETCH_SKIP;
+    return i % 7 == 6 ? it->image_len : (uint64_t)i * it->len;
+}
+
+static void check_prefetch(size_t count, size_t len, size_t stride)
+{
+    uint64_t image_len = (uint64_t)count * len;
+    uint8_t *image = malloc(image_len);
+    ck_assert_ptr_nonnull(image);
+    for (uint64_t b = 0; b < image_len; b++)
+        image[b] = (uint8_t)(b / len * 31 + b % 251);
+    fixture f;
+    fixture_init(&f, 1ull << 30);
+    qc_io io;
+    qc_io_open_memory(&io, image, image_len);
+    f.ctx.io = &io;
+    f.ctx.file_size = image_len;
+    items it = {len, image_len};
+    qc_prefetch *p = qc_prefetch_start(&f.ctx, count, len, item_offset, &it);
+    ck_assert_ptr_nonnull(p);
+    for (size_t i = 0; i < count; i += stride) {
+        int ret = 1;
+        const uint8_t *buf = qc_prefetch_get(p, i, &ret);
+        if (i % 3 == 2) {
+            ck_assert_int_eq(ret, 0); /* skipped: not read */
+        } else if (i % 7 == 6) {
+            ck_assert_int_eq(ret, -EIO);
+        } else {
+            ck_assert_int_eq(ret, 0);
+            ck_assert_mem_eq(buf, image + (uint64_t)i * len, len);
+        }
+    }
+    qc_prefetch_stop(p);
+    ck_assert_uint_eq(f.ctx.mem_used, 0);
+    qc_io_close(&io);
+    free(image);
+}
+
+START_TEST(test_prefetch_small_items)
+{
+    check_prefetch(5000, 512, 1); /* many items per half */
+}
+END_TEST
+
+START_TEST(test_prefetch_skipping)
+{
+    check_prefetch(5000, 512, 13); /* the pass asks for one item in 13 */
+    check_prefetch(3000, 4096, 1000);
+}
+END_TEST
+
+START_TEST(test_prefetch_large_items)
+{
+    check_prefetch(40, 1 << 20, 1); /* one item per half */
+    check_prefetch(5, 65536, 1);    /* too few for a thread */
+}
+END_TEST
+
 static Suite *clustermap_suite(void)
 {
     Suite *s = suite_create("clustermap");
@@ -169,6 +243,11 @@ static Suite *clustermap_suite(void)
     tcase_add_test(tc, test_refmap_widening_keeps_counts_and_flags);
     tcase_add_test(tc, test_refmap_memory_limit);
     tcase_add_test(tc, test_bitset_paged);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("prefetch");
+    tcase_add_test(tc, test_prefetch_small_items);
+    tcase_add_test(tc, test_prefetch_skipping);
+    tcase_add_test(tc, test_prefetch_large_items);
     suite_add_tcase(s, tc);
     return s;
 }
