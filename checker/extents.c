@@ -107,8 +107,11 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
 void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len)
 {
     const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
-    qc_extent e = {first->l2_offset, ctx->geo.cluster_size, first->snapshot, first->l1_index, QC_OWN_L2,
-                   false};
+    qc_extent e = {.start = first->l2_offset,
+                   .length = ctx->geo.cluster_size,
+                   .index = first->snapshot,
+                   .index2 = first->l1_index,
+                   .owner = QC_OWN_L2};
     qc_describe_extent(ctx, &e, buf, len);
 }
 
@@ -122,7 +125,8 @@ bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2,
     if (!grown)
         return false;
     ctx->extents = grown;
-    ctx->extents[ctx->nb_extents++] = (qc_extent){start, length, index, index2, (uint8_t)owner, false};
+    ctx->extents[ctx->nb_extents++] =
+        (qc_extent){start, length, index, index2, (uint8_t)owner, false};
     uint64_t first = start >> ctx->geo.cluster_bits;
     uint64_t last = (start + length - 1) >> ctx->geo.cluster_bits;
     for (uint64_t c = first; c <= last; c++)

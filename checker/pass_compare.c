@@ -217,7 +217,8 @@ static void check_copied(qc_ctx *ctx)
             unsigned flags = (unsigned)(cell >> bits);
             /* Most cells: not active data, or COPIED set with one reference. */
             if (!(flags & (QC_CELL_COPIED | QC_CELL_NOT_COPIED)) ||
-                ((cell & ~((uint64_t)QC_CELL_META << bits)) == (1 | (uint64_t)QC_CELL_COPIED << bits)))
+                ((cell & ~((uint64_t)QC_CELL_META << bits)) ==
+                 (1 | (uint64_t)QC_CELL_COPIED << bits)))
                 continue;
             uint64_t computed = cell & ((1ull << bits) - 1);
             if ((flags & QC_CELL_COPIED) && computed != 1)

@@ -239,8 +239,8 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
         qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
                   (unsigned long long)entry);
     if (ctx->has_data_file) {
-        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
-                  (unsigned long long)entry);
+        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1,
+                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
         return;
     }
     qc_compressed c;
@@ -268,8 +268,8 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
 
     if (entry & QC_L2_RESERVED_MASK)
-        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
-                  (unsigned long long)entry);
+        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, walk_name(ctx, w), at, 1,
+                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
     if ((entry & QC_OFLAG_ZERO) && (ctx->hdr.version < 3 || g->extended_l2))
         qc_report(ctx, QC_P_L2_ZERO_FLAG_INVALID, walk_name(ctx, w), at, 1,
                   "entry %u is 0x%016llx: the zero flag is not allowed in %s", i,
@@ -298,8 +298,8 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
                       "entry %u maps guest offset 0x%llx to data file offset 0x%llx", i,
                       (unsigned long long)guest, (unsigned long long)off);
         if (!copied && w->table->active_refs)
-            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx",
-                      i, (unsigned long long)entry);
+            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1,
+                      "entry %u is 0x%016llx", i, (unsigned long long)entry);
         return; /* data clusters live in the data file and are not refcounted */
     }
     if (!qc_cluster_aligned(ctx, off)) {

@@ -196,7 +196,7 @@ static void patch_in_place(repair_run *r, qc_ctx *ctx)
     if (!p.copy || (r->mode == QC_REPAIR_LEAKS && !mark_copied_floor(ctx, &p.copied_floor))) {
         r->error = -ENOMEM;
     } else {
-        qc_each_refcount_span(ctx, &p, patch_span);
+        qc_each_refcount_span(ctx, &p, patch_span, false);
         if (p.floored)
             plan_note(r, NOTE_GENERAL,
                       "%llu leaked cluster%s kept at refcount 2, not lowered: the active tables "
@@ -371,7 +371,7 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
     l.needed = calloc(l.file_blocks + 1, sizeof(bool));
     if (!l.needed || !mark_old_structures(ctx, &t.old_structures)) {
         r->error = -ENOMEM;
-    } else if (qc_each_refcount_span(ctx, &t, target_span)) {
+    } else if (qc_each_refcount_span(ctx, &t, target_span, false)) {
         const qc_refmap *map = &ctx->refmap;
         for (uint64_t c = qc_refmap_next_page(map, 0, map->clusters); c < map->clusters;
              c = qc_refmap_next_page(map, c + 1, map->clusters))
@@ -401,7 +401,7 @@ static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
                     res->per_problem[QC_P_REFTABLE_ENTRY_UNALIGNED] ||
                     res->per_problem[QC_P_REFTABLE_ENTRY_PAST_EOF],
                 0, 0};
-    qc_each_refcount_span(ctx, &a, assess_span);
+    qc_each_refcount_span(ctx, &a, assess_span, false);
     /* A refcount table sharing a cluster with another structure is moved
      * away by a rebuild (whatever that leaves, QEMU reads as it is). */
     uint64_t first = ctx->hdr.refcount_table_offset >> ctx->geo.cluster_bits;

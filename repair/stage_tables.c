@@ -157,7 +157,8 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
     }
     for (size_t t = 0; any && t < ctx->nb_l2_tables && !r->error; t++) {
         const qc_l2_table *tab = &ctx->l2_tables[t];
-        if (!tab->active_refs || qc_extent_conflicted(ctx, QC_OWN_L2, qc_l2_table_offset(ctx, tab)) ||
+        if (!tab->active_refs ||
+            qc_extent_conflicted(ctx, QC_OWN_L2, qc_l2_table_offset(ctx, tab)) ||
             qc_read_zero_filled(&r->view, qc_l2_table_offset(ctx, tab), table, g->cluster_size) < 0)
             continue;
         memcpy(copy, table, g->cluster_size);
