@@ -11,6 +11,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "ctx.h"
 
@@ -149,9 +150,37 @@ static uint64_t extent_end_cluster(const qc_ctx *ctx, const qc_extent *e)
     return (e->start + e->length - 1) >> ctx->geo.cluster_bits;
 }
 
+/* Sort the extents with little extra memory. The L2 tables, registered
+ * last and in offset order, are a sorted run at the end of the array that
+ * is most of it on a large image; qsort would want a copy of the whole
+ * array (glibc's merge sort does), so sort only what comes before the
+ * final sorted run, then merge the two with a copy of that part alone. */
+static bool sort_extents(qc_ctx *ctx)
+{
+    qc_extent *e = ctx->extents;
+    size_t n = ctx->nb_extents, run = n ? n - 1 : 0;
+    while (run > 0 && extent_cmp(&e[run - 1], &e[run]) <= 0)
+        run--;
+    if (run == 0)
+        return true;
+    qsort(e, run, sizeof(qc_extent), extent_cmp);
+    qc_extent *head = qc_alloc(ctx, (uint64_t)run * sizeof(qc_extent), "metadata extent list");
+    if (!head)
+        return false;
+    memcpy(head, e, run * sizeof(qc_extent));
+    /* Merge head[0, run) and e[run, n) into e[0, n): the output never
+     * overtakes the unread part of the tail. */
+    size_t i = 0, j = run, out = 0;
+    while (i < run)
+        e[out++] = j < n && extent_cmp(&e[j], &head[i]) < 0 ? e[j++] : head[i++];
+    qc_free(ctx, head, (uint64_t)run * sizeof(qc_extent));
+    return true;
+}
+
 bool qc_extents_finish(qc_ctx *ctx)
 {
-    qsort(ctx->extents, ctx->nb_extents, sizeof(qc_extent), extent_cmp);
+    if (!sort_extents(ctx))
+        return false;
     /* Sweep in start order, remembering the extent reaching furthest so
      * far; two extents conflict when they share a host cluster. */
     size_t reach = SIZE_MAX;
