@@ -364,7 +364,7 @@ void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, si
  * the caller then must not read it. */
 bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
                    uint64_t length, uint64_t refs);
-/* Sort extents, report overlaps, build meta_clusters. Extents that overlap
+/* Sort extents, report overlaps, flag metadata clusters in the map. Extents that overlap
  * an earlier one are marked so their contents are not followed. */
 bool qc_extents_finish(qc_ctx *ctx);
 /* The extent owning host cluster `cluster`, or NULL. */
