@@ -18,6 +18,10 @@
  * clusters are tiny). */
 #define HALF_BYTES (512u << 10)
 #define MIN_ITEMS 8 /* fewer: not worth a thread */
+/* The thread only calls io->read: a small stack keeps its address space
+ * small too (an address-space limit would otherwise refuse the default
+ * 8 MiB and leave the check without read-ahead). */
+#define THREAD_STACK (256u << 10)
 
 typedef struct half {
     uint8_t *bufs; /* per_half items of len bytes */
@@ -78,6 +82,28 @@ static void *reader(void *opaque)
     return NULL;
 }
 
+/* Start the reading thread; false, with nothing left to undo, when it
+ * cannot start (items are then read when asked). */
+static bool start_thread(qc_prefetch *p)
+{
+    pthread_attr_t attr;
+    if (pthread_attr_init(&attr) != 0)
+        return false;
+    bool ok = pthread_attr_setstacksize(&attr, THREAD_STACK) == 0 &&
+              pthread_mutex_init(&p->lock, NULL) == 0;
+    if (ok && pthread_cond_init(&p->changed, NULL) != 0) {
+        pthread_mutex_destroy(&p->lock);
+        ok = false;
+    }
+    if (ok && pthread_create(&p->thread, &attr, reader, p) != 0) {
+        pthread_cond_destroy(&p->changed);
+        pthread_mutex_destroy(&p->lock);
+        ok = false;
+    }
+    pthread_attr_destroy(&attr);
+    return ok;
+}
+
 qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetch_offset offset_of,
                                void *arg)
 {
@@ -85,7 +111,7 @@ qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetc
     if (!p)
         return NULL;
     *p = (qc_prefetch){.ctx = ctx, .count = count, .len = len, .offset_of = offset_of, .arg = arg};
-    /* Halves of up to HALF_BYTES, at least four chunks in all, and never
+    /* Halves of up to HALF_BYTES, at least eight chunks in all, and never
      * more than an eighth of the memory the check has left. */
     uint64_t budget = (ctx->mem_limit - ctx->mem_used) / 8;
     size_t per_half = len && len < HALF_BYTES ? HALF_BYTES / len : 1;
@@ -104,15 +130,7 @@ qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetc
             return NULL;
         }
     }
-    if (thread && pthread_mutex_init(&p->lock, NULL) == 0) {
-        if (pthread_cond_init(&p->changed, NULL) == 0) {
-            p->threaded = pthread_create(&p->thread, NULL, reader, p) == 0;
-            if (!p->threaded)
-                pthread_cond_destroy(&p->changed);
-        }
-        if (!p->threaded)
-            pthread_mutex_destroy(&p->lock);
-    }
+    p->threaded = thread && start_thread(p);
     return p;
 }
 
