@@ -201,14 +201,17 @@ static void check_data_on_metadata(qc_ctx *ctx, l2_walk *w, uint32_t index, uint
               (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
 }
 
-static void count_data_cluster(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t cluster,
-                               bool copied)
+/* Count a data cluster of the table being walked: its `refs` references,
+ * and whether the active tree (`active_refs` of them) maps it with COPIED.
+ * The counts come as arguments so the walk's loop can keep them in
+ * registers. */
+static inline void count_data_cluster(qc_ctx *ctx, l2_walk *w, uint32_t index, uint64_t cluster,
+                                      uint64_t refs, uint64_t active_refs, bool copied)
 {
-    unsigned flags = 0;
-    if (w->table->active_refs)
-        flags = copied ? QC_CELL_COPIED : QC_CELL_NOT_COPIED;
-    check_data_on_metadata(ctx, w, index, cluster,
-                           qc_refmap_add(&ctx->refmap, cluster, w->table->refs, flags));
+    unsigned flags = !active_refs ? 0 : copied ? QC_CELL_COPIED : QC_CELL_NOT_COPIED;
+    int now = qc_refmap_add(&ctx->refmap, cluster, refs, flags);
+    if (now < 0 || (now & QC_CELL_META))
+        check_data_on_metadata(ctx, w, index, cluster, now);
 }
 
 /* The allocation statistics for a standard cluster at `off`. */
@@ -321,7 +324,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
         qc_unfollowed_leaf(ctx, off);
         return;
     }
-    count_data_cluster(ctx, w, i, cluster, copied);
+    count_data_cluster(ctx, w, i, cluster, w->table->refs, w->table->active_refs, copied);
 }
 
 /* The L2 tables in walking order, for the read-ahead thread. */
@@ -344,7 +347,6 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
     const bool plain_ok = !ctx->has_data_file; /* data-file entries have more checks */
     const unsigned cluster_bits = g->cluster_bits;
     const uint64_t cluster_mask = g->cluster_size - 1, file_clusters = ctx->file_clusters;
-    qc_refmap *map = &ctx->refmap;
     for (size_t t = 0; t < ctx->nb_l2_tables && !ctx->stop; t++) {
         qc_progress(ctx, QC_PROGRESS_WALK, QC_PROGRESS_COMPARE, t, ctx->nb_l2_tables);
         const qc_l2_ref *first = &ctx->l2_refs[ctx->l2_tables[t].first_ref];
@@ -373,12 +375,8 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
             if (plain_ok && !(entry & ~(QC_L2_OFFSET_MASK | QC_OFLAG_COPIED)) && off &&
                 !(off & cluster_mask) && cluster < file_clusters && !(bitmap & bitmap >> 32)) {
                 count_allocated(&w, active_refs, off, cluster_mask + 1);
-                unsigned flags = !active_refs                    ? 0
-                                 : (entry & QC_OFLAG_COPIED) ? QC_CELL_COPIED
-                                                             : QC_CELL_NOT_COPIED;
-                int now = qc_refmap_add(map, cluster, refs, flags);
-                if (now < 0 || (now & QC_CELL_META))
-                    check_data_on_metadata(ctx, &w, i, cluster, now);
+                count_data_cluster(ctx, &w, i, cluster, refs, active_refs,
+                                   entry & QC_OFLAG_COPIED);
             } else if (entry & QC_OFLAG_COMPRESSED)
                 walk_compressed(ctx, &w, i, entry, bitmap);
             else
