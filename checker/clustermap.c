@@ -87,11 +87,11 @@ static bool widen_page(qc_refmap *map, uint64_t p)
     void *wide = qc_alloc(map->ctx, page_bytes(to), "computed refcount map");
     if (!wide)
         return false;
-    unsigned from_bits = qc_cell_count_bits(from), to_bits = qc_cell_count_bits(to);
-    uint64_t mask = (1ull << from_bits) - 1;
+    unsigned to_bits = qc_cell_count_bits(to);
     for (uint64_t i = 0; i < QC_PAGE_CLUSTERS; i++) {
         uint64_t cell = qc_cell_load(map->pages[p], from, i);
-        cell_store(wide, to, i, (cell & mask) | (cell >> from_bits) << to_bits);
+        cell_store(wide, to, i,
+                   qc_cell_count(cell, from) | (uint64_t)qc_cell_flags(cell, from) << to_bits);
     }
     qc_free(map->ctx, map->pages[p], page_bytes(from));
     map->pages[p] = wide;
@@ -126,10 +126,9 @@ int qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned fl
 {
     unsigned wl;
     uint64_t cell = qc_refmap_cell(map, cluster, &wl);
-    unsigned bits = qc_cell_count_bits(wl);
-    uint64_t count = cell & ((1ull << bits) - 1);
+    uint64_t count = qc_cell_count(cell, wl);
     count = n > UINT64_MAX - count ? UINT64_MAX : count + n;
-    flags |= (unsigned)(cell >> bits);
+    flags |= qc_cell_flags(cell, wl);
     return store_cell(map, cluster, count, flags) ? (int)flags : -1;
 }
 
@@ -235,10 +234,10 @@ uint64_t qc_bitset_next(const qc_bitset *set, uint64_t i)
         }
         uint64_t bit = i & (QC_PAGE_CLUSTERS - 1);
         uint64_t word = page[bit / 64] >> (bit % 64);
-        if (word)
-            return i + (uint64_t)__builtin_ctzll(word) < set->bits
-                       ? i + (uint64_t)__builtin_ctzll(word)
-                       : set->bits;
+        if (word) {
+            uint64_t at = i + (uint64_t)__builtin_ctzll(word);
+            return at < set->bits ? at : set->bits;
+        }
         i += 64 - bit % 64;
     }
     return set->bits;

@@ -279,6 +279,17 @@ static inline unsigned qc_cell_count_bits(unsigned width_log)
     return (8u << width_log) - QC_CELL_FLAG_BITS;
 }
 
+/* A cell's count and flags, for cells of 1 << width_log bytes. */
+static inline uint64_t qc_cell_count(uint64_t cell, unsigned width_log)
+{
+    return cell & ((1ull << qc_cell_count_bits(width_log)) - 1);
+}
+
+static inline unsigned qc_cell_flags(uint64_t cell, unsigned width_log)
+{
+    return (unsigned)(cell >> qc_cell_count_bits(width_log));
+}
+
 static inline int qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
 {
     uint8_t *page = map->pages[cluster >> QC_PAGE_SHIFT];
@@ -309,14 +320,14 @@ static inline uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
 {
     unsigned wl;
     uint64_t cell = qc_refmap_cell(map, cluster, &wl);
-    return cell & ((1ull << qc_cell_count_bits(wl)) - 1);
+    return qc_cell_count(cell, wl);
 }
 
 static inline unsigned qc_refmap_flags(const qc_refmap *map, uint64_t cluster)
 {
     unsigned wl;
     uint64_t cell = qc_refmap_cell(map, cluster, &wl);
-    return (unsigned)(cell >> qc_cell_count_bits(wl));
+    return qc_cell_flags(cell, wl);
 }
 
 /* ctx NULL: the set's memory is not charged to any check (for a set that

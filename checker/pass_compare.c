@@ -214,13 +214,13 @@ static void check_copied(qc_ctx *ctx)
                                                               : QC_PAGE_CLUSTERS;
         for (uint64_t i = 0; i < n; i++) {
             uint64_t cell = qc_cell_load(page, wl, i), c = first + i;
-            unsigned flags = (unsigned)(cell >> bits);
+            unsigned flags = qc_cell_flags(cell, wl);
             /* Most cells: not active data, or COPIED set with one reference. */
             if (!(flags & (QC_CELL_COPIED | QC_CELL_NOT_COPIED)) ||
                 ((cell & ~((uint64_t)QC_CELL_META << bits)) ==
                  (1 | (uint64_t)QC_CELL_COPIED << bits)))
                 continue;
-            uint64_t computed = cell & ((1ull << bits) - 1);
+            uint64_t computed = qc_cell_count(cell, wl);
             if ((flags & QC_CELL_COPIED) && computed != 1)
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 1, computed);
             /* COPIED clear with one reference only costs a needless copy on
