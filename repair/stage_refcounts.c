@@ -110,18 +110,18 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
      * thousand leaked clusters in a row are one write, not one per
      * changed byte. */
     for (uint64_t j = 0; j < g->refblock_entries;) {
-        if (qc_refblock_get(copy, bits, j) == qc_refblock_get(span->block, bits, j)) {
-            j++;
-            continue;
-        }
-        uint64_t k = j + 1, lowered = 0, raised = 0;
-        while (k < g->refblock_entries &&
-               qc_refblock_get(copy, bits, k) != qc_refblock_get(span->block, bits, k))
-            k++;
-        for (uint64_t e = j; e < k; e++) {
-            uint64_t o = qc_refblock_get(span->block, bits, e), n = qc_refblock_get(copy, bits, e);
+        /* The run of changed entries starting at j: [j, k). */
+        uint64_t k = j, lowered = 0, raised = 0;
+        for (; k < g->refblock_entries; k++) {
+            uint64_t o = qc_refblock_get(span->block, bits, k), n = qc_refblock_get(copy, bits, k);
+            if (o == n)
+                break;
             lowered += n < o;
             raised += n > o;
+        }
+        if (k == j) {
+            j++;
+            continue;
         }
         uint64_t a = j * bits / 8, b = (k * bits + 7) / 8;
         uint64_t first = span->first + j, last = span->first + k - 1;
