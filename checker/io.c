@@ -1,7 +1,8 @@
 /*
- * I/O backends: a file (read-only for checks; read-write with QEMU's image
- * locks for repairs), memory (read-only or growable), and a crash-injection
- * wrapper for tests. Check mode opens files O_RDONLY and never writes.
+ * I/O backends: a file (read-only for checks, read-write for repairs, both
+ * with QEMU's image locks), memory (read-only or growable), and a
+ * crash-injection wrapper for tests. Check mode opens files O_RDONLY and
+ * never writes (a lock is not a write).
  */
 #define _GNU_SOURCE /* F_OFD_GETLK, F_OFD_SETLK */
 #include <errno.h>
@@ -83,40 +84,97 @@ static void file_close(void *opaque)
     free(f);
 }
 
-/* QEMU's image locking (file-posix): byte 100 + n is locked while a
- * process holds permission n (consistent read, write, write unchanged,
- * resize, graph change), byte 200 + n while it refuses to share it. */
+/* QEMU's image locking (block/file-posix.c): a process holding block
+ * permission n (QC_PERM_*) has an OFD read lock on byte 100 + n of the
+ * file, and one on byte 200 + n while it refuses to share that permission.
+ * Locks are taken first and the others' tested afterwards, as QEMU does,
+ * so that of two processes opening the image at once one sees the other. */
 #define QEMU_LOCK_PERM_BASE 100
 #define QEMU_LOCK_SHARED_BASE 200
-#define QEMU_LOCK_PERMS 5
+#define QEMU_LOCK_PERMS 5 /* QEMU 7.2 uses 4; older versions a fifth (graph change) */
 
-static int ofd_lock(int fd, short type, off_t start, off_t len, bool test)
+static int ofd_lock(int fd, short type, off_t start, bool test)
 {
-    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = len};
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = start, .l_len = 1};
     if (fcntl(fd, test ? F_OFD_GETLK : F_OFD_SETLK, &fl) < 0)
         return -errno;
     return test && fl.l_type != F_UNLCK ? -EBUSY : 0;
 }
 
-/* Refuse when anyone holds or refuses any permission (a VM, qemu-img,
- * qemu-io, a guest using it as a backing file), then lock as an exclusive
- * writer: QEMU will not open the image until we close it. */
-static int take_repair_locks(int fd)
+/* Lock the bytes of the permissions held and of those not shared; on
+ * failure, others->failed_byte says which. */
+static int take_locks(int fd, unsigned held, unsigned unshared, qc_lock_state *others)
 {
-    int ret = ofd_lock(fd, F_WRLCK, QEMU_LOCK_PERM_BASE,
-                       QEMU_LOCK_SHARED_BASE + QEMU_LOCK_PERMS - QEMU_LOCK_PERM_BASE, true);
-    if (ret < 0)
-        return ret;
-    static const int held[] = {0, 1, 3}; /* consistent read, write, resize */
-    for (size_t i = 0; i < sizeof(held) / sizeof(held[0]) && ret == 0; i++)
-        ret = ofd_lock(fd, F_RDLCK, QEMU_LOCK_PERM_BASE + held[i], 1, false);
-    if (ret == 0)
-        ret = ofd_lock(fd, F_RDLCK, QEMU_LOCK_SHARED_BASE, QEMU_LOCK_PERMS, false);
-    return ret == -EAGAIN || ret == -EACCES ? -EBUSY : ret;
+    for (int n = 0; n < QEMU_LOCK_PERMS * 2; n++) {
+        int perm = n % QEMU_LOCK_PERMS;
+        int byte = (n < QEMU_LOCK_PERMS ? QEMU_LOCK_PERM_BASE : QEMU_LOCK_SHARED_BASE) + perm;
+        if (!((n < QEMU_LOCK_PERMS ? held : unshared) >> perm & 1))
+            continue;
+        int ret = ofd_lock(fd, F_RDLCK, byte, false);
+        if (ret < 0) {
+            others->failed_byte = byte;
+            others->failed_errno = -ret;
+            return -EBUSY;
+        }
+    }
+    return 0;
 }
 
-static int open_file(qc_io *io, const char *path, bool writable)
+/* Which permissions other processes hold or refuse to share. */
+static int read_others(int fd, qc_lock_state *others)
 {
+    for (int perm = 0; perm < QEMU_LOCK_PERMS; perm++) {
+        int ret = ofd_lock(fd, F_WRLCK, QEMU_LOCK_PERM_BASE + perm, true);
+        if (ret == -EBUSY)
+            others->held |= 1u << perm;
+        else if (ret < 0)
+            return ret;
+        ret = ofd_lock(fd, F_WRLCK, QEMU_LOCK_SHARED_BASE + perm, true);
+        if (ret == -EBUSY)
+            others->unshared |= 1u << perm;
+        else if (ret < 0)
+            return ret;
+    }
+    return 0;
+}
+
+static int apply_lock_mode(int fd, qc_lock_mode mode, qc_lock_state *others)
+{
+    const unsigned all = (1u << QEMU_LOCK_PERMS) - 1;
+    int ret = 0;
+    switch (mode) {
+    case QC_LOCK_CHECK: /* qemu-img check: read, share neither write nor resize */
+        ret = take_locks(fd, QC_PERM_CONSISTENT_READ, QC_PERM_WRITE | QC_PERM_RESIZE, others);
+        break;
+    case QC_LOCK_SHARED: /* qemu-img check -U: read, share everything */
+        ret = take_locks(fd, QC_PERM_CONSISTENT_READ, 0, others);
+        break;
+    case QC_LOCK_NONE: /* file.locking=off: take nothing, only look */
+        break;
+    case QC_LOCK_REPAIR:
+        /* Read, write and resize, sharing nothing: QEMU will not open the
+         * image until the repair is over. */
+        ret = take_locks(fd, QC_PERM_CONSISTENT_READ | QC_PERM_WRITE | QC_PERM_RESIZE, all,
+                         others);
+        break;
+    }
+    if (ret == 0)
+        ret = read_others(fd, others);
+    /* A repair refuses any other user of the image (even a reader: the
+     * image changes under it); a check leaves the verdict to its caller,
+     * because whether a lock conflicts depends on the format. */
+    if (ret == 0 && mode == QC_LOCK_REPAIR && (others->held | others->unshared))
+        ret = -EBUSY;
+    return ret;
+}
+
+static int open_file(qc_io *io, const char *path, bool writable, bool lock, qc_lock_mode mode,
+                     qc_lock_state *others)
+{
+    qc_lock_state ignored;
+    if (!others)
+        others = &ignored;
+    memset(others, 0, sizeof(*others));
     memset(io, 0, sizeof(*io));
     int fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
     if (fd < 0)
@@ -127,14 +185,14 @@ static int open_file(qc_io *io, const char *path, bool writable)
     if (fstat(fd, &st) < 0)
         err = -errno;
     else if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
-        err = S_ISDIR(st.st_mode) ? -EISDIR : -EINVAL;
+        err = -EINVAL;
     else if ((size = lseek(fd, 0, SEEK_END)) < 0)
         err = -errno;
-    else if (writable)
-        err = take_repair_locks(fd);
+    else if (lock)
+        err = apply_lock_mode(fd, mode, others);
     file_backend *f = err ? NULL : malloc(sizeof(*f));
     if (!f) {
-        close(fd);
+        close(fd); /* releases every lock taken on it */
         return err ? err : -ENOMEM;
     }
     f->fd = fd;
@@ -152,12 +210,12 @@ static int open_file(qc_io *io, const char *path, bool writable)
 
 int qc_io_open_file(qc_io *io, const char *path)
 {
-    return open_file(io, path, false);
+    return open_file(io, path, false, false, QC_LOCK_NONE, NULL);
 }
 
-int qc_io_open_file_rw(qc_io *io, const char *path)
+int qc_io_open_image(qc_io *io, const char *path, qc_lock_mode mode, qc_lock_state *others)
 {
-    return open_file(io, path, true);
+    return open_file(io, path, mode == QC_LOCK_REPAIR, true, mode, others);
 }
 
 typedef struct mem_backend {

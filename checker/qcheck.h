@@ -38,12 +38,52 @@ typedef struct qc_io {
     uint64_t size; /* real length of the image in bytes */
 } qc_io;
 
-/* Open a file read-only (O_RDONLY; nothing is ever written). */
+/* Open a file read-only (O_RDONLY; nothing is ever written), taking no
+ * locks (undo logs). */
 int qc_io_open_file(qc_io *io, const char *path);
-/* Open a file for repair: read-write, refusing with -EBUSY when another
- * process holds QEMU's image locks on it (a running VM, qemu-img, qemu-io),
- * and taking those locks itself so QEMU cannot open it meanwhile. */
-int qc_io_open_file_rw(qc_io *io, const char *path);
+
+/* QEMU's block permissions, numbered as its image locks number them: a
+ * process holding permission bit n has a lock on byte 100 + n of the file,
+ * and one on byte 200 + n while it refuses to share that permission
+ * (block/file-posix.c). */
+enum {
+    QC_PERM_CONSISTENT_READ = 1u << 0,
+    QC_PERM_WRITE = 1u << 1,
+    QC_PERM_WRITE_UNCHANGED = 1u << 2,
+    QC_PERM_RESIZE = 1u << 3,
+    QC_PERM_GRAPH_MOD = 1u << 4, /* QEMU before 6.0 */
+};
+
+typedef enum qc_lock_mode {
+    QC_LOCK_CHECK,  /* as `qemu-img check`: hold consistent read, share
+                     * neither write nor resize */
+    QC_LOCK_SHARED, /* as `qemu-img check -U`: hold consistent read,
+                     * share everything */
+    QC_LOCK_NONE,   /* as file.locking=off: take no lock, only look */
+    QC_LOCK_REPAIR, /* read-write; hold read, write and resize, share
+                     * nothing, and refuse any other user */
+} qc_lock_mode;
+
+/* Other processes' locks, as seen once ours were taken. */
+typedef struct qc_lock_state {
+    unsigned held;     /* QC_PERM_* other processes hold */
+    unsigned unshared; /* QC_PERM_* other processes refuse to share */
+    int failed_byte;   /* a byte we could not lock ourselves, or 0 */
+    int failed_errno;  /* and why (EAGAIN: someone holds a write lock on it) */
+} qc_lock_state;
+
+/* Open an image with QEMU's image locks (read-only except for
+ * QC_LOCK_REPAIR). *others (may be NULL) receives the other processes'
+ * locks. A check is not refused for them: whether they conflict depends
+ * on the format (QEMU's raw driver shares write), which is the caller's
+ * decision. A repair is refused with -EBUSY when any other process holds
+ * or refuses any permission (a VM, qemu-img, qemu-io, a guest using the
+ * image as a backing file), and keeps QEMU from opening the image until it
+ * is closed. -EBUSY with others->failed_byte set: one of our own locks
+ * could not be taken. -EINVAL: not a regular file or block device (a
+ * directory opened read-only, a pipe; open() itself may fail otherwise,
+ * e.g. -EISDIR for a directory opened read-write). */
+int qc_io_open_image(qc_io *io, const char *path, qc_lock_mode mode, qc_lock_state *others);
 /* Wrap a caller-owned buffer read-only; it must outlive the io. */
 void qc_io_open_memory(qc_io *io, const void *buf, size_t len);
 /* A writable memory image: *buf (malloc'd, *len bytes) is taken over and

@@ -3,14 +3,18 @@
  *
  * Parses qemu-img check's options, runs the library, prints findings (one
  * line each, on stderr, as qemu-img prints its diagnostics) and the summary
- * lines qemu-img prints (on stdout), or one JSON object on stdout. The exit
- * status is qemu-img check's. With -r it plans a repair, carries it out
- * (or, with --dry-run, only shows it) and checks the image again.
+ * lines qemu-img prints (on stdout), or one JSON object on stdout. Where
+ * qemu-img prints a fixed sentence (a usage error, an image it cannot open
+ * or check, an image in use), qcheck prints the same sentence after its
+ * program name and its own explanation on the next line, and exits with
+ * qemu-img's status. With -r it plans a repair, carries it out (or, with
+ * --dry-run, only shows it) and checks the image again.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,8 +26,14 @@
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
 typedef struct cli {
-    const char *filename; /* as given, for output */
+    const char *prog;     /* the name it was run as: every message starts with it */
+    const char *filename; /* as given (with --image-opts, the option string) */
     const char *path;     /* what is opened */
+    const char *format;   /* -f or driver=; NULL: the file's own */
+    bool key_secret;      /* --image-opts names a LUKS key */
+    bool probed_raw_warning; /* qemu-img's warning for -r on a probed raw file */
+    char cannot_open[160];   /* qemu-img's reason for refusing the image's header, if any */
+    qc_lock_mode lock_mode;
     bool quiet;
     enum output_format output;
     uint64_t max_mem;
@@ -63,20 +73,53 @@ static void usage(FILE *out)
             "  -n, --dry-run          with -r: print every write the repair would make, write nothing\n"
             "  --undo=LOG             with -r: save the bytes the repair overwrites in LOG (a new file)\n"
             "  --rollback=LOG         restore FILE from an undo log, byte for byte\n"
-            "  -U, --force-share      accepted for compatibility when checking (qcheck takes no\n"
-            "                         locks to check; a repair refuses images QEMU has open)\n"
-            "  --image-opts           FILE is an option string (driver=qcow2,file.filename=PATH)\n"
-            "  -T, --cache=MODE       accepted for compatibility\n"
+            "  -U, --force-share      check an image another process (a VM) has open for writing;\n"
+            "                         the results may be inconsistent (without -U such an image\n"
+            "                         is refused, as qemu-img refuses it)\n"
+            "  --image-opts           FILE is an option string (driver=qcow2,file.filename=PATH,\n"
+            "                         also file.locking=off, force-share=on)\n"
+            "  -T, --cache=MODE       accepted for compatibility (none, writeback, ...)\n"
             "  --object=OBJDEF        accepted for compatibility (no secret is ever needed)\n"
             "  --max-mem=SIZE         memory the check may use (default 8G; suffixes K M G T)\n"
             "  --list-problems[=markdown]  list every problem qcheck can report\n"
             "  -h, --help             show this help\n"
             "  -V, --version          show the version\n"
             "\n"
-            "Exit status: 0 no problems, 1 the check could not be completed (or the repair\n"
-            "was refused or failed), 2 corruptions found, 3 only leaked clusters found,\n"
-            "63 not a qcow2 image. After a repair: the state the image was left in.\n"
+            "Exit status: 0 no problems, 1 the check could not be made or completed (usage\n"
+            "error, cannot open, image in use, -f qcow2 on another format, repair refused or\n"
+            "failed), 2 corruptions found, 3 only leaked clusters found, 63 a format without\n"
+            "checks in qcheck. After a repair: the state the image was left in.\n"
             "qcheck never opens a backing file or external data file named in the image.\n");
+}
+
+/* One line on stderr after the program's name, as qemu-img's error_report
+ * prints its sentences: callers and their tests grep them, so where
+ * qemu-img has a fixed sentence for a situation qcheck prints that one,
+ * and its own explanation as a second message. */
+__attribute__((format(printf, 2, 3))) static void message(const cli *c, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", c->prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+/* A usage error: the sentence, then qemu-img's pointer to the help.
+ * Nothing is printed on stdout when nothing was checked, in JSON mode
+ * either: qemu-img prints nothing there, and a caller reading JSON keys
+ * with defaults (CloudStack reads a missing "leaks" as 0) must not take a
+ * failure for a clean image. */
+__attribute__((format(printf, 2, 3))) static int usage_error(const cli *c, const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "%s: ", c->prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry '%s --help' for more information\n", c->prog);
+    return 1;
 }
 
 static void json_string(FILE *out, const char *s)
@@ -214,13 +257,6 @@ static void print_human_summary(const qc_result *r)
     if (r->image_end_offset)
         printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
-
-static void json_field(const char *key, uint64_t value, bool always)
-{
-    if (value || always)
-        printf(",\n    \"%s\": %" PRIu64, key, value);
-}
-
 /* "repair": what -r did or (with --dry-run) would do. */
 static void print_json_repair(const cli *c)
 {
@@ -258,15 +294,19 @@ static void print_json_repair(const cli *c)
     printf("%s]}", nb_steps ? "\n    " : "");
 }
 
+static void json_field(const char *key, uint64_t value, bool always)
+{
+    if (value || always)
+        printf(",\n    \"%s\": %" PRIu64, key, value);
+}
+
 /* The JSON object: qemu-img's ImageCheck keys (optional ones omitted when
- * zero), then qcheck's own. `error` is set when no check could be made. */
-static void print_json(const cli *c, const qc_result *r, const char *format, const char *error,
-                       int status)
+ * zero), then qcheck's own. `error` is set for a refused repair. */
+static void print_json(const cli *c, const qc_result *r, const char *error, int status)
 {
     printf("{\n    \"filename\": ");
     json_string(stdout, c->filename);
-    printf(",\n    \"format\": ");
-    json_string(stdout, format);
+    printf(",\n    \"format\": \"qcow2\"");
     json_field("check-errors", r->check_errors, true);
     json_field("image-end-offset", r->image_end_offset, false);
     json_field("corruptions", r->corruptions, false);
@@ -311,22 +351,6 @@ static void print_json(const cli *c, const qc_result *r, const char *format, con
     }
     printf(",\n    \"exit-code\": %d\n}\n", status);
 }
-
-/* Report a failure to start the check; returns the exit status. */
-static int fail(const cli *c, int status, const char *format, const char *message)
-{
-    if (c->output == OUTPUT_JSON) {
-        if (!c->quiet) {
-            qc_result empty = {0};
-            empty.check_errors = status == 1 ? 1 : 0;
-            print_json(c, &empty, format, message, status);
-        }
-    } else {
-        fprintf(stderr, "qcheck: %s\n", message);
-    }
-    return status;
-}
-
 static bool parse_size(const char *s, uint64_t *out)
 {
     char *end;
@@ -347,22 +371,6 @@ static bool parse_size(const char *s, uint64_t *out)
         return false;
     *out = (uint64_t)v << shift;
     return true;
-}
-
-/* --image-opts: "driver=qcow2,file.filename=PATH" (or filename=PATH). */
-static const char *image_opts_path(char *opts, const char **driver)
-{
-    const char *path = NULL;
-    *driver = NULL;
-    for (char *tok = strtok(opts, ","); tok; tok = strtok(NULL, ",")) {
-        if (strncmp(tok, "driver=", 7) == 0)
-            *driver = tok + 7;
-        else if (strncmp(tok, "file.filename=", 14) == 0)
-            path = tok + 14;
-        else if (strncmp(tok, "filename=", 9) == 0)
-            path = tok + 9;
-    }
-    return path;
 }
 
 static void list_problems(bool markdown)
@@ -388,6 +396,363 @@ static void list_problems(bool markdown)
     }
 }
 
+
+/* ---- Formats: what qemu-img does with a file that is not qcow2 ---------- */
+
+/* The block drivers of QEMU 7.2 as Debian builds it (`qemu-img --help`);
+ * qemu-img calls any other -f value an unknown driver. */
+static bool qemu_driver(const char *name)
+{
+    static const char *const drivers[] = {
+        "blkdebug", "blklogwrites", "blkverify", "bochs", "cloop", "compress",
+        "copy-before-write", "copy-on-read", "dmg", "file", "ftp", "ftps", "gluster",
+        "host_cdrom", "host_device", "http", "https", "iscsi", "iser", "luks", "nbd", "nfs",
+        "null-aio", "null-co", "nvme", "parallels", "preallocate", "qcow", "qcow2", "qed",
+        "quorum", "raw", "rbd", "replication", "snapshot-access", "ssh", "throttle", "vdi",
+        "vhdx", "vmdk", "vpc", "vvfat",
+    };
+    for (size_t i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++)
+        if (strcmp(name, drivers[i]) == 0)
+            return true;
+    return false;
+}
+
+/* The QEMU driver that would open what the library found instead of qcow2
+ * (qc_result.other_format: "qed", "vpc (vhd)", "qcow (version 1)", ...):
+ * the guess's first word; anything else, an empty file included, QEMU
+ * probes as raw. */
+static const char *guess_driver(const char *guess)
+{
+    static const char *const drivers[] = {"qed", "vmdk", "vdi", "vhdx", "parallels",
+                                          "vpc", "qcow", "luks", "cloop"};
+    for (size_t i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++) {
+        size_t n = strlen(drivers[i]);
+        if (strncmp(guess, drivers[i], n) == 0 && (guess[n] == '\0' || guess[n] == ' '))
+            return drivers[i];
+    }
+    return "raw";
+}
+
+/* Formats whose QEMU driver has a check of its own. */
+static bool qemu_checks(const char *driver)
+{
+    return strcmp(driver, "qed") == 0 || strcmp(driver, "vmdk") == 0 ||
+           strcmp(driver, "vdi") == 0 || strcmp(driver, "vhdx") == 0 ||
+           strcmp(driver, "parallels") == 0;
+}
+
+/* Raw (and the file protocol used as a format) shares the write permission
+ * with other processes, so an image in use does not stop qemu-img from
+ * reaching "This image format does not support checks". */
+static bool shares_write(const char *driver)
+{
+    return strcmp(driver, "raw") == 0 || strcmp(driver, "file") == 0;
+}
+
+/* How the driver named by -f refuses a file in another format, where its
+ * sentence does not depend on the file (observed with qemu-img 7.2). */
+static const char *not_in_format(const char *driver)
+{
+    static const struct {
+        const char *driver, *sentence;
+    } refusals[] = {
+        {"qcow2", "Image is not in qcow2 format"},
+        {"qed", "Image not in QED format"},
+        {"parallels", "Image not in Parallels format"},
+        {"bochs", "Image not in Bochs format"},
+        {"vpc", "invalid VPC image"},
+        {"vmdk", "invalid VMDK image descriptor"},
+        {"qcow", "Image not in qcow format"},
+    };
+    for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+        if (strcmp(driver, refusals[i].driver) == 0)
+            return refusals[i].sentence;
+    return NULL;
+}
+
+/* QEMU's LUKS driver cannot even look at a file without a key. */
+static int luks_without_key(const cli *c)
+{
+    message(c, "Could not open '%s': Parameter 'key-secret' is required for cipher", c->filename);
+    message(c, "'%s' would be opened as a LUKS image; qcheck checks qcow2 images only", c->path);
+    return 1;
+}
+
+/* -f names a format the file is not in: qemu-img's driver refuses to open
+ * it (exit 1). */
+static int wrong_format(const cli *c, const char *looks_like)
+{
+    const char *sentence = not_in_format(c->format);
+    if (sentence)
+        message(c, "Could not open '%s': %s", c->filename, sentence);
+    else
+        message(c, "Could not open '%s': Image not in %s format", c->filename, c->format);
+    message(c, "'%s' is not a %s image (it looks like %s)%s", c->path, c->format, looks_like,
+            sentence ? "" : "; qemu-img's own reason for this driver may differ");
+    return 1;
+}
+
+/* The file is not qcow2 (the library's guess says what it looks like):
+ * what qemu-img says with the same -f or driver=, and its exit status. */
+static int not_qcow2(const cli *c, const char *guess)
+{
+    const char *driver = guess_driver(guess);
+    if (c->format && strcmp(c->format, "qcow2") == 0 && strcmp(driver, "qcow") == 0) {
+        /* The qcow2 driver reads the same magic and refuses the version. */
+        message(c, "Could not open '%s': Unsupported qcow2 version 1", c->filename);
+        message(c, "'%s' is a qcow (version 1) image, not qcow2", c->path);
+        return 1;
+    }
+    if (c->format && strcmp(c->format, driver) != 0)
+        return wrong_format(c, guess);
+    if (strcmp(driver, "luks") == 0 && !c->key_secret)
+        return luks_without_key(c);
+    if (c->probed_raw_warning && strcmp(driver, "raw") == 0)
+        fprintf(stderr, "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+                        "         Automatically detecting the format is dangerous for raw images, "
+                        "write operations on block 0 will be restricted.\n"
+                        "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+                c->path);
+    message(c, "This image format does not support checks");
+    if (qemu_checks(driver))
+        message(c, "'%s' is a %s image: qemu-img can check it, qcheck checks qcow2 images only",
+                c->path, driver);
+    else
+        message(c, "'%s' is not a qcow2 image (it looks like %s); qcheck checks qcow2 images only",
+                c->path, guess);
+    return 63;
+}
+
+/* The version field of a file that starts with the qcow magic (QEMU's
+ * qcow2 driver takes 2 and up, its qcow driver 1); 0 without the magic. */
+static uint32_t qcow_version(qc_io *io)
+{
+    uint8_t b[8];
+    if (io->size < sizeof(b) || io->read(io->opaque, 0, b, sizeof(b)) < 0 ||
+        memcmp(b, "QFI\xfb", 4) != 0)
+        return 0;
+    return (uint32_t)b[4] << 24 | (uint32_t)b[5] << 16 | (uint32_t)b[6] << 8 | b[7];
+}
+
+/* -f raw (or file): qemu-img opens the file and finds no check. */
+static int given_raw(const cli *c)
+{
+    message(c, "This image format does not support checks");
+    message(c, "the format was given as %s; qcheck checks qcow2 images only", c->format);
+    return 63;
+}
+
+/* What an -f (or driver=) other than qcow2 decides before anything is
+ * checked, once the file is open: raw has no check; the key-less LUKS
+ * driver, and the other drivers given a qcow2 file, refuse to open it.
+ * Returns -1 to go on, or the exit status (io closed). */
+static int given_format(const cli *c, qc_io *io)
+{
+    int status = -1;
+    if (!c->format || strcmp(c->format, "qcow2") == 0)
+        return -1;
+    uint32_t version = qcow_version(io);
+    if (shares_write(c->format)) {
+        status = given_raw(c);
+    } else if (strcmp(c->format, "luks") == 0 && !c->key_secret) {
+        status = luks_without_key(c);
+    } else if (version >= 2 && strcmp(c->format, "qcow") == 0) {
+        message(c, "Could not open '%s': qcow (v1) does not support qcow version %" PRIu32,
+                c->filename, version);
+        fprintf(stderr, "Try the 'qcow2' driver instead.\n");
+        status = 1;
+    } else if (version >= 2) {
+        status = wrong_format(c, "qcow2");
+    }
+    if (status >= 0)
+        qc_io_close(io);
+    return status;
+}
+
+/* ---- QEMU's image locks -------------------------------------------------- */
+
+/* QEMU's names of its permissions (bdrv_perm_names). */
+static const char *perm_name(unsigned perm)
+{
+    switch (perm) {
+    case QC_PERM_CONSISTENT_READ: return "consistent read";
+    case QC_PERM_WRITE: return "write";
+    case QC_PERM_WRITE_UNCHANGED: return "write unchanged";
+    case QC_PERM_RESIZE: return "resize";
+    default: return "graph change";
+    }
+}
+
+/* The lock QEMU would fail to get first with the same open, in the order
+ * its file-posix driver tests them (raw_check_lock_bytes): a permission we
+ * need that another process refuses to share (`*shared` false), then one
+ * another process holds that we refuse to share (`*shared` true: QEMU's
+ * "shared" lock), each in permission order. A check needs consistent read
+ * and refuses to share write and resize; a repair needs read, write and
+ * resize and shares nothing; -U and raw share everything. 0: no
+ * conflict. */
+static unsigned lock_conflict(const qc_lock_state *o, qc_lock_mode mode, bool raw, bool *shared)
+{
+    unsigned need = 0, refuse = 0;
+    switch (mode) {
+    case QC_LOCK_CHECK:
+        need = QC_PERM_CONSISTENT_READ;
+        refuse = QC_PERM_WRITE | QC_PERM_RESIZE;
+        break;
+    case QC_LOCK_SHARED:
+        need = QC_PERM_CONSISTENT_READ;
+        break;
+    case QC_LOCK_NONE:
+        break;
+    case QC_LOCK_REPAIR:
+        need = QC_PERM_CONSISTENT_READ | QC_PERM_WRITE | QC_PERM_RESIZE;
+        refuse = QC_PERM_WRITE | QC_PERM_RESIZE;
+        break;
+    }
+    if (raw)
+        refuse = 0;
+    for (unsigned perm = 1; perm <= QC_PERM_GRAPH_MOD; perm <<= 1) {
+        if (need & perm & o->unshared) {
+            *shared = false;
+            return perm;
+        }
+    }
+    for (unsigned perm = 1; perm <= QC_PERM_GRAPH_MOD; perm <<= 1) {
+        if (refuse & perm & o->held) {
+            *shared = true;
+            return perm;
+        }
+    }
+    return 0;
+}
+
+/* The open was refused for the locks of another process (or one of ours
+ * could not be taken): QEMU's sentences, then qcheck's advice. */
+static int lock_refused(const cli *c, const qc_lock_state *o, bool repair)
+{
+    bool shared = false;
+    unsigned perm = lock_conflict(o, repair ? QC_LOCK_REPAIR : c->lock_mode, false, &shared);
+    if (o->failed_byte) {
+        if (o->failed_errno == EAGAIN || o->failed_errno == EACCES)
+            message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
+        else
+            message(c, "Could not open '%s': Failed to lock byte %d: %s", c->filename,
+                    o->failed_byte, strerror(o->failed_errno));
+        message(c, "another process holds an exclusive lock on byte %d of '%s'", o->failed_byte,
+                c->path);
+        return 1;
+    }
+    if (perm)
+        message(c, "Could not open '%s': Failed to get %s\"%s\" lock", c->filename,
+                shared ? "shared " : "", perm_name(perm));
+    else /* a repair refuses readers too, which QEMU would let in */
+        message(c, "Could not open '%s': the image is in use by another process", c->filename);
+    fprintf(stderr, "Is another process using the image [%s]?\n", c->path);
+    if (repair)
+        message(c, "a repair needs the image to itself: stop the process that has it open (a VM, "
+                   "qemu-img, qemu-io), or repair a copy; nothing was written");
+    else if (perm == QC_PERM_CONSISTENT_READ)
+        message(c, "another process has the image open and lets no one else read it (as the "
+                   "target of a block job does); -U does not change that");
+    else
+        message(c, "another process (a VM, qemu-io) has the image open for writing, so a check "
+                   "could read writes half done; stop it, or check anyway with -U (the results "
+                   "may then be inconsistent)");
+    return 1;
+}
+
+static int open_error(const cli *c, int err, const qc_lock_state *o, bool repair)
+{
+    if (err == -EBUSY)
+        return lock_refused(c, o, repair);
+    if (err == -EINVAL)
+        message(c, "Could not open '%s': 'file' driver requires '%s' to be a regular file",
+                c->filename, c->path);
+    else
+        message(c, "Could not open '%s': Could not open '%s': %s", c->filename, c->path,
+                strerror(-err));
+    return 1;
+}
+
+/* Whether QEMU would probe the file as raw: it does not start with the
+ * qcow magic, and the library's look at its first bytes finds no other
+ * format (this stops at the header). */
+static bool probes_as_raw(qc_io *io)
+{
+    if (qcow_version(io))
+        return false;
+    qc_options quiet = {0};
+    qc_result r;
+    return qc_check(io, &quiet, &r) == 0 && r.other_format &&
+           strcmp(guess_driver(r.other_format), "raw") == 0;
+}
+
+/* A repair's open was refused for another process's locks. QEMU's raw
+ * driver shares everything, so with a raw file qemu-img gets as far as
+ * "This image format does not support checks" unless the other process
+ * refuses to share what a writer needs. Returns the exit status. */
+static int repair_open_busy(const cli *c, const qc_lock_state *others)
+{
+    bool shared, raw = c->format && shares_write(c->format);
+    if (!others->failed_byte && !c->format) {
+        qc_io probe;
+        if (qc_io_open_image(&probe, c->path, QC_LOCK_NONE, NULL) == 0) {
+            raw = probes_as_raw(&probe);
+            qc_io_close(&probe);
+        }
+    }
+    if (others->failed_byte || !raw || lock_conflict(others, QC_LOCK_REPAIR, true, &shared))
+        return lock_refused(c, others, true);
+    return c->format ? given_raw(c) : not_qcow2(c, "raw");
+}
+
+/* Open the image for a check (or a dry run) and settle, in qemu-img's
+ * order, what it settles before checking: the open itself, the locks of
+ * other processes, the format given. Returns -1 with io open to go on
+ * (*in_use: another process may be writing, and -U or file.locking=off
+ * let the check go ahead), or the exit status of a failure reported. */
+static int open_for_check(const cli *c, qc_io *io, bool *in_use)
+{
+    qc_lock_state others;
+    *in_use = false;
+    int ret = qc_io_open_image(io, c->path, c->lock_mode, &others);
+    if (ret < 0)
+        return open_error(c, ret, &others, false);
+    bool shared, raw = c->format && shares_write(c->format);
+    /* Probing a file is only needed when raw's sharing would save it. */
+    if (!raw && !c->format && lock_conflict(&others, c->lock_mode, false, &shared))
+        raw = probes_as_raw(io);
+    if (lock_conflict(&others, c->lock_mode, raw, &shared)) {
+        qc_io_close(io);
+        return lock_refused(c, &others, false);
+    }
+    *in_use = others.held & (QC_PERM_WRITE | QC_PERM_RESIZE);
+    return given_format(c, io);
+}
+
+/* -U (or file.locking=off) let the check of an image in use go ahead:
+ * say so among the findings, where a caller of the JSON output sees it. */
+static void report_in_use(cli *c, qc_result *r)
+{
+    qc_finding f = {
+        .problem = qc_problem_get(QC_P_IMAGE_IN_USE),
+        .object = "image file",
+        .message = c->lock_mode == QC_LOCK_NONE
+                       ? "another process holds QEMU's write lock on the image and "
+                         "file.locking=off let the check go ahead: what was read may include "
+                         "writes half done, so the results may be inconsistent"
+                       : "another process holds QEMU's write lock on the image and -U let the "
+                         "check go ahead: what was read may include writes half done, so the "
+                         "results may be inconsistent",
+        .offset = QC_NO_OFFSET,
+        .count = 1,
+    };
+    on_finding(&f, c);
+    r->warnings++;
+    r->findings++;
+    r->per_problem[QC_P_IMAGE_IN_USE]++;
+}
+
 enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK };
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
@@ -410,69 +775,82 @@ static const struct option longopts[] = {
     {NULL, 0, NULL, 0},
 };
 
-/* A first pass over the options only to learn the output format, so that
- * usage errors found by the real pass are reported in JSON when asked. */
-static enum output_format output_requested(int argc, char **argv)
+/* The header problems that make QEMU refuse to open the image and that
+ * qcheck reports as check errors (it cannot go on either): qemu-img's
+ * reason, kept in c->cannot_open. The version is read again from the file,
+ * as the result has no header for a version qcheck does not know. QEMU
+ * names an unknown bit from the image's feature name table when it has
+ * one; this names the mask. */
+static void note_cannot_open(cli *c, qc_io *io, const qc_result *r)
 {
-    enum output_format out = OUTPUT_HUMAN;
-    int opt;
-    opterr = 0;
-    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1)
-        if (opt == OPT_OUTPUT && strcmp(optarg, "json") == 0)
-            out = OUTPUT_JSON;
-    optind = 0; /* GNU getopt: start over, reinitialising */
-    return out;
+    c->cannot_open[0] = '\0';
+    if (r->per_problem[QC_P_VERSION_UNSUPPORTED])
+        snprintf(c->cannot_open, sizeof(c->cannot_open), "Unsupported qcow2 version %" PRIu32,
+                 qcow_version(io));
+    else if (r->per_problem[QC_P_UNKNOWN_INCOMPAT_FEATURE] && r->header_valid)
+        snprintf(c->cannot_open, sizeof(c->cannot_open),
+                 "Unsupported qcow2 feature(s): Unknown incompatible feature: %" PRIx64,
+                 r->header.unknown_incompatible);
 }
 
-/* Print the outcome of a check: the summary (human) or the JSON object. */
+/* After the summary of a check that could not be completed: qemu-img's
+ * "Check failed" (or, for a header QEMU cannot open, its "Could not open"
+ * sentence), on stderr, with -q and in JSON mode too, as qemu-img. */
+static void check_failed(const cli *c, const qc_result *r, const char *why)
+{
+    if (c->cannot_open[0]) {
+        message(c, "Could not open '%s': %s", c->filename, c->cannot_open);
+        message(c, "%s", why ? why : "the image header cannot be used: see the error findings");
+    } else {
+        message(c, "Check failed");
+        if (why)
+            message(c, "%s", why);
+        else
+            message(c, "%" PRIu64 " check errors: parts of the image could not be checked (the "
+                       "error findings say which)",
+                    r->check_errors);
+    }
+}
+
+/* Print the outcome of a check: the summary (human) or the JSON object,
+ * then whether the check failed. */
 static void print_result(const cli *c, const qc_result *r, int status)
 {
-    if (c->output == OUTPUT_JSON) {
-        if (!c->quiet)
-            print_json(c, r, "qcow2", NULL, status);
-        return;
+    if (!c->quiet) {
+        if (c->output == OUTPUT_JSON)
+            print_json(c, r, NULL, status);
+        else
+            print_human_summary(r);
     }
-    if (!c->quiet)
-        print_human_summary(r);
     if (r->check_errors)
-        fprintf(stderr, "qcheck: Check failed: the check could not be completed\n");
-}
-
-/* Not a qcow2 image: exit 63, as qemu-img does for formats without checks. */
-static int fail_other_format(const cli *c, const char *other_format)
-{
-    char msg[600];
-    snprintf(msg, sizeof(msg),
-             "'%s' is not a qcow2 image (it looks like %s); this image format does not support "
-             "checks",
-             c->path, other_format);
-    return fail(c, 63, other_format, msg);
+        check_failed(c, r, NULL);
 }
 
 /* Check the file read-only; returns the exit status. *checked tells
  * whether there is a result to print (failures were reported already). */
 static int check_file(cli *c, qc_result *r, bool *checked)
 {
-    char msg[600];
     *checked = false;
     qc_io io;
-    int ret = qc_io_open_file(&io, c->path);
-    if (ret < 0) {
-        snprintf(msg, sizeof(msg), "Could not open '%s': %s", c->path, strerror(-ret));
-        return fail(c, 1, "qcow2", msg);
-    }
+    bool in_use;
+    int status = open_for_check(c, &io, &in_use);
+    if (status >= 0)
+        return status;
     qc_options o = {on_finding, c, c->max_mem, on_progress};
     progress_begin(c);
-    ret = qc_check(&io, &o, r);
+    int ret = qc_check(&io, &o, r);
     progress_clear(c);
+    note_cannot_open(c, &io, r);
     qc_io_close(&io);
     if (ret < 0) {
-        snprintf(msg, sizeof(msg), "Could not check '%s': %s", c->path, strerror(-ret));
-        return fail(c, 1, "qcow2", msg);
+        message(c, "Check failed: %s", strerror(-ret));
+        return 1;
     }
     if (r->other_format)
-        return fail_other_format(c, r->other_format);
-    int status = qc_exit_status(r);
+        return not_qcow2(c, r->other_format);
+    if (in_use)
+        report_in_use(c, r);
+    status = qc_exit_status(r);
     if (c->out_of_memory) {
         r->check_errors++;
         status = 1;
@@ -480,7 +858,6 @@ static int check_file(cli *c, qc_result *r, bool *checked)
     *checked = true;
     return status;
 }
-
 static void forget_findings(cli *c)
 {
     for (size_t i = 0; i < c->nb_problems; i++)
@@ -535,14 +912,15 @@ static void print_plan_human(const cli *c, const qc_result *after)
             after->corruptions, after->leaks);
 }
 
-/* Open the undo log: a new file, so an old log is never overwritten. */
+/* Open the undo log: a new file, so an old log is never overwritten (with
+ * a repair's locks, so QEMU keeps out of it too). */
 static int open_undo(const char *path, qc_io *io)
 {
     int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     close(fd);
-    int ret = qc_io_open_file_rw(io, path);
+    int ret = qc_io_open_image(io, path, QC_LOCK_REPAIR, NULL);
     if (ret < 0)
         unlink(path);
     return ret;
@@ -560,94 +938,107 @@ static bool crash_hook(qc_io *crash, qc_io *image)
     return qc_io_open_crash(crash, image, strtoull(after, NULL, 10), drop && *drop == '1') == 0;
 }
 
+
+/* Carry out a plan that has writes, then check the image again; returns
+ * the exit status (of the second check). */
+static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const char *undo_path)
+{
+    qc_io undo = {0}, crash = {0};
+    int ret = undo_path ? open_undo(undo_path, &undo) : 0;
+    if (ret < 0) {
+        message(c, "Could not create the undo log '%s': %s", undo_path, strerror(-ret));
+        message(c, "nothing was written to '%s'", c->path);
+        return 1;
+    }
+    if (c->output == OUTPUT_HUMAN)
+        print_plan_human(c, NULL);
+    qc_io *target = crash_hook(&crash, io) ? &crash : io;
+    ret = qc_repair_apply(plan, target, undo_path ? &undo : NULL);
+    if (crash.close)
+        qc_io_close(&crash);
+    if (undo.close)
+        qc_io_close(&undo);
+    if (ret < 0) {
+        /* qemu-img's sentence when its repair fails part way. */
+        message(c, "Check failed: %s", strerror(-ret));
+        message(c, "the repair of '%s' stopped; the image is safe to check and repair again "
+                   "(qcheck -r all)%s",
+                c->path, undo_path ? ", or to roll back" : "");
+        return 1;
+    }
+    c->repaired = true;
+    uint64_t leaks_fixed, corruptions_fixed;
+    qc_repair_plan_fixed(plan, &leaks_fixed, &corruptions_fixed);
+    if (c->output == OUTPUT_HUMAN && !c->quiet)
+        printf("The following inconsistencies were found and repaired:\n\n"
+               "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
+               "Double checking the fixed image now...\n",
+               leaks_fixed, corruptions_fixed);
+    qc_io_close(io);
+    forget_findings(c);
+    qc_result final;
+    bool checked;
+    int status = check_file(c, &final, &checked);
+    if (checked)
+        print_result(c, &final, status);
+    return status;
+}
+
 static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
 {
-    char msg[700];
     qc_io io;
-    int ret = c->dry_run ? qc_io_open_file(&io, c->path) : qc_io_open_file_rw(&io, c->path);
-    if (ret < 0) {
+    int status;
+    if (c->dry_run) {
+        bool in_use; /* false: -U does not go with -r */
+        status = open_for_check(c, &io, &in_use);
+    } else {
+        qc_lock_state others;
+        c->probed_raw_warning = !c->format;
+        int ret = qc_io_open_image(&io, c->path, QC_LOCK_REPAIR, &others);
         if (ret == -EBUSY)
-            snprintf(msg, sizeof(msg),
-                     "Could not open '%s' for repair: another process (QEMU?) holds its image "
-                     "locks; stop it first, or repair a copy",
-                     c->path);
+            status = repair_open_busy(c, &others);
         else
-            snprintf(msg, sizeof(msg), "Could not open '%s'%s: %s", c->path,
-                     c->dry_run ? "" : " for repair", strerror(-ret));
-        return fail(c, 1, "qcow2", msg);
+            status = ret < 0 ? open_error(c, ret, &others, true) : given_format(c, &io);
     }
+    if (status >= 0)
+        return status;
     qc_options o = {on_finding, c, c->max_mem, on_progress};
     qc_result before, after;
     qc_repair_plan *plan = NULL;
     progress_begin(c);
-    ret = qc_repair_plan_build(&io, &o, mode, &before, &after, &plan);
+    int ret = qc_repair_plan_build(&io, &o, mode, &before, &after, &plan);
     progress_clear(c);
     c->plan = plan;
-    int status;
     if (ret == -EPERM && before.other_format) {
         c->plan = NULL;
-        status = fail_other_format(c, before.other_format);
+        status = not_qcow2(c, before.other_format);
     } else if (ret == -EPERM) {
         /* The check's own figures, then why nothing was written. */
-        snprintf(msg, sizeof(msg), "cannot repair '%s': %s", c->path, qc_repair_plan_refusal(plan));
+        char why[700];
+        snprintf(why, sizeof(why), "cannot repair '%s': %s; nothing was written", c->path,
+                 qc_repair_plan_refusal(plan));
         status = 1;
-        if (c->output == OUTPUT_JSON) {
-            if (!c->quiet)
-                print_json(c, &before, "qcow2", msg, status);
-        } else {
-            if (!c->quiet)
+        if (!c->quiet) {
+            if (c->output == OUTPUT_JSON)
+                print_json(c, &before, why, status);
+            else
                 print_human_summary(&before);
-            fprintf(stderr, "qcheck: %s\n", msg);
         }
+        note_cannot_open(c, &io, &before);
+        check_failed(c, &before, why);
     } else if (ret < 0) {
-        snprintf(msg, sizeof(msg), "Could not plan the repair of '%s': %s", c->path, strerror(-ret));
-        status = fail(c, 1, "qcow2", msg);
+        message(c, "Check failed: %s", strerror(-ret));
+        message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
+        status = 1;
     } else {
         const qc_repair_step *steps;
-        size_t nb_steps = qc_repair_plan_steps(plan, &steps);
-        qc_io undo = {0}, crash = {0};
-        ret = undo_path && nb_steps && !c->dry_run ? open_undo(undo_path, &undo) : 0;
-        if (c->output == OUTPUT_HUMAN && ret == 0)
-            print_plan_human(c, &after);
-        if (ret == 0 && (c->dry_run || nb_steps == 0)) {
+        if (c->dry_run || qc_repair_plan_steps(plan, &steps) == 0) {
+            if (c->output == OUTPUT_HUMAN)
+                print_plan_human(c, &after);
             status = qc_exit_status(&before);
             print_result(c, &before, status);
         } else {
-            if (ret < 0) {
-                snprintf(msg, sizeof(msg), "Could not create the undo log '%s': %s (nothing was written)",
-                         undo_path, strerror(-ret));
-                status = fail(c, 1, "qcow2", msg);
-            } else {
-                qc_io *target = crash_hook(&crash, &io) ? &crash : &io;
-                ret = qc_repair_apply(plan, target, undo_path ? &undo : NULL);
-                if (crash.close)
-                    qc_io_close(&crash);
-                if (undo.close)
-                    qc_io_close(&undo);
-                if (ret < 0) {
-                    snprintf(msg, sizeof(msg),
-                             "the repair of '%s' stopped: %s. The image is safe to check and "
-                             "repair again (qcheck -r all)%s",
-                             c->path, strerror(-ret), undo_path ? ", or to roll back" : "");
-                    status = fail(c, 1, "qcow2", msg);
-                } else {
-                    c->repaired = true;
-                    uint64_t leaks_fixed, corruptions_fixed;
-                    qc_repair_plan_fixed(plan, &leaks_fixed, &corruptions_fixed);
-                    if (c->output == OUTPUT_HUMAN && !c->quiet)
-                        printf("The following inconsistencies were found and repaired:\n\n"
-                               "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
-                               "Double checking the fixed image now...\n",
-                               leaks_fixed, corruptions_fixed);
-                    qc_io_close(&io);
-                    forget_findings(c);
-                    qc_result final;
-                    bool checked;
-                    status = check_file(c, &final, &checked);
-                    if (checked)
-                        print_result(c, &final, status);
-                }
-            }
+            status = carry_out(c, plan, &io, undo_path);
         }
     }
     if (io.close)
@@ -659,27 +1050,26 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
 
 static int rollback_file(cli *c, const char *log_path)
 {
-    char msg[900], why[600] = "";
+    char why[600] = "";
     qc_io image, log;
-    int ret = qc_io_open_file_rw(&image, c->path);
-    if (ret < 0) {
-        snprintf(msg, sizeof(msg), "Could not open '%s' for rollback: %s", c->path,
-                 ret == -EBUSY ? "another process (QEMU?) holds its image locks" : strerror(-ret));
-        return fail(c, 1, "qcow2", msg);
-    }
+    qc_lock_state others;
+    int ret = qc_io_open_image(&image, c->path, QC_LOCK_REPAIR, &others);
+    if (ret < 0)
+        return open_error(c, ret, &others, true);
     ret = qc_io_open_file(&log, log_path);
     if (ret < 0) {
         qc_io_close(&image);
-        snprintf(msg, sizeof(msg), "Could not open the undo log '%s': %s", log_path, strerror(-ret));
-        return fail(c, 1, "qcow2", msg);
+        message(c, "Could not open the undo log '%s': %s", log_path, strerror(-ret));
+        return 1;
     }
     ret = qc_rollback(&image, &log, why, sizeof(why));
     qc_io_close(&log);
     qc_io_close(&image);
     if (ret < 0) {
-        snprintf(msg, sizeof(msg), "refusing to roll back '%s' with '%s': %s%s", c->path, log_path,
-                 why[0] ? why : strerror(-ret), ret == -EINVAL || ret == -ESTALE ? " (nothing was written)" : "");
-        return fail(c, 1, "qcow2", msg);
+        message(c, "refusing to roll back '%s' with '%s': %s%s", c->path, log_path,
+                why[0] ? why : strerror(-ret),
+                ret == -EINVAL || ret == -ESTALE ? " (nothing was written)" : "");
+        return 1;
     }
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON) {
@@ -693,16 +1083,84 @@ static int rollback_file(cli *c, const char *log_path)
     return 0;
 }
 
+/* -T: qemu-img's cache modes (bdrv_parse_cache_mode); qcheck has no cache
+ * to set, but rejects what qemu-img rejects. */
+static bool cache_mode_valid(const char *mode)
+{
+    static const char *const modes[] = {"off", "none", "directsync", "writeback", "unsafe",
+                                        "writethrough"};
+    for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++)
+        if (strcmp(mode, modes[i]) == 0)
+            return true;
+    return false;
+}
+
+static bool option_on(const char *v)
+{
+    return strcmp(v, "on") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "true") == 0;
+}
+
+/* --image-opts: the keys of QEMU's option string qcheck acts on
+ * (driver=qcow2,file.filename=PATH,file.locking=off,force-share=on,
+ * encrypt.key-secret=ID); the others are accepted and ignored. Returns -1,
+ * or the exit status of an error reported. */
+static int parse_image_opts(cli *c, char *opts, bool *force_share)
+{
+    const char *path = NULL, *force = NULL;
+    bool has_keys = strchr(c->filename, '=') != NULL;
+    for (char *tok = strtok(opts, ","); tok; tok = strtok(NULL, ",")) {
+        char *value = strchr(tok, '=');
+        if (!value)
+            continue;
+        *value++ = '\0';
+        if (strcmp(tok, "driver") == 0)
+            c->format = value;
+        else if (strcmp(tok, "file.filename") == 0 || strcmp(tok, "filename") == 0)
+            path = value;
+        else if (strcmp(tok, "force-share") == 0)
+            force = value;
+        else if (strcmp(tok, "file.locking") == 0 || strcmp(tok, "locking") == 0)
+            c->lock_mode = strcmp(value, "off") == 0 ? QC_LOCK_NONE : c->lock_mode;
+        else if (strcmp(tok, "encrypt.key-secret") == 0 || strcmp(tok, "key-secret") == 0)
+            c->key_secret = true;
+    }
+    if (*force_share && force && !option_on(force)) {
+        message(c, "--force-share/-U conflicts with image options");
+        return 1;
+    }
+    if (force && option_on(force))
+        *force_share = true;
+    if (!has_keys) {
+        message(c, "Could not open '%s': Cannot find device='%s' nor node-name='%s'", c->filename,
+                c->filename, c->filename);
+        message(c, "with --image-opts the file is an option string, such as "
+                   "driver=qcow2,file.filename=PATH");
+        return 1;
+    }
+    if (!path) {
+        message(c, "Could not open '%s': A block device must be specified for \"file\"",
+                c->filename);
+        message(c, "name the image with file.filename=PATH");
+        return 1;
+    }
+    c->path = path;
+    return -1;
+}
+
 int main(int argc, char **argv)
 {
     cli c = {0};
-    const char *format = NULL, *repair = NULL, *undo_path = NULL, *rollback_log = NULL;
+    const char *slash = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
+    c.prog = slash ? slash + 1 : argc > 0 && argv[0] && argv[0][0] ? argv[0] : "qcheck";
+    const char *repair = NULL, *output = NULL, *cache = NULL, *undo_path = NULL,
+               *rollback_log = NULL;
     bool image_opts = false, force_share = false;
+    qc_repair_mode mode = 0;
     int opt;
-    c.output = output_requested(argc, argv);
-    c.filename = "";
+    opterr = 0; /* getopt's own messages are not qemu-img's */
+    /* In the order qemu-img reports them: errors in the options as they
+     * come, the file name, --output, -T, then what opening finds. */
     while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
-        char msg[300];
         switch (opt) {
         case 'h':
             usage(stdout);
@@ -717,20 +1175,20 @@ int main(int argc, char **argv)
             c.progress_forced = true;
             break;
         case 'f':
-            format = optarg;
+            c.format = optarg;
             break;
         case OPT_OUTPUT:
-            if (strcmp(optarg, "json") == 0) {
-                c.output = OUTPUT_JSON;
-            } else if (strcmp(optarg, "human") == 0) {
-                c.output = OUTPUT_HUMAN;
-            } else {
-                c.output = OUTPUT_HUMAN;
-                return fail(&c, 1, "unknown", "--output must be used with human or json as argument.");
-            }
+            output = optarg;
             break;
         case 'r':
             repair = optarg;
+            if (strcmp(optarg, "leaks") == 0)
+                mode = QC_REPAIR_LEAKS;
+            else if (strcmp(optarg, "all") == 0)
+                mode = QC_REPAIR_ALL;
+            else
+                return usage_error(&c, "Unknown option value for -r (expecting 'leaks' or 'all'): %s",
+                                   optarg);
             break;
         case 'n':
             c.dry_run = true;
@@ -745,75 +1203,84 @@ int main(int argc, char **argv)
             force_share = true;
             break;
         case 'T':
+            cache = optarg;
+            break;
         case OPT_OBJECT:
             break;
         case OPT_IMAGE_OPTS:
             image_opts = true;
             break;
         case OPT_MAX_MEM:
-            if (!parse_size(optarg, &c.max_mem) || c.max_mem == 0) {
-                snprintf(msg, sizeof(msg), "--max-mem expects a size such as 512M or 4G, not '%s'", optarg);
-                return fail(&c, 1, "unknown", msg);
-            }
+            if (!parse_size(optarg, &c.max_mem) || c.max_mem == 0)
+                return usage_error(&c, "--max-mem expects a size such as 512M or 4G, not '%s'",
+                                   optarg);
             break;
         case OPT_LIST:
             list_problems(optarg && strcmp(optarg, "markdown") == 0);
             return 0;
         case ':':
-            snprintf(msg, sizeof(msg), "option '%s' needs an argument (see qcheck --help)",
-                     argv[optind - 1]);
-            return fail(&c, 1, "unknown", msg);
+            return usage_error(&c, "missing argument for option '%s'", argv[optind - 1]);
         default:
-            snprintf(msg, sizeof(msg), "unknown option '%s' (see qcheck --help)", argv[optind - 1]);
-            return fail(&c, 1, "unknown", msg);
+            return usage_error(&c, "unrecognized option '%s'", argv[optind - 1]);
         }
     }
     if (optind != argc - 1)
-        return fail(&c, 1, "unknown", "Expecting one image file name (see qcheck --help)");
+        return usage_error(&c, "Expecting one image file name");
     c.filename = c.path = argv[optind];
-    char *opts_copy = NULL;
-    if (image_opts) {
-        opts_copy = strdup(argv[optind]);
-        const char *driver;
-        c.path = opts_copy ? image_opts_path(opts_copy, &driver) : NULL;
-        if (!c.path) {
-            free(opts_copy);
-            return fail(&c, 1, "unknown", "--image-opts needs file.filename=PATH in its option string");
-        }
-        if (driver && !format)
-            format = driver;
+    if (output && strcmp(output, "json") == 0) {
+        c.output = OUTPUT_JSON;
+    } else if (output && strcmp(output, "human") != 0) {
+        message(&c, "--output must be used with human or json as argument.");
+        return 1;
     }
-    int status;
-    char msg[600];
-    qc_repair_mode mode = 0;
-    if (repair && strcmp(repair, "leaks") == 0)
-        mode = QC_REPAIR_LEAKS;
-    else if (repair && strcmp(repair, "all") == 0)
-        mode = QC_REPAIR_ALL;
+    if (cache && !cache_mode_valid(cache)) {
+        message(&c, "Invalid source cache option: %s", cache);
+        return 1;
+    }
+    if ((c.dry_run || undo_path) && !repair)
+        return usage_error(&c, "--dry-run and --undo go with -r leaks or -r all");
+    if (rollback_log && repair)
+        return usage_error(&c, "--rollback cannot be combined with -r");
     c.repair_mode = repair;
-    if (repair && !mode) {
-        snprintf(msg, sizeof(msg), "--repair (-r) expects 'leaks' or 'all', not '%s'", repair);
-        status = fail(&c, 1, "qcow2", msg);
-    } else if ((c.dry_run || undo_path) && !repair) {
-        status = fail(&c, 1, "qcow2", "--dry-run and --undo go with -r leaks or -r all");
-    } else if (rollback_log && repair) {
-        status = fail(&c, 1, "qcow2", "--rollback cannot be combined with -r");
+    c.lock_mode = QC_LOCK_CHECK;
+    char *opts_copy = NULL;
+    int status = -1;
+    if (image_opts && c.format) {
+        message(&c, "--image-opts and --format are mutually exclusive");
+        status = 1;
+    } else if (image_opts) {
+        opts_copy = strdup(argv[optind]);
+        if (!opts_copy) {
+            message(&c, "Could not open '%s': %s", c.filename, strerror(ENOMEM));
+            status = 1;
+        } else {
+            status = parse_image_opts(&c, opts_copy, &force_share);
+        }
+    }
+    if (status >= 0) {
+        /* reported above */
+    } else if (c.format && !qemu_driver(c.format)) {
+        message(&c, "Could not open '%s': Unknown driver '%s'", c.filename, c.format);
+        status = 1;
     } else if (force_share && (repair || rollback_log)) {
-        status = fail(&c, 1, "qcow2",
-                      "--force-share (-U) can only be used when checking, not when writing");
-    } else if (format && strcmp(format, "qcow2") != 0) {
-        snprintf(msg, sizeof(msg), "format '%s' does not support checks; qcheck checks qcow2 images only", format);
-        status = fail(&c, 63, format, msg);
+        message(&c, "Could not open '%s': force-share=on can only be used with read-only images",
+                c.filename);
+        message(&c, "-U checks an image in use; a repair or rollback needs the image to itself");
+        status = 1;
     } else if (rollback_log) {
         status = rollback_file(&c, rollback_log);
-    } else if (repair) {
-        status = repair_file(&c, mode, undo_path);
     } else {
-        qc_result r;
-        bool checked;
-        status = check_file(&c, &r, &checked);
-        if (checked)
-            print_result(&c, &r, status);
+        if (force_share && c.lock_mode == QC_LOCK_CHECK)
+            c.lock_mode = QC_LOCK_SHARED;
+        if (repair) {
+            status = repair_file(&c, mode, undo_path);
+        } else {
+            qc_result r;
+            bool checked;
+            status = check_file(&c, &r, &checked);
+            if (checked)
+                print_result(&c, &r, status);
+        }
     }
     for (size_t i = 0; i < c.nb_problems; i++)
         free(c.problems[i]);

@@ -459,7 +459,11 @@ def main():
         else:
             if status != case.exit:
                 problems.append("check: exit %d, expected %d" % (status, case.exit))
-            if found is None:
+            if status == 63:
+                # Nothing was checked: like qemu-img, nothing on stdout.
+                if out.strip():
+                    problems.append("check: exit 63 but stdout is not empty: %r" % out[:100])
+            elif found is None:
                 problems.append("check: the JSON output does not parse")
             else:
                 missing = [i for i in case.expect if i not in found]

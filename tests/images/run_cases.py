@@ -24,6 +24,7 @@ that is how the catalogue's qemu expectations were recorded.
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -163,13 +164,16 @@ class Runner:
         if rc < 0 or hrc < 0:
             fails.append("qcheck died with signal %d: %s" % (-min(rc, hrc), (err or herr)[-300:]))
             return None
+        if hrc != rc:
+            fails.append("human mode exit %d != JSON mode exit %d" % (hrc, rc))
+        if case.format is not None or case.exit == 63:
+            self.check_not_qcow2(case, rc, out, err, hout, fails)
+            return None
         res = parse_json(out)
         if not isinstance(res, dict):
             fails.append("qcheck --output=json printed no JSON object (exit %d): %r"
                          % (rc, (out + err)[:300]))
             return None
-        if hrc != rc:
-            fails.append("human mode exit %d != JSON mode exit %d" % (hrc, rc))
         if rc != case.exit:
             fails.append("exit %d, expected %d" % (rc, case.exit))
         problems = res.get("problems", [])
@@ -188,9 +192,6 @@ class Runner:
         zero = [k for k in OPTIONAL_KEYS if k in res and res[k] == 0]
         if zero:
             fails.append("JSON has zero-valued optional keys %s (qemu-img omits them)" % zero)
-        if case.format is not None or case.exit == 63:
-            self.check_not_qcow2(case, res, fails)
-            return res
         if "error" in res:
             fails.append("check did not run: %s" % res["error"])
             return res
@@ -204,14 +205,19 @@ class Runner:
                 fails.append("header[%r] = %r, expected %r" % (k, res.get("header", {}).get(k), v))
         return res
 
-    def check_not_qcow2(self, case, res, fails):
-        if "error" not in res:
-            fails.append("no \"error\" key for a non-qcow2 file")
-        fmt = res.get("format", "")
-        if fmt == "qcow2":
-            fails.append("format reported as qcow2")
-        elif case.format and not (fmt == case.format or fmt.startswith(case.format + " ")):
-            fails.append("format %r, expected %r" % (fmt, case.format))
+    def check_not_qcow2(self, case, rc, out, err, hout, fails):
+        """Nothing is checked: as qemu-img, nothing on stdout (JSON mode
+        too), its sentence after the program name on stderr, and qcheck's
+        explanation naming what the file looks like."""
+        if rc != case.exit:
+            fails.append("exit %d, expected %d" % (rc, case.exit))
+        if out.strip() or hout.strip():
+            fails.append("stdout is not empty for a file that is not qcow2: %r" % (out + hout)[:200])
+        sentence = "qcheck: This image format does not support checks"
+        if sentence not in err.splitlines():
+            fails.append("stderr lacks %r: %r" % (sentence, err[:300]))
+        if case.format and not re.search(r"(looks like|is an?) %s\b" % re.escape(case.format), err):
+            fails.append("stderr does not say the file looks like %s: %r" % (case.format, err[:300]))
 
     def check_consistency(self, case, res, problems, rc, fails):
         """What must hold for every case: counts and exit code follow from

@@ -29,8 +29,10 @@ undo     `-r all --undo=LOG` then `--rollback=LOG` restores the file byte for
          touching the image.
 refuse   An unknown incompatible feature bit, and an image whose QEMU locks
          are held (by a qemu-io process, and by OFD locks like QEMU's):
-         repair exits 1 and leaves the file unchanged; a plain check of the
-         locked image still works.
+         repair exits 1 and leaves the file unchanged with QEMU's lock
+         sentence; a plain check of the locked image is refused as
+         qemu-img refuses it (exit 1, nothing on stdout), and with -U it
+         checks it and warns (imageInUse).
 
 Prints `PASS name` / `FAIL name: reasons` per test, then a summary line of
 figures; exit status 0 only if everything passed. --filter keeps the tests
@@ -595,16 +597,27 @@ class Runner:
             rc, out, err = self.qc(t, args, img, what="repair of a locked image")
             t.expect(rc == 1, "qcheck %s while %s holds the locks exited %d, wanted 1"
                      % (" ".join(args), how, rc))
+            t.expect('lock\nIs another process using the image [' in err,
+                     "qcheck %s while %s holds the locks does not give QEMU's lock sentence: %r"
+                     % (" ".join(args), how, err[-300:]))
             t.expect(fingerprint(img) == fp, "qcheck %s changed the image %s holds locked"
                      % (" ".join(args), how))
         log = img + ".undo"
         rc, _, _ = self.qc(t, ["--rollback=" + log], img, what="rollback of a locked image")
         t.expect(rc == 1, "rollback while %s holds the locks exited %d, wanted 1" % (how, rc))
         t.expect(fingerprint(img) == fp, "rollback changed the image %s holds locked" % how)
-        rc, res = self.qc_json(t, [], img, what="plain check of a locked image")
-        t.expect(rc == 3 and res.get("leaks") == 1,
-                 "plain check while %s holds the locks: exit %d, leaks %s (wanted 3 and 1): %s"
-                 % (how, rc, res.get("leaks"), res.get("error", "")))
+        # A check is refused as qemu-img refuses it: the holder may be
+        # writing. -U checks anyway and says the results may be inconsistent.
+        rc, out, err = self.qc(t, ["--output=json"], img, what="plain check of a locked image")
+        t.expect(rc == 1 and not out.strip() and 'Failed to get shared "write" lock' in err,
+                 "plain check while %s holds the locks: exit %d, stdout %r, stderr %r (wanted "
+                 "exit 1, nothing on stdout, QEMU's lock sentence)" % (how, rc, out[:100], err[-300:]))
+        rc, res = self.qc_json(t, ["-U"], img, what="check -U of a locked image")
+        ids = {p.get("id") for p in res.get("problems", [])}
+        t.expect(rc == 3 and res.get("leaks") == 1 and "imageInUse" in ids,
+                 "check -U while %s holds the locks: exit %d, leaks %s, problems %s (wanted 3, 1 "
+                 "and imageInUse)" % (how, rc, res.get("leaks"), sorted(ids)))
+        t.expect(fingerprint(img) == fp, "a check changed the image %s holds locked" % how)
         self.count("refusals")
 
     def refuse_lock_qemu_io(self):

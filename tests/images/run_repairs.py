@@ -459,6 +459,9 @@ class RepairRunner:
         base, cdir, orig = self.prepare(case)
         name = os.path.basename(orig)
         rc0, before, err0 = self.qcheck_json(case, orig)
+        if rc0 == 63 and before is None:  # not qcow2: nothing on stdout, as qemu-img
+            self.expect_refusal(case, cdir, orig, rc0, o)
+            return
         if rc0 is None or rc0 < 0 or not isinstance(before, dict):
             o.fails.append("the check before the repair failed (exit %s): %s" % (rc0, err0[-200:]))
             return
@@ -621,7 +624,11 @@ class RepairRunner:
                 o.fails.append("-r %s changed a file it cannot check (exit %d before)" % (mode, rc0))
             if rc in (0, 2, 3) or rc is None or rc < 0:
                 o.fails.append("-r %s exits %s on a file it cannot check (exit %d before)" % (mode, rc, rc0))
-            if not isinstance(res, dict):
+            if rc0 == 63:
+                if rc != 63 or res is not None:
+                    o.fails.append("-r %s on a file that is not qcow2: exit %s, JSON %s (wanted 63 "
+                                   "and nothing on stdout, as qemu-img)" % (mode, rc, res is not None))
+            elif not isinstance(res, dict):
                 o.fails.append("-r %s printed no JSON: %s" % (mode, err[-200:]))
         o.guest_kept = not o.fails
 
