@@ -300,27 +300,43 @@ static void json_field(const char *key, uint64_t value, bool always)
         printf(",\n    \"%s\": %" PRIu64, key, value);
 }
 
-/* The JSON object: qemu-img's ImageCheck keys (optional ones omitted when
- * zero), then qcheck's own. `error` is set for a refused repair. */
+/* The JSON object. First qemu-img's ImageCheck keys, optional ones left
+ * out when zero, in the order qemu-img 7.2 prints them: the order of its
+ * QDict's hash buckets, which is fixed for these names (observed, and
+ * derived from QEMU's tdb_hash modulo 512: every key has a bucket of its
+ * own, so the order does not depend on which keys are present). Then
+ * qcheck's own keys. `error` is set for a refused repair. */
 static void print_json(const cli *c, const qc_result *r, const char *error, int status)
 {
-    printf("{\n    \"filename\": ");
+    uint64_t leaks_fixed = 0, corruptions_fixed = 0;
+    if (c->plan && c->repaired)
+        qc_repair_plan_fixed(c->plan, &leaks_fixed, &corruptions_fixed);
+    const struct {
+        const char *key;
+        uint64_t value;
+        bool always;
+    } before_filename[] = {
+        {"image-end-offset", r->image_end_offset, false},
+        {"compressed-clusters", r->compressed_clusters, false},
+        {"total-clusters", r->total_clusters, false},
+        {"corruptions", r->corruptions, false},
+        {"corruptions-fixed", corruptions_fixed, false},
+        {"check-errors", r->check_errors, true},
+        {"leaks", r->leaks, false},
+        {"leaks-fixed", leaks_fixed, false},
+        {"allocated-clusters", r->allocated_clusters, false},
+    };
+    const char *sep = "{\n    ";
+    for (size_t i = 0; i < sizeof(before_filename) / sizeof(before_filename[0]); i++) {
+        if (!before_filename[i].value && !before_filename[i].always)
+            continue;
+        printf("%s\"%s\": %" PRIu64, sep, before_filename[i].key, before_filename[i].value);
+        sep = ",\n    ";
+    }
+    printf(",\n    \"filename\": ");
     json_string(stdout, c->filename);
     printf(",\n    \"format\": \"qcow2\"");
-    json_field("check-errors", r->check_errors, true);
-    json_field("image-end-offset", r->image_end_offset, false);
-    json_field("corruptions", r->corruptions, false);
-    json_field("leaks", r->leaks, false);
-    json_field("total-clusters", r->total_clusters, false);
-    json_field("allocated-clusters", r->allocated_clusters, false);
     json_field("fragmented-clusters", r->fragmented_clusters, false);
-    json_field("compressed-clusters", r->compressed_clusters, false);
-    if (c->plan && c->repaired) {
-        uint64_t leaks_fixed, corruptions_fixed;
-        qc_repair_plan_fixed(c->plan, &leaks_fixed, &corruptions_fixed);
-        json_field("leaks-fixed", leaks_fixed, false);
-        json_field("corruptions-fixed", corruptions_fixed, false);
-    }
     json_field("warnings", r->warnings, true);
     if (r->header_valid) {
         const qc_header_info *h = &r->header;
