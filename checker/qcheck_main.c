@@ -985,7 +985,10 @@ static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const char *undo_p
     c->repaired = true;
     uint64_t leaks_fixed, corruptions_fixed;
     qc_repair_plan_fixed(plan, &leaks_fixed, &corruptions_fixed);
-    if (c->output == OUTPUT_HUMAN && !c->quiet)
+    /* qemu-img prints its banner only when something counted as fixed;
+     * clearing only the corrupt bit or an unknown autoclear bit prints the
+     * result alone. */
+    if (c->output == OUTPUT_HUMAN && !c->quiet && (leaks_fixed || corruptions_fixed))
         printf("The following inconsistencies were found and repaired:\n\n"
                "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
                "Double checking the fixed image now...\n",
