@@ -648,14 +648,18 @@ static int lock_refused(const cli *c, const qc_lock_state *o, bool repair)
 {
     bool shared = false;
     unsigned perm = lock_conflict(o, repair ? QC_LOCK_REPAIR : c->lock_mode, false, &shared);
+    if (o->failed_byte && (o->failed_errno == EAGAIN || o->failed_errno == EACCES)) {
+        message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
+        message(c, "another process holds a write lock on byte %d of '%s' (QEMU itself takes "
+                   "only read locks there)",
+                o->failed_byte, c->path);
+        return 1;
+    }
     if (o->failed_byte) {
-        if (o->failed_errno == EAGAIN || o->failed_errno == EACCES)
-            message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
-        else
-            message(c, "Could not open '%s': Failed to lock byte %d: %s", c->filename,
-                    o->failed_byte, strerror(o->failed_errno));
-        message(c, "another process holds an exclusive lock on byte %d of '%s'", o->failed_byte,
-                c->path);
+        message(c, "Could not open '%s': Failed to lock byte %d: %s", c->filename, o->failed_byte,
+                strerror(o->failed_errno));
+        message(c, "the file system refused QEMU's image lock; --image-opts "
+                   "driver=qcow2,file.filename=PATH,file.locking=off checks without locks");
         return 1;
     }
     if (perm)
@@ -720,6 +724,27 @@ static int repair_open_busy(const cli *c, const qc_lock_state *others)
     if (others->failed_byte || !raw || lock_conflict(others, QC_LOCK_REPAIR, true, &shared))
         return lock_refused(c, others, true);
     return c->format ? given_raw(c) : not_qcow2(c, "raw");
+}
+
+/* -r with -f raw (or file): qemu-img opens the file read-write, sharing
+ * everything as its raw driver does, and finds no check. qcheck does the
+ * same without taking a repair's exclusive locks for it. */
+static int repair_raw(const cli *c)
+{
+    qc_lock_state others = {0};
+    int fd = open(c->path, O_RDWR | O_CLOEXEC);
+    if (fd < 0)
+        return open_error(c, -errno, &others, true);
+    close(fd);
+    qc_io io;
+    bool shared;
+    int ret = qc_io_open_image(&io, c->path, QC_LOCK_NONE, &others);
+    if (ret < 0)
+        return open_error(c, ret, &others, true);
+    qc_io_close(&io);
+    if (lock_conflict(&others, QC_LOCK_REPAIR, true, &shared))
+        return lock_refused(c, &others, true);
+    return given_raw(c);
 }
 
 /* Open the image for a check (or a dry run) and settle, in qemu-img's
@@ -1010,6 +1035,8 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
     if (c->dry_run) {
         bool in_use; /* false: -U does not go with -r */
         status = open_for_check(c, &io, &in_use);
+    } else if (c->format && shares_write(c->format)) {
+        return repair_raw(c);
     } else {
         qc_lock_state others;
         c->probed_raw_warning = !c->format;
@@ -1166,6 +1193,35 @@ static int parse_image_opts(cli *c, char *opts, bool *force_share)
     return -1;
 }
 
+/* Check, repair or roll back, once the options are settled, after what
+ * qemu-img refuses when it opens the image; returns the exit status. */
+static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *rollback_log,
+               bool force_share)
+{
+    if (c->format && !qemu_driver(c->format)) {
+        message(c, "Could not open '%s': Unknown driver '%s'", c->filename, c->format);
+        return 1;
+    }
+    if (force_share && (c->repair_mode || rollback_log)) {
+        message(c, "Could not open '%s': force-share=on can only be used with read-only images",
+                c->filename);
+        message(c, "-U checks an image in use; a repair or rollback needs the image to itself");
+        return 1;
+    }
+    if (rollback_log)
+        return rollback_file(c, rollback_log);
+    if (force_share && c->lock_mode == QC_LOCK_CHECK)
+        c->lock_mode = QC_LOCK_SHARED;
+    if (c->repair_mode)
+        return repair_file(c, mode, undo_path);
+    qc_result r;
+    bool checked;
+    int status = check_file(c, &r, &checked);
+    if (checked)
+        print_result(c, &r, status);
+    return status;
+}
+
 int main(int argc, char **argv)
 {
     cli c = {0};
@@ -1267,40 +1323,14 @@ int main(int argc, char **argv)
     if (image_opts && c.format) {
         message(&c, "--image-opts and --format are mutually exclusive");
         status = 1;
+    } else if (image_opts && !(opts_copy = strdup(argv[optind]))) {
+        message(&c, "Could not open '%s': %s", c.filename, strerror(ENOMEM));
+        status = 1;
     } else if (image_opts) {
-        opts_copy = strdup(argv[optind]);
-        if (!opts_copy) {
-            message(&c, "Could not open '%s': %s", c.filename, strerror(ENOMEM));
-            status = 1;
-        } else {
-            status = parse_image_opts(&c, opts_copy, &force_share);
-        }
+        status = parse_image_opts(&c, opts_copy, &force_share);
     }
-    if (status >= 0) {
-        /* reported above */
-    } else if (c.format && !qemu_driver(c.format)) {
-        message(&c, "Could not open '%s': Unknown driver '%s'", c.filename, c.format);
-        status = 1;
-    } else if (force_share && (repair || rollback_log)) {
-        message(&c, "Could not open '%s': force-share=on can only be used with read-only images",
-                c.filename);
-        message(&c, "-U checks an image in use; a repair or rollback needs the image to itself");
-        status = 1;
-    } else if (rollback_log) {
-        status = rollback_file(&c, rollback_log);
-    } else {
-        if (force_share && c.lock_mode == QC_LOCK_CHECK)
-            c.lock_mode = QC_LOCK_SHARED;
-        if (repair) {
-            status = repair_file(&c, mode, undo_path);
-        } else {
-            qc_result r;
-            bool checked;
-            status = check_file(&c, &r, &checked);
-            if (checked)
-                print_result(&c, &r, status);
-        }
-    }
+    if (status < 0)
+        status = run(&c, mode, undo_path, rollback_log, force_share);
     for (size_t i = 0; i < c.nb_problems; i++)
         free(c.problems[i]);
     free(c.problems);
