@@ -17,7 +17,9 @@ Usage: contract.py QCHECK WORKDIR
    as qemu-img refuses it (exit 1, QEMU's lock sentences, nothing on
    stdout); -U and file.locking=off check it with qemu-img's result and an
    imageInUse warning; repairs are refused. A read-only holder does not
-   block a check; a raw file in use still reaches exit 63. A check writes
+   block a check; a raw file in use still reaches exit 63. OFD locks set
+   by hand (unshared consistent read, resize held, a write lock) give
+   qemu-img's sentences and exit codes too. A check writes
    nothing (strace: the image is opened read-only, locked only with read
    locks, and never written or truncated).
 3. Repair output. On images whose only defect is the corrupt bit, the
@@ -34,10 +36,12 @@ Usage: contract.py QCHECK WORKDIR
    format does not support checks"), ZStack, xcp-ng, GNS3, as they parse.
 """
 import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -300,8 +304,14 @@ def check_sentence_row(t, args, relation, mode):
 
 def check_sentences(t):
     rows = [(args, relation, mode) for args, relation in SENTENCES for mode in MODES]
+    # Rows that may open a file read-write take write locks; run them
+    # alone, so that they do not refuse each other's checks.
+    writers = [row for row in rows if "-r" in row[0].split()]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        list(pool.map(lambda row: check_sentence_row(t, *row), rows))
+        list(pool.map(lambda row: check_sentence_row(t, *row),
+                      [row for row in rows if row not in writers]))
+    for row in writers:
+        check_sentence_row(t, *row)
     # qcheck's own check errors end with qemu-img's "Check failed" too, in
     # every mode, after the result.
     for mode in MODES:
@@ -414,6 +424,37 @@ def check_locks(t):
             same_as_qemu(t, argv, "qcheck %s (raw holder)" % " ".join(argv))
     expect(q.file_sha256(os.path.join(t.work, img)) == fp, "the locked image changed")
     check_no_writes(t, img)
+
+
+@contextlib.contextmanager
+def ofd_locks(path, locks):
+    """OFD locks as QEMU's file-posix takes them, without QEMU: (type, byte)."""
+    F_OFD_SETLK = 37
+    fd = os.open(path, os.O_RDWR)
+    try:
+        for kind, byte in locks:
+            # struct flock: short l_type, l_whence; off_t l_start, l_len; pid_t l_pid
+            fcntl.fcntl(fd, F_OFD_SETLK, struct.pack("hhqqi4x", kind, os.SEEK_SET, byte, 1, 0))
+        yield
+    finally:
+        os.close(fd)
+
+
+def check_ofd_locks(t):
+    """Locks no qemu-io takes on its own: a process refusing to share
+    consistent read (byte 200: even -U is refused), one holding resize
+    only (byte 103), and a write lock where QEMU takes read locks (QEMU
+    cannot take its own: "Failed to lock byte 100")."""
+    img = "leak.qcow2"
+    path = os.path.join(t.work, img)
+    for locks, argvs in (
+            ([(fcntl.F_RDLCK, 200)], ([img], ["-U", img], ["-r", "all", img], ["r.raw"])),
+            ([(fcntl.F_RDLCK, 103)], ([img], ["-U", img], ["-r", "leaks", img])),
+            ([(fcntl.F_WRLCK, 100)], ([img], ["-U", img], ["-r", "all", img]))):
+        for argv in argvs:
+            target = os.path.join(t.work, argv[-1])
+            with ofd_locks(target, locks):
+                same_as_qemu(t, argv, "qcheck %s (OFD locks %s)" % (" ".join(argv), locks))
 
 
 def check_no_writes(t, img):
@@ -589,8 +630,8 @@ def main():
     os.chmod(work, 0o755)
     make_images(work)
     t = Tools(qcheck, work)
-    for part in (check_sentences, check_unreadable, check_locks, check_repairs, check_key_order,
-                 check_callers):
+    for part in (check_sentences, check_unreadable, check_locks, check_ofd_locks, check_repairs,
+                 check_key_order, check_callers):
         before = len(FAILURES)
         part(t)
         print("%s %s" % ("PASS" if len(FAILURES) == before else "FAIL", part.__name__))
