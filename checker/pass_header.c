@@ -352,25 +352,27 @@ static void walk_extensions(qc_ctx *ctx, ext_walk *w)
         x.magic = qc_be32(ctx->cluster0 + off);
         x.length = qc_be32(ctx->cluster0 + off + 4);
         x.offset = off + 8;
-        if (x.magic == QC_EXT_END)
-            return;
         uint64_t padded = ((uint64_t)x.length + 7) & ~7ull;
+        /* QEMU checks the length before the type, so an end marker whose
+         * length field runs past the area is refused too. */
         if (x.length > w->ext_end - x.offset) {
-            const char *name = ext_name(x.magic);
+            const char *name = x.magic == QC_EXT_END ? "end-of-extensions marker" : ext_name(x.magic);
             /* Running into the backing file name is a placement error of
              * its own; running off cluster 0 is a truncated extension. */
             bool into_name = ctx->hdr.backing_file_offset &&
                              x.length <= ctx->cluster0_len - x.offset;
             qc_report(ctx, into_name ? QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS : QC_P_EXTENSION_TRUNCATED,
                       "header extension", off, 1,
-                      "%s extension (magic 0x%08x) claims %u bytes but only %llu remain before "
-                      "%s at 0x%llx",
-                      name ? name : "unknown", x.magic, x.length,
-                      (unsigned long long)(w->ext_end - x.offset),
+                      "%s%s (magic 0x%08x) has length %u but only %llu bytes remain before %s at "
+                      "0x%llx; QEMU refuses the image (\"Header extension too large\")",
+                      name ? name : "unknown", x.magic == QC_EXT_END ? "" : " extension", x.magic,
+                      x.length, (unsigned long long)(w->ext_end - x.offset),
                       into_name ? "the backing file name" : "the end of cluster 0",
                       (unsigned long long)w->ext_end);
             return;
         }
+        if (x.magic == QC_EXT_END)
+            return;
         x.data = ctx->cluster0 + x.offset;
         check_extension(ctx, w, &x);
         uint64_t pad_end = x.offset + padded < w->ext_end ? x.offset + padded : w->ext_end;
@@ -477,6 +479,24 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     }
 }
 
+/* QEMU validates the offset of the active L1 table and of the snapshot
+ * table even when they have no entries (`qemu_name` is its name for the
+ * table in the message it refuses the image with). */
+static void check_empty_table_offset(qc_ctx *ctx, const char *obj, uint64_t field, uint64_t offset,
+                                     qc_problem_id unaligned, const char *qemu_name)
+{
+    if (!qc_cluster_aligned(ctx, offset))
+        qc_report(ctx, unaligned, obj, field, 1,
+                  "offset 0x%llx is not a multiple of the cluster size %llu; the table has no "
+                  "entries, but QEMU refuses the image (\"%s offset invalid\")",
+                  (unsigned long long)offset, (unsigned long long)ctx->geo.cluster_size, qemu_name);
+    else if (offset > INT64_MAX)
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_TOO_LARGE, obj, field, 1,
+                  "offset 0x%llx is 2^63 or more; the table has no entries, but QEMU refuses "
+                  "the image (\"%s offset invalid\")",
+                  (unsigned long long)offset, qemu_name);
+}
+
 static void check_table_locations(qc_ctx *ctx)
 {
     const qc_header *h = &ctx->hdr;
@@ -488,17 +508,22 @@ static void check_table_locations(qc_ctx *ctx)
     ctx->l1_usable = h->l1_size > 0;
     if (h->l1_size < needed) {
         qc_report(ctx, QC_P_L1_TOO_SMALL, "active L1 table", 36, 1,
-                  "l1_size is %u but a virtual size of %llu bytes needs %llu entries", h->l1_size,
-                  (unsigned long long)h->size, (unsigned long long)needed);
+                  "l1_size is %u but a virtual size of %llu bytes needs %llu entries; QEMU "
+                  "refuses the image (\"L1 table is too small\")",
+                  h->l1_size, (unsigned long long)h->size, (unsigned long long)needed);
         ctx->unfollowed++; /* entries past l1_size may map real data */
     }
-    if (h->l1_size && !qc_cluster_aligned(ctx, h->l1_table_offset)) {
+    if (h->l1_size == 0) {
+        check_empty_table_offset(ctx, "active L1 table", 40, h->l1_table_offset,
+                                 QC_P_L1_OFFSET_UNALIGNED, "Active L1 table");
+    } else if (!qc_cluster_aligned(ctx, h->l1_table_offset)) {
         qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu",
+                  "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
+                  "image (\"Active L1 table offset invalid\")",
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->geo.cluster_size);
         ctx->l1_usable = false;
         ctx->unfollowed++;
-    } else if (h->l1_size && !qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
+    } else if (!qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
         qc_report(ctx, QC_P_L1_PAST_EOF, "active L1 table", h->l1_table_offset, 1,
                   "%u entries at 0x%llx end past the end of the file (%llu bytes)", h->l1_size,
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->file_size);
@@ -508,18 +533,24 @@ static void check_table_locations(qc_ctx *ctx)
     }
     if (bytes > QC_MAX_L1_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "active L1 table", 36, 1,
-                  "the L1 table is %llu bytes; QEMU accepts at most 32 MiB", (unsigned long long)bytes);
+                  "l1_size is %u (%llu bytes); QEMU accepts at most 32 MiB and refuses the image "
+                  "(\"Active L1 table too large\")",
+                  h->l1_size, (unsigned long long)bytes);
 
     /* Refcount table. */
     bytes = (uint64_t)h->refcount_table_clusters << ctx->geo.cluster_bits;
     ctx->reftable_usable = false;
     if (h->refcount_table_clusters == 0 || h->refcount_table_offset == 0)
         qc_report(ctx, QC_P_REFTABLE_MISSING, "refcount table", 48, 1,
-                  "refcount table offset 0x%llx, %u clusters",
-                  (unsigned long long)h->refcount_table_offset, h->refcount_table_clusters);
+                  "refcount table offset 0x%llx, %u clusters%s",
+                  (unsigned long long)h->refcount_table_offset, h->refcount_table_clusters,
+                  h->refcount_table_clusters ? ""
+                                             : "; QEMU refuses the image (\"Image does not "
+                                               "contain a reference count table\")");
     else if (!qc_cluster_aligned(ctx, h->refcount_table_offset))
         qc_report(ctx, QC_P_REFTABLE_OFFSET_UNALIGNED, "refcount table", 48, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu",
+                  "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
+                  "image (\"Reference count table offset invalid\")",
                   (unsigned long long)h->refcount_table_offset,
                   (unsigned long long)ctx->geo.cluster_size);
     else if (!qc_range_within(h->refcount_table_offset, bytes, ctx->file_size)) {
@@ -533,17 +564,23 @@ static void check_table_locations(qc_ctx *ctx)
     }
     if (bytes > QC_MAX_REFTABLE_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "refcount table", 56, 1,
-                  "the refcount table is %llu bytes; QEMU accepts at most 8 MiB",
-                  (unsigned long long)bytes);
+                  "refcount_table_clusters is %u (%llu bytes); QEMU accepts at most 8 MiB and "
+                  "refuses the image (\"Reference count table too large\")",
+                  h->refcount_table_clusters, (unsigned long long)bytes);
 
     /* Snapshot table: its entries are parsed by the snapshot pass. */
     ctx->snapshots_usable = false;
-    if (h->nb_snapshots == 0)
+    if (h->nb_snapshots == 0) {
+        check_empty_table_offset(ctx, "snapshot table", 64, h->snapshots_offset,
+                                 QC_P_SNAPSHOT_TABLE_UNALIGNED, "Snapshot table");
         return;
+    }
     if (!qc_cluster_aligned(ctx, h->snapshots_offset) || h->snapshots_offset == 0)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
-                  "offset 0x%llx is not a cluster-aligned non-zero offset",
-                  (unsigned long long)h->snapshots_offset);
+                  "offset 0x%llx is not a cluster-aligned non-zero offset%s",
+                  (unsigned long long)h->snapshots_offset,
+                  h->snapshots_offset ? "; QEMU refuses the image (\"Snapshot table offset invalid\")"
+                                      : "");
     else if (h->snapshots_offset >= ctx->file_size) {
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
                   "offset 0x%llx is past the end of the file (%llu bytes)",

@@ -373,6 +373,17 @@ def extension_length(magic, length):
     return lambda im: im.write_int(im.extension(magic).offset + 4, 4, _val(length, im))
 
 
+def end_marker_length(length):
+    """Write `length` into the length field of the end-of-extensions marker;
+    length(im, at) may depend on where the marker is. QEMU checks that
+    field like any extension's before it looks at the type (§2.A O25)."""
+    def p(im):
+        last = im.extensions[-1] if im.extensions else None
+        at = last.offset + 8 + q.align_up(len(last.data), 8) if last else im.header.header_length
+        im.write_int(at + 4, 4, length(im, at) if callable(length) else length)
+    return p
+
+
 def extension_padding(magic, pad):
     """Overwrite the padding bytes after extension `magic`'s data."""
     def p(im):
@@ -399,6 +410,27 @@ def huge_reftable(im):
     im.free_clusters(h.refcount_table_offset, h.refcount_table_clusters * cs)
     im.set_header_field("refcount_table_offset", new)
     im.set_header_field("refcount_table_clusters", clusters)
+
+
+def huge_l1(im):
+    """Move the active L1 table to the end of the file and grow it past
+    QEMU's 32 MiB limit (the new entries are sparse zeros)."""
+    h, cs = im.header, im.cluster_size
+    entries = (32 << 20) // 8 + 1
+    old = im.read(h.l1_table_offset, 8 * h.l1_size)
+    new = q.align_up(im.file_size, cs)
+    im.truncate(q.align_up(new + 8 * entries, cs))
+    im.write(new, old)
+    im.set_range_refcount(new, 8 * entries, 1)
+    im.free_clusters(h.l1_table_offset, 8 * h.l1_size)
+    im.set_header_field("l1_table_offset", new)
+    im.set_header_field("l1_size", entries)
+
+
+def empty_l1(offset):
+    """A disk of size 0 with no L1 entries, the L1 offset set to
+    offset(im); what the old tables mapped is leaked."""
+    return header(size=0, l1_size=0, l1_table_offset=offset)
 
 
 def huge_snapshot_table(im):
@@ -497,12 +529,27 @@ case("hdr_l1_past_eof", "v3_64k", header(l1_table_offset=past_eof()), "l1PastEof
      exit_only(NOT_FOLLOWED % "R2, it reads zeros past EOF"), absent=QUARANTINED)
 case("hdr_l1_too_small", "v3_64k", header(l1_size=0), "l1TooSmall refcountOrphan", 2,
      cannot_open(BAD_HEADER % "O20"), absent=QUARANTINED)
+# QEMU validates the offset of an empty L1 table too (qcow2_validate_table)
+case("hdr_l1_empty_unaligned", "v3_64k", empty_l1(lambda im: im.header.l1_table_offset + 512),
+     "l1OffsetUnaligned refcountLeak", 2, cannot_open(BAD_HEADER % "O18"))
+case("hdr_l1_empty_offset_huge", "v3_64k", empty_l1(1 << 63), "emptyTableOffsetTooLarge refcountLeak",
+     2, cannot_open(BAD_HEADER % "O18"))
+case("hdr_l1_empty_aligned", "v3_64k", empty_l1(lambda im: im.header.l1_table_offset),
+     "refcountLeak", 3, Qemu(COUNTS), absent="l1OffsetUnaligned emptyTableOffsetTooLarge")
 # tiny file, huge claims (hostile-inputs.md 4, 7, 24): sizes bounded by the file
 case("hdr_l1_size_huge", "v3_64k", header(l1_size=0x10000000), "l1PastEof qemuLimitExceeded", 2,
      cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""), absent=QUARANTINED)
 case("hdr_reftable_clusters_huge", "v3_64k", header(refcount_table_clusters=0xFFFFFFFF),
      "reftablePastEof qemuLimitExceeded", 2,
      cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+case("hdr_snapshot_offset_unaligned_no_snapshots", "v3_64k",
+     header(snapshots_offset=lambda im: im.header.l1_table_offset + 512), "snapshotTableUnaligned", 2,
+     check_aborts("QEMU validates the snapshot table offset even with nb_snapshots 0: a normal "
+                  "open fails (O17), the check aborts (S3)"))
+case("hdr_snapshot_offset_huge_no_snapshots", "v3_64k", header(snapshots_offset=1 << 63),
+     "emptyTableOffsetTooLarge", 2,
+     check_aborts("QEMU validates the snapshot table offset even with nb_snapshots 0: a normal "
+                  "open fails (O17), the check aborts (S3)"))
 case("hdr_reftable_unaligned", "v3_64k",
      header(refcount_table_offset=lambda im: im.header.refcount_table_offset + 512),
      "reftableOffsetUnaligned", 2, cannot_open(BAD_HEADER % "O16"))
@@ -554,6 +601,17 @@ case("hdr_data_file_ext_without_bit", "v3_64k", add_extension(q.EXT_DATA_FILE, b
 # -- header extensions (qcow2-format.md §2)
 case("ext_length_past_area", "v3_64k", extension_length(q.EXT_FEATURE_TABLE, 0x10000),
      "extensionTruncated", 2, cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_length", "v3_64k", end_marker_length(0x10000), "extensionTruncated", 2,
+     cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_length_v2", "v2_64k",
+     end_marker_length(lambda im, at: im.cluster_size - at - 7), "extensionTruncated", 2,
+     cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_into_backing_name", "backing",
+     end_marker_length(lambda im, at: im.header.backing_file_offset - at - 7),
+     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_length_fits", "backing",
+     end_marker_length(lambda im, at: im.header.backing_file_offset - at - 8), "", 0, Qemu(FULL),
+     absent="extensionTruncated backingNameOverlapsExtensions")
 case("ext_padding_nonzero", "backing", extension_padding(q.EXT_BACKING_FORMAT, b"\x01"),
      "extensionPaddingNonzero", 0, Qemu(FULL))  # "qcow2" leaves 3 padding bytes
 case("ext_duplicate", "backing", add_extension(q.EXT_BACKING_FORMAT, b"qcow2"),
@@ -841,8 +899,10 @@ case("data_file_missing", "data_file", None, "", 0,
      cannot_open("QEMU needs the external data file to check metadata (O32, §5.12)"), companions=False)
 case("trailing_space", "v3_64k", lambda im: im.append_clusters(count=2, refcount=None),
      "trailingSpace", 0, Qemu(FULL))  # §5.2: QEMU never mentions it
-case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 0,
+case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 2,
      cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+case("l1_beyond_qemu_limit", "v3_64k", huge_l1, "qemuLimitExceeded", 2,
+     cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""))
 case("snapshot_table_too_large", "v3_64k", huge_snapshot_table, "snapshotTableTooLarge", 2,
      check_aborts("QEMU aborts the check: \"Snapshot table is too big\" (S4)"))
 case("memory_limit", "v3_64k", None, "memoryLimit", 1,

@@ -1283,6 +1283,8 @@ START_TEST(test_huge_l1_size)
         run_check_opts(im.buf, im.len, 1u << 20, &o);
         ASSERT_FOUND(&o, QC_P_L1_PAST_EOF, 1);
         ASSERT_FOUND(&o, QC_P_MEMORY_LIMIT, 0);
+        /* Over 32 MiB of L1 table: QEMU refuses the image. */
+        ASSERT_FOUND(&o, QC_P_QEMU_LIMIT_EXCEEDED, sizes[k] > (32u << 20) / 8 ? 1 : 0);
         ck_assert_int_eq(o.status, 2);
         /* The L2 table and data cannot be reached: orphans, not leaks. */
         ck_assert_uint_eq(o.res.leaks, 0);
@@ -1345,6 +1347,7 @@ START_TEST(test_reftable_problems)
     run_check_opts(im.buf, im.len, 1u << 20, &o);
     ASSERT_FOUND(&o, QC_P_REFTABLE_PAST_EOF, 1);
     ASSERT_FOUND(&o, QC_P_MEMORY_LIMIT, 0);
+    ASSERT_FOUND(&o, QC_P_QEMU_LIMIT_EXCEEDED, 1); /* 4 GiB: QEMU accepts 8 MiB */
     ck_assert_int_eq(o.status, 2);
     img_free(&im);
 
@@ -1362,6 +1365,56 @@ START_TEST(test_reftable_problems)
     ASSERT_PRESENT(&o, QC_P_REFCOUNTS_UNKNOWN);
     ck_assert_int_eq(o.status, 2);
     img_free(&im);
+}
+END_TEST
+
+/* QEMU validates the offsets of the active L1 table and of the snapshot
+ * table even when they have no entries. */
+START_TEST(test_empty_table_offsets)
+{
+    enum { FINE, UNALIGNED, TOO_LARGE };
+    static const struct {
+        uint64_t offset;
+        int verdict;
+    } cases[] = {
+        {0x30200, UNALIGNED},
+        {1ull << 63, TOO_LARGE},
+        {UINT64_MAX & ~0xffffull, TOO_LARGE},
+        {1ull << 62, FINE}, /* aligned and below 2^63: QEMU accepts it */
+        {0, FINE},
+    };
+    for (int snapshots = 0; snapshots < 2; snapshots++) {
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+            img im;
+            img_params p = default_params();
+            p.data_clusters = 0;
+            img_build(&im, &p);
+            if (snapshots) {
+                im.hdr.nb_snapshots = 0;
+                im.hdr.snapshots_offset = cases[k].offset;
+            } else {
+                /* A disk of size 0 needs no L1 entries; the L1 and L2
+                 * clusters are left over (leaked). */
+                im.hdr.size = 0;
+                im.hdr.l1_size = 0;
+                im.hdr.l1_table_offset = cases[k].offset;
+            }
+            img_write_header(&im);
+            outcome o;
+            run_check(&im, &o);
+            qc_problem_id expect = cases[k].verdict == TOO_LARGE ? QC_P_EMPTY_TABLE_OFFSET_TOO_LARGE
+                                   : snapshots                   ? QC_P_SNAPSHOT_TABLE_UNALIGNED
+                                                                 : QC_P_L1_OFFSET_UNALIGNED;
+            ASSERT_FOUND(&o, expect, cases[k].verdict == FINE ? 0 : 1);
+            if (cases[k].verdict != FINE)
+                ck_assert_int_eq(o.status, 2);
+            if (snapshots)
+                ASSERT_ONLY(&o, expect);
+            else
+                ASSERT_ONLY(&o, expect, QC_P_REFCOUNT_LEAK);
+            img_free(&im);
+        }
+    }
 }
 END_TEST
 
@@ -2065,6 +2118,17 @@ START_TEST(test_extensions)
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_EXTENSION_DUPLICATE, 1);
 
+    /* The end marker's length is checked like any extension's: it may
+     * reach the end of cluster 0 but not go past it. */
+    qc_put_be32(im.buf + at + 4, (uint32_t)(im.cs - at - 8));
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_EXTENSION_TRUNCATED, 0);
+    qc_put_be32(im.buf + at + 4, (uint32_t)(im.cs - at - 7));
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_EXTENSION_TRUNCATED, 1);
+    ck_assert_int_eq(o.status, 2);
+    qc_put_be32(im.buf + at + 4, 0);
+
     /* An extension claiming more bytes than cluster 0 has left. */
     qc_put_be32(im.buf + 112 + 4, (uint32_t)im.cs);
     run_check(&im, &o);
@@ -2713,6 +2777,7 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_huge_l1_size);
     tcase_add_test(tc, test_l1_too_small);
     tcase_add_test(tc, test_huge_virtual_size);
+    tcase_add_test(tc, test_empty_table_offsets);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("compressed");
