@@ -4,9 +4,12 @@
  * Checks: magic and version (and what other format the file looks like),
  * every fixed field against its valid range, feature bits (unknown ones
  * named from the image's feature table), the header extension area
- * (bounds, padding, duplicates, end marker, each known extension), the
- * backing file name's placement, and where the L1 table, refcount table and
- * snapshot table lie relative to the file.
+ * (bounds, padding, duplicates, the end marker's length, each known
+ * extension), the LUKS header the encryption extension points to (layout
+ * and algorithm names, as QEMU parses them on every open), the backing file
+ * name's placement, and where the L1 table, refcount table and snapshot
+ * table lie relative to the file and to QEMU's limits (empty tables
+ * included).
  * Needs: the io and the real file size.
  * Produces: ctx->hdr, ctx->geo, ctx->file_clusters, cluster 0 in memory,
  * extension facts, the *_usable flags, the header extent, result->header.
@@ -263,6 +266,228 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
     }
 }
 
+/* What QEMU 7.2 accepts in a LUKS header's names: exactly these strings. */
+static const struct {
+    const char *name;
+    unsigned key_bytes[3];
+    const char *essiv_name; /* in QEMU's message; NULL: no ESSIV variant */
+} luks_ciphers[] = {
+    {"aes", {16, 24, 32}, "AES"},
+    {"cast5", {16, 0, 0}, NULL},
+    {"serpent", {16, 24, 32}, "Serpent"},
+    {"twofish", {16, 24, 32}, "Twofish"},
+};
+static const struct {
+    const char *name;
+    unsigned digest_bytes;
+} luks_hashes[] = {
+    {"md5", 16},    {"sha1", 20},   {"sha224", 28},    {"sha256", 32},
+    {"sha384", 48}, {"sha512", 64}, {"ripemd160", 20},
+};
+static const char *const luks_modes[] = {"ecb", "cbc", "xts", "ctr"};
+static const char *const luks_ivgens[] = {"plain", "plain64", "essiv"};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static int luks_hash(const char *name)
+{
+    for (size_t i = 0; i < COUNT_OF(luks_hashes); i++)
+        if (strcmp(luks_hashes[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int luks_word(const char *const *words, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(words[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Key material of a key slot, in sectors: its split key rounded up to
+ * whole sectors, then to the 4 KiB alignment QEMU (as cryptsetup) uses. */
+static uint64_t luks_slot_sectors(const qc_luks_header *l, uint32_t stripes)
+{
+    return (qc_div_round_up((uint64_t)l->key_bytes * stripes, 512) + 7) & ~7ull;
+}
+
+/* The layout checks QEMU makes on the fixed part of a LUKS header, in its
+ * order: false with QEMU's sentence in `why` and the field's offset in
+ * the header in *field. */
+static bool luks_layout_ok(const qc_luks_header *l, char *why, size_t len, unsigned *field)
+{
+    static const char luks_magic[6] = {'L', 'U', 'K', 'S', (char)0xba, (char)0xbe};
+    static const struct {
+        unsigned offset;
+        const char *what;
+    } names[] = {{QC_LUKS_OFF_CIPHER_NAME, "cipher name"},
+                 {QC_LUKS_OFF_CIPHER_MODE, "cipher mode"},
+                 {QC_LUKS_OFF_HASH_SPEC, "hash spec"}};
+    const char *fields[] = {l->cipher_name, l->cipher_mode, l->hash_spec};
+    *field = 0;
+    if (memcmp(l->magic, luks_magic, sizeof(luks_magic)) != 0) {
+        snprintf(why, len, "Volume is not in LUKS format");
+        return false;
+    }
+    *field = QC_LUKS_OFF_VERSION;
+    if (l->version != 1) {
+        snprintf(why, len, "LUKS version %u is not supported", l->version);
+        return false;
+    }
+    for (size_t i = 0; i < COUNT_OF(names); i++) {
+        *field = names[i].offset;
+        if (!memchr(fields[i], '\0', QC_LUKS_NAME_SIZE)) {
+            snprintf(why, len, "LUKS header %s is not NUL terminated", names[i].what);
+            return false;
+        }
+    }
+    *field = QC_LUKS_OFF_PAYLOAD;
+    if (l->payload_offset < 8) {
+        snprintf(why, len, "LUKS payload is overlapping with the header");
+        return false;
+    }
+    *field = QC_LUKS_OFF_ITERATIONS;
+    if (l->master_key_iterations == 0) {
+        snprintf(why, len, "LUKS key iteration count is zero");
+        return false;
+    }
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        const qc_luks_key_slot *s = &l->slots[i];
+        uint64_t start = s->key_offset, sectors = luks_slot_sectors(l, s->stripes);
+        *field = QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE;
+        if (s->stripes != 4000)
+            snprintf(why, len, "Keyslot %u is corrupted (stripes %u != 4000)", i, s->stripes);
+        else if (s->active != QC_LUKS_SLOT_ENABLED && s->active != QC_LUKS_SLOT_DISABLED)
+            snprintf(why, len, "Keyslot %u state (active/disable) is corrupted", i);
+        else if (s->active == QC_LUKS_SLOT_ENABLED && s->iterations == 0)
+            snprintf(why, len, "Keyslot %u iteration count is zero", i);
+        else if (start < 8)
+            snprintf(why, len, "Keyslot %u is overlapping with the LUKS header", i);
+        else if (start + sectors > l->payload_offset)
+            snprintf(why, len, "Keyslot %u is overlapping with the encrypted payload", i);
+        else
+            why[0] = '\0';
+        for (unsigned j = i + 1; !why[0] && j < QC_LUKS_KEY_SLOTS; j++) {
+            uint64_t start2 = l->slots[j].key_offset;
+            uint64_t sectors2 = luks_slot_sectors(l, l->slots[j].stripes);
+            if (start < start2 + sectors2 && start2 < start + sectors)
+                snprintf(why, len, "Keyslots %u and %u are overlapping in the header", i, j);
+        }
+        if (why[0])
+            return false;
+    }
+    return true;
+}
+
+/* The algorithm names: "<mode>-<ivgen>[:<hash>]" in cipher_mode, the
+ * cipher with its key size, the hash; QEMU parses them in this order. */
+static bool luks_names_ok(const qc_luks_header *l, char *why, size_t len, unsigned *field)
+{
+    char mode[QC_LUKS_NAME_SIZE + 1], p[4 * QC_LUKS_NAME_SIZE + 1];
+    memcpy(mode, l->cipher_mode, QC_LUKS_NAME_SIZE);
+    mode[QC_LUKS_NAME_SIZE] = '\0';
+    *field = QC_LUKS_OFF_CIPHER_MODE;
+    char *ivgen = strchr(mode, '-');
+    if (!ivgen) {
+        qc_printable(p, sizeof(p), (const uint8_t *)mode, strlen(mode));
+        snprintf(why, len, "Unexpected cipher mode string format '%s'", p);
+        return false;
+    }
+    *ivgen++ = '\0';
+    char *ivhash_name = strchr(ivgen, ':');
+    int ivhash = -1;
+    if (ivhash_name) {
+        *ivhash_name++ = '\0';
+        ivhash = luks_hash(ivhash_name);
+        if (ivhash < 0) {
+            qc_printable(p, sizeof(p), (const uint8_t *)ivhash_name, strlen(ivhash_name));
+            snprintf(why, len, "Hash algorithm '%s' not supported", p);
+            return false;
+        }
+    }
+    int m = luks_word(luks_modes, COUNT_OF(luks_modes), mode);
+    if (m < 0) {
+        qc_printable(p, sizeof(p), (const uint8_t *)mode, strlen(mode));
+        snprintf(why, len, "Cipher mode '%s' not supported", p);
+        return false;
+    }
+    /* XTS keys are two keys of half the size. */
+    unsigned key = strcmp(luks_modes[m], "xts") == 0 ? l->key_bytes / 2 : l->key_bytes;
+    int cipher = -1;
+    for (size_t i = 0; i < COUNT_OF(luks_ciphers); i++)
+        for (size_t k = 0; k < COUNT_OF(luks_ciphers[i].key_bytes); k++)
+            if (strcmp(luks_ciphers[i].name, l->cipher_name) == 0 && luks_ciphers[i].key_bytes[k] &&
+                luks_ciphers[i].key_bytes[k] == key)
+                cipher = (int)i;
+    if (cipher < 0) {
+        *field = QC_LUKS_OFF_CIPHER_NAME;
+        qc_printable(p, sizeof(p), (const uint8_t *)l->cipher_name, strlen(l->cipher_name));
+        snprintf(why, len, "Algorithm '%s' with key size %u bytes not supported", p, key);
+        return false;
+    }
+    if (luks_hash(l->hash_spec) < 0) {
+        *field = QC_LUKS_OFF_HASH_SPEC;
+        qc_printable(p, sizeof(p), (const uint8_t *)l->hash_spec, strlen(l->hash_spec));
+        snprintf(why, len, "Hash algorithm '%s' not supported", p);
+        return false;
+    }
+    int iv = luks_word(luks_ivgens, COUNT_OF(luks_ivgens), ivgen);
+    if (iv < 0) {
+        qc_printable(p, sizeof(p), (const uint8_t *)ivgen, strlen(ivgen));
+        snprintf(why, len, "IV generator '%s' not supported", p);
+        return false;
+    }
+    if (strcmp(luks_ivgens[iv], "essiv") != 0)
+        return true;
+    if (!ivhash_name) {
+        snprintf(why, len, "Missing IV generator hash specification");
+        return false;
+    }
+    /* ESSIV encrypts with the same cipher keyed by the hash's digest. */
+    unsigned digest = luks_hashes[ivhash].digest_bytes;
+    if (digest == key)
+        return true;
+    if (!luks_ciphers[cipher].essiv_name) {
+        snprintf(why, len, "Cipher %s-128 not supported with essiv", luks_ciphers[cipher].name);
+        return false;
+    }
+    if (digest != 16 && digest != 24 && digest != 32) {
+        snprintf(why, len, "No %s cipher with key size %u available",
+                 luks_ciphers[cipher].essiv_name, digest);
+        return false;
+    }
+    return true;
+}
+
+/* The LUKS header behind a valid encryption extension: QEMU parses it on
+ * every open, with or without the key. */
+static void check_luks_header(qc_ctx *ctx)
+{
+    const char *obj = "LUKS header";
+    if (ctx->crypto_length < QC_LUKS_HEADER_SIZE) {
+        qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset, 1,
+                  "the encryption extension gives it %llu bytes, fewer than the %u of a LUKS "
+                  "header; QEMU refuses the image (\"Request for data outside of extension "
+                  "header\")",
+                  (unsigned long long)ctx->crypto_length, QC_LUKS_HEADER_SIZE);
+        ctx->unfollowed++; /* the key material past that length still owns its clusters */
+        return;
+    }
+    uint8_t raw[QC_LUKS_HEADER_SIZE];
+    if (!qc_read(ctx, ctx->crypto_offset, raw, sizeof(raw), obj))
+        return;
+    qc_luks_header l;
+    qc_luks_header_decode(raw, &l);
+    char why[200];
+    unsigned field;
+    if (luks_layout_ok(&l, why, sizeof(why), &field) && luks_names_ok(&l, why, sizeof(why), &field))
+        return;
+    qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset + field, 1,
+              "at 0x%llx: QEMU refuses the image (\"%s\")", (unsigned long long)ctx->crypto_offset,
+              why);
+}
+
 static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
 {
     const char *obj = "encryption header extension";
@@ -291,6 +516,7 @@ static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
     else {
         ctx->crypto_offset = off;
         ctx->crypto_length = len;
+        check_luks_header(ctx);
     }
 }
 

@@ -397,6 +397,19 @@ def fde(fn):
     return edit_extension(q.EXT_FDE, lambda im, d: struct.pack(">QQ", *fn(*struct.unpack(">QQ", d))))
 
 
+def luks_header(offset, data):
+    """Overwrite bytes of the LUKS header the encryption extension points to."""
+    def p(im):
+        im.write(struct.unpack(">QQ", im.extension(q.EXT_FDE).data)[0] + offset, data)
+    return p
+
+
+def luks_slot(index, field, value):
+    """Set a 32-bit field of LUKS key slot `index` (0 active, 4 iterations,
+    40 key material offset, 44 stripes)."""
+    return luks_header(208 + 48 * index + field, struct.pack(">I", value))
+
+
 def huge_reftable(im):
     """Move the refcount table to the end of the file and grow it past
     QEMU's 8 MiB limit (the new clusters are sparse zeros)."""
@@ -654,6 +667,28 @@ case("ext_luks_pointer_unaligned", "luks", fde(lambda off, length: (off + 512, l
 case("ext_luks_pointer_without_luks", "v3_64k",
      add_extension(q.EXT_FDE, lambda im: struct.pack(">QQ", im.append_clusters(), im.cluster_size)),
      "encryptionExtensionInvalid", 2, cannot_open(BAD_HEADER % "O28"))
+# The LUKS header itself: QEMU parses it on every open, with or without the key.
+BAD_LUKS = "QEMU parses the LUKS header on every open and refuses this one (O28: \"%s\")"
+case("luks_header_magic", "luks", luks_header(0, b"LUKX"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Volume is not in LUKS format"))
+case("luks_header_version_2", "luks", luks_header(6, b"\0\2"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "LUKS version 2 is not supported"))
+case("luks_header_stripes", "luks", luks_slot(3, 44, 3999), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Keyslot 3 is corrupted (stripes 3999 != 4000)"))
+case("luks_header_slots_overlap", "luks",
+     lambda im: luks_slot(5, 40, im.read_int(
+         struct.unpack(">QQ", im.extension(q.EXT_FDE).data)[0] + 208 + 48 * 4 + 40, 4))(im),
+     "luksHeaderInvalid", 2, cannot_open(BAD_LUKS % "Keyslots 4 and 5 are overlapping in the header"))
+case("luks_header_cipher_unknown", "luks", luks_header(8, b"foo\0"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Algorithm 'foo' with key size 32 bytes not supported"))
+case("luks_header_hash_unknown", "luks", luks_header(72, b"sha3\0"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Hash algorithm 'sha3' not supported"))
+case("luks_header_ivgen_unknown", "luks", luks_header(40, b"xts-plain65\0"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "IV generator 'plain65' not supported"))
+case("luks_header_length_short", "luks", fde(lambda off, length: (off, 591)),
+     "luksHeaderInvalid refcountOrphan", 2,
+     cannot_open(BAD_LUKS % "Request for data outside of extension header"),
+     absent=QUARANTINED)  # the key material beyond the 591 bytes must not be freed
 
 # -- snapshot table (qcow2-format.md §10)
 case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotTableTruncated refcountOrphan", 2,

@@ -2203,6 +2203,131 @@ START_TEST(test_compression_type)
 }
 END_TEST
 
+/* A LUKS-encrypted image as QEMU lays it out: crypt_method 2, the
+ * encryption extension pointing to a LUKS header (aes-cbc-plain64 with
+ * 16-byte keys: 128 sectors of key material per slot, slot 0 enabled) in
+ * clusters appended for it. Returns the header's offset. */
+static uint64_t img_add_luks(img *im)
+{
+    const uint64_t sectors = 8 + 8 * 128; /* header, then the 8 key slots */
+    uint64_t first = img_append(im, (unsigned)qc_div_round_up(sectors * 512, im->cs));
+    uint8_t *h = im->buf + cl_off(im, first);
+    memcpy(h, "LUKS\xba\xbe", 6);
+    qc_put_be16(h + QC_LUKS_OFF_VERSION, 1);
+    memcpy(h + QC_LUKS_OFF_CIPHER_NAME, "aes", 3);
+    memcpy(h + QC_LUKS_OFF_CIPHER_MODE, "cbc-plain64", 11);
+    memcpy(h + QC_LUKS_OFF_HASH_SPEC, "sha256", 6);
+    qc_put_be32(h + QC_LUKS_OFF_PAYLOAD, (uint32_t)sectors);
+    qc_put_be32(h + QC_LUKS_OFF_KEY_BYTES, 16);
+    qc_put_be32(h + QC_LUKS_OFF_ITERATIONS, 1000);
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        uint8_t *slot = h + QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE;
+        qc_put_be32(slot, i == 0 ? QC_LUKS_SLOT_ENABLED : QC_LUKS_SLOT_DISABLED);
+        qc_put_be32(slot + 4, i == 0 ? 1000 : 0);
+        qc_put_be32(slot + 40, 8 + i * 128);
+        qc_put_be32(slot + 44, 4000);
+    }
+    for (uint64_t c = first; c < im->len / im->cs; c++)
+        img_set_refcount(im, c, 1);
+    uint8_t ext[QC_CRYPTO_EXT_SIZE];
+    qc_put_be64(ext, cl_off(im, first));
+    qc_put_be64(ext + 8, sectors * 512);
+    img_add_extension(im, 112, QC_EXT_CRYPTO, ext, sizeof(ext));
+    im->hdr.crypt_method = 2;
+    img_write_header(im);
+    return cl_off(im, first);
+}
+
+START_TEST(test_luks_header)
+{
+    /* One field (offset in the header, big-endian value of `size` bytes,
+     * or a string) changed at a time, and whether QEMU accepts the result. */
+    static const struct {
+        unsigned offset, size;
+        uint32_t value;
+        const char *text;
+        bool accepted;
+        const char *qemu_says;
+    } cases[] = {
+        {0, 0, 0, NULL, true, NULL}, /* as built */
+        {0, 0, 0, "LUKX", false, "Volume is not in LUKS format"},
+        {QC_LUKS_OFF_VERSION, 2, 2, NULL, false, "LUKS version 2 is not supported"},
+        {QC_LUKS_OFF_CIPHER_NAME, 0, 0, "aes567890123456789012345678901234", false,
+         "LUKS header cipher name is not NUL terminated"},
+        {QC_LUKS_OFF_PAYLOAD, 4, 7, NULL, false, "LUKS payload is overlapping with the header"},
+        {QC_LUKS_OFF_ITERATIONS, 4, 0, NULL, false, "LUKS key iteration count is zero"},
+        {QC_LUKS_OFF_SLOTS + 3 * 48 + 44, 4, 3999, NULL, false,
+         "Keyslot 3 is corrupted (stripes 3999 != 4000)"},
+        {QC_LUKS_OFF_SLOTS + 2 * 48, 4, 1, NULL, false,
+         "Keyslot 2 state (active/disable) is corrupted"},
+        {QC_LUKS_OFF_SLOTS + 4, 4, 0, NULL, false, "Keyslot 0 iteration count is zero"},
+        {QC_LUKS_OFF_SLOTS + 1 * 48 + 4, 4, 0, NULL, true, NULL}, /* disabled slot */
+        {QC_LUKS_OFF_SLOTS + 40, 4, 7, NULL, false, "Keyslot 0 is overlapping with the LUKS header"},
+        {QC_LUKS_OFF_SLOTS + 7 * 48 + 40, 4, 8 + 7 * 128 + 1, NULL, false,
+         "Keyslot 7 is overlapping with the encrypted payload"},
+        {QC_LUKS_OFF_SLOTS + 5 * 48 + 40, 4, 8 + 4 * 128 + 127, NULL, false,
+         "Keyslots 4 and 5 are overlapping in the header"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc", false, "Unexpected cipher mode string format 'cbc'"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-plain64:sha3", false,
+         "Hash algorithm 'sha3' not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cfb-plain64", false, "Cipher mode 'cfb' not supported"},
+        {QC_LUKS_OFF_CIPHER_NAME, 0, 0, "des", false,
+         "Algorithm 'des' with key size 16 bytes not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "xts-plain64", false,
+         "Algorithm 'aes' with key size 8 bytes not supported"}, /* XTS halves the key */
+        {QC_LUKS_OFF_CIPHER_NAME, 0, 0, "cast5", true, NULL},
+        {QC_LUKS_OFF_HASH_SPEC, 0, 0, "SHA256", false, "Hash algorithm 'SHA256' not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-plain65", false, "IV generator 'plain65' not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-essiv", false, "Missing IV generator hash specification"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-essiv:sha256", true, NULL},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-essiv:sha1", false,
+         "No AES cipher with key size 20 available"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        img im;
+        img_params p = default_params();
+        img_build(&im, &p);
+        uint64_t luks = img_add_luks(&im); /* grows im.buf */
+        uint8_t *h = im.buf + luks;
+        if (cases[k].text) {
+            memset(h + cases[k].offset, 0, cases[k].offset ? QC_LUKS_NAME_SIZE : 4);
+            memcpy(h + cases[k].offset, cases[k].text, strlen(cases[k].text));
+        } else if (cases[k].size == 2) {
+            qc_put_be16(h + cases[k].offset, (uint16_t)cases[k].value);
+        } else if (cases[k].size == 4) {
+            qc_put_be32(h + cases[k].offset, cases[k].value);
+        }
+        outcome o;
+        run_check(&im, &o);
+        ck_assert_msg(cases[k].accepted == (o.res.findings == 0), "case %zu:%s", k, describe(&o));
+        if (!cases[k].accepted) {
+            ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, 1);
+            ASSERT_ONLY(&o, QC_P_LUKS_HEADER_INVALID);
+            ck_assert_int_eq(o.status, 2);
+            ck_assert_msg(strstr(o.rec.first_message[QC_P_LUKS_HEADER_INVALID], cases[k].qemu_says),
+                          "case %zu: %s", k, o.rec.first_message[QC_P_LUKS_HEADER_INVALID]);
+        }
+        img_free(&im);
+    }
+}
+END_TEST
+
+START_TEST(test_luks_header_length)
+{
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    img_add_luks(&im);
+    /* The extension's length must cover the 592 bytes QEMU reads. */
+    qc_put_be64(im.buf + 112 + 8 + 8, QC_LUKS_HEADER_SIZE - 1);
+    outcome o;
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, 1);
+    ck_assert_int_eq(o.status, 2);
+    img_free(&im);
+}
+END_TEST
+
 START_TEST(test_extended_l2_small_clusters)
 {
     img im;
@@ -2815,6 +2940,8 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_dirty_and_corrupt_bits);
     tcase_add_test(tc, test_compression_type);
     tcase_add_test(tc, test_extended_l2_small_clusters);
+    tcase_add_test(tc, test_luks_header);
+    tcase_add_test(tc, test_luks_header_length);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("bitmaps");
