@@ -32,6 +32,7 @@
 #define QC_MAX_BITMAP_DIRECTORY (1024ull * 65535)
 #define QC_MAX_BITMAP_NAME 1023u
 #define QC_MAX_BITMAP_TABLE_ENTRIES 0x8000000u
+#define QC_MAX_BITMAP_TABLE_CLUSTER_BYTES (512ull << 20) /* QEMU limit: entries x cluster size */
 
 /* Incompatible, compatible and autoclear feature bits. */
 #define QC_INCOMPAT_DIRTY (1ull << 0)

@@ -319,6 +319,36 @@ def bitmap_table_entry(index, fn):
     return p
 
 
+def rewrite_bitmap_directory(edit):
+    """Re-encode the bitmap directory in place after edit(im, [Bitmap])
+    changed the entries, and update the extension's directory size (the
+    directory's cluster has room for the few bytes more)."""
+    def p(im):
+        bitmaps = im.bitmaps()
+        edit(im, bitmaps)
+        raw = b"".join(b.encode() for b in bitmaps)
+        nb, _, size, offset = im.bitmaps_ext()
+        assert len(raw) <= q.align_up(size, im.cluster_size)
+        im.write(offset, raw)
+        bitmaps_ext(size=len(raw))(im)
+    return p
+
+
+def bitmap_big_table(index, entries):
+    """Mark bitmap `index` in use and give it a table of `entries` entries
+    (its old entries, then zeros) in clusters of its own."""
+    def p(im):
+        b = im.bitmaps()[index]
+        old = im.read(b.table_offset, 8 * b.table_size)
+        new = im.append_clusters(count=-(-8 * entries // im.cluster_size))
+        im.write(new, old)
+        im.free_clusters(b.table_offset, 8 * b.table_size)
+        im.set_bitmap_field(index, "bitmap_table_offset", new)
+        im.set_bitmap_field(index, "bitmap_table_size", entries)
+        im.set_bitmap_field(index, "flags", b.flags | 1)
+    return p
+
+
 def snapshot_field(index, name, fn):
     return _entry_field(lambda im: im.snapshots(), q.Snapshot.FIELDS, index, name, fn)
 
@@ -751,11 +781,33 @@ case("bitmap_entry_overruns_directory", "bitmaps", bitmap_field(2, "name_size", 
 case("bitmap_granularity_64", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 64),
      "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
 SPEC_VALID_BITMAP = ("the spec allows it but QEMU's stricter bitmap constraints refuse to open "
-                     "the image (O37, §5.10)")
+                     "the image (O37, §5.10); qcheck counts it as a corruption")
 case("bitmap_granularity_8_spec_valid", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 8),
-     "", 0, cannot_open(SPEC_VALID_BITMAP))  # spec: 0..63, QEMU: 9..31
+     "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))  # spec: 0..63, QEMU: 9..31
+case("bitmap_granularity_32_spec_valid", "bitmaps",
+     bitmap_field(1, "granularity_bits", lambda im, v: 32), "bitmapUnsupportedByQemu", 2,
+     cannot_open(SPEC_VALID_BITMAP))
 case("bitmap_extra_data_compatible_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 4),
-     "", 0, cannot_open(SPEC_VALID_BITMAP))
+     "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_extra_data", "bitmaps",
+     rewrite_bitmap_directory(lambda im, bs: [setattr(bs[2], "extra", bytes(8)),
+                                             setattr(bs[2], "flags", bs[2].flags | 4)]),
+     "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))
+# A clean bitmap's table must have exactly the entries QEMU computes for the
+# disk (it loads nothing else); one in use is not loaded at all.
+case("bitmap_table_larger_than_disk", "bitmaps",
+     bitmap_field(0, "bitmap_table_size", lambda im, v: v + 1), "bitmapUnsupportedByQemu", 2,
+     cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_table_larger_in_use", "bitmaps",
+     chain(bitmap_field(0, "bitmap_table_size", lambda im, v: v + 1),
+           bitmap_field(0, "flags", lambda im, v: v | 1)), "bitmapInUse", 0, Qemu(FULL),
+     absent="bitmapUnsupportedByQemu")
+case("bitmap_disk_of_size_0", "bitmaps", header(size=0), "bitmapUnsupportedByQemu", 2,
+     cannot_open(SPEC_VALID_BITMAP))  # QEMU sizes a bitmap of a 0-byte disk to no table at all
+case("bitmap_table_over_512mib", "bitmaps", bitmap_big_table(1, 8193),
+     "bitmapInUse bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_table_512mib", "bitmaps", bitmap_big_table(1, 8192), "bitmapInUse", 0, Qemu(FULL),
+     absent="bitmapUnsupportedByQemu")
 case("bitmap_type_2", "bitmaps", bitmap_field(1, "type", lambda im, v: 2),
      "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
 case("bitmap_reserved_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1 << 8),
@@ -765,6 +817,11 @@ case("bitmap_table_size_0", "bitmaps", bitmap_field(2, "bitmap_table_size", lamb
 case("bitmap_duplicate_name", "bitmaps",
      lambda im: im.write(im.bitmaps()[1].offset + 24, im.bitmaps()[0].name),
      "bitmapNameDuplicate", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_names_equal_before_nul", "bitmaps",
+     chain(lambda im: im.write(im.bitmaps()[0].offset + 24, b"\0a"),
+           lambda im: im.write(im.bitmaps()[1].offset + 24, b"\0b")),
+     "bitmapNameDuplicate", 2,
+     cannot_open(BAD_BITMAP % "O37: QEMU reads names up to a NUL, both are \"\""))
 case("bitmap_table_reserved_bits", "bitmaps", bitmap_table_entry(0, lambda im, e: e | 1 << 60),
      "bitmapTableEntryInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "O37"))
 case("bitmap_table_past_eof", "bitmaps", bitmap_table_entry(1, lambda im, e: past_eof()(im)),

@@ -2478,6 +2478,51 @@ START_TEST(test_bitmap_directory_problems)
 }
 END_TEST
 
+/* Entries the specification allows but QEMU refuses to load: counted,
+ * since QEMU cannot open the image; in-use bitmaps are not loaded, so
+ * their table size does not matter to QEMU. */
+START_TEST(test_bitmap_qemu_refusals)
+{
+    static const struct {
+        unsigned granularity_bits;
+        uint32_t flags, table_size;
+        uint64_t disk_size; /* 0: as built (512 MiB, one table entry needed) */
+        bool refused;
+    } cases[] = {
+        {16, QC_BITMAP_FLAG_AUTO, 1, 0, false},
+        {8, QC_BITMAP_FLAG_AUTO, 4, 0, true}, /* 512 MiB in 256-byte bits: 256 KiB */
+        {9, QC_BITMAP_FLAG_AUTO, 2, 0, false},
+        {32, QC_BITMAP_FLAG_AUTO, 1, 0, true},
+        {16, QC_BITMAP_FLAG_AUTO | QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE, 1, 0, true},
+        {16, QC_BITMAP_FLAG_AUTO, 2, 0, true},                         /* one entry too many */
+        {16, QC_BITMAP_FLAG_AUTO | QC_BITMAP_FLAG_IN_USE, 2, 0, false}, /* not loaded */
+        {16, QC_BITMAP_FLAG_AUTO, 1, 511, true}, /* QEMU's disk is 0 sectors: no table */
+        {16, QC_BITMAP_FLAG_AUTO, 1, 512, false},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        img im;
+        img_params p = default_params();
+        img_build(&im, &p);
+        bitmap_layout b = img_add_bitmap(&im);
+        uint8_t *d = im.buf + cl_off(&im, b.dir);
+        qc_put_be32(d + 8, cases[k].table_size); /* entries past the first read as zero */
+        qc_put_be32(d + 12, cases[k].flags);
+        d[17] = (uint8_t)cases[k].granularity_bits;
+        if (cases[k].disk_size) {
+            im.hdr.size = cases[k].disk_size;
+            img_write_header(&im);
+        }
+        outcome o;
+        run_check(&im, &o);
+        ASSERT_FOUND(&o, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, cases[k].refused ? 1 : 0);
+        ASSERT_ONLY(&o, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, QC_P_BITMAP_IN_USE,
+                    QC_P_VIRTUAL_SIZE_UNALIGNED);
+        ck_assert_int_eq(o.status, cases[k].refused ? 2 : 0);
+        img_free(&im);
+    }
+}
+END_TEST
+
 /* ---- external data file ---------------------------------------------------------------- */
 
 static void img_make_data_file(img *im)
@@ -2950,6 +2995,7 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_bitmap_all_ones_entry_leaks_old_cluster);
     tcase_add_test(tc, test_bitmaps_without_autoclear);
     tcase_add_test(tc, test_bitmap_directory_problems);
+    tcase_add_test(tc, test_bitmap_qemu_refusals);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("data_file");
