@@ -47,15 +47,28 @@ class Qemu:
     exit    same exit code only (`why` says why the counts differ);
     differs deliberate difference: qemu-img exits `exit` (observed with
             qemu-img 7.2.22) for the reason `why`.
-    `opens` is False when qemu-img cannot even open the image."""
+    `opens` is False when qemu-img check cannot even open the image.
+    `normal_open` says whether a normal read-only open works (`qemu-io -r`,
+    as a VM opens the image: with the key, the backing chain and the data
+    file, and parsing the snapshot table, which check mode skips); None
+    means the same as `opens`. An image QEMU refuses there must not be
+    called clean by qcheck (exit 0 or 3), unless `outside` says why the
+    refusal is about something outside the image (a missing file it names,
+    an option the user must give)."""
     relation: str
     exit: int = None
     why: str = ""
     opens: bool = True
+    normal_open: bool = None
+    outside: str = ""
 
     @property
     def agrees(self):
         return self.relation != DIFFERS
+
+    @property
+    def opens_normally(self):
+        return self.opens if self.normal_open is None else self.normal_open
 
 
 def exit_only(why, opens=True):
@@ -72,8 +85,16 @@ def cannot_open(why):
 
 
 def check_aborts(why):
-    """QEMU opens the image but its check stops with an error (exit 1)."""
-    return Qemu(DIFFERS, 1, why, opens=True)
+    """QEMU opens the image in check mode only (which skips the snapshot
+    table and tolerates a missing refcount table), and its check stops with
+    an error (exit 1)."""
+    return Qemu(DIFFERS, 1, why, opens=True, normal_open=False)
+
+
+def needs_outside(why):
+    """QEMU cannot open the image without something outside it: a file it
+    names, an option the user must give (qcheck checks the image alone)."""
+    return Qemu(DIFFERS, 1, why, opens=False, outside=why)
 
 
 def refused_too(why):
@@ -599,7 +620,8 @@ case("hdr_reftable_unaligned", "v3_64k",
 case("hdr_reftable_past_eof", "v3_64k", header(refcount_table_offset=past_eof()), "reftablePastEof", 2,
      exit_only(NOT_FOLLOWED % "it reads a zero reftable past EOF"))
 case("hdr_reftable_clusters_0", "v3_64k", header(refcount_table_clusters=0), "reftableMissing", 2,
-     exit_only("check mode tolerates it (O15); QEMU counts every cluster as refcount=0 and OFLAG errors"))
+     Qemu(EXIT, why="check mode tolerates it (O15); QEMU counts every cluster as refcount=0 and "
+                    "OFLAG errors; a normal open refuses it", normal_open=False))
 case("hdr_snapshots_unaligned", "snapshots",
      header(snapshots_offset=lambda im: im.header.snapshots_offset + 512),
      "snapshotTableUnaligned refcountOrphan", 2,
@@ -637,7 +659,8 @@ case("hdr_raw_data_file_with_backing", "data_file_raw", with_backing_name(b"data
 case("hdr_truncated", "v3_64k", truncate_to(60), "headerTruncated", 2,
      cannot_open("QEMU cannot read the header (O1) and exits 1"))
 case("hdr_data_file_name_missing", "data_file", drop_extension(q.EXT_DATA_FILE),
-     "dataFileNameMissing", 0, cannot_open("QEMU needs the data file to open the image (O32, §5.12)"))
+     "dataFileNameMissing", 0,
+     needs_outside("QEMU needs the data file to open the image, given as an option (O32, §5.12)"))
 case("hdr_data_file_ext_without_bit", "v3_64k", add_extension(q.EXT_DATA_FILE, b"v3_64k.data"),
      "dataFileExtensionInvalid", 0, Qemu(FULL))
 
@@ -985,10 +1008,11 @@ case("lazy_refcounts_crashed", "lazy_dirty", None, "dirtyBitSet refcountZeroInUs
      exit_only("QEMU ignores the dirty bit and counts each stale cluster twice (§3.7)"),
      header={"dirty": True})
 case("backing_file_missing", "backing", None, "", 0,
-     cannot_open("QEMU opens the backing chain and fails on the missing file (O34, §5.13)"),
+     needs_outside("QEMU opens the backing chain and fails on the missing file (O34, §5.13)"),
      companions=False)
 case("data_file_missing", "data_file", None, "", 0,
-     cannot_open("QEMU needs the external data file to check metadata (O32, §5.12)"), companions=False)
+     needs_outside("QEMU needs the external data file to check metadata (O32, §5.12)"),
+     companions=False)
 case("trailing_space", "v3_64k", lambda im: im.append_clusters(count=2, refcount=None),
      "trailingSpace", 0, Qemu(FULL))  # §5.2: QEMU never mentions it
 case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 2,
@@ -1001,7 +1025,7 @@ case("memory_limit", "v3_64k", None, "memoryLimit", 1,
      differs(0, "qemu-img has no memory limit; qcheck stops cleanly at --max-mem"),
      qcheck_args=("--max-mem=64K",))
 case("luks_without_key", "luks", None, "", 0,
-     cannot_open("QEMU needs the LUKS key even to check metadata (O33, §5.14)"),
+     needs_outside("QEMU needs the LUKS key even to check metadata (O33, §5.14)"),
      qemu_target=lambda path: ["-f", "qcow2", path])
 
 
