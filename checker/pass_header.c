@@ -481,11 +481,30 @@ static void check_luks_header(qc_ctx *ctx)
     qc_luks_header_decode(raw, &l);
     char why[200];
     unsigned field;
-    if (luks_layout_ok(&l, why, sizeof(why), &field) && luks_names_ok(&l, why, sizeof(why), &field))
+    if (!luks_layout_ok(&l, why, sizeof(why), &field) || !luks_names_ok(&l, why, sizeof(why), &field)) {
+        qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset + field, 1,
+                  "at 0x%llx: QEMU refuses the image (\"%s\")",
+                  (unsigned long long)ctx->crypto_offset, why);
         return;
-    qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset + field, 1,
-              "at 0x%llx: QEMU refuses the image (\"%s\")", (unsigned long long)ctx->crypto_offset,
-              why);
+    }
+    /* Opening with the key, QEMU reads the key material of the enabled
+     * slots in turn, through the length the extension gives the header. */
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        const qc_luks_key_slot *slot = &l.slots[i];
+        uint64_t end = (uint64_t)slot->key_offset * 512 + (uint64_t)l.key_bytes * slot->stripes;
+        if (slot->active != QC_LUKS_SLOT_ENABLED || end <= ctx->crypto_length)
+            continue;
+        qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj,
+                  ctx->crypto_offset + QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE, 1,
+                  "at 0x%llx: the key material of enabled key slot %u ends %llu bytes into the "
+                  "header, past the %llu bytes the encryption extension gives it; QEMU refuses "
+                  "the image when it opens it with a key (\"Request for data outside of "
+                  "extension header\")",
+                  (unsigned long long)ctx->crypto_offset, i, (unsigned long long)end,
+                  (unsigned long long)ctx->crypto_length);
+        ctx->unfollowed++; /* the key material past that length still owns its clusters */
+        return;
+    }
 }
 
 static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)

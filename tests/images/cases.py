@@ -742,6 +742,11 @@ case("luks_header_length_short", "luks", fde(lambda off, length: (off, 591)),
      "luksHeaderInvalid refcountOrphan", 2,
      cannot_open(BAD_LUKS % "Request for data outside of extension header"),
      absent=QUARANTINED)  # the key material beyond the 591 bytes must not be freed
+case("luks_key_material_past_header", "luks", fde(lambda off, length: (off, 4096)),
+     "luksHeaderInvalid refcountOrphan", 2,
+     cannot_open("QEMU reads the enabled key slot's material when it opens the image with the "
+                 "key, and refuses it past the header's length (O33: \"Request for data outside "
+                 "of extension header\")"), absent=QUARANTINED)
 
 # -- snapshot table (qcow2-format.md §10)
 case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotTableTruncated refcountOrphan", 2,

@@ -2318,12 +2318,33 @@ START_TEST(test_luks_header_length)
     img_params p = default_params();
     img_build(&im, &p);
     img_add_luks(&im);
-    /* The extension's length must cover the 592 bytes QEMU reads. */
-    qc_put_be64(im.buf + 112 + 8 + 8, QC_LUKS_HEADER_SIZE - 1);
-    outcome o;
-    run_check(&im, &o);
-    ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, 1);
-    ck_assert_int_eq(o.status, 2);
+    /* The extension's length must cover the 592 bytes QEMU always reads,
+     * and the key material of the enabled slot (0: 64000 bytes from
+     * sector 8), which it reads when opening with the key; disabled slots'
+     * material is never read. */
+    static const struct {
+        uint64_t length;
+        bool accepted;
+    } lengths[] = {
+        {QC_LUKS_HEADER_SIZE - 1, false},
+        {4096 + 64000 - 1, false},
+        {4096 + 64000, true},
+    };
+    for (size_t k = 0; k < sizeof(lengths) / sizeof(lengths[0]); k++) {
+        qc_put_be64(im.buf + 112 + 8 + 8, lengths[k].length);
+        outcome o;
+        run_check(&im, &o);
+        ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, lengths[k].accepted ? 0 : 1);
+        if (lengths[k].accepted) {
+            /* Nothing points to the clusters past that length now. */
+            ck_assert_int_eq(o.status, 3);
+        } else {
+            /* They are kept as orphans, not leaks: freeing key material
+             * would lose the whole disk. */
+            ck_assert_int_eq(o.status, 2);
+            ck_assert_uint_eq(o.res.leaks, 0);
+        }
+    }
     img_free(&im);
 }
 END_TEST
