@@ -177,6 +177,7 @@ typedef struct ext_walk {
     uint64_t ext_end;
     unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
         seen_data_file : 1;
+    unsigned data_file_named : 1; /* the last data file name is not empty (QEMU uses the last) */
 } ext_walk;
 
 static void check_backing_format(qc_ctx *ctx, const qc_extension *x)
@@ -568,6 +569,8 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
     case QC_EXT_DATA_FILE:
         dup = w->seen_data_file;
         w->seen_data_file = 1;
+        /* QEMU reads the name as a C string: a leading NUL names nothing. */
+        w->data_file_named = x->length > 0 && x->data[0] != '\0';
         if (!ctx->has_data_file)
             qc_report(ctx, QC_P_DATA_FILE_EXTENSION_INVALID, "external data file extension",
                       x->offset, 1, "names a data file but incompatible bit 2 is clear");
@@ -698,9 +701,11 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
             qc_report(ctx, QC_P_RAW_DATA_FILE_INVALID, "image header", 88, 1,
                       "autoclear bit 1 (raw external data) is set in an image with a backing file");
     }
-    if (ctx->has_data_file && !w->seen_data_file)
+    if (ctx->has_data_file && !w->data_file_named)
         qc_report(ctx, QC_P_DATA_FILE_NAME_MISSING, "image header", 72, 1,
-                  "the data file must be given when the image is opened");
+                  "%sthe data file must be given when the image is opened",
+                  w->seen_data_file ? "the external data file extension holds an empty name; "
+                                    : "");
     if (h->crypt_method == 2 && !w->seen_crypto)
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, "image header", 32, 1,
                   "LUKS encryption (crypt_method 2) without an encryption header extension");

@@ -661,6 +661,10 @@ case("hdr_truncated", "v3_64k", truncate_to(60), "headerTruncated", 2,
 case("hdr_data_file_name_missing", "data_file", drop_extension(q.EXT_DATA_FILE),
      "dataFileNameMissing", 0,
      needs_outside("QEMU needs the data file to open the image, given as an option (O32, §5.12)"))
+case("hdr_data_file_name_empty", "data_file", edit_extension(q.EXT_DATA_FILE, lambda im, d: b""),
+     "dataFileNameMissing", 0,
+     needs_outside("an empty name names no file: QEMU needs the data file given as an option "
+                   "(O32, §5.12)"))
 case("hdr_data_file_ext_without_bit", "v3_64k", add_extension(q.EXT_DATA_FILE, b"v3_64k.data"),
      "dataFileExtensionInvalid", 0, Qemu(FULL))
 

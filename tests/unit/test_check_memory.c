@@ -2598,8 +2598,15 @@ START_TEST(test_data_file_problems)
     ASSERT_FOUND(&o, QC_P_COMPRESSED_WITH_DATA_FILE, 1);
     ck_assert_int_eq(o.status, 2);
 
-    /* No name for the data file. */
+    /* A name QEMU reads as empty (it starts with a NUL byte): as good as
+     * none. */
     img_set_l2(&im, 1, im.cs | QC_OFLAG_COPIED);
+    im.buf[112 + 8] = '\0';
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_DATA_FILE_NAME_MISSING, 1);
+    ASSERT_ONLY(&o, QC_P_DATA_FILE_NAME_MISSING);
+
+    /* No name for the data file. */
     memset(im.buf + 112, 0, 16);
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_DATA_FILE_NAME_MISSING, 1);
