@@ -175,12 +175,17 @@ static void check_optional_fields(qc_ctx *ctx)
 
 typedef struct ext_walk {
     uint64_t ext_end;
+    bool names_backing_file; /* a backing file name QEMU will open */
+    /* The last backing format (QEMU uses it), if printable. */
+    bool backing_format_printable;
+    qc_extension backing_format;
     unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
         seen_data_file : 1;
     unsigned data_file_named : 1; /* the last data file name is not empty (QEMU uses the last) */
 } ext_walk;
 
-static void check_backing_format(qc_ctx *ctx, const qc_extension *x)
+/* Whether the backing format is 1 to 15 printable characters. */
+static bool check_backing_format(qc_ctx *ctx, const qc_extension *x)
 {
     bool printable = x->length > 0 && x->length < 16;
     for (uint32_t i = 0; printable && i < x->length; i++)
@@ -192,6 +197,36 @@ static void check_backing_format(qc_ctx *ctx, const qc_extension *x)
                   "backing format \"%s\" (%u bytes) must be 1 to 15 printable characters", fmt,
                   x->length);
     }
+    return printable;
+}
+
+/* Every block driver name of QEMU 7.2 (formats, protocols and filters,
+ * modules included): QEMU opens a backing file with any of them, and
+ * with nothing else. */
+static const char *const qemu_drivers[] = {
+    "blkdebug", "blkio", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
+    "copy-before-write", "copy-on-read", "dmg", "file", "ftp", "ftps", "gluster", "host_cdrom",
+    "host_device", "http", "https", "io_uring", "iscsi", "iser", "luks", "nbd", "nfs",
+    "null-aio", "null-co", "nvme", "nvme-io_uring", "parallels", "preallocate", "qcow", "qcow2",
+    "qed", "quorum", "raw", "rbd", "replication", "snapshot-access", "ssh", "throttle", "vdi",
+    "vhdx", "virtio-blk-vfio-pci", "virtio-blk-vhost-user", "virtio-blk-vhost-vdpa", "vmdk",
+    "vpc", "vvfat",
+};
+
+/* The backing format QEMU will open the backing file with (the last
+ * extension's), once it is known to be printable. */
+static void check_backing_driver(qc_ctx *ctx, const qc_extension *x)
+{
+    char name[16];
+    memcpy(name, x->data, x->length);
+    name[x->length] = '\0';
+    for (size_t i = 0; i < sizeof(qemu_drivers) / sizeof(qemu_drivers[0]); i++)
+        if (strcmp(qemu_drivers[i], name) == 0)
+            return;
+    qc_report(ctx, QC_P_BACKING_FORMAT_UNKNOWN, "backing format extension", x->offset, 1,
+              "backing format \"%s\" is not a block driver QEMU knows; it refuses to open the "
+              "backing file, and the image with it (\"Unknown driver '%s'\")",
+              name, name);
 }
 
 static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
@@ -547,7 +582,8 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
     case QC_EXT_BACKING_FORMAT:
         dup = w->seen_backing_format;
         w->seen_backing_format = 1;
-        check_backing_format(ctx, x);
+        w->backing_format = *x;
+        w->backing_format_printable = check_backing_format(ctx, x);
         break;
     case QC_EXT_FEATURE_TABLE:
         dup = w->seen_feature_table;
@@ -667,6 +703,8 @@ static void check_backing_name(qc_ctx *ctx, ext_walk *w)
         return;
     }
     w->ext_end = h->backing_file_offset;
+    /* QEMU reads the name as a C string: a leading NUL names no file. */
+    w->names_backing_file = h->backing_file_size && ctx->cluster0[h->backing_file_offset];
 }
 
 static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
@@ -715,6 +753,8 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     if (h->backing_file_offset && h->backing_file_size && !w->seen_backing_format)
         qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
                   "no backing format extension");
+    if (w->names_backing_file && w->backing_format_printable)
+        check_backing_driver(ctx, &w->backing_format);
     if (info->unknown_incompatible) {
         feature_list(ctx, 0, info->unknown_incompatible, names, sizeof(names));
         /* A v2-era writer may have put an extension where v3 keeps the

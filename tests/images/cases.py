@@ -698,6 +698,13 @@ case("ext_backing_format_empty", "backing", edit_extension(q.EXT_BACKING_FORMAT,
 case("ext_backing_format_unprintable", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qc\x01w2"), "backingFormatInvalid", 2,
      cannot_open("QEMU looks up a driver of that name for the backing file (O34)"))
+case("ext_backing_format_unknown", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow9"), "backingFormatUnknown", 2,
+     cannot_open("QEMU has no driver of that name for the backing file (O34: \"Unknown driver "
+                 "'qcow9'\")"))
+case("ext_backing_format_other_driver", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"raw"), "", 0, Qemu(FULL),
+     absent="backingFormatUnknown backingFormatInvalid")  # QEMU reads the backing file as raw
 case("ext_feature_table_ragged", "v3_64k",
      edit_extension(q.EXT_FEATURE_TABLE, lambda im, d: d[:-8]), "featureTableInvalid", 0,
      Qemu(FULL))  # QEMU only reads the table to name unknown incompatible bits

@@ -2072,6 +2072,23 @@ START_TEST(test_backing_file)
     ck_assert_msg(o.res.findings == 0, "%s", describe(&o));
     ck_assert(o.res.header.has_backing_file);
 
+    /* A format QEMU has no driver for: it cannot open the backing file.
+     * QEMU uses the last of two extensions; with no backing file the
+     * format is not used at all. */
+    memcpy(im.buf + 112 + 8, "qcow9", 5);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_UNKNOWN, 1);
+    ck_assert_int_eq(o.status, 2);
+    img_add_extension(&im, at, QC_EXT_BACKING_FORMAT, "raw", 3);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_UNKNOWN, 0);
+    memset(im.buf + 128, 0, 16);
+    im.buf[0x200] = '\0'; /* QEMU reads the name as a C string: no backing file */
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_UNKNOWN, 0);
+    memcpy(im.buf + 112 + 8, "qcow2", 5);
+    im.buf[0x200] = 'b';
+
     /* Without the backing format extension: a warning only. */
     memset(im.buf + 112, 0, 16);
     run_check(&im, &o);
