@@ -4,9 +4,13 @@
  * Checks: the bitmap directory (inside the file, entries exactly filling
  * it, their number matching the extension), each entry (table offset and
  * size, flags, type, granularity, name, extra data, table large enough for
- * the virtual size), duplicate names, and every bitmap table entry
- * (reserved bits, alignment, inside the file). A broken bitmap is reported
- * and skipped; everything else is still checked.
+ * the virtual size), what QEMU refuses to load although the specification
+ * allows it (granularity outside 9..31, extra data and its flag, more than
+ * 512 MiB of table clusters, a clean bitmap's table not exactly the size
+ * QEMU computes), duplicate names (compared as QEMU does, up to a NUL), and
+ * every bitmap table entry (reserved bits, alignment, inside the file). A
+ * broken bitmap is reported and skipped, one QEMU refuses is reported and
+ * followed; everything else is still checked.
  * Needs: the header pass (bitmaps_ext_valid, bitmaps_ext).
  * Produces: bitmap directory, table and data extents (and their
  * references).
@@ -35,6 +39,15 @@ static int name_cmp(const void *a, const void *b)
     return x->index < y->index ? -1 : x->index > y->index;
 }
 
+/* Table entries QEMU needs for a bitmap of 2^granularity_bits (at most
+ * 31) covering the disk: it sizes bitmaps to the virtual size rounded
+ * down to whole sectors, serialised in 64-bit words. */
+static uint64_t qemu_table_entries(const qc_ctx *ctx, unsigned granularity_bits)
+{
+    uint64_t words = qc_div_round_up(ctx->hdr.size & ~511ull, 64ull << granularity_bits);
+    return qc_div_round_up(words * 8, ctx->geo.cluster_size);
+}
+
 /* Why an entry is unusable, or NULL. */
 static const char *entry_defect(const qc_ctx *ctx, const qc_bitmap_entry *e, char *buf, size_t len)
 {
@@ -58,16 +71,49 @@ static const char *entry_defect(const qc_ctx *ctx, const qc_bitmap_entry *e, cha
     else if (e->extra_data_size && !(e->flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE))
         snprintf(buf, len, "%u bytes of extra data without the extra_data_compatible flag",
                  e->extra_data_size);
-    else {
+    else if (!(e->flags & QC_BITMAP_FLAG_IN_USE) && e->granularity_bits <= 31 &&
+             e->table_size < qemu_table_entries(ctx, e->granularity_bits))
         /* A bitmap saved cleanly must cover the whole disk. */
-        uint64_t bits = e->granularity_bits >= 64 ? 1 : qc_div_round_up(ctx->hdr.size, 1ull << e->granularity_bits);
-        uint64_t clusters = qc_div_round_up(qc_div_round_up(bits, 8), ctx->geo.cluster_size);
-        if (!(e->flags & QC_BITMAP_FLAG_IN_USE) && e->table_size < clusters)
-            snprintf(buf, len, "table has %u entries but the disk needs %llu", e->table_size,
-                     (unsigned long long)clusters);
-        else
-            return NULL;
-    }
+        snprintf(buf, len, "table has %u entries but the disk needs %llu", e->table_size,
+                 (unsigned long long)qemu_table_entries(ctx, e->granularity_bits));
+    else
+        return NULL;
+    return buf;
+}
+
+/* What the specification allows in a valid entry but QEMU refuses to
+ * load, with QEMU's message, or NULL. */
+static const char *qemu_refusal(const qc_ctx *ctx, const qc_bitmap_entry *e, const char *name,
+                                char *buf, size_t len)
+{
+    if (e->extra_data_size)
+        snprintf(buf, len, "%u bytes of extra data (\"Bitmap extra data is not supported\")",
+                 e->extra_data_size);
+    else if (e->granularity_bits < 9 || e->granularity_bits > 31)
+        snprintf(buf, len,
+                 "granularity_bits is %u, outside QEMU's 9..31 (\"Bitmap '%s' doesn't satisfy "
+                 "the constraints\")",
+                 e->granularity_bits, name);
+    else if (e->flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE)
+        snprintf(buf, len,
+                 "flag extra_data_compatible is set, a flag QEMU reserves (\"Bitmap '%s' "
+                 "doesn't satisfy the constraints\")",
+                 name);
+    else if ((uint64_t)e->table_size * ctx->geo.cluster_size > QC_MAX_BITMAP_TABLE_CLUSTER_BYTES)
+        snprintf(buf, len,
+                 "%u table entries of %llu-byte clusters exceed QEMU's 512 MiB of bitmap data "
+                 "(\"Bitmap '%s' doesn't satisfy the constraints\")",
+                 e->table_size, (unsigned long long)ctx->geo.cluster_size, name);
+    else if (!(e->flags & QC_BITMAP_FLAG_IN_USE) &&
+             e->table_size != qemu_table_entries(ctx, e->granularity_bits))
+        snprintf(buf, len,
+                 "the table has %u entries where the disk needs %llu, and QEMU loads only a "
+                 "table of exactly that size (\"Could not read bitmap '%s' from image: Invalid "
+                 "argument\")",
+                 e->table_size, (unsigned long long)qemu_table_entries(ctx, e->granularity_bits),
+                 name);
+    else
+        return NULL;
     return buf;
 }
 
@@ -128,10 +174,13 @@ void qc_pass_bitmaps(qc_ctx *ctx)
             ctx->unfollowed_bitmaps++;
             break;
         }
-        char obj[1200], name[1100], why[160];
+        char obj[1200], name[1100], why[1400];
         qc_printable(name, sizeof(name), e.name, e.name_size);
         snprintf(obj, sizeof(obj), "bitmap %u \"%s\"", n, name);
-        names[n] = (name_key){e.name, e.name_size, n};
+        /* QEMU reads a name as a C string: two names that differ only
+         * after a NUL byte are the same bitmap to it. */
+        const uint8_t *nul = memchr(e.name, 0, e.name_size);
+        names[n] = (name_key){e.name, (uint16_t)(nul ? nul - e.name : e.name_size), n};
         if (e.flags & QC_BITMAP_FLAG_IN_USE)
             qc_report(ctx, QC_P_BITMAP_IN_USE, obj, at, 1,
                       "the in_use flag is set: the bitmap was not saved cleanly and is inconsistent");
@@ -140,11 +189,9 @@ void qc_pass_bitmaps(qc_ctx *ctx)
             ctx->unfollowed++;
             ctx->unfollowed_bitmaps++;
         } else {
-            if (e.granularity_bits < 9 || e.granularity_bits > 31 || e.extra_data_size ||
-                (e.flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE))
+            if (qemu_refusal(ctx, &e, name, why, sizeof(why)))
                 qc_report(ctx, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, obj, at, 1,
-                          "granularity_bits %u, flags 0x%x, %u bytes of extra data",
-                          e.granularity_bits, e.flags, e.extra_data_size);
+                          "%s; QEMU cannot open the image", why);
             check_table(ctx, n, &e, obj);
         }
         n++;
@@ -160,7 +207,10 @@ void qc_pass_bitmaps(qc_ctx *ctx)
             char name[1100];
             qc_printable(name, sizeof(name), names[i].name, names[i].len);
             qc_report(ctx, QC_P_BITMAP_NAME_DUPLICATE, "bitmap directory", x->directory_offset, 1,
-                      "bitmaps %u and %u are both named \"%s\"", names[i - 1].index, names[i].index, name);
+                      "bitmaps %u and %u are both named \"%s\" (up to the first NUL byte, if "
+                      "any); QEMU refuses the image (\"Bitmap already exists: %s\") unless the "
+                      "later one is in use",
+                      names[i - 1].index, names[i].index, name, name);
         }
 out:
     qc_free(ctx, names, (uint64_t)x->nb_bitmaps * sizeof(name_key));

@@ -4,9 +4,12 @@
  * Checks: magic and version (and what other format the file looks like),
  * every fixed field against its valid range, feature bits (unknown ones
  * named from the image's feature table), the header extension area
- * (bounds, padding, duplicates, end marker, each known extension), the
- * backing file name's placement, and where the L1 table, refcount table and
- * snapshot table lie relative to the file.
+ * (bounds, padding, duplicates, the end marker's length, each known
+ * extension), the LUKS header the encryption extension points to (layout
+ * and algorithm names, as QEMU parses them on every open), the backing file
+ * name's placement, and where the L1 table, refcount table and snapshot
+ * table lie relative to the file and to QEMU's limits (empty tables
+ * included).
  * Needs: the io and the real file size.
  * Produces: ctx->hdr, ctx->geo, ctx->file_clusters, cluster 0 in memory,
  * extension facts, the *_usable flags, the header extent, result->header.
@@ -172,11 +175,17 @@ static void check_optional_fields(qc_ctx *ctx)
 
 typedef struct ext_walk {
     uint64_t ext_end;
+    bool names_backing_file; /* a backing file name QEMU will open */
+    /* The last backing format (QEMU uses it), if printable. */
+    bool backing_format_printable;
+    qc_extension backing_format;
     unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
         seen_data_file : 1;
+    unsigned data_file_named : 1; /* the last data file name is not empty (QEMU uses the last) */
 } ext_walk;
 
-static void check_backing_format(qc_ctx *ctx, const qc_extension *x)
+/* Whether the backing format is 1 to 15 printable characters. */
+static bool check_backing_format(qc_ctx *ctx, const qc_extension *x)
 {
     bool printable = x->length > 0 && x->length < 16;
     for (uint32_t i = 0; printable && i < x->length; i++)
@@ -188,6 +197,36 @@ static void check_backing_format(qc_ctx *ctx, const qc_extension *x)
                   "backing format \"%s\" (%u bytes) must be 1 to 15 printable characters", fmt,
                   x->length);
     }
+    return printable;
+}
+
+/* Every block driver name of QEMU 7.2 (formats, protocols and filters,
+ * modules included): QEMU opens a backing file with any of them, and
+ * with nothing else. */
+static const char *const qemu_drivers[] = {
+    "blkdebug", "blkio", "blklogwrites", "blkreplay", "blkverify", "bochs", "cloop", "compress",
+    "copy-before-write", "copy-on-read", "dmg", "file", "ftp", "ftps", "gluster", "host_cdrom",
+    "host_device", "http", "https", "io_uring", "iscsi", "iser", "luks", "nbd", "nfs",
+    "null-aio", "null-co", "nvme", "nvme-io_uring", "parallels", "preallocate", "qcow", "qcow2",
+    "qed", "quorum", "raw", "rbd", "replication", "snapshot-access", "ssh", "throttle", "vdi",
+    "vhdx", "virtio-blk-vfio-pci", "virtio-blk-vhost-user", "virtio-blk-vhost-vdpa", "vmdk",
+    "vpc", "vvfat",
+};
+
+/* The backing format QEMU will open the backing file with (the last
+ * extension's), once it is known to be printable. */
+static void check_backing_driver(qc_ctx *ctx, const qc_extension *x)
+{
+    char name[16];
+    memcpy(name, x->data, x->length);
+    name[x->length] = '\0';
+    for (size_t i = 0; i < sizeof(qemu_drivers) / sizeof(qemu_drivers[0]); i++)
+        if (strcmp(qemu_drivers[i], name) == 0)
+            return;
+    qc_report(ctx, QC_P_BACKING_FORMAT_UNKNOWN, "backing format extension", x->offset, 1,
+              "backing format \"%s\" is not a block driver QEMU knows; it refuses to open the "
+              "backing file, and the image with it (\"Unknown driver '%s'\")",
+              name, name);
 }
 
 static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
@@ -263,6 +302,247 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
     }
 }
 
+/* What QEMU 7.2 accepts in a LUKS header's names: exactly these strings. */
+static const struct {
+    const char *name;
+    unsigned key_bytes[3];
+    const char *essiv_name; /* in QEMU's message; NULL: no ESSIV variant */
+} luks_ciphers[] = {
+    {"aes", {16, 24, 32}, "AES"},
+    {"cast5", {16, 0, 0}, NULL},
+    {"serpent", {16, 24, 32}, "Serpent"},
+    {"twofish", {16, 24, 32}, "Twofish"},
+};
+static const struct {
+    const char *name;
+    unsigned digest_bytes;
+} luks_hashes[] = {
+    {"md5", 16},    {"sha1", 20},   {"sha224", 28},    {"sha256", 32},
+    {"sha384", 48}, {"sha512", 64}, {"ripemd160", 20},
+};
+static const char *const luks_modes[] = {"ecb", "cbc", "xts", "ctr"};
+static const char *const luks_ivgens[] = {"plain", "plain64", "essiv"};
+
+#define COUNT_OF(a) (sizeof(a) / sizeof((a)[0]))
+
+static int luks_hash(const char *name)
+{
+    for (size_t i = 0; i < COUNT_OF(luks_hashes); i++)
+        if (strcmp(luks_hashes[i].name, name) == 0)
+            return (int)i;
+    return -1;
+}
+
+static int luks_word(const char *const *words, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(words[i], name) == 0)
+            return (int)i;
+    return -1;
+}
+
+/* Key material of a key slot, in sectors: its split key rounded up to
+ * whole sectors, then to the 4 KiB alignment QEMU (as cryptsetup) uses. */
+static uint64_t luks_slot_sectors(const qc_luks_header *l, uint32_t stripes)
+{
+    return (qc_div_round_up((uint64_t)l->key_bytes * stripes, 512) + 7) & ~7ull;
+}
+
+/* The layout checks QEMU makes on the fixed part of a LUKS header, in its
+ * order: false with QEMU's sentence in `why` and the field's offset in
+ * the header in *field. */
+static bool luks_layout_ok(const qc_luks_header *l, char *why, size_t len, unsigned *field)
+{
+    static const char luks_magic[6] = {'L', 'U', 'K', 'S', (char)0xba, (char)0xbe};
+    static const struct {
+        unsigned offset;
+        const char *what;
+    } names[] = {{QC_LUKS_OFF_CIPHER_NAME, "cipher name"},
+                 {QC_LUKS_OFF_CIPHER_MODE, "cipher mode"},
+                 {QC_LUKS_OFF_HASH_SPEC, "hash spec"}};
+    const char *fields[] = {l->cipher_name, l->cipher_mode, l->hash_spec};
+    *field = 0;
+    if (memcmp(l->magic, luks_magic, sizeof(luks_magic)) != 0) {
+        snprintf(why, len, "Volume is not in LUKS format");
+        return false;
+    }
+    *field = QC_LUKS_OFF_VERSION;
+    if (l->version != 1) {
+        snprintf(why, len, "LUKS version %u is not supported", l->version);
+        return false;
+    }
+    for (size_t i = 0; i < COUNT_OF(names); i++) {
+        *field = names[i].offset;
+        if (!memchr(fields[i], '\0', QC_LUKS_NAME_SIZE)) {
+            snprintf(why, len, "LUKS header %s is not NUL terminated", names[i].what);
+            return false;
+        }
+    }
+    *field = QC_LUKS_OFF_PAYLOAD;
+    if (l->payload_offset < 8) {
+        snprintf(why, len, "LUKS payload is overlapping with the header");
+        return false;
+    }
+    *field = QC_LUKS_OFF_ITERATIONS;
+    if (l->master_key_iterations == 0) {
+        snprintf(why, len, "LUKS key iteration count is zero");
+        return false;
+    }
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        const qc_luks_key_slot *s = &l->slots[i];
+        uint64_t start = s->key_offset, sectors = luks_slot_sectors(l, s->stripes);
+        *field = QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE;
+        if (s->stripes != 4000)
+            snprintf(why, len, "Keyslot %u is corrupted (stripes %u != 4000)", i, s->stripes);
+        else if (s->active != QC_LUKS_SLOT_ENABLED && s->active != QC_LUKS_SLOT_DISABLED)
+            snprintf(why, len, "Keyslot %u state (active/disable) is corrupted", i);
+        else if (s->active == QC_LUKS_SLOT_ENABLED && s->iterations == 0)
+            snprintf(why, len, "Keyslot %u iteration count is zero", i);
+        else if (start < 8)
+            snprintf(why, len, "Keyslot %u is overlapping with the LUKS header", i);
+        else if (start + sectors > l->payload_offset)
+            snprintf(why, len, "Keyslot %u is overlapping with the encrypted payload", i);
+        else
+            why[0] = '\0';
+        for (unsigned j = i + 1; !why[0] && j < QC_LUKS_KEY_SLOTS; j++) {
+            uint64_t start2 = l->slots[j].key_offset;
+            uint64_t sectors2 = luks_slot_sectors(l, l->slots[j].stripes);
+            if (start < start2 + sectors2 && start2 < start + sectors)
+                snprintf(why, len, "Keyslots %u and %u are overlapping in the header", i, j);
+        }
+        if (why[0])
+            return false;
+    }
+    return true;
+}
+
+/* The algorithm names: "<mode>-<ivgen>[:<hash>]" in cipher_mode, the
+ * cipher with its key size, the hash; QEMU parses them in this order. */
+static bool luks_names_ok(const qc_luks_header *l, char *why, size_t len, unsigned *field)
+{
+    char mode[QC_LUKS_NAME_SIZE + 1], p[4 * QC_LUKS_NAME_SIZE + 1];
+    memcpy(mode, l->cipher_mode, QC_LUKS_NAME_SIZE);
+    mode[QC_LUKS_NAME_SIZE] = '\0';
+    *field = QC_LUKS_OFF_CIPHER_MODE;
+    char *ivgen = strchr(mode, '-');
+    if (!ivgen) {
+        qc_printable(p, sizeof(p), (const uint8_t *)mode, strlen(mode));
+        snprintf(why, len, "Unexpected cipher mode string format '%s'", p);
+        return false;
+    }
+    *ivgen++ = '\0';
+    char *ivhash_name = strchr(ivgen, ':');
+    int ivhash = -1;
+    if (ivhash_name) {
+        *ivhash_name++ = '\0';
+        ivhash = luks_hash(ivhash_name);
+        if (ivhash < 0) {
+            qc_printable(p, sizeof(p), (const uint8_t *)ivhash_name, strlen(ivhash_name));
+            snprintf(why, len, "Hash algorithm '%s' not supported", p);
+            return false;
+        }
+    }
+    int m = luks_word(luks_modes, COUNT_OF(luks_modes), mode);
+    if (m < 0) {
+        qc_printable(p, sizeof(p), (const uint8_t *)mode, strlen(mode));
+        snprintf(why, len, "Cipher mode '%s' not supported", p);
+        return false;
+    }
+    /* XTS keys are two keys of half the size. */
+    unsigned key = strcmp(luks_modes[m], "xts") == 0 ? l->key_bytes / 2 : l->key_bytes;
+    int cipher = -1;
+    for (size_t i = 0; i < COUNT_OF(luks_ciphers); i++)
+        for (size_t k = 0; k < COUNT_OF(luks_ciphers[i].key_bytes); k++)
+            if (strcmp(luks_ciphers[i].name, l->cipher_name) == 0 && luks_ciphers[i].key_bytes[k] &&
+                luks_ciphers[i].key_bytes[k] == key)
+                cipher = (int)i;
+    if (cipher < 0) {
+        *field = QC_LUKS_OFF_CIPHER_NAME;
+        qc_printable(p, sizeof(p), (const uint8_t *)l->cipher_name, strlen(l->cipher_name));
+        snprintf(why, len, "Algorithm '%s' with key size %u bytes not supported", p, key);
+        return false;
+    }
+    if (luks_hash(l->hash_spec) < 0) {
+        *field = QC_LUKS_OFF_HASH_SPEC;
+        qc_printable(p, sizeof(p), (const uint8_t *)l->hash_spec, strlen(l->hash_spec));
+        snprintf(why, len, "Hash algorithm '%s' not supported", p);
+        return false;
+    }
+    int iv = luks_word(luks_ivgens, COUNT_OF(luks_ivgens), ivgen);
+    if (iv < 0) {
+        qc_printable(p, sizeof(p), (const uint8_t *)ivgen, strlen(ivgen));
+        snprintf(why, len, "IV generator '%s' not supported", p);
+        return false;
+    }
+    if (strcmp(luks_ivgens[iv], "essiv") != 0)
+        return true;
+    if (!ivhash_name) {
+        snprintf(why, len, "Missing IV generator hash specification");
+        return false;
+    }
+    /* ESSIV encrypts with the same cipher keyed by the hash's digest. */
+    unsigned digest = luks_hashes[ivhash].digest_bytes;
+    if (digest == key)
+        return true;
+    if (!luks_ciphers[cipher].essiv_name) {
+        snprintf(why, len, "Cipher %s-128 not supported with essiv", luks_ciphers[cipher].name);
+        return false;
+    }
+    if (digest != 16 && digest != 24 && digest != 32) {
+        snprintf(why, len, "No %s cipher with key size %u available",
+                 luks_ciphers[cipher].essiv_name, digest);
+        return false;
+    }
+    return true;
+}
+
+/* The LUKS header behind a valid encryption extension: QEMU parses it on
+ * every open, with or without the key. */
+static void check_luks_header(qc_ctx *ctx)
+{
+    const char *obj = "LUKS header";
+    if (ctx->crypto_length < QC_LUKS_HEADER_SIZE) {
+        qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset, 1,
+                  "the encryption extension gives it %llu bytes, fewer than the %u of a LUKS "
+                  "header; QEMU refuses the image (\"Request for data outside of extension "
+                  "header\")",
+                  (unsigned long long)ctx->crypto_length, QC_LUKS_HEADER_SIZE);
+        ctx->unfollowed++; /* the key material past that length still owns its clusters */
+        return;
+    }
+    uint8_t raw[QC_LUKS_HEADER_SIZE];
+    if (!qc_read(ctx, ctx->crypto_offset, raw, sizeof(raw), obj))
+        return;
+    qc_luks_header l;
+    qc_luks_header_decode(raw, &l);
+    char why[200];
+    unsigned field;
+    if (!luks_layout_ok(&l, why, sizeof(why), &field) || !luks_names_ok(&l, why, sizeof(why), &field)) {
+        qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset + field, 1,
+                  "at 0x%llx: QEMU refuses the image (\"%s\")",
+                  (unsigned long long)ctx->crypto_offset, why);
+        return;
+    }
+    /* Opening with the key, QEMU reads the key material of the enabled
+     * slots in turn, through the length the extension gives the header. */
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        const qc_luks_key_slot *slot = &l.slots[i];
+        uint64_t end = (uint64_t)slot->key_offset * 512 + (uint64_t)l.key_bytes * slot->stripes;
+        if (slot->active != QC_LUKS_SLOT_ENABLED || end <= ctx->crypto_length)
+            continue;
+        qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj,
+                  ctx->crypto_offset + QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE, 1,
+                  "at 0x%llx: the key material of enabled key slot %u ends %llu bytes into the "
+                  "header, past the %llu bytes the encryption extension gives it; QEMU refuses "
+                  "the image when it opens it with a key (\"Request for data outside of "
+                  "extension header\")",
+                  (unsigned long long)ctx->crypto_offset, i, (unsigned long long)end,
+                  (unsigned long long)ctx->crypto_length);
+        ctx->unfollowed++; /* the key material past that length still owns its clusters */
+        return;
+    }
+}
+
 static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
 {
     const char *obj = "encryption header extension";
@@ -291,6 +571,7 @@ static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
     else {
         ctx->crypto_offset = off;
         ctx->crypto_length = len;
+        check_luks_header(ctx);
     }
 }
 
@@ -301,7 +582,8 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
     case QC_EXT_BACKING_FORMAT:
         dup = w->seen_backing_format;
         w->seen_backing_format = 1;
-        check_backing_format(ctx, x);
+        w->backing_format = *x;
+        w->backing_format_printable = check_backing_format(ctx, x);
         break;
     case QC_EXT_FEATURE_TABLE:
         dup = w->seen_feature_table;
@@ -323,6 +605,8 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
     case QC_EXT_DATA_FILE:
         dup = w->seen_data_file;
         w->seen_data_file = 1;
+        /* QEMU reads the name as a C string: a leading NUL names nothing. */
+        w->data_file_named = x->length > 0 && x->data[0] != '\0';
         if (!ctx->has_data_file)
             qc_report(ctx, QC_P_DATA_FILE_EXTENSION_INVALID, "external data file extension",
                       x->offset, 1, "names a data file but incompatible bit 2 is clear");
@@ -352,25 +636,27 @@ static void walk_extensions(qc_ctx *ctx, ext_walk *w)
         x.magic = qc_be32(ctx->cluster0 + off);
         x.length = qc_be32(ctx->cluster0 + off + 4);
         x.offset = off + 8;
-        if (x.magic == QC_EXT_END)
-            return;
         uint64_t padded = ((uint64_t)x.length + 7) & ~7ull;
+        /* QEMU checks the length before the type, so an end marker whose
+         * length field runs past the area is refused too. */
         if (x.length > w->ext_end - x.offset) {
-            const char *name = ext_name(x.magic);
+            const char *name = x.magic == QC_EXT_END ? "end-of-extensions marker" : ext_name(x.magic);
             /* Running into the backing file name is a placement error of
              * its own; running off cluster 0 is a truncated extension. */
             bool into_name = ctx->hdr.backing_file_offset &&
                              x.length <= ctx->cluster0_len - x.offset;
             qc_report(ctx, into_name ? QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS : QC_P_EXTENSION_TRUNCATED,
                       "header extension", off, 1,
-                      "%s extension (magic 0x%08x) claims %u bytes but only %llu remain before "
-                      "%s at 0x%llx",
-                      name ? name : "unknown", x.magic, x.length,
-                      (unsigned long long)(w->ext_end - x.offset),
+                      "%s%s (magic 0x%08x) has length %u but only %llu bytes remain before %s at "
+                      "0x%llx; QEMU refuses the image (\"Header extension too large\")",
+                      name ? name : "unknown", x.magic == QC_EXT_END ? "" : " extension", x.magic,
+                      x.length, (unsigned long long)(w->ext_end - x.offset),
                       into_name ? "the backing file name" : "the end of cluster 0",
                       (unsigned long long)w->ext_end);
             return;
         }
+        if (x.magic == QC_EXT_END)
+            return;
         x.data = ctx->cluster0 + x.offset;
         check_extension(ctx, w, &x);
         uint64_t pad_end = x.offset + padded < w->ext_end ? x.offset + padded : w->ext_end;
@@ -417,6 +703,8 @@ static void check_backing_name(qc_ctx *ctx, ext_walk *w)
         return;
     }
     w->ext_end = h->backing_file_offset;
+    /* QEMU reads the name as a C string: a leading NUL names no file. */
+    w->names_backing_file = h->backing_file_size && ctx->cluster0[h->backing_file_offset];
 }
 
 static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
@@ -451,9 +739,11 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
             qc_report(ctx, QC_P_RAW_DATA_FILE_INVALID, "image header", 88, 1,
                       "autoclear bit 1 (raw external data) is set in an image with a backing file");
     }
-    if (ctx->has_data_file && !w->seen_data_file)
+    if (ctx->has_data_file && !w->data_file_named)
         qc_report(ctx, QC_P_DATA_FILE_NAME_MISSING, "image header", 72, 1,
-                  "the data file must be given when the image is opened");
+                  "%sthe data file must be given when the image is opened",
+                  w->seen_data_file ? "the external data file extension holds an empty name; "
+                                    : "");
     if (h->crypt_method == 2 && !w->seen_crypto)
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, "image header", 32, 1,
                   "LUKS encryption (crypt_method 2) without an encryption header extension");
@@ -463,6 +753,8 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     if (h->backing_file_offset && h->backing_file_size && !w->seen_backing_format)
         qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
                   "no backing format extension");
+    if (w->names_backing_file && w->backing_format_printable)
+        check_backing_driver(ctx, &w->backing_format);
     if (info->unknown_incompatible) {
         feature_list(ctx, 0, info->unknown_incompatible, names, sizeof(names));
         /* A v2-era writer may have put an extension where v3 keeps the
@@ -477,6 +769,24 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     }
 }
 
+/* QEMU validates the offset of the active L1 table and of the snapshot
+ * table even when they have no entries (`qemu_name` is its name for the
+ * table in the message it refuses the image with). */
+static void check_empty_table_offset(qc_ctx *ctx, const char *obj, uint64_t field, uint64_t offset,
+                                     qc_problem_id unaligned, const char *qemu_name)
+{
+    if (!qc_cluster_aligned(ctx, offset))
+        qc_report(ctx, unaligned, obj, field, 1,
+                  "offset 0x%llx is not a multiple of the cluster size %llu; the table has no "
+                  "entries, but QEMU refuses the image (\"%s offset invalid\")",
+                  (unsigned long long)offset, (unsigned long long)ctx->geo.cluster_size, qemu_name);
+    else if (offset > INT64_MAX)
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_TOO_LARGE, obj, field, 1,
+                  "offset 0x%llx is 2^63 or more; the table has no entries, but QEMU refuses "
+                  "the image (\"%s offset invalid\")",
+                  (unsigned long long)offset, qemu_name);
+}
+
 static void check_table_locations(qc_ctx *ctx)
 {
     const qc_header *h = &ctx->hdr;
@@ -488,17 +798,22 @@ static void check_table_locations(qc_ctx *ctx)
     ctx->l1_usable = h->l1_size > 0;
     if (h->l1_size < needed) {
         qc_report(ctx, QC_P_L1_TOO_SMALL, "active L1 table", 36, 1,
-                  "l1_size is %u but a virtual size of %llu bytes needs %llu entries", h->l1_size,
-                  (unsigned long long)h->size, (unsigned long long)needed);
+                  "l1_size is %u but a virtual size of %llu bytes needs %llu entries; QEMU "
+                  "refuses the image (\"L1 table is too small\")",
+                  h->l1_size, (unsigned long long)h->size, (unsigned long long)needed);
         ctx->unfollowed++; /* entries past l1_size may map real data */
     }
-    if (h->l1_size && !qc_cluster_aligned(ctx, h->l1_table_offset)) {
+    if (h->l1_size == 0) {
+        check_empty_table_offset(ctx, "active L1 table", 40, h->l1_table_offset,
+                                 QC_P_L1_OFFSET_UNALIGNED, "Active L1 table");
+    } else if (!qc_cluster_aligned(ctx, h->l1_table_offset)) {
         qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu",
+                  "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
+                  "image (\"Active L1 table offset invalid\")",
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->geo.cluster_size);
         ctx->l1_usable = false;
         ctx->unfollowed++;
-    } else if (h->l1_size && !qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
+    } else if (!qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
         qc_report(ctx, QC_P_L1_PAST_EOF, "active L1 table", h->l1_table_offset, 1,
                   "%u entries at 0x%llx end past the end of the file (%llu bytes)", h->l1_size,
                   (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->file_size);
@@ -508,18 +823,24 @@ static void check_table_locations(qc_ctx *ctx)
     }
     if (bytes > QC_MAX_L1_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "active L1 table", 36, 1,
-                  "the L1 table is %llu bytes; QEMU accepts at most 32 MiB", (unsigned long long)bytes);
+                  "l1_size is %u (%llu bytes); QEMU accepts at most 32 MiB and refuses the image "
+                  "(\"Active L1 table too large\")",
+                  h->l1_size, (unsigned long long)bytes);
 
     /* Refcount table. */
     bytes = (uint64_t)h->refcount_table_clusters << ctx->geo.cluster_bits;
     ctx->reftable_usable = false;
     if (h->refcount_table_clusters == 0 || h->refcount_table_offset == 0)
         qc_report(ctx, QC_P_REFTABLE_MISSING, "refcount table", 48, 1,
-                  "refcount table offset 0x%llx, %u clusters",
-                  (unsigned long long)h->refcount_table_offset, h->refcount_table_clusters);
+                  "refcount table offset 0x%llx, %u clusters%s",
+                  (unsigned long long)h->refcount_table_offset, h->refcount_table_clusters,
+                  h->refcount_table_clusters ? ""
+                                             : "; QEMU refuses the image (\"Image does not "
+                                               "contain a reference count table\")");
     else if (!qc_cluster_aligned(ctx, h->refcount_table_offset))
         qc_report(ctx, QC_P_REFTABLE_OFFSET_UNALIGNED, "refcount table", 48, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu",
+                  "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
+                  "image (\"Reference count table offset invalid\")",
                   (unsigned long long)h->refcount_table_offset,
                   (unsigned long long)ctx->geo.cluster_size);
     else if (!qc_range_within(h->refcount_table_offset, bytes, ctx->file_size)) {
@@ -533,17 +854,23 @@ static void check_table_locations(qc_ctx *ctx)
     }
     if (bytes > QC_MAX_REFTABLE_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "refcount table", 56, 1,
-                  "the refcount table is %llu bytes; QEMU accepts at most 8 MiB",
-                  (unsigned long long)bytes);
+                  "refcount_table_clusters is %u (%llu bytes); QEMU accepts at most 8 MiB and "
+                  "refuses the image (\"Reference count table too large\")",
+                  h->refcount_table_clusters, (unsigned long long)bytes);
 
     /* Snapshot table: its entries are parsed by the snapshot pass. */
     ctx->snapshots_usable = false;
-    if (h->nb_snapshots == 0)
+    if (h->nb_snapshots == 0) {
+        check_empty_table_offset(ctx, "snapshot table", 64, h->snapshots_offset,
+                                 QC_P_SNAPSHOT_TABLE_UNALIGNED, "Snapshot table");
         return;
+    }
     if (!qc_cluster_aligned(ctx, h->snapshots_offset) || h->snapshots_offset == 0)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
-                  "offset 0x%llx is not a cluster-aligned non-zero offset",
-                  (unsigned long long)h->snapshots_offset);
+                  "offset 0x%llx is not a cluster-aligned non-zero offset%s",
+                  (unsigned long long)h->snapshots_offset,
+                  h->snapshots_offset ? "; QEMU refuses the image (\"Snapshot table offset invalid\")"
+                                      : "");
     else if (h->snapshots_offset >= ctx->file_size) {
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
                   "offset 0x%llx is past the end of the file (%llu bytes)",

@@ -91,6 +91,25 @@ void qc_bitmaps_ext_decode(const uint8_t *p, qc_bitmaps_ext *out)
     out->directory_offset = qc_be64(p + 16);
 }
 
+void qc_luks_header_decode(const uint8_t *p, qc_luks_header *out)
+{
+    memcpy(out->magic, p, sizeof(out->magic));
+    out->version = qc_be16(p + QC_LUKS_OFF_VERSION);
+    memcpy(out->cipher_name, p + QC_LUKS_OFF_CIPHER_NAME, QC_LUKS_NAME_SIZE);
+    memcpy(out->cipher_mode, p + QC_LUKS_OFF_CIPHER_MODE, QC_LUKS_NAME_SIZE);
+    memcpy(out->hash_spec, p + QC_LUKS_OFF_HASH_SPEC, QC_LUKS_NAME_SIZE);
+    out->payload_offset = qc_be32(p + QC_LUKS_OFF_PAYLOAD);
+    out->key_bytes = qc_be32(p + QC_LUKS_OFF_KEY_BYTES);
+    out->master_key_iterations = qc_be32(p + QC_LUKS_OFF_ITERATIONS);
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        const uint8_t *s = p + QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE;
+        out->slots[i].active = qc_be32(s);
+        out->slots[i].iterations = qc_be32(s + 4);
+        out->slots[i].key_offset = qc_be32(s + 40);
+        out->slots[i].stripes = qc_be32(s + 44);
+    }
+}
+
 void qc_geometry_init(qc_geometry *g, unsigned cluster_bits, unsigned refcount_order,
                       bool extended_l2)
 {

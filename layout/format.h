@@ -32,6 +32,7 @@
 #define QC_MAX_BITMAP_DIRECTORY (1024ull * 65535)
 #define QC_MAX_BITMAP_NAME 1023u
 #define QC_MAX_BITMAP_TABLE_ENTRIES 0x8000000u
+#define QC_MAX_BITMAP_TABLE_CLUSTER_BYTES (512ull << 20) /* QEMU limit: entries x cluster size */
 
 /* Incompatible, compatible and autoclear feature bits. */
 #define QC_INCOMPAT_DIRTY (1ull << 0)
@@ -129,6 +130,46 @@ void qc_bitmaps_ext_decode(const uint8_t *p, qc_bitmaps_ext *out);
 
 /* The full-disk-encryption header pointer (16 bytes). */
 #define QC_CRYPTO_EXT_SIZE 16u
+
+/* The LUKS (version 1) header it points to: the fixed part, without the
+ * key material the key slots point to. Field offsets are kept for
+ * messages. */
+#define QC_LUKS_HEADER_SIZE 592u
+#define QC_LUKS_KEY_SLOTS 8u
+#define QC_LUKS_NAME_SIZE 32u /* cipher name, cipher mode, hash spec */
+#define QC_LUKS_SLOT_ENABLED 0x00ac71f3u
+#define QC_LUKS_SLOT_DISABLED 0x0000deadu
+enum {
+    QC_LUKS_OFF_VERSION = 6,
+    QC_LUKS_OFF_CIPHER_NAME = 8,
+    QC_LUKS_OFF_CIPHER_MODE = 40,
+    QC_LUKS_OFF_HASH_SPEC = 72,
+    QC_LUKS_OFF_PAYLOAD = 104,
+    QC_LUKS_OFF_KEY_BYTES = 108,
+    QC_LUKS_OFF_ITERATIONS = 164,
+    QC_LUKS_OFF_SLOTS = 208,
+    QC_LUKS_SLOT_SIZE = 48,
+};
+typedef struct qc_luks_key_slot {
+    uint32_t active;     /* QC_LUKS_SLOT_ENABLED or _DISABLED */
+    uint32_t iterations;
+    uint32_t key_offset; /* in 512-byte sectors from the header */
+    uint32_t stripes;
+} qc_luks_key_slot;
+typedef struct qc_luks_header {
+    uint8_t magic[6];
+    uint16_t version;
+    /* The three names as stored (NUL-padded, not necessarily terminated). */
+    char cipher_name[QC_LUKS_NAME_SIZE];
+    char cipher_mode[QC_LUKS_NAME_SIZE];
+    char hash_spec[QC_LUKS_NAME_SIZE];
+    uint32_t payload_offset; /* in sectors */
+    uint32_t key_bytes;
+    uint32_t master_key_iterations;
+    qc_luks_key_slot slots[QC_LUKS_KEY_SLOTS];
+} qc_luks_header;
+/* Decode QC_LUKS_HEADER_SIZE bytes. */
+void qc_luks_header_decode(const uint8_t *p, qc_luks_header *out);
 
 /* Geometry derived from a header whose cluster_bits and refcount_order
  * have been validated. */

@@ -47,15 +47,28 @@ class Qemu:
     exit    same exit code only (`why` says why the counts differ);
     differs deliberate difference: qemu-img exits `exit` (observed with
             qemu-img 7.2.22) for the reason `why`.
-    `opens` is False when qemu-img cannot even open the image."""
+    `opens` is False when qemu-img check cannot even open the image.
+    `normal_open` says whether a normal read-only open works (`qemu-io -r`,
+    as a VM opens the image: with the key, the backing chain and the data
+    file, and parsing the snapshot table, which check mode skips); None
+    means the same as `opens`. An image QEMU refuses there must not be
+    called clean by qcheck (exit 0 or 3), unless `outside` says why the
+    refusal is about something outside the image (a missing file it names,
+    an option the user must give)."""
     relation: str
     exit: int = None
     why: str = ""
     opens: bool = True
+    normal_open: bool = None
+    outside: str = ""
 
     @property
     def agrees(self):
         return self.relation != DIFFERS
+
+    @property
+    def opens_normally(self):
+        return self.opens if self.normal_open is None else self.normal_open
 
 
 def exit_only(why, opens=True):
@@ -72,8 +85,16 @@ def cannot_open(why):
 
 
 def check_aborts(why):
-    """QEMU opens the image but its check stops with an error (exit 1)."""
-    return Qemu(DIFFERS, 1, why, opens=True)
+    """QEMU opens the image in check mode only (which skips the snapshot
+    table and tolerates a missing refcount table), and its check stops with
+    an error (exit 1)."""
+    return Qemu(DIFFERS, 1, why, opens=True, normal_open=False)
+
+
+def needs_outside(why):
+    """QEMU cannot open the image without something outside it: a file it
+    names, an option the user must give (qcheck checks the image alone)."""
+    return Qemu(DIFFERS, 1, why, opens=False, outside=why)
 
 
 def refused_too(why):
@@ -319,6 +340,36 @@ def bitmap_table_entry(index, fn):
     return p
 
 
+def rewrite_bitmap_directory(edit):
+    """Re-encode the bitmap directory in place after edit(im, [Bitmap])
+    changed the entries, and update the extension's directory size (the
+    directory's cluster has room for the few bytes more)."""
+    def p(im):
+        bitmaps = im.bitmaps()
+        edit(im, bitmaps)
+        raw = b"".join(b.encode() for b in bitmaps)
+        nb, _, size, offset = im.bitmaps_ext()
+        assert len(raw) <= q.align_up(size, im.cluster_size)
+        im.write(offset, raw)
+        bitmaps_ext(size=len(raw))(im)
+    return p
+
+
+def bitmap_big_table(index, entries):
+    """Mark bitmap `index` in use and give it a table of `entries` entries
+    (its old entries, then zeros) in clusters of its own."""
+    def p(im):
+        b = im.bitmaps()[index]
+        old = im.read(b.table_offset, 8 * b.table_size)
+        new = im.append_clusters(count=-(-8 * entries // im.cluster_size))
+        im.write(new, old)
+        im.free_clusters(b.table_offset, 8 * b.table_size)
+        im.set_bitmap_field(index, "bitmap_table_offset", new)
+        im.set_bitmap_field(index, "bitmap_table_size", entries)
+        im.set_bitmap_field(index, "flags", b.flags | 1)
+    return p
+
+
 def snapshot_field(index, name, fn):
     return _entry_field(lambda im: im.snapshots(), q.Snapshot.FIELDS, index, name, fn)
 
@@ -373,6 +424,17 @@ def extension_length(magic, length):
     return lambda im: im.write_int(im.extension(magic).offset + 4, 4, _val(length, im))
 
 
+def end_marker_length(length):
+    """Write `length` into the length field of the end-of-extensions marker;
+    length(im, at) may depend on where the marker is. QEMU checks that
+    field like any extension's before it looks at the type (§2.A O25)."""
+    def p(im):
+        last = im.extensions[-1] if im.extensions else None
+        at = last.offset + 8 + q.align_up(len(last.data), 8) if last else im.header.header_length
+        im.write_int(at + 4, 4, length(im, at) if callable(length) else length)
+    return p
+
+
 def extension_padding(magic, pad):
     """Overwrite the padding bytes after extension `magic`'s data."""
     def p(im):
@@ -384,6 +446,19 @@ def extension_padding(magic, pad):
 def fde(fn):
     """Rewrite the LUKS header pointer extension: fn(offset, length)."""
     return edit_extension(q.EXT_FDE, lambda im, d: struct.pack(">QQ", *fn(*struct.unpack(">QQ", d))))
+
+
+def luks_header(offset, data):
+    """Overwrite bytes of the LUKS header the encryption extension points to."""
+    def p(im):
+        im.write(struct.unpack(">QQ", im.extension(q.EXT_FDE).data)[0] + offset, data)
+    return p
+
+
+def luks_slot(index, field, value):
+    """Set a 32-bit field of LUKS key slot `index` (0 active, 4 iterations,
+    40 key material offset, 44 stripes)."""
+    return luks_header(208 + 48 * index + field, struct.pack(">I", value))
 
 
 def huge_reftable(im):
@@ -399,6 +474,27 @@ def huge_reftable(im):
     im.free_clusters(h.refcount_table_offset, h.refcount_table_clusters * cs)
     im.set_header_field("refcount_table_offset", new)
     im.set_header_field("refcount_table_clusters", clusters)
+
+
+def huge_l1(im):
+    """Move the active L1 table to the end of the file and grow it past
+    QEMU's 32 MiB limit (the new entries are sparse zeros)."""
+    h, cs = im.header, im.cluster_size
+    entries = (32 << 20) // 8 + 1
+    old = im.read(h.l1_table_offset, 8 * h.l1_size)
+    new = q.align_up(im.file_size, cs)
+    im.truncate(q.align_up(new + 8 * entries, cs))
+    im.write(new, old)
+    im.set_range_refcount(new, 8 * entries, 1)
+    im.free_clusters(h.l1_table_offset, 8 * h.l1_size)
+    im.set_header_field("l1_table_offset", new)
+    im.set_header_field("l1_size", entries)
+
+
+def empty_l1(offset):
+    """A disk of size 0 with no L1 entries, the L1 offset set to
+    offset(im); what the old tables mapped is leaked."""
+    return header(size=0, l1_size=0, l1_table_offset=offset)
 
 
 def huge_snapshot_table(im):
@@ -497,19 +593,35 @@ case("hdr_l1_past_eof", "v3_64k", header(l1_table_offset=past_eof()), "l1PastEof
      exit_only(NOT_FOLLOWED % "R2, it reads zeros past EOF"), absent=QUARANTINED)
 case("hdr_l1_too_small", "v3_64k", header(l1_size=0), "l1TooSmall refcountOrphan", 2,
      cannot_open(BAD_HEADER % "O20"), absent=QUARANTINED)
+# QEMU validates the offset of an empty L1 table too (qcow2_validate_table)
+case("hdr_l1_empty_unaligned", "v3_64k", empty_l1(lambda im: im.header.l1_table_offset + 512),
+     "l1OffsetUnaligned refcountLeak", 2, cannot_open(BAD_HEADER % "O18"))
+case("hdr_l1_empty_offset_huge", "v3_64k", empty_l1(1 << 63), "emptyTableOffsetTooLarge refcountLeak",
+     2, cannot_open(BAD_HEADER % "O18"))
+case("hdr_l1_empty_aligned", "v3_64k", empty_l1(lambda im: im.header.l1_table_offset),
+     "refcountLeak", 3, Qemu(COUNTS), absent="l1OffsetUnaligned emptyTableOffsetTooLarge")
 # tiny file, huge claims (hostile-inputs.md 4, 7, 24): sizes bounded by the file
 case("hdr_l1_size_huge", "v3_64k", header(l1_size=0x10000000), "l1PastEof qemuLimitExceeded", 2,
      cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""), absent=QUARANTINED)
 case("hdr_reftable_clusters_huge", "v3_64k", header(refcount_table_clusters=0xFFFFFFFF),
      "reftablePastEof qemuLimitExceeded", 2,
      cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+case("hdr_snapshot_offset_unaligned_no_snapshots", "v3_64k",
+     header(snapshots_offset=lambda im: im.header.l1_table_offset + 512), "snapshotTableUnaligned", 2,
+     check_aborts("QEMU validates the snapshot table offset even with nb_snapshots 0: a normal "
+                  "open fails (O17), the check aborts (S3)"))
+case("hdr_snapshot_offset_huge_no_snapshots", "v3_64k", header(snapshots_offset=1 << 63),
+     "emptyTableOffsetTooLarge", 2,
+     check_aborts("QEMU validates the snapshot table offset even with nb_snapshots 0: a normal "
+                  "open fails (O17), the check aborts (S3)"))
 case("hdr_reftable_unaligned", "v3_64k",
      header(refcount_table_offset=lambda im: im.header.refcount_table_offset + 512),
      "reftableOffsetUnaligned", 2, cannot_open(BAD_HEADER % "O16"))
 case("hdr_reftable_past_eof", "v3_64k", header(refcount_table_offset=past_eof()), "reftablePastEof", 2,
      exit_only(NOT_FOLLOWED % "it reads a zero reftable past EOF"))
 case("hdr_reftable_clusters_0", "v3_64k", header(refcount_table_clusters=0), "reftableMissing", 2,
-     exit_only("check mode tolerates it (O15); QEMU counts every cluster as refcount=0 and OFLAG errors"))
+     Qemu(EXIT, why="check mode tolerates it (O15); QEMU counts every cluster as refcount=0 and "
+                    "OFLAG errors; a normal open refuses it", normal_open=False))
 case("hdr_snapshots_unaligned", "snapshots",
      header(snapshots_offset=lambda im: im.header.snapshots_offset + 512),
      "snapshotTableUnaligned refcountOrphan", 2,
@@ -547,13 +659,29 @@ case("hdr_raw_data_file_with_backing", "data_file_raw", with_backing_name(b"data
 case("hdr_truncated", "v3_64k", truncate_to(60), "headerTruncated", 2,
      cannot_open("QEMU cannot read the header (O1) and exits 1"))
 case("hdr_data_file_name_missing", "data_file", drop_extension(q.EXT_DATA_FILE),
-     "dataFileNameMissing", 0, cannot_open("QEMU needs the data file to open the image (O32, §5.12)"))
+     "dataFileNameMissing", 0,
+     needs_outside("QEMU needs the data file to open the image, given as an option (O32, §5.12)"))
+case("hdr_data_file_name_empty", "data_file", edit_extension(q.EXT_DATA_FILE, lambda im, d: b""),
+     "dataFileNameMissing", 0,
+     needs_outside("an empty name names no file: QEMU needs the data file given as an option "
+                   "(O32, §5.12)"))
 case("hdr_data_file_ext_without_bit", "v3_64k", add_extension(q.EXT_DATA_FILE, b"v3_64k.data"),
      "dataFileExtensionInvalid", 0, Qemu(FULL))
 
 # -- header extensions (qcow2-format.md §2)
 case("ext_length_past_area", "v3_64k", extension_length(q.EXT_FEATURE_TABLE, 0x10000),
      "extensionTruncated", 2, cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_length", "v3_64k", end_marker_length(0x10000), "extensionTruncated", 2,
+     cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_length_v2", "v2_64k",
+     end_marker_length(lambda im, at: im.cluster_size - at - 7), "extensionTruncated", 2,
+     cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_into_backing_name", "backing",
+     end_marker_length(lambda im, at: im.header.backing_file_offset - at - 7),
+     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "O25"))
+case("ext_end_marker_length_fits", "backing",
+     end_marker_length(lambda im, at: im.header.backing_file_offset - at - 8), "", 0, Qemu(FULL),
+     absent="extensionTruncated backingNameOverlapsExtensions")
 case("ext_padding_nonzero", "backing", extension_padding(q.EXT_BACKING_FORMAT, b"\x01"),
      "extensionPaddingNonzero", 0, Qemu(FULL))  # "qcow2" leaves 3 padding bytes
 case("ext_duplicate", "backing", add_extension(q.EXT_BACKING_FORMAT, b"qcow2"),
@@ -570,6 +698,13 @@ case("ext_backing_format_empty", "backing", edit_extension(q.EXT_BACKING_FORMAT,
 case("ext_backing_format_unprintable", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qc\x01w2"), "backingFormatInvalid", 2,
      cannot_open("QEMU looks up a driver of that name for the backing file (O34)"))
+case("ext_backing_format_unknown", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow9"), "backingFormatUnknown", 2,
+     cannot_open("QEMU has no driver of that name for the backing file (O34: \"Unknown driver "
+                 "'qcow9'\")"))
+case("ext_backing_format_other_driver", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"raw"), "", 0, Qemu(FULL),
+     absent="backingFormatUnknown backingFormatInvalid")  # QEMU reads the backing file as raw
 case("ext_feature_table_ragged", "v3_64k",
      edit_extension(q.EXT_FEATURE_TABLE, lambda im, d: d[:-8]), "featureTableInvalid", 0,
      Qemu(FULL))  # QEMU only reads the table to name unknown incompatible bits
@@ -596,6 +731,33 @@ case("ext_luks_pointer_unaligned", "luks", fde(lambda off, length: (off + 512, l
 case("ext_luks_pointer_without_luks", "v3_64k",
      add_extension(q.EXT_FDE, lambda im: struct.pack(">QQ", im.append_clusters(), im.cluster_size)),
      "encryptionExtensionInvalid", 2, cannot_open(BAD_HEADER % "O28"))
+# The LUKS header itself: QEMU parses it on every open, with or without the key.
+BAD_LUKS = "QEMU parses the LUKS header on every open and refuses this one (O28: \"%s\")"
+case("luks_header_magic", "luks", luks_header(0, b"LUKX"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Volume is not in LUKS format"))
+case("luks_header_version_2", "luks", luks_header(6, b"\0\2"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "LUKS version 2 is not supported"))
+case("luks_header_stripes", "luks", luks_slot(3, 44, 3999), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Keyslot 3 is corrupted (stripes 3999 != 4000)"))
+case("luks_header_slots_overlap", "luks",
+     lambda im: luks_slot(5, 40, im.read_int(
+         struct.unpack(">QQ", im.extension(q.EXT_FDE).data)[0] + 208 + 48 * 4 + 40, 4))(im),
+     "luksHeaderInvalid", 2, cannot_open(BAD_LUKS % "Keyslots 4 and 5 are overlapping in the header"))
+case("luks_header_cipher_unknown", "luks", luks_header(8, b"foo\0"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Algorithm 'foo' with key size 32 bytes not supported"))
+case("luks_header_hash_unknown", "luks", luks_header(72, b"sha3\0"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "Hash algorithm 'sha3' not supported"))
+case("luks_header_ivgen_unknown", "luks", luks_header(40, b"xts-plain65\0"), "luksHeaderInvalid", 2,
+     cannot_open(BAD_LUKS % "IV generator 'plain65' not supported"))
+case("luks_header_length_short", "luks", fde(lambda off, length: (off, 591)),
+     "luksHeaderInvalid refcountOrphan", 2,
+     cannot_open(BAD_LUKS % "Request for data outside of extension header"),
+     absent=QUARANTINED)  # the key material beyond the 591 bytes must not be freed
+case("luks_key_material_past_header", "luks", fde(lambda off, length: (off, 4096)),
+     "luksHeaderInvalid refcountOrphan", 2,
+     cannot_open("QEMU reads the enabled key slot's material when it opens the image with the "
+                 "key, and refuses it past the header's length (O33: \"Request for data outside "
+                 "of extension header\")"), absent=QUARANTINED)
 
 # -- snapshot table (qcow2-format.md §10)
 case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotTableTruncated refcountOrphan", 2,
@@ -658,11 +820,33 @@ case("bitmap_entry_overruns_directory", "bitmaps", bitmap_field(2, "name_size", 
 case("bitmap_granularity_64", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 64),
      "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
 SPEC_VALID_BITMAP = ("the spec allows it but QEMU's stricter bitmap constraints refuse to open "
-                     "the image (O37, §5.10)")
+                     "the image (O37, §5.10); qcheck counts it as a corruption")
 case("bitmap_granularity_8_spec_valid", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 8),
-     "", 0, cannot_open(SPEC_VALID_BITMAP))  # spec: 0..63, QEMU: 9..31
+     "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))  # spec: 0..63, QEMU: 9..31
+case("bitmap_granularity_32_spec_valid", "bitmaps",
+     bitmap_field(1, "granularity_bits", lambda im, v: 32), "bitmapUnsupportedByQemu", 2,
+     cannot_open(SPEC_VALID_BITMAP))
 case("bitmap_extra_data_compatible_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 4),
-     "", 0, cannot_open(SPEC_VALID_BITMAP))
+     "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_extra_data", "bitmaps",
+     rewrite_bitmap_directory(lambda im, bs: [setattr(bs[2], "extra", bytes(8)),
+                                             setattr(bs[2], "flags", bs[2].flags | 4)]),
+     "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))
+# A clean bitmap's table must have exactly the entries QEMU computes for the
+# disk (it loads nothing else); one in use is not loaded at all.
+case("bitmap_table_larger_than_disk", "bitmaps",
+     bitmap_field(0, "bitmap_table_size", lambda im, v: v + 1), "bitmapUnsupportedByQemu", 2,
+     cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_table_larger_in_use", "bitmaps",
+     chain(bitmap_field(0, "bitmap_table_size", lambda im, v: v + 1),
+           bitmap_field(0, "flags", lambda im, v: v | 1)), "bitmapInUse", 0, Qemu(FULL),
+     absent="bitmapUnsupportedByQemu")
+case("bitmap_disk_of_size_0", "bitmaps", header(size=0), "bitmapUnsupportedByQemu", 2,
+     cannot_open(SPEC_VALID_BITMAP))  # QEMU sizes a bitmap of a 0-byte disk to no table at all
+case("bitmap_table_over_512mib", "bitmaps", bitmap_big_table(1, 8193),
+     "bitmapInUse bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))
+case("bitmap_table_512mib", "bitmaps", bitmap_big_table(1, 8192), "bitmapInUse", 0, Qemu(FULL),
+     absent="bitmapUnsupportedByQemu")
 case("bitmap_type_2", "bitmaps", bitmap_field(1, "type", lambda im, v: 2),
      "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
 case("bitmap_reserved_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1 << 8),
@@ -672,6 +856,11 @@ case("bitmap_table_size_0", "bitmaps", bitmap_field(2, "bitmap_table_size", lamb
 case("bitmap_duplicate_name", "bitmaps",
      lambda im: im.write(im.bitmaps()[1].offset + 24, im.bitmaps()[0].name),
      "bitmapNameDuplicate", 2, cannot_open(BAD_BITMAP % "O37"))
+case("bitmap_names_equal_before_nul", "bitmaps",
+     chain(lambda im: im.write(im.bitmaps()[0].offset + 24, b"\0a"),
+           lambda im: im.write(im.bitmaps()[1].offset + 24, b"\0b")),
+     "bitmapNameDuplicate", 2,
+     cannot_open(BAD_BITMAP % "O37: QEMU reads names up to a NUL, both are \"\""))
 case("bitmap_table_reserved_bits", "bitmaps", bitmap_table_entry(0, lambda im, e: e | 1 << 60),
      "bitmapTableEntryInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "O37"))
 case("bitmap_table_past_eof", "bitmaps", bitmap_table_entry(1, lambda im, e: past_eof()(im)),
@@ -835,21 +1024,24 @@ case("lazy_refcounts_crashed", "lazy_dirty", None, "dirtyBitSet refcountZeroInUs
      exit_only("QEMU ignores the dirty bit and counts each stale cluster twice (§3.7)"),
      header={"dirty": True})
 case("backing_file_missing", "backing", None, "", 0,
-     cannot_open("QEMU opens the backing chain and fails on the missing file (O34, §5.13)"),
+     needs_outside("QEMU opens the backing chain and fails on the missing file (O34, §5.13)"),
      companions=False)
 case("data_file_missing", "data_file", None, "", 0,
-     cannot_open("QEMU needs the external data file to check metadata (O32, §5.12)"), companions=False)
+     needs_outside("QEMU needs the external data file to check metadata (O32, §5.12)"),
+     companions=False)
 case("trailing_space", "v3_64k", lambda im: im.append_clusters(count=2, refcount=None),
      "trailingSpace", 0, Qemu(FULL))  # §5.2: QEMU never mentions it
-case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 0,
+case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 2,
      cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+case("l1_beyond_qemu_limit", "v3_64k", huge_l1, "qemuLimitExceeded", 2,
+     cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""))
 case("snapshot_table_too_large", "v3_64k", huge_snapshot_table, "snapshotTableTooLarge", 2,
      check_aborts("QEMU aborts the check: \"Snapshot table is too big\" (S4)"))
 case("memory_limit", "v3_64k", None, "memoryLimit", 1,
      differs(0, "qemu-img has no memory limit; qcheck stops cleanly at --max-mem"),
      qcheck_args=("--max-mem=64K",))
 case("luks_without_key", "luks", None, "", 0,
-     cannot_open("QEMU needs the LUKS key even to check metadata (O33, §5.14)"),
+     needs_outside("QEMU needs the LUKS key even to check metadata (O33, §5.14)"),
      qemu_target=lambda path: ["-f", "qcow2", path])
 
 

@@ -10,7 +10,10 @@ hashes the file, runs `QCHECK --output=json` and `QCHECK` (human) with no
 backing/data file next to the image (qcheck must never need them), checks the
 file is byte-for-byte unchanged, then copies the companion files and runs
 `qemu-img check` (JSON, and human for the cases compared in full) and
-compares the two as the case says (cases.Qemu).
+compares the two as the case says (cases.Qemu). It also opens each qcow2
+case read-only as a VM would (`qemu-io -r`): an image QEMU cannot open must
+not get exit 0 or 3 from qcheck, unless the refusal is about a file or an
+option outside the image (cases.needs_outside).
 
 Prints `PASS name` / `FAIL name: reasons` per case, a summary of agreements
 and deliberate differences with qemu-img, and finally `N passed, M failed`.
@@ -39,6 +42,7 @@ import cases as catalogue  # noqa: E402
 import qcow2lib  # noqa: E402
 
 QEMU_IMG = build_images.QEMU_IMG
+QEMU_IO = build_images.QEMU_IO
 TIMEOUT = 120  # seconds per command; a hang is a failure, not a stuck run
 STAT_KEYS = ("image-end-offset", "total-clusters", "allocated-clusters",
              "fragmented-clusters", "compressed-clusters")
@@ -255,6 +259,8 @@ class Runner:
         if opened != case.qemu.opens:
             fails.append("qemu-img %s open the image, the catalogue says it %s" % (
                 "could" if opened else "could not", "can" if case.qemu.opens else "cannot"))
+        if base.qcow2 and case.format is None:
+            note += self.check_normal_open(case, target, cdir, qc, fails)
         if qc is None or not case.qemu.agrees:
             return note
         if case.qemu.relation in (catalogue.FULL, catalogue.COUNTS):
@@ -273,6 +279,23 @@ class Runner:
             if summary_lines(qm) != [l for l in hout.splitlines() if l.strip()]:
                 fails.append("runner's summary model disagrees with qemu-img's stdout")
         return note
+
+    def check_normal_open(self, case, target, cdir, qc, fails):
+        """`qemu-io -r`, a normal read-only open: whether it works is as the
+        catalogue says, and an image it refuses is not called clean by
+        qcheck (exit 0 or 3) unless the refusal is about something outside
+        the image."""
+        rc, _, err = run([QEMU_IO, "-r", *target, "-c", "quit"], cwd=cdir)
+        opened = rc == 0
+        refusal = (err.strip().splitlines() or [""])[-1][:200]
+        if opened != case.qemu.opens_normally:
+            fails.append("a normal open %s, the catalogue says it %s%s" % (
+                "works" if opened else "fails", "works" if case.qemu.opens_normally else "fails",
+                "" if opened else " (%s)" % refusal))
+        qc_exit = qc.get("exit-code") if qc else None
+        if not opened and not case.qemu.outside and qc_exit in (0, 3):
+            fails.append("QEMU cannot open the image (%s) but qcheck exits %d" % (refusal, qc_exit))
+        return "" if opened else ", normal open fails"
 
     # -- the whole run --------------------------------------------------------
 

@@ -1283,6 +1283,8 @@ START_TEST(test_huge_l1_size)
         run_check_opts(im.buf, im.len, 1u << 20, &o);
         ASSERT_FOUND(&o, QC_P_L1_PAST_EOF, 1);
         ASSERT_FOUND(&o, QC_P_MEMORY_LIMIT, 0);
+        /* Over 32 MiB of L1 table: QEMU refuses the image. */
+        ASSERT_FOUND(&o, QC_P_QEMU_LIMIT_EXCEEDED, sizes[k] > (32u << 20) / 8 ? 1 : 0);
         ck_assert_int_eq(o.status, 2);
         /* The L2 table and data cannot be reached: orphans, not leaks. */
         ck_assert_uint_eq(o.res.leaks, 0);
@@ -1345,6 +1347,7 @@ START_TEST(test_reftable_problems)
     run_check_opts(im.buf, im.len, 1u << 20, &o);
     ASSERT_FOUND(&o, QC_P_REFTABLE_PAST_EOF, 1);
     ASSERT_FOUND(&o, QC_P_MEMORY_LIMIT, 0);
+    ASSERT_FOUND(&o, QC_P_QEMU_LIMIT_EXCEEDED, 1); /* 4 GiB: QEMU accepts 8 MiB */
     ck_assert_int_eq(o.status, 2);
     img_free(&im);
 
@@ -1362,6 +1365,56 @@ START_TEST(test_reftable_problems)
     ASSERT_PRESENT(&o, QC_P_REFCOUNTS_UNKNOWN);
     ck_assert_int_eq(o.status, 2);
     img_free(&im);
+}
+END_TEST
+
+/* QEMU validates the offsets of the active L1 table and of the snapshot
+ * table even when they have no entries. */
+START_TEST(test_empty_table_offsets)
+{
+    enum { FINE, UNALIGNED, TOO_LARGE };
+    static const struct {
+        uint64_t offset;
+        int verdict;
+    } cases[] = {
+        {0x30200, UNALIGNED},
+        {1ull << 63, TOO_LARGE},
+        {UINT64_MAX & ~0xffffull, TOO_LARGE},
+        {1ull << 62, FINE}, /* aligned and below 2^63: QEMU accepts it */
+        {0, FINE},
+    };
+    for (int snapshots = 0; snapshots < 2; snapshots++) {
+        for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+            img im;
+            img_params p = default_params();
+            p.data_clusters = 0;
+            img_build(&im, &p);
+            if (snapshots) {
+                im.hdr.nb_snapshots = 0;
+                im.hdr.snapshots_offset = cases[k].offset;
+            } else {
+                /* A disk of size 0 needs no L1 entries; the L1 and L2
+                 * clusters are left over (leaked). */
+                im.hdr.size = 0;
+                im.hdr.l1_size = 0;
+                im.hdr.l1_table_offset = cases[k].offset;
+            }
+            img_write_header(&im);
+            outcome o;
+            run_check(&im, &o);
+            qc_problem_id expect = cases[k].verdict == TOO_LARGE ? QC_P_EMPTY_TABLE_OFFSET_TOO_LARGE
+                                   : snapshots                   ? QC_P_SNAPSHOT_TABLE_UNALIGNED
+                                                                 : QC_P_L1_OFFSET_UNALIGNED;
+            ASSERT_FOUND(&o, expect, cases[k].verdict == FINE ? 0 : 1);
+            if (cases[k].verdict != FINE)
+                ck_assert_int_eq(o.status, 2);
+            if (snapshots)
+                ASSERT_ONLY(&o, expect);
+            else
+                ASSERT_ONLY(&o, expect, QC_P_REFCOUNT_LEAK);
+            img_free(&im);
+        }
+    }
 }
 END_TEST
 
@@ -2019,6 +2072,23 @@ START_TEST(test_backing_file)
     ck_assert_msg(o.res.findings == 0, "%s", describe(&o));
     ck_assert(o.res.header.has_backing_file);
 
+    /* A format QEMU has no driver for: it cannot open the backing file.
+     * QEMU uses the last of two extensions; with no backing file the
+     * format is not used at all. */
+    memcpy(im.buf + 112 + 8, "qcow9", 5);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_UNKNOWN, 1);
+    ck_assert_int_eq(o.status, 2);
+    img_add_extension(&im, at, QC_EXT_BACKING_FORMAT, "raw", 3);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_UNKNOWN, 0);
+    memset(im.buf + 128, 0, 16);
+    im.buf[0x200] = '\0'; /* QEMU reads the name as a C string: no backing file */
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_UNKNOWN, 0);
+    memcpy(im.buf + 112 + 8, "qcow2", 5);
+    im.buf[0x200] = 'b';
+
     /* Without the backing format extension: a warning only. */
     memset(im.buf + 112, 0, 16);
     run_check(&im, &o);
@@ -2064,6 +2134,17 @@ START_TEST(test_extensions)
     at = img_add_extension(&im, at, QC_EXT_BACKING_FORMAT, "raw", 3);
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_EXTENSION_DUPLICATE, 1);
+
+    /* The end marker's length is checked like any extension's: it may
+     * reach the end of cluster 0 but not go past it. */
+    qc_put_be32(im.buf + at + 4, (uint32_t)(im.cs - at - 8));
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_EXTENSION_TRUNCATED, 0);
+    qc_put_be32(im.buf + at + 4, (uint32_t)(im.cs - at - 7));
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_EXTENSION_TRUNCATED, 1);
+    ck_assert_int_eq(o.status, 2);
+    qc_put_be32(im.buf + at + 4, 0);
 
     /* An extension claiming more bytes than cluster 0 has left. */
     qc_put_be32(im.buf + 112 + 4, (uint32_t)im.cs);
@@ -2135,6 +2216,152 @@ START_TEST(test_compression_type)
     img_write_header(&im);
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_COMPRESSION_TYPE_INVALID, 1);
+    img_free(&im);
+}
+END_TEST
+
+/* A LUKS-encrypted image as QEMU lays it out: crypt_method 2, the
+ * encryption extension pointing to a LUKS header (aes-cbc-plain64 with
+ * 16-byte keys: 128 sectors of key material per slot, slot 0 enabled) in
+ * clusters appended for it. Returns the header's offset. */
+static uint64_t img_add_luks(img *im)
+{
+    const uint64_t sectors = 8 + 8 * 128; /* header, then the 8 key slots */
+    uint64_t first = img_append(im, (unsigned)qc_div_round_up(sectors * 512, im->cs));
+    uint8_t *h = im->buf + cl_off(im, first);
+    memcpy(h, "LUKS\xba\xbe", 6);
+    qc_put_be16(h + QC_LUKS_OFF_VERSION, 1);
+    memcpy(h + QC_LUKS_OFF_CIPHER_NAME, "aes", 3);
+    memcpy(h + QC_LUKS_OFF_CIPHER_MODE, "cbc-plain64", 11);
+    memcpy(h + QC_LUKS_OFF_HASH_SPEC, "sha256", 6);
+    qc_put_be32(h + QC_LUKS_OFF_PAYLOAD, (uint32_t)sectors);
+    qc_put_be32(h + QC_LUKS_OFF_KEY_BYTES, 16);
+    qc_put_be32(h + QC_LUKS_OFF_ITERATIONS, 1000);
+    for (unsigned i = 0; i < QC_LUKS_KEY_SLOTS; i++) {
+        uint8_t *slot = h + QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE;
+        qc_put_be32(slot, i == 0 ? QC_LUKS_SLOT_ENABLED : QC_LUKS_SLOT_DISABLED);
+        qc_put_be32(slot + 4, i == 0 ? 1000 : 0);
+        qc_put_be32(slot + 40, 8 + i * 128);
+        qc_put_be32(slot + 44, 4000);
+    }
+    for (uint64_t c = first; c < im->len / im->cs; c++)
+        img_set_refcount(im, c, 1);
+    uint8_t ext[QC_CRYPTO_EXT_SIZE];
+    qc_put_be64(ext, cl_off(im, first));
+    qc_put_be64(ext + 8, sectors * 512);
+    img_add_extension(im, 112, QC_EXT_CRYPTO, ext, sizeof(ext));
+    im->hdr.crypt_method = 2;
+    img_write_header(im);
+    return cl_off(im, first);
+}
+
+START_TEST(test_luks_header)
+{
+    /* One field (offset in the header, big-endian value of `size` bytes,
+     * or a string) changed at a time, and whether QEMU accepts the result. */
+    static const struct {
+        unsigned offset, size;
+        uint32_t value;
+        const char *text;
+        bool accepted;
+        const char *qemu_says;
+    } cases[] = {
+        {0, 0, 0, NULL, true, NULL}, /* as built */
+        {0, 0, 0, "LUKX", false, "Volume is not in LUKS format"},
+        {QC_LUKS_OFF_VERSION, 2, 2, NULL, false, "LUKS version 2 is not supported"},
+        {QC_LUKS_OFF_CIPHER_NAME, 0, 0, "aes567890123456789012345678901234", false,
+         "LUKS header cipher name is not NUL terminated"},
+        {QC_LUKS_OFF_PAYLOAD, 4, 7, NULL, false, "LUKS payload is overlapping with the header"},
+        {QC_LUKS_OFF_ITERATIONS, 4, 0, NULL, false, "LUKS key iteration count is zero"},
+        {QC_LUKS_OFF_SLOTS + 3 * 48 + 44, 4, 3999, NULL, false,
+         "Keyslot 3 is corrupted (stripes 3999 != 4000)"},
+        {QC_LUKS_OFF_SLOTS + 2 * 48, 4, 1, NULL, false,
+         "Keyslot 2 state (active/disable) is corrupted"},
+        {QC_LUKS_OFF_SLOTS + 4, 4, 0, NULL, false, "Keyslot 0 iteration count is zero"},
+        {QC_LUKS_OFF_SLOTS + 1 * 48 + 4, 4, 0, NULL, true, NULL}, /* disabled slot */
+        {QC_LUKS_OFF_SLOTS + 40, 4, 7, NULL, false, "Keyslot 0 is overlapping with the LUKS header"},
+        {QC_LUKS_OFF_SLOTS + 7 * 48 + 40, 4, 8 + 7 * 128 + 1, NULL, false,
+         "Keyslot 7 is overlapping with the encrypted payload"},
+        {QC_LUKS_OFF_SLOTS + 5 * 48 + 40, 4, 8 + 4 * 128 + 127, NULL, false,
+         "Keyslots 4 and 5 are overlapping in the header"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc", false, "Unexpected cipher mode string format 'cbc'"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-plain64:sha3", false,
+         "Hash algorithm 'sha3' not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cfb-plain64", false, "Cipher mode 'cfb' not supported"},
+        {QC_LUKS_OFF_CIPHER_NAME, 0, 0, "des", false,
+         "Algorithm 'des' with key size 16 bytes not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "xts-plain64", false,
+         "Algorithm 'aes' with key size 8 bytes not supported"}, /* XTS halves the key */
+        {QC_LUKS_OFF_CIPHER_NAME, 0, 0, "cast5", true, NULL},
+        {QC_LUKS_OFF_HASH_SPEC, 0, 0, "SHA256", false, "Hash algorithm 'SHA256' not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-plain65", false, "IV generator 'plain65' not supported"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-essiv", false, "Missing IV generator hash specification"},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-essiv:sha256", true, NULL},
+        {QC_LUKS_OFF_CIPHER_MODE, 0, 0, "cbc-essiv:sha1", false,
+         "No AES cipher with key size 20 available"},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        img im;
+        img_params p = default_params();
+        img_build(&im, &p);
+        uint64_t luks = img_add_luks(&im); /* grows im.buf */
+        uint8_t *h = im.buf + luks;
+        if (cases[k].text) {
+            memset(h + cases[k].offset, 0, cases[k].offset ? QC_LUKS_NAME_SIZE : 4);
+            memcpy(h + cases[k].offset, cases[k].text, strlen(cases[k].text));
+        } else if (cases[k].size == 2) {
+            qc_put_be16(h + cases[k].offset, (uint16_t)cases[k].value);
+        } else if (cases[k].size == 4) {
+            qc_put_be32(h + cases[k].offset, cases[k].value);
+        }
+        outcome o;
+        run_check(&im, &o);
+        ck_assert_msg(cases[k].accepted == (o.res.findings == 0), "case %zu:%s", k, describe(&o));
+        if (!cases[k].accepted) {
+            ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, 1);
+            ASSERT_ONLY(&o, QC_P_LUKS_HEADER_INVALID);
+            ck_assert_int_eq(o.status, 2);
+            ck_assert_msg(strstr(o.rec.first_message[QC_P_LUKS_HEADER_INVALID], cases[k].qemu_says),
+                          "case %zu: %s", k, o.rec.first_message[QC_P_LUKS_HEADER_INVALID]);
+        }
+        img_free(&im);
+    }
+}
+END_TEST
+
+START_TEST(test_luks_header_length)
+{
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    img_add_luks(&im);
+    /* The extension's length must cover the 592 bytes QEMU always reads,
+     * and the key material of the enabled slot (0: 64000 bytes from
+     * sector 8), which it reads when opening with the key; disabled slots'
+     * material is never read. */
+    static const struct {
+        uint64_t length;
+        bool accepted;
+    } lengths[] = {
+        {QC_LUKS_HEADER_SIZE - 1, false},
+        {4096 + 64000 - 1, false},
+        {4096 + 64000, true},
+    };
+    for (size_t k = 0; k < sizeof(lengths) / sizeof(lengths[0]); k++) {
+        qc_put_be64(im.buf + 112 + 8 + 8, lengths[k].length);
+        outcome o;
+        run_check(&im, &o);
+        ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, lengths[k].accepted ? 0 : 1);
+        if (lengths[k].accepted) {
+            /* Nothing points to the clusters past that length now. */
+            ck_assert_int_eq(o.status, 3);
+        } else {
+            /* They are kept as orphans, not leaks: freeing key material
+             * would lose the whole disk. */
+            ck_assert_int_eq(o.status, 2);
+            ck_assert_uint_eq(o.res.leaks, 0);
+        }
+    }
     img_free(&im);
 }
 END_TEST
@@ -2289,6 +2516,51 @@ START_TEST(test_bitmap_directory_problems)
 }
 END_TEST
 
+/* Entries the specification allows but QEMU refuses to load: counted,
+ * since QEMU cannot open the image; in-use bitmaps are not loaded, so
+ * their table size does not matter to QEMU. */
+START_TEST(test_bitmap_qemu_refusals)
+{
+    static const struct {
+        unsigned granularity_bits;
+        uint32_t flags, table_size;
+        uint64_t disk_size; /* 0: as built (512 MiB, one table entry needed) */
+        bool refused;
+    } cases[] = {
+        {16, QC_BITMAP_FLAG_AUTO, 1, 0, false},
+        {8, QC_BITMAP_FLAG_AUTO, 4, 0, true}, /* 512 MiB in 256-byte bits: 256 KiB */
+        {9, QC_BITMAP_FLAG_AUTO, 2, 0, false},
+        {32, QC_BITMAP_FLAG_AUTO, 1, 0, true},
+        {16, QC_BITMAP_FLAG_AUTO | QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE, 1, 0, true},
+        {16, QC_BITMAP_FLAG_AUTO, 2, 0, true},                         /* one entry too many */
+        {16, QC_BITMAP_FLAG_AUTO | QC_BITMAP_FLAG_IN_USE, 2, 0, false}, /* not loaded */
+        {16, QC_BITMAP_FLAG_AUTO, 1, 511, true}, /* QEMU's disk is 0 sectors: no table */
+        {16, QC_BITMAP_FLAG_AUTO, 1, 512, false},
+    };
+    for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+        img im;
+        img_params p = default_params();
+        img_build(&im, &p);
+        bitmap_layout b = img_add_bitmap(&im);
+        uint8_t *d = im.buf + cl_off(&im, b.dir);
+        qc_put_be32(d + 8, cases[k].table_size); /* entries past the first read as zero */
+        qc_put_be32(d + 12, cases[k].flags);
+        d[17] = (uint8_t)cases[k].granularity_bits;
+        if (cases[k].disk_size) {
+            im.hdr.size = cases[k].disk_size;
+            img_write_header(&im);
+        }
+        outcome o;
+        run_check(&im, &o);
+        ASSERT_FOUND(&o, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, cases[k].refused ? 1 : 0);
+        ASSERT_ONLY(&o, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, QC_P_BITMAP_IN_USE,
+                    QC_P_VIRTUAL_SIZE_UNALIGNED);
+        ck_assert_int_eq(o.status, cases[k].refused ? 2 : 0);
+        img_free(&im);
+    }
+}
+END_TEST
+
 /* ---- external data file ---------------------------------------------------------------- */
 
 static void img_make_data_file(img *im)
@@ -2343,8 +2615,15 @@ START_TEST(test_data_file_problems)
     ASSERT_FOUND(&o, QC_P_COMPRESSED_WITH_DATA_FILE, 1);
     ck_assert_int_eq(o.status, 2);
 
-    /* No name for the data file. */
+    /* A name QEMU reads as empty (it starts with a NUL byte): as good as
+     * none. */
     img_set_l2(&im, 1, im.cs | QC_OFLAG_COPIED);
+    im.buf[112 + 8] = '\0';
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_DATA_FILE_NAME_MISSING, 1);
+    ASSERT_ONLY(&o, QC_P_DATA_FILE_NAME_MISSING);
+
+    /* No name for the data file. */
     memset(im.buf + 112, 0, 16);
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_DATA_FILE_NAME_MISSING, 1);
@@ -2713,6 +2992,7 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_huge_l1_size);
     tcase_add_test(tc, test_l1_too_small);
     tcase_add_test(tc, test_huge_virtual_size);
+    tcase_add_test(tc, test_empty_table_offsets);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("compressed");
@@ -2750,6 +3030,8 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_dirty_and_corrupt_bits);
     tcase_add_test(tc, test_compression_type);
     tcase_add_test(tc, test_extended_l2_small_clusters);
+    tcase_add_test(tc, test_luks_header);
+    tcase_add_test(tc, test_luks_header_length);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("bitmaps");
@@ -2758,6 +3040,7 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_bitmap_all_ones_entry_leaks_old_cluster);
     tcase_add_test(tc, test_bitmaps_without_autoclear);
     tcase_add_test(tc, test_bitmap_directory_problems);
+    tcase_add_test(tc, test_bitmap_qemu_refusals);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("data_file");

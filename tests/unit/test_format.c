@@ -1047,6 +1047,46 @@ START_TEST(test_bitmaps_ext_decode)
 }
 END_TEST
 
+/* Offsets written out from the LUKS 1 on-disk format, not from format.h. */
+START_TEST(test_luks_header_decode)
+{
+    uint8_t p[QC_LUKS_HEADER_SIZE];
+    ck_assert_uint_eq(QC_LUKS_HEADER_SIZE, 592);
+    memset(p, 0, sizeof(p));
+    memcpy(p, "LUKS\xba\xbe", 6);
+    qc_put_be16(p + 6, 1);
+    memcpy(p + 8, "twofish", 7);
+    memcpy(p + 40, "xts-plain64", 11);
+    memcpy(p + 72, "sha512", 6);
+    qc_put_be32(p + 104, 4096);
+    qc_put_be32(p + 108, 64);
+    qc_put_be32(p + 164, 12345);
+    for (unsigned i = 0; i < 8; i++) {
+        uint8_t *slot = p + 208 + 48 * i;
+        qc_put_be32(slot, i ? 0xdead : 0xac71f3);
+        qc_put_be32(slot + 4, 100 + i);
+        qc_put_be32(slot + 40, 8 + 500 * i);
+        qc_put_be32(slot + 44, 4000 + i);
+    }
+    qc_luks_header l;
+    qc_luks_header_decode(p, &l);
+    ck_assert(memcmp(l.magic, "LUKS\xba\xbe", 6) == 0);
+    ck_assert_uint_eq(l.version, 1);
+    ck_assert_str_eq(l.cipher_name, "twofish");
+    ck_assert_str_eq(l.cipher_mode, "xts-plain64");
+    ck_assert_str_eq(l.hash_spec, "sha512");
+    ck_assert_uint_eq(l.payload_offset, 4096);
+    ck_assert_uint_eq(l.key_bytes, 64);
+    ck_assert_uint_eq(l.master_key_iterations, 12345);
+    for (unsigned i = 0; i < 8; i++) {
+        ck_assert_uint_eq(l.slots[i].active, i ? QC_LUKS_SLOT_DISABLED : QC_LUKS_SLOT_ENABLED);
+        ck_assert_uint_eq(l.slots[i].iterations, 100 + i);
+        ck_assert_uint_eq(l.slots[i].key_offset, 8 + 500 * i);
+        ck_assert_uint_eq(l.slots[i].stripes, 4000 + i);
+    }
+}
+END_TEST
+
 START_TEST(test_masks_match_spec)
 {
     /* L1: bits 9-55 offset, 0-8 and 56-62 reserved, 63 COPIED. */
@@ -1124,6 +1164,7 @@ static Suite *format_suite(void)
     tcase_add_test(tc, test_bitmap_entry_decode);
     tcase_add_test(tc, test_feature_name_decode);
     tcase_add_test(tc, test_bitmaps_ext_decode);
+    tcase_add_test(tc, test_luks_header_decode);
     suite_add_tcase(s, tc);
 
     return s;
