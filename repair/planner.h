@@ -105,6 +105,12 @@ void stage_refcounts(repair_run *r);
  * since its clusters could not be counted. */
 bool refcounts_blocked(repair_run *r, qc_ctx *ctx);
 void stage_copied(repair_run *r);
+/* -r leaks: whether the current check (before the refcount stage) allows
+ * the COPIED fix after it, as qemu-img's: no corruption but COPIED ones and
+ * no check error. Until it does, leaked clusters the active tables map with
+ * COPIED clear are not lowered below 2. */
+bool leaks_fix_copied(const repair_run *r);
+void stage_leaks_copied(repair_run *r);
 void stage_broken_pointers(repair_run *r);
 void stage_header_flags(repair_run *r);
 

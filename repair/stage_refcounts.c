@@ -89,10 +89,9 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 typedef struct patcher {
     repair_run *r;
     uint8_t *copy;
-    /* -r leaks only: clusters the active tables reference with COPIED
-     * clear, which says "shared"; -r leaks does not fix COPIED, so it must
-     * not lower these below 2 (that would turn a leak into a COPIED
-     * corruption). */
+    /* -r leaks when it will not fix COPIED (see leaks_fix_copied): clusters
+     * the active tables reference with COPIED clear, which says "shared";
+     * lowering these below 2 would turn a leak into a COPIED corruption. */
     qc_bitset copied_floor;
     uint64_t floored;
 } patcher;
@@ -193,15 +192,17 @@ static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
 static void patch_in_place(repair_run *r, qc_ctx *ctx)
 {
     patcher p = {r, malloc(ctx->geo.cluster_size), {0}, 0};
-    if (!p.copy || (r->mode == QC_REPAIR_LEAKS && !mark_copied_floor(ctx, &p.copied_floor))) {
+    bool floor = r->mode == QC_REPAIR_LEAKS && !leaks_fix_copied(r);
+    if (!p.copy || (floor && !mark_copied_floor(ctx, &p.copied_floor))) {
         r->error = -ENOMEM;
     } else {
         qc_each_refcount_span(ctx, &p, patch_span, false);
         if (p.floored)
             plan_note(r, NOTE_GENERAL,
                       "%llu leaked cluster%s kept at refcount 2, not lowered: the active tables "
-                      "reference %s with COPIED clear, which -r leaks does not change; lowering "
-                      "%s would turn the leak into a COPIED corruption (-r all fixes both)",
+                      "reference %s with COPIED clear, and -r leaks fixes COPIED only when no "
+                      "other corruption remains (as qemu-img does); lowering %s would turn the "
+                      "leak into a COPIED corruption (-r all fixes both)",
                       (unsigned long long)p.floored, p.floored == 1 ? "" : "s",
                       p.floored == 1 ? "it" : "them", p.floored == 1 ? "it" : "them");
     }

@@ -131,10 +131,20 @@ static void rewrite_entry(repair_run *r, uint64_t at, uint64_t clear, uint64_t s
                (unsigned long long)now, why);
 }
 
-/* Data clusters the check flagged, and those with more references on disk
- * than found (kept orphans): every active entry mapping one gets COPIED
- * exactly when the cluster has one reference, on disk and found. */
-static void fix_data_copied(repair_run *r, qc_ctx *ctx)
+/* Whether COPIED may be set on an entry pointing to cluster c: never while
+ * a structure qcheck did not follow may share it (QEMU would then write
+ * into a cluster that structure still uses). */
+static bool copied_may_be_set(const qc_ctx *ctx, uint64_t c)
+{
+    return !ctx->unfollowed && !qc_bitset_test(&ctx->suspect, c) &&
+           !qc_bitset_test(&ctx->orphans, c) && !qc_bitset_test(&ctx->over, c);
+}
+
+/* Data clusters the check flagged (l2CopiedWrong) and, with `with_over`,
+ * those with more references on disk than found (kept orphans): every
+ * active entry mapping one gets COPIED exactly when the cluster has one
+ * reference, on disk and found. */
+static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
 {
     const qc_geometry *g = &ctx->geo;
     qc_bitset flagged;
@@ -144,7 +154,8 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
         r->error = -ENOMEM;
         goto out;
     }
-    bool any = r->res.per_problem[QC_P_REFCOUNT_LEAK] || r->res.per_problem[QC_P_REFCOUNT_ORPHAN];
+    bool any = with_over &&
+               (r->res.per_problem[QC_P_REFCOUNT_LEAK] || r->res.per_problem[QC_P_REFCOUNT_ORPHAN]);
     for (size_t i = 0; i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
         if (f->id != QC_P_L2_COPIED_WRONG || f->offset == QC_NO_OFFSET)
@@ -168,9 +179,9 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx)
             uint64_t c = off >> g->cluster_bits;
             if ((entry & QC_OFLAG_COMPRESSED) || off == 0 || !qc_cluster_aligned(ctx, off) ||
                 c >= ctx->file_clusters ||
-                !(qc_bitset_test(&flagged, c) || qc_bitset_test(&ctx->over, c)))
+                !(qc_bitset_test(&flagged, c) || (with_over && qc_bitset_test(&ctx->over, c))))
                 continue;
-            bool want = qc_refmap_get(&ctx->refmap, c) == 1 && !qc_bitset_test(&ctx->over, c);
+            bool want = qc_refmap_get(&ctx->refmap, c) == 1 && copied_may_be_set(ctx, c);
             qc_put_be64(copy + i * g->l2_entry_size,
                         want ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED);
         }
@@ -196,6 +207,52 @@ out:
     free(copy);
 }
 
+/* Active L1 entries the check flagged (l1CopiedWrong): COPIED set exactly
+ * when the L2 table has one reference. */
+static void fix_l1_copied(repair_run *r, qc_ctx *ctx)
+{
+    for (size_t i = 0; i < r->nb_found; i++) {
+        const repair_finding *f = &r->found[i];
+        uint8_t be[8];
+        if (f->id != QC_P_L1_COPIED_WRONG || qc_read_zero_filled(&r->view, f->offset, be, 8) < 0)
+            continue;
+        uint64_t c = (qc_be64(be) & QC_L1_OFFSET_MASK) >> ctx->geo.cluster_bits;
+        bool want = c < ctx->file_clusters && qc_refmap_get(&ctx->refmap, c) == 1 &&
+                    copied_may_be_set(ctx, c);
+        rewrite_entry(r, f->offset, want ? 0 : QC_OFLAG_COPIED, want ? QC_OFLAG_COPIED : 0, 0,
+                      "active L1 table", "COPIED set exactly when the L2 table has one reference");
+    }
+}
+
+static uint64_t copied_findings(const qc_result *res)
+{
+    return res->per_problem[QC_P_L1_COPIED_WRONG] + res->per_problem[QC_P_L2_COPIED_WRONG];
+}
+
+bool leaks_fix_copied(const repair_run *r)
+{
+    return r->res.check_errors == 0 && r->res.corruptions == copied_findings(&r->res);
+}
+
+void stage_leaks_copied(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || !copied_findings(&r->res))
+        return;
+    /* QEMU's condition: the refcount repair left no leak, no corruption
+     * (COPIED aside) and no check error, so the refcounts COPIED is judged
+     * by are right. */
+    if (r->res.leaks || !leaks_fix_copied(r)) {
+        plan_note(r, NOTE_GENERAL,
+                  "COPIED flags left as they are: -r leaks fixes them only when no leak and no "
+                  "other corruption remains (as qemu-img does); -r all fixes them");
+        return;
+    }
+    fix_l1_copied(r, ctx);
+    fix_data_copied(r, ctx, false);
+    plan_flush(r);
+}
+
 void stage_copied(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
@@ -204,10 +261,6 @@ void stage_copied(repair_run *r)
     for (size_t i = 0; i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
         switch (f->id) {
-        case QC_P_L1_COPIED_WRONG:
-            rewrite_entry(r, f->offset, 0, 0, QC_OFLAG_COPIED, "active L1 table",
-                          "COPIED set exactly when the L2 table has one reference");
-            break;
         case QC_P_L2_ZERO_OFFSET_COPIED:
         case QC_P_COMPRESSED_COPIED:
             rewrite_entry(r, f->offset, QC_OFLAG_COPIED, 0, 0, "L2 table",
@@ -243,7 +296,8 @@ void stage_copied(repair_run *r)
                           QC_OFLAG_COPIED, 0, 0, "active L1 table",
                           "the L2 table has more than one reference on disk");
     }
-    fix_data_copied(r, ctx);
+    fix_l1_copied(r, ctx);
+    fix_data_copied(r, ctx, true);
     plan_flush(r);
 }
 

@@ -348,6 +348,35 @@ def add_empty_snapshot(im):
     im.write_snapshot_table([q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"1", b"s1")])
 
 
+def snapshot_create_failed(im):
+    """A snapshot creation that stopped after QEMU raised the refcounts of
+    the active L2 tables and data clusters (clearing their COPIED flags) and
+    wrote the copy of the L1 table, but before the snapshot table listed the
+    snapshot (qcow2_snapshot_create): each of those clusters has one
+    reference more on disk than found, COPIED clear, and the L1 copy is
+    leaked. An interrupted deletion of the only snapshot leaves the same."""
+    cs = im.cluster_size
+    l1 = im.l1()
+    for i, e in enumerate(l1):
+        if e & OFFSET_MASK:
+            c = (e & OFFSET_MASK) // cs
+            im.set_refcount(c, im.refcount(c) + 1)
+            im.set_l1_entry(i, e & ~OFLAG_COPIED)
+    for r in im.data_refs():
+        c = r.host_offset // cs
+        im.set_refcount(c, im.refcount(c) + 1)
+        im.write_int(r.entry_offset, 8, r.entry & ~OFLAG_COPIED)
+    im.append_clusters(b"".join(q.be(8, e & ~OFLAG_COPIED) for e in l1))
+
+
+def drop_snapshots(keep):
+    """A snapshot deletion that stopped after QEMU wrote the snapshot table
+    without the snapshot, before it dropped the references of the deleted
+    snapshot's tables (qcow2_snapshot_delete): the clusters it shared with
+    the others have one reference more on disk than found."""
+    return lambda im: im.write_snapshot_table(im.snapshots()[:keep])
+
+
 def with_backing_name(name):
     """Add a backing file name after the extensions (no format extension)."""
     return lambda im: im.replace_extensions(im.extensions, backing_name=name)
@@ -642,6 +671,17 @@ case("snap_shared_refcount_too_low", "snapshots",
      lambda im: im.set_refcount(next(r for r in im.data_refs() if not r.entry & OFLAG_COPIED)
                                 .host_offset // im.cluster_size, 1),
      "refcountTooLow", 2, exit_only(COPIED_DOUBLE))
+# Interrupted snapshot operations (the most common real leaks): qemu-img
+# check -r leaks lowers the refcounts and then fixes COPIED; so must -r leaks.
+case("snap_delete_interrupted", "snapshots", drop_snapshots(1), "refcountLeak", 3, Qemu(FULL),
+     absent="refcountOrphan")
+case("snap_delete_all_interrupted", "snapshots", drop_snapshots(0), "refcountLeak", 3, Qemu(FULL),
+     absent="refcountOrphan")
+case("snap_create_failed", "v3_64k", snapshot_create_failed, "refcountLeak", 3, Qemu(FULL),
+     absent="refcountOrphan")
+case("snap_create_failed_and_corrupt", "v3_64k",
+     chain(snapshot_create_failed, entry(data(1), set_bits(1 << 57))),
+     "refcountLeak l2EntryReservedBits", 2, Qemu(COUNTS))
 case("snap_shares_active_l1", "snapshots",
      snapshot_field(1, "l1_table_offset", lambda im, v: im.header.l1_table_offset),
      "metadataOverlap", 2,

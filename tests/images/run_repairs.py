@@ -29,9 +29,13 @@ beside the image (qcheck must never need them):
               file");
           (d) every cluster the first check called refcountOrphan keeps its
               on-disk refcount;
-  leaks   `QCHECK -r leaks --output=json`: the same corruptions as before,
-          no leak left (beyond the kept clusters), guest data unchanged,
-          orphans' refcounts unchanged.
+  leaks   `QCHECK -r leaks --output=json`: the same corruptions as before
+          (wrong COPIED flags excepted when they were the only ones: then
+          they are fixed, as qemu-img -r leaks does), no leak left (beyond
+          the kept clusters), guest data unchanged, orphans' refcounts
+          unchanged; and wherever `qemu-img check -r leaks` ends with exit
+          0, qcheck -r leaks does too (unless qemu-img freed clusters qcheck
+          keeps for a structure it could not follow).
 
 Files that are not qcow2, and images qcheck cannot check completely (exit 1
 before), must be refused: nonzero exit and the file byte for byte unchanged.
@@ -70,6 +74,8 @@ GUEST_RE = re.compile(r'^(the active image|snapshot \d+ \(id "(.*?)", name ".*?"
                       r"guest bytes 0x([0-9a-f]+)-0x([0-9a-f]+) ")
 MORE_RE = re.compile(r"^\.\.\. and \d+ more like the above")
 BITMAPS_DROPPED = "dropped the persistent bitmaps"
+FLOORED_RE = re.compile(r"^(\d+) leaked clusters? kept at refcount 2, not lowered")
+COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
 SNAPSHOTS_DROPPED_RE = re.compile(r"^the snapshot table listed \d+ snapshots; \d+ could be read")
 
 
@@ -373,6 +379,16 @@ def kept_count(notes):
     return 0
 
 
+def floored_count(notes):
+    """Leaked clusters -r leaks kept at refcount 2 because it could not fix
+    their COPIED flags (other corruptions remained)."""
+    for n in notes:
+        m = FLOORED_RE.match(n)
+        if m:
+            return int(m.group(1))
+    return 0
+
+
 def orphan_clusters(res, cluster_size):
     out = []
     for p in res.get("problems", []):
@@ -405,6 +421,7 @@ class Outcome:
         self.qcheck_clean = False  # -r all left an image qcheck calls clean (exit 0)
         self.qcheck_clean_kept = False  # exit 3 with exactly the kept orphans as leaks
         self.qemu_clean = None  # True/False when asked, None when not applicable
+        self.qemu_leaks_clean = False  # qemu-img check -r leaks ended with exit 0
         self.guest_kept = False
         self.orphans = 0  # orphan clusters whose refcount survived both repairs
         self.beyond_table = []  # corruption ids fixed although the table says none
@@ -550,6 +567,7 @@ class RepairRunner:
         self.check_result(case, "-r leaks", lrc, lres, o)
         lnotes = (lres.get("repair") or {}).get("notes", [])
         self.check_leaks(case, before, lrc, lres, lnotes, o)
+        self.check_qemu_leaks(case, base, cdir, orig, lrc, lres, o)
         guest_ok &= self.check_guest(view0, aliased, limg, lnotes, cs, lsha, "-r leaks", o)
         orphans_ok &= self.check_orphans(orphan_rc, limg, "-r leaks", o)
         o.guest_kept = guest_ok
@@ -675,17 +693,52 @@ class RepairRunner:
                 o.beyond_table = sorted(i for i in corr_before if self.fixes.get(i) == "none")
 
     def check_leaks(self, case, before, rc, res, notes, o):
+        """-r leaks: no leak left beyond the kept clusters; the corruptions
+        as before, except that wrong COPIED flags go when they were the only
+        corruptions (qemu-img check -r leaks then fixes them too)."""
         corr_before = sorted(p["id"] for p in problems_by_severity(before, "corruption"))
         corr_after = sorted(p["id"] for p in problems_by_severity(res, "corruption"))
-        if corr_before != corr_after or before.get("corruptions", 0) != res.get("corruptions", 0):
+        if corr_before and set(corr_before) <= COPIED_IDS:
+            if corr_after:
+                o.fails.append("-r leaks left %d corruptions (%s) although wrong COPIED flags were "
+                               "the only ones (qemu-img -r leaks fixes them)" % (
+                                   res.get("corruptions", 0), ", ".join(corr_after)))
+        elif corr_before != corr_after or before.get("corruptions", 0) != res.get("corruptions", 0):
             o.fails.append("-r leaks changed the corruptions: %d (%s) -> %d (%s)" % (
                 before.get("corruptions", 0), ", ".join(corr_before) or "-",
                 res.get("corruptions", 0), ", ".join(corr_after) or "-"))
-        kept = kept_count(notes)
+        kept = kept_count(notes) + floored_count(notes)
         if res.get("leaks", 0) > kept:
             o.fails.append("-r leaks left %d leaks (kept %d)%s" % (
                 res.get("leaks", 0), kept,
                 "; notes: " + " | ".join(notes) if notes else ""))
+
+    def check_qemu_leaks(self, case, base, cdir, orig, rc, res, o):
+        """Where qemu-img check -r leaks ends clean, so must qcheck -r leaks
+        (a cron job repairing leaks must see exit 0 from either), unless
+        qemu-img got there by freeing what a structure qcheck could not
+        follow may own (kept orphans, H1/H4). Cases where the catalogue
+        records that qemu-img disagrees about the damage itself are left
+        out: qemu-img does not see what qcheck reports there."""
+        if not case.qemu.agrees:
+            return
+        d, img = self.copy(cdir, orig, "qemu_leaks")
+        for f in base.companion_files():
+            shutil.copyfile(os.path.join(self.bases_dir, f), os.path.join(d, f))
+        qrc, _, qerr = run([QEMU_IMG, "check", "-r", "leaks"] + base.qemu_target(os.path.basename(img)),
+                           cwd=d)
+        o.qemu_leaks_clean = qrc == 0
+        if qrc != 0 or rc == 0:
+            return
+        orphans = [p for p in res.get("problems", []) if p.get("id") == "refcountOrphan"]
+        if orphans or kept_count((res.get("repair") or {}).get("notes", [])):
+            o.exceptions.append(("qemu-leaks", "qemu-img check -r leaks exits 0 by freeing clusters "
+                                 "qcheck keeps for a structure it could not follow; qcheck -r leaks "
+                                 "exits %s" % rc))
+        else:
+            o.fails.append("qemu-img check -r leaks ends clean but qcheck -r leaks exits %s "
+                           "(corruptions %s, leaks %s)" % (rc, res.get("corruptions", 0),
+                                                          res.get("leaks", 0)))
 
     def check_guest(self, view0, aliased, img, notes, cs, sha_before, what, o):
         if q.file_sha256(img) == sha_before:
@@ -764,13 +817,14 @@ class RepairRunner:
         print("%d cases (%d s): %d refused (not qcow2, or not checkable enough to repair); of %d repaired, "
               "%d repairable by the problem table: -r all left %d clean for qcheck and %d with only the "
               "kept orphans as leaks; %d more clean although the table promised no fix; qemu-img clean "
-              "on %d of the %d qcheck calls clean; guest data unchanged in %d of %d cases; orphans kept "
+              "on %d of the %d qcheck calls clean; qemu-img -r leaks clean on %d, qcheck -r leaks on all "
+              "of them but the exceptions; guest data unchanged in %d of %d cases; orphans kept "
               "in %d cases (%d clusters)" % (
                   len(results), time.time() - t0, len(results) - len(qcow), len(qcow), len(rep),
                   sum(r.qcheck_clean for r in rep), sum(r.qcheck_clean_kept for r in rep),
                   sum(r.qcheck_clean or r.qcheck_clean_kept for r in qcow if not r.repairable),
                   sum(r.qemu_clean is True for r in qcow), sum(r.qemu_clean is not None for r in qcow),
-                  sum(r.guest_kept for r in results), len(results), sum(r.orphans > 0 for r in results),
+                  sum(r.qemu_leaks_clean for r in qcow), sum(r.guest_kept for r in results), len(results), sum(r.orphans > 0 for r in results),
                   sum(r.orphans for r in results)))
         print("%d passed, %d failed" % (len(results) - len(failed), len(failed)))
         return len(failed)
