@@ -75,6 +75,8 @@ GUEST_RE = re.compile(r'^(the active image|snapshot \d+ \(id "(.*?)", name ".*?"
 MORE_RE = re.compile(r"^\.\.\. and \d+ more like the above")
 BITMAPS_DROPPED = "dropped the persistent bitmaps"
 FLOORED_RE = re.compile(r"^(\d+) leaked clusters? kept at refcount 2, not lowered")
+# Cases both qemu-img check -r leaks and qcheck -r leaks must end clean.
+LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
 COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
 SNAPSHOTS_DROPPED_RE = re.compile(r"^the snapshot table listed \d+ snapshots; \d+ could be read")
 
@@ -728,6 +730,9 @@ class RepairRunner:
         qrc, _, qerr = run([QEMU_IMG, "check", "-r", "leaks"] + base.qemu_target(os.path.basename(img)),
                            cwd=d)
         o.qemu_leaks_clean = qrc == 0
+        if case.name in LEAKS_END_CLEAN and not (qrc == 0 and rc == 0):
+            o.fails.append("the leak of an interrupted snapshot operation: qemu-img check -r leaks "
+                           "exits %s, qcheck -r leaks %s (both must end clean)" % (qrc, rc))
         if qrc != 0 or rc == 0:
             return
         orphans = [p for p in res.get("problems", []) if p.get("id") == "refcountOrphan"]
