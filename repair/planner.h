@@ -19,6 +19,8 @@ struct qc_repair_plan {
     char *refusal;
     uint64_t size_before; /* image length before the repair */
     uint64_t leaks_fixed, corruptions_fixed;
+    qc_unlinked *unlinked; /* see qc_repair_plan_unlinked */
+    size_t nb_unlinked, cap_unlinked;
 };
 
 /* A finding of the current check, uncapped (see qc_ctx.fix_sink). */
@@ -38,6 +40,13 @@ typedef enum note_kind {
     NOTE_KINDS,
 } note_kind;
 
+/* A dropped item that may own freed clusters: its host range, the highest
+ * end of the ranges up to it (in start order), and its index. */
+typedef struct unlink_owner {
+    uint64_t start, end, reach;
+    size_t item;
+} unlink_owner;
+
 typedef struct repair_run {
     qc_repair_plan *plan;
     qc_repair_mode mode;
@@ -52,10 +61,25 @@ typedef struct repair_run {
     repair_finding *found;
     size_t nb_found, cap_found;
 
-    /* Clusters the first check called orphans: never lowered. */
+    /* -r leaks: the orphans of the first check, never lowered. -r all
+     * judges orphans by the current check of the view instead: once the
+     * structure that may own them is dropped, they are freed in the same
+     * run. */
     qc_bitset kept;
+    qc_bitset first_orphans; /* every orphan of the first check (for the unlinked list) */
+    /* The run of freed clusters being collected (see plan_freed), and the
+     * dropped items that may own a cluster, by host offset. */
+    struct {
+        uint64_t first, count;
+        size_t owner;
+        qc_problem_id problem;
+    } free_run;
+    unlink_owner *owners;
+    size_t nb_owners;
+    bool owners_stale;
     bool drops_bitmaps; /* -r all and a bitmap problem whose fix is dropping them */
     unsigned version;
+    unsigned cluster_bits;
     uint64_t incompat_before; /* incompatible features before the repair */
     bool fenced;              /* the corrupt bit is set as a fence */
     uint64_t notes_of_kind[NOTE_KINDS];
@@ -68,8 +92,10 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
 
 /* planner.c */
 /* Record a write of `len` bytes at `off` and apply it to the view. The
- * first write of a repair is preceded by the fence (see docs/repair.md). */
-void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+ * first write of a repair is preceded by the fence (see docs/repair.md).
+ * Returns whether the write was planned (not when it would land on a
+ * cluster two structures claim, or after an error). */
+bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
 /* Ask for a flush: the writes before it reach the disk before any after. */
 void plan_flush(repair_run *r);
@@ -93,6 +119,27 @@ uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts
 bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what);
 /* The L2 table (distinct) containing host offset `off`, or NULL. */
 const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
+
+/* unlinked.c: the list of what the repair unlinks, frees or recovers. */
+void plan_unlinked(repair_run *r, const qc_unlinked *item);
+/* The refcount of cluster c goes to 0: collected into runs, each owned by
+ * the dropped item covering it, or else a leak or an orphan of the first
+ * check. plan_freed_flush() ends the current run. */
+void plan_freed(repair_run *r, uint64_t c);
+void plan_freed_flush(repair_run *r);
+/* Notes for humans on the frees of clusters that a dropped pointer owned
+ * or that were orphans (after the last stage). */
+void note_unlinked(repair_run *r);
+/* A dropped item for one L2 entry (at `at`, holding `entry`) of each of
+ * the tables referencing its table: the guest cluster it mapped in each. */
+void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
+                     qc_problem_id problem, unsigned kind, uint64_t new_target);
+/* Dropped items for the structures of the kinds in `owners` (a mask of
+ * 1 << qc_owner) that the current check found, which the repair replaces
+ * or stops pointing to, for `problem`. */
+void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem);
+/* The first finding of the current check whose fix is `fix`. */
+qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 
 /* The stages, in the order they run (planner.c lists them per mode). */
 void stage_feature_bits(repair_run *r);

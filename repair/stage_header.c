@@ -50,8 +50,13 @@ void stage_feature_bits(repair_run *r)
         return;
     uint8_t be[8];
     qc_put_be64(be, after);
-    plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
-               (unsigned long long)before, (unsigned long long)after);
+    if (plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
+                   (unsigned long long)before, (unsigned long long)after) &&
+        (before & ~after & QC_AUTOCLEAR_BITMAPS))
+        unlink_structures(r, ctx, 1u << QC_OWN_BITMAP_DIRECTORY | 1u << QC_OWN_BITMAP_TABLE |
+                                      1u << QC_OWN_BITMAP_DATA,
+                          drop_bitmaps ? first_found_with_fix(r, QC_FIX_DROP_BITMAPS)
+                                       : QC_P_AUTOCLEAR_WITHOUT_BITMAPS);
     plan_flush(r);
 }
 
@@ -97,26 +102,86 @@ static bool snapshot_table_shared(repair_run *r, const qc_ctx *ctx)
     return false;
 }
 
+/* The unlinked items of snapshot entries [from, to) dropped for `problem`:
+ * one per decoded entry (its L1 table), then one per entry that could not
+ * be read (nothing known but its index), at most QC_MAX_SNAPSHOTS. */
+static void unlink_snapshots(repair_run *r, const qc_ctx *ctx, uint32_t from, uint32_t to,
+                             qc_problem_id problem)
+{
+    for (uint32_t k = from; k < to && k - from < QC_MAX_SNAPSHOTS && !r->error; k++) {
+        qc_unlinked item = {QC_UNLINK_DROPPED, problem,     QC_NO_OFFSET, 0, k, QC_NO_OFFSET, 0,
+                            QC_NO_OFFSET,      QC_NO_OFFSET, QC_NO_OFFSET};
+        if (k < ctx->nb_snapshots) {
+            const qc_snapshot *s = &ctx->snapshots[k];
+            uint64_t bytes = (uint64_t)s->entry.l1_size * 8;
+            item.entry_offset = s->table_offset;
+            item.target = s->entry.l1_table_offset;
+            item.guest_offset = 0;
+            item.guest_length = s->entry.has_disk_size ? s->entry.disk_size : ctx->hdr.size;
+            if (bytes && qc_cluster_aligned(ctx, item.target) &&
+                qc_range_within(item.target, bytes, ctx->file_size)) {
+                item.host_offset = item.target;
+                item.length = qc_div_round_up(bytes, ctx->geo.cluster_size) << ctx->geo.cluster_bits;
+            }
+        }
+        plan_unlinked(r, &item);
+    }
+}
+
 void stage_snapshot_count(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
     if (!ctx || !found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
         return;
-    uint32_t kept = snapshots_kept(ctx);
-    if (kept >= ctx->hdr.nb_snapshots || snapshot_table_shared(r, ctx))
+    const qc_header *h = &ctx->hdr;
+    /* Before anything extends the file: a truncated last entry, or a table
+     * past the end, must not become readable (zero-filled) if a later step
+     * is interrupted. */
+    if (r->res.per_problem[QC_P_SNAPSHOT_TABLE_PAST_EOF]) {
+        /* Nothing of it can be read: discard every entry, as QEMU (which
+         * reads them as zeros) ends up doing. */
+        uint8_t be[12] = {0};
+        if (!plan_write(r, 60, be, sizeof(be), "image header (snapshot table)",
+                        "discard the %u snapshot table entries at 0x%llx, past the end of the "
+                        "file (%llu bytes)",
+                        h->nb_snapshots, (unsigned long long)h->snapshots_offset,
+                        (unsigned long long)ctx->file_size))
+            return;
+        plan_flush(r);
+        char which[64];
+        if (h->nb_snapshots == 1)
+            snprintf(which, sizeof(which), "entry 0");
+        else
+            snprintf(which, sizeof(which), "entries 0-%u", h->nb_snapshots - 1);
+        plan_note(r, NOTE_GENERAL,
+                  "discarded snapshot table %s (%u snapshot%s): the table starts at 0x%llx, past "
+                  "the end of the file (%llu bytes), so not even their ids and names could be "
+                  "read; what only they used is freed",
+                  which, h->nb_snapshots, h->nb_snapshots == 1 ? "" : "s",
+                  (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
+        unlink_snapshots(r, ctx, 0, h->nb_snapshots, QC_P_SNAPSHOT_TABLE_PAST_EOF);
         return;
-    /* Before anything extends the file: a truncated last entry must not
-     * become readable (zero-filled) if a later step is interrupted. */
+    }
+    uint32_t kept = snapshots_kept(ctx);
+    if (kept >= h->nb_snapshots || snapshot_table_shared(r, ctx))
+        return;
     uint8_t be[4];
     qc_put_be32(be, kept);
-    plan_write(r, 60, be, 4, "image header (snapshot count)",
-               "keep the %u snapshots that fit in the file; drop %u", kept,
-               ctx->hdr.nb_snapshots - kept);
+    if (!plan_write(r, 60, be, 4, "image header (snapshot count)",
+                    "keep the %u snapshots that fit in the file; drop %u", kept,
+                    h->nb_snapshots - kept))
+        return;
     plan_flush(r);
     plan_note(r, NOTE_GENERAL,
               "the snapshot table listed %u snapshots; %u could be read and were kept, the rest "
               "do not fit in the file (or in 64 MiB) and were dropped",
-              ctx->hdr.nb_snapshots, kept);
+              h->nb_snapshots, kept);
+    /* Decoded entries beyond 64 MiB, then the ones that could not be read. */
+    uint32_t decoded = ctx->nb_snapshots > kept ? ctx->nb_snapshots : kept;
+    unlink_snapshots(r, ctx, kept, decoded, QC_P_SNAPSHOT_TABLE_TOO_LARGE);
+    unlink_snapshots(r, ctx, decoded, h->nb_snapshots,
+                     r->res.per_problem[QC_P_SNAPSHOT_TABLE_TRUNCATED] ? QC_P_SNAPSHOT_TABLE_TRUNCATED
+                                                                      : QC_P_TOO_MANY_SNAPSHOTS);
 }
 
 void stage_snapshot_table(repair_run *r)
@@ -165,9 +230,13 @@ void stage_snapshot_table(repair_run *r)
     uint8_t hdr[12];
     qc_put_be32(hdr, kept);
     qc_put_be64(hdr + 4, at);
-    plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
-               "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
-               (unsigned long long)at, kept);
+    if (plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
+                   "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
+                   (unsigned long long)at, kept))
+        unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE,
+                          r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE]
+                              ? QC_P_SNAPSHOT_EXTRA_TOO_LARGE
+                              : QC_P_SNAPSHOT_EXTRA_TOO_SMALL);
     plan_flush(r);
 }
 

@@ -56,8 +56,9 @@ static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const c
 }
 
 /* Rewrite the L2 entry at `at` as unallocated, or as a plain zero entry
- * when it read as zeros anyway. */
-static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, const char *why)
+ * when it read as zeros anyway (the finding `problem` says why). */
+static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, qc_problem_id problem,
+                           const char *why)
 {
     const qc_geometry *g = &ctx->geo;
     uint8_t old[16] = {0}, now[16] = {0};
@@ -77,10 +78,12 @@ static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, const 
     char what[240] = "L2 table";
     if (t)
         qc_describe_l2_table(ctx, t, what, sizeof(what));
-    plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
-               (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
-               (unsigned long long)entry, why);
+    if (!plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
+                    (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
+                    (unsigned long long)entry, why))
+        return;
     note_l2_guest(r, ctx, at, reads_zero ? "still read as zeros" : guest_effect(r));
+    unlink_l2_entry(r, ctx, at, entry, problem, QC_UNLINK_DROPPED, QC_NO_OFFSET);
 }
 
 void stage_data_on_metadata(repair_run *r)
@@ -90,7 +93,7 @@ void stage_data_on_metadata(repair_run *r)
         return;
     for (size_t i = 0; i < r->nb_found; i++)
         if (r->found[i].id == QC_P_DATA_OVERLAPS_METADATA)
-            clear_l2_entry(r, ctx, r->found[i].offset,
+            clear_l2_entry(r, ctx, r->found[i].offset, QC_P_DATA_OVERLAPS_METADATA,
                            "guest data mapped onto metadata; the mapping is dropped");
     plan_flush(r);
 }
@@ -313,7 +316,7 @@ void stage_broken_pointers(repair_run *r)
         case QC_P_L2_ENTRY_UNALIGNED:
         case QC_P_L2_ENTRY_PAST_EOF:
         case QC_P_COMPRESSED_RANGE_INVALID:
-            clear_l2_entry(r, ctx, f->offset,
+            clear_l2_entry(r, ctx, f->offset, f->id,
                            "it points outside the file or off a cluster boundary");
             break;
         case QC_P_L1_ENTRY_UNALIGNED:
@@ -322,19 +325,35 @@ void stage_broken_pointers(repair_run *r)
             uint64_t index;
             if (!l1_entry_at(ctx, f->offset, &snapshot, &index))
                 break;
-            uint8_t zero[8] = {0};
+            uint8_t zero[8] = {0}, be[8];
             char who[200], what[240];
+            if (qc_read_zero_filled(&r->view, f->offset, be, 8) < 0)
+                break;
             describe_owner(ctx, snapshot, who, sizeof(who));
             snprintf(what, sizeof(what), "L1 table of %s", who);
-            plan_write(r, f->offset, zero, 8, what,
-                       "entry %llu points to an L2 table outside the file or off a cluster "
-                       "boundary; cleared",
-                       (unsigned long long)index);
+            if (!plan_write(r, f->offset, zero, 8, what,
+                            "entry %llu points to an L2 table outside the file or off a cluster "
+                            "boundary; cleared",
+                            (unsigned long long)index))
+                break;
             uint64_t span = g->l2_entries << g->cluster_bits;
             plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", who,
                       (unsigned long long)(index * span),
                       (unsigned long long)(index * span + span - 1), (unsigned long long)index,
                       guest_effect(r));
+            uint64_t target = qc_be64(be) & QC_L1_OFFSET_MASK;
+            bool in_file = (target >> g->cluster_bits) < ctx->file_clusters;
+            qc_unlinked item = {QC_UNLINK_DROPPED,
+                                f->id,
+                                in_file ? target & ~(g->cluster_size - 1) : QC_NO_OFFSET,
+                                in_file ? g->cluster_size : 0,
+                                snapshot,
+                                index * span,
+                                span,
+                                f->offset,
+                                target,
+                                QC_NO_OFFSET};
+            plan_unlinked(r, &item);
             break;
         }
         default:

@@ -13,13 +13,14 @@ beside the image (qcheck must never need them):
           (sha256) and the steps listed must be those of the real run
           (same offsets and lengths, same flushes), with the same verdict;
   all     `QCHECK -r all --output=json`, then
-          (a) the re-check it prints is clean when every corruption the
-              first check found has a fix in the problem table
-              (checker/problems.def, fix column) other than `none`: exit 0,
-              or exit 3 with exactly the kept orphans left as leaks when the
-              notes say clusters were kept; otherwise no corruption appears
-              that was not there before. A fresh `QCHECK --output=json`
-              agrees with the printed re-check;
+          (a) the re-check it prints is clean (exit 0, no leak: what only
+              a pointer the repair dropped could own is freed in the same
+              run, and orphans kept for a structure still there stay
+              orphans) when every corruption the first check found has a
+              fix in the problem table (checker/problems.def, fix column)
+              other than `none`; otherwise no corruption appears that was
+              not there before, and no leak is left. A fresh
+              `QCHECK --output=json` agrees with the printed re-check;
           (b) `qemu-img check` (backing/data files copied beside the image
               now) is clean whenever qcheck says exit 0;
           (c) the guest data of the active image and of every snapshot is
@@ -28,7 +29,11 @@ beside the image (qcheck must never need them):
               ("guest bytes 0xA-0xB ... now read as zeros/from the backing
               file");
           (d) every cluster the first check called refcountOrphan keeps its
-              on-disk refcount;
+              on-disk refcount, unless the repair lists it as freed;
+          (e) the repair's "unlinked" list is complete and true: every
+              cluster whose refcount went to 0 is listed as freed, and
+              every cluster listed as freed has refcount 0 (also for -r
+              leaks);
   leaks   `QCHECK -r leaks --output=json`: the same corruptions as before
           (wrong COPIED flags excepted when they were the only ones: then
           they are fixed, as qemu-img -r leaks does), no leak left (beyond
@@ -73,12 +78,13 @@ KEPT_RE = re.compile(r"^kept (\d+) clusters? allocated that a structure qcheck c
 GUEST_RE = re.compile(r'^(the active image|snapshot \d+ \(id "(.*?)", name ".*?"\)): '
                       r"guest bytes 0x([0-9a-f]+)-0x([0-9a-f]+) ")
 MORE_RE = re.compile(r"^\.\.\. and \d+ more like the above")
-BITMAPS_DROPPED = "dropped the persistent bitmaps"
 FLOORED_RE = re.compile(r"^(\d+) leaked clusters? kept at refcount 2, not lowered")
 # Cases both qemu-img check -r leaks and qcheck -r leaks must end clean.
 LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
+TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
 COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
-SNAPSHOTS_DROPPED_RE = re.compile(r"^the snapshot table listed \d+ snapshots; \d+ could be read")
+SNAPSHOTS_DROPPED_RE = re.compile(r"^(the snapshot table listed \d+ snapshots; \d+ could be read"
+                                  r"|discarded snapshot table entr)")
 
 
 def load_fix_table(path=catalogue.PROBLEMS_DEF):
@@ -391,6 +397,17 @@ def floored_count(notes):
     return 0
 
 
+def unlinked_clusters(res, cluster_size, kind):
+    """Host clusters of the repair's "unlinked" items whose kind includes
+    `kind` ("dropped", "freed", "recovered")."""
+    out = set()
+    for u in (res.get("repair") or {}).get("unlinked") or []:
+        if kind in u.get("kind", "").split("+") and "host-offset" in u:
+            first = u["host-offset"] // cluster_size
+            out.update(range(first, first + u["length"] // cluster_size))
+    return out
+
+
 def orphan_clusters(res, cluster_size):
     out = []
     for p in res.get("problems", []):
@@ -421,7 +438,6 @@ class Outcome:
         self.exceptions = []  # deliberate, documented: (kind, text)
         self.repairable = None
         self.qcheck_clean = False  # -r all left an image qcheck calls clean (exit 0)
-        self.qcheck_clean_kept = False  # exit 3 with exactly the kept orphans as leaks
         self.qemu_clean = None  # True/False when asked, None when not applicable
         self.qemu_leaks_clean = False  # qemu-img check -r leaks ended with exit 0
         self.guest_kept = False
@@ -551,13 +567,10 @@ class RepairRunner:
 
         # (c) guest data, (d) orphans
         guest_ok = self.check_guest(view0, aliased, img, notes, cs, sha_orig, "-r all", o)
-        freeable = set()
-        if any(n.startswith(BITMAPS_DROPPED) for n in notes):
-            # -r all dropped the bitmaps: their clusters (in the undamaged
-            # base) have no owner left and are freed as leaks, as QEMU does.
-            with q.Image(os.path.join(self.bases_dir, base.filename)) as im:
-                freeable = bitmap_clusters(im)
-        orphans_ok = self.check_orphans(orphan_rc, img, "-r all", o, freeable)
+        freed = unlinked_clusters(res, cs, "freed")
+        self.check_unlinked(orig, before, img, res, cs, "-r all", o)
+        released = not any(p.get("id") == "refcountOrphan" for p in res.get("problems", []))
+        orphans_ok = self.check_orphans(orphan_rc, img, "-r all", o, freed, released)
 
         # -r leaks
         ldir, limg = self.copy(cdir, orig, "leaks")
@@ -572,6 +585,7 @@ class RepairRunner:
         self.check_qemu_leaks(case, base, cdir, orig, lrc, lres, o)
         guest_ok &= self.check_guest(view0, aliased, limg, lnotes, cs, lsha, "-r leaks", o)
         orphans_ok &= self.check_orphans(orphan_rc, limg, "-r leaks", o)
+        self.check_unlinked(orig, before, limg, lres, cs, "-r leaks", o)
         o.guest_kept = guest_ok
         o.orphans = len(orphan_rc) if orphans_ok else 0
 
@@ -671,15 +685,15 @@ class RepairRunner:
         corr_after = {p["id"] for p in problems_by_severity(res, "corruption")}
         leaks = res.get("leaks", 0)
         if o.repairable:
-            want = 3 if o.kept else 0
-            if rc != want or leaks != o.kept or res.get("corruptions", 0):
+            # Orphans are freed in the same run once the pointer that made
+            # them orphans is dropped; kept ones stay orphans, not leaks.
+            if rc != 0 or leaks or res.get("corruptions", 0):
                 o.fails.append("-r all: every corruption has a fix (%s) but the re-check exits %s "
                                "with %d corruptions (%s) and %d leaks (kept %d)" % (
                                    ", ".join(sorted(corr_before)) or "none", rc, res.get("corruptions", 0),
                                    ", ".join(sorted(corr_after)) or "-", leaks, o.kept))
             else:
-                o.qcheck_clean = rc == 0
-                o.qcheck_clean_kept = rc == 3
+                o.qcheck_clean = True
         else:
             new = corr_after - corr_before
             if new:
@@ -687,11 +701,10 @@ class RepairRunner:
             if res.get("corruptions", 0) > before.get("corruptions", 0):
                 o.fails.append("-r all: corruptions went up from %d to %d" % (
                     before.get("corruptions", 0), res.get("corruptions", 0)))
-            if leaks > o.kept:
-                o.fails.append("-r all left %d leaks, more than the %d clusters it kept" % (leaks, o.kept))
-            if rc == 0 or (rc == 3 and leaks == o.kept):
-                o.qcheck_clean = rc == 0
-                o.qcheck_clean_kept = rc == 3
+            if leaks:
+                o.fails.append("-r all left %d leaks" % leaks)
+            if rc == 0:
+                o.qcheck_clean = True
                 o.beyond_table = sorted(i for i in corr_before if self.fixes.get(i) == "none")
 
     def check_leaks(self, case, before, rc, res, notes, o):
@@ -758,23 +771,67 @@ class RepairRunner:
         o.fails.extend("%s: %s" % (what, f) for f in fails)
         return not fails
 
-    def check_orphans(self, orphan_rc, img, what, o, freeable=()):
+    def check_orphans(self, orphan_rc, img, what, o, freed=(), released=False):
+        """(d) Every orphan of the first check keeps its refcount while a
+        structure that may own it is left. With `released` (-r all, and the
+        re-check finds no orphan: the repair dropped what made them
+        orphans) the references the dropped structures held are gone, and
+        a cluster whose refcount went to 0 must be listed as freed."""
         if not orphan_rc:
             return True
         now = refcounts_of(img, orphan_rc)
         if isinstance(now, str):
             o.fails.append("%s: orphans: %s" % (what, now))
             return False
-        freed = sorted(c for c in orphan_rc if now[c] == 0 and orphan_rc[c] and c in freeable)
-        if freed:
-            o.exceptions.append(("orphans", "%s dropped the persistent bitmaps and freed %d orphan "
-                                 "cluster(s) that held bitmap data: %s" % (
-                                     what, len(freed), ", ".join(map(str, freed[:8])))))
-        lowered = [c for c in orphan_rc if now[c] != orphan_rc[c] and c not in freed]
-        if lowered:
-            o.fails.append("%s changed the refcount of %d orphan cluster(s): %s" % (
-                what, len(lowered), ", ".join("%d: %d->%d" % (c, orphan_rc[c], now[c]) for c in lowered[:5])))
-        return not lowered and not freed
+        changed = [c for c in orphan_rc if now[c] != orphan_rc[c]]
+        if released:
+            unlisted = [c for c in changed if now[c] == 0 and c not in freed]
+            raised = [c for c in changed if now[c] > orphan_rc[c]]
+            if changed:
+                o.exceptions.append(("orphans", "%s released %d orphan cluster(s) once nothing that "
+                                     "may own them was left (%d freed, listed in \"unlinked\")" % (
+                                         what, len(changed), sum(now[c] == 0 for c in changed))))
+            if unlisted or raised:
+                o.fails.append("%s: orphan cluster(s) freed without being listed (%s) or raised (%s)"
+                               % (what, unlisted[:5], raised[:5]))
+            return not changed
+        if changed:
+            o.fails.append("%s changed the refcount of %d orphan cluster(s) while a structure that "
+                           "may own them is left: %s" % (
+                               what, len(changed), ", ".join("%d: %d->%d" % (c, orphan_rc[c], now[c])
+                                                             for c in changed[:5])))
+        return not changed
+
+    def check_unlinked(self, orig, before_res, img, res, cs, what, o):
+        """The "unlinked" list of the repair is complete and true: every
+        cluster of the file whose refcount went from non-zero to 0 is listed
+        as freed, and every cluster listed as freed has refcount 0 now.
+        "Before" is what the test reader finds behind the header's refcount
+        table pointer, which is what qcheck reads unless it found the table
+        itself unusable (then it knows no refcount to compare with)."""
+        items = (res.get("repair") or {}).get("unlinked")
+        if not isinstance(items, list):
+            o.fails.append("%s: no \"unlinked\" list in the repair object" % what)
+            return
+        if any(p.get("id") in TABLE_UNUSABLE for p in before_res.get("problems", [])):
+            return
+        listed = unlinked_clusters(res, cs, "freed")
+        try:
+            with q.Image(orig) as im:
+                n = -(-im.file_size // cs)
+                before = {c: im.refcount(c) for c in range(n)}
+            with q.Image(img) as im:
+                after = {c: im.refcount(c) for c in range(n)}
+        except Exception:  # noqa: BLE001 - refcount structures the test reader cannot walk
+            return
+        unlisted = [c for c in range(n) if before[c] and not after[c] and c not in listed]
+        if unlisted:
+            o.fails.append("%s freed %d cluster(s) without listing them in \"unlinked\": %s" % (
+                what, len(unlisted), ", ".join(map(str, unlisted[:8]))))
+        wrong = [c for c in sorted(listed) if c < n and after[c]]
+        if wrong:
+            o.fails.append("%s lists cluster(s) as freed that still have a refcount: %s" % (
+                what, ", ".join("%d (%d)" % (c, after[c]) for c in wrong[:8])))
 
     def check_qemu(self, case, base, d, name, o):
         rc, out, err = run([QEMU_IMG, "check", "--output=json"] + base.qemu_target(name), cwd=d)
@@ -820,14 +877,14 @@ class RepairRunner:
         rep = [r for r in qcow if r.repairable]
         print()
         print("%d cases (%d s): %d refused (not qcow2, or not checkable enough to repair); of %d repaired, "
-              "%d repairable by the problem table: -r all left %d clean for qcheck and %d with only the "
-              "kept orphans as leaks; %d more clean although the table promised no fix; qemu-img clean "
+              "%d repairable by the problem table: -r all left %d clean for qcheck; %d more clean although "
+              "the table promised no fix; qemu-img clean "
               "on %d of the %d qcheck calls clean; qemu-img -r leaks clean on %d, qcheck -r leaks on all "
               "of them but the exceptions; guest data unchanged in %d of %d cases; orphans kept "
               "in %d cases (%d clusters)" % (
                   len(results), time.time() - t0, len(results) - len(qcow), len(qcow), len(rep),
-                  sum(r.qcheck_clean for r in rep), sum(r.qcheck_clean_kept for r in rep),
-                  sum(r.qcheck_clean or r.qcheck_clean_kept for r in qcow if not r.repairable),
+                  sum(r.qcheck_clean for r in rep),
+                  sum(r.qcheck_clean for r in qcow if not r.repairable),
                   sum(r.qemu_clean is True for r in qcow), sum(r.qemu_clean is not None for r in qcow),
                   sum(r.qemu_leaks_clean for r in qcow), sum(r.guest_kept for r in results), len(results), sum(r.orphans > 0 for r in results),
                   sum(r.orphans for r in results)))
