@@ -304,16 +304,117 @@ void stage_copied(repair_run *r)
     plan_flush(r);
 }
 
+/* The refcount of cluster c in its refcount block, if the block is
+ * readable; false otherwise. */
+static bool ondisk_refcount(repair_run *r, const qc_ctx *ctx, uint64_t c, uint64_t *value)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t i = c / g->refblock_entries, j = c % g->refblock_entries;
+    if (!ctx->reftable_usable || i >= ctx->reftable_entries ||
+        ctx->refblock_state[i] != QC_REFBLOCK_VALID ||
+        qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i]))
+        return false;
+    uint8_t be[8] = {0};
+    uint64_t byte = j * g->refcount_bits / 8, len = (g->refcount_bits + 7) / 8;
+    if (qc_read_zero_filled(&r->view, ctx->reftable[i] + byte, be, (size_t)len) < 0)
+        return false;
+    /* The entry is the first in a block that starts at its byte. */
+    *value = qc_refblock_get(be, g->refcount_bits, g->refcount_bits < 8 ? j % (8 / g->refcount_bits) : 0);
+    return true;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The clusters the unaligned standard L2 entries of the check point into
+ * (aligned down), sorted: a cluster two of them point into is re-pointed
+ * by neither. NULL (count 0) when there are none. */
+static uint64_t *unaligned_targets(repair_run *r, size_t *count)
+{
+    *count = 0;
+    uint64_t *targets = NULL;
+    size_t n = 0;
+    for (size_t i = 0; i < r->nb_found; i++)
+        n += r->found[i].id == QC_P_L2_ENTRY_UNALIGNED;
+    if (!n || !(targets = malloc(n * sizeof(*targets)))) {
+        if (n)
+            r->error = -ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < r->nb_found; i++) {
+        uint8_t be[8];
+        if (r->found[i].id == QC_P_L2_ENTRY_UNALIGNED &&
+            qc_read_zero_filled(&r->view, r->found[i].offset, be, 8) == 0)
+            targets[(*count)++] = (qc_be64(be) & QC_L2_OFFSET_MASK) >> r->cluster_bits;
+    }
+    qsort(targets, *count, sizeof(*targets), cmp_u64);
+    return targets;
+}
+
+/* Recover before dropping: an unaligned L2 entry whose aligned-down
+ * cluster is allocated (refcount on disk), inside the file and referenced
+ * by nothing else (the cluster the check says it most likely meant) is
+ * re-pointed there, so the guest keeps its data. COPIED is set only when
+ * that cluster has refcount 1 on disk, the table serves the active image
+ * alone and nothing unfollowed may share it. Returns whether it was. */
+static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, const uint64_t *targets,
+                             size_t nb_targets)
+{
+    const qc_geometry *g = &ctx->geo;
+    const qc_l2_table *t = l2_table_at(ctx, at);
+    uint8_t be[8];
+    uint64_t ondisk;
+    if (!t || qc_read_zero_filled(&r->view, at, be, 8) < 0)
+        return false;
+    uint64_t entry = qc_be64(be), off = entry & QC_L2_OFFSET_MASK, c = off >> g->cluster_bits;
+    const uint64_t *first = bsearch(&c, targets, nb_targets, sizeof(*targets), cmp_u64);
+    if ((entry & QC_OFLAG_COMPRESSED) || qc_cluster_aligned(ctx, off) || c >= ctx->file_clusters ||
+        !first || (first > targets && first[-1] == c) ||
+        (first + 1 < targets + nb_targets && first[1] == c) ||
+        qc_refmap_get(&ctx->refmap, c) != 0 || !qc_bitset_test(&ctx->over, c) ||
+        qc_bitset_test(&ctx->bitmap_suspect, c) || !ondisk_refcount(r, ctx, c, &ondisk) ||
+        ondisk == 0)
+        return false;
+    uint64_t to = c << g->cluster_bits;
+    bool copied = ondisk == 1 && t->refs == 1 && t->active_refs == 1 && !ctx->unfollowed;
+    uint64_t now = (entry & ~(QC_L2_OFFSET_MASK | QC_OFLAG_COPIED)) | to | (copied ? QC_OFLAG_COPIED : 0);
+    char what[240];
+    qc_describe_l2_table(ctx, t, what, sizeof(what));
+    qc_put_be64(be, now);
+    if (!plan_write(r, at, be, 8, what,
+                    "entry %llu pointed to 0x%llx, not cluster aligned; re-pointed to 0x%llx, the "
+                    "allocated cluster it most likely meant, which nothing else references",
+                    (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
+                    (unsigned long long)off, (unsigned long long)to))
+        return false;
+    char effect[160];
+    snprintf(effect, sizeof(effect),
+             "re-pointed from 0x%llx to 0x%llx, the allocated cluster it most likely meant "
+             "(nothing else references it): the guest reads that cluster again",
+             (unsigned long long)off, (unsigned long long)to);
+    note_l2_guest(r, ctx, at, effect);
+    unlink_l2_entry(r, ctx, at, entry, QC_P_L2_ENTRY_UNALIGNED, QC_UNLINK_RECOVERED, to);
+    return true;
+}
+
 void stage_broken_pointers(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
     if (!ctx)
         return;
     const qc_geometry *g = &ctx->geo;
-    for (size_t i = 0; i < r->nb_found; i++) {
+    size_t nb_targets;
+    uint64_t *targets = unaligned_targets(r, &nb_targets);
+    for (size_t i = 0; i < r->nb_found && !r->error; i++) {
         const repair_finding *f = &r->found[i];
         switch (f->id) {
         case QC_P_L2_ENTRY_UNALIGNED:
+            if (repoint_l2_entry(r, ctx, f->offset, targets, nb_targets))
+                break;
+            /* fall through */
         case QC_P_L2_ENTRY_PAST_EOF:
         case QC_P_COMPRESSED_RANGE_INVALID:
             clear_l2_entry(r, ctx, f->offset, f->id,
@@ -360,5 +461,6 @@ void stage_broken_pointers(repair_run *r)
             break;
         }
     }
+    free(targets);
     plan_flush(r);
 }

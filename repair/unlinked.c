@@ -276,8 +276,8 @@ void note_unlinked(repair_run *r)
         describe_clusters(u, bits, where, sizeof(where));
         describe_pointer(u, who, sizeof(who));
         plan_note(r, NOTE_GENERAL,
-                  "freed %s: only %s, which this repair dropped, could own it; copy it out "
-                  "first if it matters",
+                  "freed %s: %s, which this repair dropped, pointed to it and nothing else refers "
+                  "to it; copy it out first if it matters",
                   where, who);
     }
     if (!orphans)

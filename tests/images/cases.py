@@ -369,6 +369,28 @@ def snapshot_create_failed(im):
     im.append_clusters(b"".join(q.be(8, e & ~OFLAG_COPIED) for e in l1))
 
 
+def snapshot_create(im):
+    """A complete internal snapshot of the active image, made as QEMU makes
+    one: the references of snapshot_create_failed, then the table entry
+    pointing to the L1 copy. Active and snapshot then share every L2
+    table."""
+    snapshot_create_failed(im)
+    h = im.header
+    l1 = q.align_up(im.file_size, im.cluster_size) - im.cluster_size  # the L1 copy
+    extra = struct.pack(">QQq", 0, h.size, -1)
+    im.write_snapshot_table(im.snapshots() + [q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"9", b"sc")])
+
+
+def own_data(snap):
+    """The first data entry of snapshot `snap` whose cluster nothing else
+    uses (refcount 1)."""
+    def sel(im):
+        s = im.snapshots()[snap]
+        return next(r for r in im.data_refs(l1_offset=s.l1_table_offset, l1_size=s.l1_size)
+                    if im.refcount(r.host_offset // im.cluster_size) == 1)
+    return sel
+
+
 def drop_snapshots(keep):
     """A snapshot deletion that stopped after QEMU wrote the snapshot table
     without the snapshot, before it dropped the references of the deleted
@@ -748,6 +770,24 @@ case("l2_reserved_low", "v3_64k", entry(data(), set_bits(1 << 3)), "l2EntryReser
      Qemu(COUNTS))
 case("l2_unaligned", "v3_64k", entry(data(), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R14, H2"))
+# Recover before dropping: -r all re-points an unaligned entry to the
+# allocated cluster nothing else references (run_repairs.REPOINTED).
+case("l2_unaligned_extl2", "extl2", entry(data(1), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_unaligned_snapshot", "snapshots", entry(own_data(0), move_by(1024)),
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_unaligned_shared_table", "v3_64k", chain(snapshot_create, entry(data(), move_by(512))),
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+# ... but not into a cluster something else references, nor one two
+# broken entries point into: those are dropped (and what only they could
+# own freed).
+case("l2_unaligned_into_used", "v3_64k",
+     entry(data(0), point_at(lambda im: im.data_refs()[1].host_offset + 512)),
+     "l2EntryUnaligned refcountLeak", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_unaligned_twice", "v3_64k",
+     chain(entry(data(1), point_at(lambda im: im.data_refs()[0].host_offset + 1024)),
+           entry(data(0), move_by(512))),
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
 case("l2_past_eof", "v3_64k", entry(data(), point_at(past_eof())), "l2EntryPastEof refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)  # as l2_unaligned: the old cluster is an orphan
 case("l2_zero_flag_v2", "v2_64k", entry(data(), set_bits(OFLAG_ZERO)), "l2ZeroFlagInvalid", 2,

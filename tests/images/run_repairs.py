@@ -60,6 +60,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
@@ -79,6 +80,14 @@ GUEST_RE = re.compile(r'^(the active image|snapshot \d+ \(id "(.*?)", name ".*?"
                       r"guest bytes 0x([0-9a-f]+)-0x([0-9a-f]+) ")
 MORE_RE = re.compile(r"^\.\.\. and \d+ more like the above")
 FLOORED_RE = re.compile(r"^(\d+) leaked clusters? kept at refcount 2, not lowered")
+# Cases where -r all must re-point an unaligned L2 entry ("recovered" in
+# "unlinked") and the guest must read exactly what the undamaged base image
+# holds, in the active image and every snapshot; and cases where it must not
+# (the aligned-down cluster is referenced, or two broken entries point into
+# it) and drops them instead.
+REPOINTED = {"l2_unaligned", "l2_unaligned_4k", "l2_unaligned_2m", "l2_unaligned_extl2",
+             "l2_unaligned_snapshot", "l2_unaligned_shared_table"}
+NOT_REPOINTED = {"l2_unaligned_into_used", "l2_unaligned_twice"}
 # Cases both qemu-img check -r leaks and qcheck -r leaks must end clean.
 LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
 TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
@@ -351,6 +360,22 @@ def compare_views(before, after, notes, cluster_size, aliased=()):
     return fails, compared
 
 
+def guest_digests(path, workdir):
+    """{"active" or snapshot id: sha256 of its guest data}, as qemu-img
+    convert reads it (`-l` for the snapshots)."""
+    with q.Image(path) as im:
+        ids = [s.id.decode("latin-1") for s in im.snapshots()]
+    out = {}
+    for sid in [None] + ids:
+        with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+            raw = os.path.join(tmp, "guest.raw")
+            argv = [QEMU_IMG, "convert", "-U", "-f", "qcow2", "-O", "raw"]
+            argv += ["-l", "snapshot.id=" + sid] if sid is not None else []
+            rc, _, err = run(argv + [path, raw])
+            out["active" if sid is None else sid] = q.file_sha256(raw) if rc == 0 else "error: " + err[-80:]
+    return out
+
+
 def cross_check_qemu(path, view, target_dir, cluster_size):
     """Compare the reader's active view with qemu-img convert -O raw on an
     image qemu opens; returns failures."""
@@ -564,6 +589,8 @@ class RepairRunner:
                         k, res.get(k, 0), fresh.get(k, 0)))
         else:
             o.fails.append("the fresh check after -r all printed no JSON (exit %s)" % fresh_rc)
+
+        self.check_recovered(case, base, img, res, o)
 
         # (c) guest data, (d) orphans
         guest_ok = self.check_guest(view0, aliased, img, notes, cs, sha_orig, "-r all", o)
@@ -801,6 +828,28 @@ class RepairRunner:
                                what, len(changed), ", ".join("%d: %d->%d" % (c, orphan_rc[c], now[c])
                                                              for c in changed[:5])))
         return not changed
+
+    def check_recovered(self, case, base, img, res, o):
+        """Re-pointed entries: listed as recovered, and the guest reads what
+        the undamaged base image holds (qemu-img convert of the active image
+        and of every snapshot; a snapshot the patch made holds what the
+        active image held)."""
+        recovered = [u for u in (res.get("repair") or {}).get("unlinked") or []
+                     if "recovered" in u.get("kind", "")]
+        if case.name in NOT_REPOINTED and recovered:
+            o.fails.append("-r all re-pointed an entry it must drop: %s" % recovered)
+        if case.name not in REPOINTED:
+            return
+        if not recovered:
+            o.fails.append("-r all did not re-point the unaligned L2 entry")
+            return
+        want = guest_digests(os.path.join(self.bases_dir, base.filename), self.workdir)
+        got = guest_digests(img, self.workdir)
+        # A snapshot the patch took of the undamaged active image holds what it holds.
+        want.update({k: want["active"] for k in got if k not in want})
+        if got != want:
+            o.fails.append("after re-pointing, the guest does not read what the undamaged image "
+                           "holds: %s" % sorted(k for k in set(want) | set(got) if want.get(k) != got.get(k)))
 
     def check_unlinked(self, orig, before_res, img, res, cs, what, o):
         """The "unlinked" list of the repair is complete and true: every
