@@ -340,6 +340,34 @@ def truncate_snapshot_table(im):
     im.truncate(off + im.snapshot_table_size() - 8)
 
 
+def truncate_entry(keep, edit=None, index=-1):
+    """Move the snapshot table to the end of the file (after edit(im, [Snapshot])
+    changed the entries) and cut the file `keep` bytes into its entry
+    `index` (default: the last)."""
+    def p(im):
+        snaps = im.snapshots()
+        if edit:
+            edit(im, snaps)
+        off = im.write_snapshot_table(snaps)
+        im.truncate(off + sum(len(x.encode()) for x in snaps[:index % len(snaps)]) + keep)
+    return p
+
+
+def unknown_extra(index, size):
+    """Give snapshot `index` `size` bytes of extra data past the 24 known
+    bytes, in a pattern a test can recognise."""
+    def edit(im, snaps):
+        snaps[index].extra = snaps[index].extra[:24] + bytes((7 * i + 1) & 0xFF for i in range(size))
+    return edit
+
+
+def both(*edits):
+    def edit(im, snaps):
+        for e in edits:
+            e(im, snaps)
+    return edit
+
+
 def add_empty_snapshot(im):
     """An internal snapshot of an empty disk (all-zero L1 of its own)."""
     h = im.header
@@ -649,8 +677,34 @@ case("ext_luks_pointer_without_luks", "v3_64k",
      "encryptionExtensionInvalid", 2, cannot_open(BAD_HEADER % "O28"))
 
 # -- snapshot table (qcow2-format.md §10)
-case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotTableTruncated refcountOrphan", 2,
-     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"), absent=SNAPSHOTS_UNKNOWN)
+# The last entry runs past the end of the file: the snapshot is kept and
+# followed, what cannot be read is lost (QEMU reads zeros there).
+case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotEntryPastEof", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+case("snap_extra_past_eof", "snapshots", truncate_entry(40 + 24 + 40, unknown_extra(1, 200)),
+     "snapshotEntryPastEof", 2, differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+case("snap_extra_past_eof_in_known", "snapshots", truncate_entry(40 + 12), "snapshotEntryPastEof", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+case("snap_name_past_eof", "snapshots", truncate_entry(40 + 24 + 1 + 1), "snapshotEntryPastEof", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+# The first of two entries cut: it is kept, the second (past the end) dropped.
+case("snap_entry_past_eof_and_dropped", "snapshots",
+     truncate_entry(40 + 24 + 40, unknown_extra(0, 200), index=0),
+     "snapshotEntryPastEof snapshotTableTruncated refcountOrphan", 2,
+     differs(2, "QEMU reads the second entry as zeros (no L1 table, an incomplete entry): its "
+             "clusters leak"), absent=SNAPSHOTS_UNKNOWN)
+# Unknown extra data survives every rewrite (run_repairs.UNKNOWN_EXTRA).
+case("snap_unknown_extra_rewritten", "snapshots",
+     rewrite_snapshots(both(unknown_extra(0, 100), lambda im, s: setattr(s[1], "extra", s[1].extra[:8]))),
+     "snapshotExtraTooSmall", 2, Qemu(COUNTS))
+case("snap_unknown_extra_too_large", "snapshots", rewrite_snapshots(unknown_extra(0, 2000)),
+     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))
+case("snap_id_empty", "snapshots", rewrite_snapshots(lambda im, s: setattr(s[1], "id", b"")),
+     "snapshotIdEmpty", 0, Qemu(FULL))
 case("snap_extra_too_large", "snapshots",
      rewrite_snapshots(lambda im, s: setattr(s[0], "extra", s[0].extra + bytes(2048))),
      "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))

@@ -111,6 +111,11 @@ CRASH_IMAGES = [
           "version 2: damaged reftable entry, full rebuild"),
     _from_catalogue("l1_past_eof", "L1 entry dropped, what only it could own freed in the same run"),
     _from_catalogue("hdr_snapshots_past_eof", "snapshot table past EOF discarded, its clusters freed"),
+    _from_catalogue("l2_unaligned", "unaligned L2 entry re-pointed"),
+    _from_catalogue("l2_unaligned_shared_table", "re-pointed entry in a table a snapshot shares"),
+    _from_catalogue("snap_extra_past_eof", "entry past EOF cut in place, then the table rewritten"),
+    _from_catalogue("snap_entry_past_eof_and_dropped", "entry cut, the next dropped, its clusters freed"),
+    _from_catalogue("snap_unknown_extra_rewritten", "table rewritten with unknown extra data"),
     _from_catalogue("snap_create_failed", "leak with COPIED clear: refcounts, then COPIED", "leaks"),
     _from_catalogue("snap_delete_interrupted", "leak with COPIED clear in data clusters", "leaks"),
 ]
