@@ -153,6 +153,26 @@ bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const
     return !r->error;
 }
 
+void plan_undo_write(repair_run *r)
+{
+    qc_repair_plan *p = r->plan;
+    if (r->error || !p->nb_steps || p->steps[p->nb_steps - 1].kind != QC_STEP_WRITE)
+        return;
+    size_t i = p->nb_steps - 1;
+    const qc_repair_step *step = &p->steps[i];
+    int ret = r->view.write(r->view.opaque, step->offset, p->old_bytes[i], (size_t)step->length);
+    if (ret < 0) {
+        fail(r, ret);
+        return;
+    }
+    free((void *)step->data);
+    free((void *)step->what);
+    free((void *)step->why);
+    free(p->old_bytes[i]);
+    p->nb_steps--;
+    r->ctx_stale = true;
+}
+
 void plan_flush(repair_run *r)
 {
     qc_repair_plan *p = r->plan;
@@ -228,6 +248,15 @@ static bool run_check(repair_run *r, const qc_options *opts)
     r->ctx_live = true;
     r->ctx_stale = false;
     return !r->ctx.stop && r->res.header_valid && r->res.check_errors == 0 && !r->error;
+}
+
+qc_ctx *try_check(repair_run *r)
+{
+    if (r->error)
+        return NULL;
+    if (r->ctx_live && !r->ctx_stale)
+        return &r->ctx;
+    return run_check(r, &r->check_opts) ? &r->ctx : NULL;
 }
 
 qc_ctx *current_check(repair_run *r)

@@ -97,6 +97,9 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
  * cluster two structures claim, or after an error). */
 bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Take back the last step, a write inside the file, and its bytes in the
+ * view: for a stage that tried a change and found it wrong on a check. */
+void plan_undo_write(repair_run *r);
 /* Ask for a flush: the writes before it reach the disk before any after. */
 void plan_flush(repair_run *r);
 void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
@@ -104,6 +107,9 @@ void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
 /* The check of the view as it is now (re-run when writes made it stale).
  * Returns NULL when the view cannot be checked completely. */
 qc_ctx *current_check(repair_run *r);
+/* The same without the note: for a stage that tries a change on the view
+ * and takes it back when the view cannot be checked. */
+qc_ctx *try_check(repair_run *r);
 /* Whether the current check found any problem whose fix is `fix`. */
 bool found_fix(const repair_run *r, qc_fix fix);
 /* The first cluster past the end of the view: where new structures go. */

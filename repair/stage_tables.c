@@ -329,16 +329,17 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-/* The clusters the unaligned standard L2 entries of the check point into
- * (aligned down), sorted: a cluster two of them point into is re-pointed
- * by neither. NULL (count 0) when there are none. */
-static uint64_t *unaligned_targets(repair_run *r, size_t *count)
+/* The clusters the entries of the check reported as `id` (unaligned L1 or
+ * L2 entries) point into, aligned down, sorted: a cluster two of them
+ * point into is re-pointed by neither. NULL (count 0) when there are
+ * none. */
+static uint64_t *unaligned_targets(repair_run *r, qc_problem_id id, size_t *count)
 {
     *count = 0;
     uint64_t *targets = NULL;
     size_t n = 0;
     for (size_t i = 0; i < r->nb_found; i++)
-        n += r->found[i].id == QC_P_L2_ENTRY_UNALIGNED;
+        n += r->found[i].id == id;
     if (!n || !(targets = malloc(n * sizeof(*targets)))) {
         if (n)
             r->error = -ENOMEM;
@@ -346,12 +347,25 @@ static uint64_t *unaligned_targets(repair_run *r, size_t *count)
     }
     for (size_t i = 0; i < r->nb_found; i++) {
         uint8_t be[8];
-        if (r->found[i].id == QC_P_L2_ENTRY_UNALIGNED &&
-            qc_read_zero_filled(&r->view, r->found[i].offset, be, 8) == 0)
+        if (r->found[i].id == id && qc_read_zero_filled(&r->view, r->found[i].offset, be, 8) == 0)
             targets[(*count)++] = (qc_be64(be) & QC_L2_OFFSET_MASK) >> r->cluster_bits;
     }
     qsort(targets, *count, sizeof(*targets), cmp_u64);
     return targets;
+}
+
+/* Whether cluster c, which a broken entry points into, is the one only
+ * that entry points into: one target in the sorted list, allocated on disk
+ * (`ondisk`), inside the file, referenced by nothing the check followed,
+ * and not what a broken bitmap pointer may mean too. */
+static bool sole_orphan_target(repair_run *r, const qc_ctx *ctx, uint64_t c, const uint64_t *targets,
+                               size_t nb_targets, uint64_t *ondisk)
+{
+    const uint64_t *at = bsearch(&c, targets, nb_targets, sizeof(*targets), cmp_u64);
+    return c < ctx->file_clusters && at && !(at > targets && at[-1] == c) &&
+           !(at + 1 < targets + nb_targets && at[1] == c) && qc_refmap_get(&ctx->refmap, c) == 0 &&
+           qc_bitset_test(&ctx->over, c) && !qc_bitset_test(&ctx->bitmap_suspect, c) &&
+           ondisk_refcount(r, ctx, c, ondisk) && *ondisk != 0;
 }
 
 /* Recover before dropping: an unaligned L2 entry whose aligned-down
@@ -370,13 +384,8 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
     if (!t || qc_read_zero_filled(&r->view, at, be, 8) < 0)
         return false;
     uint64_t entry = qc_be64(be), off = entry & QC_L2_OFFSET_MASK, c = off >> g->cluster_bits;
-    const uint64_t *first = bsearch(&c, targets, nb_targets, sizeof(*targets), cmp_u64);
-    if ((entry & QC_OFLAG_COMPRESSED) || qc_cluster_aligned(ctx, off) || c >= ctx->file_clusters ||
-        !first || (first > targets && first[-1] == c) ||
-        (first + 1 < targets + nb_targets && first[1] == c) ||
-        qc_refmap_get(&ctx->refmap, c) != 0 || !qc_bitset_test(&ctx->over, c) ||
-        qc_bitset_test(&ctx->bitmap_suspect, c) || !ondisk_refcount(r, ctx, c, &ondisk) ||
-        ondisk == 0)
+    if ((entry & QC_OFLAG_COMPRESSED) || qc_cluster_aligned(ctx, off) ||
+        !sole_orphan_target(r, ctx, c, targets, nb_targets, &ondisk))
         return false;
     uint64_t to = c << g->cluster_bits;
     bool copied = ondisk == 1 && t->refs == 1 && t->active_refs == 1 && !ctx->unfollowed;
@@ -400,19 +409,149 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
     return true;
 }
 
+/* An L1 entry the broken pointers stage drops or re-points. */
+typedef struct l1_pointer {
+    uint64_t at, entry, index, ondisk;
+    uint32_t snapshot;
+    qc_problem_id id;
+    char who[200];
+} l1_pointer;
+
+/* Unaligned L1 entries whose re-pointing is tried at most, each costing a
+ * check of the view. */
+#define L1_REPOINT_TRIES 8
+
+static void clear_l1_entry(repair_run *r, const qc_geometry *g, uint64_t file_clusters,
+                           const l1_pointer *p)
+{
+    uint8_t zero[8] = {0};
+    char what[240];
+    snprintf(what, sizeof(what), "L1 table of %s", p->who);
+    if (!plan_write(r, p->at, zero, 8, what,
+                    "entry %llu points to an L2 table outside the file or off a cluster "
+                    "boundary; cleared",
+                    (unsigned long long)p->index))
+        return;
+    uint64_t span = g->l2_entries << g->cluster_bits;
+    plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", p->who,
+              (unsigned long long)(p->index * span), (unsigned long long)(p->index * span + span - 1),
+              (unsigned long long)p->index, guest_effect(r));
+    uint64_t target = p->entry & QC_L1_OFFSET_MASK;
+    bool in_file = (target >> g->cluster_bits) < file_clusters;
+    qc_unlinked item = {QC_UNLINK_DROPPED,
+                        p->id,
+                        in_file ? target & ~(g->cluster_size - 1) : QC_NO_OFFSET,
+                        in_file ? g->cluster_size : 0,
+                        p->snapshot,
+                        p->index * span,
+                        span,
+                        p->at,
+                        target,
+                        QC_NO_OFFSET};
+    plan_unlinked(r, &item);
+}
+
+/* Whether the cluster at `off` holds anything but zeros (an all-zero L2
+ * table maps nothing: re-pointing to it would recover nothing). */
+static bool cluster_has_data(repair_run *r, uint64_t off, uint64_t size)
+{
+    uint8_t buf[4096];
+    for (uint64_t done = 0; done < size; done += sizeof(buf)) {
+        size_t n = size - done < sizeof(buf) ? (size_t)(size - done) : sizeof(buf);
+        if (qc_read_zero_filled(&r->view, off + done, buf, n) < 0)
+            return false;
+        for (size_t i = 0; i < n; i++)
+            if (buf[i])
+                return true;
+    }
+    return false;
+}
+
+/* Whether the check of the view after re-pointing an L1 entry to the L2
+ * table at `table` shows no new problem: fewer corruptions, none of any
+ * kind more than before (no refcount too low or zero: every cluster the
+ * table maps was allocated and unreferenced; no data on metadata), no
+ * finding inside the table, and no check error. */
+static bool repoint_holds(const repair_run *r, const qc_result *before, uint64_t table,
+                          uint64_t size)
+{
+    const qc_result *now = &r->res;
+    if (now->check_errors || now->corruptions >= before->corruptions)
+        return false;
+    for (unsigned i = 0; i < QC_P_COUNT; i++)
+        if (qc_problem_get((qc_problem_id)i)->severity == QC_SEV_CORRUPTION &&
+            now->per_problem[i] > before->per_problem[i])
+            return false;
+    for (size_t i = 0; i < r->nb_found; i++)
+        if (r->found[i].offset >= table && r->found[i].offset - table < size)
+            return false;
+    return true;
+}
+
+/* Recover before dropping, for an unaligned L1 entry whose aligned-down
+ * cluster is allocated, unreferenced and only its own (its lost L2 table,
+ * most likely, after a flipped low bit): re-point it on the view, check
+ * the view again, and keep it only if that check shows no new problem;
+ * otherwise take it back and drop the entry. COPIED (active L1 only) when
+ * the table has refcount 1 on disk; the COPIED stage corrects it if the
+ * references found say otherwise. */
+static void try_repoint_l1(repair_run *r, const qc_geometry *g, uint64_t file_clusters,
+                           const l1_pointer *p, qc_result *baseline)
+{
+    uint64_t off = p->entry & QC_L1_OFFSET_MASK, to = off & ~(g->cluster_size - 1);
+    bool copied = p->snapshot == QC_ACTIVE && p->ondisk == 1;
+    uint64_t now = (p->entry & ~(QC_L1_OFFSET_MASK | QC_OFLAG_COPIED)) | to |
+                   (copied ? QC_OFLAG_COPIED : 0);
+    uint8_t be[8];
+    char what[240];
+    snprintf(what, sizeof(what), "L1 table of %s", p->who);
+    qc_put_be64(be, now);
+    if (!plan_write(r, p->at, be, 8, what,
+                    "entry %llu pointed to 0x%llx, not cluster aligned; re-pointed to 0x%llx, the "
+                    "allocated cluster it most likely meant, which holds a valid L2 table nothing "
+                    "else references",
+                    (unsigned long long)p->index, (unsigned long long)off,
+                    (unsigned long long)to)) {
+        clear_l1_entry(r, g, file_clusters, p);
+        return;
+    }
+    if (!try_check(r) || !repoint_holds(r, baseline, to, g->cluster_size)) {
+        plan_undo_write(r);
+        clear_l1_entry(r, g, file_clusters, p);
+        return;
+    }
+    *baseline = r->res;
+    uint64_t span = g->l2_entries << g->cluster_bits;
+    plan_note(r, NOTE_GUEST_RANGE,
+              "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) re-pointed from 0x%llx to 0x%llx, "
+              "the allocated cluster it most likely meant; checked as a valid L2 table whose "
+              "clusters nothing else references: the guest reads them again",
+              p->who, (unsigned long long)(p->index * span),
+              (unsigned long long)(p->index * span + span - 1), (unsigned long long)p->index,
+              (unsigned long long)off, (unsigned long long)to);
+    qc_unlinked item = {QC_UNLINK_RECOVERED, p->id,  to,    g->cluster_size, p->snapshot,
+                        p->index * span,     span,   p->at, off,             to};
+    plan_unlinked(r, &item);
+}
+
 void stage_broken_pointers(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
     if (!ctx)
         return;
     const qc_geometry *g = &ctx->geo;
-    size_t nb_targets;
-    uint64_t *targets = unaligned_targets(r, &nb_targets);
+    const uint64_t file_clusters = ctx->file_clusters;
+    size_t nb_l2, nb_l1, nb_tries = 0;
+    uint64_t *l2_targets = unaligned_targets(r, QC_P_L2_ENTRY_UNALIGNED, &nb_l2);
+    uint64_t *l1_targets = unaligned_targets(r, QC_P_L1_ENTRY_UNALIGNED, &nb_l1);
+    l1_pointer *tries = calloc(L1_REPOINT_TRIES, sizeof(*tries));
+    if (!tries)
+        r->error = -ENOMEM;
     for (size_t i = 0; i < r->nb_found && !r->error; i++) {
         const repair_finding *f = &r->found[i];
         switch (f->id) {
         case QC_P_L2_ENTRY_UNALIGNED:
-            if (repoint_l2_entry(r, ctx, f->offset, targets, nb_targets))
+            if (repoint_l2_entry(r, ctx, f->offset, l2_targets, nb_l2))
                 break;
             /* fall through */
         case QC_P_L2_ENTRY_PAST_EOF:
@@ -422,45 +561,39 @@ void stage_broken_pointers(repair_run *r)
             break;
         case QC_P_L1_ENTRY_UNALIGNED:
         case QC_P_L1_ENTRY_PAST_EOF: {
-            uint32_t snapshot;
-            uint64_t index;
-            if (!l1_entry_at(ctx, f->offset, &snapshot, &index))
+            l1_pointer p = {.at = f->offset, .id = f->id};
+            uint8_t be[8];
+            if (!l1_entry_at(ctx, f->offset, &p.snapshot, &p.index) ||
+                qc_read_zero_filled(&r->view, f->offset, be, 8) < 0)
                 break;
-            uint8_t zero[8] = {0}, be[8];
-            char who[200], what[240];
-            if (qc_read_zero_filled(&r->view, f->offset, be, 8) < 0)
-                break;
-            describe_owner(ctx, snapshot, who, sizeof(who));
-            snprintf(what, sizeof(what), "L1 table of %s", who);
-            if (!plan_write(r, f->offset, zero, 8, what,
-                            "entry %llu points to an L2 table outside the file or off a cluster "
-                            "boundary; cleared",
-                            (unsigned long long)index))
-                break;
-            uint64_t span = g->l2_entries << g->cluster_bits;
-            plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", who,
-                      (unsigned long long)(index * span),
-                      (unsigned long long)(index * span + span - 1), (unsigned long long)index,
-                      guest_effect(r));
-            uint64_t target = qc_be64(be) & QC_L1_OFFSET_MASK;
-            bool in_file = (target >> g->cluster_bits) < ctx->file_clusters;
-            qc_unlinked item = {QC_UNLINK_DROPPED,
-                                f->id,
-                                in_file ? target & ~(g->cluster_size - 1) : QC_NO_OFFSET,
-                                in_file ? g->cluster_size : 0,
-                                snapshot,
-                                index * span,
-                                span,
-                                f->offset,
-                                target,
-                                QC_NO_OFFSET};
-            plan_unlinked(r, &item);
+            p.entry = qc_be64(be);
+            describe_owner(ctx, p.snapshot, p.who, sizeof(p.who));
+            uint64_t c = (p.entry & QC_L1_OFFSET_MASK) >> g->cluster_bits;
+            if (f->id == QC_P_L1_ENTRY_UNALIGNED && nb_tries < L1_REPOINT_TRIES &&
+                sole_orphan_target(r, ctx, c, l1_targets, nb_l1, &p.ondisk) &&
+                cluster_has_data(r, c << g->cluster_bits, g->cluster_size))
+                tries[nb_tries++] = p; /* after the other entries, on a check of its own */
+            else
+                clear_l1_entry(r, g, file_clusters, &p);
             break;
         }
         default:
             break;
         }
     }
-    free(targets);
+    /* From here on the check of the view is redone: `ctx` and the findings
+     * are those of an earlier one. */
+    qc_result baseline = {0}; /* without a check, no re-pointing can hold */
+    if (nb_tries && try_check(r))
+        baseline = r->res;
+    for (size_t i = 0; i < nb_tries && !r->error; i++) {
+        if (!baseline.corruptions)
+            clear_l1_entry(r, g, file_clusters, &tries[i]);
+        else
+            try_repoint_l1(r, g, file_clusters, &tries[i], &baseline);
+    }
+    free(tries);
+    free(l1_targets);
+    free(l2_targets);
     plan_flush(r);
 }

@@ -815,6 +815,15 @@ case("l1_reserved_low", "v3_64k", l1_entry(lambda im, e: e | 1 << 1), "l1EntryRe
      Qemu(COUNTS))
 case("l1_unaligned", "v3_64k", l1_entry(lambda im, e: e + 512), "l1EntryUnaligned refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R6, H3"))
+# An unaligned L1 entry is re-pointed only when the aligned-down cluster
+# checks as a valid L2 table mapping clusters nothing else references;
+# garbage or zeros there are dropped (run_repairs.REPOINTED/NOT_REPOINTED).
+case("l1_unaligned_into_garbage", "v3_64k",
+     l1_entry(lambda im, e: OFLAG_COPIED | (im.append_clusters(bytes(range(256)) * 256) + 512)),
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6, H3"))
+case("l1_unaligned_into_zeros", "v3_64k",
+     l1_entry(lambda im, e: OFLAG_COPIED | (im.append_clusters() + 512)),
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6, H3"))
 case("l1_past_eof", "v3_64k", l1_entry(lambda im, e: OFLAG_COPIED | past_eof()(im)),
      "l1EntryPastEof refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R2, H1"))

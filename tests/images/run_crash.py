@@ -112,6 +112,8 @@ CRASH_IMAGES = [
     _from_catalogue("l1_past_eof", "L1 entry dropped, what only it could own freed in the same run"),
     _from_catalogue("hdr_snapshots_past_eof", "snapshot table past EOF discarded, its clusters freed"),
     _from_catalogue("l2_unaligned", "unaligned L2 entry re-pointed"),
+    _from_catalogue("l1_unaligned", "unaligned L1 entry re-pointed after a check of the view"),
+    _from_catalogue("l1_unaligned_into_garbage", "re-pointing tried, taken back, the entry dropped"),
     _from_catalogue("l2_unaligned_shared_table", "re-pointed entry in a table a snapshot shares"),
     _from_catalogue("snap_extra_past_eof", "entry past EOF cut in place, then the table rewritten"),
     _from_catalogue("snap_entry_past_eof_and_dropped", "entry cut, the next dropped, its clusters freed"),

@@ -80,14 +80,16 @@ GUEST_RE = re.compile(r'^(the active image|snapshot \d+ \(id "(.*?)", name ".*?"
                       r"guest bytes 0x([0-9a-f]+)-0x([0-9a-f]+) ")
 MORE_RE = re.compile(r"^\.\.\. and \d+ more like the above")
 FLOORED_RE = re.compile(r"^(\d+) leaked clusters? kept at refcount 2, not lowered")
-# Cases where -r all must re-point an unaligned L2 entry ("recovered" in
+# Cases where -r all must re-point an unaligned L1 or L2 entry ("recovered" in
 # "unlinked") and the guest must read exactly what the undamaged base image
 # holds, in the active image and every snapshot; and cases where it must not
 # (the aligned-down cluster is referenced, or two broken entries point into
 # it) and drops them instead.
 REPOINTED = {"l2_unaligned", "l2_unaligned_4k", "l2_unaligned_2m", "l2_unaligned_extl2",
-             "l2_unaligned_snapshot", "l2_unaligned_shared_table"}
-NOT_REPOINTED = {"l2_unaligned_into_used", "l2_unaligned_twice"}
+             "l2_unaligned_snapshot", "l2_unaligned_shared_table", "l1_unaligned",
+             "snap_l1_entry_unaligned"}
+NOT_REPOINTED = {"l2_unaligned_into_used", "l2_unaligned_twice", "l1_unaligned_into_garbage",
+                 "l1_unaligned_into_zeros"}
 # Cases whose snapshot entry runs past the end of the file: -r all keeps
 # the snapshot (name: how many snapshots the repaired image lists), and its
 # guest data reads as in the undamaged image (qemu-img convert -l).
