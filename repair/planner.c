@@ -256,7 +256,10 @@ qc_ctx *try_check(repair_run *r)
         return NULL;
     if (r->ctx_live && !r->ctx_stale)
         return &r->ctx;
-    return run_check(r, &r->check_opts) ? &r->ctx : NULL;
+    if (run_check(r, &r->check_opts))
+        return &r->ctx;
+    r->ctx_stale = true; /* the next current_check() runs it again, and says so */
+    return NULL;
 }
 
 qc_ctx *current_check(repair_run *r)
