@@ -144,7 +144,9 @@ static void report_truncated_entry(qc_ctx *ctx, uint32_t i)
               "the end of the file (%llu bytes); its L1 table is followed, %s cannot be read",
               (unsigned long long)extra, (unsigned long long)id, (unsigned long long)name,
               (unsigned long long)(s->table_offset + declared), (unsigned long long)ctx->file_size,
-              s->id_lost ? "its id and name" : name && !s->entry.name_size ? "its name" : "its extra data");
+              s->id_lost                       ? "its id and name"
+              : name && !s->entry.name_size ? "its name"
+                                            : "its extra data");
     qc_claim_past_eof(ctx, s->table_offset, declared, false);
 }
 

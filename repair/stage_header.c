@@ -138,7 +138,8 @@ static void unlink_snapshots(repair_run *r, const qc_ctx *ctx, uint32_t from, ui
             if (bytes && qc_cluster_aligned(ctx, item.target) &&
                 qc_range_within(item.target, bytes, ctx->file_size)) {
                 item.host_offset = item.target;
-                item.length = qc_div_round_up(bytes, ctx->geo.cluster_size) << ctx->geo.cluster_bits;
+                item.length = qc_div_round_up(bytes, ctx->geo.cluster_size)
+                              << ctx->geo.cluster_bits;
             }
         }
         plan_unlinked(r, &item);
@@ -186,7 +187,8 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
         plan_flush(r);
     }
     plan_note(r, NOTE_GENERAL,
-              "%s ran past the end of the file: the snapshot and its L1 table are kept; lost: %s%s%s",
+              "%s ran past the end of the file: the snapshot and its L1 table are kept; "
+              "lost: %s%s%s",
               who, keep_extra != extra ? "the extra data past its known fields, " : "",
               keep_id ? "" : id ? "the id (the repaired table gives it a new one), " : "",
               name ? "the name" : "nothing else");
@@ -288,8 +290,8 @@ void stage_snapshot_table(repair_run *r)
     /* Bounded by the decoded entries, which were bounded by the file. */
     size_t cap = 0;
     for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
-        cap += QC_SNAPSHOT_FIXED_SIZE + QC_MAX_SNAPSHOT_EXTRA + ctx->snapshots[i].entry.id_str_size +
-               ctx->snapshots[i].entry.name_size + 32;
+        cap += QC_SNAPSHOT_FIXED_SIZE + QC_MAX_SNAPSHOT_EXTRA +
+               ctx->snapshots[i].entry.id_str_size + ctx->snapshots[i].entry.name_size + 32;
     uint8_t *table = calloc(cap ? cap : 1, 1);
     char(*fresh)[24] = calloc(ctx->nb_snapshots ? ctx->nb_snapshots : 1, sizeof(*fresh));
     if (!table || !fresh) {
@@ -327,13 +329,14 @@ void stage_snapshot_table(repair_run *r)
     uint8_t hdr[12];
     qc_put_be32(hdr, kept);
     qc_put_be64(hdr + 4, at);
+    qc_problem_id why = res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE]
+                            ? QC_P_SNAPSHOT_EXTRA_TOO_LARGE
+                        : res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] ? QC_P_SNAPSHOT_EXTRA_TOO_SMALL
+                                                                          : QC_P_SNAPSHOT_ID_EMPTY;
     if (plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
                    "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
                    (unsigned long long)at, kept))
-        unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE,
-                          res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE]   ? QC_P_SNAPSHOT_EXTRA_TOO_LARGE
-                          : res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] ? QC_P_SNAPSHOT_EXTRA_TOO_SMALL
-                                                                            : QC_P_SNAPSHOT_ID_EMPTY);
+        unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE, why);
     plan_flush(r);
 }
 

@@ -8,9 +8,12 @@
  * block that matters is readable; otherwise (-r all) the whole refcount
  * structure is rebuilt at the end of the file and the header switched to
  * it with one 12-byte write between two flushes.
- * Never lowers a refcount an unfollowed structure may need: orphans of the
- * first check and of the current one keep their refcount.
- * Needs: a current check. Produces: refcount block and table writes.
+ * Never lowers a refcount an unfollowed structure may need: orphans that
+ * bind keep their refcount (with -r leaks those of the first check too).
+ * With -r leaks, while COPIED cannot be fixed afterwards, a leaked cluster
+ * the active tables map with COPIED clear is not lowered below 2.
+ * Needs: a current check. Produces: refcount block and table writes, the
+ * freed items of the unlinked list.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -353,7 +356,8 @@ static void unlink_broken_refblocks(repair_run *r, const qc_ctx *ctx)
     const qc_geometry *g = &ctx->geo;
     for (uint64_t i = 0; i < ctx->reftable_entries && !r->error; i++) {
         uint64_t off = ctx->reftable[i];
-        if (ctx->refblock_state[i] != QC_REFBLOCK_INVALID || off >> g->cluster_bits >= ctx->file_clusters)
+        if (ctx->refblock_state[i] != QC_REFBLOCK_INVALID ||
+            off >> g->cluster_bits >= ctx->file_clusters)
             continue;
         uint64_t at = ctx->hdr.refcount_table_offset + i * 8;
         uint8_t be[8];

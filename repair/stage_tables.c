@@ -1,5 +1,5 @@
 /*
- * Repair stages for L1 and L2 entries (-r all only).
+ * Repair stages for L1 and L2 entries (-r all, but for COPIED after leaks).
  *
  * data on metadata: clears L2 entries whose guest data lands on a cluster
  *   metadata owns (so the refcount stage does not "fix" the metadata's
@@ -9,12 +9,21 @@
  *   compressed entries, zero-offset entries, data-file entries), and clears
  *   reserved bits and misplaced zero flags, which QEMU ignores when reading
  *   (so the guest sees the same data).
- * broken pointers: clears L1 and L2 entries that point past the end of the
- *   file or at unaligned offsets, naming the guest ranges affected. Runs
- *   before anything extends the file; what those pointers may own stays
- *   allocated through the run (the planner's kept set), not beyond it.
+ * COPIED after leaks (-r leaks): the same for the L1 and L2 entries the
+ *   check flagged, only when nothing but COPIED is wrong once the leaks are
+ *   fixed (qemu-img's condition).
+ *   Neither ever sets COPIED on a cluster an unfollowed structure may claim.
+ * broken pointers: recovers before it drops: re-points an unaligned L2
+ *   entry to the allocated, unreferenced cluster it most likely meant, and
+ *   an unaligned L1 entry likewise when a check of the view with the
+ *   re-point shows a valid L2 table there; clears the other L1 and L2
+ *   entries that point past the end of the file or at unaligned offsets,
+ *   naming the guest ranges affected. Runs before anything extends the
+ *   file; what only the dropped pointers could own is freed by the
+ *   refcount stage of the same run.
  * Needs: a current check and its uncapped findings (entry offsets).
- * Produces: writes of single entries, notes naming guest ranges.
+ * Produces: writes of single entries, notes naming guest ranges, dropped
+ * and recovered items of the unlinked list.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -319,7 +328,8 @@ static bool ondisk_refcount(repair_run *r, const qc_ctx *ctx, uint64_t c, uint64
     if (qc_read_zero_filled(&r->view, ctx->reftable[i] + byte, be, (size_t)len) < 0)
         return false;
     /* The entry is the first in a block that starts at its byte. */
-    *value = qc_refblock_get(be, g->refcount_bits, g->refcount_bits < 8 ? j % (8 / g->refcount_bits) : 0);
+    *value = qc_refblock_get(be, g->refcount_bits,
+                             g->refcount_bits < 8 ? j % (8 / g->refcount_bits) : 0);
     return true;
 }
 
@@ -358,8 +368,8 @@ static uint64_t *unaligned_targets(repair_run *r, qc_problem_id id, size_t *coun
  * that entry points into: one target in the sorted list, allocated on disk
  * (`ondisk`), inside the file, referenced by nothing the check followed,
  * and not what a broken bitmap pointer may mean too. */
-static bool sole_orphan_target(repair_run *r, const qc_ctx *ctx, uint64_t c, const uint64_t *targets,
-                               size_t nb_targets, uint64_t *ondisk)
+static bool sole_orphan_target(repair_run *r, const qc_ctx *ctx, uint64_t c,
+                               const uint64_t *targets, size_t nb_targets, uint64_t *ondisk)
 {
     const uint64_t *at = bsearch(&c, targets, nb_targets, sizeof(*targets), cmp_u64);
     return c < ctx->file_clusters && at && !(at > targets && at[-1] == c) &&
@@ -389,7 +399,8 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
         return false;
     uint64_t to = c << g->cluster_bits;
     bool copied = ondisk == 1 && t->refs == 1 && t->active_refs == 1 && !ctx->unfollowed;
-    uint64_t now = (entry & ~(QC_L2_OFFSET_MASK | QC_OFLAG_COPIED)) | to | (copied ? QC_OFLAG_COPIED : 0);
+    uint64_t now =
+        (entry & ~(QC_L2_OFFSET_MASK | QC_OFLAG_COPIED)) | to | (copied ? QC_OFLAG_COPIED : 0);
     char what[240];
     qc_describe_l2_table(ctx, t, what, sizeof(what));
     qc_put_be64(be, now);
@@ -434,8 +445,9 @@ static void clear_l1_entry(repair_run *r, const qc_geometry *g, uint64_t file_cl
         return;
     uint64_t span = g->l2_entries << g->cluster_bits;
     plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", p->who,
-              (unsigned long long)(p->index * span), (unsigned long long)(p->index * span + span - 1),
-              (unsigned long long)p->index, guest_effect(r));
+              (unsigned long long)(p->index * span),
+              (unsigned long long)(p->index * span + span - 1), (unsigned long long)p->index,
+              guest_effect(r));
     uint64_t target = p->entry & QC_L1_OFFSET_MASK;
     bool in_file = (target >> g->cluster_bits) < file_clusters;
     qc_unlinked item = {QC_UNLINK_DROPPED,
