@@ -53,6 +53,9 @@ typedef struct qc_snapshot {
     qc_snapshot_entry entry; /* id/name point into snap_table_buf */
     uint64_t table_offset;   /* where the entry starts in the image */
     bool follow;             /* its L1 table is valid and will be walked */
+    /* Its extra data, id or name runs past the end of the file: what
+     * could be read is in `entry` (see qc_snapshot_decode_truncated). */
+    bool truncated, id_lost;
 } qc_snapshot;
 
 /* One reference from an L1 entry to an L2 table. These and the table

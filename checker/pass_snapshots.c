@@ -1,9 +1,11 @@
 /*
  * Pass 2: the snapshot table.
  *
- * Checks: every entry lies inside the file, extra data size (at most 1024
+ * Checks: every entry lies inside the file (a last entry whose fixed part
+ * is inside but whose extra data, id or name runs past the end is decoded
+ * as far as it goes, and its snapshot kept), extra data size (at most 1024
  * bytes; at least 16 in version 3), the table's total size (64 MiB),
- * duplicate ids, each snapshot's L1 table (aligned, inside the file, at
+ * empty and duplicate ids, each snapshot's L1 table (aligned, inside the file, at
  * most 32 MiB, large enough for the snapshot's disk size), snapshots in an
  * image with an external data file.
  * Needs: the header pass (geometry, snapshots_usable).
@@ -49,7 +51,7 @@ static void check_duplicate_ids(qc_ctx *ctx)
         keys[i] = (id_key){ctx->snapshots[i].entry.id, ctx->snapshots[i].entry.id_str_size, i};
     qsort(keys, ctx->nb_snapshots, sizeof(id_key), id_cmp);
     for (uint32_t i = 1; i < ctx->nb_snapshots; i++) {
-        if (keys[i].len != keys[i - 1].len ||
+        if (!keys[i].len || keys[i].len != keys[i - 1].len || /* empty: reported as such */
             (keys[i].len && memcmp(keys[i].id, keys[i - 1].id, keys[i].len)))
             continue;
         char a[160], b[160];
@@ -95,25 +97,57 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
                   (unsigned long long)e->disk_size);
 }
 
-/* Decode up to `count` entries from buf; returns how many were complete.
- * *end receives the offset just past the last complete entry. */
+/* Decode up to `count` entries from buf; returns how many were decoded.
+ * *end receives the offset just past the last one. With `at_eof` (buf
+ * ends where the file does), an entry whose fixed part is in buf but not
+ * the rest is decoded as far as it goes (the last one). */
 static uint32_t decode_entries(qc_ctx *ctx, const uint8_t *buf, size_t len, uint32_t count,
-                               size_t *end)
+                               bool at_eof, size_t *end)
 {
     qc_cursor c = qc_cursor_make(buf, len);
     uint32_t n = 0;
     *end = 0;
     while (n < count) {
-        qc_snapshot_entry e;
+        qc_snapshot *s = &ctx->snapshots[n];
         size_t start = c.pos;
-        if (!qc_snapshot_decode(&c, &e))
-            break;
-        ctx->snapshots[n].entry = e;
-        ctx->snapshots[n].table_offset = ctx->hdr.snapshots_offset + start;
+        s->truncated = s->id_lost = false;
+        if (!qc_snapshot_decode(&c, &s->entry)) {
+            bool name_lost;
+            c = qc_cursor_make(buf, len);
+            c.pos = start;
+            if (!at_eof || !qc_snapshot_decode_truncated(&c, &s->entry, &s->id_lost, &name_lost))
+                break;
+            s->truncated = true;
+        }
+        s->table_offset = ctx->hdr.snapshots_offset + start;
         *end = c.pos;
         n++;
+        if (s->truncated)
+            break;
     }
     return n;
+}
+
+/* A last entry that runs past the end of the file keeps its snapshot (its
+ * L1 table is followed); what lies past the end is reported, and claimed
+ * so that a repair appends nothing there before it has cut the entry. */
+static void report_truncated_entry(qc_ctx *ctx, uint32_t i)
+{
+    const qc_snapshot *s = &ctx->snapshots[i];
+    const uint8_t *raw = ctx->snap_table_buf + (s->table_offset - ctx->hdr.snapshots_offset);
+    uint64_t extra = qc_be32(raw + 36), id = qc_be16(raw + 12), name = qc_be16(raw + 14);
+    uint64_t declared = QC_SNAPSHOT_FIXED_SIZE + extra + id + name;
+    char obj[200];
+    qc_describe_snapshot(ctx, i, obj, sizeof(obj));
+    qc_report(ctx, QC_P_SNAPSHOT_ENTRY_PAST_EOF, obj, s->table_offset, 1,
+              "its %llu bytes of extra data, %llu-byte id and %llu-byte name end at 0x%llx, past "
+              "the end of the file (%llu bytes); its L1 table is followed, %s cannot be read",
+              (unsigned long long)extra, (unsigned long long)id, (unsigned long long)name,
+              (unsigned long long)(s->table_offset + declared), (unsigned long long)ctx->file_size,
+              s->id_lost                       ? "its id and name"
+              : name && !s->entry.name_size ? "its name"
+                                            : "its extra data");
+    qc_claim_past_eof(ctx, s->table_offset, declared, false);
 }
 
 void qc_pass_snapshots(qc_ctx *ctx)
@@ -159,7 +193,7 @@ void qc_pass_snapshots(qc_ctx *ctx)
         if (!ctx->snap_table_buf ||
             !qc_read(ctx, h->snapshots_offset, ctx->snap_table_buf, want, "snapshot table"))
             return;
-        n = decode_entries(ctx, ctx->snap_table_buf, want, count, &end);
+        n = decode_entries(ctx, ctx->snap_table_buf, want, count, want == avail, &end);
         if (n == count || want == len)
             break;
     }
@@ -194,6 +228,11 @@ void qc_pass_snapshots(qc_ctx *ctx)
         const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
         char obj[200];
         qc_describe_snapshot(ctx, i, obj, sizeof(obj));
+        if (ctx->snapshots[i].truncated)
+            report_truncated_entry(ctx, i);
+        else if (!e->id_str_size)
+            qc_report(ctx, QC_P_SNAPSHOT_ID_EMPTY, obj, ctx->snapshots[i].table_offset + 12, 1,
+                      "the id is empty");
         if (e->extra_data_size > QC_MAX_SNAPSHOT_EXTRA)
             qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_LARGE, obj, ctx->snapshots[i].table_offset + 36,
                       1, "extra_data_size is %u bytes", e->extra_data_size);

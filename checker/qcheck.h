@@ -255,6 +255,40 @@ size_t qc_repair_plan_steps(const qc_repair_plan *plan, const qc_repair_step **s
  * because an unparsed structure may own them, guest ranges dropped,
  * problems left alone and why. */
 size_t qc_repair_plan_notes(const qc_repair_plan *plan, const char *const **notes);
+/* What a repair takes away from the image, or gives back: one item per
+ * host range it unlinks (a pointer to it is dropped: an L1 or L2 entry
+ * cleared, a snapshot entry dropped, a structure replaced), frees (its
+ * refcount goes to 0) or recovers (a broken pointer re-pointed to it).
+ * A dropped pointer whose own cluster is freed is one item with both
+ * bits. Everything a repair unlinks or frees is listed, so it can be
+ * saved first. */
+enum {
+    QC_UNLINK_DROPPED = 1,   /* a pointer to the range was dropped */
+    QC_UNLINK_FREED = 2,     /* the range's refcount was lowered to 0 */
+    QC_UNLINK_RECOVERED = 4, /* a broken pointer was re-pointed to the range */
+};
+#define QC_UNLINKED_ACTIVE UINT32_MAX       /* the active image */
+#define QC_UNLINKED_NONE (UINT32_MAX - 1)   /* no guest view (metadata, a leak) */
+
+typedef struct qc_unlinked {
+    unsigned kind;         /* QC_UNLINK_* bits */
+    qc_problem_id problem; /* the finding that caused it */
+    /* The host range: cluster aligned; QC_NO_OFFSET and 0 when nothing of
+     * it lies in the file (a pointer past the end, an unreadable entry). */
+    uint64_t host_offset, length;
+    /* Whose guest data it held: QC_UNLINKED_ACTIVE, a snapshot's index in
+     * the snapshot table as it was before the repair, or
+     * QC_UNLINKED_NONE; and which guest bytes, or QC_NO_OFFSET and 0. */
+    uint32_t snapshot;
+    uint64_t guest_offset, guest_length;
+    /* The pointer that was dropped or re-pointed (an L1 or L2 entry, a
+     * snapshot table entry, a header field), or QC_NO_OFFSET; what it
+     * held (possibly unaligned or past the end of the file) and, when
+     * recovered, what it holds now (QC_NO_OFFSET otherwise). */
+    uint64_t entry_offset, target, new_target;
+} qc_unlinked;
+
+size_t qc_repair_plan_unlinked(const qc_repair_plan *plan, const qc_unlinked **items);
 /* Why the image must not be repaired, or NULL. */
 const char *qc_repair_plan_refusal(const qc_repair_plan *plan);
 /* Clusters counted as leaked / corruptions before minus after, as

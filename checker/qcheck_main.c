@@ -257,6 +257,43 @@ static void print_human_summary(const qc_result *r)
     if (r->image_end_offset)
         printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
 }
+
+/* "unlinked": what the repair drops, frees or recovers (qc_unlinked);
+ * offsets unknown or not applicable are left out. */
+static void print_json_unlinked(const qc_repair_plan *plan)
+{
+    const qc_unlinked *u;
+    size_t n = qc_repair_plan_unlinked(plan, &u);
+    printf(", \"unlinked\": [");
+    for (size_t i = 0; i < n; i++) {
+        unsigned k = u[i].kind;
+        printf("%s\n        {\"kind\": \"%s%s%s%s%s\", \"problem\": \"%s\"", i ? "," : "",
+               k & QC_UNLINK_DROPPED ? "dropped" : "",
+               (k & QC_UNLINK_DROPPED) && (k & ~QC_UNLINK_DROPPED) ? "+" : "",
+               k & QC_UNLINK_FREED ? "freed" : "",
+               (k & QC_UNLINK_FREED) && (k & QC_UNLINK_RECOVERED) ? "+" : "",
+               k & QC_UNLINK_RECOVERED ? "recovered" : "", qc_problem_get(u[i].problem)->id);
+        if (u[i].host_offset != QC_NO_OFFSET)
+            printf(", \"host-offset\": %" PRIu64 ", \"length\": %" PRIu64, u[i].host_offset,
+                   u[i].length);
+        if (u[i].snapshot == QC_UNLINKED_ACTIVE)
+            printf(", \"snapshot\": \"active\"");
+        else if (u[i].snapshot != QC_UNLINKED_NONE)
+            printf(", \"snapshot\": %" PRIu32, u[i].snapshot);
+        if (u[i].guest_offset != QC_NO_OFFSET)
+            printf(", \"guest-offset\": %" PRIu64 ", \"guest-length\": %" PRIu64,
+                   u[i].guest_offset, u[i].guest_length);
+        if (u[i].entry_offset != QC_NO_OFFSET)
+            printf(", \"entry-offset\": %" PRIu64, u[i].entry_offset);
+        if (u[i].target != QC_NO_OFFSET)
+            printf(", \"target\": %" PRIu64, u[i].target);
+        if (u[i].new_target != QC_NO_OFFSET)
+            printf(", \"new-target\": %" PRIu64, u[i].new_target);
+        printf("}");
+    }
+    printf("%s]", n ? "\n    " : "");
+}
+
 /* "repair": what -r did or (with --dry-run) would do. */
 static void print_json_repair(const cli *c)
 {
@@ -291,7 +328,9 @@ static void print_json_repair(const cli *c)
         json_string(stdout, steps[i].why);
         printf("}");
     }
-    printf("%s]}", nb_steps ? "\n    " : "");
+    printf("%s]", nb_steps ? "\n    " : "");
+    print_json_unlinked(c->plan);
+    printf("}");
 }
 
 static void json_field(const char *key, uint64_t value, bool always)

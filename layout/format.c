@@ -200,10 +200,10 @@ static size_t pad8(size_t n)
     return (n + 7) & ~(size_t)7;
 }
 
-bool qc_snapshot_decode(qc_cursor *c, qc_snapshot_entry *e)
+/* The fixed 40 bytes of a snapshot entry. */
+static void decode_snapshot_fixed(qc_cursor *c, qc_snapshot_entry *e)
 {
     memset(e, 0, sizeof(*e));
-    size_t start = c->pos;
     e->l1_table_offset = qc_cursor_be64(c);
     e->l1_size = qc_cursor_be32(c);
     e->id_str_size = qc_cursor_be16(c);
@@ -213,6 +213,29 @@ bool qc_snapshot_decode(qc_cursor *c, qc_snapshot_entry *e)
     e->vm_clock_nsec = qc_cursor_be64(c);
     e->vm_state_size = qc_cursor_be32(c);
     e->extra_data_size = qc_cursor_be32(c);
+}
+
+/* The known extra fields among the first `have` bytes of extra data. */
+static void decode_snapshot_known_extra(const uint8_t *extra, uint64_t have, qc_snapshot_entry *e)
+{
+    if (have >= 8) {
+        e->has_vm_state_size_large = true;
+        e->vm_state_size_large = qc_be64(extra);
+    }
+    if (have >= 16) {
+        e->has_disk_size = true;
+        e->disk_size = qc_be64(extra + 8);
+    }
+    if (have >= 24) {
+        e->has_icount = true;
+        e->icount = qc_be64(extra + 16);
+    }
+}
+
+bool qc_snapshot_decode(qc_cursor *c, qc_snapshot_entry *e)
+{
+    size_t start = c->pos;
+    decode_snapshot_fixed(c, e);
     if (c->overrun)
         return false;
     const uint8_t *extra = qc_cursor_take(c, e->extra_data_size);
@@ -220,17 +243,10 @@ bool qc_snapshot_decode(qc_cursor *c, qc_snapshot_entry *e)
     e->name = qc_cursor_take(c, e->name_size);
     if (c->overrun)
         return false;
-    if (e->extra_data_size >= 8) {
-        e->has_vm_state_size_large = true;
-        e->vm_state_size_large = qc_be64(extra);
-    }
-    if (e->extra_data_size >= 16) {
-        e->has_disk_size = true;
-        e->disk_size = qc_be64(extra + 8);
-    }
-    if (e->extra_data_size >= 24) {
-        e->has_icount = true;
-        e->icount = qc_be64(extra + 16);
+    decode_snapshot_known_extra(extra, e->extra_data_size, e);
+    if (e->extra_data_size > 24) {
+        e->unknown_extra = extra + 24;
+        e->unknown_extra_size = e->extra_data_size - 24;
     }
     size_t used = c->pos - start;
     e->entry_size = pad8(used);
@@ -243,9 +259,40 @@ bool qc_snapshot_decode(qc_cursor *c, qc_snapshot_entry *e)
     return true;
 }
 
+bool qc_snapshot_decode_truncated(qc_cursor *c, qc_snapshot_entry *e, bool *id_lost,
+                                  bool *name_lost)
+{
+    decode_snapshot_fixed(c, e);
+    if (c->overrun)
+        return false;
+    size_t start = c->pos, have = c->len - start;
+    const uint8_t *extra = c->buf + start;
+    uint64_t known = e->extra_data_size < 24 ? e->extra_data_size : 24;
+    decode_snapshot_known_extra(extra, known < have ? known : have, e);
+    /* Offsets inside the buffer, from the start of the extra data. */
+    uint64_t id_at = e->extra_data_size, name_at = id_at + e->id_str_size;
+    *id_lost = e->id_str_size && name_at > have;
+    *name_lost = e->name_size && name_at + e->name_size > have;
+    if (*id_lost)
+        e->id_str_size = 0;
+    else
+        e->id = c->buf + start + id_at;
+    if (*name_lost)
+        e->name_size = 0;
+    else
+        e->name = c->buf + start + name_at;
+    e->entry_size = pad8(QC_SNAPSHOT_FIXED_SIZE + have);
+    c->pos = c->len;
+    return true;
+}
+
 size_t qc_snapshot_encode(const qc_snapshot_entry *e, uint8_t *buf, size_t len)
 {
-    size_t extra = e->has_icount ? 24 : e->has_disk_size ? 16 : e->has_vm_state_size_large ? 8 : 0;
+    size_t extra = e->unknown_extra_size ? 24 + (size_t)e->unknown_extra_size
+                   : e->has_icount       ? 24
+                   : e->has_disk_size    ? 16
+                   : e->has_vm_state_size_large ? 8
+                                                : 0;
     size_t size = pad8(QC_SNAPSHOT_FIXED_SIZE + extra + e->id_str_size + e->name_size);
     if (size > len)
         return 0;
@@ -266,6 +313,8 @@ size_t qc_snapshot_encode(const qc_snapshot_entry *e, uint8_t *buf, size_t len)
         qc_put_be64(p + 8, e->disk_size);
     if (extra >= 24)
         qc_put_be64(p + 16, e->icount);
+    if (e->unknown_extra_size)
+        memcpy(p + 24, e->unknown_extra, e->unknown_extra_size);
     p += extra;
     if (e->id_str_size)
         memcpy(p, e->id, e->id_str_size);

@@ -225,6 +225,10 @@ typedef struct qc_snapshot_entry {
     uint64_t vm_state_size_large;
     uint64_t disk_size;
     uint64_t icount;
+    /* Extra data past the 24 bytes of known fields: kept as it is (the
+     * spec lets later versions add fields there). */
+    const uint8_t *unknown_extra;
+    uint32_t unknown_extra_size;
     const uint8_t *id;   /* id_str_size bytes, not NUL-terminated */
     const uint8_t *name; /* name_size bytes */
     size_t entry_size;   /* bytes including padding to a multiple of 8 */
@@ -233,7 +237,19 @@ typedef struct qc_snapshot_entry {
 /* Decode one entry at the cursor; false if the buffer ends inside it. The
  * cursor advances past the entry and its padding. */
 bool qc_snapshot_decode(qc_cursor *c, qc_snapshot_entry *out);
-/* Encode; returns the entry size, or 0 if buf (len bytes) is too small. */
+/* Decode what there is of an entry the buffer ends inside (the last entry
+ * of a table cut short by the end of the file): the fixed fields, the
+ * known extra fields that are complete in the buffer, and the id and the
+ * name when complete in the buffer (otherwise their size is 0 and
+ * *id_lost / *name_lost are set; a name of size 0 is never lost).
+ * extra_data_size keeps the size the entry declares; unknown extra data is
+ * not kept. False if the fixed part itself is incomplete. The cursor ends
+ * at the end of the buffer. */
+bool qc_snapshot_decode_truncated(qc_cursor *c, qc_snapshot_entry *out, bool *id_lost,
+                                  bool *name_lost);
+/* Encode; returns the entry size, or 0 if buf (len bytes) is too small.
+ * The extra data is the known fields the entry has, and with
+ * unknown_extra_size, all 24 bytes of them followed by the unknown ones. */
 size_t qc_snapshot_encode(const qc_snapshot_entry *e, uint8_t *buf, size_t len);
 
 /* Bitmap directory entry (variable length). */

@@ -113,22 +113,22 @@ static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, c
     return true;
 }
 
-void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...)
 {
     uint64_t end;
     if (r->error || len == 0)
-        return;
+        return false;
     if (!qc_add_ok(off, len, &end)) {
         fail(r, -EFBIG);
-        return;
+        return false;
     }
     if (lands_on_shared_cluster(r, off, end, what))
-        return;
+        return false;
     if (!r->fenced)
         write_fence(r);
     if (r->error)
-        return;
+        return false;
     char why[512];
     va_list ap;
     va_start(ap, why_fmt);
@@ -143,13 +143,34 @@ void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const
     if (ret < 0) {
         free(copy), free(old), free(what_copy), free(why_copy);
         fail(r, ret);
-        return;
+        return false;
     }
     memcpy(copy, data, len);
     if (end > r->view.size)
         r->view.size = end;
     r->ctx_stale = true;
     add_step(r, (qc_repair_step){QC_STEP_WRITE, off, len, copy, what_copy, why_copy}, old);
+    return !r->error;
+}
+
+void plan_undo_write(repair_run *r)
+{
+    qc_repair_plan *p = r->plan;
+    if (r->error || !p->nb_steps || p->steps[p->nb_steps - 1].kind != QC_STEP_WRITE)
+        return;
+    size_t i = p->nb_steps - 1;
+    const qc_repair_step *step = &p->steps[i];
+    int ret = r->view.write(r->view.opaque, step->offset, p->old_bytes[i], (size_t)step->length);
+    if (ret < 0) {
+        fail(r, ret);
+        return;
+    }
+    free((void *)step->data);
+    free((void *)step->what);
+    free((void *)step->why);
+    free(p->old_bytes[i]);
+    p->nb_steps--;
+    r->ctx_stale = true;
 }
 
 void plan_flush(repair_run *r)
@@ -227,6 +248,18 @@ static bool run_check(repair_run *r, const qc_options *opts)
     r->ctx_live = true;
     r->ctx_stale = false;
     return !r->ctx.stop && r->res.header_valid && r->res.check_errors == 0 && !r->error;
+}
+
+qc_ctx *try_check(repair_run *r)
+{
+    if (r->error)
+        return NULL;
+    if (r->ctx_live && !r->ctx_stale)
+        return &r->ctx;
+    if (run_check(r, &r->check_opts))
+        return &r->ctx;
+    r->ctx_stale = true; /* the next current_check() runs it again, and says so */
+    return NULL;
 }
 
 qc_ctx *current_check(repair_run *r)
@@ -362,30 +395,54 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
     return NULL;
 }
 
-/* Orphans of the first check stay allocated through every stage, even
- * once the pointers that made them orphans are dropped. */
-static bool keep_first_orphans(repair_run *r)
+static void note_kept(repair_run *r, uint64_t kept)
+{
+    if (kept)
+        plan_note(r, NOTE_GENERAL,
+                  "kept %llu cluster%s allocated that a structure qcheck could not follow may own "
+                  "(reported as refcountOrphan); copy out what you need before freeing them",
+                  (unsigned long long)kept, kept == 1 ? "" : "s");
+}
+
+/* The orphans of the first check: all of them (to tell later whether a
+ * freed cluster was one), and for -r leaks those that bind, which stay
+ * allocated through every stage. -r all judges them by the current check
+ * of the view instead (see binding_orphan). */
+static bool record_first_orphans(repair_run *r)
 {
     qc_ctx *ctx = &r->ctx;
-    if (!qc_bitset_init(NULL, &r->kept, ctx->file_clusters))
+    if (!qc_bitset_init(NULL, &r->kept, ctx->file_clusters) ||
+        !qc_bitset_init(NULL, &r->first_orphans, ctx->file_clusters))
         return false;
     r->drops_bitmaps = r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_DROP_BITMAPS) &&
                        (ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
     uint64_t kept = 0;
     for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
          c = qc_bitset_next(&ctx->orphans, c + 1)) {
-        if (!qc_orphan_binds(ctx, r->mode == QC_REPAIR_ALL, r->drops_bitmaps, c))
+        if (!qc_bitset_set(&r->first_orphans, c))
+            return false;
+        if (r->mode != QC_REPAIR_LEAKS || !qc_orphan_binds(ctx, false, false, c))
             continue;
         if (!qc_bitset_set(&r->kept, c))
             return false;
         kept++;
     }
-    if (kept)
-        plan_note(r, NOTE_GENERAL,
-                  "kept %llu cluster%s allocated that a structure qcheck could not follow may own "
-                  "(reported as refcountOrphan); copy out what you need before freeing them",
-                  (unsigned long long)kept, kept == 1 ? "" : "s");
+    note_kept(r, kept);
     return true;
+}
+
+/* -r all, after the last stage: the orphans still kept, because a
+ * structure that may own them is still there. */
+static void note_kept_after(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return;
+    uint64_t kept = 0;
+    for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
+         c = qc_bitset_next(&ctx->orphans, c + 1))
+        kept += qc_orphan_binds(ctx, true, r->drops_bitmaps, c);
+    note_kept(r, kept);
 }
 
 int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
@@ -417,12 +474,14 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     const char *reason = refusal_reason(&r, before, why, sizeof(why));
     if (reason) {
         ret = refuse(plan, "%s", reason);
-    } else if (!keep_first_orphans(&r)) {
+    } else if (!record_first_orphans(&r)) {
         ret = -ENOMEM;
     } else {
         r.version = r.ctx.hdr.version;
+        r.cluster_bits = r.ctx.geo.cluster_bits;
         r.incompat_before = r.ctx.hdr.incompatible_features;
-        static void (*const leaks_stages[])(repair_run *) = {stage_refcounts, stage_header_flags};
+        static void (*const leaks_stages[])(repair_run *) = {stage_refcounts, stage_leaks_copied,
+                                                             stage_header_flags};
         /* Pointers past the end of the file are dropped before anything
          * extends the file, so that no interrupted step can make them
          * point at new structures. */
@@ -446,6 +505,10 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
                 stages[i](&r);
             plan_flush(&r);
         } while (!r.error && plan->nb_steps != writes_before && ++round < REPAIR_ROUNDS);
+        plan_freed_flush(&r);
+        note_unlinked(&r);
+        if (mode == QC_REPAIR_ALL && !r.error)
+            note_kept_after(&r);
         for (int k = 0; k < NOTE_KINDS; k++)
             if (r.notes_of_kind[k] > REPAIR_NOTE_CAP) {
                 uint64_t more = r.notes_of_kind[k] - REPAIR_NOTE_CAP;
@@ -464,6 +527,8 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     }
     release_check(&r);
     qc_bitset_release(&r.kept);
+    qc_bitset_release(&r.first_orphans);
+    free(r.owners);
     free(r.found);
     qc_io_close(&r.view);
     if (ret && ret != -EPERM) {
@@ -484,6 +549,12 @@ size_t qc_repair_plan_notes(const qc_repair_plan *plan, const char *const **note
 {
     *notes = (const char *const *)plan->notes;
     return plan->nb_notes;
+}
+
+size_t qc_repair_plan_unlinked(const qc_repair_plan *plan, const qc_unlinked **items)
+{
+    *items = plan->unlinked;
+    return plan->nb_unlinked;
 }
 
 const char *qc_repair_plan_refusal(const qc_repair_plan *plan)
@@ -513,6 +584,7 @@ void qc_repair_plan_free(qc_repair_plan *plan)
     free(plan->steps);
     free(plan->old_bytes);
     free(plan->notes);
+    free(plan->unlinked);
     free(plan->refusal);
     free(plan);
 }

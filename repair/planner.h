@@ -19,6 +19,8 @@ struct qc_repair_plan {
     char *refusal;
     uint64_t size_before; /* image length before the repair */
     uint64_t leaks_fixed, corruptions_fixed;
+    qc_unlinked *unlinked; /* see qc_repair_plan_unlinked */
+    size_t nb_unlinked, cap_unlinked;
 };
 
 /* A finding of the current check, uncapped (see qc_ctx.fix_sink). */
@@ -38,6 +40,13 @@ typedef enum note_kind {
     NOTE_KINDS,
 } note_kind;
 
+/* A dropped item that may own freed clusters: its host range, the highest
+ * end of the ranges up to it (in start order), and its index. */
+typedef struct unlink_owner {
+    uint64_t start, end, reach;
+    size_t item;
+} unlink_owner;
+
 typedef struct repair_run {
     qc_repair_plan *plan;
     qc_repair_mode mode;
@@ -52,10 +61,25 @@ typedef struct repair_run {
     repair_finding *found;
     size_t nb_found, cap_found;
 
-    /* Clusters the first check called orphans: never lowered. */
+    /* -r leaks: the orphans of the first check, never lowered. -r all
+     * judges orphans by the current check of the view instead: once the
+     * structure that may own them is dropped, they are freed in the same
+     * run. */
     qc_bitset kept;
+    qc_bitset first_orphans; /* every orphan of the first check (for the unlinked list) */
+    /* The run of freed clusters being collected (see plan_freed), and the
+     * dropped items that may own a cluster, by host offset. */
+    struct {
+        uint64_t first, count;
+        size_t owner;
+        qc_problem_id problem;
+    } free_run;
+    unlink_owner *owners;
+    size_t nb_owners;
+    bool owners_stale;
     bool drops_bitmaps; /* -r all and a bitmap problem whose fix is dropping them */
     unsigned version;
+    unsigned cluster_bits;
     uint64_t incompat_before; /* incompatible features before the repair */
     bool fenced;              /* the corrupt bit is set as a fence */
     uint64_t notes_of_kind[NOTE_KINDS];
@@ -68,9 +92,14 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
 
 /* planner.c */
 /* Record a write of `len` bytes at `off` and apply it to the view. The
- * first write of a repair is preceded by the fence (see docs/repair.md). */
-void plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+ * first write of a repair is preceded by the fence (see docs/repair.md).
+ * Returns whether the write was planned (not when it would land on a
+ * cluster two structures claim, or after an error). */
+bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Take back the last step, a write inside the file, and its bytes in the
+ * view: for a stage that tried a change and found it wrong on a check. */
+void plan_undo_write(repair_run *r);
 /* Ask for a flush: the writes before it reach the disk before any after. */
 void plan_flush(repair_run *r);
 void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
@@ -78,6 +107,9 @@ void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
 /* The check of the view as it is now (re-run when writes made it stale).
  * Returns NULL when the view cannot be checked completely. */
 qc_ctx *current_check(repair_run *r);
+/* The same without the note: for a stage that tries a change on the view
+ * and takes it back when the view cannot be checked. */
+qc_ctx *try_check(repair_run *r);
 /* Whether the current check found any problem whose fix is `fix`. */
 bool found_fix(const repair_run *r, qc_fix fix);
 /* The first cluster past the end of the view: where new structures go. */
@@ -94,6 +126,27 @@ bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *wh
 /* The L2 table (distinct) containing host offset `off`, or NULL. */
 const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
 
+/* unlinked.c: the list of what the repair unlinks, frees or recovers. */
+void plan_unlinked(repair_run *r, const qc_unlinked *item);
+/* The refcount of cluster c goes to 0: collected into runs, each owned by
+ * the dropped item covering it, or else a leak or an orphan of the first
+ * check. plan_freed_flush() ends the current run. */
+void plan_freed(repair_run *r, uint64_t c);
+void plan_freed_flush(repair_run *r);
+/* Notes for humans on the frees of clusters that a dropped pointer owned
+ * or that were orphans (after the last stage). */
+void note_unlinked(repair_run *r);
+/* A dropped item for one L2 entry (at `at`, holding `entry`) of each of
+ * the tables referencing its table: the guest cluster it mapped in each. */
+void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
+                     qc_problem_id problem, unsigned kind, uint64_t new_target);
+/* Dropped items for the structures of the kinds in `owners` (a mask of
+ * 1 << qc_owner) that the current check found, which the repair replaces
+ * or stops pointing to, for `problem`. */
+void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem);
+/* The first finding of the current check whose fix is `fix`. */
+qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
+
 /* The stages, in the order they run (planner.c lists them per mode). */
 void stage_feature_bits(repair_run *r);
 void stage_snapshot_count(repair_run *r);
@@ -105,6 +158,12 @@ void stage_refcounts(repair_run *r);
  * since its clusters could not be counted. */
 bool refcounts_blocked(repair_run *r, qc_ctx *ctx);
 void stage_copied(repair_run *r);
+/* -r leaks: whether the current check (before the refcount stage) allows
+ * the COPIED fix after it, as qemu-img's: no corruption but COPIED ones and
+ * no check error. Until it does, leaked clusters the active tables map with
+ * COPIED clear are not lowered below 2. */
+bool leaks_fix_copied(const repair_run *r);
+void stage_leaks_copied(repair_run *r);
 void stage_broken_pointers(repair_run *r);
 void stage_header_flags(repair_run *r);
 

@@ -5,14 +5,17 @@
  *   when the bitmaps extension is missing or any bitmap is broken (QEMU then
  *   ignores the bitmaps, and their clusters become leaks freed below), and
  *   bit 1 (raw external data) where it is invalid.
- * snapshot count (-r all): drops the entries that do not fit in the file (or
- *   in QEMU's 64 MiB) by lowering nb_snapshots, one 4-byte write, before
- *   anything extends the file.
+ * snapshot count (-r all): before anything extends the file, discards a
+ *   table that starts past the end of the file (one 12-byte header write),
+ *   cuts a last entry whose extra data, id or name runs past the end down
+ *   to what is inside (keeping the snapshot), and drops the entries that do
+ *   not fit in the file (or in QEMU's 64 MiB) by lowering nb_snapshots (one
+ *   4-byte write).
  * snapshot table (-r all): where extra data is too large or (version 3) too
- *   small, rewrites the table as QEMU would: extra data cut to the fields
- *   qcheck knows or completed to 16 bytes. The new table goes past the end
- *   of the file; one 12-byte header write between two flushes switches to
- *   it.
+ *   small, or an id is empty, rewrites the table as QEMU would: 24 bytes of
+ *   known extra data, unknown extra data kept (up to 1024 bytes in all),
+ *   fresh ids for entries without one. The new table goes past the end of
+ *   the file; one 12-byte header write between two flushes switches to it.
  * header flags (both modes, last): clears the dirty bit once no refcount is
  *   too low, and the corrupt bit when the image is clean; otherwise the
  *   corrupt bit goes back to what it was before the repair.
@@ -50,24 +53,43 @@ void stage_feature_bits(repair_run *r)
         return;
     uint8_t be[8];
     qc_put_be64(be, after);
-    plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
-               (unsigned long long)before, (unsigned long long)after);
+    if (plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
+                   (unsigned long long)before, (unsigned long long)after) &&
+        (before & ~after & QC_AUTOCLEAR_BITMAPS))
+        unlink_structures(r, ctx, 1u << QC_OWN_BITMAP_DIRECTORY | 1u << QC_OWN_BITMAP_TABLE |
+                                      1u << QC_OWN_BITMAP_DATA,
+                          drop_bitmaps ? first_found_with_fix(r, QC_FIX_DROP_BITMAPS)
+                                       : QC_P_AUTOCLEAR_WITHOUT_BITMAPS);
     plan_flush(r);
 }
 
-/* The entry as it will be written: extra data cut to what qcheck knows
- * (at most 24 bytes) or, in version 3, completed to 16 bytes as QEMU does. */
+/* The entry as QEMU writes one: the 24 bytes of known extra data (those
+ * the entry lacked set to what QEMU reads for them: the VM state size, the
+ * virtual size, -1 for icount), then its unknown extra data, kept byte for
+ * byte but cut where the extra data would pass 1024 bytes. */
 static qc_snapshot_entry repaired_entry(const qc_ctx *ctx, const qc_snapshot_entry *e)
 {
     qc_snapshot_entry out = *e;
-    if (ctx->hdr.version >= 3 && !out.has_disk_size) {
-        if (!out.has_vm_state_size_large)
-            out.vm_state_size_large = out.vm_state_size;
-        out.has_vm_state_size_large = true;
-        out.has_disk_size = true;
+    if (!out.has_vm_state_size_large)
+        out.vm_state_size_large = out.vm_state_size;
+    if (!out.has_disk_size)
         out.disk_size = ctx->hdr.size;
-    }
+    if (!out.has_icount)
+        out.icount = UINT64_MAX;
+    out.has_vm_state_size_large = out.has_disk_size = out.has_icount = true;
+    if (out.unknown_extra_size > QC_MAX_SNAPSHOT_EXTRA - 24)
+        out.unknown_extra_size = QC_MAX_SNAPSHOT_EXTRA - 24;
     return out;
+}
+
+/* The value of an id's leading decimal digits (0 if none), saturated: how
+ * QEMU reads ids when it picks one for a new snapshot. */
+static uint64_t id_number(const uint8_t *id, size_t len)
+{
+    uint64_t v = 0;
+    for (size_t i = 0; i < len && id[i] >= '0' && id[i] <= '9'; i++)
+        v = v > (UINT64_MAX - 9) / 10 ? UINT64_MAX : v * 10 + (uint64_t)(id[i] - '0');
+    return v;
 }
 
 /* How many leading entries the repaired table keeps: those that were
@@ -97,33 +119,152 @@ static bool snapshot_table_shared(repair_run *r, const qc_ctx *ctx)
     return false;
 }
 
+/* The unlinked items of snapshot entries [from, to) dropped for `problem`:
+ * one per decoded entry (its L1 table), then one per entry that could not
+ * be read (nothing known but its index), at most QC_MAX_SNAPSHOTS. */
+static void unlink_snapshots(repair_run *r, const qc_ctx *ctx, uint32_t from, uint32_t to,
+                             qc_problem_id problem)
+{
+    for (uint32_t k = from; k < to && k - from < QC_MAX_SNAPSHOTS && !r->error; k++) {
+        qc_unlinked item = {QC_UNLINK_DROPPED, problem,     QC_NO_OFFSET, 0, k, QC_NO_OFFSET, 0,
+                            QC_NO_OFFSET,      QC_NO_OFFSET, QC_NO_OFFSET};
+        if (k < ctx->nb_snapshots) {
+            const qc_snapshot *s = &ctx->snapshots[k];
+            uint64_t bytes = (uint64_t)s->entry.l1_size * 8;
+            item.entry_offset = s->table_offset;
+            item.target = s->entry.l1_table_offset;
+            item.guest_offset = 0;
+            item.guest_length = s->entry.has_disk_size ? s->entry.disk_size : ctx->hdr.size;
+            if (bytes && qc_cluster_aligned(ctx, item.target) &&
+                qc_range_within(item.target, bytes, ctx->file_size)) {
+                item.host_offset = item.target;
+                item.length = qc_div_round_up(bytes, ctx->geo.cluster_size)
+                              << ctx->geo.cluster_bits;
+            }
+        }
+        plan_unlinked(r, &item);
+    }
+}
+
+/* Cut a last entry whose extra data, id or name runs past the end of the
+ * file down to what lies inside it, in place: keep the extra data (or its
+ * known fields) and the id where they are readable, drop the rest. First
+ * the id and name sizes, then the extra data size, each write followed by
+ * a flush: every state in between is an entry of the same kind or a
+ * complete one. Before anything extends the file, which would make the
+ * entry's tail readable as whatever is appended. */
+static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
+{
+    const qc_snapshot *s = &ctx->snapshots[i];
+    uint8_t raw[QC_SNAPSHOT_FIXED_SIZE];
+    if (qc_read_zero_filled(&r->view, s->table_offset, raw, sizeof(raw)) < 0)
+        return;
+    uint64_t extra = qc_be32(raw + 36), id = qc_be16(raw + 12), name = qc_be16(raw + 14);
+    uint64_t room = ctx->file_size - s->table_offset - QC_SNAPSHOT_FIXED_SIZE;
+    uint64_t keep_id = extra + id <= room ? id : 0, keep_extra = extra;
+    if (extra > room)
+        for (keep_extra = 24; keep_extra > room || keep_extra > extra; keep_extra -= 8)
+            ;
+    char who[200];
+    qc_describe_snapshot(ctx, i, who, sizeof(who));
+    uint8_t be[4];
+    qc_put_be16(be, (uint16_t)keep_id);
+    qc_put_be16(be + 2, 0);
+    if (!plan_write(r, s->table_offset + 12, be, 4, "snapshot table",
+                    "%s: id and name sizes %llu and %llu -> %llu and 0 (what is left runs past "
+                    "the end of the file)",
+                    who, (unsigned long long)id, (unsigned long long)name,
+                    (unsigned long long)keep_id))
+        return;
+    plan_flush(r);
+    if (keep_extra != extra) {
+        qc_put_be32(be, (uint32_t)keep_extra);
+        if (!plan_write(r, s->table_offset + 36, be, 4, "snapshot table",
+                        "%s: extra data size %llu -> %llu (the rest runs past the end of the "
+                        "file)",
+                        who, (unsigned long long)extra, (unsigned long long)keep_extra))
+            return;
+        plan_flush(r);
+    }
+    plan_note(r, NOTE_GENERAL,
+              "%s ran past the end of the file: the snapshot and its L1 table are kept; "
+              "lost: %s%s%s",
+              who, keep_extra != extra ? "the extra data past its known fields, " : "",
+              keep_id ? "" : id ? "the id (the repaired table gives it a new one), " : "",
+              name ? "the name" : "nothing else");
+}
+
 void stage_snapshot_count(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
     if (!ctx || !found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
         return;
-    uint32_t kept = snapshots_kept(ctx);
-    if (kept >= ctx->hdr.nb_snapshots || snapshot_table_shared(r, ctx))
+    const qc_header *h = &ctx->hdr;
+    /* Before anything extends the file: a truncated last entry, or a table
+     * past the end, must not become readable (zero-filled) if a later step
+     * is interrupted. */
+    if (r->res.per_problem[QC_P_SNAPSHOT_TABLE_PAST_EOF]) {
+        /* Nothing of it can be read: discard every entry, as QEMU (which
+         * reads them as zeros) ends up doing. */
+        uint8_t be[12] = {0};
+        if (!plan_write(r, 60, be, sizeof(be), "image header (snapshot table)",
+                        "discard the %u snapshot table entries at 0x%llx, past the end of the "
+                        "file (%llu bytes)",
+                        h->nb_snapshots, (unsigned long long)h->snapshots_offset,
+                        (unsigned long long)ctx->file_size))
+            return;
+        plan_flush(r);
+        char which[64];
+        if (h->nb_snapshots == 1)
+            snprintf(which, sizeof(which), "entry 0");
+        else
+            snprintf(which, sizeof(which), "entries 0-%u", h->nb_snapshots - 1);
+        plan_note(r, NOTE_GENERAL,
+                  "discarded snapshot table %s (%u snapshot%s): the table starts at 0x%llx, past "
+                  "the end of the file (%llu bytes), so not even their ids and names could be "
+                  "read; what only they used is freed",
+                  which, h->nb_snapshots, h->nb_snapshots == 1 ? "" : "s",
+                  (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
+        unlink_snapshots(r, ctx, 0, h->nb_snapshots, QC_P_SNAPSHOT_TABLE_PAST_EOF);
         return;
-    /* Before anything extends the file: a truncated last entry must not
-     * become readable (zero-filled) if a later step is interrupted. */
-    uint8_t be[4];
-    qc_put_be32(be, kept);
-    plan_write(r, 60, be, 4, "image header (snapshot count)",
-               "keep the %u snapshots that fit in the file; drop %u", kept,
-               ctx->hdr.nb_snapshots - kept);
-    plan_flush(r);
-    plan_note(r, NOTE_GENERAL,
-              "the snapshot table listed %u snapshots; %u could be read and were kept, the rest "
-              "do not fit in the file (or in 64 MiB) and were dropped",
-              ctx->hdr.nb_snapshots, kept);
+    }
+    uint32_t kept = snapshots_kept(ctx);
+    bool cut = kept && ctx->snapshots[kept - 1].truncated;
+    if ((kept >= h->nb_snapshots && !cut) || snapshot_table_shared(r, ctx))
+        return;
+    /* The entries after the one to cut go first: once it is cut, they
+     * would start inside the file and be read from its old tail. */
+    if (kept < h->nb_snapshots) {
+        uint8_t be[4];
+        qc_put_be32(be, kept);
+        if (!plan_write(r, 60, be, 4, "image header (snapshot count)",
+                        "keep the %u snapshots that fit in the file; drop %u", kept,
+                        h->nb_snapshots - kept))
+            return;
+        plan_flush(r);
+        plan_note(r, NOTE_GENERAL,
+                  "the snapshot table listed %u snapshots; %u could be read and were kept, the "
+                  "rest do not fit in the file (or in 64 MiB) and were dropped",
+                  h->nb_snapshots, kept);
+        /* Decoded entries beyond 64 MiB, then the ones that could not be read. */
+        uint32_t decoded = ctx->nb_snapshots > kept ? ctx->nb_snapshots : kept;
+        unlink_snapshots(r, ctx, kept, decoded, QC_P_SNAPSHOT_TABLE_TOO_LARGE);
+        unlink_snapshots(r, ctx, decoded, h->nb_snapshots,
+                         r->res.per_problem[QC_P_SNAPSHOT_TABLE_TRUNCATED]
+                             ? QC_P_SNAPSHOT_TABLE_TRUNCATED
+                             : QC_P_TOO_MANY_SNAPSHOTS);
+    }
+    if (cut)
+        cut_truncated_entry(r, ctx, kept - 1);
 }
 
 void stage_snapshot_table(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
-    if (!ctx || (!r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE] &&
-                 !r->res.per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL]))
+    const qc_result *res = &r->res;
+    if (!ctx || (!res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE] &&
+                 !res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] &&
+                 !res->per_problem[QC_P_SNAPSHOT_ID_EMPTY]))
         return;
     const qc_geometry *g = &ctx->geo;
     if (snapshot_table_shared(r, ctx))
@@ -137,13 +278,25 @@ void stage_snapshot_table(repair_run *r)
     uint64_t at_cluster = append_cluster(r, "the repaired snapshot table", false);
     if (at_cluster == UINT64_MAX)
         return;
+    /* Entries without an id get fresh ones, as QEMU numbers a new
+     * snapshot: one more than the highest id. */
+    uint64_t next_id = 1;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+        uint64_t v = id_number(e->id, e->id_str_size);
+        if (v >= next_id)
+            next_id = v == UINT64_MAX ? v : v + 1;
+    }
     /* Bounded by the decoded entries, which were bounded by the file. */
     size_t cap = 0;
     for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
-        cap += QC_SNAPSHOT_FIXED_SIZE + 24 + ctx->snapshots[i].entry.id_str_size +
-               ctx->snapshots[i].entry.name_size + 8;
+        cap += QC_SNAPSHOT_FIXED_SIZE + QC_MAX_SNAPSHOT_EXTRA +
+               ctx->snapshots[i].entry.id_str_size + ctx->snapshots[i].entry.name_size + 32;
     uint8_t *table = calloc(cap ? cap : 1, 1);
-    if (!table) {
+    char(*fresh)[24] = calloc(ctx->nb_snapshots ? ctx->nb_snapshots : 1, sizeof(*fresh));
+    if (!table || !fresh) {
+        free(table);
+        free(fresh);
         r->error = -ENOMEM;
         return;
     }
@@ -151,6 +304,16 @@ void stage_snapshot_table(repair_run *r)
     uint32_t kept = 0;
     for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
         qc_snapshot_entry e = repaired_entry(ctx, &ctx->snapshots[i].entry);
+        if (!e.id_str_size) {
+            char who[200];
+            qc_describe_snapshot(ctx, i, who, sizeof(who));
+            snprintf(fresh[i], sizeof(fresh[i]), "%llu", (unsigned long long)next_id);
+            next_id += next_id < UINT64_MAX;
+            e.id = (const uint8_t *)fresh[i];
+            e.id_str_size = (uint16_t)strlen(fresh[i]);
+            plan_note(r, NOTE_GENERAL, "%s had no id; the repaired table gives it id \"%s\"", who,
+                      fresh[i]);
+        }
         size_t n = qc_snapshot_encode(&e, table + len, cap - len);
         if (n == 0)
             break;
@@ -161,13 +324,19 @@ void stage_snapshot_table(repair_run *r)
     plan_write(r, at, table, len, "new snapshot table",
                "%u snapshot entries with their extra data repaired", kept);
     free(table);
+    free(fresh);
     plan_flush(r);
     uint8_t hdr[12];
     qc_put_be32(hdr, kept);
     qc_put_be64(hdr + 4, at);
-    plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
-               "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
-               (unsigned long long)at, kept);
+    qc_problem_id why = res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE]
+                            ? QC_P_SNAPSHOT_EXTRA_TOO_LARGE
+                        : res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] ? QC_P_SNAPSHOT_EXTRA_TOO_SMALL
+                                                                          : QC_P_SNAPSHOT_ID_EMPTY;
+    if (plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
+                   "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
+                   (unsigned long long)at, kept))
+        unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE, why);
     plan_flush(r);
 }
 

@@ -8,9 +8,12 @@
  * block that matters is readable; otherwise (-r all) the whole refcount
  * structure is rebuilt at the end of the file and the header switched to
  * it with one 12-byte write between two flushes.
- * Never lowers a refcount an unfollowed structure may need: orphans of the
- * first check and of the current one keep their refcount.
- * Needs: a current check. Produces: refcount block and table writes.
+ * Never lowers a refcount an unfollowed structure may need: orphans that
+ * bind keep their refcount (with -r leaks those of the first check too).
+ * With -r leaks, while COPIED cannot be fixed afterwards, a leaked cluster
+ * the active tables map with COPIED clear is not lowered below 2.
+ * Needs: a current check. Produces: refcount block and table writes, the
+ * freed items of the unlinked list.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -19,13 +22,17 @@
 
 #include "planner.h"
 
-/* An orphan whose refcount must stay: kept from the first check, or an
- * orphan now (see qc_orphan_binds). */
+/* An orphan whose refcount must stay (see qc_orphan_binds): with -r all,
+ * one the current check of the view calls an orphan that binds, so that
+ * what only a pointer dropped by an earlier stage could own is freed in
+ * this run; with -r leaks, which drops nothing, also every orphan of the
+ * first check. */
 static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c)
 {
-    bool all = r->mode == QC_REPAIR_ALL;
+    if (r->mode == QC_REPAIR_ALL)
+        return qc_orphan_binds(ctx, true, r->drops_bitmaps, c);
     return (c < r->kept.bits && qc_bitset_test(&r->kept, c)) ||
-           qc_orphan_binds(ctx, all, r->drops_bitmaps, c);
+           qc_orphan_binds(ctx, false, false, c);
 }
 
 /* The refcount cluster c should have once repaired, given `ondisk`. */
@@ -89,10 +96,9 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 typedef struct patcher {
     repair_run *r;
     uint8_t *copy;
-    /* -r leaks only: clusters the active tables reference with COPIED
-     * clear, which says "shared"; -r leaks does not fix COPIED, so it must
-     * not lower these below 2 (that would turn a leak into a COPIED
-     * corruption). */
+    /* -r leaks when it will not fix COPIED (see leaks_fix_copied): clusters
+     * the active tables reference with COPIED clear, which says "shared";
+     * lowering these below 2 would turn a leak into a COPIED corruption. */
     qc_bitset copied_floor;
     uint64_t floored;
 } patcher;
@@ -164,6 +170,8 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         if (want != ondisk) {
             qc_refblock_set(p->copy, g->refcount_bits, j, want);
             changed = true;
+            if (want == 0 && c < ctx->file_clusters)
+                plan_freed(p->r, c);
         }
     }
     if (changed)
@@ -193,15 +201,17 @@ static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
 static void patch_in_place(repair_run *r, qc_ctx *ctx)
 {
     patcher p = {r, malloc(ctx->geo.cluster_size), {0}, 0};
-    if (!p.copy || (r->mode == QC_REPAIR_LEAKS && !mark_copied_floor(ctx, &p.copied_floor))) {
+    bool floor = r->mode == QC_REPAIR_LEAKS && !leaks_fix_copied(r);
+    if (!p.copy || (floor && !mark_copied_floor(ctx, &p.copied_floor))) {
         r->error = -ENOMEM;
     } else {
         qc_each_refcount_span(ctx, &p, patch_span, false);
         if (p.floored)
             plan_note(r, NOTE_GENERAL,
                       "%llu leaked cluster%s kept at refcount 2, not lowered: the active tables "
-                      "reference %s with COPIED clear, which -r leaks does not change; lowering "
-                      "%s would turn the leak into a COPIED corruption (-r all fixes both)",
+                      "reference %s with COPIED clear, and -r leaks fixes COPIED only when no "
+                      "other corruption remains (as qemu-img does); lowering %s would turn the "
+                      "leak into a COPIED corruption (-r all fixes both)",
                       (unsigned long long)p.floored, p.floored == 1 ? "" : "s",
                       p.floored == 1 ? "it" : "them", p.floored == 1 ? "it" : "them");
     }
@@ -242,6 +252,39 @@ static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         if (v > ctx->geo.refcount_max)
             v = ctx->geo.refcount_max;
         qc_refmap_set(&ctx->refmap, c, v);
+    }
+}
+
+/* After target_span and the switch: record the clusters the rebuilt
+ * refcounts free (a refcount in the old blocks, none in the new ones). */
+static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+{
+    repair_run *r = state;
+    uint64_t end = span->first + span->count;
+    if (end > ctx->file_clusters)
+        end = ctx->file_clusters;
+    if (span->kind == QC_SPAN_BLOCK) {
+        for (uint64_t c = span->first; c < end; c++)
+            if (!qc_refmap_get(&ctx->refmap, c) &&
+                qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first))
+                plan_freed(r, c);
+        return;
+    }
+    if (span->kind != QC_SPAN_UNKNOWN)
+        return; /* no refcount block: refcount 0 already */
+    /* Refcounts that cannot be read: the old refcount structures replaced
+     * here (in use until now, so counted) are freed; of anything else it
+     * is not known. */
+    const qc_repair_plan *p = r->plan;
+    for (size_t i = 0; i < p->nb_unlinked; i++) {
+        const qc_unlinked *u = &p->unlinked[i];
+        if (u->kind != QC_UNLINK_DROPPED || u->snapshot != QC_UNLINKED_NONE || !u->length)
+            continue;
+        uint64_t first = u->host_offset >> ctx->geo.cluster_bits;
+        uint64_t last = first + (u->length >> ctx->geo.cluster_bits);
+        for (uint64_t c = first > span->first ? first : span->first; c < last && c < end; c++)
+            if (!qc_refmap_get(&ctx->refmap, c))
+                plan_freed(r, c);
     }
 }
 
@@ -306,7 +349,32 @@ static void plan_layout(const qc_ctx *ctx, layout *l)
     }
 }
 
-static void write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
+/* The refcount blocks behind broken refcount table entries that point
+ * inside the file: the rebuild drops those pointers too. */
+static void unlink_broken_refblocks(repair_run *r, const qc_ctx *ctx)
+{
+    const qc_geometry *g = &ctx->geo;
+    for (uint64_t i = 0; i < ctx->reftable_entries && !r->error; i++) {
+        uint64_t off = ctx->reftable[i];
+        if (ctx->refblock_state[i] != QC_REFBLOCK_INVALID ||
+            off >> g->cluster_bits >= ctx->file_clusters)
+            continue;
+        uint64_t at = ctx->hdr.refcount_table_offset + i * 8;
+        uint8_t be[8];
+        if (qc_read_zero_filled(&r->view, at, be, 8) < 0)
+            continue;
+        /* As the reftable pass judged it: inside the file, so one of these. */
+        qc_problem_id why = qc_be64(be) & QC_REFTABLE_RESERVED_MASK
+                                ? QC_P_REFTABLE_ENTRY_RESERVED_BITS
+                                : QC_P_REFTABLE_ENTRY_UNALIGNED;
+        qc_unlinked item = {QC_UNLINK_DROPPED, why, off & ~(g->cluster_size - 1), g->cluster_size,
+                            QC_UNLINKED_NONE,  QC_NO_OFFSET, 0, at, off, QC_NO_OFFSET};
+        plan_unlinked(r, &item);
+    }
+}
+
+/* Returns whether the header was switched to the new structures. */
+static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
 {
     const qc_geometry *g = &ctx->geo;
     uint64_t per_block = g->refblock_entries;
@@ -315,7 +383,7 @@ static void write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
     if (!block || !table) {
         free(block), free(table);
         r->error = -ENOMEM;
-        return;
+        return false;
     }
     uint64_t next = l->base + l->table_clusters;
     for (uint64_t i = 0; i < l->entries; i++) {
@@ -348,15 +416,21 @@ static void write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
     uint8_t hdr[12];
     qc_put_be64(hdr, l->base << g->cluster_bits);
     qc_put_be32(hdr + 8, (uint32_t)l->table_clusters);
-    plan_write(r, 48, hdr, sizeof(hdr), "image header (refcount table)",
-               "switch to the rebuilt refcount table at 0x%llx (%llu clusters)",
-               (unsigned long long)(l->base << g->cluster_bits),
-               (unsigned long long)l->table_clusters);
+    if (!plan_write(r, 48, hdr, sizeof(hdr), "image header (refcount table)",
+                    "switch to the rebuilt refcount table at 0x%llx (%llu clusters)",
+                    (unsigned long long)(l->base << g->cluster_bits),
+                    (unsigned long long)l->table_clusters))
+        return false;
+    qc_problem_id why = first_found_with_fix(r, QC_FIX_REBUILD_REFCOUNTS);
+    unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK,
+                      why == QC_P_COUNT ? QC_P_METADATA_OVERLAP : why);
+    unlink_broken_refblocks(r, ctx);
     plan_flush(r);
     plan_note(r, NOTE_GENERAL,
               "rebuilt the refcount structures: a new table at 0x%llx and %llu refcount blocks; "
               "the old ones are now free",
               (unsigned long long)(l->base << g->cluster_bits), (unsigned long long)l->blocks);
+    return true;
 }
 
 static void rebuild(repair_run *r, qc_ctx *ctx)
@@ -383,8 +457,9 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
                       "the refcount structures need rebuilding, but the new refcount table "
                       "(%llu entries) would exceed QEMU's limit of 8 MiB; left unchanged",
                       (unsigned long long)l.entries);
-        else
-            write_rebuilt(r, ctx, &l);
+        else if (write_rebuilt(r, ctx, &l))
+            /* The old blocks are still in the view as they were. */
+            qc_each_refcount_span(ctx, r, freed_span, false);
     }
     free(l.needed);
     qc_bitset_release(&t.old_structures);
@@ -435,6 +510,7 @@ void stage_refcounts(repair_run *r)
 
     if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
         rebuild(r, ctx);
+        plan_freed_flush(r);
         return;
     }
     if (a.needs_rebuild)
@@ -443,4 +519,5 @@ void stage_refcounts(repair_run *r)
                   "rebuilding, which -r leaks does not do (run -r all)");
     patch_in_place(r, ctx);
     plan_flush(r);
+    plan_freed_flush(r);
 }

@@ -391,12 +391,91 @@ def truncate_snapshot_table(im):
     im.truncate(off + im.snapshot_table_size() - 8)
 
 
+def truncate_entry(keep, edit=None, index=-1):
+    """Move the snapshot table to the end of the file (after edit(im, [Snapshot])
+    changed the entries) and cut the file `keep` bytes into its entry
+    `index` (default: the last)."""
+    def p(im):
+        snaps = im.snapshots()
+        if edit:
+            edit(im, snaps)
+        off = im.write_snapshot_table(snaps)
+        im.truncate(off + sum(len(x.encode()) for x in snaps[:index % len(snaps)]) + keep)
+    return p
+
+
+def unknown_extra(index, size):
+    """Give snapshot `index` `size` bytes of extra data past the 24 known
+    bytes, in a pattern a test can recognise."""
+    def edit(im, snaps):
+        snaps[index].extra = snaps[index].extra[:24] + bytes((7 * i + 1) & 0xFF for i in range(size))
+    return edit
+
+
+def both(*edits):
+    def edit(im, snaps):
+        for e in edits:
+            e(im, snaps)
+    return edit
+
+
 def add_empty_snapshot(im):
     """An internal snapshot of an empty disk (all-zero L1 of its own)."""
     h = im.header
     l1 = im.append_clusters(count=-(-8 * h.l1_size // im.cluster_size))
     extra = struct.pack(">QQq", 0, h.size, -1)
     im.write_snapshot_table([q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"1", b"s1")])
+
+
+def snapshot_create_failed(im):
+    """A snapshot creation that stopped after QEMU raised the refcounts of
+    the active L2 tables and data clusters (clearing their COPIED flags) and
+    wrote the copy of the L1 table, but before the snapshot table listed the
+    snapshot (qcow2_snapshot_create): each of those clusters has one
+    reference more on disk than found, COPIED clear, and the L1 copy is
+    leaked. An interrupted deletion of the only snapshot leaves the same."""
+    cs = im.cluster_size
+    l1 = im.l1()
+    for i, e in enumerate(l1):
+        if e & OFFSET_MASK:
+            c = (e & OFFSET_MASK) // cs
+            im.set_refcount(c, im.refcount(c) + 1)
+            im.set_l1_entry(i, e & ~OFLAG_COPIED)
+    for r in im.data_refs():
+        c = r.host_offset // cs
+        im.set_refcount(c, im.refcount(c) + 1)
+        im.write_int(r.entry_offset, 8, r.entry & ~OFLAG_COPIED)
+    im.append_clusters(b"".join(q.be(8, e & ~OFLAG_COPIED) for e in l1))
+
+
+def snapshot_create(im):
+    """A complete internal snapshot of the active image, made as QEMU makes
+    one: the references of snapshot_create_failed, then the table entry
+    pointing to the L1 copy. Active and snapshot then share every L2
+    table."""
+    snapshot_create_failed(im)
+    h = im.header
+    l1 = q.align_up(im.file_size, im.cluster_size) - im.cluster_size  # the L1 copy
+    extra = struct.pack(">QQq", 0, h.size, -1)
+    im.write_snapshot_table(im.snapshots() + [q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"9", b"sc")])
+
+
+def own_data(snap):
+    """The first data entry of snapshot `snap` whose cluster nothing else
+    uses (refcount 1)."""
+    def sel(im):
+        s = im.snapshots()[snap]
+        return next(r for r in im.data_refs(l1_offset=s.l1_table_offset, l1_size=s.l1_size)
+                    if im.refcount(r.host_offset // im.cluster_size) == 1)
+    return sel
+
+
+def drop_snapshots(keep):
+    """A snapshot deletion that stopped after QEMU wrote the snapshot table
+    without the snapshot, before it dropped the references of the deleted
+    snapshot's tables (qcow2_snapshot_delete): the clusters it shared with
+    the others have one reference more on disk than found."""
+    return lambda im: im.write_snapshot_table(im.snapshots()[:keep])
 
 
 def with_backing_name(name):
@@ -760,8 +839,34 @@ case("luks_key_material_past_header", "luks", fde(lambda off, length: (off, 4096
                  "of extension header\")"), absent=QUARANTINED)
 
 # -- snapshot table (qcow2-format.md §10)
-case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotTableTruncated refcountOrphan", 2,
-     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"), absent=SNAPSHOTS_UNKNOWN)
+# The last entry runs past the end of the file: the snapshot is kept and
+# followed, what cannot be read is lost (QEMU reads zeros there).
+case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotEntryPastEof", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+case("snap_extra_past_eof", "snapshots", truncate_entry(40 + 24 + 40, unknown_extra(1, 200)),
+     "snapshotEntryPastEof", 2, differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+case("snap_extra_past_eof_in_known", "snapshots", truncate_entry(40 + 12), "snapshotEntryPastEof", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+case("snap_name_past_eof", "snapshots", truncate_entry(40 + 24 + 1 + 1), "snapshotEntryPastEof", 2,
+     differs(0, "QEMU zero-fills the read past EOF and accepts the entry"),
+     absent="refcountOrphan snapshotTableTruncated")
+# The first of two entries cut: it is kept, the second (past the end) dropped.
+case("snap_entry_past_eof_and_dropped", "snapshots",
+     truncate_entry(40 + 24 + 40, unknown_extra(0, 200), index=0),
+     "snapshotEntryPastEof snapshotTableTruncated refcountOrphan", 2,
+     differs(2, "QEMU reads the second entry as zeros (no L1 table, an incomplete entry): its "
+             "clusters leak"), absent=SNAPSHOTS_UNKNOWN)
+# Unknown extra data survives every rewrite (run_repairs.UNKNOWN_EXTRA).
+case("snap_unknown_extra_rewritten", "snapshots",
+     rewrite_snapshots(both(unknown_extra(0, 100), lambda im, s: setattr(s[1], "extra", s[1].extra[:8]))),
+     "snapshotExtraTooSmall", 2, Qemu(COUNTS))
+case("snap_unknown_extra_too_large", "snapshots", rewrite_snapshots(unknown_extra(0, 2000)),
+     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))
+case("snap_id_empty", "snapshots", rewrite_snapshots(lambda im, s: setattr(s[1], "id", b"")),
+     "snapshotIdEmpty", 0, Qemu(FULL))
 case("snap_extra_too_large", "snapshots",
      rewrite_snapshots(lambda im, s: setattr(s[0], "extra", s[0].extra + bytes(2048))),
      "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))
@@ -804,6 +909,17 @@ case("snap_shared_refcount_too_low", "snapshots",
      lambda im: im.set_refcount(next(r for r in im.data_refs() if not r.entry & OFLAG_COPIED)
                                 .host_offset // im.cluster_size, 1),
      "refcountTooLow", 2, exit_only(COPIED_DOUBLE))
+# Interrupted snapshot operations (the most common real leaks): qemu-img
+# check -r leaks lowers the refcounts and then fixes COPIED; so must -r leaks.
+case("snap_delete_interrupted", "snapshots", drop_snapshots(1), "refcountLeak", 3, Qemu(FULL),
+     absent="refcountOrphan")
+case("snap_delete_all_interrupted", "snapshots", drop_snapshots(0), "refcountLeak", 3, Qemu(FULL),
+     absent="refcountOrphan")
+case("snap_create_failed", "v3_64k", snapshot_create_failed, "refcountLeak", 3, Qemu(FULL),
+     absent="refcountOrphan")
+case("snap_create_failed_and_corrupt", "v3_64k",
+     chain(snapshot_create_failed, entry(data(1), set_bits(1 << 57))),
+     "refcountLeak l2EntryReservedBits", 2, Qemu(COUNTS))
 case("snap_shares_active_l1", "snapshots",
      snapshot_field(1, "l1_table_offset", lambda im, v: im.header.l1_table_offset),
      "metadataOverlap", 2,
@@ -888,6 +1004,15 @@ case("l1_reserved_low", "v3_64k", l1_entry(lambda im, e: e | 1 << 1), "l1EntryRe
      Qemu(COUNTS))
 case("l1_unaligned", "v3_64k", l1_entry(lambda im, e: e + 512), "l1EntryUnaligned refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R6, H3"))
+# An unaligned L1 entry is re-pointed only when the aligned-down cluster
+# checks as a valid L2 table mapping clusters nothing else references;
+# garbage or zeros there are dropped (run_repairs.REPOINTED/NOT_REPOINTED).
+case("l1_unaligned_into_garbage", "v3_64k",
+     l1_entry(lambda im, e: OFLAG_COPIED | (im.append_clusters(bytes(range(256)) * 256) + 512)),
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6, H3"))
+case("l1_unaligned_into_zeros", "v3_64k",
+     l1_entry(lambda im, e: OFLAG_COPIED | (im.append_clusters() + 512)),
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6, H3"))
 case("l1_past_eof", "v3_64k", l1_entry(lambda im, e: OFLAG_COPIED | past_eof()(im)),
      "l1EntryPastEof refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R2, H1"))
@@ -897,6 +1022,24 @@ case("l2_reserved_low", "v3_64k", entry(data(), set_bits(1 << 3)), "l2EntryReser
      Qemu(COUNTS))
 case("l2_unaligned", "v3_64k", entry(data(), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R14, H2"))
+# Recover before dropping: -r all re-points an unaligned entry to the
+# allocated cluster nothing else references (run_repairs.REPOINTED).
+case("l2_unaligned_extl2", "extl2", entry(data(1), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
+     exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_unaligned_snapshot", "snapshots", entry(own_data(0), move_by(1024)),
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_unaligned_shared_table", "v3_64k", chain(snapshot_create, entry(data(), move_by(512))),
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+# ... but not into a cluster something else references, nor one two
+# broken entries point into: those are dropped (and what only they could
+# own freed).
+case("l2_unaligned_into_used", "v3_64k",
+     entry(data(0), point_at(lambda im: im.data_refs()[1].host_offset + 512)),
+     "l2EntryUnaligned refcountLeak", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+case("l2_unaligned_twice", "v3_64k",
+     chain(entry(data(1), point_at(lambda im: im.data_refs()[0].host_offset + 1024)),
+           entry(data(0), move_by(512))),
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
 case("l2_past_eof", "v3_64k", entry(data(), point_at(past_eof())), "l2EntryPastEof refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)  # as l2_unaligned: the old cluster is an orphan
 case("l2_zero_flag_v2", "v2_64k", entry(data(), set_bits(OFLAG_ZERO)), "l2ZeroFlagInvalid", 2,

@@ -2836,8 +2836,10 @@ static char *plan_notes(const img *im, qc_repair_mode mode, qc_result *after)
 }
 
 /* Found by fuzzing: -r leaks must not lower a leaked data cluster that the
- * active L2 table maps with COPIED clear below 2 (that would make COPIED
- * wrong, which -r leaks does not fix); -r all fixes both. */
+ * active L2 table maps with COPIED clear below 2 while it cannot fix COPIED
+ * (another corruption remains: qemu-img then leaves COPIED wrong); -r all
+ * fixes both. With no other corruption, -r leaks lowers the refcount and
+ * fixes COPIED, as qemu-img check -r leaks does. */
 START_TEST(test_repair_leaks_keeps_copied_clear_shared)
 {
     img im;
@@ -2846,14 +2848,82 @@ START_TEST(test_repair_leaks_keeps_copied_clear_shared)
     img_set_refcount(&im, CL_DATA, 2);
     qc_result after;
     char *notes = plan_notes(&im, QC_REPAIR_LEAKS, &after);
-    ck_assert_msg(strstr(notes, "1 leaked cluster kept at refcount 2"), "notes: %s", notes);
+    ck_assert_msg(!strstr(notes, "kept at refcount 2"), "notes: %s", notes);
     ck_assert_uint_eq(after.corruptions, 0);
+    ck_assert_uint_eq(after.leaks, 0);
+    free(notes);
+    /* Another corruption: the floor holds and COPIED is left alone. */
+    img_set_l2(&im, 1, img_get_l2(&im, 1) | 1ull << 57);
+    notes = plan_notes(&im, QC_REPAIR_LEAKS, &after);
+    ck_assert_msg(strstr(notes, "1 leaked cluster kept at refcount 2"), "notes: %s", notes);
+    ck_assert_uint_eq(after.corruptions, 1);
+    ck_assert_uint_eq(after.per_problem[QC_P_L2_ENTRY_RESERVED_BITS], 1);
     ck_assert_uint_eq(after.leaks, 1);
     free(notes);
     fz_repaired r;
     repair_buffer(im.buf, im.len, QC_REPAIR_ALL, UINT64_MAX, false, &r);
     ck_assert_int_eq(r.apply_ret, 0);
     ck_assert_uint_eq(r.after.corruptions + r.after.leaks, 0);
+    fz_repaired_free(&r);
+    img_free(&im);
+}
+END_TEST
+
+/* The plan of a repair of im in `mode` and what it unlinks (the caller
+ * frees the plan). */
+static qc_repair_plan *plan_of(const img *im, qc_repair_mode mode, const qc_unlinked **items,
+                               size_t *n)
+{
+    qc_io ro;
+    qc_io_open_memory(&ro, im->buf, im->len);
+    qc_repair_plan *plan = NULL;
+    qc_result before, after;
+    ck_assert_int_eq(qc_repair_plan_build(&ro, NULL, mode, &before, &after, &plan), 0);
+    qc_io_close(&ro);
+    *n = qc_repair_plan_unlinked(plan, items);
+    return plan;
+}
+
+/* What -r all unlinks, frees and recovers is listed: an unaligned L2 entry
+ * into an allocated cluster nothing else references is re-pointed there
+ * (recovered); one past the end of the file is dropped, and the cluster
+ * only it could own (an orphan while it was there) is freed in the same
+ * run, as a leak is with -r leaks. */
+START_TEST(test_repair_lists_unlinked)
+{
+    img im;
+    img_build(&im, &(img_params){12, 4, 3, false, 2, 0});
+    uint64_t data0 = cl_off(&im, CL_DATA), data1 = cl_off(&im, CL_DATA + 1);
+    img_set_l2(&im, 0, (data0 + 512) | QC_OFLAG_COPIED);
+    img_set_l2(&im, 1, (cl_off(&im, img_clusters(&im) + 8)) | QC_OFLAG_COPIED);
+    const qc_unlinked *u;
+    size_t n;
+    qc_repair_plan *plan = plan_of(&im, QC_REPAIR_ALL, &u, &n);
+    ck_assert_uint_eq(n, 3);
+    ck_assert_uint_eq(u[0].kind, QC_UNLINK_RECOVERED);
+    ck_assert_int_eq(u[0].problem, QC_P_L2_ENTRY_UNALIGNED);
+    ck_assert_uint_eq(u[0].host_offset, data0);
+    ck_assert_uint_eq(u[0].target, data0 + 512);
+    ck_assert_uint_eq(u[0].new_target, data0);
+    ck_assert_uint_eq(u[0].snapshot, QC_UNLINKED_ACTIVE);
+    ck_assert_uint_eq(u[0].guest_offset, 0);
+    ck_assert_uint_eq(u[1].kind, QC_UNLINK_DROPPED);
+    ck_assert_int_eq(u[1].problem, QC_P_L2_ENTRY_PAST_EOF);
+    ck_assert_uint_eq(u[1].host_offset, QC_NO_OFFSET);
+    ck_assert_uint_eq(u[1].guest_offset, im.cs);
+    ck_assert_uint_eq(u[2].kind, QC_UNLINK_FREED);
+    ck_assert_int_eq(u[2].problem, QC_P_REFCOUNT_ORPHAN);
+    ck_assert_uint_eq(u[2].host_offset, data1);
+    ck_assert_uint_eq(u[2].length, im.cs);
+    qc_repair_plan_free(plan);
+    /* -r leaks drops nothing and keeps the orphan. */
+    plan = plan_of(&im, QC_REPAIR_LEAKS, &u, &n);
+    ck_assert_uint_eq(n, 0);
+    qc_repair_plan_free(plan);
+    fz_repaired r;
+    repair_buffer(im.buf, im.len, QC_REPAIR_ALL, UINT64_MAX, false, &r);
+    ck_assert_int_eq(r.apply_ret, 0);
+    ck_assert_uint_eq(r.after.corruptions + r.after.leaks + r.after.warnings, 0);
     fz_repaired_free(&r);
     img_free(&im);
 }
@@ -3066,6 +3136,7 @@ static Suite *check_memory_suite(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_repair_leak_and_rollback);
     tcase_add_test(tc, test_repair_leaks_keeps_copied_clear_shared);
+    tcase_add_test(tc, test_repair_lists_unlinked);
     tcase_add_test(tc, test_repair_refuses_shared_header);
     tcase_add_test(tc, test_repair_refuses_unknown_incompatible);
     tcase_add_loop_test(tc, test_repair_random_damage, 0, 2);

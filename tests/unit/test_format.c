@@ -918,7 +918,13 @@ START_TEST(test_snapshot_unknown_extra_and_sequence)
     ck_assert_uint_eq(d.icount, 333);
     ck_assert_mem_eq(d.id, "10", 2);
     ck_assert_mem_eq(d.name, "abc", 3);
+    ck_assert_uint_eq(d.unknown_extra_size, 8);
+    ck_assert_ptr_eq(d.unknown_extra, buf + 64);
     ck_assert_uint_eq(d.entry_size, 80);
+    /* Encoded again, the unknown extra data comes back byte for byte. */
+    uint8_t again[128];
+    ck_assert_uint_eq(qc_snapshot_encode(&d, again, sizeof(again)), 80);
+    ck_assert_mem_eq(again, buf, 80);
     ck_assert_uint_eq(c.pos, 80);
     ck_assert(qc_snapshot_decode(&c, &d));
     ck_assert_mem_eq(d.id, "11", 2);
@@ -931,6 +937,53 @@ START_TEST(test_snapshot_unknown_extra_and_sequence)
     qc_put_be32(buf + 36, 0xffffffffu);
     qc_cursor z = qc_cursor_make(buf, sizeof(buf));
     ck_assert(!qc_snapshot_decode(&z, &d));
+}
+END_TEST
+
+START_TEST(test_snapshot_decode_truncated)
+{
+    /* 24 known + 16 unknown bytes of extra data, id "42", name "snap". */
+    uint8_t buf[128];
+    memset(buf, 0, sizeof(buf));
+    qc_put_be64(buf, 0x70000);
+    qc_put_be32(buf + 8, 4);
+    qc_put_be16(buf + 12, 2);
+    qc_put_be16(buf + 14, 4);
+    qc_put_be32(buf + 36, 40);
+    qc_put_be64(buf + 40, 111);
+    qc_put_be64(buf + 48, 222);
+    qc_put_be64(buf + 56, 333);
+    memcpy(buf + 80, "42", 2);
+    memcpy(buf + 82, "snap", 4);
+    size_t used = 86;
+    for (size_t len = 0; len < used; len++) {
+        qc_cursor c = qc_cursor_make(buf, len);
+        qc_snapshot_entry d;
+        bool id_lost, name_lost;
+        ck_assert(!qc_snapshot_decode(&c, &d));
+        c = qc_cursor_make(buf, len);
+        bool got = qc_snapshot_decode_truncated(&c, &d, &id_lost, &name_lost);
+        ck_assert(got == (len >= QC_SNAPSHOT_FIXED_SIZE));
+        if (!got)
+            continue;
+        ck_assert_uint_eq(c.pos, len);
+        ck_assert_uint_eq(d.l1_table_offset, 0x70000);
+        ck_assert_uint_eq(d.l1_size, 4);
+        ck_assert_uint_eq(d.extra_data_size, 40); /* as declared */
+        ck_assert_uint_eq(d.unknown_extra_size, 0);
+        /* Known fields only when complete. */
+        ck_assert(d.has_vm_state_size_large == (len >= 48));
+        ck_assert(d.has_disk_size == (len >= 56));
+        ck_assert(d.has_icount == (len >= 64));
+        if (d.has_disk_size)
+            ck_assert_uint_eq(d.disk_size, 222);
+        ck_assert(id_lost == (len < 82));
+        ck_assert(name_lost);
+        ck_assert_uint_eq(d.id_str_size, len < 82 ? 0 : 2);
+        if (!id_lost)
+            ck_assert_mem_eq(d.id, "42", 2);
+        ck_assert_uint_eq(d.name_size, 0);
+    }
 }
 END_TEST
 
@@ -1158,6 +1211,7 @@ static Suite *format_suite(void)
     tcase_add_test(tc, test_snapshot_encode_too_small);
     tcase_add_test(tc, test_snapshot_truncated);
     tcase_add_test(tc, test_snapshot_unknown_extra_and_sequence);
+    tcase_add_test(tc, test_snapshot_decode_truncated);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("extensions");
