@@ -3120,7 +3120,8 @@ static Suite *check_memory_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("limits");
-    tcase_set_timeout(tc, 30);
+    /* The corruption sweeps check thousands of images under the sanitizers. */
+    tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_memory_limit_small);
     tcase_add_test(tc, test_memory_limit_sweep);
     tcase_add_test(tc, test_null_arguments);
