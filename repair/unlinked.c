@@ -8,8 +8,10 @@
  * first check's verdict on it (a leak, an orphan). A dropped pointer whose
  * cluster is freed becomes one item with both bits. After the last stage
  * the frees that are not plain leaks are told in notes.
+ * The ids and names of the snapshots as the first check decoded them are
+ * kept too, since the indices refer to the table before the repair.
  * Needs: the current check for the guest ranges. Produces: plan->unlinked,
- * notes.
+ * plan->snapshot_labels, notes.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -107,6 +109,38 @@ void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_pro
                             QC_NO_OFFSET};
         plan_unlinked(r, &item);
     }
+}
+
+bool record_snapshot_labels(repair_run *r)
+{
+    const qc_ctx *ctx = &r->ctx;
+    qc_repair_plan *p = r->plan;
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
+        bytes += (size_t)ctx->snapshots[i].entry.id_str_size + ctx->snapshots[i].entry.name_size;
+    if (!ctx->nb_snapshots)
+        return true;
+    p->snapshot_labels = calloc(ctx->nb_snapshots, sizeof(*p->snapshot_labels));
+    p->label_bytes = malloc(bytes ? bytes : 1);
+    if (!p->snapshot_labels || !p->label_bytes)
+        return false;
+    uint8_t *at = p->label_bytes;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+        plan_snapshot_label *l = &p->snapshot_labels[i];
+        l->id_len = e->id_str_size;
+        l->name_len = e->name_size;
+        l->id = at;
+        if (e->id_str_size)
+            memcpy(at, e->id, e->id_str_size);
+        at += e->id_str_size;
+        l->name = at;
+        if (e->name_size)
+            memcpy(at, e->name, e->name_size);
+        at += e->name_size;
+    }
+    p->nb_snapshot_labels = ctx->nb_snapshots;
+    return true;
 }
 
 qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix)
