@@ -152,6 +152,11 @@ void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_pro
 /* Copy the ids and names of the snapshots the current check (the first
  * one) decoded into the plan. False when out of memory. */
 bool record_snapshot_labels(repair_run *r);
+/* A dropped item for the part inside the file of a refcount table the
+ * check could not use (unaligned, or reaching past the end of the file):
+ * the rebuild drops the header's pointer to it, which nothing else
+ * records since the check has no extent for it. */
+void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem);
 /* The first finding of the current check whose fix is `fix`. */
 qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 

@@ -143,6 +143,29 @@ bool record_snapshot_labels(repair_run *r)
     return true;
 }
 
+void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t off = ctx->hdr.refcount_table_offset, end;
+    uint64_t bytes = (uint64_t)ctx->hdr.refcount_table_clusters << g->cluster_bits;
+    if (ctx->reftable_usable || !off || !bytes || off >= ctx->file_size)
+        return;
+    if (!qc_add_ok(off, bytes, &end) || end > ctx->file_size)
+        end = ctx->file_size;
+    uint64_t first = off >> g->cluster_bits, last = (end - 1) >> g->cluster_bits;
+    qc_unlinked item = {QC_UNLINK_DROPPED,
+                        problem,
+                        first << g->cluster_bits,
+                        (last - first + 1) << g->cluster_bits,
+                        QC_UNLINKED_NONE,
+                        QC_NO_OFFSET,
+                        0,
+                        48, /* the header's refcount table offset */
+                        off,
+                        QC_NO_OFFSET};
+    plan_unlinked(r, &item);
+}
+
 qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix)
 {
     for (size_t i = 0; i < r->nb_found; i++)
