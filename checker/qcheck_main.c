@@ -35,6 +35,12 @@ typedef struct cli {
     const char *repair_mode;
     const qc_repair_plan *plan;
     bool dry_run, repaired;
+    /* --salvage: the directory, what was (or would be) saved, and why not. */
+    const char *salvage_dir;
+    qc_salvage_info salvage;
+    int salvage_ret;
+    bool salvaged;
+    char salvage_why[900];
     /* Progress on stderr: forced by -p, or on a terminal once the check
      * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
     bool progress_forced, progress_allowed, progress_shown;
@@ -47,7 +53,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
-            "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG]] FILE\n"
+            "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
             "\n"
@@ -62,6 +68,8 @@ static void usage(FILE *out)
             "  -r, --repair=all       repair everything qcheck can repair safely\n"
             "  -n, --dry-run          with -r: print every write the repair would make, write nothing\n"
             "  --undo=LOG             with -r: save the bytes the repair overwrites in LOG (a new file)\n"
+            "  --salvage=DIR          with -r: first copy every cluster the repair unlinks or frees\n"
+            "                         into DIR (new or empty), with an index\n"
             "  --rollback=LOG         restore FILE from an undo log, byte for byte\n"
             "  -U, --force-share      accepted for compatibility when checking (qcheck takes no\n"
             "                         locks to check; a repair refuses images QEMU has open)\n"
@@ -257,6 +265,31 @@ static void print_json_unlinked(const qc_repair_plan *plan)
     printf("%s]", n ? "\n    " : "");
 }
 
+/* DIR/index.tsv, without doubling a trailing slash. */
+static void salvage_index_path(const char *dir, char *buf, size_t len)
+{
+    size_t n = strlen(dir);
+    snprintf(buf, len, "%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", QC_SALVAGE_INDEX);
+}
+
+/* "salvage": what --salvage saved, or (dry run) would save. */
+static void print_json_salvage(const cli *c)
+{
+    char index[4200];
+    salvage_index_path(c->salvage_dir, index, sizeof(index));
+    printf(", \"salvage\": {\"dir\": ");
+    json_string(stdout, c->salvage_dir);
+    printf(", \"ranges\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"index\": ", c->salvage.ranges,
+           c->salvage.bytes);
+    json_string(stdout, index);
+    printf(", \"saved\": %s", c->salvaged ? "true" : "false");
+    if (c->salvage_ret < 0) {
+        printf(", \"refused\": ");
+        json_string(stdout, c->salvage_why);
+    }
+    printf("}");
+}
+
 /* "repair": what -r did or (with --dry-run) would do. */
 static void print_json_repair(const cli *c)
 {
@@ -293,6 +326,8 @@ static void print_json_repair(const cli *c)
     }
     printf("%s]", nb_steps ? "\n    " : "");
     print_json_unlinked(c->plan);
+    if (c->salvage_dir)
+        print_json_salvage(c);
     printf("}");
 }
 
@@ -426,7 +461,8 @@ static void list_problems(bool markdown)
     }
 }
 
-enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK };
+enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
+       OPT_SALVAGE };
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
@@ -445,6 +481,7 @@ static const struct option longopts[] = {
     {"dry-run", no_argument, NULL, 'n'},
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
+    {"salvage", required_argument, NULL, OPT_SALVAGE},
     {NULL, 0, NULL, 0},
 };
 
@@ -536,6 +573,13 @@ static void print_plan_human(const cli *c, const qc_result *after)
     size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
     for (size_t i = 0; i < nb_notes; i++)
         fprintf(stderr, "repair: %s\n", notes[i]);
+    char index[4200];
+    if (c->salvage_dir)
+        salvage_index_path(c->salvage_dir, index, sizeof(index));
+    if (c->salvaged)
+        fprintf(stderr, "Saved %" PRIu64 " range%s (%" PRIu64 " bytes) to %s before repairing; index %s\n",
+                c->salvage.ranges, c->salvage.ranges == 1 ? "" : "s", c->salvage.bytes,
+                c->salvage_dir, index);
     if (!c->dry_run) {
         /* Like qemu-img's "Repairing ..." lines, capped for huge repairs. */
         size_t shown = 0, writes = 0;
@@ -558,6 +602,13 @@ static void print_plan_human(const cli *c, const qc_result *after)
         fprintf(out, "Dry run (-r %s): the repair would write nothing.\n", c->repair_mode);
         return;
     }
+    if (c->salvage_dir && c->salvage_ret == 0)
+        fprintf(out, "Dry run (--salvage): %" PRIu64 " range%s (%" PRIu64 " bytes) would be saved to %s "
+                "first; index %s\n",
+                c->salvage.ranges, c->salvage.ranges == 1 ? "" : "s", c->salvage.bytes,
+                c->salvage_dir, index);
+    else if (c->salvage_dir)
+        fprintf(out, "Dry run (--salvage): the repair would stop: %s\n", c->salvage_why);
     fprintf(out, "Dry run (-r %s): the repair would make these writes, in this order:\n",
             c->repair_mode);
     for (size_t i = 0; i < nb_steps; i++) {
@@ -596,6 +647,25 @@ static bool crash_hook(qc_io *crash, qc_io *image)
         return false;
     const char *drop = getenv("QCHECK_TEST_CRASH_DROP_UNFLUSHED");
     return qc_io_open_crash(crash, image, strtoull(after, NULL, 10), drop && *drop == '1') == 0;
+}
+
+/* --salvage: save what the plan unlinks or frees before anything is
+ * written (a dry run only computes it). False when the repair must stop. */
+static bool salvage(cli *c, qc_io *io, size_t nb_steps)
+{
+    if (!c->salvage_dir || nb_steps == 0)
+        return true;
+    c->salvage_ret = qc_repair_salvage(c->plan, io, c->salvage_dir, c->dry_run, &c->salvage,
+                                       c->salvage_why, sizeof(c->salvage_why));
+    if (c->salvage_ret < 0 && !c->salvage_why[0])
+        snprintf(c->salvage_why, sizeof(c->salvage_why), "cannot save to '%s': %s", c->salvage_dir,
+                 strerror(-c->salvage_ret));
+    c->salvaged = c->salvage_ret == 0 && !c->dry_run;
+    if (c->salvage_ret == 0 || c->dry_run)
+        return true;
+    size_t len = strlen(c->salvage_why);
+    snprintf(c->salvage_why + len, sizeof(c->salvage_why) - len, " (nothing was written)");
+    return false;
 }
 
 static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
@@ -645,7 +715,12 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
         size_t nb_steps = qc_repair_plan_steps(plan, &steps);
         qc_io undo = {0}, crash = {0};
         ret = undo_path && nb_steps && !c->dry_run ? open_undo(undo_path, &undo) : 0;
-        if (c->output == OUTPUT_HUMAN && ret == 0)
+        bool salvage_refused = ret == 0 && !salvage(c, &io, nb_steps);
+        if (salvage_refused && undo.close) {
+            qc_io_close(&undo);
+            unlink(undo_path);
+        }
+        if (c->output == OUTPUT_HUMAN && ret == 0 && !salvage_refused)
             print_plan_human(c, &after);
         if (ret == 0 && (c->dry_run || nb_steps == 0)) {
             status = qc_exit_status(&before);
@@ -655,6 +730,8 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
                 snprintf(msg, sizeof(msg), "Could not create the undo log '%s': %s (nothing was written)",
                          undo_path, strerror(-ret));
                 status = fail(c, 1, "qcow2", msg);
+            } else if (salvage_refused) {
+                status = fail(c, 1, "qcow2", c->salvage_why);
             } else {
                 qc_io *target = crash_hook(&crash, &io) ? &crash : &io;
                 ret = qc_repair_apply(plan, target, undo_path ? &undo : NULL);
@@ -779,6 +856,9 @@ int main(int argc, char **argv)
         case OPT_ROLLBACK:
             rollback_log = optarg;
             break;
+        case OPT_SALVAGE:
+            c.salvage_dir = optarg;
+            break;
         case 'U':
             force_share = true;
             break;
@@ -834,6 +914,8 @@ int main(int argc, char **argv)
         status = fail(&c, 1, "qcow2", msg);
     } else if ((c.dry_run || undo_path) && !repair) {
         status = fail(&c, 1, "qcow2", "--dry-run and --undo go with -r leaks or -r all");
+    } else if (c.salvage_dir && !repair) {
+        status = fail(&c, 1, "qcow2", "--salvage goes with -r leaks or -r all");
     } else if (rollback_log && repair) {
         status = fail(&c, 1, "qcow2", "--rollback cannot be combined with -r");
     } else if (force_share && (repair || rollback_log)) {
