@@ -68,7 +68,11 @@ void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t ent
     }
     if (kind & QC_UNLINK_RECOVERED)
         first = last = new_target >> g->cluster_bits;
-    bool in_file = last < ctx->file_clusters;
+    /* A compressed range may run past the end of the file: its part inside
+     * the file is what the entry took with it. */
+    bool in_file = first < ctx->file_clusters;
+    if (in_file && last >= ctx->file_clusters)
+        last = ctx->file_clusters - 1;
     uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;
     for (uint64_t k = 0; k < t->refs; k++) {
         const qc_l2_ref *ref = &ctx->l2_refs[t->first_ref + k];
