@@ -26,6 +26,15 @@ salvage:write_fails  the data file cannot be written in full (RLIMIT_FSIZE
 salvage:dry_run      -n --salvage creates nothing and reports the figures
                      the real run saves; with a non-empty DIR it says the
                      repair would stop, and exits with the check's status.
+salvage:restore      after -r all --salvage=DIR --undo=LOG, with the saved
+                     ranges overwritten in the image (as if QEMU had reused
+                     them), --rollback and then the restore loop that
+                     DIR/README.txt gives (run as it is written there) give
+                     back the original image byte for byte.
+salvage:compressed_tail
+                     a compressed entry whose range starts in the last
+                     cluster of the file and runs past its end: -r all
+                     drops it and saves the cluster it pointed into.
 salvage:crash        -r all --salvage=DIR --undo=LOG interrupted at every
                      write count, plain and dropping unflushed writes
                      (QCHECK_TEST_CRASH_AFTER_WRITES, ...DROP_UNFLUSHED):
@@ -57,6 +66,7 @@ import salvage_check  # noqa: E402
 from run_crash import Failed, Test, fingerprint  # noqa: E402
 
 IMAGE = run_crash._from_catalogue("snap_l1_entry_unaligned", "")
+COMPRESSED_BASE = "zlib"
 TMPFS_SIZE = 64 * 1024
 FILES = sorted([salvage_check.DATA, salvage_check.INDEX, salvage_check.README])
 
@@ -251,10 +261,63 @@ class SalvageRunner(run_crash.Runner):
                 shutil.rmtree(sdir, ignore_errors=True)
         t.notes.append("%d writes, %d crash points" % (len(writes), 2 * len(writes)))
 
+    def restore(self, t):
+        """The README's restore loop, after a rollback, puts back what the
+        repair freed even when something overwrote it since: the image is
+        the original byte for byte."""
+        d, img, fp = self.setup(t, "restore")
+        sdir, log = os.path.join(d, "s"), os.path.join(d, "img.undo")
+        rc, out, err = self.qc(t, ["-r", "all", "--salvage=" + sdir, "--undo=" + log], img,
+                               what="repair with --salvage and --undo")
+        t.fatal(rc in (0, 3), "the repair exited %d: %s" % (rc, err.strip()[-200:]))
+        rows, fails = salvage_check.read_salvage(sdir)
+        t.fatal(rows and not fails, "the salvage index: %s" % fails)
+        with open(img, "r+b") as f:  # as if QEMU had reused the freed clusters
+            for r in rows:
+                f.seek(r["host_offset"])
+                f.write(b"\xee" * r["length"])
+        rc, _, err = self.qc(t, ["--rollback=" + log], img, what="rollback")
+        t.fatal(rc == 0, "rollback exited %d: %s" % (rc, err.strip()[-200:]))
+        t.fatal(fingerprint(img) != fp, "test set-up: the overwritten ranges were not rolled back "
+                "(the repair wrote them?)")
+        with open(os.path.join(sdir, salvage_check.README)) as f:
+            lines = f.read().split("\n")
+        start = next(i for i, line in enumerate(lines) if line.startswith("  awk "))
+        end = next(i for i in range(start, len(lines)) if lines[i].strip() == "done")
+        script = "\n".join(lines[start:end + 1]).replace("IMAGE", img)
+        rc, _, err = self.tool(["bash", "-e", "-o", "pipefail", "-c", script], cwd=sdir)
+        t.expect(rc == 0, "the README's restore loop failed (exit %s): %s" % (rc, err.strip()[-200:]))
+        t.expect(fingerprint(img) == fp, "after the rollback and the README's restore loop the image "
+                 "is not the original")
+
+    def compressed_tail(self, t):
+        """A compressed L2 entry whose range starts in the last cluster of
+        the file and runs past its end: -r all drops it, and the part of
+        its range inside the file is saved (the cluster it pointed into)."""
+        d = os.path.join(self.workdir, "salvage", "compressed_tail")
+        shutil.rmtree(d, ignore_errors=True)
+
+        def patch(im):
+            r = im.compressed_refs()[1]
+            off = (im.file_size - 1024) // 512 * 512 + 100
+            im.set_l2_entry(r.l1_index, r.l2_index, im.compressed_entry(off, 2000))
+        img = self.make(run_crash.Image("compressed_tail", COMPRESSED_BASE, patch, ""), d, "img.qcow2")
+        orig = self.copy(img, os.path.join(d, "orig.qcow2"))
+        sdir = os.path.join(d, "s")
+        rc, res = self.qc_json(t, ["-r", "all", "--salvage=" + sdir], img, what="-r all --salvage")
+        t.fatal(rc in (0, 3), "-r all exited %d: %s" % (rc, res.get("error")))
+        t.fatal(salvage_check.dropped_targets(orig, img), "test set-up: no dropped target in the file")
+        fails, figures = salvage_check.verify(sdir, orig, img, res["repair"].get("salvage") or {},
+                                              salvage_check.refcounts(orig, img))
+        t.expect(not fails, "; ".join(fails))
+        rows, _ = salvage_check.read_salvage(sdir)
+        t.expect(any(r["problem"] == "compressedRangeInvalid" and r["kind"] == "dropped" for r in rows),
+                 "no row for the dropped compressed entry: %s" % rows)
+
     # -- everything ---------------------------------------------------------------------
 
     def run(self, flt):
-        build_images.build_all(self.bases_dir, [IMAGE.base], 1)
+        build_images.build_all(self.bases_dir, [IMAGE.base, COMPRESSED_BASE], 1)
         ref = Test("salvage:reference")
         tests, skipped = [ref], []
         try:
@@ -265,7 +328,9 @@ class SalvageRunner(run_crash.Runner):
             for name, fn in (("usage", self.usage), ("not_empty", self.not_empty),
                              ("no_room", self.no_room), ("write_fails", self.write_fails),
                              ("dry_run", lambda t: self.dry_run(t, ref_summary)),
-                             ("crash", lambda t: self.crash(t, ref_dir))):
+                             ("crash", lambda t: self.crash(t, ref_dir)),
+                             ("restore", self.restore),
+                             ("compressed_tail", self.compressed_tail)):
                 if flt not in "salvage:" + name:
                     continue
                 t = Test("salvage:" + name)
