@@ -34,6 +34,15 @@ beside the image (qcheck must never need them):
               cluster whose refcount went to 0 is listed as freed, and
               every cluster listed as freed has refcount 0 (also for -r
               leaks);
+          (f) it ran with --salvage=DIR (so did -r leaks and the dry run):
+              DIR holds, byte for byte and with the right xxh64, every
+              cluster whose on-disk refcount went from > 0 to 0 and every
+              target of a pointer the repair dropped (both computed from
+              the images before and after, salvage_check.py), and the
+              snapshot and guest range a row names are what the image
+              mapped; the dry run reports the same figures and creates
+              nothing; a repair that writes nothing or is refused creates
+              no DIR;
   leaks   `QCHECK -r leaks --output=json`: the same corruptions as before
           (wrong COPIED flags excepted when they were the only ones: then
           they are fixed, as qemu-img -r leaks does), no leak left (beyond
