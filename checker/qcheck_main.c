@@ -573,7 +573,7 @@ static void print_plan_human(const cli *c, const qc_result *after)
     size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
     for (size_t i = 0; i < nb_notes; i++)
         fprintf(stderr, "repair: %s\n", notes[i]);
-    char index[4200];
+    char index[4200] = "";
     if (c->salvage_dir)
         salvage_index_path(c->salvage_dir, index, sizeof(index));
     if (c->salvaged)
