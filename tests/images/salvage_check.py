@@ -192,9 +192,12 @@ def dropped_targets(orig, img):
                 if tb % cs or tb + cs > size or tb in l2_seen:
                     continue
                 l2_seen.add(tb)
-                for rb, ra in zip(b.l2_entries_of(tb, i), a.l2_entries_of(tb, i)):
-                    kb, cb = _entry_target(b, rb.entry)
-                    ka, _ = _entry_target(a, ra.entry)
+                step = b.l2_entry_size // 8
+                for wb, wa in zip(b.read_table(tb, cs // 8)[::step], a.read_table(tb, cs // 8)[::step]):
+                    if wb == wa:
+                        continue
+                    kb, cb = _entry_target(b, wb)
+                    ka, _ = _entry_target(a, wa)
                     if kb is not None and kb != ka:
                         need |= cb
         if hb.nb_snapshots and hb.snapshots_offset != ha.snapshots_offset:
