@@ -305,6 +305,35 @@ void qc_repair_plan_free(qc_repair_plan *plan);
  * again (see docs/repair.md). */
 int qc_repair_apply(const qc_repair_plan *plan, qc_io *image, qc_io *undo);
 
+/* ---- Salvage: what a repair unlinks, saved before it writes ------------ */
+
+/* The files of a salvage directory (docs/repair.md, "Salvage"). */
+#define QC_SALVAGE_DATA "clusters.bin"
+#define QC_SALVAGE_INDEX "index.tsv"
+#define QC_SALVAGE_README "README.txt"
+
+typedef struct qc_salvage_info {
+    uint64_t ranges;    /* rows of the index: dropped or freed items inside the file */
+    uint64_t bytes;     /* length of clusters.bin (each host byte saved once) */
+    uint64_t needed;    /* room the files take (whole blocks), 0 when not known */
+    uint64_t available; /* room statvfs reports there, UINT64_MAX when not known */
+} qc_salvage_info;
+
+/* Save every host range the plan drops or frees (qc_unlinked items of kind
+ * DROPPED or FREED, clipped to the file) into the directory `dir`, as the
+ * image behind `image` holds them now, before the plan is applied:
+ * clusters.bin, index.tsv (with the xxh64 of each range) and README.txt,
+ * each fsync'ed, then the directory. `dir` must not exist (it is created,
+ * mode 0700; its parent must exist) or be an empty directory, and have room
+ * for all of it (statvfs). With `dry_run` nothing is read or created: the
+ * figures and the same refusals only. Returns 0, or a negative errno with
+ * nothing of the salvage left behind: -ENOTEMPTY, -ENOTDIR, -ENOSPC, -ESTALE
+ * (the image changed since planning), or the error of a failed mkdir,
+ * read, write or fsync. `why` (may be NULL) receives a message naming
+ * `dir`, the bytes needed and the bytes available. */
+int qc_repair_salvage(const qc_repair_plan *plan, qc_io *image, const char *dir, bool dry_run,
+                      qc_salvage_info *info, char *why, size_t why_len);
+
 /* Restore an image from an undo log written by qc_repair_apply. The log is
  * verified completely, and so is the image (every region must hold either
  * the bytes the repair wrote or the ones it saved) before anything is

@@ -45,6 +45,12 @@ typedef struct cli {
     const char *repair_mode;
     const qc_repair_plan *plan;
     bool dry_run, repaired;
+    /* --salvage: the directory, what was (or would be) saved, and why not. */
+    const char *salvage_dir;
+    qc_salvage_info salvage;
+    int salvage_ret;
+    bool salvaged;
+    char salvage_why[900];
     /* Progress on stderr: forced by -p, or on a terminal once the check
      * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
     bool progress_forced, progress_allowed, progress_shown;
@@ -57,7 +63,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
-            "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG]] FILE\n"
+            "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
             "\n"
@@ -72,6 +78,8 @@ static void usage(FILE *out)
             "  -r, --repair=all       repair everything qcheck can repair safely\n"
             "  -n, --dry-run          with -r: print every write the repair would make, write nothing\n"
             "  --undo=LOG             with -r: save the bytes the repair overwrites in LOG (a new file)\n"
+            "  --salvage=DIR          with -r: first copy every cluster the repair unlinks or frees\n"
+            "                         into DIR (new or empty), with an index\n"
             "  --rollback=LOG         restore FILE from an undo log, byte for byte\n"
             "  -U, --force-share      check an image another process (a VM) has open for writing;\n"
             "                         the results may be inconsistent (without -U such an image\n"
@@ -294,6 +302,31 @@ static void print_json_unlinked(const qc_repair_plan *plan)
     printf("%s]", n ? "\n    " : "");
 }
 
+/* DIR/index.tsv, without doubling a trailing slash. */
+static void salvage_index_path(const char *dir, char *buf, size_t len)
+{
+    size_t n = strlen(dir);
+    snprintf(buf, len, "%s%s%s", dir, n && dir[n - 1] == '/' ? "" : "/", QC_SALVAGE_INDEX);
+}
+
+/* "salvage": what --salvage saved, or (dry run) would save. */
+static void print_json_salvage(const cli *c)
+{
+    char index[4200];
+    salvage_index_path(c->salvage_dir, index, sizeof(index));
+    printf(", \"salvage\": {\"dir\": ");
+    json_string(stdout, c->salvage_dir);
+    printf(", \"ranges\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"index\": ", c->salvage.ranges,
+           c->salvage.bytes);
+    json_string(stdout, index);
+    printf(", \"saved\": %s", c->salvaged ? "true" : "false");
+    if (c->salvage_ret < 0) {
+        printf(", \"refused\": ");
+        json_string(stdout, c->salvage_why);
+    }
+    printf("}");
+}
+
 /* "repair": what -r did or (with --dry-run) would do. */
 static void print_json_repair(const cli *c)
 {
@@ -330,6 +363,8 @@ static void print_json_repair(const cli *c)
     }
     printf("%s]", nb_steps ? "\n    " : "");
     print_json_unlinked(c->plan);
+    if (c->salvage_dir)
+        print_json_salvage(c);
     printf("}");
 }
 
@@ -833,7 +868,8 @@ static void report_in_use(cli *c, qc_result *r)
     r->per_problem[QC_P_IMAGE_IN_USE]++;
 }
 
-enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK };
+enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
+       OPT_SALVAGE };
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
@@ -852,6 +888,7 @@ static const struct option longopts[] = {
     {"dry-run", no_argument, NULL, 'n'},
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
+    {"salvage", required_argument, NULL, OPT_SALVAGE},
     {NULL, 0, NULL, 0},
 };
 
@@ -955,6 +992,13 @@ static void print_plan_human(const cli *c, const qc_result *after)
     size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
     for (size_t i = 0; i < nb_notes; i++)
         fprintf(stderr, "repair: %s\n", notes[i]);
+    char index[4200] = "";
+    if (c->salvage_dir)
+        salvage_index_path(c->salvage_dir, index, sizeof(index));
+    if (c->salvaged)
+        fprintf(stderr, "Saved %" PRIu64 " range%s (%" PRIu64 " bytes) to %s before repairing; index %s\n",
+                c->salvage.ranges, c->salvage.ranges == 1 ? "" : "s", c->salvage.bytes,
+                c->salvage_dir, index);
     if (!c->dry_run) {
         /* Like qemu-img's "Repairing ..." lines, capped for huge repairs. */
         size_t shown = 0, writes = 0;
@@ -977,6 +1021,13 @@ static void print_plan_human(const cli *c, const qc_result *after)
         fprintf(out, "Dry run (-r %s): the repair would write nothing.\n", c->repair_mode);
         return;
     }
+    if (c->salvage_dir && c->salvage_ret == 0)
+        fprintf(out, "Dry run (--salvage): %" PRIu64 " range%s (%" PRIu64 " bytes) would be saved to %s "
+                "first; index %s\n",
+                c->salvage.ranges, c->salvage.ranges == 1 ? "" : "s", c->salvage.bytes,
+                c->salvage_dir, index);
+    else if (c->salvage_dir)
+        fprintf(out, "Dry run (--salvage): the repair would stop: %s\n", c->salvage_why);
     fprintf(out, "Dry run (-r %s): the repair would make these writes, in this order:\n",
             c->repair_mode);
     for (size_t i = 0; i < nb_steps; i++) {
@@ -1018,10 +1069,43 @@ static bool crash_hook(qc_io *crash, qc_io *image)
     return qc_io_open_crash(crash, image, strtoull(after, NULL, 10), drop && *drop == '1') == 0;
 }
 
+/* --salvage: save what the plan unlinks or frees before anything is
+ * written (a dry run only computes it). False when the repair must stop:
+ * c->salvage_why says why. */
+static bool salvage(cli *c, qc_io *io, bool has_writes)
+{
+    if (!c->salvage_dir || !has_writes)
+        return true;
+    c->salvage_ret = qc_repair_salvage(c->plan, io, c->salvage_dir, c->dry_run, &c->salvage,
+                                       c->salvage_why, sizeof(c->salvage_why));
+    if (c->salvage_ret < 0 && !c->salvage_why[0])
+        snprintf(c->salvage_why, sizeof(c->salvage_why), "cannot save to '%s': %s", c->salvage_dir,
+                 strerror(-c->salvage_ret));
+    c->salvaged = c->salvage_ret == 0 && !c->dry_run;
+    return c->salvage_ret == 0 || c->dry_run;
+}
+
+/* The repair is refused before anything is written: the first check's
+ * figures, then why (exit 1). */
+static int refuse_repair(cli *c, qc_io *io, const qc_result *before, const char *reason)
+{
+    char why[1200];
+    snprintf(why, sizeof(why), "cannot repair '%s': %s; nothing was written", c->path, reason);
+    if (!c->quiet) {
+        if (c->output == OUTPUT_JSON)
+            print_json(c, before, why, 1);
+        else
+            print_human_summary(before);
+    }
+    note_cannot_open(c, io, before);
+    check_failed(c, before, why);
+    return 1;
+}
 
 /* Carry out a plan that has writes, then check the image again; returns
  * the exit status (of the second check). */
-static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const char *undo_path)
+static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const qc_result *before,
+                     const char *undo_path)
 {
     qc_io undo = {0}, crash = {0};
     int ret = undo_path ? open_undo(undo_path, &undo) : 0;
@@ -1029,6 +1113,13 @@ static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const char *undo_p
         message(c, "Could not create the undo log '%s': %s", undo_path, strerror(-ret));
         message(c, "nothing was written to '%s'", c->path);
         return 1;
+    }
+    if (!salvage(c, io, true)) {
+        if (undo.close) {
+            qc_io_close(&undo);
+            unlink(undo_path);
+        }
+        return refuse_repair(c, io, before, c->salvage_why);
     }
     if (c->output == OUTPUT_HUMAN)
         print_plan_human(c, NULL);
@@ -1098,32 +1189,22 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
         c->plan = NULL;
         status = not_qcow2(c, before.other_format);
     } else if (ret == -EPERM) {
-        /* The check's own figures, then why nothing was written. */
-        char why[700];
-        snprintf(why, sizeof(why), "cannot repair '%s': %s; nothing was written", c->path,
-                 qc_repair_plan_refusal(plan));
-        status = 1;
-        if (!c->quiet) {
-            if (c->output == OUTPUT_JSON)
-                print_json(c, &before, why, status);
-            else
-                print_human_summary(&before);
-        }
-        note_cannot_open(c, &io, &before);
-        check_failed(c, &before, why);
+        status = refuse_repair(c, &io, &before, qc_repair_plan_refusal(plan));
     } else if (ret < 0) {
         message(c, "Check failed: %s", strerror(-ret));
         message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
         status = 1;
     } else {
         const qc_repair_step *steps;
-        if (c->dry_run || qc_repair_plan_steps(plan, &steps) == 0) {
+        size_t nb_steps = qc_repair_plan_steps(plan, &steps);
+        if (c->dry_run || nb_steps == 0) {
+            salvage(c, &io, nb_steps != 0);
             if (c->output == OUTPUT_HUMAN)
                 print_plan_human(c, &after);
             status = qc_exit_status(&before);
             print_result(c, &before, status);
         } else {
-            status = carry_out(c, plan, &io, undo_path);
+            status = carry_out(c, plan, &io, &before, undo_path);
         }
     }
     if (io.close)
@@ -1313,6 +1394,9 @@ int main(int argc, char **argv)
         case OPT_ROLLBACK:
             rollback_log = optarg;
             break;
+        case OPT_SALVAGE:
+            c.salvage_dir = optarg;
+            break;
         case 'U':
             force_share = true;
             break;
@@ -1353,6 +1437,8 @@ int main(int argc, char **argv)
     }
     if ((c.dry_run || undo_path) && !repair)
         return usage_error(&c, "--dry-run and --undo go with -r leaks or -r all");
+    if (c.salvage_dir && !repair)
+        return usage_error(&c, "--salvage goes with -r leaks or -r all");
     if (rollback_log && repair)
         return usage_error(&c, "--rollback cannot be combined with -r");
     c.repair_mode = repair;

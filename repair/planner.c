@@ -474,7 +474,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     const char *reason = refusal_reason(&r, before, why, sizeof(why));
     if (reason) {
         ret = refuse(plan, "%s", reason);
-    } else if (!record_first_orphans(&r)) {
+    } else if (!record_first_orphans(&r) || !record_snapshot_labels(&r)) {
         ret = -ENOMEM;
     } else {
         r.version = r.ctx.hdr.version;
@@ -585,6 +585,8 @@ void qc_repair_plan_free(qc_repair_plan *plan)
     free(plan->old_bytes);
     free(plan->notes);
     free(plan->unlinked);
+    free(plan->snapshot_labels);
+    free(plan->label_bytes);
     free(plan->refusal);
     free(plan);
 }

@@ -10,6 +10,11 @@
 
 #include "../checker/ctx.h"
 
+typedef struct plan_snapshot_label {
+    const uint8_t *id, *name; /* not NUL-terminated */
+    uint16_t id_len, name_len;
+} plan_snapshot_label;
+
 struct qc_repair_plan {
     qc_repair_step *steps;
     uint8_t **old_bytes; /* per step: what the region held before (NULL for flushes) */
@@ -21,6 +26,12 @@ struct qc_repair_plan {
     uint64_t leaks_fixed, corruptions_fixed;
     qc_unlinked *unlinked; /* see qc_repair_plan_unlinked */
     size_t nb_unlinked, cap_unlinked;
+    /* The id and name of every snapshot the first check decoded, by its
+     * index in the table before the repair (qc_unlinked.snapshot), for
+     * --salvage's index; they point into label_bytes. */
+    plan_snapshot_label *snapshot_labels;
+    uint32_t nb_snapshot_labels;
+    uint8_t *label_bytes;
 };
 
 /* A finding of the current check, uncapped (see qc_ctx.fix_sink). */
@@ -144,6 +155,14 @@ void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t ent
  * 1 << qc_owner) that the current check found, which the repair replaces
  * or stops pointing to, for `problem`. */
 void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem);
+/* Copy the ids and names of the snapshots the current check (the first
+ * one) decoded into the plan. False when out of memory. */
+bool record_snapshot_labels(repair_run *r);
+/* A dropped item for the part inside the file of a refcount table the
+ * check could not use (unaligned, or reaching past the end of the file):
+ * the rebuild drops the header's pointer to it, which nothing else
+ * records since the check has no extent for it. */
+void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem);
 /* The first finding of the current check whose fix is `fix`. */
 qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 

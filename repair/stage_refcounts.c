@@ -422,9 +422,11 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
                     (unsigned long long)l->table_clusters))
         return false;
     qc_problem_id why = first_found_with_fix(r, QC_FIX_REBUILD_REFCOUNTS);
-    unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK,
-                      why == QC_P_COUNT ? QC_P_METADATA_OVERLAP : why);
+    if (why == QC_P_COUNT)
+        why = QC_P_METADATA_OVERLAP;
+    unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK, why);
     unlink_broken_refblocks(r, ctx);
+    unlink_unusable_reftable(r, ctx, why);
     plan_flush(r);
     plan_note(r, NOTE_GENERAL,
               "rebuilt the refcount structures: a new table at 0x%llx and %llu refcount blocks; "

@@ -8,8 +8,10 @@
  * first check's verdict on it (a leak, an orphan). A dropped pointer whose
  * cluster is freed becomes one item with both bits. After the last stage
  * the frees that are not plain leaks are told in notes.
+ * The ids and names of the snapshots as the first check decoded them are
+ * kept too, since the indices refer to the table before the repair.
  * Needs: the current check for the guest ranges. Produces: plan->unlinked,
- * notes.
+ * plan->snapshot_labels, notes.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -66,7 +68,11 @@ void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t ent
     }
     if (kind & QC_UNLINK_RECOVERED)
         first = last = new_target >> g->cluster_bits;
-    bool in_file = last < ctx->file_clusters;
+    /* A compressed range may run past the end of the file: its part inside
+     * the file is what the entry took with it. */
+    bool in_file = first < ctx->file_clusters;
+    if (in_file && last >= ctx->file_clusters)
+        last = ctx->file_clusters - 1;
     uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;
     for (uint64_t k = 0; k < t->refs; k++) {
         const qc_l2_ref *ref = &ctx->l2_refs[t->first_ref + k];
@@ -107,6 +113,61 @@ void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_pro
                             QC_NO_OFFSET};
         plan_unlinked(r, &item);
     }
+}
+
+bool record_snapshot_labels(repair_run *r)
+{
+    const qc_ctx *ctx = &r->ctx;
+    qc_repair_plan *p = r->plan;
+    size_t bytes = 0;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
+        bytes += (size_t)ctx->snapshots[i].entry.id_str_size + ctx->snapshots[i].entry.name_size;
+    if (!ctx->nb_snapshots)
+        return true;
+    p->snapshot_labels = calloc(ctx->nb_snapshots, sizeof(*p->snapshot_labels));
+    p->label_bytes = malloc(bytes ? bytes : 1);
+    if (!p->snapshot_labels || !p->label_bytes)
+        return false;
+    uint8_t *at = p->label_bytes;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+        plan_snapshot_label *l = &p->snapshot_labels[i];
+        l->id_len = e->id_str_size;
+        l->name_len = e->name_size;
+        l->id = at;
+        if (e->id_str_size)
+            memcpy(at, e->id, e->id_str_size);
+        at += e->id_str_size;
+        l->name = at;
+        if (e->name_size)
+            memcpy(at, e->name, e->name_size);
+        at += e->name_size;
+    }
+    p->nb_snapshot_labels = ctx->nb_snapshots;
+    return true;
+}
+
+void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t off = ctx->hdr.refcount_table_offset, end;
+    uint64_t bytes = (uint64_t)ctx->hdr.refcount_table_clusters << g->cluster_bits;
+    if (ctx->reftable_usable || !off || !bytes || off >= ctx->file_size)
+        return;
+    if (!qc_add_ok(off, bytes, &end) || end > ctx->file_size)
+        end = ctx->file_size;
+    uint64_t first = off >> g->cluster_bits, last = (end - 1) >> g->cluster_bits;
+    qc_unlinked item = {QC_UNLINK_DROPPED,
+                        problem,
+                        first << g->cluster_bits,
+                        (last - first + 1) << g->cluster_bits,
+                        QC_UNLINKED_NONE,
+                        QC_NO_OFFSET,
+                        0,
+                        48, /* the header's refcount table offset */
+                        off,
+                        QC_NO_OFFSET};
+    plan_unlinked(r, &item);
 }
 
 qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix)

@@ -462,13 +462,21 @@ class Image:
 
     # ---- snapshots ---------------------------------------------------------
 
-    def snapshots(self):
+    def snapshots(self, within_file=False):
+        """The snapshot table entries. With within_file, only those before
+        the first entry that does not lie wholly inside the file (otherwise
+        the part past the end reads as zeros)."""
         snaps = []
         off = self.header.snapshots_offset
+        size = self.file_size if within_file else None
         for _ in range(self.header.nb_snapshots):
+            if size is not None and off + SNAPSHOT_HEADER.size > size:
+                break
             (l1_off, l1_size, id_size, name_size, dsec, dnsec, vmclock,
              vmstate, extra_size) = SNAPSHOT_HEADER.unpack(self.read(off, SNAPSHOT_HEADER.size))
             p = off + SNAPSHOT_HEADER.size
+            if size is not None and p + extra_size + id_size + name_size > size:
+                break
             extra = self.read(p, extra_size)
             sid = self.read(p + extra_size, id_size)
             name = self.read(p + extra_size + id_size, name_size)
@@ -477,9 +485,9 @@ class Image:
             off = align_up(p + extra_size + id_size + name_size, 8)
         return snaps
 
-    def snapshot_table_size(self):
+    def snapshot_table_size(self, within_file=False):
         """QEMU's snapshots_size: end of the last entry minus the start."""
-        snaps = self.snapshots()
+        snaps = self.snapshots(within_file)
         if not snaps:
             return 0
         return snaps[-1].offset + len(snaps[-1].encode()) - self.header.snapshots_offset
@@ -530,6 +538,25 @@ class Image:
 
     def bitmap_table(self, bitmap):
         return self.read_table(bitmap.table_offset, bitmap.table_size)
+
+    def bitmap_clusters(self):
+        """Host clusters the persistent bitmaps use (directory, tables,
+        data), as far as they lie inside the file."""
+        cs, out = self.cluster_size, set()
+
+        def add(off, length):
+            if length > 0 and off + length <= self.file_size:
+                out.update(range(off // cs, (off + length - 1) // cs + 1))
+        ext = self.bitmaps_ext()
+        if not ext:
+            return out
+        add(ext[3], ext[2])
+        for b in self.bitmaps():
+            add(b.table_offset, 8 * b.table_size)
+            for e in self.bitmap_table(b):
+                if e & OFFSET_MASK:
+                    add(e & OFFSET_MASK, cs)
+        return out
 
     # ---- whole-image views -------------------------------------------------
 

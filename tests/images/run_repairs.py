@@ -34,6 +34,15 @@ beside the image (qcheck must never need them):
               cluster whose refcount went to 0 is listed as freed, and
               every cluster listed as freed has refcount 0 (also for -r
               leaks);
+          (f) it ran with --salvage=DIR (so did -r leaks and the dry run):
+              DIR holds, byte for byte and with the right xxh64, every
+              cluster whose on-disk refcount went from > 0 to 0 and every
+              target of a pointer the repair dropped (both computed from
+              the images before and after, salvage_check.py), and the
+              snapshot and guest range a row names are what the image
+              mapped; the dry run reports the same figures and creates
+              nothing; a repair that writes nothing or is refused creates
+              no DIR;
   leaks   `QCHECK -r leaks --output=json`: the same corruptions as before
           (wrong COPIED flags excepted when they were the only ones: then
           they are fixed, as qemu-img -r leaks does), no leak left (beyond
@@ -71,6 +80,7 @@ sys.path.insert(0, HERE)
 import build_images  # noqa: E402
 import cases as catalogue  # noqa: E402
 import qcow2lib as q  # noqa: E402
+import salvage_check  # noqa: E402
 from run_cases import expected_exit, parse_json, run  # noqa: E402
 
 QEMU_IMG = build_images.QEMU_IMG
@@ -257,25 +267,6 @@ def guest_view(path):
         reader.close()
 
 
-def bitmap_clusters(im):
-    """Host clusters the persistent bitmaps use: directory, tables, data."""
-    cs, out = im.cluster_size, set()
-
-    def add(off, length):
-        if length > 0 and off + length <= im.file_size:
-            out.update(range(off // cs, (off + length - 1) // cs + 1))
-    ext = im.bitmaps_ext()
-    if not ext:
-        return out
-    add(ext[3], ext[2])
-    for b in im.bitmaps():
-        add(b.table_offset, 8 * b.table_size)
-        for e in im.bitmap_table(b):
-            if e & q.OFFSET_MASK:
-                add(e & q.OFFSET_MASK, cs)
-    return out
-
-
 def metadata_clusters(path):
     """Host clusters that hold metadata in an image, as far as a
     well-formed reading finds them (each structure is read on its own, so a
@@ -300,7 +291,7 @@ def metadata_clusters(path):
                  lambda: [add(b, cs) for _, b in im.refblocks() if b % cs == 0],
                  lambda: [tables(s.l1_table_offset, s.l1_size) for s in im.snapshots()],
                  lambda: add(h.snapshots_offset, im.snapshot_table_size()),
-                 lambda: out.update(bitmap_clusters(im))]
+                 lambda: out.update(im.bitmap_clusters())]
         for part in parts:
             try:
                 part()
@@ -484,6 +475,7 @@ class Outcome:
         self.beyond_table = []  # corruption ids fixed although the table says none
         self.kept = 0
         self.refused = False
+        self.salvage = []  # (mode, ranges, bytes) of each --salvage that wrote
 
 
 class RepairRunner:
@@ -567,20 +559,26 @@ class RepairRunner:
         # dry run, then the real -r all
         ddir, dry = self.copy(cdir, orig, "dry")
         sha = q.file_sha256(dry)
-        drc, dres, derr = self.qcheck_json(case, dry, "-r", "all", "-n")
+        dry_salvage = os.path.join(cdir, "salvage_dry")
+        drc, dres, derr = self.qcheck_json(case, dry, "-r", "all", "-n", "--salvage=" + dry_salvage)
         if q.file_sha256(dry) != sha:
             o.fails.append("-r all -n changed the file")
+        if os.path.exists(dry_salvage):
+            o.fails.append("-r all -n --salvage created the salvage directory")
         if os.listdir(ddir) != [name]:
             o.fails.append("-r all -n created files: %s" % sorted(set(os.listdir(ddir)) - {name}))
         adir, img = self.copy(cdir, orig, "all")
         sha_orig = q.file_sha256(img)
-        rc, res, err = self.qcheck_json(case, img, "-r", "all")
+        salvage_all = os.path.join(cdir, "salvage_all")
+        rc, res, err = self.qcheck_json(case, img, "-r", "all", "--salvage=" + salvage_all)
         if rc is None or rc < 0 or not isinstance(res, dict):
             o.fails.append("-r all failed (exit %s): %s" % (rc, err[-300:]))
             return
         if sorted(os.listdir(adir)) != [name]:
             o.fails.append("-r all created files: %s" % sorted(set(os.listdir(adir)) - {name}))
         if (res.get("repair") or {}).get("refused"):
+            if os.path.exists(salvage_all):
+                o.fails.append("-r all refused but created the salvage directory")
             self.refused_after_check(case, cdir, orig, rc0, before, img, sha_orig, rc, res, dres, o)
             return
         if not isinstance(dres, dict):
@@ -593,6 +591,11 @@ class RepairRunner:
                          "length")))
             if drc != rc0:  # nothing written: the image is still in the state checked before
                 o.fails.append("-r all -n exits %s, the image was checked as %s" % (drc, rc0))
+            ds, rs = (x.get("repair", {}).get("salvage") or {} for x in (dres, res))
+            if (ds.get("ranges"), ds.get("bytes")) != (rs.get("ranges"), rs.get("bytes")) or ds.get("saved"):
+                o.fails.append("-r all -n --salvage would save %s ranges (%s bytes, saved %s), the real "
+                               "run saved %s (%s bytes)" % (ds.get("ranges"), ds.get("bytes"), ds.get("saved"),
+                                                           rs.get("ranges"), rs.get("bytes")))
         self.check_result(case, "-r all", rc, res, o)
         repair = res.get("repair") or {}
         notes = repair.get("notes", [])
@@ -613,14 +616,17 @@ class RepairRunner:
         # (c) guest data, (d) orphans
         guest_ok = self.check_guest(view0, aliased, img, notes, cs, sha_orig, "-r all", o)
         freed = unlinked_clusters(res, cs, "freed")
-        self.check_unlinked(orig, before, img, res, cs, "-r all", o)
+        counts = self.refcounts(orig, before, img)
+        self.check_unlinked(counts, img, res, cs, "-r all", o)
+        self.check_salvage(orig, counts, img, res, salvage_all, "-r all", o)
         released = not any(p.get("id") == "refcountOrphan" for p in res.get("problems", []))
         orphans_ok = self.check_orphans(orphan_rc, img, "-r all", o, freed, released)
 
         # -r leaks
         ldir, limg = self.copy(cdir, orig, "leaks")
         lsha = q.file_sha256(limg)
-        lrc, lres, lerr = self.qcheck_json(case, limg, "-r", "leaks")
+        salvage_leaks = os.path.join(cdir, "salvage_leaks")
+        lrc, lres, lerr = self.qcheck_json(case, limg, "-r", "leaks", "--salvage=" + salvage_leaks)
         if lrc is None or lrc < 0 or not isinstance(lres, dict):
             o.fails.append("-r leaks failed (exit %s): %s" % (lrc, lerr[-300:]))
             return
@@ -630,7 +636,9 @@ class RepairRunner:
         self.check_qemu_leaks(case, base, cdir, orig, lrc, lres, o)
         guest_ok &= self.check_guest(view0, aliased, limg, lnotes, cs, lsha, "-r leaks", o)
         orphans_ok &= self.check_orphans(orphan_rc, limg, "-r leaks", o)
-        self.check_unlinked(orig, before, limg, lres, cs, "-r leaks", o)
+        counts = self.refcounts(orig, before, limg)
+        self.check_unlinked(counts, limg, lres, cs, "-r leaks", o)
+        self.check_salvage(orig, counts, limg, lres, salvage_leaks, "-r leaks", o)
         o.guest_kept = guest_ok
         o.orphans = len(orphan_rc) if orphans_ok else 0
 
@@ -680,7 +688,10 @@ class RepairRunner:
             o.fails.append("-r all refused but -r all -n did not")
         d, limg = self.copy(cdir, orig, "leaks")
         lsha = q.file_sha256(limg)
-        lrc, lres, _ = self.qcheck_json(case, limg, "-r", "leaks")
+        salvage_leaks = os.path.join(cdir, "salvage_leaks")
+        lrc, lres, _ = self.qcheck_json(case, limg, "-r", "leaks", "--salvage=" + salvage_leaks)
+        if os.path.exists(salvage_leaks):
+            o.fails.append("-r leaks refused but created the salvage directory")
         if isinstance(lres, dict) and (lres.get("repair") or {}).get("refused"):
             self.check_refusal("-r leaks", limg, lsha, lrc, lres, o)
         else:
@@ -695,7 +706,10 @@ class RepairRunner:
         for mode in ("all", "leaks"):
             d, img = self.copy(cdir, orig, mode)
             sha = q.file_sha256(img)
-            rc, res, err = self.qcheck_json(case, img, "-r", mode)
+            salvage = os.path.join(cdir, "salvage_" + mode)
+            rc, res, err = self.qcheck_json(case, img, "-r", mode, "--salvage=" + salvage)
+            if os.path.exists(salvage):
+                o.fails.append("-r %s refused but created the salvage directory" % mode)
             if q.file_sha256(img) != sha:
                 o.fails.append("-r %s changed a file it cannot check (exit %d before)" % (mode, rc0))
             if rc in (0, 2, 3) or rc is None or rc < 0:
@@ -917,29 +931,34 @@ class RepairRunner:
                 o.fails.append("snapshot %r (L1 table at 0x%x) does not read as in the undamaged "
                                "image" % (sid, sn.l1_table_offset))
 
-    def check_unlinked(self, orig, before_res, img, res, cs, what, o):
+    @staticmethod
+    def refcounts(orig, before_res, img):
+        """On-disk refcounts before and after the repair (salvage_check.
+        refcounts), or None when the check found the refcount table itself
+        unusable (qcheck then knows no refcount before the repair)."""
+        if any(p.get("id") in TABLE_UNUSABLE for p in before_res.get("problems", [])):
+            return None
+        return salvage_check.refcounts(orig, img)
+
+    def check_unlinked(self, counts, img, res, cs, what, o):
         """The "unlinked" list of the repair is complete and true: every
         cluster of the file whose refcount went from non-zero to 0 is listed
         as freed, and every cluster listed as freed has refcount 0 now.
         "Before" is what the test reader finds behind the header's refcount
         table pointer, which is what qcheck reads unless it found the table
-        itself unusable (then it knows no refcount to compare with)."""
+        itself unusable (then it knows no refcount to compare with): `counts`
+        (salvage_check.refcounts) is None then, or when the test reader
+        cannot walk the refcounts."""
         items = (res.get("repair") or {}).get("unlinked")
         if not isinstance(items, list):
             o.fails.append("%s: no \"unlinked\" list in the repair object" % what)
             return
-        if any(p.get("id") in TABLE_UNUSABLE for p in before_res.get("problems", [])):
+        if counts is None:
             return
         listed = unlinked_clusters(res, cs, "freed")
-        try:
-            with q.Image(orig) as im:
-                n = -(-im.file_size // cs)
-                before = {c: im.refcount(c) for c in range(n)}
-            with q.Image(img) as im:
-                after = {c: im.refcount(c) for c in range(n)}
-        except Exception:  # noqa: BLE001 - refcount structures the test reader cannot walk
-            return
-        unlisted = [c for c in range(n) if before[c] and not after[c] and c not in listed]
+        before, after = counts
+        n = len(before)
+        unlisted = sorted(salvage_check.freed(counts) - listed)
         if unlisted:
             o.fails.append("%s freed %d cluster(s) without listing them in \"unlinked\": %s" % (
                 what, len(unlisted), ", ".join(map(str, unlisted[:8]))))
@@ -947,6 +966,33 @@ class RepairRunner:
         if wrong:
             o.fails.append("%s lists cluster(s) as freed that still have a refcount: %s" % (
                 what, ", ".join("%d (%d)" % (c, after[c]) for c in wrong[:8])))
+
+    def check_salvage(self, orig, counts, img, res, sdir, what, o):
+        """--salvage: when the repair wrote anything, DIR holds every range
+        it unlinked or freed, with the bytes the image held before, their
+        xxh64, and the guest range and snapshot they were mapped at
+        (salvage_check.verify, computed from the images, not from qcheck's
+        lists); and every "unlinked" item that lies in the file is a row."""
+        repair = res.get("repair") or {}
+        summary = repair.get("salvage")
+        if not repair.get("steps"):
+            if os.path.exists(sdir):
+                o.fails.append("%s wrote nothing but created the salvage directory" % what)
+            return
+        if not isinstance(summary, dict) or not summary.get("saved") or not os.path.isdir(sdir):
+            o.fails.append("%s --salvage: nothing saved (%s)" % (what, summary))
+            return
+        fails, figures = salvage_check.verify(sdir, orig, img, summary, counts)
+        o.fails.extend("%s --salvage: %s" % (what, f) for f in fails)
+        rows, _ = salvage_check.read_salvage(sdir)
+        size = os.path.getsize(orig)
+        listed = sorted((u["host-offset"], min(u["length"], size - u["host-offset"]))
+                        for u in repair.get("unlinked") or []
+                        if {"dropped", "freed"} & set(u.get("kind", "").split("+"))
+                        and "host-offset" in u and u["host-offset"] < size and u["length"])
+        if listed != sorted((r["host_offset"], r["length"]) for r in rows):
+            o.fails.append("%s --salvage: the index rows are not the \"unlinked\" items in the file" % what)
+        o.salvage.append((what, figures.get("ranges", 0), figures.get("bytes", 0)))
 
     def check_qemu(self, case, base, d, name, o):
         rc, out, err = run([QEMU_IMG, "check", "--output=json"] + base.qemu_target(name), cwd=d)
@@ -1003,6 +1049,12 @@ class RepairRunner:
                   sum(r.qemu_clean is True for r in qcow), sum(r.qemu_clean is not None for r in qcow),
                   sum(r.qemu_leaks_clean for r in qcow), sum(r.guest_kept for r in results), len(results), sum(r.orphans > 0 for r in results),
                   sum(r.orphans for r in results)))
+        saves = [s for r in results for s in r.salvage]
+        for mode in ("-r all", "-r leaks"):
+            mine = [(n, b) for m, n, b in saves if m == mode]
+            print("--salvage with %s: %d repairs wrote, %d of them saved something: %d ranges, %d bytes, "
+                  "every saved range checked" % (mode, len(mine), sum(n > 0 for n, _ in mine),
+                                                 sum(n for n, _ in mine), sum(b for _, b in mine)))
         print("%d passed, %d failed" % (len(results) - len(failed), len(failed)))
         return len(failed)
 
