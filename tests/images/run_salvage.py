@@ -5,7 +5,7 @@
 
 (What every catalogue repair saves is checked by run_repairs.py.) On an
 image whose -r all drops a snapshot's L1 entry and frees what only it
-owned (catalogue case snap_l1_entry_unaligned):
+owned (catalogue case snap_l1_entry_past_eof):
 
 salvage:usage        --salvage without -r is a usage error (exit 1).
 salvage:not_empty    DIR holds a file, or DIR is a file: exit 1, the image
@@ -65,7 +65,7 @@ import run_crash  # noqa: E402
 import salvage_check  # noqa: E402
 from run_crash import Failed, Test, fingerprint  # noqa: E402
 
-IMAGE = run_crash._from_catalogue("snap_l1_entry_unaligned", "")
+IMAGE = run_crash._from_catalogue("snap_l1_entry_past_eof", "")
 COMPRESSED_BASE = "zlib"
 TMPFS_SIZE = 64 * 1024
 FILES = sorted([salvage_check.DATA, salvage_check.INDEX, salvage_check.README])
