@@ -44,6 +44,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -129,10 +130,13 @@ class Tools:
 
 def make_images(work):
     def sh(*argv, cwd=work):
-        for attempt in range(3):  # LUKS creation has been seen to fail once under load
+        # LUKS creation times PBKDF2 and fails now and then on a loaded
+        # machine ("Unable to get accurate CPU usage"): try again.
+        for attempt in range(10):
             p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
             if p.returncode == 0:
                 return
+            time.sleep(0.5 * attempt)
         sys.exit("%s exited %d: %s" % (" ".join(argv), p.returncode, p.stderr.strip()))
 
     def qcow2(name):

@@ -328,7 +328,7 @@ def _recipes():
     # iter-time says) and occasionally fails under load with "Unable to get
     # accurate CPU usage", hence the retries.
     add(Base("luks", [create(opts="encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
-                             extra=("--object", LUKS_SECRET), attempts=3),
+                             extra=("--object", LUKS_SECRET), attempts=10),
                       io("write -P 0x11 0 64k", "write -P 0x22 1M 64k")],
              verify=all_of(has_data(2), v_luks), qemu_target=_luks_target))
     # Files that are not qcow2 at all: qcheck must exit 63 on each.
