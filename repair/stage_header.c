@@ -1,10 +1,12 @@
 /*
  * Repair stages for the header and the snapshot table.
  *
- * feature bits (-r all): clears autoclear bits qcheck does not know, bit 0
- *   when the bitmaps extension is missing or any bitmap is broken (QEMU then
- *   ignores the bitmaps, and their clusters become leaks freed below), and
- *   bit 1 (raw external data) where it is invalid.
+ * feature bits (both modes): clears autoclear bits qcheck does not know
+ *   (a writer that does not know a bit must clear it, and QEMU clears them
+ *   on any read-write open, so `qemu-img check -r leaks` does too); with
+ *   -r all also bit 0 when the bitmaps extension is missing or any bitmap
+ *   is broken (QEMU then ignores the bitmaps, and their clusters become
+ *   leaks freed below), and bit 1 (raw external data) where it is invalid.
  * snapshot count (-r all): before anything extends the file, discards a
  *   table that starts past the end of the file (one 12-byte header write),
  *   cuts a last entry whose extra data, id or name runs past the end down
@@ -37,8 +39,9 @@ void stage_feature_bits(repair_run *r)
     if (after != before)
         plan_note(r, NOTE_GENERAL, "cleared autoclear feature bits qcheck does not know: 0x%llx",
                   (unsigned long long)(before & ~QC_AUTOCLEAR_KNOWN));
-    bool drop_bitmaps = found_fix(r, QC_FIX_DROP_BITMAPS);
-    if ((drop_bitmaps || r->res.per_problem[QC_P_AUTOCLEAR_WITHOUT_BITMAPS]) &&
+    bool all = r->mode == QC_REPAIR_ALL;
+    bool drop_bitmaps = all && found_fix(r, QC_FIX_DROP_BITMAPS);
+    if (all && (drop_bitmaps || r->res.per_problem[QC_P_AUTOCLEAR_WITHOUT_BITMAPS]) &&
         (after & QC_AUTOCLEAR_BITMAPS)) {
         after &= ~QC_AUTOCLEAR_BITMAPS;
         if (drop_bitmaps)
@@ -47,7 +50,7 @@ void stage_feature_bits(repair_run *r)
                       "broken: QEMU ignores them from now on, and the next incremental backup "
                       "must be a full one");
     }
-    if (r->res.per_problem[QC_P_RAW_DATA_FILE_INVALID])
+    if (all && r->res.per_problem[QC_P_RAW_DATA_FILE_INVALID])
         after &= ~QC_AUTOCLEAR_DATA_FILE_RAW;
     if (after == before)
         return;
