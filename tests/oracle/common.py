@@ -1,0 +1,87 @@
+"""Shared helpers of the differential oracle: running tools, hashing files,
+reading JSON, and where the repository's other test tooling lives.
+
+Python standard library only. qemu-img and qemu-io 7.2 are the reference;
+qcheck is the program under test.
+"""
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+IMAGES_DIR = os.path.join(REPO, "tests", "images")
+sys.dont_write_bytecode = True  # keep the source tree clean under CTest
+if IMAGES_DIR not in sys.path:
+    sys.path.insert(0, IMAGES_DIR)
+
+import qcow2lib  # noqa: E402,F401  (re-exported for the other modules)
+
+QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")
+QEMU_IO = os.environ.get("QEMU_IO", "qemu-io")
+TIMEOUT = 60  # seconds per command: a hang is a finding, not a stuck run
+QEMU_ADDRESS_SPACE = 6 << 30  # hostile headers must fail in QEMU, not swap
+
+
+def _limits(address_space):
+    def apply():
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # qemu-io `abort`
+        if address_space:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    return apply
+
+
+class Result:
+    """What one command did: exit status (negative for a signal, None for a
+    time-out), stdout, stderr."""
+
+    def __init__(self, argv, rc, out, err):
+        self.argv, self.rc, self.out, self.err = argv, rc, out, err
+
+    def json(self):
+        try:
+            value = json.loads(self.out)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def __repr__(self):
+        return "Result(%r, rc=%r)" % (self.argv[:3], self.rc)
+
+
+def run(argv, cwd=None, timeout=TIMEOUT, qemu=False):
+    """Run a command; never raises for the command's own failure."""
+    try:
+        p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
+                           timeout=timeout, stdin=subprocess.DEVNULL,
+                           preexec_fn=_limits(QEMU_ADDRESS_SPACE if qemu else 0))
+        return Result(argv, p.returncode, p.stdout, p.stderr)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode("latin-1") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return Result(argv, None, out, "timed out after %d s" % timeout)
+
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def copy_dir(src, dst):
+    """A fresh copy of an image folder (the image and its companions)."""
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+    return dst
+
+
+def dump_json(path, value):
+    with open(path, "w") as f:
+        json.dump(value, f, indent=1, sort_keys=True)
+        f.write("\n")

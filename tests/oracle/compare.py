@@ -1,0 +1,592 @@
+"""Comparing one `qemu-img check` with one `qcheck` check of the same image.
+
+QEMU's diagnostics (standard error) and qcheck's problems (`problems[]` of
+its JSON) are both reduced to *events*: a category shared by the two tools
+("leak", "copied", "l2-reserved", ...), a key where one is known (a host
+cluster), and the count it adds to corruptions, leaks or check errors. The
+events of the two sides are matched category by category (by key where
+both sides give one); what is left over is the *residual*. Every residual
+item, every differing statistic and a differing exit status must be
+explained by a rule of the table `RULES`; what no rule explains is a
+disagreement, named by a signature that groups like with like.
+
+A rule is one deliberate difference documented in
+docs/qemu-img-differences.md (its section is the rule's `doc`), and it is
+narrow: it explains only items of its categories, and only when qcheck's
+JSON names the problem id (and, where there is one, the host cluster) that
+makes the difference deliberate. See docs/oracle.md for the rules and how a
+rule is justified.
+"""
+
+import re
+from collections import Counter
+
+OFFSET_MASK = 0x00FFFFFFFFFFFE00
+COUNT_KEYS = ("corruptions", "leaks", "check-errors")
+STAT_KEYS = ("image-end-offset", "total-clusters", "allocated-clusters",
+             "fragmented-clusters", "compressed-clusters")
+
+# ---- QEMU's diagnostics ------------------------------------------------------
+
+# (regex, category, count kind, key function of the match and cluster size)
+_hex = lambda s: int(s, 16)  # noqa: E731
+QEMU_LINES = [
+    (r"^Leaked cluster (\d+) refcount=(\d+) reference=(\d+)$", "leak", "leaks",
+     lambda m, cs: int(m.group(1))),
+    (r"^ERROR cluster (\d+) refcount=0 reference=(\d+)$", "refcount-zero", "corruptions",
+     lambda m, cs: int(m.group(1))),
+    (r"^ERROR cluster (\d+) refcount=(\d+) reference=(\d+)$", "refcount-low", "corruptions",
+     lambda m, cs: int(m.group(1))),
+    (r"^ERROR OFLAG_COPIED data cluster: l2_entry=([0-9a-f]+) refcount=(\d+)$", "copied", "corruptions",
+     lambda m, cs: (_hex(m.group(1)) & OFFSET_MASK) // cs),
+    (r"^ERROR OFLAG_COPIED L2 cluster: l1_index=(\d+) l1_entry=([0-9a-f]+) refcount=(\d+)$", "copied",
+     "corruptions", lambda m, cs: (_hex(m.group(2)) & OFFSET_MASK) // cs),
+    (r"^ERROR: overflow cluster offset=0x([0-9a-f]+)$", "overflow", "corruptions",
+     lambda m, cs: _hex(m.group(1)) // cs),
+    (r"^ERROR found L1 entry with reserved bits set: ([0-9a-f]+)$", "l1-reserved", "corruptions", None),
+    (r"^ERROR found l2 entry with reserved bits set: ([0-9a-f]+)$", "l2-reserved", "corruptions", None),
+    (r"^ERROR l2_offset=([0-9a-f]+): Table is not cluster aligned; L1 entry corrupted$", "l1-unaligned",
+     "corruptions", None),
+    (r"^ERROR offset=([0-9a-f]+): Data cluster is not properly aligned; L2 entry corrupted\.$",
+     "l2-unaligned", "corruptions", None),
+    (r"^ERROR offset=([0-9a-f]+): Preallocated cluster is not properly aligned; L2 entry corrupted\.$",
+     "l2-unaligned", "corruptions", None),
+    (r"^ERROR: counting reference for region exceeding the end of the file by one cluster or more: "
+     r"offset 0x([0-9a-f]+) size 0x([0-9a-f]+)$", "past-eof", "corruptions", None),
+    (r"^ERROR: coffset=0x([0-9a-f]+): copied flag must never be set for compressed clusters$",
+     "compressed-copied", "corruptions", None),
+    (r"^ERROR compressed cluster (\d+) with data file, entry=0x([0-9a-f]+)$", "compressed-data-file",
+     "corruptions", None),
+    (r"^ERROR compressed cluster (\d+) with non-zero subcluster allocation bitmap, entry=0x([0-9a-f]+)$",
+     "compressed-bitmap", "corruptions", None),
+    (r"^ERROR offset=([0-9a-f]+): Allocated cluster has corrupted subcluster allocation bitmap$",
+     "subcluster-alloc-zero", "corruptions", None),
+    (r"^ERROR: Unallocated cluster has non-zero subcluster allocation map$", "subcluster-unalloc",
+     "corruptions", None),
+    (r"^ERROR refcount table entry (\d+) has reserved bits set$", "reftable-reserved", "corruptions", None),
+    (r"^ERROR refcount block (\d+) is not cluster aligned; refcount table entry corrupted$",
+     "refblock-unaligned", "corruptions", None),
+    (r"^ERROR refcount block (\d+) is outside image$", "refblock-outside", "corruptions", None),
+    (r"^ERROR refcount block (\d+) refcount=(\d+)$", "refblock-refcount", "corruptions", None),
+    (r"^ERROR (\d+) snapshots in image with data file$", "snapshots-data-file", "corruptions", None),
+    (r"^ERROR snapshot (.*) \((.*)\) l1_offset=0x([0-9a-f]+): L1 table is not cluster aligned; "
+     r"snapshot table entry corrupted$", "snapshot-l1-unaligned", "corruptions", None),
+    (r"^ERROR snapshot (.*) \((.*)\) l1_size=0x([0-9a-f]+): L1 table is too large; "
+     r"snapshot table entry corrupted$", "snapshot-l1-too-large", "corruptions", None),
+    (r"^ERROR snapshot table entry (\d+) is incomplete$", "snapshot-incomplete", "corruptions", None),
+    (r"^Can't get refcount for cluster (\d+): .*$", "refcount-unreadable", "check-errors",
+     lambda m, cs: int(m.group(1))),
+]
+QEMU_LINES = [(re.compile(r), cat, kind, key) for r, cat, kind, key in QEMU_LINES]
+
+# Lines that count nothing (hints, warnings, follow-ups of a counted line).
+QEMU_QUIET = [re.compile(r) for r in (
+    r"^qcow2: Image is corrupt: ", r"^qcow2: Marking image as corrupt: ",
+    r"^Use qemu-img amend to increase the refcount entry width", r"^qemu-img: Check failed",
+    r"^qemu-img: warning: ", r"^Rebuilding refcount structure$", r"^qemu-img: Could not open ",
+    r"^Repairing ", r"^qemu-img: Some clusters may be leaked", r"^qemu-img: ERROR ", r"^You can force-remove",
+    r"^qemu-img: You can force-remove", r"^Discarding ", r"^qemu-img: Failed to ",
+    r"^qemu-img: .*bitmap", r"^ERROR need to rebuild refcount structures$",
+    r"^qemu-img: Check of the image", r"^This image format does not support checks",
+    r"^qemu-img: This image format does not support checks", r"^Try block-dirty-bitmap-remove",
+    r"^qemu-img: Image is not in qcow2 format$", r"^qemu-img: Could not ",
+)]
+
+
+class Event:
+    __slots__ = ("cat", "kind", "key", "n", "text")
+
+    def __init__(self, cat, kind, key, n, text):
+        self.cat, self.kind, self.key, self.n, self.text = cat, kind, key, n, text
+
+    def __repr__(self):
+        return "%s%s x%d" % (self.cat, "" if self.key is None else "@%s" % self.key, self.n)
+
+
+def qemu_events(stderr, cluster_size):
+    """(events, unparsed lines) of a qemu-img check's standard error."""
+    events, unparsed = [], []
+    for line in stderr.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        for rx, cat, kind, keyf in QEMU_LINES:
+            m = rx.match(line)
+            if m:
+                key = keyf(m, cluster_size) if keyf and cluster_size else None
+                events.append(Event(cat, kind, key, 1, line))
+                break
+        else:
+            if not any(rx.match(line) for rx in QEMU_QUIET):
+                unparsed.append(line)
+    return events, unparsed
+
+
+# ---- qcheck's problems ---------------------------------------------------------
+
+QCHECK_CATEGORY = {
+    "refcountLeak": "leak", "refcountTooLow": "refcount-low", "refcountZeroInUse": "refcount-zero",
+    "l2CopiedWrong": "copied", "l1CopiedWrong": "copied", "refcountOverflow": "overflow",
+    "l1EntryReservedBits": "l1-reserved", "l2EntryReservedBits": "l2-reserved",
+    "l1EntryUnaligned": "l1-unaligned", "l2EntryUnaligned": "l2-unaligned",
+    "l1EntryPastEof": "past-eof", "l2EntryPastEof": "past-eof",
+    "compressedCopied": "compressed-copied", "compressedWithDataFile": "compressed-data-file",
+    "compressedSubclusterBitmap": "compressed-bitmap", "subclusterAllocAndZero": "subcluster-alloc-zero",
+    "subclusterAllocUnallocated": "subcluster-unalloc",
+    "reftableEntryReservedBits": "reftable-reserved", "reftableEntryUnaligned": "refblock-unaligned",
+    "reftableEntryPastEof": "refblock-outside",
+    "snapshotL1Unaligned": "snapshot-l1-unaligned", "snapshotL1TooLarge": "snapshot-l1-too-large",
+    "snapshotsWithDataFile": "snapshots-data-file", "snapshotExtraTooSmall": "snapshot-incomplete",
+    "refcountsUnknown": "refcount-unreadable",
+}
+CLUSTER_KEYED = {"leak", "refcount-low", "refcount-zero", "copied", "overflow", "refcount-unreadable"}
+SEVERITY_KIND = {"corruption": "corruptions", "leak": "leaks", "error": "check-errors"}
+HOST_CLUSTERS_RE = re.compile(r"^host clusters? (\d+)(?:-(\d+))?$")
+AT_RE = re.compile(r"\bat 0x([0-9a-f]+)")
+
+
+def problem_clusters(p):
+    """Host clusters a problem's object names ("host cluster 7", "host
+    clusters 4-8"), or None."""
+    m = HOST_CLUSTERS_RE.match(p.get("object", ""))
+    if not m:
+        return None
+    first = int(m.group(1))
+    return range(first, int(m.group(2) or first) + 1)
+
+
+def qcheck_events(result, cluster_size):
+    events = []
+    for p in result.get("problems", []):
+        kind = SEVERITY_KIND.get(p.get("severity"))
+        if not kind:
+            continue
+        cat = QCHECK_CATEGORY.get(p["id"], p["id"])
+        n = int(p.get("count", 1))
+        if cat in CLUSTER_KEYED:
+            if p["id"] == "l1CopiedWrong":
+                m = AT_RE.search(p.get("message", ""))
+                if m and cluster_size:
+                    events.append(Event(cat, kind, _hex(m.group(1)) // cluster_size, n, p["id"]))
+                    continue
+            clusters = problem_clusters(p)
+            if clusters is not None and len(clusters) == n:
+                events.extend(Event(cat, kind, c, 1, p["id"]) for c in clusters)
+                continue
+        events.append(Event(cat, kind, None, n, p["id"]))
+    return events
+
+
+def clusters_of(result, ids):
+    """Host clusters qcheck names for these problem ids (any severity)."""
+    out = set()
+    for p in result.get("problems", []):
+        if p.get("id") in ids:
+            cl = problem_clusters(p)
+            if cl is not None:
+                out.update(cl)
+    return out
+
+
+def offsets_named(result, ids):
+    """Host offsets named by "at 0x..." in the messages of these ids."""
+    out = []
+    for p in result.get("problems", []):
+        if p.get("id") in ids:
+            out += [_hex(m) for m in AT_RE.findall(p.get("message", ""))]
+    return out
+
+
+def problem_ids(result):
+    return {p.get("id") for p in result.get("problems", [])}
+
+
+def expected_exit(result):
+    """The exit status qemu-img's rules give for these counts."""
+    if result.get("check-errors", 0):
+        return 1
+    if result.get("corruptions", 0):
+        return 2
+    if result.get("leaks", 0):
+        return 3
+    return 0
+
+
+def human_summary(result):
+    """What qemu-img check prints on standard output for a result."""
+    g = lambda k: result.get(k, 0)  # noqa: E731
+    out = ""
+    if not (g("corruptions") or g("leaks") or g("check-errors")):
+        out += "No errors were found on the image.\n"
+    else:
+        if g("corruptions"):
+            out += ("\n%d errors were found on the image.\nData may be corrupted, or further writes "
+                    "to the image may corrupt it.\n" % g("corruptions"))
+        if g("leaks"):
+            out += ("\n%d leaked clusters were found on the image.\nThis means waste of disk space, "
+                    "but no harm to data.\n" % g("leaks"))
+        if g("check-errors"):
+            out += "\n%d internal errors have occurred during the check.\n" % g("check-errors")
+    if g("total-clusters") and g("allocated-clusters"):
+        a, t = g("allocated-clusters"), g("total-clusters")
+        out += "%d/%d = %0.2f%% allocated, %0.2f%% fragmented, %0.2f%% compressed clusters\n" % (
+            a, t, a * 100.0 / t, g("fragmented-clusters") * 100.0 / a, g("compressed-clusters") * 100.0 / a)
+    if g("image-end-offset"):
+        out += "Image end offset: %d\n" % g("image-end-offset")
+    return out
+
+
+# ---- the pair ------------------------------------------------------------------
+
+class Pair:
+    """One image checked by both tools.
+
+    qemu: the common.Result of `qemu-img check -f qcow2 --output=json`;
+    qcheck: the common.Result of `qcheck -f qcow2 --output=json`;
+    cluster_size: from qcheck's header (or the file), for keys;
+    companions_missing: names the image gives for a backing or data file
+    that are not beside it."""
+
+    def __init__(self, qemu, qcheck, cluster_size, companions_missing=()):
+        self.qemu, self.qcheck = qemu, qcheck
+        self.qm = qemu.json() or {}
+        self.qc = qcheck.json() or {}
+        self.cs = cluster_size
+        self.companions_missing = list(companions_missing)
+        self.ids = problem_ids(self.qc)
+        self.q_events, self.q_unparsed = qemu_events(qemu.err, cluster_size)
+        self.c_events = qcheck_events(self.qc, cluster_size)
+        self.qemu_opened = "Could not open" not in qemu.err and qemu.rc != 63
+        self.qemu_counted = bool(self.qm) and qemu.rc in (0, 1, 2, 3)
+        self.qemu_failed = "Check failed" in qemu.err and not self.qm
+        self.errors_line = next((l for l in qemu.err.splitlines() if l.startswith("qemu-img: ")), "")
+
+    def residual(self):
+        """[(side, category, key, n)]: what one side counted and the other
+        did not, per category (per key where both sides give keys)."""
+        out = []
+        cats = {e.cat for e in self.q_events if e.kind} | {e.cat for e in self.c_events}
+        for cat in sorted(cats):
+            qe = [e for e in self.q_events if e.cat == cat]
+            ce = [e for e in self.c_events if e.cat == cat]
+            keyed = cat in CLUSTER_KEYED and all(e.key is not None for e in qe + ce)
+            if keyed:
+                qk = Counter(e.key for e in qe)
+                ck = Counter(e.key for e in ce)
+                for k, n in (qk - ck).items():
+                    out.append(("qemu", cat, k, n))
+                for k, n in (ck - qk).items():
+                    out.append(("qcheck", cat, k, n))
+            else:
+                qn, cn = sum(e.n for e in qe), sum(e.n for e in ce)
+                if qn > cn:
+                    out.append(("qemu", cat, None, qn - cn))
+                elif cn > qn:
+                    out.append(("qcheck", cat, None, cn - qn))
+        return out
+
+    def kinds(self, cat, side):
+        events = self.q_events if side == "qemu" else self.c_events
+        return {e.kind for e in events if e.cat == cat}
+
+
+# ---- the rules -------------------------------------------------------------------
+
+class Rule:
+    """A deliberate difference. `items(pair, item)` says whether the rule
+    explains one residual item; `frees(pair)` lists whole fields (counts,
+    statistics, "exit") it makes incomparable for this image, with the
+    condition inside. Both must look at qcheck's problem ids."""
+
+    def __init__(self, name, doc, text, item=None, frees=None):
+        self.name, self.doc, self.text = name, doc, text
+        self._item, self._frees = item, frees
+
+    def explains(self, pair, item):
+        return bool(self._item and self._item(pair, item))
+
+    def free_fields(self, pair):
+        return set(self._frees(pair)) if self._frees else set()
+
+
+REFCOUNT_IDS = {"refcountLeak", "refcountTooLow", "refcountZeroInUse", "refcountOrphan",
+                "refcountOverflow", "refcountsUnknown"}
+UNFOLLOWED_IDS = {"l1EntryPastEof", "l2EntryPastEof", "l1EntryUnaligned", "l2EntryUnaligned"}
+NOT_IN_QEMU_IDS = {"l2ZeroFlagInvalid", "dataFileOffsetMismatch", "l2ZeroOffsetCopied",
+                   "rawDataFileInvalid", "metadataOverlap", "dataOverlapsMetadata"}
+
+# QEMU refuses to open (or aborts the check of) images with these problems;
+# qcheck reports them as corruptions and goes on (§2.4). Message -> ids.
+OPEN_REFUSALS = [
+    (r"qcow2 header too short|Could not read qcow2 header", {"headerTruncated", "headerLengthInvalid"}),
+    (r"qcow2 header exceeds cluster size", {"headerLengthInvalid"}),
+    (r"Unsupported cluster size", {"clusterBitsInvalid"}),
+    (r"Reference count entry width too large", {"refcountOrderInvalid"}),
+    (r"unknown compression type", {"compressionTypeInvalid"}),
+    (r"Compression type incompatible feature bit", {"compressionBitMismatch"}),
+    (r"Unsupported encryption method", {"cryptMethodInvalid"}),
+    (r"Unsupported subcluster size", {"extendedL2ClusterTooSmall"}),
+    (r"Invalid backing file offset|Backing file name too long|Could not read backing file name",
+     {"backingNameInvalid", "backingNameOverlapsExtensions"}),
+    (r"Header extension too large|qcow2_read_extension", {"extensionTruncated"}),
+    (r"ext_backing_format", {"backingFormatInvalid"}),
+    (r"CRYPTO header|Missing CRYPTO header", {"encryptionExtensionInvalid"}),
+    (r"Active L1 table offset invalid", {"l1OffsetUnaligned", "l1PastEof"}),
+    (r"L1 table is too small", {"l1TooSmall"}),
+    (r"Reference count table offset invalid", {"reftableOffsetUnaligned", "reftablePastEof"}),
+    (r"bitmaps_ext|bitmap directory|Bitmap|bitmap", {"bitmapsExtensionInvalid", "bitmapDirectoryInvalid",
+                                                     "bitmapEntryInvalid", "bitmapNameDuplicate",
+                                                     "bitmapTableEntryInvalid", "bitmapsExtensionLength"}),
+    (r"ERROR snapshot table offset invalid", {"snapshotTableUnaligned", "snapshotTablePastEof"}),
+    (r"ERROR snapshot table too large|Snapshot table too large|overhanging snapshots",
+     {"tooManySnapshots", "snapshotTableTooLarge"}),
+    (r"Too much extra metadata in snapshot table entry", {"snapshotExtraTooLarge"}),
+    (r"Snapshot table is too big", {"snapshotTableTooLarge"}),
+    (r"Failed to read snapshot table", {"snapshotTableTruncated", "snapshotTablePastEof"}),
+    (r"Active L1 table too large|Reference count table too large", {"qemuLimitExceeded"}),
+]
+OPEN_REFUSALS = [(re.compile(r), ids) for r, ids in OPEN_REFUSALS]
+
+
+def qemu_refused_with_id(pair):
+    """QEMU could not open or could not complete the check, and qcheck
+    names a problem id that is the reason (§2.4)."""
+    if pair.qemu_counted and not pair.qemu_failed:
+        return False
+    text = pair.qemu.err
+    return any(rx.search(text) and (ids & pair.ids) for rx, ids in OPEN_REFUSALS)
+
+
+def _all_fields():
+    return set(COUNT_KEYS) | set(STAT_KEYS) | {"exit", "residual"}
+
+
+def _copied_follows_refcount(pair, item):
+    side, cat, key, _ = item
+    if cat != "copied" or key is None:
+        return False
+    if side == "qemu":
+        # QEMU judged COPIED by a refcount qcheck reports as wrong for that
+        # cluster, or by the refcount of a cluster qcheck did not follow.
+        if key in clusters_of(pair.qc, REFCOUNT_IDS):
+            return True
+        return any(off // pair.cs == key for off in offsets_named(pair.qc, UNFOLLOWED_IDS))
+    # qcheck: two references where the on-disk refcount says 1 (cross-link).
+    return key in clusters_of(pair.qc, {"refcountTooLow", "refcountOverflow"}) or \
+        key in {off // pair.cs for off in offsets_named(pair.qc, {"dataOverlapsMetadata"})}
+
+
+def _orphans(pair, item):
+    side, cat, key, _ = item
+    return side == "qemu" and cat == "leak" and key is not None and \
+        key in clusters_of(pair.qc, {"refcountOrphan"})
+
+
+def _unaligned_data_followed(pair, item):
+    """QEMU counts an unaligned data cluster over the clusters its range
+    touches (R14): refcount errors there are QEMU's, not the image's."""
+    side, cat, key, _ = item
+    if side != "qemu" or key is None or cat not in ("refcount-low", "refcount-zero", "leak", "copied",
+                                                    "overflow"):
+        return False
+    for e in pair.q_events:
+        if e.cat == "l2-unaligned" and "Data cluster" in e.text:
+            off = _hex(e.text.split("offset=")[1].split(":")[0])
+            if off // pair.cs <= key <= (off + pair.cs - 1) // pair.cs:
+                return "l2EntryUnaligned" in pair.ids
+    return False
+
+
+def _unaligned_table_followed(pair, item):
+    """QEMU parses an L2 table at an unaligned offset (R6); qcheck does not
+    read it. What QEMU then finds in the bytes it parsed is its own."""
+    return item[0] == "qemu" and "l1EntryUnaligned" in pair.ids and \
+        any(e.cat == "l1-unaligned" for e in pair.q_events)
+
+
+def _unaligned_table_stats(pair):
+    if "l1EntryUnaligned" in pair.ids and any(e.cat == "l1-unaligned" for e in pair.q_events):
+        return {"allocated-clusters", "fragmented-clusters", "compressed-clusters", "image-end-offset"}
+    return ()
+
+
+def _refcounts_unknown(pair, item):
+    side, cat, key, _ = item
+    if not pair.ids & {"reftableEntryUnaligned", "reftableEntryReservedBits", "reftableEntryPastEof",
+                       "reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"}:
+        return False
+    if cat == "refcount-unreadable":
+        return True  # QEMU: a check error per cluster it cannot read; qcheck: refcountsUnknown
+    return False
+
+
+def _refcounts_unknown_fields(pair):
+    if "refcountsUnknown" in pair.ids and any(e.cat == "refcount-unreadable" for e in pair.q_events):
+        return {"image-end-offset"}  # gap 21: QEMU stops at the last cluster it could read
+    return ()
+
+
+def _not_in_qemu(pair, item):
+    return item[0] == "qcheck" and item[1] in NOT_IN_QEMU_IDS
+
+
+def _data_file_copied(pair, item):
+    return item[0] == "qemu" and item[1] == "copied" and "dataFileCopiedMissing" in pair.ids and \
+        any(p.get("id") == "dataFileCopiedMissing" for p in pair.qc.get("problems", []))
+
+
+def _overflow_per_cluster(pair, item):
+    side, cat, key, _ = item
+    return side == "qemu" and cat == "overflow" and key is not None and \
+        key in clusters_of(pair.qc, {"refcountOverflow"})
+
+
+def _companions_missing(pair):
+    if pair.companions_missing and not pair.qemu_opened:
+        return _all_fields()
+    return ()
+
+
+def _qemu_refused(pair):
+    return _all_fields() if qemu_refused_with_id(pair) else ()
+
+
+RULES = [
+    Rule("copied-vs-computed-refcount", "§2.1",
+         "COPIED is judged against the computed refcount: QEMU's OFLAG_COPIED error for a cluster "
+         "whose on-disk refcount qcheck reports as wrong (refcountLeak/TooLow/ZeroInUse/Orphan/"
+         "Overflow/refcountsUnknown) or that qcheck did not follow (l1/l2EntryPastEof/Unaligned), "
+         "and qcheck's l1/l2CopiedWrong for a cluster it reports refcountTooLow/refcountOverflow/"
+         "dataOverlapsMetadata (cross-link)",
+         item=_copied_follows_refcount),
+    Rule("orphans-not-leaks", "§2.3",
+         "a leak in QEMU's count is a refcountOrphan warning in qcheck's, for the same cluster",
+         item=_orphans),
+    Rule("unaligned-data-followed", "§2.2",
+         "QEMU counts an unaligned data cluster (\"Data cluster is not properly aligned\") over the "
+         "clusters it straddles; qcheck reports l2EntryUnaligned and counts nothing: QEMU's refcount "
+         "and COPIED errors on those clusters",
+         item=_unaligned_data_followed),
+    Rule("unaligned-l2-table-followed", "§2.2",
+         "QEMU parses an L2 table at an unaligned offset (\"Table is not cluster aligned\"); qcheck "
+         "reports l1EntryUnaligned and does not read it: what QEMU finds there, and the statistics",
+         item=_unaligned_table_followed, frees=_unaligned_table_stats),
+    Rule("refcounts-unknown", "§2.4",
+         "an unusable refcount table entry (reftableEntry*/reftable*): QEMU's check errors \"Can't get "
+         "refcount\" against qcheck's refcountsUnknown corruptions, and QEMU's image end offset",
+         item=_refcounts_unknown, frees=_refcounts_unknown_fields),
+    Rule("checks-qemu-does-not-make", "§2.6",
+         "corruptions QEMU's check does not look for: " + ", ".join(sorted(NOT_IN_QEMU_IDS)),
+         item=_not_in_qemu),
+    Rule("data-file-copied-warning", "§2.8",
+         "with an external data file a missing COPIED flag is dataFileCopiedMissing (a warning), "
+         "QEMU's OFLAG_COPIED error",
+         item=_data_file_copied),
+    Rule("overflow-per-cluster", "§2.10",
+         "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
+         item=_overflow_per_cluster),
+    Rule("qemu-cannot-open", "§2.4",
+         "QEMU cannot open the image, or aborts its check, for a header, extension, snapshot table or "
+         "bitmap problem that qcheck names by its id (the message -> ids table OPEN_REFUSALS): "
+         "QEMU has no counts to compare",
+         frees=_qemu_refused),
+    Rule("companions-missing", "§2.7",
+         "the backing or data file the image names is not there: QEMU cannot open it, qcheck does not "
+         "need it", frees=_companions_missing),
+]
+
+
+class Verdict:
+    """The comparison of a pair: disagreements (signature, detail) and the
+    rules that were needed."""
+
+    def __init__(self):
+        self.disagreements = []
+        self.fired = Counter()
+        self.free = set()
+
+
+def compare(pair, label="check"):
+    """Compare a pair; returns a Verdict. `label` prefixes signatures
+    ("check", "after qcheck -r all", ...)."""
+    v = Verdict()
+    for rule in RULES:
+        f = rule.free_fields(pair)
+        if f:
+            v.free |= f
+            v.fired[rule.name] += 1
+    qm, qc = pair.qm, pair.qc
+    if pair.qcheck.rc is None or pair.qcheck.rc < 0:
+        v.disagreements.append(("%s: qcheck crashed or hung (exit %s)" % (label, pair.qcheck.rc),
+                                pair.qcheck.err[-300:]))
+        return v
+    if pair.qemu.rc is None:
+        v.disagreements.append(("%s: qemu-img check hung" % label, ""))
+        return v
+    if "exit" in v.free and "residual" in v.free:
+        return v
+    if not pair.qemu_counted or pair.qemu_failed:
+        # QEMU has no counts: the exit statuses are all there is.
+        if pair.qemu.rc != pair.qcheck.rc:
+            v.disagreements.append((
+                "%s: qemu-img exit %s (%s), qcheck exit %s" % (
+                    label, pair.qemu.rc, normalise(pair.errors_line), pair.qcheck.rc),
+                "qcheck ids: %s" % ", ".join(sorted(pair.ids))))
+        return v
+    unexplained = []
+    for item in pair.residual():
+        rules = [r for r in RULES if r.explains(pair, item)]
+        if rules:
+            v.fired[rules[0].name] += 1
+        else:
+            unexplained.append(item)
+    if unexplained and "residual" not in v.free:
+        q = sorted({"%s(%s)" % (c, "/".join(sorted(pair.kinds(c, "qemu")))) for s, c, k, n in unexplained
+                    if s == "qemu"})
+        c = sorted({"%s(%s)" % (c, "/".join(sorted(pair.kinds(c, "qcheck")))) for s, c, k, n in unexplained
+                    if s == "qcheck"})
+        sig = "%s: counted only by qemu-img: %s; only by qcheck: %s" % (
+            label, ", ".join(q) or "-", ", ".join(c) or "-")
+        detail = "; ".join("%s %s%s x%d" % (s, c, "" if k is None else "@%s" % k, n)
+                           for s, c, k, n in unexplained[:12])
+        v.disagreements.append((sig, detail))
+    # totals: each tool's own events must add up to its own counts
+    for key in COUNT_KEYS:
+        q_sum = sum(e.n for e in pair.q_events if e.kind == key)
+        c_sum = sum(e.n for e in pair.c_events if e.kind == key)
+        if c_sum != qc.get(key, 0):
+            v.disagreements.append(("%s: qcheck's problems do not add up to its %s" % (label, key),
+                                    "problems %d, JSON %d" % (c_sum, qc.get(key, 0))))
+        if q_sum != qm.get(key, 0) and not pair.q_unparsed:
+            v.disagreements.append(("oracle: qemu-img's diagnostics add up to other %s than its JSON" % key,
+                                    "%d vs %d" % (q_sum, qm.get(key, 0))))
+    if pair.q_unparsed:
+        v.disagreements.append(("oracle: unparsed qemu-img diagnostic: %s" % normalise(pair.q_unparsed[0]),
+                                "; ".join(pair.q_unparsed[:3])))
+    for key in STAT_KEYS:
+        if key in v.free:
+            continue
+        if qm.get(key, 0) != qc.get(key, 0):
+            v.disagreements.append(("%s: %s differs" % (label, key) + context_ids(pair),
+                                    "qemu-img %s, qcheck %s" % (qm.get(key, 0), qc.get(key, 0))))
+    if "exit" not in v.free and pair.qemu.rc != pair.qcheck.rc:
+        # Exits that follow from each tool's own counts differ because the
+        # counts do, which is explained or reported above.
+        if pair.qemu.rc != expected_exit(qm) or pair.qcheck.rc != expected_exit(qc):
+            v.disagreements.append(("%s: exit %s vs %s not explained by the counts" % (
+                label, pair.qemu.rc, pair.qcheck.rc), "qemu %s, qcheck %s" % (
+                {k: qm.get(k, 0) for k in COUNT_KEYS}, {k: qc.get(k, 0) for k in COUNT_KEYS})))
+    return v
+
+
+def context_ids(pair):
+    """Corruption-severity ids of qcheck, to group statistic differences."""
+    ids = sorted({p["id"] for p in pair.qc.get("problems", []) if p.get("severity") in ("corruption",)})
+    return " [qcheck: %s]" % (", ".join(ids) if ids else "clean")
+
+
+def normalise(text):
+    """A message with numbers and names blanked, for signatures."""
+    text = re.sub(r"'[^']*'", "'…'", text)
+    text = re.sub(r"0x[0-9a-fA-F]+|\b[0-9a-f]{6,}\b|\d+", "N", text)
+    return text[:160]
