@@ -90,6 +90,7 @@ QEMU_QUIET = [re.compile(r) for r in (
     r"^qemu-img: Check of the image", r"^This image format does not support checks",
     r"^qemu-img: This image format does not support checks", r"^Try block-dirty-bitmap-remove",
     r"^qemu-img: Image is not in qcow2 format$", r"^qemu-img: Could not ",
+    r"^Some clusters may be leaked, run", r"^qemu-img: Some clusters may be leaked",
 )]
 
 
@@ -129,7 +130,8 @@ QCHECK_CATEGORY = {
     "l2CopiedWrong": "copied", "l1CopiedWrong": "copied", "refcountOverflow": "overflow",
     "l1EntryReservedBits": "l1-reserved", "l2EntryReservedBits": "l2-reserved",
     "l1EntryUnaligned": "l1-unaligned", "l2EntryUnaligned": "l2-unaligned",
-    "l1EntryPastEof": "past-eof", "l2EntryPastEof": "past-eof",
+    "l1EntryPastEof": "past-eof", "l2EntryPastEof": "past-eof", "l1PastEof": "past-eof",
+    "snapshotL1PastEof": "past-eof",
     "compressedCopied": "compressed-copied", "compressedWithDataFile": "compressed-data-file",
     "compressedSubclusterBitmap": "compressed-bitmap", "subclusterAllocAndZero": "subcluster-alloc-zero",
     "subclusterAllocUnallocated": "subcluster-unalloc",
@@ -162,6 +164,8 @@ def qcheck_events(result, cluster_size):
         if not kind:
             continue
         cat = QCHECK_CATEGORY.get(p["id"], p["id"])
+        if p["id"] == "compressedRangeInvalid" and "past the end of the file" in p.get("message", ""):
+            cat = "past-eof"  # QEMU: "counting reference for region exceeding the end of the file"
         n = int(p.get("count", 1))
         if cat in CLUSTER_KEYED:
             if p["id"] == "l1CopiedWrong":
@@ -259,7 +263,10 @@ class Pair:
         self.qemu_opened = "Could not open" not in qemu.err and qemu.rc != 63
         self.qemu_counted = bool(self.qm) and qemu.rc in (0, 1, 2, 3)
         self.qemu_failed = "Check failed" in qemu.err and not self.qm
-        self.errors_line = next((l for l in qemu.err.splitlines() if l.startswith("qemu-img: ")), "")
+        lines = [ln for ln in qemu.err.splitlines() if ln.startswith("qemu-img: ") and "warning:" not in ln
+                 and "Check failed" not in ln]
+        self.errors_line = lines[0] if lines else next(
+            (ln for ln in qemu.err.splitlines() if ln.startswith("qemu-img: ")), "")
 
     def residual(self):
         """[(side, category, key, n)]: what one side counted and the other
@@ -314,9 +321,16 @@ REFCOUNT_IDS = {"refcountLeak", "refcountTooLow", "refcountZeroInUse", "refcount
 UNFOLLOWED_IDS = {"l1EntryPastEof", "l2EntryPastEof", "l1EntryUnaligned", "l2EntryUnaligned"}
 NOT_IN_QEMU_IDS = {"l2ZeroFlagInvalid", "dataFileOffsetMismatch", "l2ZeroOffsetCopied",
                    "rawDataFileInvalid", "metadataOverlap", "dataOverlapsMetadata"}
+REFTABLE_IDS = {"reftableEntryUnaligned", "reftableEntryReservedBits", "reftableEntryPastEof",
+                "reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"}
+SNAPSHOT_TABLE_IDS = {"tooManySnapshots", "snapshotTableTooLarge", "snapshotTableUnaligned",
+                      "snapshotTablePastEof", "snapshotTableTruncated", "snapshotExtraTooLarge"}
+BITMAP_IDS = {"bitmapsExtensionInvalid", "bitmapDirectoryInvalid", "bitmapEntryInvalid", "bitmapNameDuplicate",
+              "bitmapTableEntryInvalid", "bitmapsExtensionLength"}
 
 # QEMU refuses to open (or aborts the check of) images with these problems;
-# qcheck reports them as corruptions and goes on (§2.4). Message -> ids.
+# qcheck reports them as corruptions and goes on (§2.4). QEMU's message ->
+# the ids of which qcheck must name at least one.
 OPEN_REFUSALS = [
     (r"qcow2 header too short|Could not read qcow2 header", {"headerTruncated", "headerLengthInvalid"}),
     (r"qcow2 header exceeds cluster size", {"headerLengthInvalid"}),
@@ -328,32 +342,26 @@ OPEN_REFUSALS = [
     (r"Unsupported subcluster size", {"extendedL2ClusterTooSmall"}),
     (r"Invalid backing file offset|Backing file name too long|Could not read backing file name",
      {"backingNameInvalid", "backingNameOverlapsExtensions"}),
-    (r"Header extension too large|qcow2_read_extension", {"extensionTruncated"}),
+    (r"Header extension too large|qcow2_read_extension", {"extensionTruncated", "backingNameOverlapsExtensions"}),
     (r"ext_backing_format", {"backingFormatInvalid"}),
     (r"CRYPTO header|Missing CRYPTO header", {"encryptionExtensionInvalid"}),
     (r"Active L1 table offset invalid", {"l1OffsetUnaligned", "l1PastEof"}),
     (r"L1 table is too small", {"l1TooSmall"}),
     (r"Reference count table offset invalid", {"reftableOffsetUnaligned", "reftablePastEof"}),
-    (r"bitmaps_ext|bitmap directory|Bitmap|bitmap", {"bitmapsExtensionInvalid", "bitmapDirectoryInvalid",
-                                                     "bitmapEntryInvalid", "bitmapNameDuplicate",
-                                                     "bitmapTableEntryInvalid", "bitmapsExtensionLength"}),
-    (r"ERROR snapshot table offset invalid", {"snapshotTableUnaligned", "snapshotTablePastEof"}),
-    (r"ERROR snapshot table too large|Snapshot table too large|overhanging snapshots",
-     {"tooManySnapshots", "snapshotTableTooLarge"}),
-    (r"Too much extra metadata in snapshot table entry", {"snapshotExtraTooLarge"}),
-    (r"Snapshot table is too big", {"snapshotTableTooLarge"}),
-    (r"Failed to read snapshot table", {"snapshotTableTruncated", "snapshotTablePastEof"}),
+    (r"data-file-raw requires a data file", {"rawDataFileInvalid"}),
+    (r"bitmaps_ext|[Bb]itmap", BITMAP_IDS),
+    (r"[Ss]napshot table|overhanging snapshots|extra metadata in snapshot table", SNAPSHOT_TABLE_IDS),
     (r"Active L1 table too large|Reference count table too large", {"qemuLimitExceeded"}),
 ]
 OPEN_REFUSALS = [(re.compile(r), ids) for r, ids in OPEN_REFUSALS]
 
 
 def qemu_refused_with_id(pair):
-    """QEMU could not open or could not complete the check, and qcheck
-    names a problem id that is the reason (§2.4)."""
+    """QEMU could not open the image or could not complete the check, and
+    qcheck names a problem id that is the reason (§2.4)."""
     if pair.qemu_counted and not pair.qemu_failed:
         return False
-    text = pair.qemu.err
+    text = "\n".join(ln for ln in pair.qemu.err.splitlines() if "warning:" not in ln)
     return any(rx.search(text) and (ids & pair.ids) for rx, ids in OPEN_REFUSALS)
 
 
@@ -372,8 +380,7 @@ def _copied_follows_refcount(pair, item):
             return True
         return any(off // pair.cs == key for off in offsets_named(pair.qc, UNFOLLOWED_IDS))
     # qcheck: two references where the on-disk refcount says 1 (cross-link).
-    return key in clusters_of(pair.qc, {"refcountTooLow", "refcountOverflow"}) or \
-        key in {off // pair.cs for off in offsets_named(pair.qc, {"dataOverlapsMetadata"})}
+    return key in clusters_of(pair.qc, {"refcountTooLow", "refcountOverflow"})
 
 
 def _orphans(pair, item):
@@ -386,42 +393,97 @@ def _unaligned_data_followed(pair, item):
     """QEMU counts an unaligned data cluster over the clusters its range
     touches (R14): refcount errors there are QEMU's, not the image's."""
     side, cat, key, _ = item
-    if side != "qemu" or key is None or cat not in ("refcount-low", "refcount-zero", "leak", "copied",
-                                                    "overflow"):
+    if side != "qemu" or key is None or "l2EntryUnaligned" not in pair.ids or \
+            cat not in ("refcount-low", "refcount-zero", "leak", "copied", "overflow"):
         return False
     for e in pair.q_events:
         if e.cat == "l2-unaligned" and "Data cluster" in e.text:
             off = _hex(e.text.split("offset=")[1].split(":")[0])
             if off // pair.cs <= key <= (off + pair.cs - 1) // pair.cs:
-                return "l2EntryUnaligned" in pair.ids
+                return True
     return False
 
 
-def _unaligned_table_followed(pair, item):
-    """QEMU parses an L2 table at an unaligned offset (R6); qcheck does not
-    read it. What QEMU then finds in the bytes it parsed is its own."""
-    return item[0] == "qemu" and "l1EntryUnaligned" in pair.ids and \
-        any(e.cat == "l1-unaligned" for e in pair.q_events)
-
-
-def _unaligned_table_stats(pair):
+def _l2_tables_not_walked(pair):
+    """qcheck reports an L2 table it does not walk that QEMU parses: an
+    unaligned L1 entry that QEMU follows too ("Table is not cluster
+    aligned", R6), or an L2 table that loses a metadataOverlap (§2.9)."""
     if "l1EntryUnaligned" in pair.ids and any(e.cat == "l1-unaligned" for e in pair.q_events):
+        return True
+    return any(p.get("id") == "metadataOverlap" and p.get("object", "").startswith("L2 table")
+               for p in pair.qc.get("problems", []))
+
+
+def _table_not_walked(pair, item):
+    return item[0] == "qemu" and _l2_tables_not_walked(pair)
+
+
+def _table_not_walked_stats(pair):
+    if _l2_tables_not_walked(pair):
         return {"allocated-clusters", "fragmented-clusters", "compressed-clusters", "image-end-offset"}
     return ()
 
 
-def _refcounts_unknown(pair, item):
+def _overlap_clusters(pair):
+    """Host clusters qcheck names as shared by two structures (metadata
+    overlap) or as guest data on metadata."""
+    out = set()
+    for p in pair.qc.get("problems", []):
+        if p.get("id") == "metadataOverlap":
+            out.add(p.get("offset", 0) // pair.cs)
+            out.update(off // pair.cs for off in (_hex(m) for m in AT_RE.findall(p.get("message", ""))))
+        elif p.get("id") == "dataOverlapsMetadata":
+            m = re.search(r"host cluster 0x([0-9a-f]+)", p.get("message", ""))
+            if m:
+                out.add(_hex(m.group(1)) // pair.cs)
+    return out
+
+
+def _overlap_as_refcount(pair, item):
+    """QEMU has no overlap analysis: two structures in one cluster show up
+    as a refcount error on that cluster, a COPIED error, or "refcount block
+    N refcount=2" (§2.9)."""
     side, cat, key, _ = item
-    if not pair.ids & {"reftableEntryUnaligned", "reftableEntryReservedBits", "reftableEntryPastEof",
-                       "reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"}:
+    if side != "qemu" or not pair.ids & {"metadataOverlap", "dataOverlapsMetadata"}:
+        return False
+    if cat == "refblock-refcount":
+        return any("refcount block" in p.get("object", "") + p.get("message", "")
+                   for p in pair.qc.get("problems", [])
+                   if p.get("id") in ("metadataOverlap", "dataOverlapsMetadata"))
+    return cat in ("refcount-low", "copied") and key is not None and key in _overlap_clusters(pair)
+
+
+def _refcounts_unknown(pair, item):
+    """An unusable refcount table entry or table (reftable*): QEMU cannot
+    read those refcounts ("Can't get refcount", a check error per cluster,
+    free ones too) or reads them through the masked or past-EOF offset;
+    qcheck reports refcountsUnknown for the clusters in use (§2.4, §2.2)."""
+    side, cat, key, _ = item
+    if not refcount_blocks_unusable(pair):
         return False
     if cat == "refcount-unreadable":
-        return True  # QEMU: a check error per cluster it cannot read; qcheck: refcountsUnknown
+        return True
+    if side == "qemu" and cat in ("refcount-zero", "refcount-low", "leak", "copied") and key is not None:
+        if key in clusters_of(pair.qc, {"refcountsUnknown"}):
+            return True
+        # the refcount block behind an entry with reserved bits: not counted by QEMU
+        return cat == "leak" and key in {
+            (v & ~0x1FF) // pair.cs for v in (
+                _hex(m) for p in pair.qc.get("problems", []) if p.get("id") == "reftableEntryReservedBits"
+                for m in re.findall(r"entry is 0x([0-9a-f]+)", p.get("message", "")))}
     return False
 
 
+def refcount_blocks_unusable(pair):
+    """qcheck names why refcount blocks cannot be used: a reftable* problem,
+    or a refcount block that loses a metadataOverlap."""
+    return bool(pair.ids & REFTABLE_IDS) or any(
+        p.get("id") == "metadataOverlap" and p.get("object", "").startswith("refcount block")
+        for p in pair.qc.get("problems", []))
+
+
 def _refcounts_unknown_fields(pair):
-    if "refcountsUnknown" in pair.ids and any(e.cat == "refcount-unreadable" for e in pair.q_events):
+    if "refcountsUnknown" in pair.ids and refcount_blocks_unusable(pair):
         return {"image-end-offset"}  # gap 21: QEMU stops at the last cluster it could read
     return ()
 
@@ -431,8 +493,7 @@ def _not_in_qemu(pair, item):
 
 
 def _data_file_copied(pair, item):
-    return item[0] == "qemu" and item[1] == "copied" and "dataFileCopiedMissing" in pair.ids and \
-        any(p.get("id") == "dataFileCopiedMissing" for p in pair.qc.get("problems", []))
+    return item[0] == "qemu" and item[1] == "copied" and "dataFileCopiedMissing" in pair.ids
 
 
 def _overflow_per_cluster(pair, item):
@@ -453,27 +514,36 @@ def _qemu_refused(pair):
 
 RULES = [
     Rule("copied-vs-computed-refcount", "§2.1",
-         "COPIED is judged against the computed refcount: QEMU's OFLAG_COPIED error for a cluster "
-         "whose on-disk refcount qcheck reports as wrong (refcountLeak/TooLow/ZeroInUse/Orphan/"
-         "Overflow/refcountsUnknown) or that qcheck did not follow (l1/l2EntryPastEof/Unaligned), "
-         "and qcheck's l1/l2CopiedWrong for a cluster it reports refcountTooLow/refcountOverflow/"
-         "dataOverlapsMetadata (cross-link)",
+         "COPIED is judged against the computed refcount. QEMU's OFLAG_COPIED error for a cluster whose "
+         "on-disk refcount qcheck reports wrong (refcountLeak, refcountTooLow, refcountZeroInUse, "
+         "refcountOrphan, refcountOverflow, refcountsUnknown on that cluster) or that qcheck did not follow "
+         "(l1/l2EntryPastEof, l1/l2EntryUnaligned naming it); qcheck's l1/l2CopiedWrong for a cluster it "
+         "reports refcountTooLow or refcountOverflow (a cross-link: the on-disk 1 agrees with COPIED)",
          item=_copied_follows_refcount),
     Rule("orphans-not-leaks", "§2.3",
          "a leak in QEMU's count is a refcountOrphan warning in qcheck's, for the same cluster",
          item=_orphans),
     Rule("unaligned-data-followed", "§2.2",
          "QEMU counts an unaligned data cluster (\"Data cluster is not properly aligned\") over the "
-         "clusters it straddles; qcheck reports l2EntryUnaligned and counts nothing: QEMU's refcount "
-         "and COPIED errors on those clusters",
+         "clusters it straddles; qcheck reports l2EntryUnaligned and counts nothing: QEMU's refcount, "
+         "leak and COPIED events on exactly those clusters",
          item=_unaligned_data_followed),
-    Rule("unaligned-l2-table-followed", "§2.2",
-         "QEMU parses an L2 table at an unaligned offset (\"Table is not cluster aligned\"); qcheck "
-         "reports l1EntryUnaligned and does not read it: what QEMU finds there, and the statistics",
-         item=_unaligned_table_followed, frees=_unaligned_table_stats),
-    Rule("refcounts-unknown", "§2.4",
-         "an unusable refcount table entry (reftableEntry*/reftable*): QEMU's check errors \"Can't get "
-         "refcount\" against qcheck's refcountsUnknown corruptions, and QEMU's image end offset",
+    Rule("l2-table-not-walked", "§2.2, §2.9",
+         "QEMU parses an L2 table qcheck does not walk (l1EntryUnaligned that QEMU also reports as "
+         "\"Table is not cluster aligned\", or an L2 table that loses a metadataOverlap): QEMU's own "
+         "events (qemu side only) and the cluster statistics",
+         item=_table_not_walked, frees=_table_not_walked_stats),
+    Rule("overlap-as-refcount", "§2.9",
+         "QEMU has no overlap analysis: a cluster qcheck reports in metadataOverlap or dataOverlapsMetadata "
+         "is QEMU's refcount or COPIED error on that cluster, or \"refcount block N refcount=R\" "
+         "when a refcount block is involved",
+         item=_overlap_as_refcount),
+    Rule("refcounts-unknown", "§2.4, §2.2",
+         "an unusable refcount table entry or table (reftable* ids, or a refcount block that loses a "
+         "metadataOverlap): QEMU's check errors \"Can't get "
+         "refcount\" against qcheck's refcountsUnknown, QEMU's refcount errors on clusters qcheck reports "
+         "refcountsUnknown, the refcount block behind an entry with reserved bits as QEMU's leak, and "
+         "QEMU's image end offset",
          item=_refcounts_unknown, frees=_refcounts_unknown_fields),
     Rule("checks-qemu-does-not-make", "§2.6",
          "corruptions QEMU's check does not look for: " + ", ".join(sorted(NOT_IN_QEMU_IDS)),
@@ -487,8 +557,8 @@ RULES = [
          item=_overflow_per_cluster),
     Rule("qemu-cannot-open", "§2.4",
          "QEMU cannot open the image, or aborts its check, for a header, extension, snapshot table or "
-         "bitmap problem that qcheck names by its id (the message -> ids table OPEN_REFUSALS): "
-         "QEMU has no counts to compare",
+         "bitmap problem that qcheck names by its id (QEMU's message -> ids: OPEN_REFUSALS): QEMU has "
+         "no counts to compare",
          frees=_qemu_refused),
     Rule("companions-missing", "§2.7",
          "the backing or data file the image names is not there: QEMU cannot open it, qcheck does not "
