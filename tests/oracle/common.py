@@ -25,15 +25,10 @@ import qcow2lib  # noqa: E402,F401  (re-exported for the other modules)
 QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")
 QEMU_IO = os.environ.get("QEMU_IO", "qemu-io")
 TIMEOUT = 60  # seconds per command: a hang is a finding, not a stuck run
-QEMU_ADDRESS_SPACE = 6 << 30  # hostile headers must fail in QEMU, not swap
 
-
-def _limits(address_space):
-    def apply():
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # qemu-io `abort`
-        if address_space:
-            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-    return apply
+# qemu-io's `abort` must not leave core files; set once, inherited by every
+# child (a preexec_fn would make every launch a full fork of Python).
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
 class Result:
@@ -54,12 +49,11 @@ class Result:
         return "Result(%r, rc=%r)" % (self.argv[:3], self.rc)
 
 
-def run(argv, cwd=None, timeout=TIMEOUT, qemu=False):
+def run(argv, cwd=None, timeout=TIMEOUT):
     """Run a command; never raises for the command's own failure."""
     try:
         p = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="replace",
-                           timeout=timeout, stdin=subprocess.DEVNULL,
-                           preexec_fn=_limits(QEMU_ADDRESS_SPACE if qemu else 0))
+                           timeout=timeout, stdin=subprocess.DEVNULL)
         return Result(argv, p.returncode, p.stdout, p.stderr)
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode("latin-1") if isinstance(e.stdout, bytes) else (e.stdout or "")

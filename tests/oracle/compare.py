@@ -107,6 +107,8 @@ class Event:
 def qemu_events(stderr, cluster_size):
     """(events, unparsed lines) of a qemu-img check's standard error."""
     events, unparsed = [], []
+    # QEMU prints this hint without a newline: the next diagnostic follows it
+    stderr = re.sub(r"(on the image file to fix\.)(?=\S)", "\\1\n", stderr)
     for line in stderr.splitlines():
         line = line.strip()
         if not line:
@@ -164,7 +166,8 @@ def qcheck_events(result, cluster_size):
         if not kind:
             continue
         cat = QCHECK_CATEGORY.get(p["id"], p["id"])
-        if p["id"] == "compressedRangeInvalid" and "past the end of the file" in p.get("message", ""):
+        if p["id"] in ("compressedRangeInvalid", "bitmapTableEntryInvalid") and \
+                re.search(r"past the end of the file|extends past the end", p.get("message", "")):
             cat = "past-eof"  # QEMU: "counting reference for region exceeding the end of the file"
         n = int(p.get("count", 1))
         if cat in CLUSTER_KEYED:
@@ -251,8 +254,9 @@ class Pair:
     companions_missing: names the image gives for a backing or data file
     that are not beside it."""
 
-    def __init__(self, qemu, qcheck, cluster_size, companions_missing=()):
+    def __init__(self, qemu, qcheck, cluster_size, companions_missing=(), file_size=0):
         self.qemu, self.qcheck = qemu, qcheck
+        self.file_size = file_size
         self.qm = qemu.json() or {}
         self.qc = qcheck.json() or {}
         self.cs = cluster_size
@@ -379,8 +383,10 @@ def _copied_follows_refcount(pair, item):
         if key in clusters_of(pair.qc, REFCOUNT_IDS):
             return True
         return any(off // pair.cs == key for off in offsets_named(pair.qc, UNFOLLOWED_IDS))
-    # qcheck: two references where the on-disk refcount says 1 (cross-link).
-    return key in clusters_of(pair.qc, {"refcountTooLow", "refcountOverflow"})
+    # qcheck: the computed references disagree with an on-disk refcount
+    # that COPIED agrees with (a cross-link, or refcount 0 for a cluster
+    # with one reference).
+    return key in clusters_of(pair.qc, REFCOUNT_IDS - {"refcountOrphan"})
 
 
 def _orphans(pair, item):
@@ -502,6 +508,54 @@ def _overflow_per_cluster(pair, item):
         key in clusters_of(pair.qc, {"refcountOverflow"})
 
 
+PAST_EOF_RANGES = [  # (id, message regex) -> (start, length in bytes, given the cluster size)
+    ("l1PastEof", r"(\d+) entries at 0x([0-9a-f]+) end past", lambda m, cs: (_hex(m.group(2)), 8 * int(m.group(1)))),
+    ("reftablePastEof", r"(\d+) clusters at 0x([0-9a-f]+) end past",
+     lambda m, cs: (_hex(m.group(2)), cs * int(m.group(1)))),
+    ("snapshotL1PastEof", r"L1 table at 0x([0-9a-f]+) \((\d+) entries\)",
+     lambda m, cs: (_hex(m.group(1)), 8 * int(m.group(2)))),
+    ("l1EntryPastEof", r"points to an L2 table at 0x([0-9a-f]+)", lambda m, cs: (_hex(m.group(1)), cs)),
+]
+PAST_EOF_RANGES = [(pid, re.compile(rx), f) for pid, rx, f in PAST_EOF_RANGES]
+
+
+def tolerated_past_eof(pair):
+    """Ranges qcheck reports as (partly) past the end of the file that QEMU
+    accepts: they end less than one cluster past it (R2)."""
+    out = []
+    for p in pair.qc.get("problems", []):
+        for pid, rx, f in PAST_EOF_RANGES:
+            m = rx.search(p.get("message", "")) if p.get("id") == pid else None
+            if m and pair.cs:
+                start, length = f(m, pair.cs)
+                if 0 < start and start + length - pair.file_size < pair.cs:
+                    out.append((start, length))
+    return out
+
+
+def _past_eof_tolerance(pair, item):
+    side, cat, key, _ = item
+    ranges = tolerated_past_eof(pair)
+    if not ranges:
+        return False
+    if side == "qcheck":
+        return cat == "past-eof"
+    return cat in ("refcount-zero", "refcount-low", "leak", "copied") and key is not None and any(
+        start // pair.cs <= key <= (start + length - 1) // pair.cs for start, length in ranges)
+
+
+def _header_finding_counted(pair, item):
+    """A header or extension problem adds 1 to qcheck's corruptions (codes
+    1xx, 2xx); QEMU counts only what it finds behind the header. Only for
+    a count on an image both call corrupt: a verdict QEMU does not share is
+    not a count difference."""
+    side, cat, key, _ = item
+    if side != "qcheck" or not pair.qm.get("corruptions"):
+        return False
+    codes = {p.get("id"): p.get("code", 0) for p in pair.qc.get("problems", [])}
+    return 100 < codes.get(cat, 0) < 300
+
+
 def _companions_missing(pair):
     if pair.companions_missing and not pair.qemu_opened:
         return _all_fields()
@@ -517,8 +571,9 @@ RULES = [
          "COPIED is judged against the computed refcount. QEMU's OFLAG_COPIED error for a cluster whose "
          "on-disk refcount qcheck reports wrong (refcountLeak, refcountTooLow, refcountZeroInUse, "
          "refcountOrphan, refcountOverflow, refcountsUnknown on that cluster) or that qcheck did not follow "
-         "(l1/l2EntryPastEof, l1/l2EntryUnaligned naming it); qcheck's l1/l2CopiedWrong for a cluster it "
-         "reports refcountTooLow or refcountOverflow (a cross-link: the on-disk 1 agrees with COPIED)",
+         "(l1/l2EntryPastEof, l1/l2EntryUnaligned naming it); qcheck's l1/l2CopiedWrong for a cluster whose "
+         "on-disk refcount it reports wrong (the on-disk value agrees with COPIED: a cross-link, or "
+         "refcount 0 for a cluster with one reference)",
          item=_copied_follows_refcount),
     Rule("orphans-not-leaks", "§2.3",
          "a leak in QEMU's count is a refcountOrphan warning in qcheck's, for the same cluster",
@@ -552,6 +607,15 @@ RULES = [
          "with an external data file a missing COPIED flag is dataFileCopiedMissing (a warning), "
          "QEMU's OFLAG_COPIED error",
          item=_data_file_copied),
+    Rule("past-eof-tolerance", "§2.2",
+         "qcheck requires tables to lie entirely inside the file, QEMU accepts a range that ends less "
+         "than one cluster past the end (R2): qcheck's l1PastEof, reftablePastEof, snapshotL1PastEof or "
+         "l1EntryPastEof for such a range, and QEMU's refcount, leak or COPIED events on its clusters",
+         item=_past_eof_tolerance),
+    Rule("header-finding-counted", "§2.10",
+         "a header or extension problem (codes 1xx, 2xx) counts 1 in qcheck's corruptions and nothing in "
+         "QEMU's, on an image QEMU also counts corruptions in",
+         item=_header_finding_counted),
     Rule("overflow-per-cluster", "§2.10",
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
          item=_overflow_per_cluster),

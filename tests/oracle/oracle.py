@@ -108,7 +108,7 @@ class Oracle:
         return run([self.qcheck, *args, IMG], cwd=d)
 
     def qemu_run(self, d, *args):
-        return run([QEMU_IMG, *args], cwd=d, qemu=True)
+        return run([QEMU_IMG, *args], cwd=d)
 
     def cluster_size(self, d, qc_json):
         h = (qc_json or {}).get("header") or {}
@@ -135,22 +135,26 @@ class Oracle:
             return []
         return [n for n in missing if not n or "/" in n or not os.path.isfile(os.path.join(d, n))]
 
-    def check_pair(self, d, label, out):
-        """Check the image in d with both tools, JSON and human, and compare.
-        Appends violations to `out`; returns the Pair."""
+    def check_pair(self, d, label, out, human=True):
+        """Check the image in d with both tools (and in human mode too, if
+        `human`), and compare. Appends violations to `out`; returns the
+        Pair."""
         path = os.path.join(d, IMG)
         sha = file_sha256(path)
         qc = self.qcheck_run(d, "-f", "qcow2", "--output=json")
         if file_sha256(path) != sha:
             out.append(("implication 5: qcheck's check changed the file", label))
-        qch = self.qcheck_run(d, "-f", "qcow2")
+        qch = self.qcheck_run(d, "-f", "qcow2") if human else None
         if file_sha256(path) != sha:
             out.append(("implication 5: qcheck's human check changed the file", label))
         qm = self.qemu_run(d, "check", "-f", "qcow2", "--output=json", IMG)
-        pair = cmp.Pair(qm, qc, self.cluster_size(d, qc.json()), self.missing_companions(d))
+        pair = cmp.Pair(qm, qc, self.cluster_size(d, qc.json()), self.missing_companions(d),
+                        os.path.getsize(path))
         v = cmp.compare(pair, label)
         out.extend(v.disagreements)
         self.fired.update(v.fired)
+        if not human:
+            return pair
         # human mode: the same verdict, and the summary of the JSON's counts
         if qch.rc != qc.rc:
             out.append(("%s: qcheck exits %s in human mode, %s in JSON mode" % (label, qch.rc, qc.rc), ""))
@@ -336,18 +340,17 @@ class Oracle:
         if not rep.get("applied"):
             return
         # the repaired image, checked again by both tools
-        after = self.check_pair(cd, "after qcheck " + label, out)
+        after = self.check_pair(cd, "after qcheck " + label, out, human=False)
         for k in ("exit-code",) + cmp.COUNT_KEYS:
             if after.qc and after.qc.get(k, 0) != cj.get(k, 0):
                 out.append(("%s: the check qcheck printed after repairing differs from a fresh check (%s)"
                             % (label, k), "%s vs %s" % (cj.get(k, 0), after.qc.get(k, 0))))
+        snaps_after = self.snapshot_list(cd)
+        changed = file_sha256(os.path.join(cd, IMG)) != file_sha256(os.path.join(orig, IMG))
+        guest1 = self.read_guest(cd, "qcheck-" + mode, snaps_after) if guest0 and (
+            changed or cr.rc in (0, 3)) else None
         if cr.rc in (0, 3):
-            snaps_after = self.snapshot_list(cd)
-            guest1 = self.read_guest(cd, "qcheck-" + mode, snaps_after) if guest0 else None
             self.implication1(cd, after, guest1, "after qcheck " + label, out)
-        else:
-            snaps_after = self.snapshot_list(cd)
-            guest1 = self.read_guest(cd, "qcheck-" + mode, snaps_after) if guest0 else None
         # (4) snapshots survive
         self.check_snapshots(label, snaps, snaps_after, notes, out)
         # (3) guest data kept outside the dropped ranges

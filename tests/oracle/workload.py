@@ -380,7 +380,7 @@ class Builder:
 
     def run_step(self, step):
         if "argv" in step:
-            rc = run(step["argv"], cwd=self.dir, qemu=True).rc
+            rc = run(step["argv"], cwd=self.dir).rc
         elif "file" in step:
             with open(os.path.join(self.dir, step["file"]), "w") as f:
                 f.write(step["text"])
