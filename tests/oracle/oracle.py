@@ -59,6 +59,7 @@ from concurrent.futures import ProcessPoolExecutor
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import classify  # noqa: E402
 import compare as cmp  # noqa: E402
 import mutate  # noqa: E402
 import workload  # noqa: E402
@@ -250,6 +251,7 @@ class Oracle:
         if pair.qcheck.rc in (63,) and pair.qemu.rc == 63:
             return
         snaps = self.snapshot_list(orig)
+        facts.update(snapshots=len(snaps or []), file=os.path.getsize(os.path.join(orig, IMG)))
         vsize = self.virtual_size(orig)
         readable = vsize <= MAX_GUEST_BYTES
         guest0 = self.read_guest(orig, "orig", snaps) if readable else {}
@@ -603,6 +605,8 @@ def image_files(paths):
 # ---- the report ----------------------------------------------------------------------
 
 def summarise(results, elapsed, out=sys.stdout):
+    """Print the classified report; returns the number of subjects with
+    disagreements."""
     reports = [r for res in results for r in res["reports"]]
     by_sig = defaultdict(list)
     fired = Counter()
@@ -610,22 +614,29 @@ def summarise(results, elapsed, out=sys.stdout):
         fired.update(r["fired"])
         for sig, detail in r["violations"]:
             by_sig[sig].append((r, detail))
-    kinds = Counter("mutant" if "mutant" in r["origin"] else "checkpoint" if "checkpoint" in r["origin"]
-                    else "file" if "file" in r["origin"] else "generated" for r in reports)
-    for sig in sorted(by_sig, key=lambda s: (-len(by_sig[s]), s)):
-        items = by_sig[sig]
-        r, detail = items[0]
-        print("\n[%d] %s" % (len(items), sig), file=out)
-        for r, detail in items[:3]:
-            muts = r["origin"].get("mutations")
-            print("    %s%s: %s" % (r["id"], " (%s)" % "; ".join(muts) if muts else "", detail[:300]), file=out)
-            print("      repro: %s" % r["repro"], file=out)
+    by_class = defaultdict(list)
+    for sig, items in by_sig.items():
+        classes = Counter(classify.classify(r, sig, d) for r, d in items)
+        by_class[classes.most_common(1)[0][0]].append(sig)
+    titles = classify.titles()
+    order = sorted(by_class, key=lambda c: (c == "new", c))
+    for c in order:
+        subjects = {r["id"] for sig in by_class[c] for r, _ in by_sig[sig]}
+        print("\n=== %s: %s (%d subjects, %d signatures)" % (
+            c, titles.get(c, "not classified yet: look at these"), len(subjects), len(by_class[c])), file=out)
+        for sig in sorted(by_class[c], key=lambda s: (-len(by_sig[s]), s)):
+            items = by_sig[sig]
+            print("\n[%d] %s" % (len(items), sig), file=out)
+            for r, detail in items[:2]:
+                m = r["origin"].get("mutations")
+                print("    %s%s: %s" % (r["id"], " (%s)" % "; ".join(m) if m else "", detail[:300]), file=out)
+                print("      repro: %s" % r["repro"], file=out)
     obs = defaultdict(list)
     for r in reports:
         for sig, detail in r.get("observations", []):
             obs[cmp.normalise(sig)].append((r, detail))
     if obs:
-        print("\nobservations about qemu-img (not counted against qcheck):", file=out)
+        print("\n=== observations about qemu-img (not counted against qcheck)", file=out)
         for sig in sorted(obs, key=lambda s: -len(obs[s])):
             r, detail = obs[sig][0]
             print("[%d] %s\n    %s: %s\n      repro: %s" % (len(obs[sig]), sig, r["id"], detail[:200], r["repro"]),
@@ -633,16 +644,20 @@ def summarise(results, elapsed, out=sys.stdout):
     print("\nrules needed (how often each deliberate difference explained something):", file=out)
     for name, n in sorted(fired.items(), key=lambda x: -x[1]):
         print("  %6d  %s" % (n, name), file=out)
+    kinds = Counter("mutant" if "mutant" in r["origin"] else "checkpoint" if "checkpoint" in r["origin"]
+                    else "file" if "file" in r["origin"] else "generated" for r in reports)
     bad = sum(1 for r in reports if r["violations"])
-    print("\n%d subjects (%s) in %.0f s: %d with disagreements, %d signatures" % (
+    print("\n%d subjects (%s) in %.0f s: %d with disagreements in %d signatures, %d classes (%s)" % (
         len(reports), ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())), elapsed, bad,
-        len(by_sig)), file=out)
+        len(by_sig), len(by_class), ", ".join("%s %d" % (c, len({r["id"] for sig in by_class[c]
+                                                                  for r, _ in by_sig[sig]})) for c in order)),
+        file=out)
     return bad
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--qcheck", required=True)
+    ap.add_argument("--qcheck")
     ap.add_argument("--seeds", default="")
     ap.add_argument("--mutants", type=int, default=0)
     ap.add_argument("--images", nargs="*", default=[])
@@ -653,10 +668,14 @@ def main():
     ap.add_argument("--fast", action="store_true", help="the CI slice: --seeds %s --mutants %d" % (
         FAST_SEEDS, FAST_MUTANTS))
     ap.add_argument("--json", help="write every report to this file")
+    ap.add_argument("--summarise", metavar="JSON", help="print the report of a --json file again")
     args = ap.parse_args()
+    if args.summarise:
+        with open(args.summarise) as f:
+            return 1 if summarise(json.load(f), 0) else 0
     if args.fast:
         args.seeds, args.mutants = args.seeds or FAST_SEEDS, args.mutants or FAST_MUTANTS
-    if not os.access(args.qcheck, os.X_OK):
+    if not args.qcheck or not os.access(args.qcheck, os.X_OK):
         print("%s is not an executable" % args.qcheck)
         return 1
     work = os.path.abspath(args.work)

@@ -1,0 +1,115 @@
+"""Classes of disagreements: what the oracle found, named once.
+
+Each class is a disagreement between qcheck and qemu-img that has been
+looked at by hand: what QEMU does, what qcheck does, and which is right
+(docs/oracle.md §6 has the reasoning, a minimal reproduction and the QEMU
+source fact for each). `classify(report, signature, detail)` names the class
+of one disagreement from its signature and the subject's facts, so the
+summary of a run groups thousands of lines into the classes, and a new kind
+of disagreement stands out as "unclassified".
+
+A class is not a rule: classified disagreements still fail the run. Only
+compare.RULES (documented, deliberate differences) make a difference pass.
+"""
+
+import re
+
+# (class id, title, test(signature, detail, report) -> bool); first match wins.
+CLASSES = []
+
+
+def cls(cid, title):
+    def wrap(f):
+        CLASSES.append((cid, title, f))
+        return f
+    return wrap
+
+
+def muts(report):
+    return " ".join(report.get("origin", {}).get("mutations") or [])
+
+
+@cls("K1", "qcheck calls an image clean (exit 0/3) that QEMU refuses to open or check")
+def _k1(sig, detail, r):
+    if re.search(r"qemu-img exit 1 \(.*(Could not open|ERROR snapshot table|Check failed).*\), qcheck exit [03]$",
+                 sig):
+        return True
+    return sig.startswith("implication 1") and "qemu-img info fails" in sig
+
+
+@cls("K2", "-r leaks does not fix COPIED flags (QEMU's -r leaks does once the image is otherwise clean)")
+def _k2(sig, detail, r):
+    return sig.startswith("implication 2 (-r leaks)") and re.search(r"left (l1|l2)CopiedWrong$", sig)
+
+
+@cls("K3", "-r all keeps orphaned clusters after dropping the pointer that owned them (exit 3)")
+def _k3(sig, detail, r):
+    return sig.startswith("implication 2 (-r all)") and sig.endswith("exit 3, left refcountLeak")
+
+
+@cls("K4", "command-line contract (-f qcow2 on a file that is not qcow2 exits 63, not 1)")
+def _k4(sig, detail, r):
+    return "not in qcowN format), qcheck exit 63" in sig
+
+
+@cls("N-A", "an L1 entry with host offset 0 but COPIED or reserved bits set: QEMU follows it to cluster 0 "
+     "(check parses the header as an L2 table; a guest write loads and writes \"L2\" at offset 0); qcheck "
+     "treats it as unallocated and reports nothing (or only the reserved bits), and -r all leaves COPIED")
+def _na(sig, detail, r):
+    m = muts(r)
+    return bool(re.search(r"L1 entry \d+: (COPIED toggled|reserved bit \d+ set|bit \d+ flipped) \(0x0 ->", m)) or \
+        ("l2-reserved" in sig or "past-eof" in sig) and "0x114649fb" in detail
+
+
+@cls("N-B", "an L2 table shared by several L1 tables (active and snapshots): QEMU counts each bad entry "
+     "once per L1 table that references it, qcheck once")
+def _nb(sig, detail, r):
+    m = re.match(r"(check|after qcheck -r \w+): counted only by qemu-img: ([^;]*); only by qcheck: -$", sig)
+    if not m:
+        return False
+    cats = {c.split("(")[0] for c in m.group(2).split(", ")}
+    per_entry = {"l2-reserved", "l2-unaligned", "past-eof", "subcluster-alloc-zero", "subcluster-unalloc",
+                 "compressed-copied", "compressed-bitmap", "compressed-data-file"}
+    return cats <= per_entry and (r.get("facts", {}).get("snapshots") or 0) > 0
+
+
+@cls("N-C", "image end offset past the end of the file: QEMU counts a range that ends less than one "
+     "cluster past EOF (R2) and reports its end; qcheck stops at the file")
+def _nc(sig, detail, r):
+    if "image-end-offset differs" not in sig:
+        return False
+    m = re.match(r"qemu-img (\d+), qcheck (\d+)", detail)
+    return bool(m) and int(m.group(1)) > int(m.group(2)) and int(m.group(1)) > r.get("facts", {}).get("file", 1 << 62)
+
+
+@cls("N-F", "a snapshot table that runs past the end of the file (count or entry sizes): QEMU reads zeros "
+     "past EOF as entries (each \"incomplete\") and loses the following ones; qcheck reports "
+     "tooManySnapshots/snapshotTableTruncated once")
+def _nf(sig, detail, r):
+    return "snapshot-incomplete" in sig and re.search(r"tooManySnapshots|snapshotTableTruncated|snapshotTablePastEof",
+                                                      sig)
+
+
+@cls("N-H", "nb_snapshots > 0 with snapshots_offset 0: QEMU parses the header cluster as the snapshot "
+     "table; qcheck reports snapshotTableUnaligned")
+def _nh(sig, detail, r):
+    return "snapshotTableUnaligned" in sig and "snapshot-l1" in sig
+
+
+@cls("Q", "QEMU's repair reaches exit 0 by changing guest data (observation, not qcheck's fault)")
+def _q(sig, detail, r):
+    return sig.startswith("qemu-img -r")
+
+
+def classify(report, sig, detail):
+    for cid, title, test in CLASSES:
+        try:
+            if test(sig, detail, report):
+                return cid
+        except (KeyError, TypeError, ValueError):
+            continue
+    return "new"
+
+
+def titles():
+    return {cid: title for cid, title, _ in CLASSES}
