@@ -668,12 +668,14 @@ def compare(pair, label="check"):
                 "qcheck ids: %s" % ", ".join(sorted(pair.ids))))
         return v
     unexplained = []
+    used = set()
     for item in pair.residual():
         rules = [r for r in RULES if r.explains(pair, item)]
         if rules:
-            v.fired[rules[0].name] += 1
+            used.add(rules[0].name)
         else:
             unexplained.append(item)
+    v.fired.update(used)  # once per check that needed the rule
     if unexplained and "residual" not in v.free:
         q = sorted({"%s(%s)" % (c, "/".join(sorted(pair.kinds(c, "qemu")))) for s, c, k, n in unexplained
                     if s == "qemu"})

@@ -512,10 +512,12 @@ KNOWN_IDS = load_known_ids()
 
 # ---- the tasks ---------------------------------------------------------------------
 
-def repro_cmd(args_qcheck, sid, seed_spec="", images=""):
+def repro_cmd(args_qcheck, sid, seed_spec="", images="", mutant=None):
     base = "python3 tests/oracle/oracle.py --qcheck %s --only %s --keep" % (args_qcheck, sid)
     if seed_spec:
         base += " --seeds %s" % seed_spec
+    if mutant is not None:
+        base += " --mutants %d" % (mutant + 1)
     if images:
         base += " --images %s" % images
     return base
@@ -542,7 +544,7 @@ def seed_task(args):
         copy_files(d0, md)
         what, edits = mutate.mutate(os.path.join(md, IMG), "%s:%d" % (sid0, k))
         origin = dict(origin0, mutant=k, of=sid0, mutations=what, edits=edits)
-        subjects.append(Subject(sid, md, origin, repro_cmd(qcheck, sid, str(seed))))
+        subjects.append(Subject(sid, md, origin, repro_cmd(qcheck, sid, str(seed), mutant=k)))
     reports = [oracle.examine(s) for s in subjects if not only or s.id == only]
     for s in subjects:
         if s.id.startswith("w%dm" % seed):
@@ -571,7 +573,7 @@ def file_task(args):
         copy_files(src, md)
         what, edits = mutate.mutate(os.path.join(md, IMG), "%s:%d" % (sid0, k))
         subjects.append(Subject(sid, md, {"file": path, "mutant": k, "mutations": what, "edits": edits},
-                                repro_cmd(qcheck, sid, images=path)))
+                                repro_cmd(qcheck, sid, images=path, mutant=k)))
     reports = [oracle.examine(s) for s in subjects if not only or s.id == only]
     for s in subjects[1:]:
         shutil.rmtree(s.src, ignore_errors=True)
