@@ -93,7 +93,59 @@ def _nf(sig, detail, r):
 @cls("N-H", "nb_snapshots > 0 with snapshots_offset 0: QEMU parses the header cluster as the snapshot "
      "table; qcheck reports snapshotTableUnaligned")
 def _nh(sig, detail, r):
-    return "snapshotTableUnaligned" in sig and "snapshot-l1" in sig
+    return "snapshot-l1" in sig and ("snapshotTableUnaligned" in sig or "snapshotTableUnaligned" in ids(r))
+
+
+def ids(r):
+    return set(r.get("facts", {}).get("ids") or [])
+
+
+@cls("N-G", "-r leaks/-r all clear the refcount of a cluster past the end of the file that a table of the "
+     "header still occupies (an L1 or refcount table ending less than one cluster past EOF): QEMU then "
+     "reports refcount=0 for it, and would allocate it again")
+def _ng(sig, detail, r):
+    return sig.startswith("after qcheck -r") and "refcount-zero" in sig and bool(
+        ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"})
+
+
+@cls("N-J", "a header table (active L1, refcount table) that extends past the end of the file: QEMU uses "
+     "the part inside the file (reading zeros beyond), qcheck uses none of it (l1PastEof/reftablePastEof): "
+     "mappings or refcounts inside the file go unchecked")
+def _nj(sig, detail, r):
+    if not ids(r) & {"l1PastEof", "reftablePastEof"}:
+        return False
+    return "counted only by qemu-img" in sig or "allocated-clusters differs" in sig or \
+        "fragmented-clusters differs" in sig or "compressed-clusters differs" in sig
+
+
+@cls("N-M", "virtual size not a multiple of 512: QEMU's total-clusters comes from the size rounded down "
+     "to sectors (what the guest sees), qcheck's from the exact size rounded up")
+def _nm(sig, detail, r):
+    return "total-clusters differs" in sig
+
+
+@cls("N-E", "a backing-format extension that is empty (or in an image without a backing file): QEMU "
+     "accepts it, qcheck calls it a corruption (backingFormatInvalid, exit 2)")
+def _ne(sig, detail, r):
+    return "backingFormatInvalid" in sig and ("only by qcheck" in sig or sig.startswith("implication 2"))
+
+
+@cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "
+     "says nothing about it")
+def _nl(sig, detail, r):
+    return "Unknown driver" in sig
+
+
+@cls("N-K", "a compressed entry in an image with an external data file: QEMU leaves it out of the "
+     "allocated/compressed/fragmented statistics, qcheck counts it")
+def _nk(sig, detail, r):
+    return "compressedWithDataFile" in sig and "clusters differs" in sig
+
+
+@cls("N-D", "an unaligned L2 entry in an image with an external data file: QEMU reports it \"not properly "
+     "aligned\", qcheck only dataFileOffsetMismatch")
+def _nd(sig, detail, r):
+    return "l2-unaligned" in sig and "dataFileOffsetMismatch" in ids(r)
 
 
 @cls("Q", "QEMU's repair reaches exit 0 by changing guest data (observation, not qcheck's fault)")

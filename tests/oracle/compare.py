@@ -133,7 +133,7 @@ QCHECK_CATEGORY = {
     "l1EntryReservedBits": "l1-reserved", "l2EntryReservedBits": "l2-reserved",
     "l1EntryUnaligned": "l1-unaligned", "l2EntryUnaligned": "l2-unaligned",
     "l1EntryPastEof": "past-eof", "l2EntryPastEof": "past-eof", "l1PastEof": "past-eof",
-    "snapshotL1PastEof": "past-eof",
+    "snapshotL1PastEof": "past-eof", "reftablePastEof": "past-eof", "snapshotTablePastEof": "past-eof",
     "compressedCopied": "compressed-copied", "compressedWithDataFile": "compressed-data-file",
     "compressedSubclusterBitmap": "compressed-bitmap", "subclusterAllocAndZero": "subcluster-alloc-zero",
     "subclusterAllocUnallocated": "subcluster-unalloc",
@@ -402,12 +402,27 @@ def _unaligned_data_followed(pair, item):
     if side != "qemu" or key is None or "l2EntryUnaligned" not in pair.ids or \
             cat not in ("refcount-low", "refcount-zero", "leak", "copied", "overflow"):
         return False
+    return any(first <= key <= last for first, last in straddled(pair))
+
+
+def straddled(pair):
+    """(first, last) host clusters of each unaligned L2 entry QEMU counted:
+    it counts data and preallocated clusters alike over the clusters their
+    unaligned range touches (check_refcounts_l2 in check mode)."""
+    out = []
     for e in pair.q_events:
-        if e.cat == "l2-unaligned" and "Data cluster" in e.text:
+        if e.cat == "l2-unaligned" and pair.cs:
             off = _hex(e.text.split("offset=")[1].split(":")[0])
-            if off // pair.cs <= key <= (off + pair.cs - 1) // pair.cs:
-                return True
-    return False
+            out.append((off // pair.cs, (off + pair.cs - 1) // pair.cs))
+    return out
+
+
+def _unaligned_data_fields(pair):
+    """QEMU's image end offset may be the end of a straddled range."""
+    if "l2EntryUnaligned" in pair.ids and straddled(pair) and \
+            pair.qm.get("image-end-offset", 0) <= (max(last for _, last in straddled(pair)) + 1) * pair.cs:
+        return {"image-end-offset"}
+    return ()
 
 
 def _l2_tables_not_walked(pair):
@@ -470,13 +485,30 @@ def _refcounts_unknown(pair, item):
     if cat == "refcount-unreadable":
         return True
     if side == "qemu" and cat in ("refcount-zero", "refcount-low", "leak", "copied") and key is not None:
-        if key in clusters_of(pair.qc, {"refcountsUnknown"}):
+        if key in clusters_of(pair.qc, {"refcountsUnknown"}) or covered_by_unusable_block(pair, key):
             return True
         # the refcount block behind an entry with reserved bits: not counted by QEMU
         return cat == "leak" and key in {
             (v & ~0x1FF) // pair.cs for v in (
                 _hex(m) for p in pair.qc.get("problems", []) if p.get("id") == "reftableEntryReservedBits"
                 for m in re.findall(r"entry is 0x([0-9a-f]+)", p.get("message", "")))}
+    return False
+
+
+def covered_by_unusable_block(pair, cluster):
+    """The cluster's refcount lives in a refcount block qcheck does not use
+    (an entry with a reftableEntry* problem, or a block that loses an
+    overlap), or the whole refcount table is unusable."""
+    bits = ((pair.qc.get("header") or {}).get("refcount-bits") or 16)
+    per_block = pair.cs * 8 // bits if pair.cs else 0
+    for p in pair.qc.get("problems", []):
+        pid, obj = p.get("id"), p.get("object", "")
+        if pid in ("reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"):
+            return True
+        m = re.match(r"refcount (?:table entry|block) (\d+)$", obj)
+        if m and per_block and (pid in REFTABLE_IDS or pid == "metadataOverlap"):
+            if int(m.group(1)) == cluster // per_block:
+                return True
     return False
 
 
@@ -492,6 +524,26 @@ def _refcounts_unknown_fields(pair):
     if "refcountsUnknown" in pair.ids and refcount_blocks_unusable(pair):
         return {"image-end-offset"}  # gap 21: QEMU stops at the last cluster it could read
     return ()
+
+
+def _compressed_bitmap_range(pair, item):
+    """QEMU does not count the host range of a compressed entry with a
+    non-zero subcluster bitmap (R11): its clusters look leaked to QEMU;
+    qcheck reports compressedSubclusterBitmap and counts them (§2.10)."""
+    side, cat, key, _ = item
+    if side != "qemu" or cat != "leak" or key is None or "compressedSubclusterBitmap" not in pair.ids:
+        return False
+    bits = pair.cs.bit_length() - 1
+    x = 62 - (bits - 8)
+    for e in pair.q_events:
+        if e.cat == "compressed-bitmap":
+            entry = _hex(e.text.rsplit("entry=0x", 1)[1])
+            off = entry & ((1 << x) - 1)
+            sectors = ((entry >> x) & ((1 << (bits - 8)) - 1)) + 1
+            end = (off & ~511) + sectors * 512
+            if off // pair.cs <= key <= (end - 1) // pair.cs:
+                return True
+    return False
 
 
 def _not_in_qemu(pair, item):
@@ -557,7 +609,8 @@ def _header_finding_counted(pair, item):
 
 
 def _companions_missing(pair):
-    if pair.companions_missing and not pair.qemu_opened:
+    if not pair.qemu_opened and (pair.companions_missing or (
+            "dataFileNameMissing" in pair.ids and "'data-file' is required" in pair.qemu.err)):
         return _all_fields()
     return ()
 
@@ -579,10 +632,10 @@ RULES = [
          "a leak in QEMU's count is a refcountOrphan warning in qcheck's, for the same cluster",
          item=_orphans),
     Rule("unaligned-data-followed", "§2.2",
-         "QEMU counts an unaligned data cluster (\"Data cluster is not properly aligned\") over the "
+         "QEMU counts an unaligned data or preallocated cluster (\"... is not properly aligned\") over the "
          "clusters it straddles; qcheck reports l2EntryUnaligned and counts nothing: QEMU's refcount, "
-         "leak and COPIED events on exactly those clusters",
-         item=_unaligned_data_followed),
+         "leak and COPIED events on exactly those clusters, and its image end offset up to their end",
+         item=_unaligned_data_followed, frees=_unaligned_data_fields),
     Rule("l2-table-not-walked", "§2.2, §2.9",
          "QEMU parses an L2 table qcheck does not walk (l1EntryUnaligned that QEMU also reports as "
          "\"Table is not cluster aligned\", or an L2 table that loses a metadataOverlap): QEMU's own "
@@ -616,6 +669,10 @@ RULES = [
          "a header or extension problem (codes 1xx, 2xx) counts 1 in qcheck's corruptions and nothing in "
          "QEMU's, on an image QEMU also counts corruptions in",
          item=_header_finding_counted),
+    Rule("compressed-bitmap-range", "§2.10",
+         "QEMU does not count the host range of a compressed entry with a subcluster bitmap (R11) and "
+         "calls its clusters leaked; qcheck reports compressedSubclusterBitmap and counts the range",
+         item=_compressed_bitmap_range),
     Rule("overflow-per-cluster", "§2.10",
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
          item=_overflow_per_cluster),
@@ -625,8 +682,9 @@ RULES = [
          "no counts to compare",
          frees=_qemu_refused),
     Rule("companions-missing", "§2.7",
-         "the backing or data file the image names is not there: QEMU cannot open it, qcheck does not "
-         "need it", frees=_companions_missing),
+         "the backing or data file the image names is not there (or an external data file is not "
+         "named: dataFileNameMissing, an info of §2.6): QEMU cannot open the image, qcheck does not "
+         "need the file", frees=_companions_missing),
 ]
 
 

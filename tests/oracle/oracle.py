@@ -247,7 +247,7 @@ class Oracle:
     def _examine(self, subj, base, orig, out, facts):
         pair = self.check_pair(orig, "check", out)
         self.cs = pair.cs or 65536
-        facts.update(qemu=pair.qemu.rc, qcheck=pair.qcheck.rc)
+        facts.update(qemu=pair.qemu.rc, qcheck=pair.qcheck.rc, ids=sorted(i for i in pair.ids if i))
         if pair.qcheck.rc in (63,) and pair.qemu.rc == 63:
             return
         snaps = self.snapshot_list(orig)
