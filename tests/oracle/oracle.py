@@ -335,6 +335,23 @@ class Oracle:
                             "before: qcheck %s; qemu-img fixed %s/%s" % (
                                 ", ".join(sorted(pair.ids)) or "-", qj.get("leaks-fixed", 0),
                                 qj.get("corruptions-fixed", 0))))
+        # Both repaired an image they counted alike, to exit 0: they must say
+        # they fixed the same numbers (QEMU's fixed counts are what its
+        # repair changed; qcheck's are the counts before minus after).
+        # Not with persistent bitmaps: QEMU's read-write open rewrites them
+        # and its repair then frees the clusters its own open leaked
+        # (differences §5.2).
+        bitmaps = ((pair.qc.get("header") or {}).get("autoclear-features", 0) & 1) or \
+            {"bitmapsWithoutAutoclear", "bitmapInUse"} & pair.ids
+        counted_alike = pair.qm and pair.qc and pair.qemu.rc == pair.qcheck.rc and not bitmaps and all(
+            pair.qm.get(k, 0) == pair.qc.get(k, 0) for k in cmp.COUNT_KEYS)
+        if counted_alike and qr.rc == 0 and cr.rc == 0:
+            self.fired["fixed-counts-compared"] += 1
+            for k in ("leaks-fixed", "corruptions-fixed"):
+                if qj.get(k, 0) != cj.get(k, 0):
+                    out.append(("%s: both repair an image they counted alike to exit 0, but %s differs" % (label, k),
+                                "qemu-img %s, qcheck %s (before: %s)" % (qj.get(k, 0), cj.get(k, 0), ", ".join(
+                                    "%s %s" % (c, pair.qc.get(c, 0)) for c in cmp.COUNT_KEYS))))
         if refused:
             if file_sha256(os.path.join(cd, IMG)) != file_sha256(os.path.join(orig, IMG)):
                 out.append(("%s: qcheck refused but changed the file" % label, refused))
