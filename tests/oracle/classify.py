@@ -86,8 +86,9 @@ def _nc(sig, detail, r):
      "past EOF as entries (each \"incomplete\") and loses the following ones; qcheck reports "
      "tooManySnapshots/snapshotTableTruncated once")
 def _nf(sig, detail, r):
-    return "snapshot-incomplete" in sig and re.search(r"tooManySnapshots|snapshotTableTruncated|snapshotTablePastEof",
-                                                      sig)
+    return "snapshot-incomplete" in sig and bool(
+        re.search(r"tooManySnapshots|snapshotTableTruncated|snapshotTablePastEof", sig) or
+        ids(r) & {"tooManySnapshots", "snapshotTableTruncated", "snapshotTablePastEof"})
 
 
 @cls("N-H", "nb_snapshots > 0 with snapshots_offset 0: QEMU parses the header cluster as the snapshot "
