@@ -720,11 +720,11 @@ def main():
             results.append(res)
             print("done %s: %d subjects, %.0f s" % (res.get("seed", res.get("file")), len(res["reports"]),
                                                    sum(r["seconds"] for r in res["reports"])), flush=True)
+            if args.json:  # after every task, so an interrupted run still has its results
+                dump_json(args.json, results)
             for r in res["reports"]:
                 for sig, detail in r["violations"]:
                     print("DISAGREE %s | %s | %s" % (r["id"], sig, detail[:200]), flush=True)
-    if args.json:
-        dump_json(args.json, results)
     bad = summarise(results, time.time() - t0)
     return 1 if bad else 0
 
