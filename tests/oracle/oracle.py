@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import signal
+import struct
 import sys
 import time
 from collections import Counter, defaultdict
@@ -178,12 +179,21 @@ class Oracle:
     # -- guest data ---------------------------------------------------------------
 
     def snapshot_list(self, d):
-        """[(id, name)] from the snapshot table, or None if it cannot be read."""
+        """[(id, name, what `qemu-img snapshot -l` shows and the disk size)]
+        from the snapshot table, or None if it cannot be read. Extra data
+        qcheck does not know is not compared (differences §5.2)."""
         try:
             with q.Image(os.path.join(d, IMG)) as im:
                 if im.header.nb_snapshots > 1000 or im.header.snapshots_offset > im.file_size:
                     return None
-                return [(s.id.decode("latin-1"), s.name.decode("latin-1")) for s in im.snapshots()]
+                out = []
+                for s in im.snapshots():
+                    extra = s.extra + bytes(24)
+                    vm_state = struct.unpack(">Q", extra[:8])[0] if len(s.extra) >= 8 else s.vm_state_size
+                    icount = struct.unpack(">Q", extra[16:24])[0] if len(s.extra) >= 24 else None
+                    out.append((s.id.decode("latin-1"), s.name.decode("latin-1"), s.date_sec, s.date_nsec,
+                                s.vm_clock_nsec, vm_state, s.disk_size, icount))
+                return out
         except Exception:  # noqa: BLE001
             return None
 
@@ -191,7 +201,7 @@ class Oracle:
         """{owner: raw file or error text} read with qemu-img convert:
         "active" and every snapshot id (unique, plain ids only)."""
         owners = [("active", [])]
-        ids = [i for i, _ in snapshots or []]
+        ids = [sn[0] for sn in snapshots or []]
         for sid in ids:
             if sid and ids.count(sid) == 1 and re.fullmatch(r"[A-Za-z0-9_.-]+", sid):
                 owners.append((sid, ["-l", "snapshot.id=" + sid]))
@@ -407,8 +417,12 @@ class Oracle:
         if after is None:
             out.append(("implication 4 (%s): the snapshot table cannot be read after the repair" % label, ""))
         elif after != before[:keep]:
-            out.append(("implication 4 (%s): the snapshot list changed" % label,
-                        "before %s, after %s (the notes keep %d)" % (before[:6], after[:6], keep)))
+            lost = [b for b in before[:keep] if b not in after]
+            what = "ids or names" if [b[:2] for b in before[:keep]] != [a[:2] for a in after] else \
+                "date, VM state, VM clock, disk size or icount"
+            out.append(("implication 4 (%s): the snapshot list changed (%s)" % (label, what),
+                        "before %s, after %s (the notes keep %d)" % (lost[:3], [a for a in after if a not in before][:3],
+                                                                     keep)))
 
     def check_guest(self, label, orig, cd, guest0, guest1, view0, aliased, notes, rep, cs, out):
         drops, complete = run_repairs.dropped_ranges(notes)
