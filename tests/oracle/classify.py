@@ -49,7 +49,7 @@ def _k3(sig, detail, r):
 
 @cls("K4", "command-line contract (-f qcow2 on a file that is not qcow2 exits 63, not 1)")
 def _k4(sig, detail, r):
-    return "not in qcowN format), qcheck exit 63" in sig
+    return re.search(r"(not in qcowN format|Unsupported qcowN version N)\), qcheck exit 63", sig) is not None
 
 
 @cls("N-A", "an L1 entry with host offset 0 but COPIED or reserved bits set: QEMU follows it to cluster 0 "
@@ -82,10 +82,15 @@ def _nc(sig, detail, r):
     return bool(m) and int(m.group(1)) > int(m.group(2)) and int(m.group(1)) > r.get("facts", {}).get("file", 1 << 62)
 
 
-@cls("N-F", "a snapshot table that runs past the end of the file (count or entry sizes): QEMU reads zeros "
-     "past EOF as entries (each \"incomplete\") and loses the following ones; qcheck reports "
-     "tooManySnapshots/snapshotTableTruncated once")
+@cls("N-F", "a snapshot table that runs past the end of the file (count, offset or entry sizes): QEMU "
+     "zero-fills what it reads past EOF, accepting a cut entry or reading zeros as entries (each "
+     "\"incomplete\"; its -r all writes them back as phantom snapshots); qcheck reports "
+     "tooManySnapshots/snapshotTableTruncated/snapshotTablePastEof, cannot repair some of them, and "
+     "orphans what the lost entries owned")
 def _nf(sig, detail, r):
+    if re.search(r"snapshotTableTruncated|snapshotTablePastEof|tooManySnapshots", sig) and (
+            "only by qcheck" in sig or sig.startswith("implication 2")):
+        return True
     return "snapshot-incomplete" in sig and bool(
         re.search(r"tooManySnapshots|snapshotTableTruncated|snapshotTablePastEof", sig) or
         ids(r) & {"tooManySnapshots", "snapshotTableTruncated", "snapshotTablePastEof"})
@@ -125,10 +130,11 @@ def _nm(sig, detail, r):
     return "total-clusters differs" in sig
 
 
-@cls("N-E", "a backing-format extension that is empty (or in an image without a backing file): QEMU "
-     "accepts it, qcheck calls it a corruption (backingFormatInvalid, exit 2)")
+@cls("N-E", "header details QEMU tolerates that qcheck calls corruptions (exit 2 where QEMU says 0): an empty "
+     "backing-format extension, a backing file name that starts inside the header")
 def _ne(sig, detail, r):
-    return "backingFormatInvalid" in sig and ("only by qcheck" in sig or sig.startswith("implication 2"))
+    return bool(re.search(r"backingFormatInvalid|backingNameOverlapsExtensions", sig)) and (
+        "only by qcheck" in sig or sig.startswith("implication 2"))
 
 
 @cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "

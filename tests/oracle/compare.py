@@ -166,9 +166,11 @@ def qcheck_events(result, cluster_size):
         if not kind:
             continue
         cat = QCHECK_CATEGORY.get(p["id"], p["id"])
-        if p["id"] in ("compressedRangeInvalid", "bitmapTableEntryInvalid") and \
-                re.search(r"past the end of the file|extends past the end", p.get("message", "")):
-            cat = "past-eof"  # QEMU: "counting reference for region exceeding the end of the file"
+        if p["id"] == "compressedRangeInvalid" or (p["id"] == "bitmapTableEntryInvalid" and re.search(
+                r"past the end of the file", p.get("message", ""))):
+            # QEMU: "counting reference for region exceeding the end of the
+            # file" (an offset using bits above 55 is past any file too)
+            cat = "past-eof"
         n = int(p.get("count", 1))
         if cat in CLUSTER_KEYED:
             if p["id"] == "l1CopiedWrong":
@@ -348,7 +350,7 @@ OPEN_REFUSALS = [
      {"backingNameInvalid", "backingNameOverlapsExtensions"}),
     (r"Header extension too large|qcow2_read_extension", {"extensionTruncated", "backingNameOverlapsExtensions"}),
     (r"ext_backing_format", {"backingFormatInvalid"}),
-    (r"CRYPTO header|Missing CRYPTO header", {"encryptionExtensionInvalid"}),
+    (r"CRYPTO header|Encryption header offset", {"encryptionExtensionInvalid"}),
     (r"Active L1 table offset invalid", {"l1OffsetUnaligned", "l1PastEof"}),
     (r"L1 table is too small", {"l1TooSmall"}),
     (r"Reference count table offset invalid", {"reftableOffsetUnaligned", "reftablePastEof"}),
@@ -431,7 +433,7 @@ def _l2_tables_not_walked(pair):
     aligned", R6), or an L2 table that loses a metadataOverlap (§2.9)."""
     if "l1EntryUnaligned" in pair.ids and any(e.cat == "l1-unaligned" for e in pair.q_events):
         return True
-    return any(p.get("id") == "metadataOverlap" and p.get("object", "").startswith("L2 table")
+    return any(p.get("id") == "metadataOverlap" and re.match(r"L[12] table", p.get("object", ""))
                for p in pair.qc.get("problems", []))
 
 
@@ -546,6 +548,16 @@ def _compressed_bitmap_range(pair, item):
     return False
 
 
+def _compressed_bitmap_stats(pair):
+    """R11: QEMU stops at such an entry before counting it in the
+    statistics; qcheck counts it as an allocated compressed cluster."""
+    n = sum(1 for e in pair.q_events if e.cat == "compressed-bitmap")
+    if n and "compressedSubclusterBitmap" in pair.ids and \
+            pair.qc.get("allocated-clusters", 0) - pair.qm.get("allocated-clusters", 0) == n:
+        return {"allocated-clusters", "fragmented-clusters", "compressed-clusters"}
+    return ()
+
+
 def _not_in_qemu(pair, item):
     return item[0] == "qcheck" and item[1] in NOT_IN_QEMU_IDS
 
@@ -610,7 +622,8 @@ def _header_finding_counted(pair, item):
 
 def _companions_missing(pair):
     if not pair.qemu_opened and (pair.companions_missing or (
-            "dataFileNameMissing" in pair.ids and "'data-file' is required" in pair.qemu.err)):
+            "dataFileNameMissing" in pair.ids and "'data-file' is required" in pair.qemu.err) or
+            "encrypt.key-secret' is required" in pair.qemu.err):
         return _all_fields()
     return ()
 
@@ -636,10 +649,10 @@ RULES = [
          "clusters it straddles; qcheck reports l2EntryUnaligned and counts nothing: QEMU's refcount, "
          "leak and COPIED events on exactly those clusters, and its image end offset up to their end",
          item=_unaligned_data_followed, frees=_unaligned_data_fields),
-    Rule("l2-table-not-walked", "§2.2, §2.9",
-         "QEMU parses an L2 table qcheck does not walk (l1EntryUnaligned that QEMU also reports as "
-         "\"Table is not cluster aligned\", or an L2 table that loses a metadataOverlap): QEMU's own "
-         "events (qemu side only) and the cluster statistics",
+    Rule("table-not-walked", "§2.2, §2.9",
+         "QEMU parses a table qcheck does not walk (l1EntryUnaligned that QEMU also reports as "
+         "\"Table is not cluster aligned\", or an L1 or L2 table that loses a metadataOverlap): QEMU's "
+         "own events (qemu side only) and the cluster statistics",
          item=_table_not_walked, frees=_table_not_walked_stats),
     Rule("overlap-as-refcount", "§2.9",
          "QEMU has no overlap analysis: a cluster qcheck reports in metadataOverlap or dataOverlapsMetadata "
@@ -671,8 +684,9 @@ RULES = [
          item=_header_finding_counted),
     Rule("compressed-bitmap-range", "§2.10",
          "QEMU does not count the host range of a compressed entry with a subcluster bitmap (R11) and "
-         "calls its clusters leaked; qcheck reports compressedSubclusterBitmap and counts the range",
-         item=_compressed_bitmap_range),
+         "calls its clusters leaked, nor the entry in the statistics; qcheck reports "
+         "compressedSubclusterBitmap and counts both",
+         item=_compressed_bitmap_range, frees=_compressed_bitmap_stats),
     Rule("overflow-per-cluster", "§2.10",
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
          item=_overflow_per_cluster),
@@ -683,8 +697,8 @@ RULES = [
          frees=_qemu_refused),
     Rule("companions-missing", "§2.7",
          "the backing or data file the image names is not there (or an external data file is not "
-         "named: dataFileNameMissing, an info of §2.6): QEMU cannot open the image, qcheck does not "
-         "need the file", frees=_companions_missing),
+         "named: dataFileNameMissing, an info of §2.6; or a LUKS image whose key is not given): QEMU "
+         "cannot open the image, qcheck does not need the file or the key", frees=_companions_missing),
 ]
 
 

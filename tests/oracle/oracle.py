@@ -3,7 +3,8 @@
 mutated images. See docs/oracle.md.
 
     oracle.py --qcheck BUILD/qcheck [--seeds 1-500] [--mutants 10] [--jobs 2]
-              [--images PATH...] [--work DIR] [--only ID] [--keep] [--fast]
+              [--images PATH...] [--catalogue [FILTER]] [--work DIR] [--only ID]
+              [--keep] [--fast] [--json FILE] [--summarise FILE]
 
 --seeds A-B[,C...]  workload seeds (workload.py): each builds one image with a
                     random history, plus a checkpoint after each unclean end
@@ -12,6 +13,8 @@ mutated images. See docs/oracle.md.
                     --images, mutants per image file;
 --images PATH...    image files or folders (corpus/, an AFL++ queue): each file
                     is a subject (and the seed of --mutants mutants);
+--catalogue [F]     the cases of tests/images/cases.py (names containing F),
+                    each with its companion files (and --mutants mutants);
 --only ID           one subject (as printed in a report line);
 --fast              the CI slice: a fixed seed range and mutant count;
 --keep              keep every subject's folder (default: only failing ones).
@@ -286,6 +289,9 @@ class Oracle:
         if missing:
             self.fired["implication1-companions-missing"] += 1
             return
+        if "dataFileNameMissing" in pair.ids:
+            self.fired["implication1-companions-missing"] += 1  # §2.6/§2.7: QEMU must be told the file
+            return
         if "qemuLimitExceeded" in pair.ids:
             self.fired["implication1-qemu-limit"] += 1  # §2.4: valid qcow2 beyond QEMU's limits
             return
@@ -298,7 +304,9 @@ class Oracle:
         if guest is None:
             return
         for owner, res in guest.items():
-            if not os.path.isfile(res) and compressed_read_error(d, owner, res):
+            if not os.path.isfile(res) and "encrypt.key-secret' is required" in res:
+                self.fired["implication1-key-needed"] += 1  # §2.7: qcheck needs no key, QEMU's read does
+            elif not os.path.isfile(res) and compressed_read_error(d, owner, res):
                 # §2.6: neither check decompresses; qemu-img check calls such
                 # an image clean too (the pair was compared above).
                 self.fired["implication1-compressed-data-not-decoded"] += 1
@@ -414,9 +422,11 @@ class Oracle:
             m = SNAPSHOTS_DROPPED_RE.match(n)
             if m:
                 keep = int(m.group(2))
+        def same(b, a):  # a field absent before (None) may be filled in by the repair
+            return len(b) == len(a) and all(x is None or x == y for x, y in zip(b, a))
         if after is None:
             out.append(("implication 4 (%s): the snapshot table cannot be read after the repair" % label, ""))
-        elif after != before[:keep]:
+        elif len(after) != len(before[:keep]) or not all(same(b, a) for b, a in zip(before[:keep], after)):
             lost = [b for b in before[:keep] if b not in after]
             what = "ids or names" if [b[:2] for b in before[:keep]] != [a[:2] for a in after] else \
                 "date, VM state, VM clock, disk size or icount"
@@ -612,6 +622,60 @@ def file_task(args):
     return {"file": path, "reports": reports}
 
 
+def catalogue_task(args):
+    """One case of the corruption catalogue (tests/images/cases.py), built
+    from its base (already in BASES_DIR) and patched as run_cases does,
+    with its companion files beside it, and its mutants."""
+    qcheck, work, name, mutants, only, keep = args
+    src = prepare_case(work, name)
+    oracle = Oracle(qcheck, work, keep)
+    sid0 = "c:" + name
+    repro = "python3 tests/oracle/oracle.py --qcheck %s --catalogue %s --only %s --keep" % (qcheck, name, sid0)
+    subjects = [Subject(sid0, src, {"case": name}, repro)]
+    for k in range(mutants):
+        sid = "%s:m%d" % (sid0, k)
+        md = os.path.join(work, "mutants", sid.replace(":", "_"))
+        copy_files(src, md)
+        what, edits = mutate.mutate(os.path.join(md, IMG), "%s:%d" % (sid0, k))
+        subjects.append(Subject(sid, md, {"case": name, "mutant": k, "mutations": what, "edits": edits},
+                                repro + " --mutants %d" % (k + 1)))
+    reports = [oracle.examine(s) for s in subjects if not only or s.id == only]
+    for s in subjects[1:]:
+        shutil.rmtree(s.src, ignore_errors=True)
+    return {"case": name, "reports": reports}
+
+
+def prepare_case(work, name):
+    """WORK/catalogue/NAME: the case's base (from WORK/catalogue-bases),
+    patched, as IMG, with the base's companion files."""
+    import build_images
+    import cases as catalogue
+    case = next(c for c in catalogue.CASES if c.name == name)
+    base = build_images.BASES[case.base]
+    bases = os.path.join(work, "catalogue-bases")
+    src = os.path.join(work, "catalogue", name)
+    shutil.rmtree(src, ignore_errors=True)
+    os.makedirs(src)
+    shutil.copyfile(os.path.join(bases, base.filename), os.path.join(src, IMG))
+    for f in base.companion_files():
+        shutil.copyfile(os.path.join(bases, f), os.path.join(src, f))
+    if case.patch:
+        with q.Image(os.path.join(src, IMG), writable=True) as image:
+            case.patch(image)
+    return src
+
+
+def catalogue_cases(filter_text, work, jobs):
+    """Names of the catalogue cases whose name contains filter_text (all
+    if empty), after building their bases into WORK/catalogue-bases."""
+    import build_images
+    import cases as catalogue
+    names = [c.name for c in catalogue.CASES if filter_text in c.name]
+    needed = sorted({c.base for c in catalogue.CASES if c.name in names})
+    build_images.build_all(os.path.join(work, "catalogue-bases"), needed, jobs)
+    return names
+
+
 def parse_seeds(text):
     out = []
     for part in text.split(","):
@@ -678,7 +742,8 @@ def summarise(results, elapsed, out=sys.stdout):
     for name, n in sorted(fired.items(), key=lambda x: -x[1]):
         print("  %6d  %s" % (n, name), file=out)
     kinds = Counter("mutant" if "mutant" in r["origin"] else "checkpoint" if "checkpoint" in r["origin"]
-                    else "file" if "file" in r["origin"] else "generated" for r in reports)
+                    else "file" if "file" in r["origin"] else "catalogue case" if "case" in r["origin"]
+                    else "generated" for r in reports)
     bad = sum(1 for r in reports if r["violations"])
     print("\n%d subjects (%s) in %.0f s: %d with disagreements in %d signatures, %d classes (%s)" % (
         len(reports), ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())), elapsed, bad,
@@ -694,6 +759,8 @@ def main():
     ap.add_argument("--seeds", default="")
     ap.add_argument("--mutants", type=int, default=0)
     ap.add_argument("--images", nargs="*", default=[])
+    ap.add_argument("--catalogue", nargs="?", const="", metavar="FILTER",
+                    help="the corruption catalogue of tests/images/cases.py (cases whose name contains FILTER)")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--work", default=os.path.join("/tmp", "qcheck-oracle"))
     ap.add_argument("--only")
@@ -721,6 +788,10 @@ def main():
     tasks += [(file_task, (args.qcheck, work, os.path.abspath(p), args.mutants, args.only, args.keep))
               for p in image_files(args.images)
               if not args.only or not args.only.startswith("f:") or args.only.split(":")[1] == os.path.basename(p)]
+    if args.catalogue is not None:
+        names = catalogue_cases(args.catalogue, work, args.jobs)
+        tasks += [(catalogue_task, (args.qcheck, work, n, args.mutants, args.only, args.keep)) for n in names
+                  if not args.only or args.only.split(":")[1] == n]
     if not tasks:
         print("nothing to do: give --seeds, --images or --fast")
         return 1
@@ -732,7 +803,8 @@ def main():
         for fut in futures:
             res = fut.result()
             results.append(res)
-            print("done %s: %d subjects, %.0f s" % (res.get("seed", res.get("file")), len(res["reports"]),
+            print("done %s: %d subjects, %.0f s" % (res.get("seed", res.get("file", res.get("case"))),
+                                                   len(res["reports"]),
                                                    sum(r["seconds"] for r in res["reports"])), flush=True)
             if args.json:  # after every task, so an interrupted run still has its results
                 dump_json(args.json, results)
