@@ -29,10 +29,14 @@ def muts(report):
     return " ".join(report.get("origin", {}).get("mutations") or [])
 
 
-@cls("K1", "qcheck calls an image clean (exit 0/3) that QEMU refuses to open or check")
+@cls("K1", "QEMU refuses to open or check the image for a header problem qcheck does not report: qcheck "
+     "calls it clean (exit 0/3), or corrupt for other reasons")
 def _k1(sig, detail, r):
     if re.search(r"qemu-img exit 1 \(.*(Could not open|ERROR snapshot table|Check failed).*\), qcheck exit [03]$",
                  sig):
+        return True
+    if re.search(r"qemu-img exit 1 \(.*(Header extension too large|[Ss]napshot table offset invalid|doesn't "
+                 r"satisfy the constraints)", sig):
         return True
     return sig.startswith("implication 1") and "qemu-img info fails" in sig
 
@@ -96,10 +100,15 @@ def _nf(sig, detail, r):
         ids(r) & {"tooManySnapshots", "snapshotTableTruncated", "snapshotTablePastEof"})
 
 
-@cls("N-H", "nb_snapshots > 0 with snapshots_offset 0: QEMU parses the header cluster as the snapshot "
-     "table; qcheck reports snapshotTableUnaligned")
+@cls("N-H", "a header table at offset 0 (the snapshot table with nb_snapshots > 0, the refcount table): QEMU "
+     "parses the header cluster as that table; qcheck reports the table missing or unaligned, does not "
+     "read it, and cannot repair it")
 def _nh(sig, detail, r):
-    return "snapshot-l1" in sig and ("snapshotTableUnaligned" in sig or "snapshotTableUnaligned" in ids(r))
+    if "snapshot-l1" in sig and ("snapshotTableUnaligned" in sig or "snapshotTableUnaligned" in ids(r)):
+        return True
+    if re.search(r"left snapshotTableUnaligned$", sig):
+        return True
+    return "reftable-reserved" in sig and "refcount_table_offset: " in muts(r) and muts(r).rstrip().endswith("-> 0")
 
 
 def ids(r):
@@ -114,14 +123,17 @@ def _ng(sig, detail, r):
         ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"})
 
 
-@cls("N-J", "a header table (active L1, refcount table) that extends past the end of the file: QEMU uses "
-     "the part inside the file (reading zeros beyond), qcheck uses none of it (l1PastEof/reftablePastEof): "
-     "mappings or refcounts inside the file go unchecked")
+@cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
+     "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
+     "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
+     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r all cannot repair it")
 def _nj(sig, detail, r):
+    if "bitmapsExtensionInvalid" in sig and "file cut" in muts(r):
+        return True
     if not ids(r) & {"l1PastEof", "reftablePastEof"}:
         return False
-    return "counted only by qemu-img" in sig or "allocated-clusters differs" in sig or \
-        "fragmented-clusters differs" in sig or "compressed-clusters differs" in sig
+    return "counted only by qemu-img" in sig or "clusters differs" in sig or bool(
+        re.search(r"left (l1PastEof|reftablePastEof)", sig))
 
 
 @cls("N-M", "virtual size not a multiple of 512: QEMU's total-clusters comes from the size rounded down "
@@ -153,6 +165,13 @@ def _nk(sig, detail, r):
      "aligned\", qcheck only dataFileOffsetMismatch")
 def _nd(sig, detail, r):
     return "l2-unaligned" in sig and "dataFileOffsetMismatch" in ids(r)
+
+
+@cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "
+     "structures and reaches exit 0 with the guest data kept; qcheck's leaves metadataOverlap and the "
+     "refcounts alone (exit 2)")
+def _no(sig, detail, r):
+    return bool(re.search(r"implication 2 \(-r all\).*left metadataOverlap", sig))
 
 
 @cls("Q", "QEMU's repair reaches exit 0 by changing guest data (observation, not qcheck's fault)")

@@ -9,7 +9,6 @@ import hashlib
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 
@@ -66,13 +65,6 @@ def file_sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def copy_dir(src, dst):
-    """A fresh copy of an image folder (the image and its companions)."""
-    shutil.rmtree(dst, ignore_errors=True)
-    shutil.copytree(src, dst)
-    return dst
 
 
 def dump_json(path, value):

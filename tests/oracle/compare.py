@@ -358,6 +358,7 @@ OPEN_REFUSALS = [
     (r"bitmaps_ext|[Bb]itmap", BITMAP_IDS),
     (r"[Ss]napshot table|overhanging snapshots|extra metadata in snapshot table", SNAPSHOT_TABLE_IDS),
     (r"Active L1 table too large|Reference count table too large", {"qemuLimitExceeded"}),
+    (r"Image is too big", {"l1TooSmall", "qemuLimitExceeded"}),
 ]
 OPEN_REFUSALS = [(re.compile(r), ids) for r, ids in OPEN_REFUSALS]
 
@@ -384,7 +385,11 @@ def _copied_follows_refcount(pair, item):
         # cluster, or by the refcount of a cluster qcheck did not follow.
         if key in clusters_of(pair.qc, REFCOUNT_IDS):
             return True
-        return any(off // pair.cs == key for off in offsets_named(pair.qc, UNFOLLOWED_IDS))
+        if any(off // pair.cs == key for off in offsets_named(pair.qc, UNFOLLOWED_IDS)):
+            return True
+        # past the end of the file, where qcheck reports entries pointing
+        # (beyond the 20 it names one by one, in its summary finding)
+        return key * pair.cs >= pair.file_size > 0 and bool(pair.ids & {"l1EntryPastEof", "l2EntryPastEof"})
     # qcheck: the computed references disagree with an on-disk refcount
     # that COPIED agrees with (a cross-link, or refcount 0 for a cluster
     # with one reference).
@@ -400,9 +405,15 @@ def _orphans(pair, item):
 def _unaligned_data_followed(pair, item):
     """QEMU counts an unaligned data cluster over the clusters its range
     touches (R14): refcount errors there are QEMU's, not the image's."""
-    side, cat, key, _ = item
-    if side != "qemu" or key is None or "l2EntryUnaligned" not in pair.ids or \
-            cat not in ("refcount-low", "refcount-zero", "leak", "copied", "overflow"):
+    side, cat, key, n = item
+    if side != "qemu" or "l2EntryUnaligned" not in pair.ids:
+        return False
+    if cat == "past-eof":
+        # the unaligned range itself lies past the end of the file
+        offs = {_hex(e.text.split("offset=")[1].split(":")[0]) for e in pair.q_events if e.cat == "l2-unaligned"}
+        return n <= sum(1 for e in pair.q_events if e.cat == "past-eof" and
+                        _hex(e.text.split("offset 0x")[1].split()[0]) in offs)
+    if key is None or cat not in ("refcount-low", "refcount-zero", "leak", "copied", "overflow"):
         return False
     return any(first <= key <= last for first, last in straddled(pair))
 
@@ -647,7 +658,8 @@ RULES = [
     Rule("unaligned-data-followed", "§2.2",
          "QEMU counts an unaligned data or preallocated cluster (\"... is not properly aligned\") over the "
          "clusters it straddles; qcheck reports l2EntryUnaligned and counts nothing: QEMU's refcount, "
-         "leak and COPIED events on exactly those clusters, and its image end offset up to their end",
+         "leak and COPIED events on exactly those clusters, its past-EOF error for that range, and its "
+         "image end offset up to their end",
          item=_unaligned_data_followed, frees=_unaligned_data_fields),
     Rule("table-not-walked", "§2.2, §2.9",
          "QEMU parses a table qcheck does not walk (l1EntryUnaligned that QEMU also reports as "

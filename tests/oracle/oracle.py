@@ -366,7 +366,15 @@ class Oracle:
         if counted_alike and qr.rc == 0 and cr.rc == 0:
             self.fired["fixed-counts-compared"] += 1
             for k in ("leaks-fixed", "corruptions-fixed"):
-                if qj.get(k, 0) != cj.get(k, 0):
+                own = pair.qm.get(k[:-6], 0) - qj.get(k[:-6], 0)  # QEMU's counts before minus after
+                if qj.get(k, 0) != own:
+                    # QEMU's number is not about the image it checked (it
+                    # counts what its own repair broke and fixed again)
+                    self.observations.append((
+                        "qemu-img -r %s: %s is not its own count before minus after" % (mode, k),
+                        "%s %d, %s %d before and %d after (qcheck: %s %d)" % (
+                            k, qj.get(k, 0), k[:-6], pair.qm.get(k[:-6], 0), qj.get(k[:-6], 0), k, cj.get(k, 0))))
+                elif qj.get(k, 0) != cj.get(k, 0):
                     out.append(("%s: both repair an image they counted alike to exit 0, but %s differs" % (label, k),
                                 "qemu-img %s, qcheck %s (before: %s)" % (qj.get(k, 0), cj.get(k, 0), ", ".join(
                                     "%s %s" % (c, pair.qc.get(c, 0)) for c in cmp.COUNT_KEYS))))
@@ -705,24 +713,21 @@ def summarise(results, elapsed, out=sys.stdout):
     """Print the classified report; returns the number of subjects with
     disagreements."""
     reports = [r for res in results for r in res["reports"]]
-    by_sig = defaultdict(list)
     fired = Counter()
+    by_class = defaultdict(lambda: defaultdict(list))  # class -> signature -> [(report, detail)]
     for r in reports:
         fired.update(r["fired"])
         for sig, detail in r["violations"]:
-            by_sig[sig].append((r, detail))
-    by_class = defaultdict(list)
-    for sig, items in by_sig.items():
-        classes = Counter(classify.classify(r, sig, d) for r, d in items)
-        by_class[classes.most_common(1)[0][0]].append(sig)
+            by_class[classify.classify(r, sig, detail)][sig].append((r, detail))
     titles = classify.titles()
     order = sorted(by_class, key=lambda c: (c == "new", c))
     for c in order:
-        subjects = {r["id"] for sig in by_class[c] for r, _ in by_sig[sig]}
+        sigs = by_class[c]
+        subjects = {r["id"] for items in sigs.values() for r, _ in items}
         print("\n=== %s: %s (%d subjects, %d signatures)" % (
-            c, titles.get(c, "not classified yet: look at these"), len(subjects), len(by_class[c])), file=out)
-        for sig in sorted(by_class[c], key=lambda s: (-len(by_sig[s]), s)):
-            items = by_sig[sig]
+            c, titles.get(c, "not classified yet: look at these"), len(subjects), len(sigs)), file=out)
+        for sig in sorted(sigs, key=lambda s: (-len(sigs[s]), s)):
+            items = sigs[sig]
             print("\n[%d] %s" % (len(items), sig), file=out)
             for r, detail in items[:2]:
                 m = r["origin"].get("mutations")
@@ -745,11 +750,11 @@ def summarise(results, elapsed, out=sys.stdout):
                     else "file" if "file" in r["origin"] else "catalogue case" if "case" in r["origin"]
                     else "generated" for r in reports)
     bad = sum(1 for r in reports if r["violations"])
+    nsigs = len({sig for sigs in by_class.values() for sig in sigs})
     print("\n%d subjects (%s) in %.0f s: %d with disagreements in %d signatures, %d classes (%s)" % (
-        len(reports), ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())), elapsed, bad,
-        len(by_sig), len(by_class), ", ".join("%s %d" % (c, len({r["id"] for sig in by_class[c]
-                                                                  for r, _ in by_sig[sig]})) for c in order)),
-        file=out)
+        len(reports), ", ".join("%d %s" % (n, k) for k, n in sorted(kinds.items())), elapsed, bad, nsigs,
+        len(by_class), ", ".join("%s %d" % (c, len({r["id"] for items in by_class[c].values() for r, _ in items}))
+                                 for c in order)), file=out)
     return bad
 
 
