@@ -77,7 +77,6 @@ FAST_SEEDS = "1-6"
 FAST_MUTANTS = 5
 MAX_GUEST_BYTES = 64 << 20
 SUBJECT_SECONDS = 600  # a watchdog: the oracle reports a subject it could not finish  # guest data compared through qemu-img convert up to this size
-KEPT_RE = run_repairs.KEPT_RE
 SNAPSHOTS_DROPPED_RE = re.compile(r"^the snapshot table listed (\d+) snapshots; (\d+) could be read")
 ID_IN_TEXT_RE = re.compile(r"\(([a-z][A-Za-z0-9]+)\)|\b([a-z]+[A-Z][A-Za-z0-9]+)\b")
 
