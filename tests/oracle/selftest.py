@@ -31,13 +31,20 @@ from common import QEMU_IMG, QEMU_IO, Result, qcow2lib as q, run  # noqa: E402
 IMG = oracle.IMG
 
 
-def cut_inside_l1(d):
-    """An image cut in the middle of its one-entry L1 table (which then
-    ends 4 bytes past the end of the file): QEMU accepts it (R2), qcheck
-    reports l1PastEof."""
+def l2_table_cut(d):
+    """The L2 table moved to the last cluster of the file, and the file cut
+    in the middle of it: QEMU accepts a table ending less than one cluster
+    past the end (R2) and reads zeros for the rest, qcheck reports
+    l1EntryPastEof."""
     run([QEMU_IMG, "create", "-f", "qcow2", IMG, "64M"], cwd=d)
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 64k", IMG], cwd=d)
     with q.Image(os.path.join(d, IMG), writable=True) as im:
-        im.truncate(im.header.l1_table_offset + 4)
+        cs = im.cluster_size
+        old = im.l1()[0] & q.OFFSET_MASK
+        new = im.append_clusters(im.read(old, cs))
+        im.set_l1_entry(0, q.OFLAG_COPIED | new)
+        im.free_clusters(old, cs)
+        im.truncate(new + cs // 2)
 
 
 def shared_past_max(d):
@@ -66,7 +73,7 @@ CASES = {
     "refcounts-unknown": ("reftable_entry_unaligned", {"reftableEntryUnaligned"}),
     "checks-qemu-does-not-make": ("l2_zero_flag_v2", {"l2ZeroFlagInvalid"}),
     "data-file-copied-warning": ("data_file_copied_missing", {"dataFileCopiedMissing"}),
-    "past-eof-tolerance": (cut_inside_l1, {"l1PastEof"}),
+    "past-eof-tolerance": (l2_table_cut, {"l1EntryPastEof"}),
     "header-finding-counted": ("hdr_reftable_clusters_0", {"reftableMissing"}),
     "compressed-bitmap-range": ("extl2_compressed_bitmap", {"compressedSubclusterBitmap"}),
     "overflow-per-cluster": (shared_past_max, {"refcountOverflow"}),
