@@ -259,7 +259,8 @@ class Oracle:
     def _examine(self, subj, base, orig, out, facts):
         pair = self.check_pair(orig, "check", out)
         self.cs = pair.cs or 65536
-        facts.update(qemu=pair.qemu.rc, qcheck=pair.qcheck.rc, ids=sorted(i for i in pair.ids if i))
+        facts.update(qemu=pair.qemu.rc, qcheck=pair.qcheck.rc, ids=sorted(i for i in pair.ids if i),
+                     data_file=bool((pair.qc.get("header") or {}).get("external-data-file")))
         if pair.qcheck.rc in (63,) and pair.qemu.rc == 63:
             return
         snaps = self.snapshot_list(orig)
@@ -576,7 +577,8 @@ def seed_task(args):
     examine them; returns the reports."""
     qcheck, work, seed, mutants, only, keep = args
     oracle = Oracle(qcheck, work, keep)
-    wdir = os.path.join(work, "workloads", str(seed))
+    # (one folder per subject when re-examining one: tasks of a seed may run at once)
+    wdir = os.path.join(work, "workloads", str(seed) + ("-" + only if only else ""))
     rec, checkpoints = workload.build(seed, wdir)
     bases = [("w%d" % seed, wdir, {"seed": seed})]
     bases += [("w%dc%d" % (seed, i), cp, {"seed": seed, "checkpoint": i}) for i, cp in enumerate(checkpoints)]
@@ -609,7 +611,7 @@ def file_task(args):
     qcheck, work, path, mutants, only, keep = args
     oracle = Oracle(qcheck, work, keep)
     name = os.path.basename(path)
-    src = os.path.join(work, "files", name)
+    src = os.path.join(work, "files", name + ("-" + only.replace(":", "_") if only else ""))
     shutil.rmtree(src, ignore_errors=True)
     os.makedirs(src)
     shutil.copyfile(path, os.path.join(src, IMG))
@@ -634,7 +636,7 @@ def catalogue_task(args):
     from its base (already in BASES_DIR) and patched as run_cases does,
     with its companion files beside it, and its mutants."""
     qcheck, work, name, mutants, only, keep = args
-    src = prepare_case(work, name)
+    src = prepare_case(work, name, "-" + only.replace(":", "_") if only else "")
     oracle = Oracle(qcheck, work, keep)
     sid0 = "c:" + name
     repro = "python3 tests/oracle/oracle.py --qcheck %s --catalogue %s --only %s --keep" % (qcheck, name, sid0)
@@ -652,15 +654,16 @@ def catalogue_task(args):
     return {"case": name, "reports": reports}
 
 
-def prepare_case(work, name):
-    """WORK/catalogue/NAME: the case's base (from WORK/catalogue-bases),
-    patched, as IMG, with the base's companion files."""
+def prepare_case(work, name, suffix=""):
+    """WORK/catalogue/NAME[SUFFIX]: the case's base (from
+    WORK/catalogue-bases), patched, as IMG, with the base's companion
+    files."""
     import build_images
     import cases as catalogue
     case = next(c for c in catalogue.CASES if c.name == name)
     base = build_images.BASES[case.base]
     bases = os.path.join(work, "catalogue-bases")
-    src = os.path.join(work, "catalogue", name)
+    src = os.path.join(work, "catalogue", name + suffix)
     shutil.rmtree(src, ignore_errors=True)
     os.makedirs(src)
     shutil.copyfile(os.path.join(bases, base.filename), os.path.join(src, IMG))
@@ -757,6 +760,50 @@ def summarise(results, elapsed, out=sys.stdout):
     return bad
 
 
+def recheck(args):
+    """Re-examine selected subjects of an earlier run with the code as it is
+    now (a rule narrowed or a check added since), and print the merged
+    report."""
+    with open(args.recheck) as f:
+        results = json.load(f)
+    rules = set(filter(None, args.rules.split(",")))
+    picked = {}
+    for res in results:
+        for r in res["reports"]:
+            if r["violations"] or (rules & set(r["fired"])):
+                picked[r["id"]] = r
+    tasks = []
+    for sid, r in picked.items():
+        o = r["origin"]
+        m = o.get("mutant")
+        n = 0 if m is None else m + 1
+        if "seed" in o:
+            tasks.append((seed_task, (args.qcheck, os.path.abspath(args.work), o["seed"], n, sid, args.keep)))
+        elif "case" in o:
+            tasks.append((catalogue_task, (args.qcheck, os.path.abspath(args.work), o["case"], n, sid, args.keep)))
+        elif "file" in o:
+            tasks.append((file_task, (args.qcheck, os.path.abspath(args.work), o["file"], n, sid, args.keep)))
+    if any(f is catalogue_task for f, _ in tasks):
+        catalogue_cases("", os.path.abspath(args.work), args.jobs)
+    print("recheck: %d of %d subjects" % (len(tasks), sum(len(res["reports"]) for res in results)), flush=True)
+    t0 = time.time()
+    fresh = {}
+    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
+        for res in pool.map(_run_task, tasks):
+            for r in res["reports"]:
+                fresh[r["id"]] = r
+    for res in results:
+        res["reports"] = [fresh.get(r["id"], r) for r in res["reports"]]
+    if args.json:
+        dump_json(args.json, results)
+    return 1 if summarise(results, time.time() - t0) else 0
+
+
+def _run_task(task):
+    f, a = task
+    return f(a)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--qcheck")
@@ -773,10 +820,16 @@ def main():
         FAST_SEEDS, FAST_MUTANTS))
     ap.add_argument("--json", help="write every report to this file")
     ap.add_argument("--summarise", metavar="JSON", help="print the report of a --json file again")
+    ap.add_argument("--recheck", metavar="JSON",
+                    help="examine again, with this code, the subjects of a --json file that disagreed or needed "
+                         "one of --rules (default: all rules); the others are kept as they were")
+    ap.add_argument("--rules", default="", help="comma-separated rule names for --recheck")
     args = ap.parse_args()
     if args.summarise:
         with open(args.summarise) as f:
             return 1 if summarise(json.load(f), 0) else 0
+    if args.recheck:
+        return recheck(args)
     if args.fast:
         args.seeds, args.mutants = args.seeds or FAST_SEEDS, args.mutants or FAST_MUTANTS
     if not args.qcheck or not os.access(args.qcheck, os.X_OK):
