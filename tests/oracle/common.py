@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import resource
+import struct
 import subprocess
 import sys
 
@@ -57,6 +58,44 @@ def run(argv, cwd=None, timeout=TIMEOUT):
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode("latin-1") if isinstance(e.stdout, bytes) else (e.stdout or "")
         return Result(argv, None, out, "timed out after %d s" % timeout)
+
+
+class SafeImage(qcow2lib.Image):
+    """qcow2lib.Image for files whose fields may be hostile. qcow2lib is
+    written for well-formed images: it computes 1 << cluster_bits and
+    zero-pads reads past the end of the file to the length asked for, so a
+    mutated cluster_bits of 2^32-1 or an extra_data_size of 4 GiB would hang
+    it or exhaust memory. Here those fields are checked first and no read
+    may exceed MAX_READ bytes (ValueError instead)."""
+
+    MAX_READ = 64 << 20
+
+    def __init__(self, path, writable=False):
+        with open(path, "rb") as f:
+            head = f.read(104)
+        if len(head) < 72:
+            raise ValueError("too short for a qcow2 header")
+        version, = struct.unpack(">I", head[4:8])
+        cluster_bits, = struct.unpack(">I", head[20:24])
+        if not 9 <= cluster_bits <= 30:
+            raise ValueError("cluster_bits %d" % cluster_bits)
+        if version >= 3 and len(head) >= 100 and struct.unpack(">I", head[96:100])[0] > 6:
+            raise ValueError("refcount_order")
+        super().__init__(path, writable)
+
+    def read(self, offset, length):
+        if not 0 <= length <= self.MAX_READ or offset < 0:
+            raise ValueError("a read of %d bytes at %d" % (length, offset))
+        return super().read(offset, length)
+
+
+def open_image(path, writable=False):
+    return SafeImage(path, writable)
+
+
+# The oracle's processes use only the safe reader, also where the image
+# tests' own helpers (run_repairs' guest reader) open images.
+qcow2lib.Image = SafeImage
 
 
 def file_sha256(path):

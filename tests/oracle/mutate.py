@@ -47,7 +47,7 @@ import sys
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import qcow2lib as q  # noqa: E402
+from common import open_image, qcow2lib as q  # noqa: E402
 
 FIELD_SIZES = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 
@@ -433,7 +433,7 @@ class Mutator:
             name = self.rng.choices(names, weights)[0]
             before = len(self.edits)
             try:
-                self.im = q.Image(self.path, writable=True)
+                self.im = open_image(self.path, writable=True)
                 what = getattr(self, name)()
                 if len(self.edits) > before:
                     done.append(what)

@@ -67,7 +67,7 @@ import classify  # noqa: E402
 import compare as cmp  # noqa: E402
 import mutate  # noqa: E402
 import workload  # noqa: E402
-from common import IMAGES_DIR, QEMU_IMG, REPO, dump_json, file_sha256, qcow2lib as q, run  # noqa: E402
+from common import IMAGES_DIR, QEMU_IMG, REPO, dump_json, file_sha256, open_image, qcow2lib as q, run  # noqa: E402
 
 sys.path.insert(0, IMAGES_DIR)
 import run_repairs  # noqa: E402  (the pure-Python guest reader and the note parser)
@@ -119,7 +119,7 @@ class Oracle:
         if h.get("cluster-size"):
             return h["cluster-size"]
         try:
-            with q.Image(os.path.join(d, IMG)) as im:
+            with open_image(os.path.join(d, IMG)) as im:
                 return im.cluster_size if 9 <= im.cluster_bits <= 30 else 0
         except Exception:  # noqa: BLE001 - a file too broken to read
             return 0
@@ -128,7 +128,7 @@ class Oracle:
         """Backing or data file names the image gives that are not in d."""
         missing = []
         try:
-            with q.Image(os.path.join(d, IMG)) as im:
+            with open_image(os.path.join(d, IMG)) as im:
                 h = im.header
                 if h.backing_file_offset and h.backing_file_size and h.backing_file_offset < im.cluster_size:
                     missing.append(im.backing_name.decode("latin-1"))
@@ -185,7 +185,7 @@ class Oracle:
         from the snapshot table, or None if it cannot be read. Extra data
         qcheck does not know is not compared (differences §5.2)."""
         try:
-            with q.Image(os.path.join(d, IMG)) as im:
+            with open_image(os.path.join(d, IMG)) as im:
                 if im.header.nb_snapshots > 1000 or im.header.snapshots_offset > im.file_size:
                     return None
                 out = []
@@ -219,7 +219,7 @@ class Oracle:
 
     def virtual_size(self, d):
         try:
-            with q.Image(os.path.join(d, IMG)) as im:
+            with open_image(os.path.join(d, IMG)) as im:
                 return im.header.size
         except Exception:  # noqa: BLE001
             return 1 << 62
@@ -488,7 +488,7 @@ def compressed_read_error(d, owner, error):
     if not m:
         return False
     try:
-        with q.Image(os.path.join(d, IMG)) as im:
+        with open_image(os.path.join(d, IMG)) as im:
             l1_off, l1_size = im.header.l1_table_offset, im.header.l1_size
             if owner != "active":
                 s = [s for s in im.snapshots() if s.id.decode("latin-1") == owner][0]
@@ -509,7 +509,7 @@ def guest_view(d, snaps):
     mutated size field would have it walk 2^60 bytes)."""
     path = os.path.join(d, IMG)
     try:
-        with q.Image(path) as im:
+        with open_image(path) as im:
             sizes = [im.header.size]
             if im.header.nb_snapshots:
                 if snaps is None:
@@ -670,7 +670,7 @@ def prepare_case(work, name, suffix=""):
     for f in base.companion_files():
         shutil.copyfile(os.path.join(bases, f), os.path.join(src, f))
     if case.patch:
-        with q.Image(os.path.join(src, IMG), writable=True) as image:
+        with open_image(os.path.join(src, IMG), writable=True) as image:
             case.patch(image)
     return src
 
