@@ -32,11 +32,11 @@ def muts(report):
 @cls("K1", "QEMU refuses to open or check the image for a header problem qcheck does not report: qcheck "
      "calls it clean (exit 0/3), or corrupt for other reasons")
 def _k1(sig, detail, r):
+    if "doesn't satisfy the constraints" in sig:
+        return False  # N-U
     if re.search(r"qemu-img exit 1 \(.*(Could not open|ERROR snapshot table|Check failed).*\), qcheck exit [03]$",
                  sig):
         return True
-    if "doesn't satisfy the constraints" in sig:
-        return False  # N-U
     if re.search(r"qemu-img exit 1 \(.*(Header extension too large|[Ss]napshot table offset invalid)", sig):
         return True
     return sig.startswith("implication 1") and "qemu-img info fails" in sig
