@@ -70,6 +70,9 @@ def _na(sig, detail, r):
     m = muts(r)
     if re.search(r"L1 entry \d+: (COPIED toggled|reserved bit \d+ set|bit \d+ flipped) \(0x0 ->", m):
         return True
+    for new in re.findall(r"L1 entry \d+: [^;]*-> 0x([0-9a-f]+)\)", m):
+        if int(new, 16) and not int(new, 16) & 0x00FFFFFFFFFFFE00:
+            return True  # an L1 entry left with flags but no offset
     if ("l2-reserved" in sig or "past-eof" in sig) and "0x114649fb" in detail:
         return True  # QEMU read the header (magic 0x514649fb) as an L2 table
     # -r all cleared an L1 entry's reserved bits and left COPIED on offset 0

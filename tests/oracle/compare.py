@@ -396,6 +396,25 @@ def _copied_follows_refcount(pair, item):
     return key in clusters_of(pair.qc, REFCOUNT_IDS - {"refcountOrphan"})
 
 
+SKIPPED_IDS = UNFOLLOWED_IDS | {
+    "metadataOverlap", "reftableEntryPastEof", "reftableEntryUnaligned", "reftableEntryReservedBits",
+    "snapshotL1Unaligned", "snapshotL1PastEof", "snapshotL1TooLarge", "snapshotTableTruncated",
+    "snapshotTablePastEof", "snapshotTableUnaligned", "tooManySnapshots", "compressedRangeInvalid", "l1PastEof"}
+
+
+def _copied_clear_not_judged(pair, item):
+    """§2.3: when a structure was skipped, "a COPIED flag that is clear
+    where only one reference was found is not reported either": QEMU's
+    OFLAG_COPIED error for an entry without COPIED and refcount 1."""
+    side, cat, key, n = item
+    if side != "qemu" or cat != "copied" or key is None or not pair.ids & SKIPPED_IDS:
+        return False
+    clear = [e for e in pair.q_events if e.cat == "copied" and e.key == key and
+             re.search(r"_entry=([0-9a-f]+) refcount=1$", e.text) and
+             not _hex(re.search(r"_entry=([0-9a-f]+)", e.text).group(1)) >> 63]
+    return len(clear) >= n
+
+
 def _orphans(pair, item):
     side, cat, key, _ = item
     return side == "qemu" and cat == "leak" and key is not None and \
@@ -661,6 +680,10 @@ RULES = [
          "on-disk refcount it reports wrong (the on-disk value agrees with COPIED: a cross-link, or "
          "refcount 0 for a cluster with one reference)",
          item=_copied_follows_refcount),
+    Rule("copied-clear-not-judged", "§2.3",
+         "a structure qcheck skipped (" + ", ".join(sorted(SKIPPED_IDS)) + "): QEMU's OFLAG_COPIED error for "
+         "an entry whose COPIED is clear with refcount 1, which qcheck does not report then",
+         item=_copied_clear_not_judged),
     Rule("orphans-not-leaks", "§2.3",
          "a leak in QEMU's count is a refcountOrphan warning in qcheck's, for the same cluster",
          item=_orphans),

@@ -63,10 +63,23 @@ def shared_past_max(d):
         im.set_refcount(first // im.cluster_size, 3)
 
 
+def copied_cleared_and_block_past_eof(d):
+    """COPIED cleared on a data cluster with one reference, and an unused
+    refcount table entry pointing past the end of the file: qcheck skips
+    that block and, as §2.3 says, does not judge a clear COPIED then."""
+    run([QEMU_IMG, "create", "-f", "qcow2", IMG, "64M"], cwd=d)
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 128k", IMG], cwd=d)
+    with q.Image(os.path.join(d, IMG), writable=True) as im:
+        r = im.data_refs()[1]
+        im.set_l2_entry(r.l1_index, r.l2_index, r.entry & ~q.OFLAG_COPIED)
+        im.set_reftable_entry(100, q.align_up(im.file_size, im.cluster_size) + 64 * im.cluster_size)
+
+
 # rule -> (catalogue case name or builder, ids the rule is conditioned on)
 CASES = {
     "copied-vs-computed-refcount": ("leak_data_cluster", {"refcountLeak"}),
     "orphans-not-leaks": ("snap_l1_unaligned", {"refcountOrphan"}),
+    "copied-clear-not-judged": (copied_cleared_and_block_past_eof, {"reftableEntryPastEof"}),
     "unaligned-data-followed": ("l2_unaligned", {"l2EntryUnaligned"}),
     "table-not-walked": ("l1_unaligned", {"l1EntryUnaligned"}),
     "overlap-as-refcount": ("overlap_data_on_refblock", {"dataOverlapsMetadata"}),
