@@ -819,15 +819,18 @@ def main():
     ap.add_argument("--fast", action="store_true", help="the CI slice: --seeds %s --mutants %d" % (
         FAST_SEEDS, FAST_MUTANTS))
     ap.add_argument("--json", help="write every report to this file")
-    ap.add_argument("--summarise", metavar="JSON", help="print the report of a --json file again")
+    ap.add_argument("--summarise", metavar="JSON", nargs="+", help="print the report of --json files again (merged)")
     ap.add_argument("--recheck", metavar="JSON",
                     help="examine again, with this code, the subjects of a --json file that disagreed or needed "
                          "one of --rules (default: all rules); the others are kept as they were")
     ap.add_argument("--rules", default="", help="comma-separated rule names for --recheck")
     args = ap.parse_args()
     if args.summarise:
-        with open(args.summarise) as f:
-            return 1 if summarise(json.load(f), 0) else 0
+        results = []
+        for path in args.summarise:
+            with open(path) as f:
+                results += json.load(f)
+        return 1 if summarise(results, 0) else 0
     if args.recheck:
         return recheck(args)
     if args.fast:
