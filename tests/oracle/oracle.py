@@ -156,6 +156,7 @@ class Oracle:
                         os.path.getsize(path))
         v = cmp.compare(pair, label)
         out.extend(v.disagreements)
+        self.observations.extend(v.observations)
         self.fired.update(v.fired)
         if not human:
             return pair
@@ -297,8 +298,9 @@ class Oracle:
             return
         info = self.qemu_run(d, "info", "-f", "qcow2", IMG)
         if info.rc != 0:
+            why = [ln for ln in re.sub(r"(to fix\.)(?=\S)", "\\1\n", info.err).splitlines() if ln.strip()]
             out.append(("implication 1 (%s): qcheck exit %s but qemu-img info fails: %s" % (
-                label, pair.qcheck.rc, cmp.normalise(info.err.strip().splitlines()[-1] if info.err.strip() else "")),
+                label, pair.qcheck.rc, cmp.normalise(why[-1] if why else "")),
                 "qcheck ids: %s" % ", ".join(sorted(pair.ids))))
             return
         if guest is None:
@@ -340,7 +342,7 @@ class Oracle:
             elif left and set(left) <= cmp.NOT_IN_QEMU_IDS:
                 # §2.6: what is left is a corruption QEMU's check does not see
                 self.fired["implication2-checks-qemu-does-not-make"] += 1
-            elif (qemu_destroyed := self.qemu_changed_guest(qd, guest0, snaps, aliased)):
+            elif (qemu_destroyed := self.qemu_changed_guest(qd, guest0, snaps, view0, aliased)):
                 # QEMU's "repair" reached exit 0 by changing guest data: no
                 # standard for qcheck to meet (reported as an observation).
                 self.observations.append(("qemu-img -r %s reaches exit 0 by changing guest data (%s); "
@@ -401,21 +403,29 @@ class Oracle:
         # (3) guest data kept outside the dropped ranges
         self.check_guest(label, orig, cd, guest0, guest1, view0, aliased, notes, rep, pair.cs, out)
 
-    def qemu_changed_guest(self, qd, guest0, snaps, aliased):
-        """Which guest data (active, snapshot ids) QEMU's repair changed,
-        among what qemu-img could read before; "" if none."""
-        if not guest0:
-            return ""
-        after = self.read_guest(qd, "qemu-repaired", snaps)
-        changed = []
-        for owner, raw0 in guest0.items():
+    def qemu_changed_guest(self, qd, guest0, snaps, view0, aliased):
+        """Which guest data (active, snapshot ids) QEMU's repair changed; ""
+        if none. Through qemu-img convert where it read the owner before,
+        else through the pure-Python reader (which skips the clusters it
+        cannot read, so a snapshot with one broken entry is still compared
+        everywhere else)."""
+        changed, compared = [], set()
+        after = self.read_guest(qd, "qemu-repaired", snaps) if guest0 else {}
+        for owner, raw0 in (guest0 or {}).items():
             if not os.path.isfile(raw0):
                 continue
+            compared.add(owner)
             raw1 = after.get(owner)
             skip = [(g * self.cs, g * self.cs + self.cs - 1) for o, g in aliased if o == owner]
             if not raw1 or not os.path.isfile(raw1) or differing_range(raw0, raw1, skip, self.cs) is not None:
-                changed.append(owner if owner == "active" else "snapshot " + owner)
-        return ", ".join(changed)
+                changed.append(owner)
+        rest = {k: v for k, v in (view0 or {}).items() if k not in compared}
+        if rest:
+            view1, _ = guest_view(qd, self.snapshot_list(qd))
+            for owner in rest if view1 is not None else ():
+                if run_repairs.compare_views({owner: rest[owner]}, view1, [], self.cs, aliased)[0]:
+                    changed.append(owner)
+        return ", ".join(o if o == "active" else "snapshot " + o for o in changed)
 
     @staticmethod
     def names_problem_id(text):
