@@ -80,9 +80,10 @@ def _na(sig, detail, r):
     if "l1EntryReservedBits" in ids(r) and re.search(r"counted only by qemu-img: .*(l2-reserved|past-eof)", sig) \
             and "only by qcheck: -" in sig:
         return True  # an L1 entry with reserved bits and no offset: QEMU parsed the header as an L2 table
-    # -r all cleared an L1 entry's reserved bits and left COPIED on offset 0
-    return sig.startswith("after qcheck -r all") and "l1EntryReservedBits" in ids(r) and (
-        "counted only by qemu-img" in sig or "clusters differs" in sig)
+    # an L1 entry with reserved bits and offset 0 (or, after -r all cleared
+    # the bits, COPIED and offset 0): QEMU walks the header as an L2 table
+    return "l1EntryReservedBits" in ids(r) and (
+        sig.startswith("after qcheck -r all") and "counted only by qemu-img" in sig or "clusters differs" in sig)
 
 
 @cls("N-B", "an L2 table shared by several L1 tables (active and snapshots): QEMU counts each bad entry "
