@@ -14,8 +14,12 @@
 # $QC_FUZZ_WORK/findings/HARNESS/, the queue is reduced with afl-cmin, the
 # reduced queue is replayed through the replay driver built with gcc's
 # ASan + UBSan (catching what the plain instances could not see), and the
-# totals (execs, CPU time, crashes, hangs) are printed. To keep a finding,
-# copy its minimised file to corpus/regressions/ once it is fixed.
+# totals (execs, CPU time, crashes, hangs) are printed. Last, the
+# differential oracle (tests/oracle/oracle.py, docs/oracle.md) compares
+# qcheck with qemu-img on every file of the reduced queue and checks its
+# implications (QC_ORACLE=0 skips this; its report is in
+# $QC_FUZZ_WORK/oracle-HARNESS.txt). To keep a finding, copy its minimised
+# file to corpus/regressions/ once it is fixed.
 set -euo pipefail
 
 harness=${1:?usage: fuzz/campaign.sh header|check|repair SECONDS [JOBS]}
@@ -37,6 +41,7 @@ build() { # build DIR [cmake arguments...]
 build "$work/afl" -DQC_FUZZ=ON
 AFL_USE_ASAN=1 AFL_USE_UBSAN=1 build "$work/afl-asan" -DQC_FUZZ=ON
 build "$work/replay" -DCMAKE_C_COMPILER=gcc -DQC_SANITIZE=ON
+cmake --build "$work/replay" -j"$(nproc)" --target qcheck >/dev/null
 
 seeds=$work/seeds
 rm -rf "$seeds" && mkdir -p "$seeds"
@@ -89,3 +94,15 @@ afl-cmin -i "$out/main/queue" -o "$reduced" -m none -t 10000 -- "$work/afl/fuzz/
 echo "replaying $(ls "$reduced" | wc -l) reduced queue entries under ASan + UBSan"
 "$work/replay/fuzz/fuzz_$harness" --max-seconds=20 "$reduced" 2>/dev/null | tail -1
 echo "findings: $(ls "$findings" | wc -l) minimised in $findings"
+
+# The queue through the differential oracle: every input qemu-img and
+# qcheck judge alike (or differ on only as docs/qemu-img-differences.md
+# says), and qcheck's verdicts hold (QEMU can use what it calls usable,
+# repairs keep guest data). Disagreements are listed; they do not fail the
+# campaign, which is about crashes.
+if [ "${QC_ORACLE:-1}" != 0 ]; then
+  echo "differential oracle on the reduced queue (report: $work/oracle-$harness.txt)"
+  python3 "$src/tests/oracle/oracle.py" --qcheck "$work/replay/qcheck" --images "$reduced" \
+    --work "$work/oracle-work-$harness" >"$work/oracle-$harness.txt" 2>&1 || true
+  tail -1 "$work/oracle-$harness.txt"
+fi

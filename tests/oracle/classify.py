@@ -1,0 +1,233 @@
+"""Classes of disagreements: what the oracle found, named once.
+
+Each class is a disagreement between qcheck and qemu-img that has been
+looked at by hand: what QEMU does, what qcheck does, and which is right
+(docs/oracle.md §6 has the reasoning, a minimal reproduction and the QEMU
+source fact for each). `classify(report, signature, detail)` names the class
+of one disagreement from its signature and the subject's facts, so the
+summary of a run groups thousands of lines into the classes, and a new kind
+of disagreement stands out as "unclassified".
+
+A class is not a rule: classified disagreements still fail the run. Only
+compare.RULES (documented, deliberate differences) make a difference pass.
+"""
+
+import re
+
+# (class id, title, test(signature, detail, report) -> bool); first match wins.
+CLASSES = []
+
+
+def cls(cid, title):
+    def wrap(f):
+        CLASSES.append((cid, title, f))
+        return f
+    return wrap
+
+
+def muts(report):
+    return " ".join(report.get("origin", {}).get("mutations") or [])
+
+
+@cls("K1", "QEMU refuses to open or check the image for a header problem qcheck does not report: qcheck "
+     "calls it clean (exit 0/3), or corrupt for other reasons")
+def _k1(sig, detail, r):
+    if "doesn't satisfy the constraints" in sig:
+        return False  # N-U
+    if re.search(r"qemu-img exit 1 \(.*(Could not open|ERROR snapshot table|Check failed).*\), qcheck exit [03]$",
+                 sig):
+        return True
+    if re.search(r"qemu-img exit 1 \(.*(Header extension too large|[Ss]napshot table offset invalid)", sig):
+        return True
+    return sig.startswith("implication 1") and "qemu-img info fails" in sig
+
+
+@cls("N-U", "a persistent bitmap the specification allows but QEMU refuses (granularity below 512 bytes, "
+     "an extra-data flag): qcheck warns (bitmapUnsupportedByQemu) and exits 0, QEMU cannot open the image")
+def _nu(sig, detail, r):
+    return "doesn't satisfy the constraints" in sig
+
+
+@cls("K2", "-r leaks does not fix COPIED flags (QEMU's -r leaks does once the image is otherwise clean), and "
+     "so keeps leaked clusters whose COPIED it would have to set at refcount 2 (exit 3)")
+def _k2(sig, detail, r):
+    return sig.startswith("implication 2 (-r leaks)") and bool(
+        re.search(r"left (l1|l2)CopiedWrong$", sig) or sig.endswith("exit 3, left refcountLeak"))
+
+
+@cls("K3", "-r all keeps orphaned clusters after dropping the pointer that owned them (exit 3)")
+def _k3(sig, detail, r):
+    return sig.startswith("implication 2 (-r all)") and sig.endswith("exit 3, left refcountLeak")
+
+
+@cls("K4", "command-line contract (-f qcow2 on a file that is not qcow2 exits 63, not 1)")
+def _k4(sig, detail, r):
+    return re.search(r"(not in qcowN format|Unsupported qcowN version N)\), qcheck exit 63", sig) is not None
+
+
+@cls("N-A", "an L1 entry with host offset 0 but COPIED or reserved bits set: QEMU follows it to cluster 0 "
+     "(check parses the header as an L2 table; a guest write loads and writes \"L2\" at offset 0); qcheck "
+     "treats it as unallocated and reports nothing (or only the reserved bits), and -r all leaves COPIED")
+def _na(sig, detail, r):
+    m = muts(r)
+    if re.search(r"L1 entry \d+: (COPIED toggled|reserved bit \d+ set|bit \d+ flipped) \(0x0 ->", m):
+        return True
+    for new in re.findall(r"L1 entry \d+: [^;]*-> 0x([0-9a-f]+)\)", m):
+        if int(new, 16) and not int(new, 16) & 0x00FFFFFFFFFFFE00:
+            return True  # an L1 entry left with flags but no offset
+    if ("l2-reserved" in sig or "past-eof" in sig) and "0x114649fb" in detail:
+        return True  # QEMU read the header (magic 0x514649fb) as an L2 table
+    if "l1EntryReservedBits" in ids(r) and re.search(r"counted only by qemu-img: .*(l2-reserved|past-eof)", sig) \
+            and "only by qcheck: -" in sig:
+        return True  # an L1 entry with reserved bits and no offset: QEMU parsed the header as an L2 table
+    # an L1 entry with reserved bits and offset 0 (or, after -r all cleared
+    # the bits, COPIED and offset 0): QEMU walks the header as an L2 table
+    return "l1EntryReservedBits" in ids(r) and (
+        sig.startswith("after qcheck -r all") and "counted only by qemu-img" in sig or "clusters differs" in sig)
+
+
+@cls("N-B", "an L2 table shared by several L1 tables (active and snapshots): QEMU counts each bad entry "
+     "once per L1 table that references it, qcheck once")
+def _nb(sig, detail, r):
+    m = re.match(r"(check|after qcheck -r \w+): counted only by qemu-img: ([^;]*); only by qcheck: -$", sig)
+    if not m:
+        return False
+    cats = {c.split("(")[0] for c in m.group(2).split(", ")}
+    per_entry = {"l2-reserved", "l2-unaligned", "past-eof", "subcluster-alloc-zero", "subcluster-unalloc",
+                 "compressed-copied", "compressed-bitmap", "compressed-data-file"}
+    return cats <= per_entry and (r.get("facts", {}).get("snapshots") or 0) > 0
+
+
+@cls("N-C", "image end offset past the end of the file: QEMU counts a range that ends less than one "
+     "cluster past EOF (R2) and reports its end; qcheck stops at the file")
+def _nc(sig, detail, r):
+    if "image-end-offset differs" not in sig:
+        return False
+    m = re.match(r"qemu-img (\d+), qcheck (\d+)", detail)
+    return bool(m) and int(m.group(1)) > int(m.group(2)) and int(m.group(1)) > r.get("facts", {}).get("file", 1 << 62)
+
+
+@cls("N-F", "a snapshot table that runs past the end of the file (count, offset or entry sizes): QEMU "
+     "zero-fills what it reads past EOF, accepting a cut entry or reading zeros as entries (each "
+     "\"incomplete\"; its -r all writes them back as phantom snapshots); qcheck reports "
+     "tooManySnapshots/snapshotTableTruncated/snapshotTablePastEof, cannot repair some of them, and "
+     "orphans what the lost entries owned")
+def _nf(sig, detail, r):
+    if "counted only by qemu-img" in sig and ids(r) & {"tooManySnapshots", "snapshotTableTruncated",
+                                                        "snapshotTablePastEof"}:
+        return True
+    if re.search(r"snapshotTableTruncated|snapshotTablePastEof|tooManySnapshots", sig) and (
+            "only by qcheck" in sig or sig.startswith("implication 2")):
+        return True
+    return "snapshot-incomplete" in sig and bool(
+        re.search(r"tooManySnapshots|snapshotTableTruncated|snapshotTablePastEof", sig) or
+        ids(r) & {"tooManySnapshots", "snapshotTableTruncated", "snapshotTablePastEof"})
+
+
+@cls("N-H", "a header table at offset 0 (the snapshot table with nb_snapshots > 0, the refcount table): QEMU "
+     "parses the header cluster as that table; qcheck reports the table missing or unaligned, does not "
+     "read it, and cannot repair it")
+def _nh(sig, detail, r):
+    if "snapshot-l1" in sig and ("snapshotTableUnaligned" in sig or "snapshotTableUnaligned" in ids(r)):
+        return True
+    if re.search(r"left .*snapshotTableUnaligned", sig):
+        return True
+    return "reftable-reserved" in sig and "refcount_table_offset: " in muts(r) and muts(r).rstrip().endswith("-> 0")
+
+
+def ids(r):
+    return set(r.get("facts", {}).get("ids") or [])
+
+
+@cls("N-G", "-r leaks/-r all clear the refcount of a cluster past the end of the file that a table of the "
+     "header still occupies (an L1 or refcount table ending less than one cluster past EOF): QEMU then "
+     "reports refcount=0 for it, and would allocate it again")
+def _ng(sig, detail, r):
+    return sig.startswith("after qcheck -r") and "refcount-zero" in sig and bool(
+        ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"})
+
+
+@cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
+     "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
+     "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
+     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r all cannot repair it")
+def _nj(sig, detail, r):
+    if "bitmapsExtensionInvalid" in sig and "file cut" in muts(r):
+        return True
+    if re.search(r"only by qcheck: past-eof", sig):
+        return True  # a range QEMU accepts because it ends less than a cluster past EOF
+    if re.search(r"implication 2 \(-r leaks\).*left (l1EntryPastEof|refcountsUnknown, reftablePastEof)$", sig):
+        return True  # QEMU accepts the table that ends less than a cluster past EOF; -r leaks cannot fix it
+    if not ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"}:
+        return False
+    return "counted only by qemu-img" in sig or "clusters differs" in sig or bool(
+        re.search(r"left (l1PastEof|reftablePastEof)", sig))
+
+
+@cls("N-M", "virtual size not a multiple of 512: QEMU's total-clusters comes from the size rounded down "
+     "to sectors (what the guest sees), qcheck's from the exact size rounded up")
+def _nm(sig, detail, r):
+    return "total-clusters differs" in sig
+
+
+@cls("N-E", "header details QEMU tolerates that qcheck calls corruptions (exit 2 where QEMU says 0): an empty "
+     "backing-format extension, a backing file name that starts inside the header or the extension area "
+     "(QEMU ends the extension area there, as the specification says, and ignores the extensions behind "
+     "it, e.g. the bitmaps, whose clusters it then counts as leaked; qcheck still reads them)")
+def _ne(sig, detail, r):
+    if "backingNameOverlapsExtensions" in ids(r) and "counted only by qemu-img: leak" in sig:
+        return True
+    return bool(re.search(r"backingFormatInvalid|backingNameOverlapsExtensions", sig)) and (
+        "only by qcheck" in sig or sig.startswith("implication 2"))
+
+
+@cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "
+     "says nothing about it")
+def _nl(sig, detail, r):
+    return "Unknown driver" in sig
+
+
+@cls("N-K", "a compressed entry in an image with an external data file: QEMU leaves it out of the "
+     "allocated/compressed/fragmented statistics, qcheck counts it")
+def _nk(sig, detail, r):
+    return "compressedWithDataFile" in sig and "clusters differs" in sig or (
+        "compressedWithDataFile" in ids(r) and "only by qcheck: compressed-bitmap" in sig)
+
+
+@cls("N-D", "an unaligned L2 entry in an image with an external data file: QEMU reports it \"not properly "
+     "aligned\", qcheck only dataFileOffsetMismatch")
+def _nd(sig, detail, r):
+    return "l2-unaligned" in sig and ("dataFileOffsetMismatch" in ids(r) or r.get("facts", {}).get("data_file")
+                                      or "data_file" in " ".join(r.get("facts", {}).get("create") or []))
+
+
+@cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "
+     "structures and reaches exit 0 with the guest data kept; qcheck's leaves metadataOverlap and the "
+     "refcounts alone (exit 2)")
+def _no(sig, detail, r):
+    return bool(re.search(r"implication 2 \(-r all\).*left metadataOverlap", sig))
+
+
+@cls("N-V", "a refcount overflow on a cluster whose refcount block qcheck cannot use: QEMU reports it (the "
+     "overflow is of the computed count), qcheck only refcountsUnknown")
+def _nv(sig, detail, r):
+    return "counted only by qemu-img: overflow" in sig and bool(ids(r) & {"refcountsUnknown"})
+
+
+@cls("Q", "QEMU's repair reaches exit 0 by changing guest data (observation, not qcheck's fault)")
+def _q(sig, detail, r):
+    return sig.startswith("qemu-img -r")
+
+
+def classify(report, sig, detail):
+    for cid, title, test in CLASSES:
+        try:
+            if test(sig, detail, report):
+                return cid
+        except (KeyError, TypeError, ValueError):
+            continue
+    return "new"
+
+
+def titles():
+    return {cid: title for cid, title, _ in CLASSES}
