@@ -773,15 +773,15 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
  * table even when they have no entries (`qemu_name` is its name for the
  * table in the message it refuses the image with). */
 static void check_empty_table_offset(qc_ctx *ctx, const char *obj, uint64_t field, uint64_t offset,
-                                     qc_problem_id unaligned, const char *qemu_name)
+                                     const char *qemu_name)
 {
     if (!qc_cluster_aligned(ctx, offset))
-        qc_report(ctx, unaligned, obj, field, 1,
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1,
                   "offset 0x%llx is not a multiple of the cluster size %llu; the table has no "
                   "entries, but QEMU refuses the image (\"%s offset invalid\")",
                   (unsigned long long)offset, (unsigned long long)ctx->geo.cluster_size, qemu_name);
     else if (offset > INT64_MAX)
-        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_TOO_LARGE, obj, field, 1,
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1,
                   "offset 0x%llx is 2^63 or more; the table has no entries, but QEMU refuses "
                   "the image (\"%s offset invalid\")",
                   (unsigned long long)offset, qemu_name);
@@ -804,8 +804,7 @@ static void check_table_locations(qc_ctx *ctx)
         ctx->unfollowed++; /* entries past l1_size may map real data */
     }
     if (h->l1_size == 0) {
-        check_empty_table_offset(ctx, "active L1 table", 40, h->l1_table_offset,
-                                 QC_P_L1_OFFSET_UNALIGNED, "Active L1 table");
+        check_empty_table_offset(ctx, "active L1 table", 40, h->l1_table_offset, "Active L1 table");
     } else if (!qc_cluster_aligned(ctx, h->l1_table_offset)) {
         qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
                   "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
@@ -861,16 +860,20 @@ static void check_table_locations(qc_ctx *ctx)
     /* Snapshot table: its entries are parsed by the snapshot pass. */
     ctx->snapshots_usable = false;
     if (h->nb_snapshots == 0) {
-        check_empty_table_offset(ctx, "snapshot table", 64, h->snapshots_offset,
-                                 QC_P_SNAPSHOT_TABLE_UNALIGNED, "Snapshot table");
+        check_empty_table_offset(ctx, "snapshot table", 64, h->snapshots_offset, "Snapshot table");
         return;
     }
-    if (!qc_cluster_aligned(ctx, h->snapshots_offset) || h->snapshots_offset == 0)
+    /* QEMU accepts offset 0 (it is aligned) and reads the header as
+     * snapshot entries; nothing there can be a snapshot. */
+    if (h->snapshots_offset == 0)
+        qc_report(ctx, QC_P_SNAPSHOT_TABLE_IN_HEADER, "snapshot table", 64, 1,
+                  "nb_snapshots is %u but the table offset is 0, where the header is",
+                  h->nb_snapshots);
+    else if (!qc_cluster_aligned(ctx, h->snapshots_offset))
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
-                  "offset 0x%llx is not a cluster-aligned non-zero offset%s",
-                  (unsigned long long)h->snapshots_offset,
-                  h->snapshots_offset ? "; QEMU refuses the image (\"Snapshot table offset invalid\")"
-                                      : "");
+                  "offset 0x%llx is not cluster aligned; QEMU refuses the image (\"Snapshot table "
+                  "offset invalid\")",
+                  (unsigned long long)h->snapshots_offset);
     else if (h->snapshots_offset >= ctx->file_size) {
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
                   "offset 0x%llx is past the end of the file (%llu bytes)",

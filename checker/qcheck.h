@@ -119,6 +119,7 @@ typedef enum qc_fix {
     QC_FIX_REPAIR_SNAPSHOT_TABLE,
     QC_FIX_DROP_BITMAPS,
     QC_FIX_CLEAR_BITS, /* clear bits QEMU ignores in an entry */
+    QC_FIX_ZERO_TABLE_OFFSET, /* the offset of a table without entries */
 } qc_fix;
 
 typedef enum qc_problem_id {

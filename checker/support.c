@@ -40,7 +40,7 @@ const char *qc_fix_name(qc_fix fix)
     static const char *const names[] = {
         "none",          "lower-refcount",    "raise-refcount",        "rebuild-refcounts",
         "fix-copied",    "clear-entry",       "clear-feature-bit",     "repair-snapshot-table",
-        "drop-bitmaps",  "clear-bits",
+        "drop-bitmaps",  "clear-bits",        "zero-table-offset",
     };
     return (unsigned)fix < sizeof(names) / sizeof(names[0]) ? names[fix] : "?";
 }

@@ -169,6 +169,7 @@ qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 /* The stages, in the order they run (planner.c lists them per mode). */
 void stage_feature_bits(repair_run *r);
 void stage_snapshot_count(repair_run *r);
+void stage_empty_table_offsets(repair_run *r);
 void stage_snapshot_table(repair_run *r);
 void stage_data_on_metadata(repair_run *r);
 void stage_refcounts(repair_run *r);

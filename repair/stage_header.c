@@ -8,11 +8,15 @@
  *   is broken (QEMU then ignores the bitmaps, and their clusters become
  *   leaks freed below), and bit 1 (raw external data) where it is invalid.
  * snapshot count (-r all): before anything extends the file, discards a
- *   table that starts past the end of the file (one 12-byte header write),
+ *   table that starts past the end of the file or at offset 0 (the header
+ *   cluster; one 12-byte header write),
  *   cuts a last entry whose extra data, id or name runs past the end down
  *   to what is inside (keeping the snapshot), and drops the entries that do
  *   not fit in the file (or in QEMU's 64 MiB) by lowering nb_snapshots (one
  *   4-byte write).
+ * empty table offsets (-r all): sets to 0 the offset of an active L1 or
+ *   snapshot table without entries that QEMU refuses (unaligned, or 2^63
+ *   or more); nothing is read there, so nothing is lost.
  * snapshot table (-r all): where extra data is too large or (version 3) too
  *   small, or an id is empty, rewrites the table as QEMU would: 24 bytes of
  *   known extra data, unknown extra data kept (up to 1024 bytes in all),
@@ -206,15 +210,23 @@ void stage_snapshot_count(repair_run *r)
     /* Before anything extends the file: a truncated last entry, or a table
      * past the end, must not become readable (zero-filled) if a later step
      * is interrupted. */
-    if (r->res.per_problem[QC_P_SNAPSHOT_TABLE_PAST_EOF]) {
-        /* Nothing of it can be read: discard every entry, as QEMU (which
-         * reads them as zeros) ends up doing. */
+    /* A table past the end of the file (QEMU reads its entries as zeros)
+     * or in the header cluster (QEMU reads the header as entries): nothing
+     * of it is a snapshot, so every entry is discarded. */
+    qc_problem_id unreadable = r->res.per_problem[QC_P_SNAPSHOT_TABLE_PAST_EOF] ? QC_P_SNAPSHOT_TABLE_PAST_EOF
+                               : r->res.per_problem[QC_P_SNAPSHOT_TABLE_IN_HEADER]
+                                   ? QC_P_SNAPSHOT_TABLE_IN_HEADER
+                                   : QC_P_COUNT;
+    if (unreadable != QC_P_COUNT) {
+        char where[96];
+        if (unreadable == QC_P_SNAPSHOT_TABLE_PAST_EOF)
+            snprintf(where, sizeof(where), "at 0x%llx, past the end of the file (%llu bytes)",
+                     (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
+        else
+            snprintf(where, sizeof(where), "at offset 0, where the header is");
         uint8_t be[12] = {0};
         if (!plan_write(r, 60, be, sizeof(be), "image header (snapshot table)",
-                        "discard the %u snapshot table entries at 0x%llx, past the end of the "
-                        "file (%llu bytes)",
-                        h->nb_snapshots, (unsigned long long)h->snapshots_offset,
-                        (unsigned long long)ctx->file_size))
+                        "discard the %u snapshot table entries %s", h->nb_snapshots, where))
             return;
         plan_flush(r);
         char which[64];
@@ -223,12 +235,10 @@ void stage_snapshot_count(repair_run *r)
         else
             snprintf(which, sizeof(which), "entries 0-%u", h->nb_snapshots - 1);
         plan_note(r, NOTE_GENERAL,
-                  "discarded snapshot table %s (%u snapshot%s): the table starts at 0x%llx, past "
-                  "the end of the file (%llu bytes), so not even their ids and names could be "
-                  "read; what only they used is freed",
-                  which, h->nb_snapshots, h->nb_snapshots == 1 ? "" : "s",
-                  (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
-        unlink_snapshots(r, ctx, 0, h->nb_snapshots, QC_P_SNAPSHOT_TABLE_PAST_EOF);
+                  "discarded snapshot table %s (%u snapshot%s): the table starts %s, so not even "
+                  "their ids and names could be read; what only they used is freed",
+                  which, h->nb_snapshots, h->nb_snapshots == 1 ? "" : "s", where);
+        unlink_snapshots(r, ctx, 0, h->nb_snapshots, unreadable);
         return;
     }
     uint32_t kept = snapshots_kept(ctx);
@@ -259,6 +269,29 @@ void stage_snapshot_count(repair_run *r)
     }
     if (cut)
         cut_truncated_entry(r, ctx, kept - 1);
+}
+
+void stage_empty_table_offsets(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || !r->res.per_problem[QC_P_EMPTY_TABLE_OFFSET_INVALID])
+        return;
+    const qc_header *h = &ctx->hdr;
+    static const uint8_t zero[8];
+    /* The table has no entries, so its offset points at nothing: 0 is what
+     * qemu-img writes for an image without snapshots, and an L1 offset
+     * QEMU validates and never reads. */
+    if (h->l1_size == 0 && h->l1_table_offset &&
+        !plan_write(r, 40, zero, 8, "image header (L1 table offset)",
+                    "0x%llx -> 0 (the active L1 table has no entries)",
+                    (unsigned long long)h->l1_table_offset))
+        return;
+    if (h->nb_snapshots == 0 && h->snapshots_offset &&
+        !plan_write(r, 64, zero, 8, "image header (snapshot table offset)",
+                    "0x%llx -> 0 (there are no snapshots)",
+                    (unsigned long long)h->snapshots_offset))
+        return;
+    plan_flush(r);
 }
 
 void stage_snapshot_table(repair_run *r)

@@ -151,7 +151,10 @@ def _l1_tables(im):
     whose table is aligned and inside the file."""
     h, cs = im.header, im.cluster_size
     out = [("active", h.l1_table_offset, h.l1_size)]
-    for k, s in enumerate(im.snapshots(within_file=True)):
+    # At offset 0 is the header, not snapshot entries (QEMU reads it as
+    # them; what they "point to" is header fields).
+    snapshots = im.snapshots(within_file=True) if h.snapshots_offset else []
+    for k, s in enumerate(snapshots):
         out.append((k, s.l1_table_offset, s.l1_size))
     return [(o, off, n) for o, off, n in out
             if n and off and off % cs == 0 and off + 8 * n <= im.file_size]

@@ -2,7 +2,7 @@
 
 Each class is a disagreement between qcheck and qemu-img that has been
 looked at by hand: what QEMU does, what qcheck does, and which is right
-(docs/oracle.md §6 has the reasoning, a minimal reproduction and the QEMU
+(docs/oracle.md §5 has the reasoning, a minimal reproduction and the QEMU
 source fact for each). `classify(report, signature, detail)` names the class
 of one disagreement from its signature and the subject's facts, so the
 summary of a run groups thousands of lines into the classes, and a new kind
@@ -125,12 +125,10 @@ def _nf(sig, detail, r):
 
 
 @cls("N-H", "a header table at offset 0 (the snapshot table with nb_snapshots > 0, the refcount table): QEMU "
-     "parses the header cluster as that table; qcheck reports the table missing or unaligned, does not "
-     "read it, and cannot repair it")
+     "parses the header cluster as that table; qcheck reports snapshotTableInHeader or reftableMissing and "
+     "does not read it")
 def _nh(sig, detail, r):
-    if "snapshot-l1" in sig and ("snapshotTableUnaligned" in sig or "snapshotTableUnaligned" in ids(r)):
-        return True
-    if re.search(r"left .*snapshotTableUnaligned", sig):
+    if "snapshot-l1" in sig and ("snapshotTableInHeader" in sig or "snapshotTableInHeader" in ids(r)):
         return True
     return "reftable-reserved" in sig and "refcount_table_offset: " in muts(r) and muts(r).rstrip().endswith("-> 0")
 

@@ -330,7 +330,7 @@ NOT_IN_QEMU_IDS = {"l2ZeroFlagInvalid", "dataFileOffsetMismatch", "l2ZeroOffsetC
                    "rawDataFileInvalid", "metadataOverlap", "dataOverlapsMetadata"}
 REFTABLE_IDS = {"reftableEntryUnaligned", "reftableEntryReservedBits", "reftableEntryPastEof",
                 "reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"}
-SNAPSHOT_TABLE_IDS = {"tooManySnapshots", "snapshotTableTooLarge", "snapshotTableUnaligned",
+SNAPSHOT_TABLE_IDS = {"tooManySnapshots", "snapshotTableTooLarge", "snapshotTableUnaligned", "snapshotTableInHeader",
                       "snapshotTablePastEof", "snapshotTableTruncated", "snapshotExtraTooLarge"}
 BITMAP_IDS = {"bitmapsExtensionInvalid", "bitmapDirectoryInvalid", "bitmapEntryInvalid", "bitmapNameDuplicate",
               "bitmapTableEntryInvalid", "bitmapsExtensionLength"}
@@ -401,7 +401,8 @@ def _copied_follows_refcount(pair, item):
 SKIPPED_IDS = UNFOLLOWED_IDS | {
     "metadataOverlap", "reftableEntryPastEof", "reftableEntryUnaligned", "reftableEntryReservedBits",
     "snapshotL1Unaligned", "snapshotL1PastEof", "snapshotL1TooLarge", "snapshotTableTruncated",
-    "snapshotTablePastEof", "snapshotTableUnaligned", "tooManySnapshots", "compressedRangeInvalid", "l1PastEof"}
+    "snapshotTablePastEof", "snapshotTableUnaligned", "snapshotTableInHeader", "tooManySnapshots",
+    "compressedRangeInvalid", "l1PastEof"}
 
 
 def _copied_clear_not_judged(pair, item):
@@ -669,6 +670,12 @@ def _companions_missing(pair):
     return ()
 
 
+def _header_read_as_table(pair):
+    """§2.10: QEMU parses the header cluster as the snapshot table at offset
+    0 and counts what it finds there; qcheck reads no table there."""
+    return set(COUNT_KEYS) | {"residual"} if "snapshotTableInHeader" in pair.ids else ()
+
+
 def _qemu_refused(pair):
     return _all_fields() if qemu_refused_with_id(pair) else ()
 
@@ -737,6 +744,10 @@ RULES = [
     Rule("overflow-per-cluster", "§2.10",
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
          item=_overflow_per_cluster),
+    Rule("header-read-as-table", "§2.10",
+         "a snapshot table at offset 0 (snapshotTableInHeader): QEMU reads the header cluster as snapshot "
+         "entries and counts its own errors about them, qcheck reads no table there: the counts",
+         frees=_header_read_as_table),
     Rule("qemu-cannot-open", "§2.4",
          "QEMU cannot open the image, or aborts its check, for a header, extension, snapshot table or "
          "bitmap problem that qcheck names by its id (QEMU's message -> ids: OPEN_REFUSALS): QEMU has "

@@ -90,6 +90,7 @@ CASES = {
     "header-finding-counted": ("hdr_reftable_clusters_0", {"reftableMissing"}),
     "compressed-bitmap-range": ("extl2_compressed_bitmap", {"compressedSubclusterBitmap"}),
     "overflow-per-cluster": (shared_past_max, {"refcountOverflow"}),
+    "header-read-as-table": ("hdr_snapshots_at_offset_0", {"snapshotTableInHeader"}),
     "qemu-cannot-open": ("hdr_compression_type_2", {"compressionTypeInvalid"}),
     "companions-missing": ("hdr_data_file_name_missing", {"dataFileNameMissing"}),
 }
