@@ -193,10 +193,18 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
             return;
         plan_flush(r);
     }
+    char lost_extra[112] = "";
+    if (keep_extra != extra && keep_extra < 24)
+        snprintf(lost_extra, sizeof(lost_extra),
+                 "the extra data from byte %llu on (its known fields there now read as QEMU's "
+                 "defaults), ",
+                 (unsigned long long)keep_extra);
+    else if (keep_extra != extra)
+        snprintf(lost_extra, sizeof(lost_extra), "the extra data past its known fields, ");
     plan_note(r, NOTE_GENERAL,
               "%s ran past the end of the file: the snapshot and its L1 table are kept; "
               "lost: %s%s%s",
-              who, keep_extra != extra ? "the extra data past its known fields, " : "",
+              who, lost_extra,
               keep_id ? "" : id ? "the id (the repaired table gives it a new one), " : "",
               name ? "the name" : "nothing else");
 }

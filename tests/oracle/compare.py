@@ -331,6 +331,7 @@ NOT_IN_QEMU_IDS = {"l2ZeroFlagInvalid", "dataFileOffsetMismatch", "l2ZeroOffsetC
 REFTABLE_IDS = {"reftableEntryUnaligned", "reftableEntryReservedBits", "reftableEntryPastEof",
                 "reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"}
 SNAPSHOT_TABLE_IDS = {"tooManySnapshots", "snapshotTableTooLarge", "snapshotTableUnaligned", "snapshotTableInHeader",
+                      "emptyTableOffsetInvalid",
                       "snapshotTablePastEof", "snapshotTableTruncated", "snapshotExtraTooLarge"}
 BITMAP_IDS = {"bitmapsExtensionInvalid", "bitmapDirectoryInvalid", "bitmapEntryInvalid", "bitmapNameDuplicate",
               "bitmapTableEntryInvalid", "bitmapsExtensionLength"}
@@ -352,7 +353,7 @@ OPEN_REFUSALS = [
     (r"Header extension too large|qcow2_read_extension", {"extensionTruncated", "backingNameOverlapsExtensions"}),
     (r"ext_backing_format", {"backingFormatInvalid"}),
     (r"CRYPTO header|Encryption header offset", {"encryptionExtensionInvalid"}),
-    (r"Active L1 table offset invalid", {"l1OffsetUnaligned", "l1PastEof"}),
+    (r"Active L1 table offset invalid", {"l1OffsetUnaligned", "l1PastEof", "emptyTableOffsetInvalid"}),
     (r"L1 table is too small", {"l1TooSmall"}),
     (r"Reference count table offset invalid", {"reftableOffsetUnaligned", "reftablePastEof"}),
     (r"data-file-raw requires a data file", {"rawDataFileInvalid"}),
@@ -605,6 +606,36 @@ def _overflow_per_cluster(pair, item):
         key in clusters_of(pair.qc, {"refcountOverflow"})
 
 
+# Categories of QEMU's per-entry L2 errors (one message per bad entry).
+L2_ENTRY_CATS = {"l2-reserved", "l2-unaligned", "past-eof", "subcluster-alloc-zero", "subcluster-unalloc",
+                 "compressed-copied", "compressed-bitmap", "compressed-data-file"}
+
+
+def _shared_l2_counted_once(pair, item):
+    """§2.10: QEMU walks the L2 tables of every L1 table (active and each
+    snapshot), so an entry error in an L2 table they share counts once per
+    L1 table; qcheck checks each L2 table once. Only where qcheck reports
+    the same kind of error and QEMU's count is at most qcheck's times the
+    number of L1 tables."""
+    side, cat, key, _ = item
+    if side != "qemu" or cat not in L2_ENTRY_CATS:
+        return False
+    snapshots = (pair.qc.get("header") or {}).get("snapshots") or 0
+    qn = sum(e.n for e in pair.q_events if e.cat == cat)
+    cn = sum(e.n for e in pair.c_events if e.cat == cat)
+    return snapshots > 0 and 0 < cn and qn <= cn * (snapshots + 1)
+
+
+SNAPSHOT_COUNT_IDS = {"tooManySnapshots", "snapshotTableTruncated", "snapshotTablePastEof"}
+
+
+def _snapshot_entries_past_table(pair, item):
+    """§2.10: QEMU reads the entries past the end of the file as zeros and
+    reports each one it cannot complete; qcheck reports the count once."""
+    side, cat, _, _ = item
+    return side == "qemu" and cat == "snapshot-incomplete" and bool(pair.ids & SNAPSHOT_COUNT_IDS)
+
+
 # (id, message regex) -> (start, length in bytes, given the cluster size).
 # §2.2 documents the tolerance for L2 tables, refcount blocks and bitmap
 # data clusters; qcheck reports the first past the end with l1EntryPastEof
@@ -741,6 +772,16 @@ RULES = [
          "calls its clusters leaked, nor the entry in the statistics; qcheck reports "
          "compressedSubclusterBitmap and counts both",
          item=_compressed_bitmap_range, frees=_compressed_bitmap_stats),
+    Rule("shared-l2-counted-once", "§2.10",
+         "an entry error in an L2 table shared by the active and snapshot L1 tables: QEMU counts it once "
+         "per L1 table, qcheck once (QEMU's extra events of a per-entry category qcheck also reports, up to "
+         "qcheck's count times the number of L1 tables)",
+         item=_shared_l2_counted_once),
+    Rule("snapshot-count-once", "§2.10",
+         "a snapshot count larger than the table (" + ", ".join(sorted(SNAPSHOT_COUNT_IDS)) + "): QEMU's "
+         "\"snapshot table entry N is incomplete\" for each entry it reads as zeros past the end of the "
+         "file, qcheck's one finding",
+         item=_snapshot_entries_past_table),
     Rule("overflow-per-cluster", "§2.10",
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
          item=_overflow_per_cluster),

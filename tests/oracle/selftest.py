@@ -75,6 +75,28 @@ def copied_cleared_and_block_past_eof(d):
         im.set_reftable_entry(100, q.align_up(im.file_size, im.cluster_size) + 64 * im.cluster_size)
 
 
+def shared_l2_reserved_bit(d):
+    """One write, a snapshot (the active and snapshot L1 tables now share
+    the L2 table), then a reserved bit in the shared L2 entry: QEMU counts
+    it once per L1 table, qcheck once (§2.10)."""
+    run([QEMU_IMG, "create", "-f", "qcow2", IMG, "64M"], cwd=d)
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 64k", IMG], cwd=d)
+    run([QEMU_IMG, "snapshot", "-c", "s1", IMG], cwd=d)
+    with q.Image(os.path.join(d, IMG), writable=True) as im:
+        r = im.data_refs()[0]
+        im.set_l2_entry(r.l1_index, r.l2_index, r.entry | 2)
+
+
+def snapshot_count_past_table(d):
+    """One snapshot, nb_snapshots 3: QEMU reports the two entries it reads
+    as zeros past the end of the file, qcheck the count once (§2.10)."""
+    run([QEMU_IMG, "create", "-f", "qcow2", IMG, "64M"], cwd=d)
+    run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 64k", IMG], cwd=d)
+    run([QEMU_IMG, "snapshot", "-c", "s1", IMG], cwd=d)
+    with q.Image(os.path.join(d, IMG), writable=True) as im:
+        im.set_header_field("nb_snapshots", 3)
+
+
 # rule -> (catalogue case name or builder, ids the rule is conditioned on)
 CASES = {
     "copied-vs-computed-refcount": ("leak_data_cluster", {"refcountLeak"}),
@@ -90,6 +112,8 @@ CASES = {
     "header-finding-counted": ("hdr_reftable_clusters_0", {"reftableMissing"}),
     "compressed-bitmap-range": ("extl2_compressed_bitmap", {"compressedSubclusterBitmap"}),
     "overflow-per-cluster": (shared_past_max, {"refcountOverflow"}),
+    "shared-l2-counted-once": (shared_l2_reserved_bit, {"l2EntryReservedBits"}),
+    "snapshot-count-once": (snapshot_count_past_table, {"tooManySnapshots"}),
     "header-read-as-table": ("hdr_snapshots_at_offset_0", {"snapshotTableInHeader"}),
     "qemu-cannot-open": ("hdr_compression_type_2", {"compressionTypeInvalid"}),
     "companions-missing": ("hdr_data_file_name_missing", {"dataFileNameMissing"}),
