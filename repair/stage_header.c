@@ -259,8 +259,8 @@ void stage_snapshot_count(repair_run *r)
         uint8_t be[4];
         qc_put_be32(be, kept);
         if (!plan_write(r, 60, be, 4, "image header (snapshot count)",
-                        "keep the %u snapshots that fit in the file; drop %u", kept,
-                        h->nb_snapshots - kept))
+                        "nb_snapshots %u -> %u (keep the entries that fit in the file)",
+                        h->nb_snapshots, kept))
             return;
         plan_flush(r);
         plan_note(r, NOTE_GENERAL,
