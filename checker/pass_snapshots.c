@@ -170,9 +170,10 @@ void qc_pass_snapshots(qc_ctx *ctx)
     uint64_t max_entries = avail / QC_SNAPSHOT_FIXED_SIZE;
     if (count > max_entries && count == h->nb_snapshots) {
         qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
-                  "nb_snapshots is %u but the %llu bytes after offset 0x%llx hold only %llu",
+                  "nb_snapshots is %u but the %llu bytes after offset 0x%llx hold only %llu %s",
                   h->nb_snapshots, (unsigned long long)avail,
-                  (unsigned long long)h->snapshots_offset, (unsigned long long)max_entries);
+                  (unsigned long long)h->snapshots_offset, (unsigned long long)max_entries,
+                  max_entries == 1 ? "entry" : "entries");
     }
     if (count > max_entries)
         count = (uint32_t)max_entries;
