@@ -98,6 +98,13 @@ def open_image(path, writable=False):
 qcow2lib.Image = SafeImage
 
 
+def copy_sparse(src, dst):
+    """Copy a file keeping its holes: images and data files of a workload
+    are mostly holes (a 2 GiB data file may hold 200 KiB), and the oracle
+    copies each several times per subject."""
+    subprocess.run(["cp", "--sparse=always", src, dst], check=True)
+
+
 def file_sha256(path):
     digest = hashlib.sha256()
     with open(path, "rb") as f:

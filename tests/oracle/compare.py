@@ -352,6 +352,7 @@ OPEN_REFUSALS = [
      {"backingNameInvalid", "backingNameOverlapsExtensions"}),
     (r"Header extension too large|qcow2_read_extension", {"extensionTruncated", "backingNameOverlapsExtensions"}),
     (r"ext_backing_format", {"backingFormatInvalid"}),
+    (r"Could not open backing file: Unknown driver", {"backingFormatUnknown"}),
     (r"CRYPTO header|Encryption header offset", {"encryptionExtensionInvalid"}),
     (r"Active L1 table offset invalid", {"l1OffsetUnaligned", "l1PastEof", "emptyTableOffsetInvalid"}),
     (r"L1 table is too small", {"l1TooSmall"}),

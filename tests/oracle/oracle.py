@@ -67,7 +67,8 @@ import classify  # noqa: E402
 import compare as cmp  # noqa: E402
 import mutate  # noqa: E402
 import workload  # noqa: E402
-from common import IMAGES_DIR, QEMU_IMG, REPO, dump_json, file_sha256, open_image, qcow2lib as q, run  # noqa: E402
+from common import (IMAGES_DIR, QEMU_IMG, REPO, copy_sparse, dump_json, file_sha256, open_image,  # noqa: E402
+                    qcow2lib as q, run)
 
 sys.path.insert(0, IMAGES_DIR)
 import run_repairs  # noqa: E402  (the pure-Python guest reader and the note parser)
@@ -105,7 +106,7 @@ def copy_files(src, dst):
     for name in os.listdir(src):
         p = os.path.join(src, name)
         if os.path.isfile(p) and name not in ("recipe.json", "subject.json"):
-            shutil.copyfile(p, os.path.join(dst, name))
+            copy_sparse(p, os.path.join(dst, name))
     return dst
 
 
@@ -650,7 +651,7 @@ def file_task(args):
     src = os.path.join(work, "files", name + ("-" + only.replace(":", "_") if only else ""))
     shutil.rmtree(src, ignore_errors=True)
     os.makedirs(src)
-    shutil.copyfile(path, os.path.join(src, IMG))
+    copy_sparse(path, os.path.join(src, IMG))
     sid0 = "f:" + name
     subjects = [Subject(sid0, src, {"file": path}, repro_cmd(qcheck, sid0, images=path))]
     for k in range(mutants):
@@ -702,9 +703,9 @@ def prepare_case(work, name, suffix=""):
     src = os.path.join(work, "catalogue", name + suffix)
     shutil.rmtree(src, ignore_errors=True)
     os.makedirs(src)
-    shutil.copyfile(os.path.join(bases, base.filename), os.path.join(src, IMG))
+    copy_sparse(os.path.join(bases, base.filename), os.path.join(src, IMG))
     for f in base.companion_files():
-        shutil.copyfile(os.path.join(bases, f), os.path.join(src, f))
+        copy_sparse(os.path.join(bases, f), os.path.join(src, f))
     if case.patch:
         with open_image(os.path.join(src, IMG), writable=True) as image:
             case.patch(image)

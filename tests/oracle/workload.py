@@ -41,7 +41,7 @@ import sys
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import QEMU_IMG, QEMU_IO, dump_json, qcow2lib, run  # noqa: E402
+from common import QEMU_IMG, QEMU_IO, copy_sparse, dump_json, qcow2lib, run  # noqa: E402
 
 IMG = "img.qcow2"
 KIB, MIB = 1 << 10, 1 << 20
@@ -397,7 +397,7 @@ class Builder:
                 os.makedirs(cp)
                 for name in os.listdir(self.dir):
                     if os.path.isfile(os.path.join(self.dir, name)):
-                        shutil.copyfile(os.path.join(self.dir, name), os.path.join(cp, name))
+                        copy_sparse(os.path.join(self.dir, name), os.path.join(cp, name))
                 self.checkpoints.append(cp)
         self.statuses.append(rc)
         return rc
