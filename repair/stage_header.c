@@ -14,9 +14,11 @@
  *   to what is inside (keeping the snapshot), and drops the entries that do
  *   not fit in the file (or in QEMU's 64 MiB) by lowering nb_snapshots (one
  *   4-byte write).
- * empty table offsets (-r all): sets to 0 the offset of an active L1 or
- *   snapshot table without entries that QEMU refuses (unaligned, or 2^63
- *   or more); nothing is read there, so nothing is lost.
+ * empty table offsets (both modes): sets to 0 the offset of an active L1
+ *   or snapshot table without entries that QEMU refuses (unaligned, or
+ *   2^63 or more); nothing is read there, so nothing is lost. -r leaks
+ *   does it too because qemu-img check -r leaks does (its header write
+ *   carries the offset its check reset to 0).
  * snapshot table (-r all): where extra data is too large or (version 3) too
  *   small, or an id is empty, rewrites the table as QEMU would: 24 bytes of
  *   known extra data, unknown extra data kept (up to 1024 bytes in all),
