@@ -440,6 +440,13 @@ static inline bool qc_cluster_aligned(const qc_ctx *ctx, uint64_t off)
 {
     return (off & (ctx->geo.cluster_size - 1)) == 0;
 }
+
+/* Whether QEMU accepts the offset of a table without entries: it validates
+ * it all the same (aligned, below 2^63), though it reads nothing there. */
+static inline bool qc_empty_table_offset_ok(const qc_ctx *ctx, uint64_t off)
+{
+    return qc_cluster_aligned(ctx, off) && off <= INT64_MAX;
+}
 void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t len);
 
 #endif

@@ -71,7 +71,14 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
     qc_describe_snapshot(ctx, index, obj, sizeof(obj));
     uint64_t bytes = (uint64_t)e->l1_size * 8;
     s->follow = false;
-    if (!qc_cluster_aligned(ctx, e->l1_table_offset))
+    if (e->l1_size == 0 && !qc_empty_table_offset_ok(ctx, e->l1_table_offset))
+        /* QEMU's check ignores it; loading the snapshot validates it. */
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, s->table_offset, 1,
+                  "its L1 table has no entries, but its offset 0x%llx is not a cluster-aligned "
+                  "offset below 2^63: QEMU cannot load the snapshot (\"Snapshot L1 table offset "
+                  "invalid\")",
+                  (unsigned long long)e->l1_table_offset);
+    else if (!qc_cluster_aligned(ctx, e->l1_table_offset))
         qc_report(ctx, QC_P_SNAPSHOT_L1_UNALIGNED, obj, s->table_offset, 1,
                   "L1 table offset 0x%llx is not cluster aligned",
                   (unsigned long long)e->l1_table_offset);

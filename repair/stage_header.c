@@ -15,8 +15,9 @@
  *   not fit in the file (or in QEMU's 64 MiB) by lowering nb_snapshots (one
  *   4-byte write).
  * empty table offsets (both modes): sets to 0 the offset of an active L1
- *   or snapshot table without entries that QEMU refuses (unaligned, or
- *   2^63 or more); nothing is read there, so nothing is lost. -r leaks
+ *   table, snapshot table or snapshot's L1 table without entries that QEMU
+ *   refuses (unaligned, or 2^63 or more); nothing is read there, so
+ *   nothing is lost. -r leaks
  *   does it too because qemu-img check -r leaks does (its header write
  *   carries the offset its check reset to 0).
  * snapshot table (-r all): where extra data is too large or (version 3) too
@@ -301,6 +302,19 @@ void stage_empty_table_offsets(repair_run *r)
                     "0x%llx -> 0 (there are no snapshots)",
                     (unsigned long long)h->snapshots_offset))
         return;
+    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
+        const qc_snapshot *s = &ctx->snapshots[i];
+        if (s->entry.l1_size || qc_empty_table_offset_ok(ctx, s->entry.l1_table_offset))
+            continue;
+        if (snapshot_table_shared(r, ctx))
+            break; /* its bytes may be another structure's */
+        char who[200];
+        qc_describe_snapshot(ctx, i, who, sizeof(who));
+        if (!plan_write(r, s->table_offset, zero, 8, "snapshot table",
+                        "%s: L1 table offset 0x%llx -> 0 (the table has no entries)", who,
+                        (unsigned long long)s->entry.l1_table_offset))
+            return;
+    }
     plan_flush(r);
 }
 

@@ -884,6 +884,14 @@ case("snap_extra_too_small_v3", "snapshots",
 case("snap_duplicate_id", "snapshots",
      rewrite_snapshots(lambda im, s: setattr(s[1], "id", s[0].id)),
      "snapshotIdDuplicate", 0, Qemu(FULL))  # §5.9: QEMU does not look
+# QEMU's check ignores the L1 offset of a snapshot without L1 entries, but
+# loading the snapshot validates it ("Snapshot L1 table offset invalid")
+case("snap_l1_empty_offset_huge", "snapshots",
+     chain(snapshot_field(0, "l1_size", lambda im, v: 0),
+           snapshot_field(0, "l1_table_offset", lambda im, v: (1 << 63) + v)),
+     "emptyTableOffsetInvalid", 2,
+     differs(3, "its check does not validate an empty snapshot L1 table (the snapshot's clusters "
+                "become leaks); loading the snapshot fails"))
 case("snap_l1_unaligned", "snapshots", snapshot_field(0, "l1_table_offset", lambda im, v: v + 512),
      "snapshotL1Unaligned refcountOrphan", 2,
      exit_only("QEMU skips the snapshot, so its clusters count as leaks (R17, H4)"),

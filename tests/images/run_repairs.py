@@ -110,6 +110,8 @@ SNAPSHOTS_KEPT = {"snap_table_truncated": 2, "snap_extra_past_eof": 2,
 LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
 TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
 COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
+FRESH_ID_RE = re.compile(r'^snapshot \d+ \(id "(.*)", name ".*"\) had no id; the repaired table gives it '
+                         r'id "(.*)"$')
 SNAPSHOTS_DROPPED_RE = re.compile(r"^(the snapshot table listed \d+ snapshots; \d+ could be read"
                                   r"|discarded snapshot table entr)")
 # Corruptions -r leaks fixes too, whatever else is wrong: the offset of a
@@ -337,13 +339,17 @@ def compare_views(before, after, notes, cluster_size, aliased=()):
     fails = []
     drops, complete = dropped_ranges(notes)
     snapshots_dropped = any(SNAPSHOTS_DROPPED_RE.match(n) for n in notes)
+    # (when snapshots were dropped too, an id-less one may be among them)
+    fresh_ids = {} if snapshots_dropped else dict(m.groups() for m in map(FRESH_ID_RE.match, notes) if m)
     compared = 0
     for owner, (clusters, _, _, l1_off) in before.items():
         now = owner
         if owner not in after:
-            # A snapshot whose id could not be read has a new one: the
-            # same snapshot has the same L1 table.
-            now = next((o for o, v in after.items() if o not in before and v[3] == l1_off), None)
+            # A snapshot without an id has a new one: the same snapshot has
+            # the same L1 table, or the id a note gives it (when its L1
+            # table had no entries, its offset may have been reset too).
+            now = next((o for o, v in after.items() if o not in before and v[3] == l1_off),
+                       fresh_ids.get(owner) if fresh_ids.get(owner) in after else None)
         if now is None:
             if not (owner != "active" and snapshots_dropped):
                 fails.append("guest view of %s is gone after the repair" % owner)

@@ -326,7 +326,7 @@ class Rule:
 REFCOUNT_IDS = {"refcountLeak", "refcountTooLow", "refcountZeroInUse", "refcountOrphan",
                 "refcountOverflow", "refcountsUnknown"}
 UNFOLLOWED_IDS = {"l1EntryPastEof", "l2EntryPastEof", "l1EntryUnaligned", "l2EntryUnaligned"}
-NOT_IN_QEMU_IDS = {"l2ZeroFlagInvalid", "dataFileOffsetMismatch", "l2ZeroOffsetCopied",
+NOT_IN_QEMU_IDS = {"l2ZeroFlagInvalid", "dataFileOffsetMismatch", "l2ZeroOffsetCopied", "emptyTableOffsetInvalid",
                    "rawDataFileInvalid", "metadataOverlap", "dataOverlapsMetadata"}
 REFTABLE_IDS = {"reftableEntryUnaligned", "reftableEntryReservedBits", "reftableEntryPastEof",
                 "reftablePastEof", "reftableOffsetUnaligned", "reftableMissing"}
