@@ -2,12 +2,12 @@
  * Pass 5: mapping. Active and snapshot L1 tables, then every distinct L2
  * table once, however many L1 entries share it.
  *
- * Checks: L1 entries (reserved bits, alignment, inside the file); L2
- * entries of every kind (standard, zero, compressed, extended L2):
- * reserved bits, the zero flag where it is not allowed, offset 0 with
- * COPIED, alignment, inside the file, compressed descriptors, subcluster
- * bitmaps, host == guest offset with an external data file, guest data
- * landing on metadata.
+ * Checks: L1 entries (reserved bits, offset 0 with other bits set,
+ * alignment, inside the file); L2 entries of every kind (standard, zero,
+ * compressed, extended L2): reserved bits, the zero flag where it is not
+ * allowed, offset 0 with COPIED, alignment, inside the file, compressed
+ * descriptors, subcluster bitmaps, host == guest offset with an external
+ * data file, guest data landing on metadata.
  * Needs: header, snapshot, reftable and bitmap passes (all metadata
  * extents except L1/L2 registered).
  * Produces: L1 and L2 extents, computed refcounts of L2 tables and data,
@@ -51,8 +51,15 @@ static void collect_l1(qc_ctx *ctx, const l1_source *src)
         if (e & QC_L1_RESERVED_MASK)
             qc_report(ctx, QC_P_L1_ENTRY_RESERVED_BITS, obj, at, 1, "entry %u is 0x%016llx", i,
                       (unsigned long long)e);
-        if (off == 0)
+        if (off == 0) {
+            /* QEMU treats only an all-zero entry as unallocated: any other
+             * value sends it to cluster 0, the header, as an L2 table. */
+            if (e)
+                qc_report(ctx, QC_P_L1_ZERO_OFFSET_FLAGS, obj, at, 1,
+                          "entry %u is 0x%016llx: no L2 table, yet not 0", i,
+                          (unsigned long long)e);
             continue;
+        }
         if (!qc_cluster_aligned(ctx, off)) {
             qc_report(ctx, QC_P_L1_ENTRY_UNALIGNED, obj, at, 1,
                       "entry %u points to an L2 table at 0x%llx", i, (unsigned long long)off);

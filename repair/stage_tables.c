@@ -282,6 +282,10 @@ void stage_copied(repair_run *r)
             rewrite_entry(r, f->offset, QC_L1_RESERVED_MASK, 0, 0, "L1 table",
                           "reserved bits cleared (QEMU ignores them when reading)");
             break;
+        case QC_P_L1_ZERO_OFFSET_FLAGS:
+            rewrite_entry(r, f->offset, UINT64_MAX, 0, 0, "L1 table",
+                          "no L2 table: the entry must be 0, or QEMU takes the header for one");
+            break;
         case QC_P_L2_ENTRY_RESERVED_BITS:
             rewrite_entry(r, f->offset, QC_L2_RESERVED_MASK, 0, 0, "L2 table",
                           "reserved bits cleared (QEMU ignores them when reading)");

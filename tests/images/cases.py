@@ -1002,6 +1002,15 @@ case("l1_reserved_high", "v3_64k", l1_entry(lambda im, e: e | 1 << 56), "l1Entry
      Qemu(COUNTS))  # R5, entry still followed
 case("l1_reserved_low", "v3_64k", l1_entry(lambda im, e: e | 1 << 1), "l1EntryReservedBits", 2,
      Qemu(COUNTS))
+# An L1 entry without an L2 table offset but with other bits: QEMU follows
+# any non-zero entry, to the header cluster (R5 for the reserved bits), and a
+# guest write there aborts it; -r all must leave the entry 0
+# (run_repairs.WRITE_AFTER_REPAIR writes there).
+case("l1_zero_offset_copied", "v3_512", l1_entry(lambda im, e: OFLAG_COPIED, index=1),
+     "l1ZeroOffsetFlags", 2, exit_only(NOT_FOLLOWED % "R5: QEMU parses the header as an L2 table"))
+case("l1_zero_offset_reserved", "v3_512", l1_entry(lambda im, e: OFLAG_COPIED | 1 << 58, index=1),
+     "l1ZeroOffsetFlags l1EntryReservedBits", 2,
+     exit_only(NOT_FOLLOWED % "R5: QEMU parses the header as an L2 table"))
 case("l1_unaligned", "v3_64k", l1_entry(lambda im, e: e + 512), "l1EntryUnaligned refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R6, H3"))
 # An unaligned L1 entry is re-pointed only when the aligned-down cluster

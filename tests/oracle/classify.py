@@ -65,27 +65,6 @@ def _k4(sig, detail, r):
     return re.search(r"(not in qcowN format|Unsupported qcowN version N)\), qcheck exit 63", sig) is not None
 
 
-@cls("N-A", "an L1 entry with host offset 0 but COPIED or reserved bits set: QEMU follows it to cluster 0 "
-     "(check parses the header as an L2 table; a guest write loads and writes \"L2\" at offset 0); qcheck "
-     "treats it as unallocated and reports nothing (or only the reserved bits), and -r all leaves COPIED")
-def _na(sig, detail, r):
-    m = muts(r)
-    if re.search(r"L1 entry \d+: (COPIED toggled|reserved bit \d+ set|bit \d+ flipped) \(0x0 ->", m):
-        return True
-    for new in re.findall(r"L1 entry \d+: [^;]*-> 0x([0-9a-f]+)\)", m):
-        if int(new, 16) and not int(new, 16) & 0x00FFFFFFFFFFFE00:
-            return True  # an L1 entry left with flags but no offset
-    if ("l2-reserved" in sig or "past-eof" in sig) and "0x114649fb" in detail:
-        return True  # QEMU read the header (magic 0x514649fb) as an L2 table
-    if "l1EntryReservedBits" in ids(r) and re.search(r"counted only by qemu-img: .*(l2-reserved|past-eof)", sig) \
-            and "only by qcheck: -" in sig:
-        return True  # an L1 entry with reserved bits and no offset: QEMU parsed the header as an L2 table
-    # an L1 entry with reserved bits and offset 0 (or, after -r all cleared
-    # the bits, COPIED and offset 0): QEMU walks the header as an L2 table
-    return "l1EntryReservedBits" in ids(r) and (
-        sig.startswith("after qcheck -r all") and "counted only by qemu-img" in sig or "clusters differs" in sig)
-
-
 @cls("N-B", "an L2 table shared by several L1 tables (active and snapshots): QEMU counts each bad entry "
      "once per L1 table that references it, qcheck once")
 def _nb(sig, detail, r):
