@@ -7,7 +7,7 @@
  * compressed, extended L2): reserved bits, the zero flag where it is not
  * allowed, offset 0 with COPIED, alignment, inside the file, compressed
  * descriptors, subcluster bitmaps, host == guest offset with an external
- * data file, guest data landing on metadata.
+ * data file (and alignment there too), guest data landing on metadata.
  * Needs: header, snapshot, reftable and bitmap passes (all metadata
  * extents except L1/L2 registered).
  * Produces: L1 and L2 extents, computed refcounts of L2 tables and data,
@@ -269,6 +269,19 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
         check_data_on_metadata(ctx, w, i, cl, qc_refmap_add(&ctx->refmap, cl, w->table->refs, 0));
 }
 
+/* An entry whose host offset `off` is not cluster aligned: QEMU reports
+ * it, data file or not. */
+static void report_unaligned(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t off,
+                             uint32_t alloc)
+{
+    qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, walk_name(ctx, w),
+              w->offset + (uint64_t)i * ctx->geo.l2_entry_size, 1,
+              "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
+              (entry & QC_OFLAG_ZERO) || (ctx->geo.extended_l2 && !alloc) ? "a preallocated cluster"
+                                                                          : "a data cluster",
+              (unsigned long long)off);
+}
+
 static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     const qc_geometry *g = &ctx->geo;
@@ -307,17 +320,15 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
             qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, walk_name(ctx, w), at, 1,
                       "entry %u maps guest offset 0x%llx to data file offset 0x%llx", i,
                       (unsigned long long)guest, (unsigned long long)off);
+        if (!qc_cluster_aligned(ctx, off))
+            report_unaligned(ctx, w, i, entry, off, alloc);
         if (!copied && w->table->active_refs)
             qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1,
                       "entry %u is 0x%016llx", i, (unsigned long long)entry);
         return; /* data clusters live in the data file and are not refcounted */
     }
     if (!qc_cluster_aligned(ctx, off)) {
-        qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, walk_name(ctx, w), at, 1,
-                  "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
-                  (entry & QC_OFLAG_ZERO) || (g->extended_l2 && !alloc) ? "a preallocated cluster"
-                                                                         : "a data cluster",
-                  (unsigned long long)off);
+        report_unaligned(ctx, w, i, entry, off, alloc);
         qc_unfollowed_leaf(ctx, off);
         return;
     }

@@ -1068,6 +1068,15 @@ case("l1_copied_cleared", "v3_64k", l1_entry(lambda im, e: e & ~OFLAG_COPIED), "
 case("data_file_offset_mismatch", "data_file",
      entry(data(1), point_at(lambda im: 2 << 20)), "dataFileOffsetMismatch", 2,
      differs(0, "QEMU's check does not compare host and guest offsets (§5.12)"))
+case("data_file_unaligned", "data_file", entry(data(1), move_by(512)),
+     "l2EntryUnaligned dataFileOffsetMismatch", 2,
+     exit_only("QEMU reports the alignment (R14) but does not compare host and guest offsets (§5.12)"))
+# A preallocated zero cluster off a cluster boundary: -r all makes it a
+# plain zero entry, as QEMU's does (it reads as zeros either way); a data
+# entry (above) is left, its mismatch has no repair.
+case("data_file_unaligned_prealloc", "data_file", entry(data(1), lambda im, r: (r.entry | OFLAG_ZERO) + 512),
+     "l2EntryUnaligned dataFileOffsetMismatch", 2,
+     exit_only("QEMU reports the alignment (R14) but does not compare host and guest offsets (§5.12)"))
 case("data_file_copied_missing", "data_file", entry(data(1), clear_bits(OFLAG_COPIED)),
      "dataFileCopiedMissing", 0,
      differs(2, "QEMU takes data-file refcounts as 1 and counts the missing COPIED as a corruption (F2)"))

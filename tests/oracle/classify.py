@@ -173,13 +173,6 @@ def _nk(sig, detail, r):
         "compressedWithDataFile" in ids(r) and "only by qcheck: compressed-bitmap" in sig)
 
 
-@cls("N-D", "an unaligned L2 entry in an image with an external data file: QEMU reports it \"not properly "
-     "aligned\", qcheck only dataFileOffsetMismatch")
-def _nd(sig, detail, r):
-    return "l2-unaligned" in sig and ("dataFileOffsetMismatch" in ids(r) or r.get("facts", {}).get("data_file")
-                                      or "data_file" in " ".join(r.get("facts", {}).get("create") or []))
-
-
 @cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "
      "structures and reaches exit 0 with the guest data kept; qcheck's leaves metadataOverlap and the "
      "refcounts alone (exit 2)")
