@@ -149,17 +149,6 @@ def _nm(sig, detail, r):
     return "total-clusters differs" in sig
 
 
-@cls("N-E", "header details QEMU tolerates that qcheck calls corruptions (exit 2 where QEMU says 0): an empty "
-     "backing-format extension, a backing file name that starts inside the header or the extension area "
-     "(QEMU ends the extension area there, as the specification says, and ignores the extensions behind "
-     "it, e.g. the bitmaps, whose clusters it then counts as leaked; qcheck still reads them)")
-def _ne(sig, detail, r):
-    if "backingNameOverlapsExtensions" in ids(r) and "counted only by qemu-img: leak" in sig:
-        return True
-    return bool(re.search(r"backingFormatInvalid|backingNameOverlapsExtensions", sig)) and (
-        "only by qcheck" in sig or sig.startswith("implication 2"))
-
-
 @cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "
      "says nothing about it")
 def _nl(sig, detail, r):

@@ -2089,6 +2089,15 @@ START_TEST(test_backing_file)
     memcpy(im.buf + 112 + 8, "qcow2", 5);
     im.buf[0x200] = 'b';
 
+    /* An empty backing format is none to QEMU (it probes the backing
+     * file): the same warning as no extension at all. */
+    memset(im.buf + 112, 0, 16);
+    img_add_extension(&im, 112, QC_EXT_BACKING_FORMAT, "", 0);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_MISSING, 1);
+    ASSERT_ONLY(&o, QC_P_BACKING_FORMAT_MISSING);
+    ck_assert_int_eq(o.status, 0);
+
     /* Without the backing format extension: a warning only. */
     memset(im.buf + 112, 0, 16);
     run_check(&im, &o);
@@ -2096,11 +2105,25 @@ START_TEST(test_backing_file)
     ASSERT_ONLY(&o, QC_P_BACKING_FORMAT_MISSING);
     ck_assert_int_eq(o.status, 0);
 
-    /* A name inside the header. */
+    /* A name inside the header: QEMU's extension area ends where the name
+     * starts, so no extension is read (here an unknown one), and the name
+     * is the header's bytes. At 64 (snapshots_offset, 0) it is empty: no
+     * backing file, a warning. */
+    img_add_extension(&im, 112, 0x12345678, "x", 1);
     im.hdr.backing_file_offset = 64;
     img_write_header(&im);
     run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_NAME_IN_HEADER, 1);
+    ASSERT_ONLY(&o, QC_P_BACKING_NAME_IN_HEADER);
+    ck_assert_int_eq(o.status, 0);
+    /* At 1 it reads "FI\xfb": QEMU opens a backing file of that name. */
+    im.hdr.backing_file_offset = 1;
+    img_write_header(&im);
+    run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS, 1);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_MISSING, 1);
+    ASSERT_FOUND(&o, QC_P_EXTENSION_UNKNOWN, 0);
+    ck_assert_int_eq(o.status, 2);
 
     /* A name running out of cluster 0. */
     im.hdr.backing_file_offset = im.cs - 4;
