@@ -236,6 +236,16 @@ static inline void count_allocated(l2_walk *w, uint64_t active_refs, uint64_t of
 static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     uint64_t at = w->offset + (uint64_t)i * ctx->geo.l2_entry_size;
+    if (entry & QC_OFLAG_COPIED)
+        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
+                  (unsigned long long)entry);
+    if (ctx->has_data_file) {
+        /* Nothing a data-file image can read: as in QEMU, nothing else is
+         * checked and it is left out of the statistics. */
+        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1,
+                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
+        return;
+    }
     if (w->table->active_refs) {
         w->allocated += w->table->active_refs;
         w->fragmented += w->table->active_refs;
@@ -245,14 +255,6 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
         qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, walk_name(ctx, w), at, 1,
                   "entry %u: compressed cluster with subcluster bitmap 0x%016llx", i,
                   (unsigned long long)bitmap);
-    if (entry & QC_OFLAG_COPIED)
-        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
-                  (unsigned long long)entry);
-    if (ctx->has_data_file) {
-        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1,
-                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
-        return;
-    }
     qc_compressed c;
     qc_compressed_decode(&ctx->geo, entry, &c);
     uint64_t first = c.host_offset >> ctx->geo.cluster_bits;

@@ -155,13 +155,6 @@ def _nl(sig, detail, r):
     return "Unknown driver" in sig
 
 
-@cls("N-K", "a compressed entry in an image with an external data file: QEMU leaves it out of the "
-     "allocated/compressed/fragmented statistics, qcheck counts it")
-def _nk(sig, detail, r):
-    return "compressedWithDataFile" in sig and "clusters differs" in sig or (
-        "compressedWithDataFile" in ids(r) and "only by qcheck: compressed-bitmap" in sig)
-
-
 @cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "
      "structures and reaches exit 0 with the guest data kept; qcheck's leaves metadataOverlap and the "
      "refcounts alone (exit 2)")
