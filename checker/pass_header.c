@@ -956,7 +956,9 @@ void qc_pass_header(qc_ctx *ctx)
     qc_geometry_init(&ctx->geo, h->cluster_bits, h->refcount_order,
                      h->incompatible_features & QC_INCOMPAT_EXTL2);
     ctx->file_clusters = qc_div_round_up(ctx->file_size, ctx->geo.cluster_size);
-    ctx->res->total_clusters = qc_div_round_up(h->size, ctx->geo.cluster_size);
+    /* As QEMU: the disk the guest sees, whole 512-byte sectors, in
+     * clusters rounded up. */
+    ctx->res->total_clusters = qc_div_round_up(h->size / 512 * 512, ctx->geo.cluster_size);
     fill_header_info(ctx);
     check_optional_fields(ctx);
 

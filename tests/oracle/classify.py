@@ -143,12 +143,6 @@ def _nj(sig, detail, r):
         re.search(r"left (l1PastEof|reftablePastEof)", sig))
 
 
-@cls("N-M", "virtual size not a multiple of 512: QEMU's total-clusters comes from the size rounded down "
-     "to sectors (what the guest sees), qcheck's from the exact size rounded up")
-def _nm(sig, detail, r):
-    return "total-clusters differs" in sig
-
-
 @cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "
      "says nothing about it")
 def _nl(sig, detail, r):
