@@ -176,7 +176,7 @@ static void check_optional_fields(qc_ctx *ctx)
 typedef struct ext_walk {
     uint64_t ext_end;
     bool names_backing_file; /* a backing file name QEMU will open */
-    /* The last backing format (QEMU uses it), if printable. */
+    /* The last backing format (QEMU uses it), if not empty and printable. */
     bool backing_format_printable;
     qc_extension backing_format;
     unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
@@ -184,17 +184,20 @@ typedef struct ext_walk {
     unsigned data_file_named : 1; /* the last data file name is not empty (QEMU uses the last) */
 } ext_walk;
 
-/* Whether the backing format is 1 to 15 printable characters. */
+/* Whether the backing format is 1 to 15 printable characters. An empty one
+ * is no format to QEMU (it probes the backing file): not reported here. */
 static bool check_backing_format(qc_ctx *ctx, const qc_extension *x)
 {
-    bool printable = x->length > 0 && x->length < 16;
+    if (x->length == 0)
+        return false;
+    bool printable = x->length < 16;
     for (uint32_t i = 0; printable && i < x->length; i++)
         printable = x->data[i] >= 0x20 && x->data[i] < 0x7f;
     if (!printable) {
         char fmt[80];
         qc_printable(fmt, sizeof(fmt), x->data, x->length);
         qc_report(ctx, QC_P_BACKING_FORMAT_INVALID, "backing format extension", x->offset, 1,
-                  "backing format \"%s\" (%u bytes) must be 1 to 15 printable characters", fmt,
+                  "backing format \"%s\" (%u bytes) must be at most 15 printable characters", fmt,
                   x->length);
     }
     return printable;
@@ -624,6 +627,8 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
 static void walk_extensions(qc_ctx *ctx, ext_walk *w)
 {
     uint64_t off = ctx->hdr.header_length;
+    if (w->ext_end < off)
+        return; /* the backing file name starts inside the header: no extension area */
     while (off < w->ext_end) {
         if (w->ext_end - off < 8) {
             qc_report(ctx, QC_P_EXTENSION_TRUNCATED, "header extension", off, 1,
@@ -692,9 +697,21 @@ static void check_backing_name(qc_ctx *ctx, ext_walk *w)
         return;
     }
     if (h->backing_file_offset < h->header_length) {
-        qc_report(ctx, QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS, obj, h->backing_file_offset, 1,
-                  "name at offset 0x%llx lies inside the %u-byte header",
-                  (unsigned long long)h->backing_file_offset, h->header_length);
+        /* QEMU's extension area ends where the name starts, so it reads no
+         * extension at all, and takes the name from the header's own
+         * bytes (as a C string: a leading NUL names no file). */
+        w->ext_end = h->backing_file_offset;
+        w->names_backing_file = h->backing_file_size && ctx->cluster0[h->backing_file_offset];
+        if (w->names_backing_file)
+            qc_report(ctx, QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS, obj, h->backing_file_offset, 1,
+                      "name at offset 0x%llx lies inside the %u-byte header: QEMU would open a "
+                      "backing file named by header bytes, and reads no header extension",
+                      (unsigned long long)h->backing_file_offset, h->header_length);
+        else
+            qc_report(ctx, QC_P_BACKING_NAME_IN_HEADER, obj, h->backing_file_offset, 1,
+                      "name at offset 0x%llx lies inside the %u-byte header and reads as empty: "
+                      "QEMU sees no backing file, and reads no header extension",
+                      (unsigned long long)h->backing_file_offset, h->header_length);
         return;
     }
     if (!qc_range_within(h->backing_file_offset, h->backing_file_size, ctx->cluster0_len)) {
@@ -750,9 +767,10 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     /* A LUKS header we cannot locate still owns its clusters (and the keys). */
     if ((h->crypt_method == 2 || w->seen_crypto) && !ctx->crypto_length)
         ctx->unfollowed++;
-    if (h->backing_file_offset && h->backing_file_size && !w->seen_backing_format)
+    if (w->names_backing_file && !(w->seen_backing_format && w->backing_format.length))
         qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
-                  "no backing format extension");
+                  "%s", w->seen_backing_format ? "the backing format extension is empty"
+                                               : "no backing format extension");
     if (w->names_backing_file && w->backing_format_printable)
         check_backing_driver(ctx, &w->backing_format);
     if (info->unknown_incompatible) {
@@ -941,7 +959,9 @@ void qc_pass_header(qc_ctx *ctx)
     qc_geometry_init(&ctx->geo, h->cluster_bits, h->refcount_order,
                      h->incompatible_features & QC_INCOMPAT_EXTL2);
     ctx->file_clusters = qc_div_round_up(ctx->file_size, ctx->geo.cluster_size);
-    ctx->res->total_clusters = qc_div_round_up(h->size, ctx->geo.cluster_size);
+    /* As QEMU: the disk the guest sees, whole 512-byte sectors, in
+     * clusters rounded up. */
+    ctx->res->total_clusters = qc_div_round_up(h->size / 512 * 512, ctx->geo.cluster_size);
     fill_header_info(ctx);
     check_optional_fields(ctx);
 

@@ -2,12 +2,12 @@
  * Pass 5: mapping. Active and snapshot L1 tables, then every distinct L2
  * table once, however many L1 entries share it.
  *
- * Checks: L1 entries (reserved bits, alignment, inside the file); L2
- * entries of every kind (standard, zero, compressed, extended L2):
- * reserved bits, the zero flag where it is not allowed, offset 0 with
- * COPIED, alignment, inside the file, compressed descriptors, subcluster
- * bitmaps, host == guest offset with an external data file, guest data
- * landing on metadata.
+ * Checks: L1 entries (reserved bits, offset 0 with other bits set,
+ * alignment, inside the file); L2 entries of every kind (standard, zero,
+ * compressed, extended L2): reserved bits, the zero flag where it is not
+ * allowed, offset 0 with COPIED, alignment, inside the file, compressed
+ * descriptors, subcluster bitmaps, host == guest offset with an external
+ * data file (and alignment there too), guest data landing on metadata.
  * Needs: header, snapshot, reftable and bitmap passes (all metadata
  * extents except L1/L2 registered).
  * Produces: L1 and L2 extents, computed refcounts of L2 tables and data,
@@ -51,8 +51,15 @@ static void collect_l1(qc_ctx *ctx, const l1_source *src)
         if (e & QC_L1_RESERVED_MASK)
             qc_report(ctx, QC_P_L1_ENTRY_RESERVED_BITS, obj, at, 1, "entry %u is 0x%016llx", i,
                       (unsigned long long)e);
-        if (off == 0)
+        if (off == 0) {
+            /* QEMU treats only an all-zero entry as unallocated: any other
+             * value sends it to cluster 0, the header, as an L2 table. */
+            if (e)
+                qc_report(ctx, QC_P_L1_ZERO_OFFSET_FLAGS, obj, at, 1,
+                          "entry %u is 0x%016llx: no L2 table, yet not 0", i,
+                          (unsigned long long)e);
             continue;
+        }
         if (!qc_cluster_aligned(ctx, off)) {
             qc_report(ctx, QC_P_L1_ENTRY_UNALIGNED, obj, at, 1,
                       "entry %u points to an L2 table at 0x%llx", i, (unsigned long long)off);
@@ -229,6 +236,16 @@ static inline void count_allocated(l2_walk *w, uint64_t active_refs, uint64_t of
 static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     uint64_t at = w->offset + (uint64_t)i * ctx->geo.l2_entry_size;
+    if (entry & QC_OFLAG_COPIED)
+        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
+                  (unsigned long long)entry);
+    if (ctx->has_data_file) {
+        /* Nothing a data-file image can read: as in QEMU, nothing else is
+         * checked and it is left out of the statistics. */
+        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1,
+                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
+        return;
+    }
     if (w->table->active_refs) {
         w->allocated += w->table->active_refs;
         w->fragmented += w->table->active_refs;
@@ -238,14 +255,6 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
         qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, walk_name(ctx, w), at, 1,
                   "entry %u: compressed cluster with subcluster bitmap 0x%016llx", i,
                   (unsigned long long)bitmap);
-    if (entry & QC_OFLAG_COPIED)
-        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
-                  (unsigned long long)entry);
-    if (ctx->has_data_file) {
-        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1,
-                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
-        return;
-    }
     qc_compressed c;
     qc_compressed_decode(&ctx->geo, entry, &c);
     uint64_t first = c.host_offset >> ctx->geo.cluster_bits;
@@ -260,6 +269,19 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
     }
     for (uint64_t cl = first; cl <= last; cl++)
         check_data_on_metadata(ctx, w, i, cl, qc_refmap_add(&ctx->refmap, cl, w->table->refs, 0));
+}
+
+/* An entry whose host offset `off` is not cluster aligned: QEMU reports
+ * it, data file or not. */
+static void report_unaligned(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t off,
+                             uint32_t alloc)
+{
+    qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, walk_name(ctx, w),
+              w->offset + (uint64_t)i * ctx->geo.l2_entry_size, 1,
+              "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
+              (entry & QC_OFLAG_ZERO) || (ctx->geo.extended_l2 && !alloc) ? "a preallocated cluster"
+                                                                          : "a data cluster",
+              (unsigned long long)off);
 }
 
 static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
@@ -300,17 +322,15 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
             qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, walk_name(ctx, w), at, 1,
                       "entry %u maps guest offset 0x%llx to data file offset 0x%llx", i,
                       (unsigned long long)guest, (unsigned long long)off);
+        if (!qc_cluster_aligned(ctx, off))
+            report_unaligned(ctx, w, i, entry, off, alloc);
         if (!copied && w->table->active_refs)
             qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1,
                       "entry %u is 0x%016llx", i, (unsigned long long)entry);
         return; /* data clusters live in the data file and are not refcounted */
     }
     if (!qc_cluster_aligned(ctx, off)) {
-        qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, walk_name(ctx, w), at, 1,
-                  "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
-                  (entry & QC_OFLAG_ZERO) || (g->extended_l2 && !alloc) ? "a preallocated cluster"
-                                                                         : "a data cluster",
-                  (unsigned long long)off);
+        report_unaligned(ctx, w, i, entry, off, alloc);
         qc_unfollowed_leaf(ctx, off);
         return;
     }

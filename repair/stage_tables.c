@@ -282,6 +282,10 @@ void stage_copied(repair_run *r)
             rewrite_entry(r, f->offset, QC_L1_RESERVED_MASK, 0, 0, "L1 table",
                           "reserved bits cleared (QEMU ignores them when reading)");
             break;
+        case QC_P_L1_ZERO_OFFSET_FLAGS:
+            rewrite_entry(r, f->offset, UINT64_MAX, 0, 0, "L1 table",
+                          "no L2 table: the entry must be 0, or QEMU takes the header for one");
+            break;
         case QC_P_L2_ENTRY_RESERVED_BITS:
             rewrite_entry(r, f->offset, QC_L2_RESERVED_MASK, 0, 0, "L2 table",
                           "reserved bits cleared (QEMU ignores them when reading)");
@@ -418,6 +422,19 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
     note_l2_guest(r, ctx, at, effect);
     unlink_l2_entry(r, ctx, at, entry, QC_P_L2_ENTRY_UNALIGNED, QC_UNLINK_RECOVERED, to);
     return true;
+}
+
+/* Whether the standard L2 entry at `at` maps no guest data: a preallocated
+ * zero cluster, or with extended L2 no allocated subcluster. */
+static bool maps_no_data(repair_run *r, const qc_geometry *g, uint64_t at)
+{
+    uint8_t be[16] = {0};
+    if (qc_read_zero_filled(&r->view, at, be, g->l2_entry_size) < 0)
+        return false;
+    uint64_t entry = qc_be64(be);
+    if (entry & QC_OFLAG_COMPRESSED)
+        return false;
+    return g->extended_l2 ? (uint32_t)qc_be64(be + 8) == 0 : (entry & QC_OFLAG_ZERO) != 0;
 }
 
 /* An L1 entry the broken pointers stage drops or re-points. */
@@ -563,6 +580,17 @@ void stage_broken_pointers(repair_run *r)
         const repair_finding *f = &r->found[i];
         switch (f->id) {
         case QC_P_L2_ENTRY_UNALIGNED:
+            if (ctx->has_data_file) {
+                /* Its target lies in the data file, which qcheck neither
+                 * reads nor salvages. An entry that maps no data (a
+                 * preallocated cluster, read as zeros) is cleared, as
+                 * QEMU's -r all does; one with data is also a
+                 * dataFileOffsetMismatch, which has no repair. */
+                if (maps_no_data(r, g, f->offset))
+                    clear_l2_entry(r, ctx, f->offset, f->id,
+                                   "a preallocated cluster off a cluster boundary");
+                break;
+            }
             if (repoint_l2_entry(r, ctx, f->offset, l2_targets, nb_l2))
                 break;
             /* fall through */

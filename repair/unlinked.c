@@ -71,6 +71,9 @@ void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t ent
     /* A compressed range may run past the end of the file: its part inside
      * the file is what the entry took with it. */
     bool in_file = first < ctx->file_clusters;
+    /* With an external data file the entry's target is in that file, not
+     * in the image. */
+    in_file &= !ctx->has_data_file;
     if (in_file && last >= ctx->file_clusters)
         last = ctx->file_clusters - 1;
     uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;

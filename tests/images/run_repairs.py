@@ -106,6 +106,11 @@ NOT_REPOINTED = {"l2_unaligned_into_used", "l2_unaligned_twice", "l1_unaligned_i
 SNAPSHOTS_KEPT = {"snap_table_truncated": 2, "snap_extra_past_eof": 2,
                   "snap_extra_past_eof_in_known": 2, "snap_name_past_eof": 2,
                   "snap_entry_past_eof_and_dropped": 1}
+# Cases whose damage makes a guest write abort QEMU: once -r all leaves
+# the image clean, a copy must take this write (qemu-io) and still pass
+# qemu-img check.
+WRITE_AFTER_REPAIR = {"l1_zero_offset_copied": "write -P 0x5a 32k 4k",
+                      "l1_zero_offset_reserved": "write -P 0x5a 32k 4k"}
 # Cases both qemu-img check -r leaks and qcheck -r leaks must end clean.
 LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
 TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
@@ -659,6 +664,8 @@ class RepairRunner:
             for f in base.companion_files():
                 shutil.copyfile(os.path.join(self.bases_dir, f), os.path.join(adir, f))
             self.check_qemu(case, base, adir, name, o)
+            if o.qemu_clean and case.name in WRITE_AFTER_REPAIR:
+                self.check_guest_write(case, base, adir, name, o)
             if o.qemu_clean and base.qemu_target is not build_images._luks_target:
                 after, _ = guest_view(img)
                 if after is not None:
@@ -1037,6 +1044,25 @@ class RepairRunner:
                                  "the repair: %s]" % case.qemu.why))
         else:
             o.fails.append(text)
+
+    def check_guest_write(self, case, base, d, name, o):
+        """A guest write to the range the damage affected, on a copy of the
+        repaired image; qemu-img check must stay clean."""
+        wdir = os.path.join(d, "write")
+        os.makedirs(wdir, exist_ok=True)
+        for f in os.listdir(d):
+            if os.path.isfile(os.path.join(d, f)):
+                shutil.copyfile(os.path.join(d, f), os.path.join(wdir, f))
+        cmd = WRITE_AFTER_REPAIR[case.name]
+        rc, out, err = run([build_images.QEMU_IO, "-c", cmd] + base.qemu_target(name), cwd=wdir)
+        if rc != 0 or "wrote" not in out:
+            o.fails.append("qemu-io -c %r on the repaired image exits %s: %s" % (
+                cmd, rc, (err.strip().splitlines() or [""])[-1][:200]))
+            return
+        rc, out, err = run([QEMU_IMG, "check"] + base.qemu_target(name), cwd=wdir)
+        if rc != 0:
+            o.fails.append("qemu-img check exits %s after qemu-io -c %r on the repaired image: %s" % (
+                rc, cmd, (err.strip().splitlines() or [""])[-1][:200]))
 
     # -- the whole run ------------------------------------------------------------
 

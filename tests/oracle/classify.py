@@ -65,27 +65,6 @@ def _k4(sig, detail, r):
     return re.search(r"(not in qcowN format|Unsupported qcowN version N)\), qcheck exit 63", sig) is not None
 
 
-@cls("N-A", "an L1 entry with host offset 0 but COPIED or reserved bits set: QEMU follows it to cluster 0 "
-     "(check parses the header as an L2 table; a guest write loads and writes \"L2\" at offset 0); qcheck "
-     "treats it as unallocated and reports nothing (or only the reserved bits), and -r all leaves COPIED")
-def _na(sig, detail, r):
-    m = muts(r)
-    if re.search(r"L1 entry \d+: (COPIED toggled|reserved bit \d+ set|bit \d+ flipped) \(0x0 ->", m):
-        return True
-    for new in re.findall(r"L1 entry \d+: [^;]*-> 0x([0-9a-f]+)\)", m):
-        if int(new, 16) and not int(new, 16) & 0x00FFFFFFFFFFFE00:
-            return True  # an L1 entry left with flags but no offset
-    if ("l2-reserved" in sig or "past-eof" in sig) and "0x114649fb" in detail:
-        return True  # QEMU read the header (magic 0x514649fb) as an L2 table
-    if "l1EntryReservedBits" in ids(r) and re.search(r"counted only by qemu-img: .*(l2-reserved|past-eof)", sig) \
-            and "only by qcheck: -" in sig:
-        return True  # an L1 entry with reserved bits and no offset: QEMU parsed the header as an L2 table
-    # an L1 entry with reserved bits and offset 0 (or, after -r all cleared
-    # the bits, COPIED and offset 0): QEMU walks the header as an L2 table
-    return "l1EntryReservedBits" in ids(r) and (
-        sig.startswith("after qcheck -r all") and "counted only by qemu-img" in sig or "clusters differs" in sig)
-
-
 @cls("N-B", "an L2 table shared by several L1 tables (active and snapshots): QEMU counts each bad entry "
      "once per L1 table that references it, qcheck once")
 def _nb(sig, detail, r):
@@ -162,41 +141,10 @@ def _nj(sig, detail, r):
         re.search(r"left (l1PastEof|reftablePastEof)", sig))
 
 
-@cls("N-M", "virtual size not a multiple of 512: QEMU's total-clusters comes from the size rounded down "
-     "to sectors (what the guest sees), qcheck's from the exact size rounded up")
-def _nm(sig, detail, r):
-    return "total-clusters differs" in sig
-
-
-@cls("N-E", "header details QEMU tolerates that qcheck calls corruptions (exit 2 where QEMU says 0): an empty "
-     "backing-format extension, a backing file name that starts inside the header or the extension area "
-     "(QEMU ends the extension area there, as the specification says, and ignores the extensions behind "
-     "it, e.g. the bitmaps, whose clusters it then counts as leaked; qcheck still reads them)")
-def _ne(sig, detail, r):
-    if "backingNameOverlapsExtensions" in ids(r) and "counted only by qemu-img: leak" in sig:
-        return True
-    return bool(re.search(r"backingFormatInvalid|backingNameOverlapsExtensions", sig)) and (
-        "only by qcheck" in sig or sig.startswith("implication 2"))
-
-
 @cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "
      "says nothing about it")
 def _nl(sig, detail, r):
     return "Unknown driver" in sig
-
-
-@cls("N-K", "a compressed entry in an image with an external data file: QEMU leaves it out of the "
-     "allocated/compressed/fragmented statistics, qcheck counts it")
-def _nk(sig, detail, r):
-    return "compressedWithDataFile" in sig and "clusters differs" in sig or (
-        "compressedWithDataFile" in ids(r) and "only by qcheck: compressed-bitmap" in sig)
-
-
-@cls("N-D", "an unaligned L2 entry in an image with an external data file: QEMU reports it \"not properly "
-     "aligned\", qcheck only dataFileOffsetMismatch")
-def _nd(sig, detail, r):
-    return "l2-unaligned" in sig and ("dataFileOffsetMismatch" in ids(r) or r.get("facts", {}).get("data_file")
-                                      or "data_file" in " ".join(r.get("facts", {}).get("create") or []))
 
 
 @cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "

@@ -482,6 +482,21 @@ def _table_not_walked_stats(pair):
     return ()
 
 
+def _header_walked(pair, item):
+    """An L1 entry with L2 table offset 0 and other bits set: QEMU follows
+    it and parses the header cluster as an L2 table (its events, qemu side,
+    are of that walk); qcheck reports l1ZeroOffsetFlags and follows nothing
+    (§2.2)."""
+    side, cat, _, _ = item
+    return "l1ZeroOffsetFlags" in pair.ids and (side == "qemu" or cat == "l1ZeroOffsetFlags")
+
+
+def _header_walked_stats(pair):
+    if "l1ZeroOffsetFlags" in pair.ids:
+        return {"allocated-clusters", "fragmented-clusters", "compressed-clusters", "image-end-offset"}
+    return ()
+
+
 def _overlap_clusters(pair):
     """Host clusters qcheck names as shared by two structures (metadata
     overlap) or as guest data on metadata."""
@@ -739,6 +754,11 @@ RULES = [
          "\"Table is not cluster aligned\", or an L1 or L2 table that loses a metadataOverlap): QEMU's "
          "own events (qemu side only) and the cluster statistics",
          item=_table_not_walked, frees=_table_not_walked_stats),
+    Rule("header-walked-as-l2", "§2.2",
+         "an L1 entry with L2 table offset 0 but other bits set (l1ZeroOffsetFlags): QEMU parses the "
+         "header cluster as its L2 table, qcheck follows nothing: QEMU's events (qemu side), qcheck's "
+         "l1ZeroOffsetFlags, the cluster statistics and the image end offset",
+         item=_header_walked, frees=_header_walked_stats),
     Rule("overlap-as-refcount", "§2.9",
          "QEMU has no overlap analysis: a cluster qcheck reports in metadataOverlap or dataOverlapsMetadata "
          "is QEMU's refcount or COPIED error on that cluster, or \"refcount block N refcount=R\" "

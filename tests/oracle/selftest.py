@@ -104,6 +104,7 @@ CASES = {
     "copied-clear-not-judged": (copied_cleared_and_block_past_eof, {"reftableEntryPastEof"}),
     "unaligned-data-followed": ("l2_unaligned", {"l2EntryUnaligned"}),
     "table-not-walked": ("l1_unaligned", {"l1EntryUnaligned"}),
+    "header-walked-as-l2": ("l1_zero_offset_reserved", {"l1ZeroOffsetFlags"}),
     "overlap-as-refcount": ("overlap_data_on_refblock", {"dataOverlapsMetadata"}),
     "refcounts-unknown": ("reftable_entry_unaligned", {"reftableEntryUnaligned"}),
     "checks-qemu-does-not-make": ("l2_zero_flag_v2", {"l2ZeroFlagInvalid"}),

@@ -860,6 +860,38 @@ START_TEST(test_l1_reserved_bits)
 }
 END_TEST
 
+/* An L1 entry with no L2 table offset but COPIED (or reserved bits) set:
+ * QEMU follows it to the header cluster, so it is a finding of its own, in
+ * a snapshot's L1 table as in the active one; nothing is followed. */
+START_TEST(test_l1_zero_offset_flags)
+{
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    uint64_t table = img_add_shared_snapshot(&im, 24, "1");
+    qc_put_be64(im.buf + cl_off(&im, table + 1), QC_OFLAG_COPIED);
+    outcome o;
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_L1_ZERO_OFFSET_FLAGS, 1);
+    const char *msg = o.rec.first_message[QC_P_L1_ZERO_OFFSET_FLAGS];
+    ck_assert_msg(strstr(msg, "snapshot 0") && strstr(msg, "entry 0 is 0x8000000000000000"), "%s",
+                  msg);
+    /* The snapshot no longer holds the L2 table and data clusters: their
+     * second reference is a leak each. */
+    ck_assert_uint_eq(o.res.leaks, 1 + p.data_clusters);
+    ck_assert_int_eq(o.status, 2);
+
+    /* Reserved bits too: both findings for the one entry. */
+    img_set_l1(&im, 0, QC_OFLAG_COPIED | 1ull << 60);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_L1_ZERO_OFFSET_FLAGS, 2);
+    ASSERT_FOUND(&o, QC_P_L1_ENTRY_RESERVED_BITS, 1);
+    ck_assert_msg(strstr(o.rec.first_message[QC_P_L1_ZERO_OFFSET_FLAGS], "active L1 table"), "%s",
+                  o.rec.first_message[QC_P_L1_ZERO_OFFSET_FLAGS]);
+    img_free(&im);
+}
+END_TEST
+
 START_TEST(test_l2_reserved_bits)
 {
     static const uint64_t bits[] = {1ull << 1, 1ull << 8, 1ull << 56, 1ull << 61};
@@ -2087,6 +2119,15 @@ START_TEST(test_backing_file)
     memcpy(im.buf + 112 + 8, "qcow2", 5);
     im.buf[0x200] = 'b';
 
+    /* An empty backing format is none to QEMU (it probes the backing
+     * file): the same warning as no extension at all. */
+    memset(im.buf + 112, 0, 16);
+    img_add_extension(&im, 112, QC_EXT_BACKING_FORMAT, "", 0);
+    run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_MISSING, 1);
+    ASSERT_ONLY(&o, QC_P_BACKING_FORMAT_MISSING);
+    ck_assert_int_eq(o.status, 0);
+
     /* Without the backing format extension: a warning only. */
     memset(im.buf + 112, 0, 16);
     run_check(&im, &o);
@@ -2094,11 +2135,25 @@ START_TEST(test_backing_file)
     ASSERT_ONLY(&o, QC_P_BACKING_FORMAT_MISSING);
     ck_assert_int_eq(o.status, 0);
 
-    /* A name inside the header. */
+    /* A name inside the header: QEMU's extension area ends where the name
+     * starts, so no extension is read (here an unknown one), and the name
+     * is the header's bytes. At 64 (snapshots_offset, 0) it is empty: no
+     * backing file, a warning. */
+    img_add_extension(&im, 112, 0x12345678, "x", 1);
     im.hdr.backing_file_offset = 64;
     img_write_header(&im);
     run_check(&im, &o);
+    ASSERT_FOUND(&o, QC_P_BACKING_NAME_IN_HEADER, 1);
+    ASSERT_ONLY(&o, QC_P_BACKING_NAME_IN_HEADER);
+    ck_assert_int_eq(o.status, 0);
+    /* At 1 it reads "FI\xfb": QEMU opens a backing file of that name. */
+    im.hdr.backing_file_offset = 1;
+    img_write_header(&im);
+    run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS, 1);
+    ASSERT_FOUND(&o, QC_P_BACKING_FORMAT_MISSING, 1);
+    ASSERT_FOUND(&o, QC_P_EXTENSION_UNKNOWN, 0);
+    ck_assert_int_eq(o.status, 2);
 
     /* A name running out of cluster 0. */
     im.hdr.backing_file_offset = im.cs - 4;
@@ -3029,6 +3084,7 @@ static Suite *check_memory_suite(void)
     tcase_add_test(tc, test_l1_entry_past_eof);
     tcase_add_test(tc, test_l1_entry_unaligned);
     tcase_add_test(tc, test_l1_reserved_bits);
+    tcase_add_test(tc, test_l1_zero_offset_flags);
     tcase_add_test(tc, test_l2_reserved_bits);
     tcase_add_test(tc, test_zero_flag_v2);
     tcase_add_test(tc, test_zero_flag_v3_is_valid);
