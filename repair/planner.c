@@ -481,8 +481,8 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         r.cluster_bits = r.ctx.geo.cluster_bits;
         r.incompat_before = r.ctx.hdr.incompatible_features;
         static void (*const leaks_stages[])(repair_run *) = {
-            stage_feature_bits, stage_empty_table_offsets, stage_refcounts, stage_leaks_copied,
-            stage_header_flags};
+            stage_feature_bits, stage_snapshot_count, stage_empty_table_offsets, stage_refcounts,
+            stage_leaks_copied, stage_header_flags};
         /* Pointers past the end of the file are dropped before anything
          * extends the file, so that no interrupted step can make them
          * point at new structures. */

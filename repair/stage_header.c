@@ -9,7 +9,8 @@
  *   leaks freed below), and bit 1 (raw external data) where it is invalid.
  * snapshot count (-r all): before anything extends the file, discards a
  *   table that starts past the end of the file or at offset 0 (the header
- *   cluster; one 12-byte header write),
+ *   cluster; one 12-byte header write; -r leaks too for the header when no
+ *   cluster is an orphan),
  *   cuts a last entry whose extra data, id or name runs past the end down
  *   to what is inside (keeping the snapshot), and drops the entries that do
  *   not fit in the file (or in QEMU's 64 MiB) by lowering nb_snapshots (one
@@ -228,6 +229,13 @@ void stage_snapshot_count(repair_run *r)
                                : r->res.per_problem[QC_P_SNAPSHOT_TABLE_IN_HEADER]
                                    ? QC_P_SNAPSHOT_TABLE_IN_HEADER
                                    : QC_P_COUNT;
+    /* -r leaks discards only a table in the header, and only when no
+     * cluster is an orphan (no real table can be anywhere in the file):
+     * qemu-img check -r leaks resets a snapshot table it cannot validate,
+     * and one that reads the header holds nothing. */
+    if (r->mode != QC_REPAIR_ALL && (unreadable != QC_P_SNAPSHOT_TABLE_IN_HEADER ||
+                                     r->res.per_problem[QC_P_REFCOUNT_ORPHAN]))
+        return;
     if (unreadable != QC_P_COUNT) {
         char where[96];
         if (unreadable == QC_P_SNAPSHOT_TABLE_PAST_EOF)
