@@ -85,7 +85,7 @@ SNAPSHOTS_DISCARDED_RE = re.compile(r"^discarded snapshot table entr(y|ies) ")
 # extra data it did not hold (QEMU reads zeros there, qcheck QEMU's
 # defaults for the missing fields); an entry without an id gets a fresh one
 SNAPSHOT_CUT_RE = re.compile(r'^snapshot (\d+) \(id ".*", name ".*"\) ran past the end of the file: .*'
-                             r'lost: the extra data')
+                             r'lost: (.*)$')
 SNAPSHOT_FRESH_ID_RE = re.compile(r'^snapshot (\d+) \(id "", name ".*"\) had no id; the repaired table gives '
                                   r'it id "(.*)"$')
 ID_IN_TEXT_RE = re.compile(r"\(([a-z][A-Za-z0-9]+)\)|\b([a-z]+[A-Z][A-Za-z0-9]+)\b")
@@ -446,7 +446,7 @@ class Oracle:
         if before is None:
             return
         keep = len(before)
-        cut, fresh = set(), {}
+        cut, fresh = {}, {}
         for n in notes:
             m = SNAPSHOTS_DROPPED_RE.match(n)
             if m:
@@ -455,18 +455,20 @@ class Oracle:
                 keep = 0
             m = SNAPSHOT_CUT_RE.match(n)
             if m:
-                cut.add(int(m.group(1)))
+                lost = m.group(2)
+                cut[int(m.group(1))] = ({0} if "the id" in lost else set()) | \
+                    ({1} if "the name" in lost else set()) | (set(range(5, 8)) if "extra data" in lost else set())
             m = SNAPSHOT_FRESH_ID_RE.match(n)
             if m:
                 fresh[int(m.group(1))] = m.group(2)
         def same(k, b, a):
             """A field absent before (None) may be filled in by the repair;
-            the id may be the fresh one a note gives; the fields of the
-            extra data (VM state, disk size, icount) of a cut entry may
-            change."""
-            if len(b) != len(a) or (b[0] != a[0] and fresh.get(k) != a[0]):
+            the id may be the fresh one a note gives; what a note says a
+            cut entry lost (its id, name, or the fields of its extra data:
+            VM state, disk size, icount) may change."""
+            lost = cut.get(k, set())
+            if len(b) != len(a) or (b[0] != a[0] and fresh.get(k) != a[0] and 0 not in lost):
                 return False
-            lost = range(5, 8) if k in cut else ()
             return all(x is None or x == y or i in lost for i, (x, y) in enumerate(zip(b, a)) if i)
         if after is None:
             out.append(("implication 4 (%s): the snapshot table cannot be read after the repair" % label, ""))

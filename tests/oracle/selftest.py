@@ -115,6 +115,7 @@ CASES = {
     "overflow-per-cluster": (shared_past_max, {"refcountOverflow"}),
     "shared-l2-counted-once": (shared_l2_reserved_bit, {"l2EntryReservedBits"}),
     "snapshot-count-once": (snapshot_count_past_table, {"tooManySnapshots"}),
+    "snapshot-entry-past-eof": ("snap_table_truncated", {"snapshotEntryPastEof"}),
     "header-read-as-table": ("hdr_snapshots_at_offset_0", {"snapshotTableInHeader"}),
     "qemu-cannot-open": ("hdr_compression_type_2", {"compressionTypeInvalid"}),
     "companions-missing": ("hdr_data_file_name_missing", {"dataFileNameMissing"}),
