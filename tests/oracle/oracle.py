@@ -447,7 +447,11 @@ class Oracle:
             return
         keep = len(before)
         cut, fresh = {}, {}
+        last = None  # the kind of the previous note, to read "... and N more like the above"
         for n in notes:
+            if n.startswith("... and ") and last == "fresh":
+                fresh[None] = True  # some fresh ids are not named one by one
+            last = "fresh" if SNAPSHOT_FRESH_ID_RE.match(n) else None
             m = SNAPSHOTS_DROPPED_RE.match(n)
             if m:
                 keep = int(m.group(2))
@@ -467,7 +471,8 @@ class Oracle:
             cut entry lost (its id, name, or the fields of its extra data:
             VM state, disk size, icount) may change."""
             lost = cut.get(k, set())
-            if len(b) != len(a) or (b[0] != a[0] and fresh.get(k) != a[0] and 0 not in lost):
+            renamed = fresh.get(k) == a[0] or (fresh.get(None) and b[0] == "" and a[0] != "")
+            if len(b) != len(a) or (b[0] != a[0] and not renamed and 0 not in lost):
                 return False
             return all(x is None or x == y or i in lost for i, (x, y) in enumerate(zip(b, a)) if i)
         if after is None:
