@@ -486,9 +486,9 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
          * extends the file, so that no interrupted step can make them
          * point at new structures. */
         static void (*const all_stages[])(repair_run *) = {
-            stage_feature_bits,   stage_snapshot_count, stage_data_on_metadata,
-            stage_broken_pointers, stage_snapshot_table, stage_refcounts,
-            stage_copied,          stage_header_flags};
+            stage_feature_bits,    stage_snapshot_count, stage_data_on_metadata,
+            stage_broken_pointers, stage_zero_extend,    stage_snapshot_table,
+            stage_refcounts,       stage_copied,         stage_header_flags};
         void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
         size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
                                           : sizeof(leaks_stages) / sizeof(leaks_stages[0]);

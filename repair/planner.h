@@ -108,8 +108,9 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
  * cluster two structures claim, or after an error). */
 bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
-/* Take back the last step, a write inside the file, and its bytes in the
- * view: for a stage that tried a change and found it wrong on a check. */
+/* Take back the last step, a write, and its bytes in the view: for a stage
+ * that tried a change and found it wrong on a check. A write that grew the
+ * view leaves restoring view.size to the caller. */
 void plan_undo_write(repair_run *r);
 /* Ask for a flush: the writes before it reach the disk before any after. */
 void plan_flush(repair_run *r);
@@ -169,6 +170,9 @@ qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 /* The stages, in the order they run (planner.c lists them per mode). */
 void stage_feature_bits(repair_run *r);
 void stage_snapshot_count(repair_run *r);
+/* -r all, after the pointers past the end of the file are dropped and
+ * before anything is appended (see stage_header.c). */
+void stage_zero_extend(repair_run *r);
 void stage_snapshot_table(repair_run *r);
 void stage_data_on_metadata(repair_run *r);
 void stage_refcounts(repair_run *r);

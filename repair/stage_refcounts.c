@@ -4,12 +4,13 @@
  * Checks: the on-disk refcount of every cluster against the references the
  * check found. Fixes: leaks (lowered, in both modes) and, with -r all,
  * refcounts too low or zero (raised); refcounts past the end of the file
- * (lowered to 0). Refcounts are patched in place while every refcount
+ * that nothing claims (lowered to 0). Refcounts are patched in place while every refcount
  * block that matters is readable; otherwise (-r all) the whole refcount
  * structure is rebuilt at the end of the file and the header switched to
  * it with one 12-byte write between two flushes.
  * Never lowers a refcount an unfollowed structure may need: orphans that
- * bind keep their refcount (with -r leaks those of the first check too).
+ * bind keep their refcount (with -r leaks those of the first check too),
+ * and so do clusters past the end of the file that a pointer claims.
  * With -r leaks, while COPIED cannot be fixed afterwards, a leaked cluster
  * the active tables map with COPIED clear is not lowered below 2.
  * Needs: a current check. Produces: refcount block and table writes, the
@@ -39,7 +40,9 @@ static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c)
 static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint64_t ondisk)
 {
     if (c >= ctx->file_clusters)
-        return 0; /* nothing can live past the end of the file */
+        /* QEMU reads zeros past the end of the file and counts what a
+         * pointer places there: a structure's refcount stays. */
+        return qc_claimed_past_eof(ctx, c) ? ondisk : 0;
     uint64_t computed = qc_refmap_get(&ctx->refmap, c);
     if (computed > ctx->geo.refcount_max)
         computed = ctx->geo.refcount_max;

@@ -108,6 +108,15 @@ SNAPSHOTS_KEPT = {"snap_table_truncated": 2, "snap_extra_past_eof": 2,
                   "snap_entry_past_eof_and_dropped": 1}
 # Cases both qemu-img check -r leaks and qcheck -r leaks must end clean.
 LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
+# Cases whose L1 table the end of the file cuts short (oracle class N-G):
+# QEMU reads zeros past the end and writes fine. After either repair,
+# qemu-img check must not find a cluster in use with refcount 0 and a
+# guest write must succeed (a repair that freed the table's cluster makes
+# QEMU refuse the write as overlapping the L1 table); -r all completes the
+# table with zeros (the file then ends where the table's last cluster does)
+# and must leave the image clean.
+CUT_TABLES = {"hdr_l1_cut_by_eof", "hdr_l1_cut_by_eof_freed", "hdr_l1_cut_by_eof_512", "snap_l1_cut_by_eof"}
+EXTENDED_RE = re.compile(r"^extended the file with zeros from (\d+) to (\d+) bytes")
 TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
 COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
 SNAPSHOTS_DROPPED_RE = re.compile(r"^(the snapshot table listed \d+ snapshots; \d+ could be read"
@@ -643,6 +652,9 @@ class RepairRunner:
         self.check_salvage(orig, counts, limg, lres, salvage_leaks, "-r leaks", o)
         o.guest_kept = guest_ok
         o.orphans = len(orphan_rc) if orphans_ok else 0
+        if case.name in CUT_TABLES:
+            self.check_cut_table(case, base, cdir, orig, img, rc, notes, "-r all", o)
+            self.check_cut_table(case, base, cdir, orig, limg, None, lnotes, "-r leaks", o)
 
         # (b) qemu-img on what qcheck calls clean
         if rc == 0:
@@ -1004,6 +1016,44 @@ class RepairRunner:
         if listed != sorted((r["host_offset"], r["length"]) for r in rows):
             o.fails.append("%s --salvage: the index rows are not the \"unlinked\" items in the file" % what)
         o.salvage.append((what, figures.get("ranges", 0), figures.get("bytes", 0)))
+
+    def qemu_write_state(self, base, cdir, img, sub):
+        """On a copy: the clusters qemu-img check finds in use with refcount
+        0, and whether a guest write then succeeds (its error if not)."""
+        d, copy = self.copy(cdir, img, sub)
+        for f in base.companion_files():
+            shutil.copyfile(os.path.join(self.bases_dir, f), os.path.join(d, f))
+        name = os.path.basename(copy)
+        _, out, err = run([QEMU_IMG, "check"] + base.qemu_target(name), cwd=d)
+        freed = {line for line in (out + err).splitlines() if "refcount=0 reference=" in line}
+        wrc, wout, werr = run([build_images.QEMU_IO, "-c", "write -P 0x5a 0 4k",
+                               "-c", "read -P 0x5a 0 4k"] + base.qemu_target(name), cwd=d)
+        failed = wrc != 0 or "failed" in wout + werr
+        return freed, (werr.strip() or wout.strip() or "exit %s" % wrc)[-200:] if failed else None
+
+    def check_cut_table(self, case, base, cdir, orig, img, rc, notes, what, o):
+        """CUT_TABLES: the repair frees no cluster QEMU counts as in use, and
+        a guest write works afterwards if it did before (-r all: always);
+        with -r all (rc given), the file was extended with zeros and is
+        clean."""
+        mode = what.split()[-1]
+        freed0, error0 = self.qemu_write_state(base, cdir, orig, "qemu_write_orig")
+        freed, error = self.qemu_write_state(base, cdir, img, "qemu_write_" + mode)
+        if freed - freed0:
+            o.fails.append("%s freed a cluster QEMU counts as in use: %s" % (what, sorted(freed - freed0)[0]))
+        if error and (rc is not None or not error0):
+            o.fails.append("%s: a guest write then fails in QEMU: %s" % (what, error))
+        if rc is None:
+            return
+        ext = [m for m in (EXTENDED_RE.match(n) for n in notes) if m]
+        size = os.path.getsize(img)
+        with q.Image(img) as im:
+            cs = im.cluster_size
+        if rc != 0:
+            o.fails.append("%s left the image with exit %s, not clean" % (what, rc))
+        if len(ext) != 1 or int(ext[0].group(2)) != size or size % cs:
+            o.fails.append("%s: wanted one note extending the file to its new size %d (a multiple "
+                           "of the cluster size), got %s" % (what, size, [m.group(0) for m in ext]))
 
     def check_qemu(self, case, base, d, name, o):
         rc, out, err = run([QEMU_IMG, "check", "--output=json"] + base.qemu_target(name), cwd=d)

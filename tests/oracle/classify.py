@@ -139,14 +139,6 @@ def ids(r):
     return set(r.get("facts", {}).get("ids") or [])
 
 
-@cls("N-G", "-r leaks/-r all clear the refcount of a cluster past the end of the file that a table of the "
-     "header still occupies (an L1 or refcount table ending less than one cluster past EOF): QEMU then "
-     "reports refcount=0 for it, and would allocate it again")
-def _ng(sig, detail, r):
-    return sig.startswith("after qcheck -r") and "refcount-zero" in sig and bool(
-        ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"})
-
-
 @cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
      "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
      "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
