@@ -195,6 +195,11 @@ typedef struct qc_ctx {
     qc_bitset orphans;        /* compare: clusters reported as refcountOrphan */
     qc_bitset over;           /* compare: on-disk refcount above the references found */
     bool stop;         /* nothing more can be checked */
+    /* Set by a repair before the check runs: an L2 table wins an overlap
+     * with a refcount block (which is then not read), so that a rebuild
+     * of the refcounts can count what the table maps (see
+     * repair/stage_refcounts.c). A check alone lets the block win. */
+    bool l2_over_refblock;
 
     /* Every finding, uncapped, for the repair planner (NULL in a check). */
     void (*fix_sink)(void *payload, qc_problem_id id, uint64_t offset, uint64_t count);

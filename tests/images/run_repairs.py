@@ -117,7 +117,15 @@ LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "sn
 # and must leave the image clean.
 CUT_TABLES = {"hdr_l1_cut_by_eof", "hdr_l1_cut_by_eof_freed", "hdr_l1_cut_by_eof_512", "snap_l1_cut_by_eof"}
 EXTENDED_RE = re.compile(r"^extended the file with zeros from (\d+) to (\d+) bytes")
+# Cases -r all must leave clean (exit 0, so qemu-img is asked too) although
+# the problem table gives no fix for one of their corruptions: a refcount
+# block that is also an L2 table (oracle class N-O) is replaced by a rebuild
+# while the L2 table, which reads as a valid one, stays where it is.
+ALL_ENDS_CLEAN = {"overlap_refblock_on_l2"}
 TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
+# Of those, the tables whose refcounts may have counted any cluster (a
+# missing table counts none).
+TABLE_UNREADABLE = TABLE_UNUSABLE - {"reftableMissing"}
 COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
 SNAPSHOTS_DROPPED_RE = re.compile(r"^(the snapshot table listed \d+ snapshots; \d+ could be read"
                                   r"|discarded snapshot table entr)")
@@ -781,6 +789,11 @@ class RepairRunner:
             else:
                 o.qcheck_clean = True
         else:
+            if case.name in ALL_ENDS_CLEAN and rc != 0:
+                o.fails.append("-r all must leave this image clean, but the re-check exits %s with "
+                               "%d corruptions (%s) and %d leaks" % (
+                                   rc, res.get("corruptions", 0), ", ".join(sorted(corr_after)) or "-",
+                                   leaks))
             new = corr_after - corr_before
             if new:
                 o.fails.append("-r all introduced corruptions: %s" % ", ".join(sorted(new)))
@@ -957,9 +970,14 @@ class RepairRunner:
     @staticmethod
     def refcounts(orig, before_res, img):
         """On-disk refcounts before and after the repair (salvage_check.
-        refcounts), or None when the check found the refcount table itself
-        unusable (qcheck then knows no refcount before the repair)."""
-        if any(p.get("id") in TABLE_UNUSABLE for p in before_res.get("problems", [])):
+        refcounts). When the check found the refcount table unreadable,
+        every cluster that held anything counts as possibly counted before
+        (a repair freeing it must list and save it); None when the table was
+        missing (nothing was counted)."""
+        ids = {p.get("id") for p in before_res.get("problems", [])}
+        if ids & TABLE_UNREADABLE:
+            return salvage_check.refcounts(orig, img, unknown_before=True)
+        if ids & TABLE_UNUSABLE:
             return None
         return salvage_check.refcounts(orig, img)
 
@@ -969,9 +987,10 @@ class RepairRunner:
         as freed, and every cluster listed as freed has refcount 0 now.
         "Before" is what the test reader finds behind the header's refcount
         table pointer, which is what qcheck reads unless it found the table
-        itself unusable (then it knows no refcount to compare with): `counts`
-        (salvage_check.refcounts) is None then, or when the test reader
-        cannot walk the refcounts."""
+        itself unusable: then every cluster that held anything may have been
+        counted (an unreadable table), or none was (a missing one: `counts`
+        (salvage_check.refcounts) is None then, as when the test reader
+        cannot walk the refcounts)."""
         items = (res.get("repair") or {}).get("unlinked")
         if not isinstance(items, list):
             o.fails.append("%s: no \"unlinked\" list in the repair object" % what)

@@ -193,13 +193,6 @@ def _nd(sig, detail, r):
                                       or "data_file" in " ".join(r.get("facts", {}).get("create") or []))
 
 
-@cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "
-     "structures and reaches exit 0 with the guest data kept; qcheck's leaves metadataOverlap and the "
-     "refcounts alone (exit 2)")
-def _no(sig, detail, r):
-    return bool(re.search(r"implication 2 \(-r all\).*left metadataOverlap", sig))
-
-
 @cls("N-V", "a refcount overflow on a cluster whose refcount block qcheck cannot use: QEMU reports it (the "
      "overflow is of the computed count), qcheck only refcountsUnknown")
 def _nv(sig, detail, r):
