@@ -341,8 +341,9 @@ void stage_zero_extend(repair_run *r)
         }
     }
     if (snapshots)
-        snprintf(tables + strlen(tables), sizeof(tables) - strlen(tables), "%s%u snapshot L1 table%s",
-                 tables[0] ? " and " : "", snapshots, snapshots == 1 ? "" : "s");
+        snprintf(tables + strlen(tables), sizeof(tables) - strlen(tables),
+                 "%s%u snapshot L1 table%s", tables[0] ? " and " : "", snapshots,
+                 snapshots == 1 ? "" : "s");
     if (target == size)
         return;
     uint8_t *zeros = calloc(1, (size_t)(target - size));
@@ -354,7 +355,8 @@ void stage_zero_extend(repair_run *r)
     /* What the earlier stages wrote (pointers past the end dropped, tables
      * past the end discarded) reaches the disk before the file grows. */
     plan_flush(r);
-    bool written = plan_write(r, size, zeros, (size_t)(target - size), "zeros past the end of the file",
+    bool written = plan_write(r, size, zeros, (size_t)(target - size),
+                              "zeros past the end of the file",
                               "extend the file from %llu to %llu bytes to complete %s",
                               (unsigned long long)size, (unsigned long long)target, tables);
     free(zeros);

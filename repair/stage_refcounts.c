@@ -4,10 +4,10 @@
  * Checks: the on-disk refcount of every cluster against the references the
  * check found. Fixes: leaks (lowered, in both modes) and, with -r all,
  * refcounts too low or zero (raised); refcounts past the end of the file
- * that nothing claims (lowered to 0). Refcounts are patched in place while every refcount
- * block that matters is readable; otherwise (-r all) the whole refcount
- * structure is rebuilt at the end of the file and the header switched to
- * it with one 12-byte write between two flushes.
+ * that nothing claims (lowered to 0). Refcounts are patched in place while
+ * every refcount block that matters is readable; otherwise (-r all) the
+ * whole refcount structure is rebuilt at the end of the file and the
+ * header switched to it with one 12-byte write between two flushes.
  * Never lowers a refcount an unfollowed structure may need: orphans that
  * bind keep their refcount (with -r leaks those of the first check too),
  * and so do clusters past the end of the file that a pointer claims.
