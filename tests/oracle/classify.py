@@ -142,7 +142,8 @@ def ids(r):
 @cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
      "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
      "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
-     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r all cannot repair it")
+     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r leaks cannot repair it "
+     "(-r all completes with zeros an L1 table that starts inside the file or at its end)")
 def _nj(sig, detail, r):
     if "bitmapsExtensionInvalid" in sig and "file cut" in muts(r):
         return True
@@ -153,7 +154,7 @@ def _nj(sig, detail, r):
     if not ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"}:
         return False
     return "counted only by qemu-img" in sig or "clusters differs" in sig or bool(
-        re.search(r"left (l1PastEof|reftablePastEof)", sig))
+        re.search(r"left (l1PastEof|reftablePastEof|snapshotL1PastEof)", sig))
 
 
 @cls("N-M", "virtual size not a multiple of 512: QEMU's total-clusters comes from the size rounded down "
