@@ -29,6 +29,7 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->reftable);
     free(ctx->refblock_state);
     free(ctx->extents);
+    free(ctx->past_eof_claims);
     qc_refmap_release(&ctx->refmap);
     qc_bitset_release(&ctx->suspect);
     qc_bitset_release(&ctx->orphans);
@@ -69,6 +70,7 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
         }
         if (!ctx->stop && qc_extents_finish(ctx)) {
             qc_pass_mapping_walk(ctx);
+            qc_past_eof_claims_finish(ctx);
             if (!ctx->stop)
                 qc_pass_compare(ctx);
         }

@@ -117,6 +117,13 @@ typedef struct qc_bitset {
     uint64_t **pages; /* NULL: no bit of the page is set */
 } qc_bitset;
 
+/* Host clusters [first, end). */
+typedef struct qc_cluster_run {
+    uint64_t first, end;
+} qc_cluster_run;
+
+#define QC_MAX_PAST_EOF_CLAIMS 65536u
+
 typedef struct qc_ctx {
     qc_io *io;
     const qc_options *opts;
@@ -172,6 +179,15 @@ typedef struct qc_ctx {
      * file: of the refcount table and blocks (which a rebuild replaces),
      * and of anything else. */
     uint64_t past_eof_end_refcounts, past_eof_end;
+    /* Every host cluster a pointer places past the end of the file, as
+     * runs (sorted and merged by qc_past_eof_claims_finish): a repair
+     * never lowers their refcounts, which QEMU counts. Beyond
+     * QC_MAX_PAST_EOF_CLAIMS runs, or before the runs are sorted, every
+     * cluster below past_eof_claims_end counts as claimed. */
+    qc_cluster_run *past_eof_claims;
+    size_t nb_past_eof_claims, cap_past_eof_claims;
+    uint64_t past_eof_claims_end; /* in clusters */
+    bool past_eof_claims_lost, past_eof_claims_sorted;
     uint64_t unfollowed_refblocks; /* of those: refcount blocks behind bad pointers */
     uint64_t unfollowed_bitmaps;   /* of those: bitmap structures */
     qc_bitset suspect;
@@ -179,6 +195,11 @@ typedef struct qc_ctx {
     qc_bitset orphans;        /* compare: clusters reported as refcountOrphan */
     qc_bitset over;           /* compare: on-disk refcount above the references found */
     bool stop;         /* nothing more can be checked */
+    /* Set by a repair before the check runs: an L2 table wins an overlap
+     * with a refcount block (which is then not read), so that a rebuild
+     * of the refcounts can count what the table maps (see
+     * repair/stage_refcounts.c). A check alone lets the block win. */
+    bool l2_over_refblock;
 
     /* Every finding, uncapped, for the repair planner (NULL in a check). */
     void (*fix_sink)(void *payload, qc_problem_id id, uint64_t offset, uint64_t count);
@@ -357,6 +378,15 @@ void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset);
  * remember how far, so that a repair appends nothing that pointer would
  * then find (see past_eof_end). */
 void qc_claim_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length, bool refcount_structure);
+/* Record only that a structure claims [start, start + length) past the end
+ * of the file (qc_claimed_past_eof), for one a repair drops before it
+ * appends anything (bitmap structures, the encryption header). */
+void qc_note_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length);
+/* Sort and merge the runs (before the comparison pass). */
+void qc_past_eof_claims_finish(qc_ctx *ctx);
+/* Whether a structure or pointer the check found claims host cluster
+ * `cluster`, which lies past the end of the file. */
+bool qc_claimed_past_eof(const qc_ctx *ctx, uint64_t cluster);
 /* The same for a bitmap data pointer (bitmap_suspect / unfollowed_bitmaps
  * too: -r all drops broken bitmaps, so what only they own is not kept). */
 void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);

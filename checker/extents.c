@@ -190,6 +190,9 @@ bool qc_extents_finish(qc_ctx *ctx)
         if (reach != SIZE_MAX && extent_end_cluster(ctx, &ctx->extents[reach]) >= first) {
             qc_extent *other = &ctx->extents[reach];
             qc_extent *loser = owner_rank(e) >= owner_rank(other) ? e : other;
+            if (ctx->l2_over_refblock && (1u << e->owner | 1u << other->owner) ==
+                                             (1u << QC_OWN_L2 | 1u << QC_OWN_REFBLOCK))
+                loser = e->owner == QC_OWN_REFBLOCK ? e : other;
             qc_extent *winner = loser == e ? other : e;
             char a[200], b[200];
             qc_describe_extent(ctx, loser, a, sizeof(a));

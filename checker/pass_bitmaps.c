@@ -188,6 +188,8 @@ void qc_pass_bitmaps(qc_ctx *ctx)
             qc_report(ctx, QC_P_BITMAP_ENTRY_INVALID, obj, at, 1, "%s", why);
             ctx->unfollowed++;
             ctx->unfollowed_bitmaps++;
+            if (e.table_offset && qc_cluster_aligned(ctx, e.table_offset))
+                qc_note_past_eof(ctx, e.table_offset, (uint64_t)e.table_size * 8);
         } else {
             if (qemu_refusal(ctx, &e, name, why, sizeof(why)))
                 qc_report(ctx, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, obj, at, 1,

@@ -4,8 +4,8 @@
  *
  * Checks, per host cluster: leaks (higher on disk), refcounts too low or
  * zero for clusters in use, refcount overflow for narrow widths, non-zero
- * refcounts past the end of the file, clusters whose refcount cannot be
- * read. Refcounts above the references found are reported as orphans
+ * refcounts past the end of the file of clusters no pointer claims there
+ * (QEMU counts those as in use), clusters whose refcount cannot be read. Refcounts above the references found are reported as orphans
  * instead of leaks when some structure was not followed or the cluster is
  * what a broken pointer most likely meant (the difference may be theirs).
  * Then COPIED in the active L1 and L2 tables. Consecutive clusters with the same finding are
@@ -167,7 +167,8 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     }
     uint64_t past_eof = 0, past_first = 0;
     for (uint64_t c = in_file > span->first ? in_file : span->first; c < end; c++)
-        if (qc_refblock_get(block, bits, c - span->first) && !past_eof++)
+        if (qc_refblock_get(block, bits, c - span->first) && !qc_claimed_past_eof(ctx, c) &&
+            !past_eof++)
             past_first = c;
     if (past_eof) {
         char obj[64];

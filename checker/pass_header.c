@@ -291,10 +291,12 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1,
                   "bitmap directory offset 0x%llx is not a cluster-aligned non-zero offset",
                   (unsigned long long)b->directory_offset);
-    else if (!qc_range_within(b->directory_offset, b->directory_size, ctx->file_size))
+    else if (!qc_range_within(b->directory_offset, b->directory_size, ctx->file_size)) {
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1,
                   "bitmap directory at 0x%llx (%llu bytes) extends past the end of the file",
                   (unsigned long long)b->directory_offset, (unsigned long long)b->directory_size);
+        qc_note_past_eof(ctx, b->directory_offset, b->directory_size);
+    }
     else
         valid = true;
     if (valid) {
@@ -566,12 +568,13 @@ static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
                   "encryption header offset 0x%llx is not a cluster-aligned non-zero offset",
                   (unsigned long long)off);
-    else if (len == 0 || !qc_range_within(off, len, ctx->file_size))
+    else if (len == 0 || !qc_range_within(off, len, ctx->file_size)) {
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
                   "encryption header at 0x%llx (%llu bytes) is empty or extends past the end of "
                   "the file",
                   (unsigned long long)off, (unsigned long long)len);
-    else {
+        qc_note_past_eof(ctx, off, len);
+    } else {
         ctx->crypto_offset = off;
         ctx->crypto_length = len;
         check_luks_header(ctx);

@@ -244,6 +244,7 @@ static bool run_check(repair_run *r, const qc_options *opts)
     r->nb_found = 0;
     r->ctx.fix_sink = collect_finding;
     r->ctx.fix_sink_payload = r;
+    r->ctx.l2_over_refblock = r->l2_over_refblock;
     qc_ctx_run(&r->ctx, &r->view, opts, &r->res);
     r->ctx_live = true;
     r->ctx_stale = false;
@@ -296,6 +297,21 @@ bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *wh
               "(metadataOverlap), and moving one away would make the other live as it is",
               what, (unsigned long long)s.cluster, s.a, s.b);
     return true;
+}
+
+int view_has_data(repair_run *r, uint64_t off, uint64_t size)
+{
+    uint8_t buf[4096];
+    for (uint64_t done = 0; done < size; done += sizeof(buf)) {
+        size_t n = size - done < sizeof(buf) ? (size_t)(size - done) : sizeof(buf);
+        int ret = qc_read_zero_filled(&r->view, off + done, buf, n);
+        if (ret < 0)
+            return ret;
+        for (size_t i = 0; i < n; i++)
+            if (buf[i])
+                return 1;
+    }
+    return 0;
 }
 
 uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts)
@@ -487,9 +503,10 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
          * extends the file, so that no interrupted step can make them
          * point at new structures. */
         static void (*const all_stages[])(repair_run *) = {
-            stage_feature_bits,   stage_snapshot_count, stage_empty_table_offsets, stage_data_on_metadata,
-            stage_broken_pointers, stage_snapshot_table, stage_refcounts,
-            stage_copied,          stage_header_flags};
+            stage_feature_bits,     stage_refblock_overlaps, stage_snapshot_count,
+            stage_empty_table_offsets, stage_data_on_metadata, stage_broken_pointers,
+            stage_zero_extend,      stage_snapshot_table,    stage_refcounts,
+            stage_copied,           stage_header_flags};
         void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
         size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
                                           : sizeof(leaks_stages) / sizeof(leaks_stages[0]);

@@ -89,6 +89,7 @@ typedef struct repair_run {
     size_t nb_owners;
     bool owners_stale;
     bool drops_bitmaps; /* -r all and a bitmap problem whose fix is dropping them */
+    bool l2_over_refblock; /* the checks of the view let L2 tables win over refcount blocks */
     unsigned version;
     unsigned cluster_bits;
     uint64_t incompat_before; /* incompatible features before the repair */
@@ -108,8 +109,9 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
  * cluster two structures claim, or after an error). */
 bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
-/* Take back the last step, a write inside the file, and its bytes in the
- * view: for a stage that tried a change and found it wrong on a check. */
+/* Take back the last step, a write, and its bytes in the view: for a stage
+ * that tried a change and found it wrong on a check. A write that grew the
+ * view leaves restoring view.size to the caller. */
 void plan_undo_write(repair_run *r);
 /* Ask for a flush: the writes before it reach the disk before any after. */
 void plan_flush(repair_run *r);
@@ -134,6 +136,9 @@ uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts
  * a structure out of such a cluster leaves it, since the structure left
  * behind was never followed and would become live garbage. */
 bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what);
+/* Whether [off, off + size) of the view holds anything but zeros: 1, 0,
+ * or a negative errno when it cannot be read. */
+int view_has_data(repair_run *r, uint64_t off, uint64_t size);
 /* The L2 table (distinct) containing host offset `off`, or NULL. */
 const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
 
@@ -144,6 +149,8 @@ void plan_unlinked(repair_run *r, const qc_unlinked *item);
  * check. plan_freed_flush() ends the current run. */
 void plan_freed(repair_run *r, uint64_t c);
 void plan_freed_flush(repair_run *r);
+/* Whether a dropped item of the plan covers host cluster c. */
+bool plan_dropped(repair_run *r, uint64_t c);
 /* Notes for humans on the frees of clusters that a dropped pointer owned
  * or that were orphans (after the last stage). */
 void note_unlinked(repair_run *r);
@@ -170,9 +177,15 @@ qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 void stage_feature_bits(repair_run *r);
 void stage_snapshot_count(repair_run *r);
 void stage_empty_table_offsets(repair_run *r);
+/* -r all, after the pointers past the end of the file are dropped and
+ * before anything is appended (see stage_header.c). */
+void stage_zero_extend(repair_run *r);
 void stage_snapshot_table(repair_run *r);
 void stage_data_on_metadata(repair_run *r);
 void stage_refcounts(repair_run *r);
+/* -r all, first after the feature bits: decides which side of a refcount
+ * block / L2 table overlap the later stages trust (stage_refcounts.c). */
+void stage_refblock_overlaps(repair_run *r);
 /* Whether the refcount stage would leave refcounts alone because a refcount
  * block shares its cluster with an L2 table: then nothing may be appended,
  * since its clusters could not be counted. */

@@ -10,17 +10,21 @@
  * snapshot count (-r all): before anything extends the file, discards a
  *   table that starts past the end of the file or at offset 0 (the header
  *   cluster; one 12-byte header write; -r leaks too for the header when no
- *   cluster is an orphan),
- *   cuts a last entry whose extra data, id or name runs past the end down
- *   to what is inside (keeping the snapshot), and drops the entries that do
- *   not fit in the file (or in QEMU's 64 MiB) by lowering nb_snapshots (one
- *   4-byte write).
+ *   cluster is an orphan), cuts a last entry whose extra data, id or name
+ *   runs past the end down to what is inside (keeping the snapshot), and
+ *   drops the entries that do not fit in the file (or in QEMU's 64 MiB) by
+ *   lowering nb_snapshots (one 4-byte write).
  * empty table offsets (both modes): sets to 0 the offset of an active L1
  *   table, snapshot table or snapshot's L1 table without entries that QEMU
  *   refuses (unaligned, or 2^63 or more); nothing is read there, so
- *   nothing is lost. -r leaks
- *   does it too because qemu-img check -r leaks does (its header write
- *   carries the offset its check reset to 0).
+ *   nothing is lost. -r leaks does it too because qemu-img check -r leaks
+ *   does (its header write carries the offset its check reset to 0).
+ * zero extension (-r all): an active or snapshot L1 table that the end of
+ *   the file cuts short (l1PastEof, snapshotL1PastEof), and that starts
+ *   inside the file or at its end, is completed by extending the file with
+ *   zeros to the end of the table's last cluster: QEMU reads zeros past the
+ *   end of the file, so the guest data stay the same, and the table is
+ *   then whole (its refcounts are raised by the refcount stage if need be).
  * snapshot table (-r all): where extra data is too large or (version 3) too
  *   small, or an id is empty, rewrites the table as QEMU would: 24 bytes of
  *   known extra data, unknown extra data kept (up to 1024 bytes in all),
@@ -324,6 +328,118 @@ void stage_empty_table_offsets(repair_run *r)
             return;
     }
     plan_flush(r);
+}
+
+/* Where zeros would complete an L1 table at [off, off + bytes) that the end
+ * of the file (`size` bytes) cuts short: the end of its last cluster, when
+ * the table starts inside the file or at its cluster-rounded end (so only
+ * the table's own clusters are added); 0 otherwise. */
+static uint64_t completed_end(const qc_ctx *ctx, uint64_t size, uint64_t off, uint64_t bytes)
+{
+    uint64_t end, cs = ctx->geo.cluster_size;
+    if (!bytes || bytes > QC_MAX_L1_BYTES || !off || !qc_cluster_aligned(ctx, off) ||
+        !qc_add_ok(off, bytes, &end) || end <= size || off > qc_div_round_up(size, cs) * cs)
+        return 0;
+    return qc_div_round_up(end, cs) * cs;
+}
+
+/* Whether the check of the view with the file extended to `to` shows no
+ * new problem: no check error, fewer tables past the end of the file, and
+ * no corruption of any kind more than before, except refcounts too low or
+ * zero of the completed tables' clusters [from, to), which the refcount
+ * stage raises. A table whose part inside the file is garbage would now
+ * be followed: that is not completed (QEMU reads the garbage too, but the
+ * repair must not end with more corruptions than it began with). */
+static bool extension_holds(const repair_run *r, const qc_result *before, uint64_t from,
+                            uint64_t to)
+{
+    const qc_result *now = &r->res;
+    if (now->check_errors || now->per_problem[QC_P_L1_PAST_EOF] +
+                                     now->per_problem[QC_P_SNAPSHOT_L1_PAST_EOF] >=
+                                 before->per_problem[QC_P_L1_PAST_EOF] +
+                                     before->per_problem[QC_P_SNAPSHOT_L1_PAST_EOF])
+        return false;
+    uint64_t raised = 0; /* refcount findings inside the completed tables */
+    for (size_t i = 0; i < r->nb_found; i++) {
+        const repair_finding *f = &r->found[i];
+        if ((f->id == QC_P_REFCOUNT_ZERO_IN_USE || f->id == QC_P_REFCOUNT_TOO_LOW) &&
+            f->offset >= from && f->offset < to)
+            raised += f->count;
+    }
+    for (unsigned i = 0; i < QC_P_COUNT; i++) {
+        if (qc_problem_get((qc_problem_id)i)->severity != QC_SEV_CORRUPTION ||
+            now->per_problem[i] <= before->per_problem[i])
+            continue;
+        uint64_t more = now->per_problem[i] - before->per_problem[i];
+        if ((i != QC_P_REFCOUNT_ZERO_IN_USE && i != QC_P_REFCOUNT_TOO_LOW) || more > raised)
+            return false;
+        raised -= more;
+    }
+    return true;
+}
+
+void stage_zero_extend(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || (!r->res.per_problem[QC_P_L1_PAST_EOF] &&
+                 !r->res.per_problem[QC_P_SNAPSHOT_L1_PAST_EOF]))
+        return;
+    const qc_header *h = &ctx->hdr;
+    uint64_t size = r->view.size, target = size, from = UINT64_MAX;
+    char tables[128] = "";
+    uint64_t end = completed_end(ctx, size, h->l1_table_offset, (uint64_t)h->l1_size * 8);
+    if (end) {
+        target = end;
+        from = h->l1_table_offset;
+        snprintf(tables, sizeof(tables), "the active L1 table");
+    }
+    uint32_t snapshots = 0;
+    for (uint32_t i = 0; i < ctx->nb_snapshots && i < h->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+        end = completed_end(ctx, size, e->l1_table_offset, (uint64_t)e->l1_size * 8);
+        if (end) {
+            snapshots++;
+            target = end > target ? end : target;
+            from = e->l1_table_offset < from ? e->l1_table_offset : from;
+        }
+    }
+    if (snapshots)
+        snprintf(tables + strlen(tables), sizeof(tables) - strlen(tables),
+                 "%s%u snapshot L1 table%s", tables[0] ? " and " : "", snapshots,
+                 snapshots == 1 ? "" : "s");
+    if (target == size)
+        return;
+    uint8_t *zeros = calloc(1, (size_t)(target - size));
+    if (!zeros) {
+        r->error = -ENOMEM;
+        return;
+    }
+    qc_result before = r->res;
+    /* What the earlier stages wrote (pointers past the end dropped, tables
+     * past the end discarded) reaches the disk before the file grows. */
+    plan_flush(r);
+    bool written = plan_write(r, size, zeros, (size_t)(target - size),
+                              "zeros past the end of the file",
+                              "extend the file from %llu to %llu bytes to complete %s",
+                              (unsigned long long)size, (unsigned long long)target, tables);
+    free(zeros);
+    if (!written)
+        return;
+    if (!try_check(r) || !extension_holds(r, &before, from, target)) {
+        plan_undo_write(r);
+        r->view.size = size; /* the write grew the view */
+        plan_note(r, NOTE_GENERAL,
+                  "%s not completed with zeros: the part inside the file holds what a check would "
+                  "then follow as new problems; left past the end of the file",
+                  tables);
+        return;
+    }
+    plan_flush(r);
+    plan_note(r, NOTE_GENERAL,
+              "extended the file with zeros from %llu to %llu bytes (0x%llx-0x%llx): %s ended past "
+              "the end of the file, where QEMU reads zeros; the guest sees the same data",
+              (unsigned long long)size, (unsigned long long)target, (unsigned long long)size,
+              (unsigned long long)target - 1, tables);
 }
 
 void stage_snapshot_table(repair_run *r)

@@ -4,14 +4,22 @@
  * Checks: the on-disk refcount of every cluster against the references the
  * check found. Fixes: leaks (lowered, in both modes) and, with -r all,
  * refcounts too low or zero (raised); refcounts past the end of the file
- * (lowered to 0). Refcounts are patched in place while every refcount
- * block that matters is readable; otherwise (-r all) the whole refcount
- * structure is rebuilt at the end of the file and the header switched to
- * it with one 12-byte write between two flushes.
+ * that nothing claims (lowered to 0). Refcounts are patched in place while
+ * every refcount block that matters is readable; otherwise (-r all) the
+ * whole refcount structure is rebuilt at the end of the file and the
+ * header switched to it with one 12-byte write between two flushes.
  * Never lowers a refcount an unfollowed structure may need: orphans that
- * bind keep their refcount (with -r leaks those of the first check too).
+ * bind keep their refcount (with -r leaks those of the first check too),
+ * and so do clusters past the end of the file that a pointer claims.
  * With -r leaks, while COPIED cannot be fixed afterwards, a leaked cluster
  * the active tables map with COPIED clear is not lowered below 2.
+ * Where a rebuild cannot read the old refcounts, every cluster it leaves
+ * at 0 that a dropped item covers or that holds anything is freed (listed
+ * and salvaged): the old refcounts may have counted it.
+ * Also the refcount block overlaps stage (-r all, writes nothing): when a
+ * refcount block shares its cluster with an L2 table, the checks of the
+ * view let the L2 table win if the cluster then reads as a valid one, so
+ * that the rebuild replaces the block and counts what the table maps.
  * Needs: a current check. Produces: refcount block and table writes, the
  * freed items of the unlinked list.
  */
@@ -39,7 +47,9 @@ static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c)
 static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint64_t ondisk)
 {
     if (c >= ctx->file_clusters)
-        return 0; /* nothing can live past the end of the file */
+        /* QEMU reads zeros past the end of the file and counts what a
+         * pointer places there: a structure's refcount stays. */
+        return qc_claimed_past_eof(ctx, c) ? ondisk : 0;
     uint64_t computed = qc_refmap_get(&ctx->refmap, c);
     if (computed > ctx->geo.refcount_max)
         computed = ctx->geo.refcount_max;
@@ -69,11 +79,12 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     if (span->kind == QC_SPAN_BLOCK && refblock_shared(ctx, span->index)) {
         a->shared_blocks++;
         /* A rebuild replaces the block (whose counts cannot be trusted):
-         * fine, unless an L2 table shares the cluster. The check does not
-         * follow an L2 table that lost an overlap, and the rebuild would
-         * make it live as it is; every other structure was followed. */
-        uint64_t cluster = ctx->reftable[span->index] >> ctx->geo.cluster_bits;
-        if (qc_cluster_owners(ctx, cluster) & 1u << QC_OWN_L2)
+         * fine, unless an L2 table that lost the overlap shares the
+         * cluster. The check does not follow such a table, and the
+         * rebuild would make it live as it is; every other structure was
+         * followed (an L2 table that won, see stage_refblock_overlaps,
+         * too). */
+        if (qc_extent_conflicted(ctx, QC_OWN_L2, ctx->reftable[span->index]))
             a->exposing_blocks++;
         else
             a->needs_rebuild = true;
@@ -272,20 +283,16 @@ static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     }
     if (span->kind != QC_SPAN_UNKNOWN)
         return; /* no refcount block: refcount 0 already */
-    /* Refcounts that cannot be read: the old refcount structures replaced
-     * here (in use until now, so counted) are freed; of anything else it
-     * is not known. */
-    const qc_repair_plan *p = r->plan;
-    for (size_t i = 0; i < p->nb_unlinked; i++) {
-        const qc_unlinked *u = &p->unlinked[i];
-        if (u->kind != QC_UNLINK_DROPPED || u->snapshot != QC_UNLINKED_NONE || !u->length)
-            continue;
-        uint64_t first = u->host_offset >> ctx->geo.cluster_bits;
-        uint64_t last = first + (u->length >> ctx->geo.cluster_bits);
-        for (uint64_t c = first > span->first ? first : span->first; c < last && c < end; c++)
-            if (!qc_refmap_get(&ctx->refmap, c))
-                plan_freed(r, c);
-    }
+    /* Refcounts that cannot be read may have counted any cluster: each
+     * one the rebuilt refcounts leave at 0 is freed if it held anything
+     * (so that --salvage keeps it), and so are the old refcount
+     * structures replaced here (in use until now). */
+    const qc_geometry *g = &ctx->geo;
+    for (uint64_t c = span->first; c < end && !r->error; c++)
+        if (!qc_refmap_get(&ctx->refmap, c) &&
+            (plan_dropped(r, c) ||
+             view_has_data(r, c << g->cluster_bits, g->cluster_size) != 0)) /* or unreadable */
+            plan_freed(r, c);
 }
 
 static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
@@ -487,6 +494,57 @@ static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
          c++)
         a.needs_rebuild = qc_cluster_shared(ctx, c, NULL);
     return a;
+}
+
+/* Whether the check of the view with L2 tables winning over refcount
+ * blocks shows nothing new but refcount findings: no check error, no
+ * refcount block left that an L2 table shares, and no other problem of
+ * any kind more than in `before`. An L2 table that is really a refcount
+ * block (an L1 entry pointing at one) reads as garbage entries and fails
+ * this. */
+static bool l2_win_holds(repair_run *r, qc_ctx *ctx, const qc_result *before)
+{
+    const qc_result *now = &r->res;
+    if (now->check_errors || assess_refcounts(r, ctx).exposing_blocks)
+        return false;
+    for (unsigned i = 0; i < QC_P_COUNT; i++) {
+        qc_fix fix = qc_problem_get((qc_problem_id)i)->fix;
+        if (now->per_problem[i] > before->per_problem[i] && fix != QC_FIX_LOWER_REFCOUNT &&
+            fix != QC_FIX_RAISE_REFCOUNT && fix != QC_FIX_REBUILD_REFCOUNTS)
+            return false;
+    }
+    return true;
+}
+
+void stage_refblock_overlaps(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx || r->l2_over_refblock)
+        return;
+    assess a = assess_refcounts(r, ctx);
+    if (!a.exposing_blocks)
+        return;
+    /* The check lets the refcount block win, reads refcounts from the
+     * cluster and does not follow the L2 table, whose mappings a rebuild
+     * would then not count. Try the other way round: if the cluster reads
+     * as a valid L2 table, it is one (as QEMU, which follows it, sees it),
+     * the refcount block is unusable and the rebuild replaces it with one
+     * in a fresh cluster, counting what the table maps. */
+    qc_result before = r->res;
+    r->l2_over_refblock = true;
+    r->ctx_stale = true;
+    ctx = try_check(r);
+    if (ctx && l2_win_holds(r, ctx, &before)) {
+        plan_note(r, NOTE_GENERAL,
+                  "%llu refcount block%s share%s a cluster with an L2 table (metadataOverlap); "
+                  "the cluster reads as a valid L2 table, which is kept where it is, and the "
+                  "refcount structures are rebuilt in fresh clusters",
+                  (unsigned long long)a.exposing_blocks, a.exposing_blocks == 1 ? "" : "s",
+                  a.exposing_blocks == 1 ? "s" : "");
+        return;
+    }
+    r->l2_over_refblock = false;
+    r->ctx_stale = true;
 }
 
 bool refcounts_blocked(repair_run *r, qc_ctx *ctx)

@@ -480,22 +480,6 @@ static void clear_l1_entry(repair_run *r, const qc_geometry *g, uint64_t file_cl
     plan_unlinked(r, &item);
 }
 
-/* Whether the cluster at `off` holds anything but zeros (an all-zero L2
- * table maps nothing: re-pointing to it would recover nothing). */
-static bool cluster_has_data(repair_run *r, uint64_t off, uint64_t size)
-{
-    uint8_t buf[4096];
-    for (uint64_t done = 0; done < size; done += sizeof(buf)) {
-        size_t n = size - done < sizeof(buf) ? (size_t)(size - done) : sizeof(buf);
-        if (qc_read_zero_filled(&r->view, off + done, buf, n) < 0)
-            return false;
-        for (size_t i = 0; i < n; i++)
-            if (buf[i])
-                return true;
-    }
-    return false;
-}
-
 /* Whether the check of the view after re-pointing an L1 entry to the L2
  * table at `table` shows no new problem: fewer corruptions, none of any
  * kind more than before (no refcount too low or zero: every cluster the
@@ -611,7 +595,8 @@ void stage_broken_pointers(repair_run *r)
             uint64_t c = (p.entry & QC_L1_OFFSET_MASK) >> g->cluster_bits;
             if (f->id == QC_P_L1_ENTRY_UNALIGNED && nb_tries < L1_REPOINT_TRIES &&
                 sole_orphan_target(r, ctx, c, l1_targets, nb_l1, &p.ondisk) &&
-                cluster_has_data(r, c << g->cluster_bits, g->cluster_size))
+                /* an all-zero L2 table maps nothing: nothing to recover */
+                view_has_data(r, c << g->cluster_bits, g->cluster_size) > 0)
                 tries[nb_tries++] = p; /* after the other entries, on a check of its own */
             else
                 clear_l1_entry(r, g, file_clusters, &p);

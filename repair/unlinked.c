@@ -269,6 +269,11 @@ void plan_freed_flush(repair_run *r)
     plan_unlinked(r, &item);
 }
 
+bool plan_dropped(repair_run *r, uint64_t c)
+{
+    return owner_of(r, c << r->cluster_bits) != SIZE_MAX;
+}
+
 void plan_freed(repair_run *r, uint64_t c)
 {
     size_t owner = owner_of(r, c << r->cluster_bits);

@@ -595,6 +595,35 @@ def huge_snapshot_table(im):
     im.set_header_field("nb_snapshots", 520)
 
 
+def cut_at_eof(table, keep=0, refcount=1):
+    """Move an L1 table (table(im) -> (offset, entries, set_offset)) to a
+    fresh cluster at the end of the file, its old clusters freed, then cut
+    the file `keep` bytes into it: QEMU reads the rest as zeros (oracle
+    class N-G: a repair must keep the refcount of the cut table's cluster,
+    and -r all completes the table with zeros). `refcount` 0: as an older
+    qcheck's repair left it, the table's cluster freed."""
+    def p(im):
+        off, entries, set_offset = table(im)
+        new = im.append_clusters(im.read(off, 8 * entries), refcount=refcount)
+        set_offset(im, new)
+        im.free_clusters(off, 8 * entries)
+        im.truncate(new + keep)
+    return p
+
+
+def active_l1(im):
+    return (im.header.l1_table_offset, im.header.l1_size,
+            lambda im, v: im.set_header_field("l1_table_offset", v))
+
+
+def snapshot_l1(index):
+    def t(im):
+        s = im.snapshots()[index]
+        return (s.l1_table_offset, s.l1_size,
+                lambda im, v: snapshot_field(index, "l1_table_offset", lambda im, old: v)(im))
+    return t
+
+
 def truncate_to(size):
     return lambda im: im.truncate(size)
 
@@ -670,6 +699,19 @@ case("hdr_l1_unaligned", "v3_64k", header(l1_table_offset=lambda im: im.header.l
      "l1OffsetUnaligned refcountOrphan", 2, cannot_open(BAD_HEADER % "O18"), absent=QUARANTINED)
 case("hdr_l1_past_eof", "v3_64k", header(l1_table_offset=past_eof()), "l1PastEof refcountOrphan", 2,
      exit_only(NOT_FOLLOWED % "R2, it reads zeros past EOF"), absent=QUARANTINED)
+case("hdr_l1_cut_by_eof", "v3_64k", cut_at_eof(active_l1), "l1PastEof refcountOrphan", 2,
+     differs(3, "QEMU reads the cut L1 table as zeros, counts its cluster (refcount 1) and calls "
+                "the data it no longer maps leaked; qcheck reports the table past EOF and quarantines "
+                "the data"),
+     absent="refcountPastEof " + QUARANTINED)
+case("hdr_l1_cut_by_eof_freed", "v3_64k", cut_at_eof(active_l1, refcount=0), "l1PastEof refcountOrphan", 2,
+     exit_only("QEMU reads the cut L1 table as zeros and finds its cluster in use with refcount 0 "
+               "(\"ERROR cluster 10 refcount=0 reference=1\")"),
+     absent="refcountPastEof " + QUARANTINED)
+case("hdr_l1_cut_by_eof_512", "rc64_512", cut_at_eof(active_l1, keep=8), "l1PastEof refcountOrphan", 2,
+     exit_only("QEMU reads the cut part of the L1 table as zeros and counts its clusters, the second "
+               "one a whole cluster past EOF (R2)"),
+     absent="refcountPastEof " + QUARANTINED)
 case("hdr_l1_too_small", "v3_64k", header(l1_size=0), "l1TooSmall refcountOrphan", 2,
      cannot_open(BAD_HEADER % "O20"), absent=QUARANTINED)
 # QEMU validates the offset of an empty L1 table too (qcow2_validate_table)
@@ -916,6 +958,10 @@ case("snap_l1_unaligned", "snapshots", snapshot_field(0, "l1_table_offset", lamb
      absent=QUARANTINED)
 case("snap_l1_past_eof", "snapshots", snapshot_field(0, "l1_table_offset", lambda im, v: past_eof()(im)),
      "snapshotL1PastEof refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)
+case("snap_l1_cut_by_eof", "snapshots", cut_at_eof(snapshot_l1(0)), "snapshotL1PastEof refcountOrphan", 2,
+     differs(3, "QEMU reads the cut snapshot L1 table as zeros, counts its cluster and calls what "
+                "only the snapshot used leaked; qcheck reports the table past EOF and quarantines it"),
+     absent="refcountPastEof " + QUARANTINED)
 case("snap_l1_too_large", "snapshots", snapshot_field(0, "l1_size", lambda im, v: 5 << 20),
      "snapshotL1TooLarge refcountOrphan", 2,
      exit_only("QEMU skips the snapshot, so its clusters count as leaks (R18)"),

@@ -113,7 +113,24 @@ WRITE_AFTER_REPAIR = {"l1_zero_offset_copied": "write -P 0x5a 32k 4k",
                       "l1_zero_offset_reserved": "write -P 0x5a 32k 4k"}
 # Cases both qemu-img check -r leaks and qcheck -r leaks must end clean.
 LEAKS_END_CLEAN = {"snap_delete_interrupted", "snap_delete_all_interrupted", "snap_create_failed"}
+# Cases whose L1 table the end of the file cuts short (oracle class N-G):
+# QEMU reads zeros past the end and writes fine. After either repair,
+# qemu-img check must not find a cluster in use with refcount 0 and a
+# guest write must succeed (a repair that freed the table's cluster makes
+# QEMU refuse the write as overlapping the L1 table); -r all completes the
+# table with zeros (the file then ends where the table's last cluster does)
+# and must leave the image clean.
+CUT_TABLES = {"hdr_l1_cut_by_eof", "hdr_l1_cut_by_eof_freed", "hdr_l1_cut_by_eof_512", "snap_l1_cut_by_eof"}
+EXTENDED_RE = re.compile(r"^extended the file with zeros from (\d+) to (\d+) bytes")
+# Cases -r all must leave clean (exit 0, so qemu-img is asked too) although
+# the problem table gives no fix for one of their corruptions: a refcount
+# block that is also an L2 table (oracle class N-O) is replaced by a rebuild
+# while the L2 table, which reads as a valid one, stays where it is.
+ALL_ENDS_CLEAN = {"overlap_refblock_on_l2"}
 TABLE_UNUSABLE = {"reftableMissing", "reftablePastEof", "reftableOffsetUnaligned"}
+# Of those, the tables whose refcounts may have counted any cluster (a
+# missing table counts none).
+TABLE_UNREADABLE = TABLE_UNUSABLE - {"reftableMissing"}
 COPIED_IDS = {"l1CopiedWrong", "l2CopiedWrong"}
 FRESH_ID_RE = re.compile(r'^snapshot \d+ \(id "(.*)", name ".*"\) had no id; the repaired table gives it '
                          r'id "(.*)"$')
@@ -659,6 +676,9 @@ class RepairRunner:
         self.check_salvage(orig, counts, limg, lres, salvage_leaks, "-r leaks", o)
         o.guest_kept = guest_ok
         o.orphans = len(orphan_rc) if orphans_ok else 0
+        if case.name in CUT_TABLES:
+            self.check_cut_table(case, base, cdir, orig, img, rc, notes, "-r all", o)
+            self.check_cut_table(case, base, cdir, orig, limg, None, lnotes, "-r leaks", o)
 
         # (b) qemu-img on what qcheck calls clean
         if rc == 0:
@@ -787,6 +807,11 @@ class RepairRunner:
             else:
                 o.qcheck_clean = True
         else:
+            if case.name in ALL_ENDS_CLEAN and rc != 0:
+                o.fails.append("-r all must leave this image clean, but the re-check exits %s with "
+                               "%d corruptions (%s) and %d leaks" % (
+                                   rc, res.get("corruptions", 0), ", ".join(sorted(corr_after)) or "-",
+                                   leaks))
             new = corr_after - corr_before
             if new:
                 o.fails.append("-r all introduced corruptions: %s" % ", ".join(sorted(new)))
@@ -970,9 +995,14 @@ class RepairRunner:
     @staticmethod
     def refcounts(orig, before_res, img):
         """On-disk refcounts before and after the repair (salvage_check.
-        refcounts), or None when the check found the refcount table itself
-        unusable (qcheck then knows no refcount before the repair)."""
-        if any(p.get("id") in TABLE_UNUSABLE for p in before_res.get("problems", [])):
+        refcounts). When the check found the refcount table unreadable,
+        every cluster that held anything counts as possibly counted before
+        (a repair freeing it must list and save it); None when the table was
+        missing (nothing was counted)."""
+        ids = {p.get("id") for p in before_res.get("problems", [])}
+        if ids & TABLE_UNREADABLE:
+            return salvage_check.refcounts(orig, img, unknown_before=True)
+        if ids & TABLE_UNUSABLE:
             return None
         return salvage_check.refcounts(orig, img)
 
@@ -982,9 +1012,10 @@ class RepairRunner:
         as freed, and every cluster listed as freed has refcount 0 now.
         "Before" is what the test reader finds behind the header's refcount
         table pointer, which is what qcheck reads unless it found the table
-        itself unusable (then it knows no refcount to compare with): `counts`
-        (salvage_check.refcounts) is None then, or when the test reader
-        cannot walk the refcounts."""
+        itself unusable: then every cluster that held anything may have been
+        counted (an unreadable table), or none was (a missing one: `counts`
+        (salvage_check.refcounts) is None then, as when the test reader
+        cannot walk the refcounts)."""
         items = (res.get("repair") or {}).get("unlinked")
         if not isinstance(items, list):
             o.fails.append("%s: no \"unlinked\" list in the repair object" % what)
@@ -1029,6 +1060,44 @@ class RepairRunner:
         if listed != sorted((r["host_offset"], r["length"]) for r in rows):
             o.fails.append("%s --salvage: the index rows are not the \"unlinked\" items in the file" % what)
         o.salvage.append((what, figures.get("ranges", 0), figures.get("bytes", 0)))
+
+    def qemu_write_state(self, base, cdir, img, sub):
+        """On a copy: the clusters qemu-img check finds in use with refcount
+        0, and whether a guest write then succeeds (its error if not)."""
+        d, copy = self.copy(cdir, img, sub)
+        for f in base.companion_files():
+            shutil.copyfile(os.path.join(self.bases_dir, f), os.path.join(d, f))
+        name = os.path.basename(copy)
+        _, out, err = run([QEMU_IMG, "check"] + base.qemu_target(name), cwd=d)
+        freed = {line for line in (out + err).splitlines() if "refcount=0 reference=" in line}
+        wrc, wout, werr = run([build_images.QEMU_IO, "-c", "write -P 0x5a 0 4k",
+                               "-c", "read -P 0x5a 0 4k"] + base.qemu_target(name), cwd=d)
+        failed = wrc != 0 or "failed" in wout + werr
+        return freed, (werr.strip() or wout.strip() or "exit %s" % wrc)[-200:] if failed else None
+
+    def check_cut_table(self, case, base, cdir, orig, img, rc, notes, what, o):
+        """CUT_TABLES: the repair frees no cluster QEMU counts as in use, and
+        a guest write works afterwards if it did before (-r all: always);
+        with -r all (rc given), the file was extended with zeros and is
+        clean."""
+        mode = what.split()[-1]
+        freed0, error0 = self.qemu_write_state(base, cdir, orig, "qemu_write_orig")
+        freed, error = self.qemu_write_state(base, cdir, img, "qemu_write_" + mode)
+        if freed - freed0:
+            o.fails.append("%s freed a cluster QEMU counts as in use: %s" % (what, sorted(freed - freed0)[0]))
+        if error and (rc is not None or not error0):
+            o.fails.append("%s: a guest write then fails in QEMU: %s" % (what, error))
+        if rc is None:
+            return
+        ext = [m for m in (EXTENDED_RE.match(n) for n in notes) if m]
+        size = os.path.getsize(img)
+        with q.Image(img) as im:
+            cs = im.cluster_size
+        if rc != 0:
+            o.fails.append("%s left the image with exit %s, not clean" % (what, rc))
+        if len(ext) != 1 or int(ext[0].group(2)) != size or size % cs:
+            o.fails.append("%s: wanted one note extending the file to its new size %d (a multiple "
+                           "of the cluster size), got %s" % (what, size, [m.group(0) for m in ext]))
 
     def check_qemu(self, case, base, d, name, o):
         rc, out, err = run([QEMU_IMG, "check", "--output=json"] + base.qemu_target(name), cwd=d)

@@ -216,14 +216,31 @@ def dropped_targets(orig, img):
     return need
 
 
-def refcounts(orig, img):
+# A refcount before the repair that nobody can read (an unusable refcount
+# table): it may have counted the cluster.
+UNKNOWN = -1
+
+
+def refcounts(orig, img, unknown_before=False):
     """({cluster: on-disk refcount} before, the same after) for the clusters
     of the file before the repair, or None when the test reader cannot walk
-    the refcount structures."""
+    the refcount structures. With `unknown_before` (the refcount table was
+    unusable), each cluster that held anything but zeros counts as UNKNOWN
+    before: a repair that frees it must list and save it; None when the
+    repair kept that table (its refcounts are still unknown)."""
     try:
         with q.Image(orig) as b, q.Image(img) as a:
-            n = -(-b.file_size // b.cluster_size)
-            return {c: b.refcount(c) for c in range(n)}, {c: a.refcount(c) for c in range(n)}
+            cs = b.cluster_size
+            n = -(-b.file_size // cs)
+            table = (b.header.refcount_table_offset, b.header.refcount_table_clusters)
+            if unknown_before and table == (a.header.refcount_table_offset,
+                                            a.header.refcount_table_clusters):
+                return None
+            if unknown_before:
+                before = {c: UNKNOWN if any(b.read(c * cs, cs)) else 0 for c in range(n)}
+            else:
+                before = {c: b.refcount(c) for c in range(n)}
+            return before, {c: a.refcount(c) for c in range(n)}
     except Exception:  # noqa: BLE001
         return None
 

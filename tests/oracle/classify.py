@@ -116,18 +116,11 @@ def ids(r):
     return set(r.get("facts", {}).get("ids") or [])
 
 
-@cls("N-G", "-r leaks/-r all clear the refcount of a cluster past the end of the file that a table of the "
-     "header still occupies (an L1 or refcount table ending less than one cluster past EOF): QEMU then "
-     "reports refcount=0 for it, and would allocate it again")
-def _ng(sig, detail, r):
-    return sig.startswith("after qcheck -r") and "refcount-zero" in sig and bool(
-        ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"})
-
-
 @cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
      "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
      "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
-     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r all cannot repair it")
+     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r leaks cannot repair it "
+     "(-r all completes with zeros an L1 table that starts inside the file or at its end)")
 def _nj(sig, detail, r):
     if "bitmapsExtensionInvalid" in sig and "file cut" in muts(r):
         return True
@@ -138,7 +131,7 @@ def _nj(sig, detail, r):
     if not ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"}:
         return False
     return "counted only by qemu-img" in sig or "clusters differs" in sig or bool(
-        re.search(r"left (l1PastEof|reftablePastEof)", sig))
+        re.search(r"left (l1PastEof|reftablePastEof|snapshotL1PastEof)", sig))
 
 
 @cls("N-L", "a backing format naming a driver QEMU does not have: QEMU cannot open the image, qcheck "
@@ -147,11 +140,6 @@ def _nl(sig, detail, r):
     return "Unknown driver" in sig
 
 
-@cls("N-O", "a refcount block that shares its cluster with an L2 table: QEMU's -r all rebuilds the refcount "
-     "structures and reaches exit 0 with the guest data kept; qcheck's leaves metadataOverlap and the "
-     "refcounts alone (exit 2)")
-def _no(sig, detail, r):
-    return bool(re.search(r"implication 2 \(-r all\).*left metadataOverlap", sig))
 
 
 @cls("N-V", "a refcount overflow on a cluster whose refcount block qcheck cannot use: QEMU reports it (the "
