@@ -3,7 +3,8 @@
  * COPIED flags against the computed refcounts.
  *
  * Checks, per host cluster: leaks (higher on disk), refcounts too low or
- * zero for clusters in use, refcount overflow for narrow widths, non-zero
+ * zero for clusters in use, refcount overflow for narrow widths (also where
+ * the refcount block cannot be read: the references alone overflow), non-zero
  * refcounts past the end of the file of clusters no pointer claims there
  * (QEMU counts those as in use), clusters whose refcount cannot be read. Refcounts above the references found are reported as orphans
  * instead of leaks when some structure was not followed or the cluster is
@@ -127,6 +128,10 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
             if (!computed)
                 continue;
             st->last_used = c + 1;
+            /* More references than a refcount can hold, whatever the
+             * unreadable block says (QEMU reports it too). */
+            if (computed > ctx->geo.refcount_max)
+                run_add(ctx, &st->run, QC_P_REFCOUNT_OVERFLOW, c, 0, computed);
             run_add(ctx, &st->run, QC_P_REFCOUNTS_UNKNOWN, c, 0, computed);
         }
         return;

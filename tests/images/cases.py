@@ -1197,6 +1197,12 @@ for bits in (1, 2, 4, 8, 16, 32, 64):
     if bits <= 4:
         case("overflow_rc%d" % bits, b, overflow, "refcountOverflow", 2,
              exit_only("QEMU reports the overflow (R3) and the COPIED/refcount fallout differently"))
+# the references alone overflow, whatever the unusable refcount block says
+case("overflow_rc1_block_unusable", "rc1",
+     chain(overflow, lambda im: im.set_reftable_entry(0, refblock0(im) + 512)),
+     "refcountOverflow refcountsUnknown reftableEntryUnaligned", 2,
+     differs(1, "QEMU cannot read the refcounts through the unaligned block (check errors, exit 1, C1); "
+                "it reports the overflow too (R3)"))
 for b in ("v3_512", "v3_4k", "v3_2m", "v2_64k", "rc64_512", "zlib", "extl2"):
     case("leak_" + b, b, leak_cluster, "refcountLeak", 3, Qemu(FULL))
 for b in ("v3_512", "v3_2m", "v2_512", "extl2"):
