@@ -180,17 +180,18 @@ START_TEST(test_severity_and_fix_names)
     ck_assert_str_eq(qc_severity_name(QC_SEV_LEAK), "leak");
     ck_assert_str_eq(qc_severity_name(QC_SEV_WARNING), "warning");
     ck_assert_str_eq(qc_severity_name(QC_SEV_INFO), "info");
-    for (int a = QC_FIX_NONE; a <= QC_FIX_CLEAR_BITS; a++) {
+    for (int a = QC_FIX_NONE; a <= QC_FIX_ZERO_TABLE_OFFSET; a++) {
         ck_assert_str_ne(qc_fix_name((qc_fix)a), "?");
-        for (int b = a + 1; b <= QC_FIX_CLEAR_BITS; b++)
+        for (int b = a + 1; b <= QC_FIX_ZERO_TABLE_OFFSET; b++)
             ck_assert_str_ne(qc_fix_name((qc_fix)a), qc_fix_name((qc_fix)b));
     }
     ck_assert_str_eq(qc_fix_name(QC_FIX_NONE), "none");
     ck_assert_str_eq(qc_fix_name(QC_FIX_DROP_BITMAPS), "drop-bitmaps");
     ck_assert_str_eq(qc_fix_name(QC_FIX_CLEAR_BITS), "clear-bits");
+    ck_assert_str_eq(qc_fix_name(QC_FIX_ZERO_TABLE_OFFSET), "zero-table-offset");
     /* Out of range values are named "?" instead of read out of bounds. */
     ck_assert_str_eq(qc_severity_name((qc_severity)(QC_SEV_INFO + 1)), "?");
-    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_CLEAR_BITS + 1)), "?");
+    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_ZERO_TABLE_OFFSET + 1)), "?");
 }
 END_TEST
 
@@ -223,7 +224,7 @@ START_TEST(test_counted_severities)
         ck_assert_int_ge(p->severity, QC_SEV_ERROR);
         ck_assert_int_le(p->severity, QC_SEV_INFO);
         ck_assert_int_ge(p->fix, QC_FIX_NONE);
-        ck_assert_int_le(p->fix, QC_FIX_CLEAR_BITS);
+        ck_assert_int_le(p->fix, QC_FIX_ZERO_TABLE_OFFSET);
     }
 }
 END_TEST
