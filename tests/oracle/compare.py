@@ -334,6 +334,7 @@ SNAPSHOT_TABLE_IDS = {"tooManySnapshots", "snapshotTableTooLarge", "snapshotTabl
                       "emptyTableOffsetInvalid",
                       "snapshotTablePastEof", "snapshotTableTruncated", "snapshotExtraTooLarge"}
 BITMAP_IDS = {"bitmapsExtensionInvalid", "bitmapDirectoryInvalid", "bitmapEntryInvalid", "bitmapNameDuplicate",
+              "bitmapUnsupportedByQemu",
               "bitmapTableEntryInvalid", "bitmapsExtensionLength"}
 
 # QEMU refuses to open (or aborts the check of) images with these problems;
@@ -663,14 +664,53 @@ def _snapshot_entry_past_eof(pair, item):
     return side == "qcheck" and cat == "snapshotEntryPastEof"
 
 
+TABLE_PAST_EOF_IDS = {"l1PastEof", "snapshotL1PastEof", "reftablePastEof", "snapshotTablePastEof"}
+
+
+def _table_past_eof(pair, item):
+    """§2.2: a table the header (or a snapshot) places partly past the end
+    of the file is qcheck's corruption, not read; QEMU reads zeros there
+    (R2) and counts its clusters at and past the end of the file as in use
+    (refcount 0, or a leak of the last partial one), or nothing."""
+    side, cat, key, n = item
+    found = [p for p in pair.qc.get("problems", []) if p.get("id") in TABLE_PAST_EOF_IDS]
+    if not found:
+        return False
+    if side == "qcheck":
+        return cat == "past-eof" and n <= sum(int(p.get("count", 1)) for p in found)
+    last_partial = pair.file_size // pair.cs if pair.cs else None
+    return cat in ("refcount-zero", "refcount-low", "leak") and key is not None and \
+        last_partial is not None and key >= last_partial
+
+
+# what qcheck reports when a structure reaches past the end of the file
+PAST_EOF_IDS = TABLE_PAST_EOF_IDS | {"l1EntryPastEof", "l2EntryPastEof", "reftableEntryPastEof",
+                                     "snapshotEntryPastEof", "snapshotTableTruncated", "compressedRangeInvalid",
+                                     "bitmapsExtensionInvalid", "bitmapTableEntryInvalid", "tooManySnapshots"}
+
+
+def _end_offset_past_eof(pair):
+    """§1.5: QEMU's image end offset can lie past the end of the file (it
+    counts ranges that end less than a cluster past it); qcheck's is where
+    the data the file holds ends."""
+    qe, ce = pair.qm.get("image-end-offset"), pair.qc.get("image-end-offset")
+    if qe is None or ce is None or not pair.cs or not pair.file_size or not pair.ids & PAST_EOF_IDS:
+        return ()
+    inside = -(-pair.file_size // pair.cs) * pair.cs
+    return {"image-end-offset"} if qe > pair.file_size and ce <= inside < qe else ()
+
+
 SNAPSHOT_COUNT_IDS = {"tooManySnapshots", "snapshotTableTruncated", "snapshotTablePastEof"}
 
 
 def _snapshot_entries_past_table(pair, item):
     """§2.10: QEMU reads the entries past the end of the file as zeros and
-    reports each one it cannot complete; qcheck reports the count once."""
+    reports each one it cannot complete (none when the zeros make whole
+    entries); qcheck reports the count once."""
     side, cat, _, _ = item
-    return side == "qemu" and cat == "snapshot-incomplete" and bool(pair.ids & SNAPSHOT_COUNT_IDS)
+    if not pair.ids & SNAPSHOT_COUNT_IDS:
+        return False
+    return (side == "qemu" and cat == "snapshot-incomplete") or (side == "qcheck" and cat in SNAPSHOT_COUNT_IDS)
 
 
 # (id, message regex) -> (start, length in bytes, given the cluster size).
@@ -805,6 +845,16 @@ RULES = [
          "cluster past the end, QEMU's refcount, leak or COPIED events on its clusters, and the cluster "
          "statistics (QEMU walks the part inside the file, §1.5)",
          item=_past_eof_tolerance, frees=_past_eof_tolerance_stats),
+    Rule("table-past-eof", "§2.2",
+         "a table placed partly past the end of the file (" + ", ".join(sorted(TABLE_PAST_EOF_IDS)) + "): "
+         "qcheck's corruption, and QEMU's refcount or leak events on the clusters at and past the end of the "
+         "file, which it reads as zeros and counts as in use",
+         item=_table_past_eof),
+    Rule("end-offset-past-eof", "§1.5",
+         "a structure reaching past the end of the file (" + ", ".join(sorted(PAST_EOF_IDS)) + "): QEMU's "
+         "image end offset past the end of the file (ranges it counts up to a cluster past it), qcheck's at "
+         "most the file's size rounded up to a cluster",
+         frees=_end_offset_past_eof),
     Rule("header-finding-counted", "§2.10",
          "a header or extension problem (codes 1xx, 2xx) counts 1 in qcheck's corruptions and nothing in "
          "QEMU's, on an image QEMU also counts corruptions in",
@@ -827,7 +877,7 @@ RULES = [
     Rule("snapshot-count-once", "§2.10",
          "a snapshot count larger than the table (" + ", ".join(sorted(SNAPSHOT_COUNT_IDS)) + "): QEMU's "
          "\"snapshot table entry N is incomplete\" for each entry it reads as zeros past the end of the "
-         "file, qcheck's one finding",
+         "file (none when the zeros make whole entries), qcheck's one finding",
          item=_snapshot_entries_past_table),
     Rule("overflow-per-cluster", "§2.10",
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",

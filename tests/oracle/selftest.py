@@ -115,6 +115,8 @@ CASES = {
     "overflow-per-cluster": (shared_past_max, {"refcountOverflow"}),
     "shared-l2-counted-once": (shared_l2_reserved_bit, {"l2EntryReservedBits"}),
     "snapshot-count-once": (snapshot_count_past_table, {"tooManySnapshots"}),
+    "table-past-eof": ("hdr_l1_cut_by_eof", {"l1PastEof"}),
+    "end-offset-past-eof": ("hdr_l1_cut_by_eof", {"l1PastEof"}),
     "snapshot-entry-past-eof": ("snap_table_truncated", {"snapshotEntryPastEof"}),
     "header-read-as-table": ("hdr_snapshots_at_offset_0", {"snapshotTableInHeader"}),
     "qemu-cannot-open": ("hdr_compression_type_2", {"compressionTypeInvalid"}),
