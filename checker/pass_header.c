@@ -177,30 +177,36 @@ typedef struct ext_walk {
     uint64_t ext_end;
     bool names_backing_file; /* a backing file name QEMU will open */
     /* The last backing format (QEMU uses it), if not empty and printable. */
-    bool backing_format_printable;
+    bool backing_format_fits;
     qc_extension backing_format;
     unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
         seen_data_file : 1;
     unsigned data_file_named : 1; /* the last data file name is not empty (QEMU uses the last) */
 } ext_walk;
 
-/* Whether the backing format is 1 to 15 printable characters. An empty one
- * is no format to QEMU (it probes the backing file): not reported here. */
+/* Whether the backing format fits QEMU's 16-byte buffer (with its NUL):
+ * QEMU refuses to open the image otherwise, backing file or not. What it
+ * holds matters only when a backing file is named (check_backing_driver). */
 static bool check_backing_format(qc_ctx *ctx, const qc_extension *x)
 {
-    if (x->length == 0)
-        return false;
-    bool printable = x->length < 16;
-    for (uint32_t i = 0; printable && i < x->length; i++)
-        printable = x->data[i] >= 0x20 && x->data[i] < 0x7f;
-    if (!printable) {
-        char fmt[80];
-        qc_printable(fmt, sizeof(fmt), x->data, x->length);
-        qc_report(ctx, QC_P_BACKING_FORMAT_INVALID, "backing format extension", x->offset, 1,
-                  "backing format \"%s\" (%u bytes) must be at most 15 printable characters", fmt,
-                  x->length);
-    }
-    return printable;
+    if (x->length < 16)
+        return true;
+    char fmt[80];
+    qc_printable(fmt, sizeof(fmt), x->data, x->length);
+    qc_report(ctx, QC_P_BACKING_FORMAT_INVALID, "backing format extension", x->offset, 1,
+              "backing format \"%s\" is %u bytes; QEMU takes at most 15 and refuses the image "
+              "(\"ext_backing_format: len=%u too large\")",
+              fmt, x->length, x->length);
+    return false;
+}
+
+/* The backing format as QEMU uses it: a C string, so up to the first NUL. */
+static size_t backing_format_length(const qc_extension *x)
+{
+    size_t n = 0;
+    while (n < x->length && x->data[n])
+        n++;
+    return n;
 }
 
 /* Every block driver name of QEMU 7.2 (formats, protocols and filters,
@@ -217,19 +223,22 @@ static const char *const qemu_drivers[] = {
 };
 
 /* The backing format QEMU will open the backing file with (the last
- * extension's), once it is known to be printable. */
-static void check_backing_driver(qc_ctx *ctx, const qc_extension *x)
+ * extension's, up to its first NUL), once it is known to fit and not to
+ * be empty. Bytes that are not printable name no driver either. */
+static void check_backing_driver(qc_ctx *ctx, const qc_extension *x, size_t length)
 {
     char name[16];
-    memcpy(name, x->data, x->length);
-    name[x->length] = '\0';
+    memcpy(name, x->data, length);
+    name[length] = '\0';
     for (size_t i = 0; i < sizeof(qemu_drivers) / sizeof(qemu_drivers[0]); i++)
         if (strcmp(qemu_drivers[i], name) == 0)
             return;
+    char shown[80];
+    qc_printable(shown, sizeof(shown), x->data, length);
     qc_report(ctx, QC_P_BACKING_FORMAT_UNKNOWN, "backing format extension", x->offset, 1,
               "backing format \"%s\" is not a block driver QEMU knows; it refuses to open the "
               "backing file, and the image with it (\"Unknown driver '%s'\")",
-              name, name);
+              shown, shown);
 }
 
 static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
@@ -589,7 +598,7 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
         dup = w->seen_backing_format;
         w->seen_backing_format = 1;
         w->backing_format = *x;
-        w->backing_format_printable = check_backing_format(ctx, x);
+        w->backing_format_fits = check_backing_format(ctx, x);
         break;
     case QC_EXT_FEATURE_TABLE:
         dup = w->seen_feature_table;
@@ -770,12 +779,14 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     /* A LUKS header we cannot locate still owns its clusters (and the keys). */
     if ((h->crypt_method == 2 || w->seen_crypto) && !ctx->crypto_length)
         ctx->unfollowed++;
-    if (w->names_backing_file && !(w->seen_backing_format && w->backing_format.length))
+    size_t format_length = w->seen_backing_format ? backing_format_length(&w->backing_format) : 0;
+    if (w->names_backing_file && (!w->seen_backing_format || w->backing_format_fits) &&
+        !format_length)
         qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
                   "%s", w->seen_backing_format ? "the backing format extension is empty"
                                                : "no backing format extension");
-    if (w->names_backing_file && w->backing_format_printable)
-        check_backing_driver(ctx, &w->backing_format);
+    if (w->names_backing_file && w->backing_format_fits && format_length)
+        check_backing_driver(ctx, &w->backing_format, format_length);
     if (info->unknown_incompatible) {
         feature_list(ctx, 0, info->unknown_incompatible, names, sizeof(names));
         /* A v2-era writer may have put an extension where v3 keeps the

@@ -843,8 +843,17 @@ case("ext_backing_format_empty", "backing", edit_extension(q.EXT_BACKING_FORMAT,
      "backingFormatMissing", 0, Qemu(FULL),
      absent="backingFormatInvalid")  # QEMU takes it as no format and probes the backing file
 case("ext_backing_format_unprintable", "backing",
-     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qc\x01w2"), "backingFormatInvalid", 2,
-     cannot_open("QEMU looks up a driver of that name for the backing file (O34)"))
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qc\x01w2"), "backingFormatUnknown", 2,
+     cannot_open("QEMU looks up a driver of that name for the backing file (O34: \"Unknown driver\")"),
+     absent="backingFormatInvalid")
+# QEMU reads the format as a C string: up to its first NUL
+case("ext_backing_format_nul_padded", "backing",
+     edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow2\x00\x00\x00"), "", 0, Qemu(FULL),
+     absent="backingFormatUnknown backingFormatInvalid backingFormatMissing")
+# without a backing file the format is never used (QEMU only checks its length)
+case("ext_backing_format_without_backing", "v3_64k",
+     add_extension(q.EXT_BACKING_FORMAT, b"\x00\x01\xfe\x00\x00\x00\x00\x00"), "", 0, Qemu(FULL),
+     absent="backingFormatUnknown backingFormatInvalid backingFormatMissing")
 case("ext_backing_format_unknown", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow9"), "backingFormatUnknown", 2,
      cannot_open("QEMU has no driver of that name for the backing file (O34: \"Unknown driver "
