@@ -26,7 +26,8 @@
  *   QEMU accepts and reads as zeros past the end, is completed by
  *   extending the file with zeros to the end of the last cluster such a
  *   structure occupies: the guest data stay the same and the structure is
- *   then whole and followed.
+ *   then whole and followed. With -r all it waits while the snapshot count
+ *   stage has a cut snapshot table to repair.
  * zero extension of L1 tables (-r all): an active or snapshot L1 table
  *   that the end of the file cuts short by more (l1PastEof,
  *   snapshotL1PastEof), and that starts inside the file or at its end, is
@@ -430,9 +431,13 @@ static void extend_with_zeros(repair_run *r, uint64_t target, uint64_t from, con
 void stage_zero_extend_short(repair_run *r)
 {
     qc_ctx *ctx = current_check(r);
-    /* Nothing to do, or a try that did not hold (the note said so). */
+    /* Nothing to do, or a try that did not hold (the note said so). With
+     * -r all, a snapshot table the snapshot count stage repairs (a last
+     * entry it cuts in place, entries it drops) must not become readable
+     * zero-filled first: the next round extends what is still cut. */
     if (!ctx || ctx->short_past_eof_end <= r->view.size ||
-        ctx->short_past_eof_end == r->short_extension_refused)
+        ctx->short_past_eof_end == r->short_extension_refused ||
+        (r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE)))
         return;
     uint64_t target = ctx->short_past_eof_end;
     extend_with_zeros(r, target, ctx->short_past_eof_start,
