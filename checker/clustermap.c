@@ -178,6 +178,14 @@ void qc_note_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length)
 {
     if (!length)
         return;
+    uint64_t end, cs = ctx->geo.cluster_size;
+    if (qc_add_ok(start, length, &end) && end > ctx->file_size && end - ctx->file_size < cs) {
+        uint64_t last = qc_div_round_up(end, cs) * cs;
+        if (!ctx->short_past_eof_end || start < ctx->short_past_eof_start)
+            ctx->short_past_eof_start = start;
+        if (last > ctx->short_past_eof_end)
+            ctx->short_past_eof_end = last;
+    }
     uint64_t last_byte;
     if (!qc_add_ok(start, length - 1, &last_byte))
         last_byte = UINT64_MAX;

@@ -188,6 +188,11 @@ typedef struct qc_ctx {
     size_t nb_past_eof_claims, cap_past_eof_claims;
     uint64_t past_eof_claims_end; /* in clusters */
     bool past_eof_claims_lost, past_eof_claims_sorted;
+    /* Of those structures, the ones the end of the file cuts short by less
+     * than one cluster, which QEMU accepts (reading zeros past the end):
+     * the lowest start of any, and the end of the last cluster any
+     * occupies (0: none). A repair completes them with zeros. */
+    uint64_t short_past_eof_start, short_past_eof_end;
     uint64_t unfollowed_refblocks; /* of those: refcount blocks behind bad pointers */
     uint64_t unfollowed_bitmaps;   /* of those: bitmap structures */
     qc_bitset suspect;

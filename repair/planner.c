@@ -432,17 +432,35 @@ static bool record_first_orphans(repair_run *r)
         return false;
     r->drops_bitmaps = r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_DROP_BITMAPS) &&
                        (ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
-    uint64_t kept = 0;
     for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
          c = qc_bitset_next(&ctx->orphans, c + 1)) {
         if (!qc_bitset_set(&r->first_orphans, c))
             return false;
-        if (r->mode != QC_REPAIR_LEAKS || !qc_orphan_binds(ctx, false, false, c))
-            continue;
-        if (!qc_bitset_set(&r->kept, c))
+        if (r->mode == QC_REPAIR_LEAKS && qc_orphan_binds(ctx, false, false, c) &&
+            !qc_bitset_set(&r->kept, c))
             return false;
-        kept++;
     }
+    return true;
+}
+
+/* -r leaks, after the zero extension (which runs first): a structure it
+ * completed is followed, and the orphans it references are in use; the
+ * refcounts its part past the end of the file may have counted stay, and
+ * so do the orphans the check of the view still finds. Notes how many kept
+ * clusters keep a refcount higher than their references. */
+static bool note_kept_leaks(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    if (!ctx)
+        return r->error == 0;
+    for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters && c < r->kept.bits;
+         c = qc_bitset_next(&ctx->orphans, c + 1))
+        if (qc_orphan_binds(ctx, false, false, c) && !qc_bitset_set(&r->kept, c))
+            return false;
+    uint64_t kept = 0;
+    for (uint64_t c = qc_bitset_next(&r->kept, 0); c < r->kept.bits;
+         c = qc_bitset_next(&r->kept, c + 1))
+        kept += c < ctx->file_clusters && qc_bitset_test(&ctx->over, c);
     note_kept(r, kept);
     return true;
 }
@@ -496,17 +514,28 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         r.version = r.ctx.hdr.version;
         r.cluster_bits = r.ctx.geo.cluster_bits;
         r.incompat_before = r.ctx.hdr.incompatible_features;
+        /* -r leaks completes the structures the end of the file cuts short
+         * before it counts the orphans it keeps (note_kept_leaks). */
+        if (mode == QC_REPAIR_LEAKS) {
+            stage_zero_extend_short(&r);
+            if (!r.error && !note_kept_leaks(&r))
+                r.error = -ENOMEM;
+        }
         static void (*const leaks_stages[])(repair_run *) = {
             stage_feature_bits, stage_snapshot_count, stage_empty_table_offsets, stage_refcounts,
             stage_leaks_copied, stage_header_flags};
         /* Pointers past the end of the file are dropped before anything
-         * extends the file, so that no interrupted step can make them
-         * point at new structures. */
+         * appends to the file, so that no interrupted step can make them
+         * point at new structures. The zero extension of what the end of
+         * the file cuts short by less than one cluster comes first: it
+         * adds only zeros, which QEMU reads there already, and the later
+         * stages then see those structures whole (the bitmaps, say, which
+         * the feature-bits stage would drop). */
         static void (*const all_stages[])(repair_run *) = {
-            stage_feature_bits,     stage_refblock_overlaps, stage_snapshot_count,
-            stage_empty_table_offsets, stage_data_on_metadata, stage_broken_pointers,
-            stage_zero_extend,      stage_snapshot_table,    stage_refcounts,
-            stage_copied,           stage_header_flags};
+            stage_zero_extend_short,   stage_feature_bits,     stage_refblock_overlaps,
+            stage_snapshot_count,      stage_empty_table_offsets, stage_data_on_metadata,
+            stage_broken_pointers,     stage_zero_extend,      stage_snapshot_table,
+            stage_refcounts,           stage_copied,           stage_header_flags};
         void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
         size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
                                           : sizeof(leaks_stages) / sizeof(leaks_stages[0]);

@@ -94,6 +94,9 @@ typedef struct repair_run {
     unsigned cluster_bits;
     uint64_t incompat_before; /* incompatible features before the repair */
     bool fenced;              /* the corrupt bit is set as a fence */
+    /* File sizes a zero extension tried and took back (stage_header.c),
+     * not tried again in a later round. */
+    uint64_t short_extension_refused, l1_extension_refused;
     uint64_t notes_of_kind[NOTE_KINDS];
 } repair_run;
 
@@ -177,8 +180,12 @@ qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
 void stage_feature_bits(repair_run *r);
 void stage_snapshot_count(repair_run *r);
 void stage_empty_table_offsets(repair_run *r);
+/* Both modes, first (-r leaks: before it decides which orphans bind):
+ * completes with zeros what the end of the file cuts short by less than
+ * one cluster, as QEMU reads it (see stage_header.c). */
+void stage_zero_extend_short(repair_run *r);
 /* -r all, after the pointers past the end of the file are dropped and
- * before anything is appended (see stage_header.c). */
+ * before anything is appended: completes cut L1 tables (stage_header.c). */
 void stage_zero_extend(repair_run *r);
 void stage_snapshot_table(repair_run *r);
 void stage_data_on_metadata(repair_run *r);

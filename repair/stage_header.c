@@ -19,12 +19,22 @@
  *   refuses (unaligned, or 2^63 or more); nothing is read there, so
  *   nothing is lost. -r leaks does it too because qemu-img check -r leaks
  *   does (its header write carries the offset its check reset to 0).
- * zero extension (-r all): an active or snapshot L1 table that the end of
- *   the file cuts short (l1PastEof, snapshotL1PastEof), and that starts
- *   inside the file or at its end, is completed by extending the file with
- *   zeros to the end of the table's last cluster: QEMU reads zeros past the
- *   end of the file, so the guest data stay the same, and the table is
- *   then whole (its refcounts are raised by the refcount stage if need be).
+ * zero extension of short cuts (both modes, first): every structure the
+ *   check reports ending past the end of the file by less than one cluster
+ *   (an L1 or L2 table, the refcount table or a refcount block, the
+ *   snapshot table, the bitmap directory or a bitmap table, ...), which
+ *   QEMU accepts and reads as zeros past the end, is completed by
+ *   extending the file with zeros to the end of the last cluster such a
+ *   structure occupies: the guest data stay the same and the structure is
+ *   then whole and followed. With -r all it waits while the snapshot count
+ *   stage has a cut snapshot table to repair.
+ * zero extension of L1 tables (-r all): an active or snapshot L1 table
+ *   that the end of the file cuts short by more (l1PastEof,
+ *   snapshotL1PastEof), and that starts inside the file or at its end, is
+ *   completed the same way to the end of the table's last cluster (its
+ *   refcounts are raised by the refcount stage if need be). Either
+ *   extension is kept only when the check of the view then finds fewer
+ *   corruptions and no new one (extension_holds).
  * snapshot table (-r all): where extra data is too large or (version 3) too
  *   small, or an id is empty, rewrites the table as QEMU would: 24 bytes of
  *   known extra data, unknown extra data kept (up to 1024 bytes in all),
@@ -344,38 +354,96 @@ static uint64_t completed_end(const qc_ctx *ctx, uint64_t size, uint64_t off, ui
 }
 
 /* Whether the check of the view with the file extended to `to` shows no
- * new problem: no check error, fewer tables past the end of the file, and
- * no corruption of any kind more than before, except refcounts too low or
- * zero of the completed tables' clusters [from, to), which the refcount
- * stage raises. A table whose part inside the file is garbage would now
+ * new problem: no check error, fewer corruptions, and no corruption of any
+ * kind more than before, except (with -r all, whose refcount stage raises
+ * them) refcounts too low or zero of the completed structures' clusters
+ * [from, to). A structure whose part inside the file is garbage would now
  * be followed: that is not completed (QEMU reads the garbage too, but the
  * repair must not end with more corruptions than it began with). */
 static bool extension_holds(const repair_run *r, const qc_result *before, uint64_t from,
                             uint64_t to)
 {
     const qc_result *now = &r->res;
-    if (now->check_errors || now->per_problem[QC_P_L1_PAST_EOF] +
-                                     now->per_problem[QC_P_SNAPSHOT_L1_PAST_EOF] >=
-                                 before->per_problem[QC_P_L1_PAST_EOF] +
-                                     before->per_problem[QC_P_SNAPSHOT_L1_PAST_EOF])
+    if (now->check_errors)
         return false;
-    uint64_t raised = 0; /* refcount findings inside the completed tables */
-    for (size_t i = 0; i < r->nb_found; i++) {
+    uint64_t raised = 0; /* refcount findings inside the completed structures */
+    for (size_t i = 0; r->mode == QC_REPAIR_ALL && i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
         if ((f->id == QC_P_REFCOUNT_ZERO_IN_USE || f->id == QC_P_REFCOUNT_TOO_LOW) &&
             f->offset >= from && f->offset < to)
             raised += f->count;
     }
+    uint64_t was = 0, is = 0;
     for (unsigned i = 0; i < QC_P_COUNT; i++) {
-        if (qc_problem_get((qc_problem_id)i)->severity != QC_SEV_CORRUPTION ||
-            now->per_problem[i] <= before->per_problem[i])
+        if (qc_problem_get((qc_problem_id)i)->severity != QC_SEV_CORRUPTION)
+            continue;
+        was += before->per_problem[i];
+        is += now->per_problem[i];
+        if (now->per_problem[i] <= before->per_problem[i])
             continue;
         uint64_t more = now->per_problem[i] - before->per_problem[i];
         if ((i != QC_P_REFCOUNT_ZERO_IN_USE && i != QC_P_REFCOUNT_TOO_LOW) || more > raised)
             return false;
         raised -= more;
+        is -= more;
     }
-    return true;
+    return is < was;
+}
+
+/* Extend the file (the view) with zeros from its end to `target`, to
+ * complete `what`, which starts at `from`; kept only if extension_holds. */
+static void extend_with_zeros(repair_run *r, uint64_t target, uint64_t from, const char *what)
+{
+    uint64_t size = r->view.size;
+    uint8_t *zeros = calloc(1, (size_t)(target - size));
+    if (!zeros) {
+        r->error = -ENOMEM;
+        return;
+    }
+    qc_result before = r->res;
+    /* What the earlier stages wrote (pointers past the end dropped, tables
+     * past the end discarded) reaches the disk before the file grows. */
+    plan_flush(r);
+    bool written = plan_write(r, size, zeros, (size_t)(target - size),
+                              "zeros past the end of the file",
+                              "extend the file from %llu to %llu bytes to complete %s",
+                              (unsigned long long)size, (unsigned long long)target, what);
+    free(zeros);
+    if (!written)
+        return;
+    if (!try_check(r) || !extension_holds(r, &before, from, target)) {
+        plan_undo_write(r);
+        r->view.size = size; /* the write grew the view */
+        plan_note(r, NOTE_GENERAL,
+                  "%s not completed with zeros: the part inside the file holds what a check would "
+                  "then follow as new problems; left past the end of the file",
+                  what);
+        return;
+    }
+    plan_flush(r);
+    plan_note(r, NOTE_GENERAL,
+              "extended the file with zeros from %llu to %llu bytes (0x%llx-0x%llx): %s ended past "
+              "the end of the file, where QEMU reads zeros; the guest sees the same data",
+              (unsigned long long)size, (unsigned long long)target, (unsigned long long)size,
+              (unsigned long long)target - 1, what);
+}
+
+void stage_zero_extend_short(repair_run *r)
+{
+    qc_ctx *ctx = current_check(r);
+    /* Nothing to do, or a try that did not hold (the note said so). With
+     * -r all, a snapshot table the snapshot count stage repairs (a last
+     * entry it cuts in place, entries it drops) must not become readable
+     * zero-filled first: the next round extends what is still cut. */
+    if (!ctx || ctx->short_past_eof_end <= r->view.size ||
+        ctx->short_past_eof_end == r->short_extension_refused ||
+        (r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE)))
+        return;
+    uint64_t target = ctx->short_past_eof_end;
+    extend_with_zeros(r, target, ctx->short_past_eof_start,
+                      "the structures the end of the file cut short by less than one cluster");
+    if (r->view.size != target)
+        r->short_extension_refused = target;
 }
 
 void stage_zero_extend(repair_run *r)
@@ -407,39 +475,11 @@ void stage_zero_extend(repair_run *r)
         snprintf(tables + strlen(tables), sizeof(tables) - strlen(tables),
                  "%s%u snapshot L1 table%s", tables[0] ? " and " : "", snapshots,
                  snapshots == 1 ? "" : "s");
-    if (target == size)
-        return;
-    uint8_t *zeros = calloc(1, (size_t)(target - size));
-    if (!zeros) {
-        r->error = -ENOMEM;
-        return;
+    if (target != size && target != r->l1_extension_refused) {
+        extend_with_zeros(r, target, from, tables);
+        if (r->view.size != target)
+            r->l1_extension_refused = target;
     }
-    qc_result before = r->res;
-    /* What the earlier stages wrote (pointers past the end dropped, tables
-     * past the end discarded) reaches the disk before the file grows. */
-    plan_flush(r);
-    bool written = plan_write(r, size, zeros, (size_t)(target - size),
-                              "zeros past the end of the file",
-                              "extend the file from %llu to %llu bytes to complete %s",
-                              (unsigned long long)size, (unsigned long long)target, tables);
-    free(zeros);
-    if (!written)
-        return;
-    if (!try_check(r) || !extension_holds(r, &before, from, target)) {
-        plan_undo_write(r);
-        r->view.size = size; /* the write grew the view */
-        plan_note(r, NOTE_GENERAL,
-                  "%s not completed with zeros: the part inside the file holds what a check would "
-                  "then follow as new problems; left past the end of the file",
-                  tables);
-        return;
-    }
-    plan_flush(r);
-    plan_note(r, NOTE_GENERAL,
-              "extended the file with zeros from %llu to %llu bytes (0x%llx-0x%llx): %s ended past "
-              "the end of the file, where QEMU reads zeros; the guest sees the same data",
-              (unsigned long long)size, (unsigned long long)target, (unsigned long long)size,
-              (unsigned long long)target - 1, tables);
 }
 
 void stage_snapshot_table(repair_run *r)

@@ -596,32 +596,62 @@ def huge_snapshot_table(im):
 
 
 def cut_at_eof(table, keep=0, refcount=1):
-    """Move an L1 table (table(im) -> (offset, entries, set_offset)) to a
-    fresh cluster at the end of the file, its old clusters freed, then cut
-    the file `keep` bytes into it: QEMU reads the rest as zeros (oracle
-    class N-G: a repair must keep the refcount of the cut table's cluster,
-    and -r all completes the table with zeros). `refcount` 0: as an older
-    qcheck's repair left it, the table's cluster freed."""
+    """Move a table (table(im) -> (offset, bytes, set_offset)) to fresh
+    clusters at the end of the file, its old clusters freed, then cut the
+    file `keep` bytes into it (None: just after its last non-zero byte): QEMU
+    reads the rest as zeros (oracle classes N-G, N-J: a repair must keep the
+    refcount of the cut table's cluster, and completes the table with
+    zeros). `refcount` 0: as an older qcheck's repair left an L1 table, the
+    table's cluster freed."""
     def p(im):
-        off, entries, set_offset = table(im)
-        new = im.append_clusters(im.read(off, 8 * entries), refcount=refcount)
+        off, nbytes, set_offset = table(im)
+        data = im.read(off, nbytes)
+        new = im.append_clusters(data, refcount=refcount)
         set_offset(im, new)
-        im.free_clusters(off, 8 * entries)
-        im.truncate(new + keep)
+        im.free_clusters(off, nbytes)
+        cut = keep if keep is not None else q.align_up(len(data.rstrip(b"\0")) or 1, 8)
+        im.truncate(new + cut)
     return p
 
 
 def active_l1(im):
-    return (im.header.l1_table_offset, im.header.l1_size,
+    return (im.header.l1_table_offset, 8 * im.header.l1_size,
             lambda im, v: im.set_header_field("l1_table_offset", v))
 
 
 def snapshot_l1(index):
     def t(im):
         s = im.snapshots()[index]
-        return (s.l1_table_offset, s.l1_size,
+        return (s.l1_table_offset, 8 * s.l1_size,
                 lambda im, v: snapshot_field(index, "l1_table_offset", lambda im, old: v)(im))
     return t
+
+
+def l2_table(l1_index):
+    def t(im):
+        entry = im.l1()[l1_index]
+        return (entry & OFFSET_MASK, im.cluster_size,
+                lambda im, v: im.set_l1_entry(l1_index, v | (entry & ~OFFSET_MASK)))
+    return t
+
+
+def reftable(im):
+    return (im.header.refcount_table_offset, im.header.refcount_table_clusters * im.cluster_size,
+            lambda im, v: im.set_header_field("refcount_table_offset", v))
+
+
+def refblock_cut_at_eof(im):
+    """Move refcount block 0 to a fresh cluster at the end of the file and
+    cut the file just after the refcount of its last cluster in use: what
+    the end of the file cuts off counts nothing."""
+    cs = im.cluster_size
+    old = im.refblocks()[0][1]
+    new = q.align_up(im.file_size, cs)
+    im.write(new, im.read(old, cs))
+    im.set_reftable_entry(0, new)
+    im.set_refcount(new // cs, 1)
+    im.set_refcount(old // cs, 0)
+    im.truncate(new + q.align_up((new // cs + 1) * im.refcount_bits, 64) // 8)
 
 
 def truncate_to(size):
@@ -712,6 +742,23 @@ case("hdr_l1_cut_by_eof_512", "rc64_512", cut_at_eof(active_l1, keep=8), "l1Past
      exit_only("QEMU reads the cut part of the L1 table as zeros and counts its clusters, the second "
                "one a whole cluster past EOF (R2)"),
      absent="refcountPastEof " + QUARANTINED)
+# The end of the file cuts a structure short by less than one cluster (oracle
+# class N-J): QEMU reads zeros past the end and accepts it (R2), qcheck
+# reports it; both repair modes complete it with zeros.
+case("l2_cut_by_eof", "v3_64k", cut_at_eof(l2_table(0), keep=None), "l1EntryPastEof refcountOrphan", 2,
+     differs(0, "QEMU reads the cut part of the L2 table as zeros (R2); qcheck reports the table "
+                "past EOF and quarantines the data it maps"),
+     absent="refcountPastEof " + QUARANTINED)
+case("reftable_cut_by_eof", "v3_64k", cut_at_eof(reftable, keep=None), "reftablePastEof", 2,
+     differs(0, "QEMU reads the cut part of the refcount table as zeros (R2); qcheck cannot use "
+                "the table"))
+case("refblock_cut_by_eof", "v3_64k", refblock_cut_at_eof, "reftableEntryPastEof", 2,
+     differs(0, "QEMU reads the cut part of the refcount block as zeros (R2); qcheck cannot use "
+                "the block"))
+case("bitmap_dir_cut_by_eof", "bitmaps", lambda im: im.truncate(im.file_size - 1),
+     "bitmapsExtensionInvalid", 2,
+     differs(0, "QEMU reads the last byte of the bitmap directory, which ends the file, as a zero "
+                "(R2); qcheck reports the directory past EOF"))
 case("hdr_l1_too_small", "v3_64k", header(l1_size=0), "l1TooSmall refcountOrphan", 2,
      cannot_open(BAD_HEADER % "O20"), absent=QUARANTINED)
 # QEMU validates the offset of an empty L1 table too (qcow2_validate_table)

@@ -119,15 +119,16 @@ def ids(r):
 @cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
      "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
      "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
-     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0, -r leaks cannot repair it "
-     "(-r all completes with zeros an L1 table that starts inside the file or at its end)")
+     "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0 (both repairs complete with "
+     "zeros what ends less than a cluster past EOF, -r all also an L1 table that starts inside the file or "
+     "at its end)")
 def _nj(sig, detail, r):
     if "bitmapsExtensionInvalid" in sig and "file cut" in muts(r):
         return True
     if re.search(r"only by qcheck: past-eof", sig):
         return True  # a range QEMU accepts because it ends less than a cluster past EOF
     if re.search(r"implication 2 \(-r leaks\).*left (l1EntryPastEof|refcountsUnknown, reftablePastEof)$", sig):
-        return True  # QEMU accepts the table that ends less than a cluster past EOF; -r leaks cannot fix it
+        return True  # QEMU accepts the table; -r leaks took back a zero extension that found new problems
     if not ids(r) & {"l1PastEof", "reftablePastEof", "snapshotL1PastEof"}:
         return False
     return "counted only by qemu-img" in sig or "clusters differs" in sig or bool(
