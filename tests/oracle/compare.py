@@ -673,11 +673,12 @@ def _table_past_eof(pair, item):
     (R2) and counts its clusters at and past the end of the file as in use
     (refcount 0, or a leak of the last partial one), or nothing."""
     side, cat, key, n = item
-    found = [p for p in pair.qc.get("problems", []) if p.get("id") in TABLE_PAST_EOF_IDS]
+    found = [p for p in pair.qc.get("problems", []) if p.get("id") in TABLE_PAST_EOF_IDS or (
+        p.get("id") == "bitmapsExtensionInvalid" and "past the end of the file" in p.get("message", ""))]
     if not found:
         return False
     if side == "qcheck":
-        return cat == "past-eof" and n <= sum(int(p.get("count", 1)) for p in found)
+        return cat in ("past-eof", "bitmapsExtensionInvalid") and n <= sum(int(p.get("count", 1)) for p in found)
     last_partial = pair.file_size // pair.cs if pair.cs else None
     return cat in ("refcount-zero", "refcount-low", "leak") and key is not None and \
         last_partial is not None and key >= last_partial
@@ -779,9 +780,12 @@ def _companions_missing(pair):
 
 
 def _header_read_as_table(pair):
-    """§2.10: QEMU parses the header cluster as the snapshot table at offset
-    0 and counts what it finds there; qcheck reads no table there."""
-    return set(COUNT_KEYS) | {"residual"} if "snapshotTableInHeader" in pair.ids else ()
+    """§2.10: QEMU parses the header cluster as the snapshot table or the
+    refcount table at offset 0 and counts what it finds there; qcheck reads
+    no table there."""
+    at_zero = any(p.get("id") == "reftableMissing" and "offset 0x0," in p.get("message", "")
+                  for p in pair.qc.get("problems", []))
+    return set(COUNT_KEYS) | {"residual"} if "snapshotTableInHeader" in pair.ids or at_zero else ()
 
 
 def _qemu_refused(pair):
@@ -846,7 +850,8 @@ RULES = [
          "statistics (QEMU walks the part inside the file, §1.5)",
          item=_past_eof_tolerance, frees=_past_eof_tolerance_stats),
     Rule("table-past-eof", "§2.2",
-         "a table placed partly past the end of the file (" + ", ".join(sorted(TABLE_PAST_EOF_IDS)) + "): "
+         "a table placed partly past the end of the file (" + ", ".join(sorted(TABLE_PAST_EOF_IDS)) + ", "
+         "bitmapsExtensionInvalid for a bitmap directory past the end): "
          "qcheck's corruption, and QEMU's refcount or leak events on the clusters at and past the end of the "
          "file, which it reads as zeros and counts as in use",
          item=_table_past_eof),
@@ -883,8 +888,9 @@ RULES = [
          "refcountOverflow counts a cluster once, QEMU once per reference beyond the maximum",
          item=_overflow_per_cluster),
     Rule("header-read-as-table", "§2.10",
-         "a snapshot table at offset 0 (snapshotTableInHeader): QEMU reads the header cluster as snapshot "
-         "entries and counts its own errors about them, qcheck reads no table there: the counts",
+         "a snapshot table at offset 0 (snapshotTableInHeader) or a refcount table at offset 0 "
+         "(reftableMissing naming offset 0x0): QEMU reads the header cluster as that table and counts its "
+         "own errors about it, qcheck reads no table there: the counts",
          frees=_header_read_as_table),
     Rule("qemu-cannot-open", "§2.4",
          "QEMU cannot open the image, or aborts its check, for a header, extension, snapshot table or "
