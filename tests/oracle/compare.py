@@ -366,6 +366,7 @@ OPEN_REFUSALS = [
     (r"Image is too big", {"l1TooSmall", "qemuLimitExceeded"}),
 ]
 OPEN_REFUSALS = [(re.compile(r), ids) for r, ids in OPEN_REFUSALS]
+REFUSAL_IDS = set().union(*(ids for _, ids in OPEN_REFUSALS))
 
 
 # Header problems after which qcheck stops (nothing behind the header can
@@ -379,7 +380,9 @@ def qemu_refused_with_id(pair):
     qcheck names a problem id that is the reason (§2.4)."""
     if pair.qemu_counted and not pair.qemu_failed:
         return False
-    if not pair.qemu_opened and pair.ids & HEADER_STOP_IDS:
+    if not pair.qemu_opened and pair.ids & (HEADER_STOP_IDS | REFUSAL_IDS):
+        # QEMU stops at the first refusal it meets, qcheck reports them all:
+        # both refuse the image, for this reason or another one
         return True
     text = "\n".join(ln for ln in pair.qemu.err.splitlines() if "warning:" not in ln)
     return any(rx.search(text) and (ids & pair.ids) for rx, ids in OPEN_REFUSALS)
@@ -894,9 +897,10 @@ RULES = [
          frees=_header_read_as_table),
     Rule("qemu-cannot-open", "§2.4",
          "QEMU cannot open the image, or aborts its check, for a header, extension, snapshot table or "
-         "bitmap problem that qcheck names by its id (QEMU's message -> ids: OPEN_REFUSALS), or for any "
-         "reason when qcheck stopped after the header (" + ", ".join(sorted(HEADER_STOP_IDS)) + "): QEMU "
-         "has no counts to compare",
+         "bitmap problem that qcheck names by its id (QEMU's message -> ids: OPEN_REFUSALS), or, when "
+         "QEMU could not open the image at all, for any reason when qcheck names another open refusal "
+         "(QEMU stops at the first) or stopped after the header (" + ", ".join(sorted(HEADER_STOP_IDS)) +
+         "): QEMU has no counts to compare",
          frees=_qemu_refused),
     Rule("companions-missing", "§2.7",
          "the backing or data file the image names is not there (or an external data file is not "
