@@ -4,13 +4,15 @@
  *
  * Checks, per host cluster: leaks (higher on disk), refcounts too low or
  * zero for clusters in use, refcount overflow for narrow widths (also where
- * the refcount block cannot be read: the references alone overflow), non-zero
- * refcounts past the end of the file of clusters no pointer claims there
- * (QEMU counts those as in use), clusters whose refcount cannot be read. Refcounts above the references found are reported as orphans
+ * the refcount block cannot be read: the references alone overflow),
+ * non-zero refcounts past the end of the file of clusters no pointer claims
+ * there (QEMU counts those as in use), clusters whose refcount cannot be
+ * read. Refcounts above the references found are reported as orphans
  * instead of leaks when some structure was not followed or the cluster is
  * what a broken pointer most likely meant (the difference may be theirs).
- * Then COPIED in the active L1 and L2 tables. Consecutive clusters with the same finding are
- * reported as one range, counted per cluster as qemu-img does.
+ * Then COPIED in the active L1 and L2 tables. Consecutive clusters with the
+ * same finding are reported as one range, counted per cluster as qemu-img
+ * does.
  * Needs: every earlier pass (the computed refcount map is complete).
  * Produces: leak/corruption counts, image end offset.
  */

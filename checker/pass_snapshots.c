@@ -5,9 +5,10 @@
  * is inside but whose extra data, id or name runs past the end is decoded
  * as far as it goes, and its snapshot kept), extra data size (at most 1024
  * bytes; at least 16 in version 3), the table's total size (64 MiB),
- * empty and duplicate ids, each snapshot's L1 table (aligned, inside the file, at
- * most 32 MiB, large enough for the snapshot's disk size), snapshots in an
- * image with an external data file.
+ * empty and duplicate ids, each snapshot's L1 table (aligned, inside the
+ * file, at most 32 MiB, large enough for the snapshot's disk size; without
+ * entries, an offset QEMU can still load), snapshots in an image with an
+ * external data file.
  * Needs: the header pass (geometry, snapshots_usable).
  * Produces: ctx->snapshots[] with a `follow` verdict each, the snapshot
  * table extent.
