@@ -5,7 +5,6 @@ Python standard library only. qemu-img and qemu-io 7.2 are the reference;
 qcheck is the program under test.
 """
 
-import hashlib
 import json
 import os
 import resource
@@ -20,7 +19,7 @@ sys.dont_write_bytecode = True  # keep the source tree clean under CTest
 if IMAGES_DIR not in sys.path:
     sys.path.insert(0, IMAGES_DIR)
 
-import qcow2lib  # noqa: E402,F401  (re-exported for the other modules)
+import qcow2lib  # noqa: E402  (re-exported for the other modules)
 
 QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")
 QEMU_IO = os.environ.get("QEMU_IO", "qemu-io")
@@ -105,12 +104,7 @@ def copy_sparse(src, dst):
     subprocess.run(["cp", "--sparse=always", src, dst], check=True)
 
 
-def file_sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+file_sha256 = qcow2lib.file_sha256
 
 
 def dump_json(path, value):
