@@ -651,6 +651,23 @@ def seed_task(args):
     return {"seed": seed, "statuses": rec.get("steps") and len(rec["steps"]), "reports": reports}
 
 
+def examine_with_mutants(oracle, work, first, mutants, only, origin, repro):
+    """Examine the subject `first` and `mutants` mutants of it (ids
+    FIRST:mK; origin(k) and repro(k) describe mutant k), then remove the
+    mutants' folders; returns the reports."""
+    subjects = [first]
+    for k in range(mutants):
+        sid = "%s:m%d" % (first.id, k)
+        md = os.path.join(work, "mutants", sid.replace(":", "_"))
+        copy_files(first.src, md)
+        what, edits = mutate.mutate(os.path.join(md, IMG), "%s:%d" % (first.id, k))
+        subjects.append(Subject(sid, md, dict(origin(k), mutations=what, edits=edits), repro(k)))
+    reports = [oracle.examine(s) for s in subjects if not only or s.id == only]
+    for s in subjects[1:]:
+        shutil.rmtree(s.src, ignore_errors=True)
+    return reports
+
+
 def file_task(args):
     qcheck, work, path, mutants, only, keep = args
     oracle = Oracle(qcheck, work, keep)
@@ -660,17 +677,10 @@ def file_task(args):
     os.makedirs(src)
     copy_sparse(path, os.path.join(src, IMG))
     sid0 = "f:" + name
-    subjects = [Subject(sid0, src, {"file": path}, repro_cmd(qcheck, sid0, images=path))]
-    for k in range(mutants):
-        sid = "%s:m%d" % (sid0, k)
-        md = os.path.join(work, "mutants", sid.replace(":", "_"))
-        copy_files(src, md)
-        what, edits = mutate.mutate(os.path.join(md, IMG), "%s:%d" % (sid0, k))
-        subjects.append(Subject(sid, md, {"file": path, "mutant": k, "mutations": what, "edits": edits},
-                                repro_cmd(qcheck, sid, images=path, mutant=k)))
-    reports = [oracle.examine(s) for s in subjects if not only or s.id == only]
-    for s in subjects[1:]:
-        shutil.rmtree(s.src, ignore_errors=True)
+    first = Subject(sid0, src, {"file": path}, repro_cmd(qcheck, sid0, images=path))
+    reports = examine_with_mutants(
+        oracle, work, first, mutants, only, lambda k: {"file": path, "mutant": k},
+        lambda k: repro_cmd(qcheck, "%s:m%d" % (sid0, k), images=path, mutant=k))
     shutil.rmtree(src, ignore_errors=True)
     return {"file": path, "reports": reports}
 
@@ -684,17 +694,9 @@ def catalogue_task(args):
     oracle = Oracle(qcheck, work, keep)
     sid0 = "c:" + name
     repro = "python3 tests/oracle/oracle.py --qcheck %s --catalogue %s --only %s --keep" % (qcheck, name, sid0)
-    subjects = [Subject(sid0, src, {"case": name}, repro)]
-    for k in range(mutants):
-        sid = "%s:m%d" % (sid0, k)
-        md = os.path.join(work, "mutants", sid.replace(":", "_"))
-        copy_files(src, md)
-        what, edits = mutate.mutate(os.path.join(md, IMG), "%s:%d" % (sid0, k))
-        subjects.append(Subject(sid, md, {"case": name, "mutant": k, "mutations": what, "edits": edits},
-                                repro + " --mutants %d" % (k + 1)))
-    reports = [oracle.examine(s) for s in subjects if not only or s.id == only]
-    for s in subjects[1:]:
-        shutil.rmtree(s.src, ignore_errors=True)
+    reports = examine_with_mutants(
+        oracle, work, Subject(sid0, src, {"case": name}, repro), mutants, only,
+        lambda k: {"case": name, "mutant": k}, lambda k: repro + " --mutants %d" % (k + 1))
     return {"case": name, "reports": reports}
 
 
