@@ -256,6 +256,11 @@ bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)
 int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len);
 void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t len, int err);
 
+/* ---- io.c ---- */
+/* Write all of buf at off (short writes and EINTR retried): 0 or a
+ * negative errno. The file backend and the salvage file use it. */
+int qc_pwrite_full(int fd, uint64_t off, const void *buf, size_t len);
+
 /* ---- prefetch.c: read-ahead of a long ordered sequence of reads ---- */
 typedef struct qc_prefetch qc_prefetch;
 #define QC_PREFETCH_SKIP UINT64_MAX

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 #include "../layout/bytes.h"
-#include "qcheck.h"
+#include "ctx.h"
 
 typedef struct file_backend {
     int fd;
@@ -41,14 +41,13 @@ static int file_read(void *opaque, uint64_t off, void *buf, size_t len)
     return 0;
 }
 
-static int file_write(void *opaque, uint64_t off, const void *buf, size_t len)
+int qc_pwrite_full(int fd, uint64_t off, const void *buf, size_t len)
 {
-    file_backend *f = opaque;
     const uint8_t *p = buf;
     while (len) {
         if (off > (uint64_t)INT64_MAX)
             return -EFBIG;
-        ssize_t n = pwrite(f->fd, p, len, (off_t)off);
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -59,6 +58,12 @@ static int file_write(void *opaque, uint64_t off, const void *buf, size_t len)
         len -= (size_t)n;
     }
     return 0;
+}
+
+static int file_write(void *opaque, uint64_t off, const void *buf, size_t len)
+{
+    const file_backend *f = opaque;
+    return qc_pwrite_full(f->fd, off, buf, len);
 }
 
 static int file_flush(void *opaque)

@@ -350,23 +350,6 @@ static int check_room(salvage *s, bool exists, qc_salvage_info *info)
     return 0;
 }
 
-static int write_all(int fd, uint64_t off, const void *buf, size_t len)
-{
-    const uint8_t *p = buf;
-    while (len) {
-        ssize_t n = pwrite(fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        off += (uint64_t)n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 static void close_state(XXH64_state_t **state, uint64_t *hash)
 {
     *hash = XXH64_digest(*state);
@@ -399,7 +382,7 @@ static int copy_ranges(salvage *s, qc_io *image, int fd)
                               strerror(-ret));
                 break;
             }
-            ret = write_all(fd, s->rows[i].data + (a - start), buf, len);
+            ret = qc_pwrite_full(fd, s->rows[i].data + (a - start), buf, len);
             if (ret < 0) {
                 ret = set_why(s, ret, "writing %s failed: %s", QC_SALVAGE_DATA, strerror(-ret));
                 break;
@@ -443,7 +426,7 @@ static int write_file(salvage *s, int dirfd, const char *name, const void *bytes
     if (fd < 0)
         return set_why(s, -errno, "creating %s failed: %s", name, strerror(errno));
     *created = true;
-    int ret = write_all(fd, 0, bytes, len);
+    int ret = qc_pwrite_full(fd, 0, bytes, len);
     if (ret < 0)
         set_why(s, ret, "writing %s failed: %s", name, strerror(-ret));
     else if (fsync(fd) < 0)

@@ -95,26 +95,32 @@ void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t ent
     }
 }
 
+/* A dropped structure at [start, end) of the file, as the whole clusters
+ * it occupies; entry_offset and target name the pointer to it, if any. */
+static void unlink_clusters(repair_run *r, const qc_geometry *g, qc_problem_id problem,
+                            uint64_t start, uint64_t end, uint64_t entry_offset, uint64_t target)
+{
+    uint64_t first = start >> g->cluster_bits, last = (end - 1) >> g->cluster_bits;
+    qc_unlinked item = {QC_UNLINK_DROPPED,
+                        problem,
+                        first << g->cluster_bits,
+                        (last - first + 1) << g->cluster_bits,
+                        QC_UNLINKED_NONE,
+                        QC_NO_OFFSET,
+                        0,
+                        entry_offset,
+                        target,
+                        QC_NO_OFFSET};
+    plan_unlinked(r, &item);
+}
+
 void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem)
 {
-    const qc_geometry *g = &ctx->geo;
     for (size_t i = 0; i < ctx->nb_extents && !r->error; i++) {
         const qc_extent *e = &ctx->extents[i];
-        if (!(owners & 1u << e->owner) || !e->length)
-            continue;
-        uint64_t first = e->start >> g->cluster_bits;
-        uint64_t last = (e->start + e->length - 1) >> g->cluster_bits;
-        qc_unlinked item = {QC_UNLINK_DROPPED,
-                            problem,
-                            first << g->cluster_bits,
-                            (last - first + 1) << g->cluster_bits,
-                            QC_UNLINKED_NONE,
-                            QC_NO_OFFSET,
-                            0,
-                            QC_NO_OFFSET,
-                            QC_NO_OFFSET,
-                            QC_NO_OFFSET};
-        plan_unlinked(r, &item);
+        if ((owners & 1u << e->owner) && e->length)
+            unlink_clusters(r, &ctx->geo, problem, e->start, e->start + e->length, QC_NO_OFFSET,
+                            QC_NO_OFFSET);
     }
 }
 
@@ -159,18 +165,8 @@ void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id pr
         return;
     if (!qc_add_ok(off, bytes, &end) || end > ctx->file_size)
         end = ctx->file_size;
-    uint64_t first = off >> g->cluster_bits, last = (end - 1) >> g->cluster_bits;
-    qc_unlinked item = {QC_UNLINK_DROPPED,
-                        problem,
-                        first << g->cluster_bits,
-                        (last - first + 1) << g->cluster_bits,
-                        QC_UNLINKED_NONE,
-                        QC_NO_OFFSET,
-                        0,
-                        48, /* the header's refcount table offset */
-                        off,
-                        QC_NO_OFFSET};
-    plan_unlinked(r, &item);
+    /* the pointer: the header's refcount table offset, at byte 48 */
+    unlink_clusters(r, g, problem, off, end, 48, off);
 }
 
 qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix)
