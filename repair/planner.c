@@ -65,9 +65,9 @@ static void write_fence(repair_run *r)
     if (now & QC_INCOMPAT_CORRUPT)
         return;
     qc_put_be64(be, now | QC_INCOMPAT_CORRUPT);
-    plan_write(r, 72, be, 8, "image header (incompatible features)",
+    qc_plan_write(r, 72, be, 8, "image header (incompatible features)",
                "set the corrupt bit while the repair is in progress");
-    plan_flush(r);
+    qc_plan_flush(r);
 }
 
 /* Two structures that claim one cluster, described for a note. */
@@ -106,14 +106,14 @@ static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, c
     shared_cluster s;
     if (!find_shared_cluster(r, off, end, &s))
         return false;
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_note(r, NOTE_GENERAL,
               "left alone: a write to the %s at 0x%llx, because host cluster %llu is claimed by "
               "both the %s and the %s (metadataOverlap)",
               what, (unsigned long long)off, (unsigned long long)s.cluster, s.a, s.b);
     return true;
 }
 
-bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+bool qc_plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...)
 {
     uint64_t end;
@@ -153,7 +153,7 @@ bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const
     return !r->error;
 }
 
-void plan_undo_write(repair_run *r)
+void qc_plan_undo_write(repair_run *r)
 {
     qc_repair_plan *p = r->plan;
     if (r->error || !p->nb_steps || p->steps[p->nb_steps - 1].kind != QC_STEP_WRITE)
@@ -173,7 +173,7 @@ void plan_undo_write(repair_run *r)
     r->ctx_stale = true;
 }
 
-void plan_flush(repair_run *r)
+void qc_plan_flush(repair_run *r)
 {
     qc_repair_plan *p = r->plan;
     if (r->error || p->nb_steps == 0 || p->steps[p->nb_steps - 1].kind == QC_STEP_FLUSH)
@@ -181,7 +181,7 @@ void plan_flush(repair_run *r)
     add_step(r, (qc_repair_step){QC_STEP_FLUSH, 0, 0, NULL, NULL, NULL}, NULL);
 }
 
-void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
+void qc_plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
 {
     qc_repair_plan *p = r->plan;
     char text[512];
@@ -251,7 +251,7 @@ static bool run_check(repair_run *r, const qc_options *opts)
     return !r->ctx.stop && r->res.header_valid && r->res.check_errors == 0 && !r->error;
 }
 
-qc_ctx *try_check(repair_run *r)
+qc_ctx *qc_plan_try_check(repair_run *r)
 {
     if (r->error)
         return NULL;
@@ -259,18 +259,18 @@ qc_ctx *try_check(repair_run *r)
         return &r->ctx;
     if (run_check(r, &r->check_opts))
         return &r->ctx;
-    r->ctx_stale = true; /* the next current_check() runs it again, and says so */
+    r->ctx_stale = true; /* the next qc_plan_current_check() runs it again, and says so */
     return NULL;
 }
 
-qc_ctx *current_check(repair_run *r)
+qc_ctx *qc_plan_current_check(repair_run *r)
 {
     if (r->error)
         return NULL;
     if (r->ctx_live && !r->ctx_stale)
         return &r->ctx;
     if (!run_check(r, &r->check_opts)) {
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "the image could not be checked completely after the previous repair stage; "
                   "the remaining stages were skipped");
         return NULL;
@@ -278,7 +278,7 @@ qc_ctx *current_check(repair_run *r)
     return &r->ctx;
 }
 
-bool found_fix(const repair_run *r, qc_fix fix)
+bool qc_plan_found_fix(const repair_run *r, qc_fix fix)
 {
     for (unsigned i = 0; i < QC_P_COUNT; i++)
         if (r->res.per_problem[i] && qc_problem_get((qc_problem_id)i)->fix == fix)
@@ -286,20 +286,20 @@ bool found_fix(const repair_run *r, qc_fix fix)
     return false;
 }
 
-bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what)
+bool qc_plan_range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what)
 {
     uint64_t end;
     shared_cluster s;
     if (!qc_add_ok(start, length, &end) || !find_shared_cluster(r, start, end, &s))
         return false;
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_note(r, NOTE_GENERAL,
               "%s left in place: host cluster %llu is claimed by both the %s and the %s "
               "(metadataOverlap), and moving one away would make the other live as it is",
               what, (unsigned long long)s.cluster, s.a, s.b);
     return true;
 }
 
-int view_has_data(repair_run *r, uint64_t off, uint64_t size)
+int qc_plan_view_has_data(repair_run *r, uint64_t off, uint64_t size)
 {
     uint8_t buf[4096];
     for (uint64_t done = 0; done < size; done += sizeof(buf)) {
@@ -314,7 +314,7 @@ int view_has_data(repair_run *r, uint64_t off, uint64_t size)
     return 0;
 }
 
-uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts)
+uint64_t qc_plan_append_cluster(repair_run *r, const char *what, bool replaces_refcounts)
 {
     const qc_ctx *ctx = &r->ctx;
     uint64_t end = qc_div_round_up(r->view.size, ctx->geo.cluster_size);
@@ -330,14 +330,14 @@ uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts
     }
     /* Appending would put new bytes where that structure is said to be
      * (and placing them past it would bring all of it into the file). */
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_note(r, NOTE_GENERAL,
               "%s not written: a structure the image still points to lies past the end of the "
               "file (up to 0x%llx), and anything appended would be read as part of it",
               what, (unsigned long long)claims);
     return UINT64_MAX;
 }
 
-const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off)
+const qc_l2_table *qc_l2_table_at(const qc_ctx *ctx, uint64_t off)
 {
     uint64_t table = off & ~(ctx->geo.cluster_size - 1);
     /* Tables are in offset order (their offset is their first reference's). */
@@ -414,7 +414,7 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
 static void note_kept(repair_run *r, uint64_t kept)
 {
     if (kept)
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "kept %llu cluster%s allocated that a structure qcheck could not follow may own "
                   "(reported as refcountOrphan); copy out what you need before freeing them",
                   (unsigned long long)kept, kept == 1 ? "" : "s");
@@ -430,7 +430,7 @@ static bool record_first_orphans(repair_run *r)
     if (!qc_bitset_init(NULL, &r->kept, ctx->file_clusters) ||
         !qc_bitset_init(NULL, &r->first_orphans, ctx->file_clusters))
         return false;
-    r->drops_bitmaps = r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_DROP_BITMAPS) &&
+    r->drops_bitmaps = r->mode == QC_REPAIR_ALL && qc_plan_found_fix(r, QC_FIX_DROP_BITMAPS) &&
                        (ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
     for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
          c = qc_bitset_next(&ctx->orphans, c + 1)) {
@@ -450,7 +450,7 @@ static bool record_first_orphans(repair_run *r)
  * clusters keep a refcount higher than their references. */
 static bool note_kept_leaks(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx)
         return r->error == 0;
     for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters && c < r->kept.bits;
@@ -469,7 +469,7 @@ static bool note_kept_leaks(repair_run *r)
  * structure that may own them is still there. */
 static void note_kept_after(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx)
         return;
     uint64_t kept = 0;
@@ -508,7 +508,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     const char *reason = refusal_reason(&r, before, why, sizeof(why));
     if (reason) {
         ret = refuse(plan, "%s", reason);
-    } else if (!record_first_orphans(&r) || !record_snapshot_labels(&r)) {
+    } else if (!record_first_orphans(&r) || !qc_plan_record_snapshot_labels(&r)) {
         ret = -ENOMEM;
     } else {
         r.version = r.ctx.hdr.version;
@@ -517,13 +517,13 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         /* -r leaks completes the structures the end of the file cuts short
          * before it counts the orphans it keeps (note_kept_leaks). */
         if (mode == QC_REPAIR_LEAKS) {
-            stage_zero_extend_short(&r);
+            qc_stage_zero_extend_short(&r);
             if (!r.error && !note_kept_leaks(&r))
                 r.error = -ENOMEM;
         }
         static void (*const leaks_stages[])(repair_run *) = {
-            stage_feature_bits, stage_snapshot_count, stage_empty_table_offsets, stage_refcounts,
-            stage_leaks_copied, stage_header_flags};
+            qc_stage_feature_bits, qc_stage_snapshot_count, qc_stage_empty_table_offsets, qc_stage_refcounts,
+            qc_stage_leaks_copied, qc_stage_header_flags};
         /* Pointers past the end of the file are dropped before anything
          * appends to the file, so that no interrupted step can make them
          * point at new structures. The zero extension of what the end of
@@ -532,10 +532,10 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
          * stages then see those structures whole (the bitmaps, say, which
          * the feature-bits stage would drop). */
         static void (*const all_stages[])(repair_run *) = {
-            stage_zero_extend_short,   stage_feature_bits,     stage_refblock_overlaps,
-            stage_snapshot_count,      stage_empty_table_offsets, stage_data_on_metadata,
-            stage_broken_pointers,     stage_zero_extend,      stage_snapshot_table,
-            stage_refcounts,           stage_copied,           stage_header_flags};
+            qc_stage_zero_extend_short,   qc_stage_feature_bits,     qc_stage_refblock_overlaps,
+            qc_stage_snapshot_count,      qc_stage_empty_table_offsets, qc_stage_data_on_metadata,
+            qc_stage_broken_pointers,     qc_stage_zero_extend,      qc_stage_snapshot_table,
+            qc_stage_refcounts,           qc_stage_copied,           qc_stage_header_flags};
         void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
         size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
                                           : sizeof(leaks_stages) / sizeof(leaks_stages[0]);
@@ -550,21 +550,21 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
             r.fenced = false;
             for (size_t i = 0; i < nb && !r.error; i++)
                 stages[i](&r);
-            plan_flush(&r);
+            qc_plan_flush(&r);
         } while (!r.error && plan->nb_steps != writes_before && ++round < REPAIR_ROUNDS);
-        plan_freed_flush(&r);
-        note_unlinked(&r);
+        qc_plan_freed_flush(&r);
+        qc_plan_note_unlinked(&r);
         if (mode == QC_REPAIR_ALL && !r.error)
             note_kept_after(&r);
         for (int k = 0; k < NOTE_KINDS; k++)
             if (r.notes_of_kind[k] > REPAIR_NOTE_CAP) {
                 uint64_t more = r.notes_of_kind[k] - REPAIR_NOTE_CAP;
                 r.notes_of_kind[k] = 0; /* let the summary through */
-                plan_note(&r, (note_kind)k, "... and %llu more like the above",
+                qc_plan_note(&r, (note_kind)k, "... and %llu more like the above",
                           (unsigned long long)more);
             }
         ret = r.error;
-        if (!ret && current_check(&r))
+        if (!ret && qc_plan_current_check(&r))
             *after = r.res;
     }
     if (!ret) {

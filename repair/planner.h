@@ -78,7 +78,7 @@ typedef struct repair_run {
      * run. */
     qc_bitset kept;
     qc_bitset first_orphans; /* every orphan of the first check (for the unlinked list) */
-    /* The run of freed clusters being collected (see plan_freed), and the
+    /* The run of freed clusters being collected (see qc_plan_freed), and the
      * dropped items that may own a cluster, by host offset. */
     struct {
         uint64_t first, count;
@@ -110,101 +110,101 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
  * first write of a repair is preceded by the fence (see docs/repair.md).
  * Returns whether the write was planned (not when it would land on a
  * cluster two structures claim, or after an error). */
-bool plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
+bool qc_plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
 /* Take back the last step, a write, and its bytes in the view: for a stage
  * that tried a change and found it wrong on a check. A write that grew the
  * view leaves restoring view.size to the caller. */
-void plan_undo_write(repair_run *r);
+void qc_plan_undo_write(repair_run *r);
 /* Ask for a flush: the writes before it reach the disk before any after. */
-void plan_flush(repair_run *r);
-void plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
+void qc_plan_flush(repair_run *r);
+void qc_plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* The check of the view as it is now (re-run when writes made it stale).
  * Returns NULL when the view cannot be checked completely. */
-qc_ctx *current_check(repair_run *r);
+qc_ctx *qc_plan_current_check(repair_run *r);
 /* The same without the note: for a stage that tries a change on the view
  * and takes it back when the view cannot be checked. */
-qc_ctx *try_check(repair_run *r);
+qc_ctx *qc_plan_try_check(repair_run *r);
 /* Whether the current check found any problem whose fix is `fix`. */
-bool found_fix(const repair_run *r, qc_fix fix);
+bool qc_plan_found_fix(const repair_run *r, qc_fix fix);
 /* The first cluster past the end of the view: where new structures go. */
 /* The first cluster where `what` may be appended: the end of the view, or
  * UINT64_MAX (with a note) while a structure the image points to lies past
  * the end of the file (the old refcount structures do not count when what
  * is appended replaces them). Needs a current check in r->ctx. */
-uint64_t append_cluster(repair_run *r, const char *what, bool replaces_refcounts);
+uint64_t qc_plan_append_cluster(repair_run *r, const char *what, bool replaces_refcounts);
 /* Whether a cluster of [start, start + length) is claimed by two
  * structures (with a note naming them and `what`): a stage that would move
  * a structure out of such a cluster leaves it, since the structure left
  * behind was never followed and would become live garbage. */
-bool range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what);
+bool qc_plan_range_shared(repair_run *r, uint64_t start, uint64_t length, const char *what);
 /* Whether [off, off + size) of the view holds anything but zeros: 1, 0,
  * or a negative errno when it cannot be read. */
-int view_has_data(repair_run *r, uint64_t off, uint64_t size);
+int qc_plan_view_has_data(repair_run *r, uint64_t off, uint64_t size);
 /* The L2 table (distinct) containing host offset `off`, or NULL. */
-const qc_l2_table *l2_table_at(const qc_ctx *ctx, uint64_t off);
+const qc_l2_table *qc_l2_table_at(const qc_ctx *ctx, uint64_t off);
 
 /* unlinked.c: the list of what the repair unlinks, frees or recovers. */
-void plan_unlinked(repair_run *r, const qc_unlinked *item);
+void qc_plan_unlinked(repair_run *r, const qc_unlinked *item);
 /* The refcount of cluster c goes to 0: collected into runs, each owned by
  * the dropped item covering it, or else a leak or an orphan of the first
- * check. plan_freed_flush() ends the current run. */
-void plan_freed(repair_run *r, uint64_t c);
-void plan_freed_flush(repair_run *r);
+ * check. qc_plan_freed_flush() ends the current run. */
+void qc_plan_freed(repair_run *r, uint64_t c);
+void qc_plan_freed_flush(repair_run *r);
 /* Whether a dropped item of the plan covers host cluster c. */
-bool plan_dropped(repair_run *r, uint64_t c);
+bool qc_plan_dropped(repair_run *r, uint64_t c);
 /* Notes for humans on the frees of clusters that a dropped pointer owned
  * or that were orphans (after the last stage). */
-void note_unlinked(repair_run *r);
+void qc_plan_note_unlinked(repair_run *r);
 /* A dropped item for one L2 entry (at `at`, holding `entry`) of each of
  * the tables referencing its table: the guest cluster it mapped in each. */
-void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
+void qc_plan_unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
                      qc_problem_id problem, unsigned kind, uint64_t new_target);
 /* Dropped items for the structures of the kinds in `owners` (a mask of
  * 1 << qc_owner) that the current check found, which the repair replaces
  * or stops pointing to, for `problem`. */
-void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem);
+void qc_plan_unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem);
 /* Copy the ids and names of the snapshots the current check (the first
  * one) decoded into the plan. False when out of memory. */
-bool record_snapshot_labels(repair_run *r);
+bool qc_plan_record_snapshot_labels(repair_run *r);
 /* A dropped item for the part inside the file of a refcount table the
  * check could not use (unaligned, or reaching past the end of the file):
  * the rebuild drops the header's pointer to it, which nothing else
  * records since the check has no extent for it. */
-void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem);
+void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem);
 /* The first finding of the current check whose fix is `fix`. */
-qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix);
+qc_problem_id qc_plan_first_found_with_fix(const repair_run *r, qc_fix fix);
 
 /* The stages, in the order they run (planner.c lists them per mode). */
-void stage_feature_bits(repair_run *r);
-void stage_snapshot_count(repair_run *r);
-void stage_empty_table_offsets(repair_run *r);
+void qc_stage_feature_bits(repair_run *r);
+void qc_stage_snapshot_count(repair_run *r);
+void qc_stage_empty_table_offsets(repair_run *r);
 /* Both modes, first (-r leaks: before it decides which orphans bind):
  * completes with zeros what the end of the file cuts short by less than
  * one cluster, as QEMU reads it (see stage_header.c). */
-void stage_zero_extend_short(repair_run *r);
+void qc_stage_zero_extend_short(repair_run *r);
 /* -r all, after the pointers past the end of the file are dropped and
  * before anything is appended: completes cut L1 tables (stage_header.c). */
-void stage_zero_extend(repair_run *r);
-void stage_snapshot_table(repair_run *r);
-void stage_data_on_metadata(repair_run *r);
-void stage_refcounts(repair_run *r);
+void qc_stage_zero_extend(repair_run *r);
+void qc_stage_snapshot_table(repair_run *r);
+void qc_stage_data_on_metadata(repair_run *r);
+void qc_stage_refcounts(repair_run *r);
 /* -r all, first after the feature bits: decides which side of a refcount
  * block / L2 table overlap the later stages trust (stage_refcounts.c). */
-void stage_refblock_overlaps(repair_run *r);
+void qc_stage_refblock_overlaps(repair_run *r);
 /* Whether the refcount stage would leave refcounts alone because a refcount
  * block shares its cluster with an L2 table: then nothing may be appended,
  * since its clusters could not be counted. */
-bool refcounts_blocked(repair_run *r, qc_ctx *ctx);
-void stage_copied(repair_run *r);
+bool qc_plan_refcounts_blocked(repair_run *r, qc_ctx *ctx);
+void qc_stage_copied(repair_run *r);
 /* -r leaks: whether the current check (before the refcount stage) allows
  * the COPIED fix after it, as qemu-img's: no corruption but COPIED ones and
  * no check error. Until it does, leaked clusters the active tables map with
  * COPIED clear are not lowered below 2. */
-bool leaks_fix_copied(const repair_run *r);
-void stage_leaks_copied(repair_run *r);
-void stage_broken_pointers(repair_run *r);
-void stage_header_flags(repair_run *r);
+bool qc_plan_leaks_fix_copied(const repair_run *r);
+void qc_stage_leaks_copied(repair_run *r);
+void qc_stage_broken_pointers(repair_run *r);
+void qc_stage_header_flags(repair_run *r);
 
 #endif

@@ -52,22 +52,22 @@
 
 #include "planner.h"
 
-void stage_feature_bits(repair_run *r)
+void qc_stage_feature_bits(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx || ctx->hdr.version < 3)
         return;
     uint64_t before = ctx->hdr.autoclear_features, after = before & QC_AUTOCLEAR_KNOWN;
     if (after != before)
-        plan_note(r, NOTE_GENERAL, "cleared autoclear feature bits qcheck does not know: 0x%llx",
+        qc_plan_note(r, NOTE_GENERAL, "cleared autoclear feature bits qcheck does not know: 0x%llx",
                   (unsigned long long)(before & ~QC_AUTOCLEAR_KNOWN));
     bool all = r->mode == QC_REPAIR_ALL;
-    bool drop_bitmaps = all && found_fix(r, QC_FIX_DROP_BITMAPS);
+    bool drop_bitmaps = all && qc_plan_found_fix(r, QC_FIX_DROP_BITMAPS);
     if (all && (drop_bitmaps || r->res.per_problem[QC_P_AUTOCLEAR_WITHOUT_BITMAPS]) &&
         (after & QC_AUTOCLEAR_BITMAPS)) {
         after &= ~QC_AUTOCLEAR_BITMAPS;
         if (drop_bitmaps)
-            plan_note(r, NOTE_GENERAL,
+            qc_plan_note(r, NOTE_GENERAL,
                       "dropped the persistent bitmaps (autoclear bit 0 cleared) because some are "
                       "broken: QEMU ignores them from now on, and the next incremental backup "
                       "must be a full one");
@@ -78,14 +78,14 @@ void stage_feature_bits(repair_run *r)
         return;
     uint8_t be[8];
     qc_put_be64(be, after);
-    if (plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
+    if (qc_plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
                    (unsigned long long)before, (unsigned long long)after) &&
         (before & ~after & QC_AUTOCLEAR_BITMAPS))
-        unlink_structures(r, ctx, 1u << QC_OWN_BITMAP_DIRECTORY | 1u << QC_OWN_BITMAP_TABLE |
+        qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_BITMAP_DIRECTORY | 1u << QC_OWN_BITMAP_TABLE |
                                       1u << QC_OWN_BITMAP_DATA,
-                          drop_bitmaps ? first_found_with_fix(r, QC_FIX_DROP_BITMAPS)
+                          drop_bitmaps ? qc_plan_first_found_with_fix(r, QC_FIX_DROP_BITMAPS)
                                        : QC_P_AUTOCLEAR_WITHOUT_BITMAPS);
-    plan_flush(r);
+    qc_plan_flush(r);
 }
 
 /* The entry as QEMU writes one: the 24 bytes of known extra data (those
@@ -133,13 +133,13 @@ static uint32_t snapshots_kept(const qc_ctx *ctx)
 }
 
 /* Whether the snapshot table shares a cluster with another structure: then
- * it is neither shortened nor moved (see range_shared). */
+ * it is neither shortened nor moved (see qc_plan_range_shared). */
 static bool snapshot_table_shared(repair_run *r, const qc_ctx *ctx)
 {
     for (size_t i = 0; i < ctx->nb_extents; i++) {
         const qc_extent *e = &ctx->extents[i];
         if (e->owner == QC_OWN_SNAPSHOT_TABLE)
-            return range_shared(r, e->start, e->length, "the snapshot table");
+            return qc_plan_range_shared(r, e->start, e->length, "the snapshot table");
     }
     return false;
 }
@@ -167,7 +167,7 @@ static void unlink_snapshots(repair_run *r, const qc_ctx *ctx, uint32_t from, ui
                               << ctx->geo.cluster_bits;
             }
         }
-        plan_unlinked(r, &item);
+        qc_plan_unlinked(r, &item);
     }
 }
 
@@ -195,21 +195,21 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
     uint8_t be[4];
     qc_put_be16(be, (uint16_t)keep_id);
     qc_put_be16(be + 2, 0);
-    if (!plan_write(r, s->table_offset + 12, be, 4, "snapshot table",
+    if (!qc_plan_write(r, s->table_offset + 12, be, 4, "snapshot table",
                     "%s: id and name sizes %llu and %llu -> %llu and 0 (what is left runs past "
                     "the end of the file)",
                     who, (unsigned long long)id, (unsigned long long)name,
                     (unsigned long long)keep_id))
         return;
-    plan_flush(r);
+    qc_plan_flush(r);
     if (keep_extra != extra) {
         qc_put_be32(be, (uint32_t)keep_extra);
-        if (!plan_write(r, s->table_offset + 36, be, 4, "snapshot table",
+        if (!qc_plan_write(r, s->table_offset + 36, be, 4, "snapshot table",
                         "%s: extra data size %llu -> %llu (the rest runs past the end of the "
                         "file)",
                         who, (unsigned long long)extra, (unsigned long long)keep_extra))
             return;
-        plan_flush(r);
+        qc_plan_flush(r);
     }
     char lost_extra[112] = "";
     if (keep_extra != extra && keep_extra < 24)
@@ -219,7 +219,7 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
                  (unsigned long long)keep_extra);
     else if (keep_extra != extra)
         snprintf(lost_extra, sizeof(lost_extra), "the extra data past its known fields, ");
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_note(r, NOTE_GENERAL,
               "%s ran past the end of the file: the snapshot and its L1 table are kept; "
               "lost: %s%s%s",
               who, lost_extra,
@@ -227,10 +227,10 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
               name ? "the name" : "nothing else");
 }
 
-void stage_snapshot_count(repair_run *r)
+void qc_stage_snapshot_count(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
-    if (!ctx || !found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
+    qc_ctx *ctx = qc_plan_current_check(r);
+    if (!ctx || !qc_plan_found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
         return;
     const qc_header *h = &ctx->hdr;
     /* Before anything extends the file: a truncated last entry, or a table
@@ -258,16 +258,16 @@ void stage_snapshot_count(repair_run *r)
         else
             snprintf(where, sizeof(where), "at offset 0, where the header is");
         uint8_t be[12] = {0};
-        if (!plan_write(r, 60, be, sizeof(be), "image header (snapshot table)",
+        if (!qc_plan_write(r, 60, be, sizeof(be), "image header (snapshot table)",
                         "discard the %u snapshot table entries %s", h->nb_snapshots, where))
             return;
-        plan_flush(r);
+        qc_plan_flush(r);
         char which[64];
         if (h->nb_snapshots == 1)
             snprintf(which, sizeof(which), "entry 0");
         else
             snprintf(which, sizeof(which), "entries 0-%u", h->nb_snapshots - 1);
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "discarded snapshot table %s (%u snapshot%s): the table starts %s, so not even "
                   "their ids and names could be read; what only they used is freed",
                   which, h->nb_snapshots, h->nb_snapshots == 1 ? "" : "s", where);
@@ -283,12 +283,12 @@ void stage_snapshot_count(repair_run *r)
     if (kept < h->nb_snapshots) {
         uint8_t be[4];
         qc_put_be32(be, kept);
-        if (!plan_write(r, 60, be, 4, "image header (snapshot count)",
+        if (!qc_plan_write(r, 60, be, 4, "image header (snapshot count)",
                         "nb_snapshots %u -> %u (keep the entries that fit in the file)",
                         h->nb_snapshots, kept))
             return;
-        plan_flush(r);
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_flush(r);
+        qc_plan_note(r, NOTE_GENERAL,
                   "the snapshot table listed %u snapshots; %u could be read and were kept, the "
                   "rest do not fit in the file (or in 64 MiB) and were dropped",
                   h->nb_snapshots, kept);
@@ -304,9 +304,9 @@ void stage_snapshot_count(repair_run *r)
         cut_truncated_entry(r, ctx, kept - 1);
 }
 
-void stage_empty_table_offsets(repair_run *r)
+void qc_stage_empty_table_offsets(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx || !r->res.per_problem[QC_P_EMPTY_TABLE_OFFSET_INVALID])
         return;
     const qc_header *h = &ctx->hdr;
@@ -315,12 +315,12 @@ void stage_empty_table_offsets(repair_run *r)
      * qemu-img writes for an image without snapshots, and an L1 offset
      * QEMU validates and never reads. */
     if (h->l1_size == 0 && h->l1_table_offset &&
-        !plan_write(r, 40, zero, 8, "image header (L1 table offset)",
+        !qc_plan_write(r, 40, zero, 8, "image header (L1 table offset)",
                     "0x%llx -> 0 (the active L1 table has no entries)",
                     (unsigned long long)h->l1_table_offset))
         return;
     if (h->nb_snapshots == 0 && h->snapshots_offset &&
-        !plan_write(r, 64, zero, 8, "image header (snapshot table offset)",
+        !qc_plan_write(r, 64, zero, 8, "image header (snapshot table offset)",
                     "0x%llx -> 0 (there are no snapshots)",
                     (unsigned long long)h->snapshots_offset))
         return;
@@ -332,12 +332,12 @@ void stage_empty_table_offsets(repair_run *r)
             break; /* its bytes may be another structure's */
         char who[200];
         qc_describe_snapshot(ctx, i, who, sizeof(who));
-        if (!plan_write(r, s->table_offset, zero, 8, "snapshot table",
+        if (!qc_plan_write(r, s->table_offset, zero, 8, "snapshot table",
                         "%s: L1 table offset 0x%llx -> 0 (the table has no entries)", who,
                         (unsigned long long)s->entry.l1_table_offset))
             return;
     }
-    plan_flush(r);
+    qc_plan_flush(r);
 }
 
 /* Where zeros would complete an L1 table at [off, off + bytes) that the end
@@ -403,41 +403,41 @@ static void extend_with_zeros(repair_run *r, uint64_t target, uint64_t from, con
     qc_result before = r->res;
     /* What the earlier stages wrote (pointers past the end dropped, tables
      * past the end discarded) reaches the disk before the file grows. */
-    plan_flush(r);
-    bool written = plan_write(r, size, zeros, (size_t)(target - size),
+    qc_plan_flush(r);
+    bool written = qc_plan_write(r, size, zeros, (size_t)(target - size),
                               "zeros past the end of the file",
                               "extend the file from %llu to %llu bytes to complete %s",
                               (unsigned long long)size, (unsigned long long)target, what);
     free(zeros);
     if (!written)
         return;
-    if (!try_check(r) || !extension_holds(r, &before, from, target)) {
-        plan_undo_write(r);
+    if (!qc_plan_try_check(r) || !extension_holds(r, &before, from, target)) {
+        qc_plan_undo_write(r);
         r->view.size = size; /* the write grew the view */
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "%s not completed with zeros: the part inside the file holds what a check would "
                   "then follow as new problems; left past the end of the file",
                   what);
         return;
     }
-    plan_flush(r);
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_flush(r);
+    qc_plan_note(r, NOTE_GENERAL,
               "extended the file with zeros from %llu to %llu bytes (0x%llx-0x%llx): %s ended past "
               "the end of the file, where QEMU reads zeros; the guest sees the same data",
               (unsigned long long)size, (unsigned long long)target, (unsigned long long)size,
               (unsigned long long)target - 1, what);
 }
 
-void stage_zero_extend_short(repair_run *r)
+void qc_stage_zero_extend_short(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     /* Nothing to do, or a try that did not hold (the note said so). With
      * -r all, a snapshot table the snapshot count stage repairs (a last
      * entry it cuts in place, entries it drops) must not become readable
      * zero-filled first: the next round extends what is still cut. */
     if (!ctx || ctx->short_past_eof_end <= r->view.size ||
         ctx->short_past_eof_end == r->short_extension_refused ||
-        (r->mode == QC_REPAIR_ALL && found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE)))
+        (r->mode == QC_REPAIR_ALL && qc_plan_found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE)))
         return;
     uint64_t target = ctx->short_past_eof_end;
     extend_with_zeros(r, target, ctx->short_past_eof_start,
@@ -446,9 +446,9 @@ void stage_zero_extend_short(repair_run *r)
         r->short_extension_refused = target;
 }
 
-void stage_zero_extend(repair_run *r)
+void qc_stage_zero_extend(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx || (!r->res.per_problem[QC_P_L1_PAST_EOF] &&
                  !r->res.per_problem[QC_P_SNAPSHOT_L1_PAST_EOF]))
         return;
@@ -482,9 +482,9 @@ void stage_zero_extend(repair_run *r)
     }
 }
 
-void stage_snapshot_table(repair_run *r)
+void qc_stage_snapshot_table(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     const qc_result *res = &r->res;
     if (!ctx || (!res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE] &&
                  !res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] &&
@@ -493,13 +493,13 @@ void stage_snapshot_table(repair_run *r)
     const qc_geometry *g = &ctx->geo;
     if (snapshot_table_shared(r, ctx))
         return;
-    if (refcounts_blocked(r, ctx)) {
-        plan_note(r, NOTE_GENERAL,
+    if (qc_plan_refcounts_blocked(r, ctx)) {
+        qc_plan_note(r, NOTE_GENERAL,
                   "the repaired snapshot table not written: a refcount block shares its cluster "
                   "with another structure, so the refcount stage could not count the new table");
         return;
     }
-    uint64_t at_cluster = append_cluster(r, "the repaired snapshot table", false);
+    uint64_t at_cluster = qc_plan_append_cluster(r, "the repaired snapshot table", false);
     if (at_cluster == UINT64_MAX)
         return;
     /* Entries without an id get fresh ones, as QEMU numbers a new
@@ -535,7 +535,7 @@ void stage_snapshot_table(repair_run *r)
             next_id += next_id < UINT64_MAX;
             e.id = (const uint8_t *)fresh[i];
             e.id_str_size = (uint16_t)strlen(fresh[i]);
-            plan_note(r, NOTE_GENERAL, "%s had no id; the repaired table gives it id \"%s\"", who,
+            qc_plan_note(r, NOTE_GENERAL, "%s had no id; the repaired table gives it id \"%s\"", who,
                       fresh[i]);
         }
         size_t n = qc_snapshot_encode(&e, table + len, cap - len);
@@ -545,11 +545,11 @@ void stage_snapshot_table(repair_run *r)
         kept++;
     }
     uint64_t at = at_cluster << g->cluster_bits;
-    plan_write(r, at, table, len, "new snapshot table",
+    qc_plan_write(r, at, table, len, "new snapshot table",
                "%u snapshot entries with their extra data repaired", kept);
     free(table);
     free(fresh);
-    plan_flush(r);
+    qc_plan_flush(r);
     uint8_t hdr[12];
     qc_put_be32(hdr, kept);
     qc_put_be64(hdr + 4, at);
@@ -557,16 +557,16 @@ void stage_snapshot_table(repair_run *r)
                             ? QC_P_SNAPSHOT_EXTRA_TOO_LARGE
                         : res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] ? QC_P_SNAPSHOT_EXTRA_TOO_SMALL
                                                                           : QC_P_SNAPSHOT_ID_EMPTY;
-    if (plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
+    if (qc_plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
                    "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
                    (unsigned long long)at, kept))
-        unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE, why);
-    plan_flush(r);
+        qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE, why);
+    qc_plan_flush(r);
 }
 
-void stage_header_flags(repair_run *r)
+void qc_stage_header_flags(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx || ctx->hdr.version < 3)
         return;
     const qc_result *res = &r->res;
@@ -584,12 +584,12 @@ void stage_header_flags(repair_run *r)
         return;
     /* Everything else must be on disk before the bits say it is done. One
      * aligned 8-byte write needs no fence when it is the only one. */
-    plan_flush(r);
+    qc_plan_flush(r);
     r->fenced = true;
     uint8_t be[8];
     qc_put_be64(be, want);
     bool both = (now & ~want & QC_INCOMPAT_DIRTY) && (now ^ want) & QC_INCOMPAT_CORRUPT;
-    plan_write(r, 72, be, 8, "image header (incompatible features)", "%s%s%s",
+    qc_plan_write(r, 72, be, 8, "image header (incompatible features)", "%s%s%s",
                (now & ~want & QC_INCOMPAT_DIRTY)
                    ? (both ? "clear the dirty bit (refcounts are correct); "
                            : "clear the dirty bit (refcounts are correct)")
@@ -599,5 +599,5 @@ void stage_header_flags(repair_run *r)
                                        : "clear the corrupt bit (the image is clean)")
                    : "",
                (want & ~now) ? "restore the corrupt bit" : "");
-    plan_flush(r);
+    qc_plan_flush(r);
 }

@@ -82,7 +82,7 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
          * fine, unless an L2 table that lost the overlap shares the
          * cluster. The check does not follow such a table, and the
          * rebuild would make it live as it is; every other structure was
-         * followed (an L2 table that won, see stage_refblock_overlaps,
+         * followed (an L2 table that won, see qc_stage_refblock_overlaps,
          * too). */
         if (qc_extent_conflicted(ctx, QC_OWN_L2, ctx->reftable[span->index]))
             a->exposing_blocks++;
@@ -107,7 +107,7 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 typedef struct patcher {
     repair_run *r;
     uint8_t *copy;
-    /* -r leaks when it will not fix COPIED (see leaks_fix_copied): clusters
+    /* -r leaks when it will not fix COPIED (see qc_plan_leaks_fix_copied): clusters
      * the active tables reference with COPIED clear, which says "shared";
      * lowering these below 2 would turn a leak into a COPIED corruption. */
     qc_bitset copied_floor;
@@ -145,14 +145,14 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
         uint64_t o = qc_refblock_get(span->block, bits, j);
         uint64_t n = qc_refblock_get(copy, bits, j);
         if (first == last)
-            plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
+            qc_plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
                        "host cluster %llu: refcount %llu -> %llu (%s)", (unsigned long long)first,
                        (unsigned long long)o, (unsigned long long)n,
                        first >= ctx->file_clusters ? "past the end of the file"
                        : n < o                     ? "leaked"
                                                    : "in use");
         else
-            plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
+            qc_plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
                        "host clusters %llu-%llu: %llu refcounts lowered (leaked or past the end "
                        "of the file), %llu raised (in use)",
                        (unsigned long long)first, (unsigned long long)last,
@@ -182,7 +182,7 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
             qc_refblock_set(p->copy, g->refcount_bits, j, want);
             changed = true;
             if (want == 0 && c < ctx->file_clusters)
-                plan_freed(p->r, c);
+                qc_plan_freed(p->r, c);
         }
     }
     if (changed)
@@ -212,13 +212,13 @@ static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
 static void patch_in_place(repair_run *r, qc_ctx *ctx)
 {
     patcher p = {r, malloc(ctx->geo.cluster_size), {0}, 0};
-    bool floor = r->mode == QC_REPAIR_LEAKS && !leaks_fix_copied(r);
+    bool floor = r->mode == QC_REPAIR_LEAKS && !qc_plan_leaks_fix_copied(r);
     if (!p.copy || (floor && !mark_copied_floor(ctx, &p.copied_floor))) {
         r->error = -ENOMEM;
     } else {
         qc_each_refcount_span(ctx, &p, patch_span, false);
         if (p.floored)
-            plan_note(r, NOTE_GENERAL,
+            qc_plan_note(r, NOTE_GENERAL,
                       "%llu leaked cluster%s kept at refcount 2, not lowered: the active tables "
                       "reference %s with COPIED clear, and -r leaks fixes COPIED only when no "
                       "other corruption remains (as qemu-img does); lowering %s would turn the "
@@ -278,7 +278,7 @@ static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         for (uint64_t c = span->first; c < end; c++)
             if (!qc_refmap_get(&ctx->refmap, c) &&
                 qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first))
-                plan_freed(r, c);
+                qc_plan_freed(r, c);
         return;
     }
     if (span->kind != QC_SPAN_UNKNOWN)
@@ -290,9 +290,9 @@ static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     const qc_geometry *g = &ctx->geo;
     for (uint64_t c = span->first; c < end && !r->error; c++)
         if (!qc_refmap_get(&ctx->refmap, c) &&
-            (plan_dropped(r, c) ||
-             view_has_data(r, c << g->cluster_bits, g->cluster_size) != 0)) /* or unreadable */
-            plan_freed(r, c);
+            (qc_plan_dropped(r, c) ||
+             qc_plan_view_has_data(r, c << g->cluster_bits, g->cluster_size) != 0)) /* or unreadable */
+            qc_plan_freed(r, c);
 }
 
 static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
@@ -376,7 +376,7 @@ static void unlink_broken_refblocks(repair_run *r, const qc_ctx *ctx)
                                 : QC_P_REFTABLE_ENTRY_UNALIGNED;
         qc_unlinked item = {QC_UNLINK_DROPPED, why, off & ~(g->cluster_size - 1), g->cluster_size,
                             QC_UNLINKED_NONE,  QC_NO_OFFSET, 0, at, off, QC_NO_OFFSET};
-        plan_unlinked(r, &item);
+        qc_plan_unlinked(r, &item);
     }
 }
 
@@ -407,11 +407,11 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
         qc_put_be64(table + i * 8, at);
         char what[64];
         snprintf(what, sizeof(what), "new refcount block %llu", (unsigned long long)i);
-        plan_write(r, at, block, g->cluster_size, what,
+        qc_plan_write(r, at, block, g->cluster_size, what,
                    "rebuilt refcounts of host clusters %llu-%llu", (unsigned long long)(i * per_block),
                    (unsigned long long)(i * per_block + per_block - 1));
     }
-    plan_write(r, l->base << g->cluster_bits, table, l->table_clusters << g->cluster_bits,
+    qc_plan_write(r, l->base << g->cluster_bits, table, l->table_clusters << g->cluster_bits,
                "new refcount table", "%llu entries pointing to the rebuilt refcount blocks",
                (unsigned long long)l->entries);
     free(block);
@@ -419,23 +419,23 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
     /* The new structures must be on disk before the header points to them;
      * the old ones are free in the new counts, so the switch is the only
      * moment the image changes its mind. */
-    plan_flush(r);
+    qc_plan_flush(r);
     uint8_t hdr[12];
     qc_put_be64(hdr, l->base << g->cluster_bits);
     qc_put_be32(hdr + 8, (uint32_t)l->table_clusters);
-    if (!plan_write(r, 48, hdr, sizeof(hdr), "image header (refcount table)",
+    if (!qc_plan_write(r, 48, hdr, sizeof(hdr), "image header (refcount table)",
                     "switch to the rebuilt refcount table at 0x%llx (%llu clusters)",
                     (unsigned long long)(l->base << g->cluster_bits),
                     (unsigned long long)l->table_clusters))
         return false;
-    qc_problem_id why = first_found_with_fix(r, QC_FIX_REBUILD_REFCOUNTS);
+    qc_problem_id why = qc_plan_first_found_with_fix(r, QC_FIX_REBUILD_REFCOUNTS);
     if (why == QC_P_COUNT)
         why = QC_P_METADATA_OVERLAP;
-    unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK, why);
+    qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK, why);
     unlink_broken_refblocks(r, ctx);
-    unlink_unusable_reftable(r, ctx, why);
-    plan_flush(r);
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_unlink_unusable_reftable(r, ctx, why);
+    qc_plan_flush(r);
+    qc_plan_note(r, NOTE_GENERAL,
               "rebuilt the refcount structures: a new table at 0x%llx and %llu refcount blocks; "
               "the old ones are now free",
               (unsigned long long)(l->base << g->cluster_bits), (unsigned long long)l->blocks);
@@ -447,7 +447,7 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
     const qc_geometry *g = &ctx->geo;
     targets t = {r, {0}};
     layout l = {0};
-    l.base = append_cluster(r, "the rebuilt refcount structures", true);
+    l.base = qc_plan_append_cluster(r, "the rebuilt refcount structures", true);
     if (l.base == UINT64_MAX)
         return;
     l.file_blocks = qc_div_round_up(ctx->file_clusters, g->refblock_entries);
@@ -462,7 +462,7 @@ static void rebuild(repair_run *r, qc_ctx *ctx)
                 l.needed[c / g->refblock_entries] = true;
         plan_layout(ctx, &l);
         if (l.entries * 8 > QC_MAX_REFTABLE_BYTES)
-            plan_note(r, NOTE_GENERAL,
+            qc_plan_note(r, NOTE_GENERAL,
                       "the refcount structures need rebuilding, but the new refcount table "
                       "(%llu entries) would exceed QEMU's limit of 8 MiB; left unchanged",
                       (unsigned long long)l.entries);
@@ -516,9 +516,9 @@ static bool l2_win_holds(repair_run *r, qc_ctx *ctx, const qc_result *before)
     return true;
 }
 
-void stage_refblock_overlaps(repair_run *r)
+void qc_stage_refblock_overlaps(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx || r->l2_over_refblock)
         return;
     assess a = assess_refcounts(r, ctx);
@@ -533,9 +533,9 @@ void stage_refblock_overlaps(repair_run *r)
     qc_result before = r->res;
     r->l2_over_refblock = true;
     r->ctx_stale = true;
-    ctx = try_check(r);
+    ctx = qc_plan_try_check(r);
     if (ctx && l2_win_holds(r, ctx, &before)) {
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "%llu refcount block%s share%s a cluster with an L2 table (metadataOverlap); "
                   "the cluster reads as a valid L2 table, which is kept where it is, and the "
                   "refcount structures are rebuilt in fresh clusters",
@@ -547,21 +547,21 @@ void stage_refblock_overlaps(repair_run *r)
     r->ctx_stale = true;
 }
 
-bool refcounts_blocked(repair_run *r, qc_ctx *ctx)
+bool qc_plan_refcounts_blocked(repair_run *r, qc_ctx *ctx)
 {
     return assess_refcounts(r, ctx).exposing_blocks != 0;
 }
 
-void stage_refcounts(repair_run *r)
+void qc_stage_refcounts(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx)
         return;
     assess a = assess_refcounts(r, ctx);
     if (a.exposing_blocks)
         a.needs_rebuild = false;
     if (a.shared_blocks && !(a.needs_rebuild && r->mode == QC_REPAIR_ALL))
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "%llu refcount block%s share%s a cluster with another structure "
                   "(metadataOverlap): %s refcounts are left alone%s",
                   (unsigned long long)a.shared_blocks, a.shared_blocks == 1 ? "" : "s",
@@ -570,14 +570,14 @@ void stage_refcounts(repair_run *r)
 
     if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
         rebuild(r, ctx);
-        plan_freed_flush(r);
+        qc_plan_freed_flush(r);
         return;
     }
     if (a.needs_rebuild)
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "some refcounts are missing or unreadable: the refcount structures need "
                   "rebuilding, which -r leaks does not do (run -r all)");
     patch_in_place(r, ctx);
-    plan_flush(r);
-    plan_freed_flush(r);
+    qc_plan_flush(r);
+    qc_plan_freed_flush(r);
 }

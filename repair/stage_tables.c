@@ -49,7 +49,7 @@ static void describe_owner(const qc_ctx *ctx, uint32_t snapshot, char *buf, size
 static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const char *effect)
 {
     const qc_geometry *g = &ctx->geo;
-    const qc_l2_table *t = l2_table_at(ctx, at);
+    const qc_l2_table *t = qc_l2_table_at(ctx, at);
     if (!t)
         return;
     uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;
@@ -58,7 +58,7 @@ static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const c
         uint64_t guest = ((uint64_t)ref->l1_index * g->l2_entries + index) << g->cluster_bits;
         char who[200];
         describe_owner(ctx, ref->snapshot, who, sizeof(who));
-        plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L2 entry at 0x%llx) %s", who,
+        qc_plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L2 entry at 0x%llx) %s", who,
                   (unsigned long long)guest, (unsigned long long)(guest + g->cluster_size - 1),
                   (unsigned long long)at, effect);
     }
@@ -83,28 +83,28 @@ static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, qc_pro
         qc_put_be64(now + 8, new_bitmap);
     if (memcmp(old, now, g->l2_entry_size) == 0)
         return;
-    const qc_l2_table *t = l2_table_at(ctx, at);
+    const qc_l2_table *t = qc_l2_table_at(ctx, at);
     char what[240] = "L2 table";
     if (t)
         qc_describe_l2_table(ctx, t, what, sizeof(what));
-    if (!plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
+    if (!qc_plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
                     (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
                     (unsigned long long)entry, why))
         return;
     note_l2_guest(r, ctx, at, reads_zero ? "still read as zeros" : guest_effect(r));
-    unlink_l2_entry(r, ctx, at, entry, problem, QC_UNLINK_DROPPED, QC_NO_OFFSET);
+    qc_plan_unlink_l2_entry(r, ctx, at, entry, problem, QC_UNLINK_DROPPED, QC_NO_OFFSET);
 }
 
-void stage_data_on_metadata(repair_run *r)
+void qc_stage_data_on_metadata(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx)
         return;
     for (size_t i = 0; i < r->nb_found; i++)
         if (r->found[i].id == QC_P_DATA_OVERLAPS_METADATA)
             clear_l2_entry(r, ctx, r->found[i].offset, QC_P_DATA_OVERLAPS_METADATA,
                            "guest data mapped onto metadata; the mapping is dropped");
-    plan_flush(r);
+    qc_plan_flush(r);
 }
 
 /* Which L1 table holds the entry at `at`, and its index there. */
@@ -139,7 +139,7 @@ static void rewrite_entry(repair_run *r, uint64_t at, uint64_t clear, uint64_t s
     if (now == entry)
         return;
     qc_put_be64(be, now);
-    plan_write(r, at, be, 8, what, "entry 0x%016llx -> 0x%016llx: %s", (unsigned long long)entry,
+    qc_plan_write(r, at, be, 8, what, "entry 0x%016llx -> 0x%016llx: %s", (unsigned long long)entry,
                (unsigned long long)now, why);
 }
 
@@ -205,7 +205,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
             uint64_t b = a + 8;
             while (b < g->cluster_size && memcmp(copy + b, table + b, 8) != 0)
                 b += 8;
-            plan_write(r, qc_l2_table_offset(ctx, tab) + a, copy + a, (size_t)(b - a), what,
+            qc_plan_write(r, qc_l2_table_offset(ctx, tab) + a, copy + a, (size_t)(b - a), what,
                        "entries %llu-%llu: COPIED set exactly where the data cluster has one "
                        "reference",
                        (unsigned long long)(a / g->l2_entry_size),
@@ -241,33 +241,33 @@ static uint64_t copied_findings(const qc_result *res)
     return res->per_problem[QC_P_L1_COPIED_WRONG] + res->per_problem[QC_P_L2_COPIED_WRONG];
 }
 
-bool leaks_fix_copied(const repair_run *r)
+bool qc_plan_leaks_fix_copied(const repair_run *r)
 {
     return r->res.check_errors == 0 && r->res.corruptions == copied_findings(&r->res);
 }
 
-void stage_leaks_copied(repair_run *r)
+void qc_stage_leaks_copied(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx || !copied_findings(&r->res))
         return;
     /* QEMU's condition: the refcount repair left no leak, no corruption
      * (COPIED aside) and no check error, so the refcounts COPIED is judged
      * by are right. */
-    if (r->res.leaks || !leaks_fix_copied(r)) {
-        plan_note(r, NOTE_GENERAL,
+    if (r->res.leaks || !qc_plan_leaks_fix_copied(r)) {
+        qc_plan_note(r, NOTE_GENERAL,
                   "COPIED flags left as they are: -r leaks fixes them only when no leak and no "
                   "other corruption remains (as qemu-img does); -r all fixes them");
         return;
     }
     fix_l1_copied(r, ctx);
     fix_data_copied(r, ctx, false);
-    plan_flush(r);
+    qc_plan_flush(r);
 }
 
-void stage_copied(repair_run *r)
+void qc_stage_copied(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx)
         return;
     for (size_t i = 0; i < r->nb_found; i++) {
@@ -314,7 +314,7 @@ void stage_copied(repair_run *r)
     }
     fix_l1_copied(r, ctx);
     fix_data_copied(r, ctx, true);
-    plan_flush(r);
+    qc_plan_flush(r);
 }
 
 /* The refcount of cluster c in its refcount block, if the block is
@@ -392,7 +392,7 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
                              size_t nb_targets)
 {
     const qc_geometry *g = &ctx->geo;
-    const qc_l2_table *t = l2_table_at(ctx, at);
+    const qc_l2_table *t = qc_l2_table_at(ctx, at);
     uint8_t be[8];
     uint64_t ondisk;
     if (!t || qc_read_zero_filled(&r->view, at, be, 8) < 0)
@@ -408,7 +408,7 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
     char what[240];
     qc_describe_l2_table(ctx, t, what, sizeof(what));
     qc_put_be64(be, now);
-    if (!plan_write(r, at, be, 8, what,
+    if (!qc_plan_write(r, at, be, 8, what,
                     "entry %llu pointed to 0x%llx, not cluster aligned; re-pointed to 0x%llx, the "
                     "allocated cluster it most likely meant, which nothing else references",
                     (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
@@ -420,7 +420,7 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
              "(nothing else references it): the guest reads that cluster again",
              (unsigned long long)off, (unsigned long long)to);
     note_l2_guest(r, ctx, at, effect);
-    unlink_l2_entry(r, ctx, at, entry, QC_P_L2_ENTRY_UNALIGNED, QC_UNLINK_RECOVERED, to);
+    qc_plan_unlink_l2_entry(r, ctx, at, entry, QC_P_L2_ENTRY_UNALIGNED, QC_UNLINK_RECOVERED, to);
     return true;
 }
 
@@ -455,13 +455,13 @@ static void clear_l1_entry(repair_run *r, const qc_geometry *g, uint64_t file_cl
     uint8_t zero[8] = {0};
     char what[240];
     snprintf(what, sizeof(what), "L1 table of %s", p->who);
-    if (!plan_write(r, p->at, zero, 8, what,
+    if (!qc_plan_write(r, p->at, zero, 8, what,
                     "entry %llu points to an L2 table outside the file or off a cluster "
                     "boundary; cleared",
                     (unsigned long long)p->index))
         return;
     uint64_t span = g->l2_entries << g->cluster_bits;
-    plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", p->who,
+    qc_plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) %s", p->who,
               (unsigned long long)(p->index * span),
               (unsigned long long)(p->index * span + span - 1), (unsigned long long)p->index,
               guest_effect(r));
@@ -477,7 +477,7 @@ static void clear_l1_entry(repair_run *r, const qc_geometry *g, uint64_t file_cl
                         p->at,
                         target,
                         QC_NO_OFFSET};
-    plan_unlinked(r, &item);
+    qc_plan_unlinked(r, &item);
 }
 
 /* Whether the check of the view after re-pointing an L1 entry to the L2
@@ -519,7 +519,7 @@ static void try_repoint_l1(repair_run *r, const qc_geometry *g, uint64_t file_cl
     char what[240];
     snprintf(what, sizeof(what), "L1 table of %s", p->who);
     qc_put_be64(be, now);
-    if (!plan_write(r, p->at, be, 8, what,
+    if (!qc_plan_write(r, p->at, be, 8, what,
                     "entry %llu pointed to 0x%llx, not cluster aligned; re-pointed to 0x%llx, the "
                     "allocated cluster it most likely meant, which holds a valid L2 table nothing "
                     "else references",
@@ -528,14 +528,14 @@ static void try_repoint_l1(repair_run *r, const qc_geometry *g, uint64_t file_cl
         clear_l1_entry(r, g, file_clusters, p);
         return;
     }
-    if (!try_check(r) || !repoint_holds(r, baseline, to, g->cluster_size)) {
-        plan_undo_write(r);
+    if (!qc_plan_try_check(r) || !repoint_holds(r, baseline, to, g->cluster_size)) {
+        qc_plan_undo_write(r);
         clear_l1_entry(r, g, file_clusters, p);
         return;
     }
     *baseline = r->res;
     uint64_t span = g->l2_entries << g->cluster_bits;
-    plan_note(r, NOTE_GUEST_RANGE,
+    qc_plan_note(r, NOTE_GUEST_RANGE,
               "%s: guest bytes 0x%llx-0x%llx (L1 entry %llu) re-pointed from 0x%llx to 0x%llx, "
               "the allocated cluster it most likely meant; checked as a valid L2 table whose "
               "clusters nothing else references: the guest reads them again",
@@ -544,12 +544,12 @@ static void try_repoint_l1(repair_run *r, const qc_geometry *g, uint64_t file_cl
               (unsigned long long)off, (unsigned long long)to);
     qc_unlinked item = {QC_UNLINK_RECOVERED, p->id,  to,    g->cluster_size, p->snapshot,
                         p->index * span,     span,   p->at, off,             to};
-    plan_unlinked(r, &item);
+    qc_plan_unlinked(r, &item);
 }
 
-void stage_broken_pointers(repair_run *r)
+void qc_stage_broken_pointers(repair_run *r)
 {
-    qc_ctx *ctx = current_check(r);
+    qc_ctx *ctx = qc_plan_current_check(r);
     if (!ctx)
         return;
     const qc_geometry *g = &ctx->geo;
@@ -596,7 +596,7 @@ void stage_broken_pointers(repair_run *r)
             if (f->id == QC_P_L1_ENTRY_UNALIGNED && nb_tries < L1_REPOINT_TRIES &&
                 sole_orphan_target(r, ctx, c, l1_targets, nb_l1, &p.ondisk) &&
                 /* an all-zero L2 table maps nothing: nothing to recover */
-                view_has_data(r, c << g->cluster_bits, g->cluster_size) > 0)
+                qc_plan_view_has_data(r, c << g->cluster_bits, g->cluster_size) > 0)
                 tries[nb_tries++] = p; /* after the other entries, on a check of its own */
             else
                 clear_l1_entry(r, g, file_clusters, &p);
@@ -609,7 +609,7 @@ void stage_broken_pointers(repair_run *r)
     /* From here on the check of the view is redone: `ctx` and the findings
      * are those of an earlier one. */
     qc_result baseline = {0}; /* without a check, no re-pointing can hold */
-    if (nb_tries && try_check(r))
+    if (nb_tries && qc_plan_try_check(r))
         baseline = r->res;
     for (size_t i = 0; i < nb_tries && !r->error; i++) {
         if (!baseline.corruptions)
@@ -620,5 +620,5 @@ void stage_broken_pointers(repair_run *r)
     free(tries);
     free(l1_targets);
     free(l2_targets);
-    plan_flush(r);
+    qc_plan_flush(r);
 }

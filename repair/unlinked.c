@@ -20,7 +20,7 @@
 
 #include "planner.h"
 
-void plan_unlinked(repair_run *r, const qc_unlinked *item)
+void qc_plan_unlinked(repair_run *r, const qc_unlinked *item)
 {
     qc_repair_plan *p = r->plan;
     if (r->error)
@@ -51,11 +51,11 @@ void plan_unlinked(repair_run *r, const qc_unlinked *item)
         r->owners_stale = true;
 }
 
-void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
+void qc_plan_unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
                      qc_problem_id problem, unsigned kind, uint64_t new_target)
 {
     const qc_geometry *g = &ctx->geo;
-    const qc_l2_table *t = l2_table_at(ctx, at);
+    const qc_l2_table *t = qc_l2_table_at(ctx, at);
     if (!t)
         return;
     uint64_t target = entry & QC_L2_OFFSET_MASK, first = target >> g->cluster_bits, last = first;
@@ -91,7 +91,7 @@ void unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t ent
             .target = target,
             .new_target = kind & QC_UNLINK_RECOVERED ? new_target : QC_NO_OFFSET,
         };
-        plan_unlinked(r, &item);
+        qc_plan_unlinked(r, &item);
     }
 }
 
@@ -111,10 +111,10 @@ static void unlink_clusters(repair_run *r, const qc_geometry *g, qc_problem_id p
                         entry_offset,
                         target,
                         QC_NO_OFFSET};
-    plan_unlinked(r, &item);
+    qc_plan_unlinked(r, &item);
 }
 
-void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem)
+void qc_plan_unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem)
 {
     for (size_t i = 0; i < ctx->nb_extents && !r->error; i++) {
         const qc_extent *e = &ctx->extents[i];
@@ -124,7 +124,7 @@ void unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_pro
     }
 }
 
-bool record_snapshot_labels(repair_run *r)
+bool qc_plan_record_snapshot_labels(repair_run *r)
 {
     const qc_ctx *ctx = &r->ctx;
     qc_repair_plan *p = r->plan;
@@ -156,7 +156,7 @@ bool record_snapshot_labels(repair_run *r)
     return true;
 }
 
-void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem)
+void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem)
 {
     const qc_geometry *g = &ctx->geo;
     uint64_t off = ctx->hdr.refcount_table_offset, end;
@@ -169,7 +169,7 @@ void unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id pr
     unlink_clusters(r, g, problem, off, end, 48, off);
 }
 
-qc_problem_id first_found_with_fix(const repair_run *r, qc_fix fix)
+qc_problem_id qc_plan_first_found_with_fix(const repair_run *r, qc_fix fix)
 {
     for (size_t i = 0; i < r->nb_found; i++)
         if (qc_problem_get(r->found[i].id)->fix == fix)
@@ -235,7 +235,7 @@ static size_t owner_of(repair_run *r, uint64_t off)
     return found;
 }
 
-void plan_freed_flush(repair_run *r)
+void qc_plan_freed_flush(repair_run *r)
 {
     qc_repair_plan *p = r->plan;
     uint64_t first = r->free_run.first, count = r->free_run.count;
@@ -262,15 +262,15 @@ void plan_freed_flush(repair_run *r)
             item.guest_length = owner->guest_length;
         }
     }
-    plan_unlinked(r, &item);
+    qc_plan_unlinked(r, &item);
 }
 
-bool plan_dropped(repair_run *r, uint64_t c)
+bool qc_plan_dropped(repair_run *r, uint64_t c)
 {
     return owner_of(r, c << r->cluster_bits) != SIZE_MAX;
 }
 
-void plan_freed(repair_run *r, uint64_t c)
+void qc_plan_freed(repair_run *r, uint64_t c)
 {
     size_t owner = owner_of(r, c << r->cluster_bits);
     qc_problem_id problem = owner != SIZE_MAX ? r->plan->unlinked[owner].problem
@@ -282,7 +282,7 @@ void plan_freed(repair_run *r, uint64_t c)
         r->free_run.count++;
         return;
     }
-    plan_freed_flush(r);
+    qc_plan_freed_flush(r);
     r->free_run.first = c;
     r->free_run.count = 1;
     r->free_run.owner = owner;
@@ -322,7 +322,7 @@ static void describe_clusters(const qc_unlinked *u, unsigned bits, char *buf, si
                  (unsigned long long)last, (unsigned long long)u->host_offset);
 }
 
-void note_unlinked(repair_run *r)
+void qc_plan_note_unlinked(repair_run *r)
 {
     const qc_repair_plan *p = r->plan;
     unsigned bits = r->cluster_bits;
@@ -340,7 +340,7 @@ void note_unlinked(repair_run *r)
             continue;
         describe_clusters(u, bits, where, sizeof(where));
         describe_pointer(u, who, sizeof(who));
-        plan_note(r, NOTE_GENERAL,
+        qc_plan_note(r, NOTE_GENERAL,
                   "freed %s: %s, which this repair dropped, pointed to it and nothing else refers "
                   "to it; copy it out first if it matters",
                   where, who);
@@ -364,7 +364,7 @@ void note_unlinked(repair_run *r)
     }
     if (more)
         snprintf(dropped + len, sizeof(dropped) - len, " and %zu more", more);
-    plan_note(r, NOTE_GENERAL,
+    qc_plan_note(r, NOTE_GENERAL,
               "freed %llu cluster%s the first check reported as refcountOrphan: no structure that "
               "may own %s is left once this repair dropped %s (see \"unlinked\" for the ranges; "
               "copy out what you need first)",
