@@ -12,7 +12,7 @@
 static const qc_problem problem_table[QC_P_COUNT] = {
 #define QC_PROBLEM(name, code_, id_, sev, fix_, summary_)                                          \
     [QC_P_##name] = {QC_P_##name, code_, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_},
-#include "problems.def"
+#include "qcheck_problems.def"
 #undef QC_PROBLEM
 };
 

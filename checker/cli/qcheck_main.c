@@ -467,7 +467,7 @@ static void list_problems(bool markdown)
 {
     if (markdown) {
         printf("# qcheck problem ids\n\n"
-               "Generated from `checker/problems.def` by `qcheck --list-problems=markdown`;\n"
+               "Generated from `checker/include/qcheck_problems.def` by `qcheck --list-problems=markdown`;\n"
                "a test fails when this file and the table disagree.\n\n"
                "Severity `corruption` and `leak` count towards qemu-img's `corruptions` and\n"
                "`leaks`; `error` means the check could not be completed (exit 1); `warning`\n"

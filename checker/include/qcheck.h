@@ -124,7 +124,7 @@ typedef enum qc_fix {
 
 typedef enum qc_problem_id {
 #define QC_PROBLEM(name, code, id, sev, fix, summary) QC_P_##name,
-#include "../problems.def"
+#include "qcheck_problems.def"
 #undef QC_PROBLEM
     QC_P_COUNT
 } qc_problem_id;

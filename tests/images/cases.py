@@ -20,11 +20,11 @@ import qcow2lib as q
 from qcow2lib import OFLAG_COPIED, OFLAG_ZERO, OFFSET_MASK
 
 PROBLEMS_DEF = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                            "..", "..", "checker", "problems.def")
+                            "..", "..", "checker", "include", "qcheck_problems.def")
 
 
 def load_problem_table(path=PROBLEMS_DEF):
-    """{id: (code, severity)} from checker/problems.def."""
+    """{id: (code, severity)} from checker/include/qcheck_problems.def."""
     with open(path) as f:
         text = f.read()
     rows = re.findall(r'QC_PROBLEM\(\s*\w+,\s*(\d+),\s*"(\w+)",\s*(\w+),', text)
@@ -138,7 +138,7 @@ def case(name, base, patch, expect, exit, qemu, absent="", **kw):
 
 # Clusters that only a pointer qcheck did not follow could own must be
 # quarantined (refcountOrphan), never reported as leaks that a repair would
-# free (qemu-img-check.md §7, H1, H4; problems.def 611). Cases whose
+# free (qemu-img-check.md §7, H1, H4; qcheck_problems.def 611). Cases whose
 # unfollowed structure may own unreferenced clusters say absent=QUARANTINED.
 QUARANTINED = "refcountLeak"
 # When snapshots cannot be followed, COPIED in the active tables cannot be
@@ -1356,7 +1356,7 @@ def validate(problem_table, bases):
     for c in CASES:
         assert c.base in bases, "%s: unknown base %s" % (c.name, c.base)
         unknown = c.expect - set(problem_table)
-        assert not unknown, "%s: ids not in problems.def: %s" % (c.name, sorted(unknown))
+        assert not unknown, "%s: ids not in qcheck_problems.def: %s" % (c.name, sorted(unknown))
         assert c.qemu.relation in (FULL, COUNTS, EXIT, DIFFERS), c.name
         assert c.qemu.relation != DIFFERS or c.qemu.why, "%s: a difference needs a reason" % c.name
 

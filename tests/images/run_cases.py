@@ -225,7 +225,7 @@ class Runner:
 
     def check_consistency(self, case, res, problems, rc, fails):
         """What must hold for every case: counts and exit code follow from
-        the severities of what was found, and problems match problems.def."""
+        the severities of what was found, and problems match qcheck_problems.def."""
         by_sev = {}
         for p in problems:
             by_sev.setdefault(p.get("severity"), []).append(p.get("id"))
@@ -233,7 +233,7 @@ class Runner:
             if known is None:
                 fails.append("unknown problem id %r" % p.get("id"))
             elif (p.get("code"), p.get("severity")) != known:
-                fails.append("%s reported as %s/%s, problems.def says %s/%s" % (
+                fails.append("%s reported as %s/%s, qcheck_problems.def says %s/%s" % (
                     p.get("id"), p.get("code"), p.get("severity"), *known))
         for sev, key in (("corruption", "corruptions"), ("leak", "leaks"), ("error", "check-errors")):
             if bool(by_sev.get(sev)) != bool(res.get(key)):

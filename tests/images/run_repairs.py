@@ -17,7 +17,7 @@ beside the image (qcheck must never need them):
               a pointer the repair dropped could own is freed in the same
               run, and orphans kept for a structure still there stay
               orphans) when every corruption the first check found has a
-              fix in the problem table (checker/problems.def, fix column)
+              fix in the problem table (checker/include/qcheck_problems.def, fix column)
               other than `none`; otherwise no corruption appears that was
               not there before, and no leak is left. A fresh
               `QCHECK --output=json` agrees with the printed re-check;
@@ -153,7 +153,7 @@ LEAKS_MODE_FIXES = {"emptyTableOffsetInvalid", "snapshotTableInHeader"}
 
 def load_fix_table(path=catalogue.PROBLEMS_DEF):
     """{id: fix action as `qcheck --list-problems` prints it} from
-    checker/problems.def (REBUILD_REFCOUNTS -> rebuild-refcounts)."""
+    checker/include/qcheck_problems.def (REBUILD_REFCOUNTS -> rebuild-refcounts)."""
     with open(path) as f:
         text = f.read()
     rows = re.findall(r'QC_PROBLEM\(\s*\w+,\s*\d+,\s*"(\w+)",\s*\w+,\s*(\w+),', text)
@@ -579,7 +579,7 @@ class RepairRunner:
             cs = im.cluster_size
         for p in before.get("problems", []):
             if p.get("fix") != self.fixes.get(p.get("id")):
-                o.fails.append("%s: JSON fix %r, problems.def says %r" % (
+                o.fails.append("%s: JSON fix %r, qcheck_problems.def says %r" % (
                     p.get("id"), p.get("fix"), self.fixes.get(p.get("id"))))
         corr_before = problems_by_severity(before, "corruption")
         o.repairable = all(self.fixes.get(p["id"]) != "none" for p in corr_before)
@@ -1180,7 +1180,7 @@ class RepairRunner:
                 print("  %-40s %s: %s" % (name, kind, text))
         beyond = [r for r in results if r.beyond_table]
         if beyond:
-            print("\nrepaired although problems.def gives no fix for (problem table understates -r all):")
+            print("\nrepaired although qcheck_problems.def gives no fix for (problem table understates -r all):")
             for r in beyond:
                 print("  %-40s %s" % (r.case.name, ", ".join(r.beyond_table)))
         qcow = [r for r in results if not r.refused]

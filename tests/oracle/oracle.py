@@ -595,7 +595,7 @@ def differing_range(a, b, drops, cs):
 
 
 def load_known_ids():
-    path = os.path.join(REPO, "checker", "problems.def")
+    path = os.path.join(REPO, "checker", "include", "qcheck_problems.def")
     with open(path) as f:
         return set(re.findall(r'QC_PROBLEM\(\s*\w+,\s*\d+,\s*"(\w+)"', f.read()))
 

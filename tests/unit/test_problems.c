@@ -1,5 +1,5 @@
 /*
- * Unit tests for the problem table (checker/problems.def) and its lookup
+ * Unit tests for the problem table (checker/include/qcheck_problems.def) and its lookup
  * functions.
  */
 #include <check.h>
@@ -12,7 +12,7 @@
 /* The enum names, straight from the table, to compare with the ids. */
 static const char *const enum_names[QC_P_COUNT] = {
 #define QC_PROBLEM(name, code, id, sev, fix, summary) [QC_P_##name] = #name,
-#include "problems.def"
+#include "qcheck_problems.def"
 #undef QC_PROBLEM
 };
 
