@@ -4,6 +4,7 @@
  * same passes through qc_ctx_run() and reads the context before release.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,14 +40,29 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->l2_tables);
 }
 
+bool qc_options_load(qc_options *dst, const qc_options *src)
+{
+    memset(dst, 0, sizeof(*dst));
+    if (!src)
+        return true;
+    /* A caller built with fewer fields passes a smaller size: the rest
+     * stay zero. */
+    if (src->size < offsetof(qc_options, max_mem))
+        return false;
+    memcpy(dst, src, src->size < sizeof(*dst) ? src->size : sizeof(*dst));
+    dst->size = sizeof(*dst);
+    return true;
+}
+
 void qc_ctx_begin(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)
 {
     memset(result, 0, sizeof(*result));
     ctx->io = io;
-    ctx->opts = opts;
+    if (!qc_options_load(&ctx->options, opts))
+        memset(&ctx->options, 0, sizeof(ctx->options));
     ctx->res = result;
     ctx->file_size = io->size;
-    ctx->mem_limit = opts && opts->max_mem ? opts->max_mem : QC_DEFAULT_MAX_MEM;
+    ctx->mem_limit = ctx->options.max_mem ? ctx->options.max_mem : QC_DEFAULT_MAX_MEM;
 }
 
 void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)
@@ -82,7 +98,7 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
 
 int qc_check(qc_io *io, const qc_options *opts, qc_result *result)
 {
-    if (!io || !io->read || !result)
+    if (!io || !io->read || !result || (opts && opts->size < offsetof(qc_options, max_mem)))
         return -EINVAL;
     qc_ctx ctx = {0};
     qc_ctx_run(&ctx, io, opts, result);

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "../layout/format.h"
-#include "qcheck.h"
+#include "result.h"
 
 #define QC_ACTIVE ((uint32_t)-1) /* "snapshot index" of the active L1 */
 #define QC_REPORT_CAP 20        /* findings shown per problem; the rest are counted */
@@ -126,7 +126,7 @@ typedef struct qc_cluster_run {
 
 typedef struct qc_ctx {
     qc_io *io;
-    const qc_options *opts;
+    qc_options options; /* the caller's, read up to its size */
     qc_result *res;
     uint64_t file_size;
     uint64_t mem_used;
@@ -213,9 +213,9 @@ typedef struct qc_ctx {
     unsigned progress; /* permille last passed to on_progress */
 
     /* findings */
-    uint64_t shown[QC_P_COUNT];
-    uint64_t hidden[QC_P_COUNT];
-    uint64_t hidden_count[QC_P_COUNT];
+    uint64_t shown[QC_PROBLEM_ROWS]; /* per row */
+    uint64_t hidden[QC_PROBLEM_ROWS];
+    uint64_t hidden_count[QC_PROBLEM_ROWS];
 } qc_ctx;
 
 static inline uint64_t qc_l2_table_offset(const qc_ctx *ctx, const qc_l2_table *t)
@@ -461,6 +461,9 @@ bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit, bool r
 /* Bind a zeroed ctx to its io, options and result (the fuzz harness of
  * the header pass starts here and runs that pass alone). */
 void qc_ctx_begin(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result);
+/* Copy the caller's options (NULL: all defaults), read up to the size it
+ * gives: false when that size is too small to be one. */
+bool qc_options_load(qc_options *dst, const qc_options *src);
 /* Run every pass on a zeroed ctx; the caller reads the context and then
  * releases it. */
 void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result);

@@ -9,42 +9,6 @@
 
 #include "ctx.h"
 
-static const qc_problem problem_table[QC_P_COUNT] = {
-#define QC_PROBLEM(name, code_, id_, sev, fix_, summary_)                                          \
-    [QC_P_##name] = {QC_P_##name, code_, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_},
-#include "qcheck_problems.def"
-#undef QC_PROBLEM
-};
-
-const qc_problem *qc_problem_get(qc_problem_id index)
-{
-    return (unsigned)index < QC_P_COUNT ? &problem_table[index] : NULL;
-}
-
-const qc_problem *qc_problem_by_id(const char *id)
-{
-    for (unsigned i = 0; i < QC_P_COUNT; i++)
-        if (strcmp(problem_table[i].id, id) == 0)
-            return &problem_table[i];
-    return NULL;
-}
-
-const char *qc_severity_name(qc_severity sev)
-{
-    static const char *const names[] = {"error", "corruption", "leak", "warning", "info"};
-    return (unsigned)sev < sizeof(names) / sizeof(names[0]) ? names[sev] : "?";
-}
-
-const char *qc_fix_name(qc_fix fix)
-{
-    static const char *const names[] = {
-        "none",          "lower-refcount",    "raise-refcount",        "rebuild-refcounts",
-        "fix-copied",    "clear-entry",       "clear-feature-bit",     "repair-snapshot-table",
-        "drop-bitmaps",  "clear-bits",        "zero-table-offset",
-    };
-    return (unsigned)fix < sizeof(names) / sizeof(names[0]) ? names[fix] : "?";
-}
-
 static void tally(qc_ctx *ctx, const qc_problem *p, uint64_t count)
 {
     qc_result *r = ctx->res;
@@ -64,23 +28,24 @@ static void tally(qc_ctx *ctx, const qc_problem *p, uint64_t count)
     case QC_SEV_INFO:
         break;
     }
-    r->per_problem[p->index] += count;
+    r->per_problem[qc_problem_row_of(p->code)] += count;
     r->findings++;
 }
 
 static void emit(qc_ctx *ctx, const qc_problem *p, const char *object, uint64_t offset,
                  uint64_t count, const char *message)
 {
-    if (!ctx->opts || !ctx->opts->on_finding)
+    if (!ctx->options.on_finding)
         return;
     qc_finding f = {p, object ? object : "", message, offset, count};
-    ctx->opts->on_finding(&f, ctx->opts->payload);
+    ctx->options.on_finding(&f, ctx->options.payload);
 }
 
 void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offset,
                uint64_t count, const char *fmt, ...)
 {
-    const qc_problem *p = &problem_table[id];
+    const qc_problem *p = qc_problem_get(id);
+    qc_problem_row row = qc_problem_row_of(id);
     if (count == 0)
         count = 1;
     tally(ctx, p, count);
@@ -88,12 +53,12 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
         ctx->fix_sink(ctx->fix_sink_payload, id, offset, count);
     /* Findings past the cap are counted but folded into one summary line, so
      * a thousand bad entries do not flood the output. */
-    if (ctx->shown[id] >= QC_REPORT_CAP) {
-        ctx->hidden[id]++;
-        ctx->hidden_count[id] += count;
+    if (ctx->shown[row] >= QC_REPORT_CAP) {
+        ctx->hidden[row]++;
+        ctx->hidden_count[row] += count;
         return;
     }
-    ctx->shown[id]++;
+    ctx->shown[row]++;
     char message[512];
     va_list ap;
     va_start(ap, fmt);
@@ -104,20 +69,20 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
 
 void qc_report_flush(qc_ctx *ctx)
 {
-    for (unsigned i = 0; i < QC_P_COUNT; i++) {
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++) {
         if (!ctx->hidden[i])
             continue;
         char message[160];
         snprintf(message, sizeof(message),
                  "%llu more findings of this kind (%llu items) are not shown one by one",
                  (unsigned long long)ctx->hidden[i], (unsigned long long)ctx->hidden_count[i]);
-        emit(ctx, &problem_table[i], "(summary)", QC_NO_OFFSET, ctx->hidden_count[i], message);
+        emit(ctx, qc_problem_at(i), "(summary)", QC_NO_OFFSET, ctx->hidden_count[i], message);
     }
 }
 
 void qc_progress(qc_ctx *ctx, unsigned from, unsigned to, uint64_t done, uint64_t total)
 {
-    if (!ctx->opts || !ctx->opts->on_progress)
+    if (!ctx->options.on_progress)
         return;
     /* done / total of (to - from), without overflowing for any total. */
     uint64_t part = total ? (uint64_t)((double)(to - from) * ((double)done / (double)total)) : 0;
@@ -125,7 +90,7 @@ void qc_progress(qc_ctx *ctx, unsigned from, unsigned to, uint64_t done, uint64_
     if (permille <= ctx->progress)
         return;
     ctx->progress = permille;
-    ctx->opts->on_progress(permille, ctx->opts->payload);
+    ctx->options.on_progress(permille, ctx->options.payload);
 }
 
 void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len)

@@ -9,7 +9,7 @@
 #include <string.h>
 
 #include "harness.h"
-#include "qcheck.h"
+#include "result.h" /* the whole qc_result: two checks are compared byte for byte */
 
 static void require_printable(const char *what, const char *s)
 {
@@ -23,8 +23,7 @@ static void require_printable(const char *what, const char *s)
 static void on_finding(const qc_finding *f, void *payload)
 {
     (void)payload;
-    if (!f->problem || f->problem->index >= QC_P_COUNT ||
-        qc_problem_get(f->problem->index) != f->problem)
+    if (!f->problem || qc_problem_get(f->problem->code) != f->problem)
         fuzz_fail("a finding names no problem of the table");
     require_printable("object", f->object);
     require_printable("message", f->message);
@@ -45,7 +44,7 @@ static void require_consistent(const qc_result *r)
                   (unsigned long long)r->allocated_clusters,
                   (unsigned long long)r->fragmented_clusters,
                   (unsigned long long)r->compressed_clusters);
-    if (r->per_problem[QC_P_MEMORY_LIMIT])
+    if (qc_found(r, QC_P_MEMORY_LIMIT))
         fuzz_fail("the check of a small input needed more than FUZZ_MAX_MEM");
 }
 
@@ -53,7 +52,9 @@ void fuzz_one(const uint8_t *data, size_t len)
 {
     qc_io io;
     qc_io_open_memory(&io, data, len);
-    qc_options opts = {.on_finding = on_finding, .max_mem = FUZZ_MAX_MEM};
+    qc_options opts = QC_OPTIONS_INIT;
+    opts.on_finding = on_finding;
+    opts.max_mem = FUZZ_MAX_MEM;
     qc_result first, second;
     if (qc_check(&io, &opts, &first) != 0 || qc_check(&io, &opts, &second) != 0)
         fuzz_fail("qc_check refused its arguments");

@@ -30,7 +30,8 @@ static void pass_header_alone(const uint8_t *data, size_t len)
 {
     qc_io io;
     qc_io_open_memory(&io, data, len);
-    qc_options opts = {.max_mem = FUZZ_MAX_MEM};
+    qc_options opts = QC_OPTIONS_INIT;
+    opts.max_mem = FUZZ_MAX_MEM;
     qc_result result;
     qc_ctx ctx = {0};
     qc_ctx_begin(&ctx, &io, &opts, &result);

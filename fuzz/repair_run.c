@@ -4,41 +4,60 @@
  */
 #include "repair_run.h"
 
+#include "crash_io.h"
+
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-static int apply_plan(const qc_repair_plan *plan, uint64_t crash_after, bool drop_unflushed,
-                      fz_repaired *out)
+static fz_counts counts_of(const qc_result *r)
 {
-    const qc_repair_step *steps;
-    size_t n = qc_repair_plan_steps(plan, &steps);
-    for (size_t i = 0; i < n; i++)
-        out->writes += steps[i].kind == QC_STEP_WRITE;
-    qc_io rw, undo, crash;
-    if (qc_io_open_memory_rw(&rw, &out->image, &out->len) != 0)
+    return (fz_counts){qc_result_count(r, QC_COUNT_CORRUPTIONS), qc_result_count(r, QC_COUNT_LEAKS),
+                       qc_result_count(r, QC_COUNT_CHECK_ERRORS),
+                       qc_result_count(r, QC_COUNT_WARNINGS)};
+}
+
+/* The transaction over the copy in out->image; `image` is its io. */
+static int run_transaction(qc_io *image, const qc_options *opts, qc_repair_mode mode,
+                           uint64_t crash_after, bool drop_unflushed, fz_repaired *out)
+{
+    qc_io undo, crash = {0};
+    if (qc_io_open_memory_rw(&undo, &out->undo, &out->undo_len) != 0)
         return -ENOMEM;
-    if (qc_io_open_memory_rw(&undo, &out->undo, &out->undo_len) != 0) {
-        qc_io_close(&rw);
-        return -ENOMEM;
-    }
-    qc_io *target = &rw;
+    qc_io *target = image;
     if (crash_after != UINT64_MAX) {
-        if (qc_io_open_crash(&crash, &rw, crash_after, drop_unflushed) != 0) {
+        if (qc_io_open_crash(&crash, image, crash_after, drop_unflushed) != 0) {
             qc_io_close(&undo);
-            qc_io_close(&rw);
             return -ENOMEM;
         }
         target = &crash;
     }
-    out->apply_ret = qc_repair_apply(plan, target, &undo);
-    if (target == &crash)
+    qc_repair_options ro = QC_REPAIR_OPTIONS_INIT;
+    ro.mode = mode;
+    ro.undo = &undo;
+    qc_repair *rep = NULL;
+    int ret = qc_repair_run(target, opts, &ro, &rep);
+    if (ret == 0) {
+        const qc_repair_plan *plan = qc_repair_get_plan(rep);
+        for (size_t i = 0; plan && i < qc_repair_plan_steps(plan); i++)
+            out->writes += qc_repair_plan_step(plan, i)->kind == QC_STEP_WRITE;
+        out->before = counts_of(qc_repair_before(rep));
+        out->predicted = counts_of(qc_repair_predicted(rep));
+        qc_repair_outcome outcome = qc_repair_outcome_of(rep);
+        if (outcome == QC_REPAIR_REFUSED)
+            out->plan_ret = -EPERM;
+        else if (outcome == QC_REPAIR_UNPLANNED)
+            out->plan_ret = qc_repair_error(rep);
+        else if (outcome == QC_REPAIR_FAILED || outcome == QC_REPAIR_STOPPED)
+            out->apply_ret = qc_repair_error(rep);
+    }
+    qc_repair_free(rep);
+    if (crash.close)
         qc_io_close(&crash);
     qc_io_close(&undo);
-    qc_io_close(&rw);
-    return 0;
+    return ret;
 }
 
 int fz_repair_run(const uint8_t *buf, size_t len, const qc_options *opts, qc_repair_mode mode,
@@ -50,23 +69,23 @@ int fz_repair_run(const uint8_t *buf, size_t len, const qc_options *opts, qc_rep
         return -ENOMEM;
     memcpy(out->image, buf, len);
     out->len = len;
-
-    qc_io ro;
-    qc_io_open_memory(&ro, buf, len);
-    qc_repair_plan *plan = NULL;
-    out->plan_ret = qc_repair_plan_build(&ro, opts, mode, &out->before, &out->predicted, &plan);
-    qc_io_close(&ro);
-    int ret = 0;
-    if (out->plan_ret == 0)
-        ret = apply_plan(plan, crash_after, drop_unflushed, out);
-    qc_repair_plan_free(plan);
+    qc_io rw;
+    if (qc_io_open_memory_rw(&rw, &out->image, &out->len) != 0)
+        return -ENOMEM;
+    int ret = run_transaction(&rw, opts, mode, crash_after, drop_unflushed, out);
+    qc_io_close(&rw);
     if (ret != 0)
         return ret;
 
+    /* The image as the repair left it, crashed or not, checked afresh. */
+    qc_result *after = qc_result_new();
     qc_io check_io;
     qc_io_open_memory(&check_io, out->image, out->len);
-    ret = qc_check(&check_io, opts, &out->after);
+    ret = after ? qc_check(&check_io, opts, after) : -ENOMEM;
     qc_io_close(&check_io);
+    if (ret == 0)
+        out->after = counts_of(after);
+    qc_result_free(after);
     return ret;
 }
 

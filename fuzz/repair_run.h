@@ -8,11 +8,16 @@
 
 #include "qcheck.h"
 
+/* The figures of a check the oracles compare. */
+typedef struct fz_counts {
+    uint64_t corruptions, leaks, check_errors, warnings;
+} fz_counts;
+
 /* What fz_repair_run did: the plan's and apply's return values, the checks
  * before, predicted and after, the image afterwards and the undo log. */
 typedef struct fz_repaired {
     int plan_ret, apply_ret;
-    qc_result before, predicted, after;
+    fz_counts before, predicted, after;
     size_t writes;
     uint8_t *image;
     size_t len;
@@ -20,9 +25,9 @@ typedef struct fz_repaired {
     size_t undo_len;
 } fz_repaired;
 
-/* Plan a repair of buf and apply it to a growable copy with an undo log,
- * through the crash io when crash_after is not UINT64_MAX, then check the
- * copy. Returns 0, or a negative errno when the run itself failed (out of
+/* Repair a growable copy of buf with an undo log (qc_repair_run), through
+ * the crash io when crash_after is not UINT64_MAX; `after` is the check of
+ * the copy as the repair left it. Returns 0, or a negative errno when the run itself failed (out of
  * memory); *out must be released with fz_repaired_free either way. */
 int fz_repair_run(const uint8_t *buf, size_t len, const qc_options *opts, qc_repair_mode mode,
                   uint64_t crash_after, bool drop_unflushed, fz_repaired *out);

@@ -280,8 +280,8 @@ qc_ctx *qc_plan_current_check(repair_run *r)
 
 bool qc_plan_found_fix(const repair_run *r, qc_fix fix)
 {
-    for (unsigned i = 0; i < QC_P_COUNT; i++)
-        if (r->res.per_problem[i] && qc_problem_get((qc_problem_id)i)->fix == fix)
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++)
+        if (r->res.per_problem[i] && qc_problem_at(i)->fix == fix)
             return true;
     return false;
 }
@@ -491,8 +491,10 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         return -ENOMEM;
     plan->size_before = io->size;
     repair_run r = {.plan = plan, .mode = mode};
-    if (opts)
-        r.check_opts = *opts;
+    if (!qc_options_load(&r.check_opts, opts)) {
+        free(plan);
+        return -EINVAL;
+    }
     qc_options first_opts = r.check_opts;
     r.check_opts.on_finding = NULL;
     r.check_opts.on_progress = NULL;
@@ -586,10 +588,14 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     return ret;
 }
 
-size_t qc_repair_plan_steps(const qc_repair_plan *plan, const qc_repair_step **steps)
+size_t qc_repair_plan_steps(const qc_repair_plan *plan)
 {
-    *steps = plan->steps;
     return plan->nb_steps;
+}
+
+const qc_repair_step *qc_repair_plan_step(const qc_repair_plan *plan, size_t i)
+{
+    return i < plan->nb_steps ? &plan->steps[i] : NULL;
 }
 
 size_t qc_repair_plan_notes(const qc_repair_plan *plan, const char *const **notes)
@@ -598,10 +604,14 @@ size_t qc_repair_plan_notes(const qc_repair_plan *plan, const char *const **note
     return plan->nb_notes;
 }
 
-size_t qc_repair_plan_unlinked(const qc_repair_plan *plan, const qc_unlinked **items)
+size_t qc_repair_plan_unlinked(const qc_repair_plan *plan)
 {
-    *items = plan->unlinked;
     return plan->nb_unlinked;
+}
+
+const qc_unlinked *qc_repair_plan_unlinked_item(const qc_repair_plan *plan, size_t i)
+{
+    return i < plan->nb_unlinked ? &plan->unlinked[i] : NULL;
 }
 
 const char *qc_repair_plan_refusal(const qc_repair_plan *plan)

@@ -63,7 +63,7 @@ void qc_stage_feature_bits(repair_run *r)
                   (unsigned long long)(before & ~QC_AUTOCLEAR_KNOWN));
     bool all = r->mode == QC_REPAIR_ALL;
     bool drop_bitmaps = all && qc_plan_found_fix(r, QC_FIX_DROP_BITMAPS);
-    if (all && (drop_bitmaps || r->res.per_problem[QC_P_AUTOCLEAR_WITHOUT_BITMAPS]) &&
+    if (all && (drop_bitmaps || qc_found(&r->res, QC_P_AUTOCLEAR_WITHOUT_BITMAPS)) &&
         (after & QC_AUTOCLEAR_BITMAPS)) {
         after &= ~QC_AUTOCLEAR_BITMAPS;
         if (drop_bitmaps)
@@ -72,7 +72,7 @@ void qc_stage_feature_bits(repair_run *r)
                       "broken: QEMU ignores them from now on, and the next incremental backup "
                       "must be a full one");
     }
-    if (all && r->res.per_problem[QC_P_RAW_DATA_FILE_INVALID])
+    if (all && qc_found(&r->res, QC_P_RAW_DATA_FILE_INVALID))
         after &= ~QC_AUTOCLEAR_DATA_FILE_RAW;
     if (after == before)
         return;
@@ -239,18 +239,18 @@ void qc_stage_snapshot_count(repair_run *r)
     /* A table past the end of the file (QEMU reads its entries as zeros)
      * or in the header cluster (QEMU reads the header as entries): nothing
      * of it is a snapshot, so every entry is discarded. */
-    qc_problem_id unreadable = r->res.per_problem[QC_P_SNAPSHOT_TABLE_PAST_EOF] ? QC_P_SNAPSHOT_TABLE_PAST_EOF
-                               : r->res.per_problem[QC_P_SNAPSHOT_TABLE_IN_HEADER]
+    qc_problem_id unreadable = qc_found(&r->res, QC_P_SNAPSHOT_TABLE_PAST_EOF) ? QC_P_SNAPSHOT_TABLE_PAST_EOF
+                               : qc_found(&r->res, QC_P_SNAPSHOT_TABLE_IN_HEADER)
                                    ? QC_P_SNAPSHOT_TABLE_IN_HEADER
-                                   : QC_P_COUNT;
+                                   : QC_P_NONE;
     /* -r leaks discards only a table in the header, and only when no
      * cluster is an orphan (no real table can be anywhere in the file):
      * qemu-img check -r leaks resets a snapshot table it cannot validate,
      * and one that reads the header holds nothing. */
     if (r->mode != QC_REPAIR_ALL && (unreadable != QC_P_SNAPSHOT_TABLE_IN_HEADER ||
-                                     r->res.per_problem[QC_P_REFCOUNT_ORPHAN]))
+                                     qc_found(&r->res, QC_P_REFCOUNT_ORPHAN)))
         return;
-    if (unreadable != QC_P_COUNT) {
+    if (unreadable != QC_P_NONE) {
         char where[96];
         if (unreadable == QC_P_SNAPSHOT_TABLE_PAST_EOF)
             snprintf(where, sizeof(where), "at 0x%llx, past the end of the file (%llu bytes)",
@@ -296,7 +296,7 @@ void qc_stage_snapshot_count(repair_run *r)
         uint32_t decoded = ctx->nb_snapshots > kept ? ctx->nb_snapshots : kept;
         unlink_snapshots(r, ctx, kept, decoded, QC_P_SNAPSHOT_TABLE_TOO_LARGE);
         unlink_snapshots(r, ctx, decoded, h->nb_snapshots,
-                         r->res.per_problem[QC_P_SNAPSHOT_TABLE_TRUNCATED]
+                         qc_found(&r->res, QC_P_SNAPSHOT_TABLE_TRUNCATED)
                              ? QC_P_SNAPSHOT_TABLE_TRUNCATED
                              : QC_P_TOO_MANY_SNAPSHOTS);
     }
@@ -307,7 +307,7 @@ void qc_stage_snapshot_count(repair_run *r)
 void qc_stage_empty_table_offsets(repair_run *r)
 {
     qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || !r->res.per_problem[QC_P_EMPTY_TABLE_OFFSET_INVALID])
+    if (!ctx || !qc_found(&r->res, QC_P_EMPTY_TABLE_OFFSET_INVALID))
         return;
     const qc_header *h = &ctx->hdr;
     static const uint8_t zero[8];
@@ -374,15 +374,15 @@ static bool extension_holds(const repair_run *r, const qc_result *before, uint64
             raised += f->count;
     }
     uint64_t was = 0, is = 0;
-    for (unsigned i = 0; i < QC_P_COUNT; i++) {
-        if (qc_problem_get((qc_problem_id)i)->severity != QC_SEV_CORRUPTION)
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++) {
+        if (qc_problem_at(i)->severity != QC_SEV_CORRUPTION)
             continue;
         was += before->per_problem[i];
         is += now->per_problem[i];
         if (now->per_problem[i] <= before->per_problem[i])
             continue;
         uint64_t more = now->per_problem[i] - before->per_problem[i];
-        if ((i != QC_P_REFCOUNT_ZERO_IN_USE && i != QC_P_REFCOUNT_TOO_LOW) || more > raised)
+        if ((i != QC_ROW_REFCOUNT_ZERO_IN_USE && i != QC_ROW_REFCOUNT_TOO_LOW) || more > raised)
             return false;
         raised -= more;
         is -= more;
@@ -449,8 +449,8 @@ void qc_stage_zero_extend_short(repair_run *r)
 void qc_stage_zero_extend(repair_run *r)
 {
     qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || (!r->res.per_problem[QC_P_L1_PAST_EOF] &&
-                 !r->res.per_problem[QC_P_SNAPSHOT_L1_PAST_EOF]))
+    if (!ctx || (!qc_found(&r->res, QC_P_L1_PAST_EOF) &&
+                 !qc_found(&r->res, QC_P_SNAPSHOT_L1_PAST_EOF)))
         return;
     const qc_header *h = &ctx->hdr;
     uint64_t size = r->view.size, target = size, from = UINT64_MAX;
@@ -486,9 +486,9 @@ void qc_stage_snapshot_table(repair_run *r)
 {
     qc_ctx *ctx = qc_plan_current_check(r);
     const qc_result *res = &r->res;
-    if (!ctx || (!res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE] &&
-                 !res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] &&
-                 !res->per_problem[QC_P_SNAPSHOT_ID_EMPTY]))
+    if (!ctx || (!qc_found(res, QC_P_SNAPSHOT_EXTRA_TOO_LARGE) &&
+                 !qc_found(res, QC_P_SNAPSHOT_EXTRA_TOO_SMALL) &&
+                 !qc_found(res, QC_P_SNAPSHOT_ID_EMPTY)))
         return;
     const qc_geometry *g = &ctx->geo;
     if (snapshot_table_shared(r, ctx))
@@ -553,9 +553,9 @@ void qc_stage_snapshot_table(repair_run *r)
     uint8_t hdr[12];
     qc_put_be32(hdr, kept);
     qc_put_be64(hdr + 4, at);
-    qc_problem_id why = res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_LARGE]
+    qc_problem_id why = qc_found(res, QC_P_SNAPSHOT_EXTRA_TOO_LARGE)
                             ? QC_P_SNAPSHOT_EXTRA_TOO_LARGE
-                        : res->per_problem[QC_P_SNAPSHOT_EXTRA_TOO_SMALL] ? QC_P_SNAPSHOT_EXTRA_TOO_SMALL
+                        : qc_found(res, QC_P_SNAPSHOT_EXTRA_TOO_SMALL) ? QC_P_SNAPSHOT_EXTRA_TOO_SMALL
                                                                           : QC_P_SNAPSHOT_ID_EMPTY;
     if (qc_plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
                    "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
@@ -571,9 +571,9 @@ void qc_stage_header_flags(repair_run *r)
         return;
     const qc_result *res = &r->res;
     uint64_t now = ctx->hdr.incompatible_features, want = now;
-    bool refcounts_safe = !res->per_problem[QC_P_REFCOUNT_TOO_LOW] &&
-                          !res->per_problem[QC_P_REFCOUNT_ZERO_IN_USE] &&
-                          !res->per_problem[QC_P_REFCOUNTS_UNKNOWN];
+    bool refcounts_safe = !qc_found(res, QC_P_REFCOUNT_TOO_LOW) &&
+                          !qc_found(res, QC_P_REFCOUNT_ZERO_IN_USE) &&
+                          !qc_found(res, QC_P_REFCOUNTS_UNKNOWN);
     if (refcounts_safe)
         want &= ~QC_INCOMPAT_DIRTY;
     if (res->corruptions == 0 && res->check_errors == 0)

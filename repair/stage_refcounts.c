@@ -429,7 +429,7 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
                     (unsigned long long)l->table_clusters))
         return false;
     qc_problem_id why = qc_plan_first_found_with_fix(r, QC_FIX_REBUILD_REFCOUNTS);
-    if (why == QC_P_COUNT)
+    if (why == QC_P_NONE)
         why = QC_P_METADATA_OVERLAP;
     qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK, why);
     unlink_broken_refblocks(r, ctx);
@@ -481,9 +481,9 @@ static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
     /* A broken refcount table entry needs the rebuild even when the range
      * it covers holds no cluster in use (past the end of the file, say). */
     const qc_result *res = &r->res;
-    assess a = {res->per_problem[QC_P_REFTABLE_ENTRY_RESERVED_BITS] ||
-                    res->per_problem[QC_P_REFTABLE_ENTRY_UNALIGNED] ||
-                    res->per_problem[QC_P_REFTABLE_ENTRY_PAST_EOF],
+    assess a = {qc_found(res, QC_P_REFTABLE_ENTRY_RESERVED_BITS) ||
+                    qc_found(res, QC_P_REFTABLE_ENTRY_UNALIGNED) ||
+                    qc_found(res, QC_P_REFTABLE_ENTRY_PAST_EOF),
                 0, 0};
     qc_each_refcount_span(ctx, &a, assess_span, false);
     /* A refcount table sharing a cluster with another structure is moved
@@ -507,8 +507,8 @@ static bool l2_win_holds(repair_run *r, qc_ctx *ctx, const qc_result *before)
     const qc_result *now = &r->res;
     if (now->check_errors || assess_refcounts(r, ctx).exposing_blocks)
         return false;
-    for (unsigned i = 0; i < QC_P_COUNT; i++) {
-        qc_fix fix = qc_problem_get((qc_problem_id)i)->fix;
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++) {
+        qc_fix fix = qc_problem_at(i)->fix;
         if (now->per_problem[i] > before->per_problem[i] && fix != QC_FIX_LOWER_REFCOUNT &&
             fix != QC_FIX_RAISE_REFCOUNT && fix != QC_FIX_REBUILD_REFCOUNTS)
             return false;

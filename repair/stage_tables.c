@@ -167,7 +167,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
         goto out;
     }
     bool any = with_over &&
-               (r->res.per_problem[QC_P_REFCOUNT_LEAK] || r->res.per_problem[QC_P_REFCOUNT_ORPHAN]);
+               (qc_found(&r->res, QC_P_REFCOUNT_LEAK) || qc_found(&r->res, QC_P_REFCOUNT_ORPHAN));
     for (size_t i = 0; i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
         if (f->id != QC_P_L2_COPIED_WRONG || f->offset == QC_NO_OFFSET)
@@ -238,7 +238,7 @@ static void fix_l1_copied(repair_run *r, qc_ctx *ctx)
 
 static uint64_t copied_findings(const qc_result *res)
 {
-    return res->per_problem[QC_P_L1_COPIED_WRONG] + res->per_problem[QC_P_L2_COPIED_WRONG];
+    return qc_found(res, QC_P_L1_COPIED_WRONG) + qc_found(res, QC_P_L2_COPIED_WRONG);
 }
 
 bool qc_plan_leaks_fix_copied(const repair_run *r)
@@ -491,8 +491,8 @@ static bool repoint_holds(const repair_run *r, const qc_result *before, uint64_t
     const qc_result *now = &r->res;
     if (now->check_errors || now->corruptions >= before->corruptions)
         return false;
-    for (unsigned i = 0; i < QC_P_COUNT; i++)
-        if (qc_problem_get((qc_problem_id)i)->severity == QC_SEV_CORRUPTION &&
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++)
+        if (qc_problem_at(i)->severity == QC_SEV_CORRUPTION &&
             now->per_problem[i] > before->per_problem[i])
             return false;
     for (size_t i = 0; i < r->nb_found; i++)

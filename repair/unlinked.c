@@ -174,7 +174,7 @@ qc_problem_id qc_plan_first_found_with_fix(const repair_run *r, qc_fix fix)
     for (size_t i = 0; i < r->nb_found; i++)
         if (qc_problem_get(r->found[i].id)->fix == fix)
             return r->found[i].id;
-    return QC_P_COUNT;
+    return QC_P_NONE;
 }
 
 /* ---- owners of freed clusters ---- */

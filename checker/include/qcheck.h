@@ -90,12 +90,6 @@ void qc_io_open_memory(qc_io *io, const void *buf, size_t len);
  * grown with realloc as writes extend it; *buf and *len follow the image
  * until qc_io_close(). */
 int qc_io_open_memory_rw(qc_io *io, uint8_t **buf, size_t *len);
-/* Test backend for crash injection: forwards to `inner` (which stays owned
- * by the caller) until `writes_allowed` writes have completed, then fails
- * every write and flush as if the process had died. With
- * `drop_unflushed`, the moment it "dies" it also undoes every write not
- * yet followed by a flush, as a power failure may. */
-int qc_io_open_crash(qc_io *io, qc_io *inner, uint64_t writes_allowed, bool drop_unflushed);
 void qc_io_close(qc_io *io);
 
 /* ---- The problem table ----------------------------------------------- */
@@ -122,23 +116,30 @@ typedef enum qc_fix {
     QC_FIX_ZERO_TABLE_OFFSET, /* the offset of a table without entries */
 } qc_fix;
 
+/* A problem's stable code (the row's number, never reused): values do
+ * not move when rows are added. */
 typedef enum qc_problem_id {
-#define QC_PROBLEM(name, code, id, sev, fix, summary) QC_P_##name,
+    QC_P_NONE = 0, /* no problem (no row has code 0) */
+#define QC_PROBLEM(name, code, ...) QC_P_##name = code,
 #include "qcheck_problems.def"
 #undef QC_PROBLEM
-    QC_P_COUNT
 } qc_problem_id;
 
+/* A row of the problem table. The library owns it; fields are only ever
+ * added at the end. */
 typedef struct qc_problem {
-    qc_problem_id index;
-    unsigned code;
+    qc_problem_id code;
     const char *id;
     qc_severity severity;
     qc_fix fix;
     const char *summary;
 } qc_problem;
 
-const qc_problem *qc_problem_get(qc_problem_id index);
+/* The row with this code, or NULL. */
+const qc_problem *qc_problem_get(qc_problem_id code);
+/* The rows in code order: qc_problem_at(i) for i below qc_problem_count(). */
+size_t qc_problem_count(void);
+const qc_problem *qc_problem_at(size_t i);
 const qc_problem *qc_problem_by_id(const char *id);
 const char *qc_severity_name(qc_severity sev);
 const char *qc_fix_name(qc_fix fix);
@@ -163,12 +164,19 @@ typedef void (*qc_finding_cb)(const qc_finding *finding, void *payload);
  * (at most 1000 times per check). */
 typedef void (*qc_progress_cb)(unsigned permille, void *payload);
 
+/* Options of a check. Initialise with QC_OPTIONS_INIT: it sets `size`,
+ * which tells the library which fields the caller was built with. Fields
+ * are only ever added at the end; the library takes those past `size` as
+ * zero. */
 typedef struct qc_options {
-    qc_finding_cb on_finding; /* may be NULL */
-    void *payload;            /* passed to both callbacks */
-    uint64_t max_mem;         /* bytes the check may allocate; 0 = default */
+    size_t size;                /* sizeof(qc_options) as the caller was built */
+    uint64_t max_mem;           /* bytes the check may allocate; 0 = default */
+    qc_finding_cb on_finding;   /* may be NULL */
     qc_progress_cb on_progress; /* may be NULL; a repair reports its first check */
+    void *payload;              /* passed to both callbacks */
 } qc_options;
+
+#define QC_OPTIONS_INIT {.size = sizeof(qc_options)}
 
 #define QC_DEFAULT_MAX_MEM (8ULL << 30)
 
@@ -190,27 +198,37 @@ typedef struct qc_header_info {
     bool has_bitmaps;
 } qc_header_info;
 
-typedef struct qc_result {
-    /* Not a qcow2 image at all: what it looks like ("raw", "qed", "qcow
-     * (version 1)", "vmdk", ...). NULL for a qcow2 image. */
-    const char *other_format;
-    bool header_valid; /* the header decoded far enough to fill `header` */
-    qc_header_info header;
+/* The outcome of a check: opaque, read through the accessors below, so
+ * that it can grow with the problem table. */
+typedef struct qc_result qc_result;
 
-    /* qemu-img check's ImageCheck counters, same meaning. */
-    uint64_t check_errors;
-    uint64_t corruptions;
-    uint64_t leaks;
-    uint64_t image_end_offset;
-    uint64_t total_clusters;
-    uint64_t allocated_clusters;
-    uint64_t fragmented_clusters;
-    uint64_t compressed_clusters;
+qc_result *qc_result_new(void);
+void qc_result_free(qc_result *result);
 
-    uint64_t warnings;
-    uint64_t findings;
-    uint64_t per_problem[QC_P_COUNT]; /* counted findings per problem */
-} qc_result;
+/* qemu-img check's ImageCheck counters, same meaning, and qcheck's own. */
+typedef enum qc_counter {
+    QC_COUNT_CHECK_ERRORS,
+    QC_COUNT_CORRUPTIONS,
+    QC_COUNT_LEAKS,
+    QC_COUNT_IMAGE_END_OFFSET,
+    QC_COUNT_TOTAL_CLUSTERS,
+    QC_COUNT_ALLOCATED_CLUSTERS,
+    QC_COUNT_FRAGMENTED_CLUSTERS,
+    QC_COUNT_COMPRESSED_CLUSTERS,
+    QC_COUNT_WARNINGS, /* warning findings */
+    QC_COUNT_FINDINGS, /* every finding */
+} qc_counter;
+
+/* A counter (0 for one this library does not know). */
+uint64_t qc_result_count(const qc_result *result, qc_counter counter);
+/* What the findings of one problem counted (clusters or entries). */
+uint64_t qc_result_problem_count(const qc_result *result, qc_problem_id problem);
+/* Not a qcow2 image at all: what it looks like ("raw", "qed", "qcow
+ * (version 1)", "vmdk", ...). NULL for a qcow2 image. */
+const char *qc_result_other_format(const qc_result *result);
+/* The header as decoded, or NULL when it did not decode far enough. The
+ * result owns it; fields are only ever added at the end. */
+const qc_header_info *qc_result_header(const qc_result *result);
 
 /* Check the image behind io. Returns 0 when the check ran (whatever it
  * found: see result) or a negative errno for a failure of the caller's
@@ -251,7 +269,10 @@ typedef struct qc_repair_plan qc_repair_plan;
  * of the returned plan, which is set in that case too), -ENOMEM. */
 int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
                          qc_result *before, qc_result *after, qc_repair_plan **plan);
-size_t qc_repair_plan_steps(const qc_repair_plan *plan, const qc_repair_step **steps);
+/* The steps, in order: qc_repair_plan_step(plan, i) for i below
+ * qc_repair_plan_steps(plan). */
+size_t qc_repair_plan_steps(const qc_repair_plan *plan);
+const qc_repair_step *qc_repair_plan_step(const qc_repair_plan *plan, size_t i);
 /* Decisions worth telling the user that are not writes: clusters kept
  * because an unparsed structure may own them, guest ranges dropped,
  * problems left alone and why. */
@@ -289,7 +310,8 @@ typedef struct qc_unlinked {
     uint64_t entry_offset, target, new_target;
 } qc_unlinked;
 
-size_t qc_repair_plan_unlinked(const qc_repair_plan *plan, const qc_unlinked **items);
+size_t qc_repair_plan_unlinked(const qc_repair_plan *plan);
+const qc_unlinked *qc_repair_plan_unlinked_item(const qc_repair_plan *plan, size_t i);
 /* Why the image must not be repaired, or NULL. */
 const char *qc_repair_plan_refusal(const qc_repair_plan *plan);
 /* Clusters counted as leaked / corruptions before minus after, as
@@ -334,6 +356,77 @@ typedef struct qc_salvage_info {
  * `dir`, the bytes needed and the bytes available. */
 int qc_repair_salvage(const qc_repair_plan *plan, qc_io *image, const char *dir, bool dry_run,
                       qc_salvage_info *info, char *why, size_t why_len);
+
+/* ---- The repair transaction ------------------------------------------ */
+
+/* How far a repair came (qc_repair_outcome_of). */
+typedef enum qc_repair_outcome {
+    QC_REPAIR_REFUSED,  /* the image must not be repaired: qc_repair_why; nothing written */
+    QC_REPAIR_UNPLANNED, /* planning failed (qc_repair_error): nothing written */
+    QC_REPAIR_PLANNED,  /* a dry run, or nothing to write: nothing written */
+    QC_REPAIR_STOPPED,  /* the undo log or the salvage could not be written, or
+                         * the caller stopped it: qc_repair_why; nothing
+                         * written to the image */
+    QC_REPAIR_FAILED,   /* a write failed part way (qc_repair_error): the image
+                         * is safe to check and repair again, or to roll back */
+    QC_REPAIR_DONE,     /* applied and checked again: qc_repair_after */
+} qc_repair_outcome;
+
+/* The points at which a repair tells its caller how far it is. */
+typedef enum qc_repair_event {
+    /* The plan is made, the undo log written and the salvage saved; the
+     * first write to the image comes next. A non-zero return stops the
+     * repair with nothing written (QC_REPAIR_STOPPED). */
+    QC_REPAIR_EVENT_WRITING,
+    /* Every step is written; the check of the repaired image comes next
+     * (its findings go to the check options' on_finding). */
+    QC_REPAIR_EVENT_APPLIED,
+} qc_repair_event;
+
+typedef struct qc_repair qc_repair;
+
+typedef struct qc_repair_options {
+    size_t size; /* sizeof(qc_repair_options) as the caller was built (QC_REPAIR_OPTIONS_INIT) */
+    qc_repair_mode mode;
+    bool dry_run; /* plan, and size the salvage, only */
+    /* The undo log: a new file created at this path (never an existing
+     * one, removed again if the repair stops before writing), or an io the
+     * caller opened, or neither. */
+    const char *undo_path;
+    qc_io *undo;
+    /* Save what the plan unlinks or frees here first (qc_repair_salvage). */
+    const char *salvage_dir;
+    int (*on_event)(qc_repair_event event, const qc_repair *repair, void *payload);
+    void *payload;
+} qc_repair_options;
+
+#define QC_REPAIR_OPTIONS_INIT {.size = sizeof(qc_repair_options)}
+
+/* Repair the image behind io as one transaction: plan it (the first check's
+ * findings go to check->on_finding), refuse what must not be repaired;
+ * unless it is a dry run or there is nothing to write: write the undo log,
+ * save the salvage, apply the plan and check the image again (io must be
+ * writable, and open with QC_LOCK_REPAIR for a file). Returns 0 with *out
+ * set, whatever the outcome (see qc_repair_outcome_of), or a negative
+ * errno for bad arguments or no memory for the transaction itself. */
+int qc_repair_run(qc_io *io, const qc_options *check, const qc_repair_options *opts,
+                  qc_repair **out);
+qc_repair_outcome qc_repair_outcome_of(const qc_repair *repair);
+/* The plan (NULL when planning failed). */
+const qc_repair_plan *qc_repair_get_plan(const qc_repair *repair);
+/* The check before, the check the plan predicts, and the check of the
+ * repaired image (NULL unless QC_REPAIR_DONE). */
+const qc_result *qc_repair_before(const qc_repair *repair);
+const qc_result *qc_repair_predicted(const qc_repair *repair);
+const qc_result *qc_repair_after(const qc_repair *repair);
+/* The negative errno that ended it (0 for REFUSED, PLANNED and DONE). */
+int qc_repair_error(const qc_repair *repair);
+/* Why it was refused or stopped, or NULL. */
+const char *qc_repair_why(const qc_repair *repair);
+/* The salvage: its figures and 0, or the negative errno that refused it
+ * (a dry run reports the refusal without stopping). */
+int qc_repair_salvage_status(const qc_repair *repair, const qc_salvage_info **info);
+void qc_repair_free(qc_repair *repair);
 
 /* Restore an image from an undo log written by qc_repair_apply. The log is
  * verified completely, and so is the image (every region must hold either

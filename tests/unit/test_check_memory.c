@@ -24,6 +24,7 @@
 
 #include "format.h"
 #include "qcheck.h"
+#include "result.h" /* white-box: the whole qc_result */
 #include "repair_run.h"
 
 #ifndef FUZZ_ROUNDS
@@ -238,9 +239,9 @@ static uint64_t img_add_shared_snapshot(img *im, unsigned extra, const char *id)
 typedef struct recorder {
     unsigned calls;
     unsigned bad; /* callbacks with NULL or unprintable strings, or a bad problem */
-    unsigned shown[QC_P_COUNT];
-    uint64_t counted[QC_P_COUNT]; /* sum of finding->count */
-    char first_message[QC_P_COUNT][160];
+    unsigned shown[QC_PROBLEM_ROWS]; /* per row of the problem table */
+    uint64_t counted[QC_PROBLEM_ROWS]; /* sum of finding->count */
+    char first_message[QC_PROBLEM_ROWS][160];
 } recorder;
 
 static bool printable(const char *s)
@@ -260,8 +261,8 @@ static void record(const qc_finding *f, void *payload)
         r->bad++;
         return;
     }
-    unsigned i = f->problem->index;
-    if (i >= QC_P_COUNT || qc_problem_get((qc_problem_id)i) != f->problem) {
+    unsigned i = qc_problem_row_of(f->problem->code);
+    if (i >= QC_PROBLEM_ROWS || qc_problem_at(i) != f->problem) {
         r->bad++;
         return;
     }
@@ -289,8 +290,8 @@ static void assert_consistent(const outcome *o)
     int st = o->status;
     REQUIRE(st == 0 || st == 1 || st == 2 || st == 3 || st == 63, "exit status %d", st);
     uint64_t errors = 0, corruptions = 0, leaks = 0;
-    for (unsigned i = 0; i < QC_P_COUNT; i++) {
-        const qc_problem *p = qc_problem_get((qc_problem_id)i);
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++) {
+        const qc_problem *p = qc_problem_at(i);
         /* What the callback saw adds up to the counters. */
         REQUIRE(o->rec.counted[i] == r->per_problem[i], "%s: callback counted %llu, result %llu",
                 p->id, (unsigned long long)o->rec.counted[i],
@@ -324,7 +325,7 @@ static void run_check_opts(const void *buf, size_t len, uint64_t max_mem, outcom
     qc_io io;
     qc_io_open_memory(&io, buf, len);
     REQUIRE(io.read != NULL && io.size == len, "qc_io_open_memory failed");
-    qc_options opts = {.on_finding = record, .payload = &o->rec, .max_mem = max_mem};
+    qc_options opts = {.size = sizeof(qc_options), .on_finding = record, .payload = &o->rec, .max_mem = max_mem};
     o->ret = qc_check(&io, &opts, &o->res);
     o->status = qc_exit_status(&o->res);
     qc_io_close(&io);
@@ -338,7 +339,7 @@ static void run_check(const img *im, outcome *o)
 
 static uint64_t n_of(const outcome *o, qc_problem_id id)
 {
-    return o->res.per_problem[id];
+    return qc_found(&o->res, id);
 }
 
 /* Everything the check reported, for failure messages. */
@@ -347,10 +348,10 @@ static const char *describe(const outcome *o)
     static char text[4096];
     size_t off = 0;
     text[0] = '\0';
-    for (unsigned i = 0; i < QC_P_COUNT && off + 200 < sizeof(text); i++)
+    for (size_t i = 0; i < QC_PROBLEM_ROWS && off + 200 < sizeof(text); i++)
         if (o->res.per_problem[i])
             off += (size_t)snprintf(text + off, sizeof(text) - off, " [%s x%llu: %s]",
-                                    qc_problem_get((qc_problem_id)i)->id,
+                                    qc_problem_at(i)->id,
                                     (unsigned long long)o->res.per_problem[i],
                                     o->rec.first_message[i]);
     return text;
@@ -364,22 +365,22 @@ static const char *describe(const outcome *o)
 #define ASSERT_PRESENT(o, pid)                                                                     \
     ck_assert_msg(n_of(o, pid) > 0, "%s not reported;%s", qc_problem_get(pid)->id, describe(o))
 
-/* The only problems reported are those in `allowed` (QC_P_COUNT ends it). */
+/* The only problems reported are those in `allowed` (QC_P_NONE ends it). */
 static void assert_only(const outcome *o, const qc_problem_id *allowed)
 {
-    for (unsigned i = 0; i < QC_P_COUNT; i++) {
+    for (size_t i = 0; i < QC_PROBLEM_ROWS; i++) {
         if (!o->res.per_problem[i])
             continue;
         bool ok = false;
-        for (const qc_problem_id *a = allowed; *a != QC_P_COUNT; a++)
-            ok |= *a == i;
-        ck_assert_msg(ok, "unexpected %s;%s", qc_problem_get((qc_problem_id)i)->id, describe(o));
+        for (const qc_problem_id *a = allowed; *a != QC_P_NONE; a++)
+            ok |= qc_problem_row_of(*a) == i;
+        ck_assert_msg(ok, "unexpected %s;%s", qc_problem_at(i)->id, describe(o));
     }
 }
 
 #define ASSERT_ONLY(o, ...)                                                                        \
     do {                                                                                           \
-        const qc_problem_id allowed_[] = {__VA_ARGS__, QC_P_COUNT};                                \
+        const qc_problem_id allowed_[] = {__VA_ARGS__, QC_P_NONE};                                \
         assert_only(o, allowed_);                                                                  \
     } while (0)
 
@@ -873,7 +874,7 @@ START_TEST(test_l1_zero_offset_flags)
     outcome o;
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_L1_ZERO_OFFSET_FLAGS, 1);
-    const char *msg = o.rec.first_message[QC_P_L1_ZERO_OFFSET_FLAGS];
+    const char *msg = o.rec.first_message[qc_problem_row_of(QC_P_L1_ZERO_OFFSET_FLAGS)];
     ck_assert_msg(strstr(msg, "snapshot 0") && strstr(msg, "entry 0 is 0x8000000000000000"), "%s",
                   msg);
     /* The snapshot no longer holds the L2 table and data clusters: their
@@ -886,8 +887,8 @@ START_TEST(test_l1_zero_offset_flags)
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_L1_ZERO_OFFSET_FLAGS, 2);
     ASSERT_FOUND(&o, QC_P_L1_ENTRY_RESERVED_BITS, 1);
-    ck_assert_msg(strstr(o.rec.first_message[QC_P_L1_ZERO_OFFSET_FLAGS], "active L1 table"), "%s",
-                  o.rec.first_message[QC_P_L1_ZERO_OFFSET_FLAGS]);
+    ck_assert_msg(strstr(o.rec.first_message[qc_problem_row_of(QC_P_L1_ZERO_OFFSET_FLAGS)], "active L1 table"), "%s",
+                  o.rec.first_message[qc_problem_row_of(QC_P_L1_ZERO_OFFSET_FLAGS)]);
     img_free(&im);
 }
 END_TEST
@@ -1048,8 +1049,8 @@ START_TEST(test_data_overlaps_refblock)
     outcome o;
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_DATA_OVERLAPS_METADATA, 1);
-    ck_assert_msg(strstr(o.rec.first_message[QC_P_DATA_OVERLAPS_METADATA], "refcount block"),
-                  "%s", o.rec.first_message[QC_P_DATA_OVERLAPS_METADATA]);
+    ck_assert_msg(strstr(o.rec.first_message[qc_problem_row_of(QC_P_DATA_OVERLAPS_METADATA)], "refcount block"),
+                  "%s", o.rec.first_message[qc_problem_row_of(QC_P_DATA_OVERLAPS_METADATA)]);
     ck_assert_int_eq(o.status, 2);
     img_free(&im);
 }
@@ -1112,7 +1113,7 @@ START_TEST(test_l1_table_on_reftable)
     outcome o;
     run_check(&im, &o);
     ASSERT_PRESENT(&o, QC_P_METADATA_OVERLAP);
-    const char *first = o.rec.first_message[QC_P_METADATA_OVERLAP];
+    const char *first = o.rec.first_message[qc_problem_row_of(QC_P_METADATA_OVERLAP)];
     ck_assert_msg(strncmp(first, "active L1 table:", 16) == 0, "%s", first);
     ck_assert_msg(strstr(first, "refcount table") != NULL, "%s", first);
     ck_assert_uint_eq(o.res.leaks, 0);
@@ -1606,10 +1607,10 @@ START_TEST(test_no_callback)
     img_set_refcount(&im, CL_DATA, 0);
     qc_io io;
     qc_io_open_memory(&io, im.buf, im.len);
-    qc_options opts = {0};
+    qc_options opts = QC_OPTIONS_INIT;
     qc_result r;
     ck_assert_int_eq(qc_check(&io, &opts, &r), 0);
-    ck_assert_uint_eq(r.per_problem[QC_P_REFCOUNT_ZERO_IN_USE], 1);
+    ck_assert_uint_eq(qc_found(&r, QC_P_REFCOUNT_ZERO_IN_USE), 1);
     ck_assert_int_eq(qc_exit_status(&r), 2);
     qc_io_close(&io);
     img_free(&im);
@@ -1638,7 +1639,7 @@ START_TEST(test_progress)
     qc_io io;
     qc_io_open_memory(&io, im.buf, im.len);
     progress_log log = {0, 0, true};
-    qc_options opts = {.payload = &log, .on_progress = log_progress};
+    qc_options opts = {.size = sizeof(qc_options), .payload = &log, .on_progress = log_progress};
     qc_result r;
     ck_assert_int_eq(qc_check(&io, &opts, &r), 0);
     ck_assert_int_eq(qc_exit_status(&r), 0);
@@ -1665,8 +1666,8 @@ START_TEST(test_many_findings_capped)
     outcome o;
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_L2_ENTRY_RESERVED_BITS, 600);
-    ck_assert_uint_le(o.rec.shown[QC_P_L2_ENTRY_RESERVED_BITS], 21);
-    ck_assert_uint_ge(o.rec.shown[QC_P_L2_ENTRY_RESERVED_BITS], 2);
+    ck_assert_uint_le(o.rec.shown[qc_problem_row_of(QC_P_L2_ENTRY_RESERVED_BITS)], 21);
+    ck_assert_uint_ge(o.rec.shown[qc_problem_row_of(QC_P_L2_ENTRY_RESERVED_BITS)], 2);
     ASSERT_ONLY(&o, QC_P_L2_ENTRY_RESERVED_BITS);
     img_free(&im);
 }
@@ -1880,16 +1881,16 @@ START_TEST(test_second_refblock)
     qc_refblock_set(im.buf + cl_off(&im, rb1), 64, 1, 3);
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_REFCOUNT_LEAK, 1);
-    ck_assert_msg(strstr(o.rec.first_message[QC_P_REFCOUNT_LEAK], "host cluster 65"), "%s",
-                  o.rec.first_message[QC_P_REFCOUNT_LEAK]);
+    ck_assert_msg(strstr(o.rec.first_message[qc_problem_row_of(QC_P_REFCOUNT_LEAK)], "host cluster 65"), "%s",
+                  o.rec.first_message[qc_problem_row_of(QC_P_REFCOUNT_LEAK)]);
     /* Without refcount table entry 1: the data cluster reads refcount 0. */
     qc_refblock_set(im.buf + cl_off(&im, rb1), 64, 1, 1);
     qc_put_be64(im.buf + cl_off(&im, CL_REFTABLE) + 8, 0);
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_REFCOUNT_ZERO_IN_USE, 1);
     ASSERT_ONLY(&o, QC_P_REFCOUNT_ZERO_IN_USE);
-    ck_assert_msg(strstr(o.rec.first_message[QC_P_REFCOUNT_ZERO_IN_USE], "host cluster 65"),
-                  "%s", o.rec.first_message[QC_P_REFCOUNT_ZERO_IN_USE]);
+    ck_assert_msg(strstr(o.rec.first_message[qc_problem_row_of(QC_P_REFCOUNT_ZERO_IN_USE)], "host cluster 65"),
+                  "%s", o.rec.first_message[qc_problem_row_of(QC_P_REFCOUNT_ZERO_IN_USE)]);
     img_free(&im);
 }
 END_TEST
@@ -2224,8 +2225,8 @@ START_TEST(test_feature_table_names_unknown_bit)
     outcome o;
     run_check(&im, &o);
     ASSERT_FOUND(&o, QC_P_UNKNOWN_INCOMPAT_FEATURE, 1);
-    ck_assert_msg(strstr(o.rec.first_message[QC_P_UNKNOWN_INCOMPAT_FEATURE], "frobnicated"),
-                  "%s", o.rec.first_message[QC_P_UNKNOWN_INCOMPAT_FEATURE]);
+    ck_assert_msg(strstr(o.rec.first_message[qc_problem_row_of(QC_P_UNKNOWN_INCOMPAT_FEATURE)], "frobnicated"),
+                  "%s", o.rec.first_message[qc_problem_row_of(QC_P_UNKNOWN_INCOMPAT_FEATURE)]);
     ck_assert_int_eq(o.status, 1);
     img_free(&im);
 }
@@ -2374,8 +2375,8 @@ START_TEST(test_luks_header)
             ASSERT_FOUND(&o, QC_P_LUKS_HEADER_INVALID, 1);
             ASSERT_ONLY(&o, QC_P_LUKS_HEADER_INVALID);
             ck_assert_int_eq(o.status, 2);
-            ck_assert_msg(strstr(o.rec.first_message[QC_P_LUKS_HEADER_INVALID], cases[k].qemu_says),
-                          "case %zu: %s", k, o.rec.first_message[QC_P_LUKS_HEADER_INVALID]);
+            ck_assert_msg(strstr(o.rec.first_message[qc_problem_row_of(QC_P_LUKS_HEADER_INVALID)], cases[k].qemu_says),
+                          "case %zu: %s", k, o.rec.first_message[qc_problem_row_of(QC_P_LUKS_HEADER_INVALID)]);
         }
         img_free(&im);
     }
@@ -2910,7 +2911,7 @@ START_TEST(test_repair_leaks_keeps_copied_clear_shared)
     notes = plan_notes(&im, QC_REPAIR_LEAKS, &after);
     ck_assert_msg(strstr(notes, "1 leaked cluster kept at refcount 2"), "notes: %s", notes);
     ck_assert_uint_eq(after.corruptions, 1);
-    ck_assert_uint_eq(after.per_problem[QC_P_L2_ENTRY_RESERVED_BITS], 1);
+    ck_assert_uint_eq(qc_found(&after, QC_P_L2_ENTRY_RESERVED_BITS), 1);
     ck_assert_uint_eq(after.leaks, 1);
     free(notes);
     fz_repaired r;
@@ -2933,7 +2934,9 @@ static qc_repair_plan *plan_of(const img *im, qc_repair_mode mode, const qc_unli
     qc_result before, after;
     ck_assert_int_eq(qc_repair_plan_build(&ro, NULL, mode, &before, &after, &plan), 0);
     qc_io_close(&ro);
-    *n = qc_repair_plan_unlinked(plan, items);
+    *n = qc_repair_plan_unlinked(plan);
+    /* White-box: the items are one array in the plan. */
+    *items = *n ? qc_repair_plan_unlinked_item(plan, 0) : NULL;
     return plan;
 }
 

@@ -124,7 +124,7 @@ START_TEST(test_refmap_memory_limit)
     ck_assert_int_eq(qc_refmap_add(&m, 0, 1, 0), 0); /* one 32 KiB page fits */
     ck_assert_int_eq(qc_refmap_add(&m, 3 * QC_PAGE_CLUSTERS, 1, 0), -1);
     ck_assert(f.ctx.stop);
-    ck_assert_uint_eq(f.res.per_problem[QC_P_MEMORY_LIMIT], 1);
+    ck_assert_uint_eq(qc_found(&f.res, QC_P_MEMORY_LIMIT), 1);
     ck_assert_uint_eq(f.res.check_errors, 1);
     ck_assert_uint_eq(qc_refmap_get(&m, 0), 1);
     qc_refmap_release(&m);

@@ -9,7 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "planner.h"
+#include "crash_io.h"
+#include "planner.h" /* qc_read_zero_filled */
 
 typedef struct unflushed {
     uint64_t offset;

@@ -21,11 +21,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli.h"
 #include "qcheck.h"
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
 typedef struct cli {
+    const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
     const char *prog;     /* the name it was run as: every message starts with it */
     const char *filename; /* as given (with --image-opts, the option string) */
     const char *path;     /* what is opened */
@@ -58,6 +60,42 @@ typedef struct cli {
 } cli;
 
 #define PROGRESS_DELAY 0.5 /* seconds */
+
+/* What the command prints of a check: the library's figures, read once
+ * through its accessors, plus what the command adds itself (an image in
+ * use, memory running out while collecting findings). */
+typedef struct verdict {
+    const char *other_format;
+    bool header_valid;
+    qc_header_info header;
+    uint64_t check_errors, corruptions, leaks, image_end_offset;
+    uint64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters;
+    uint64_t warnings, findings;
+    int status; /* qc_exit_status() of the library's result */
+} verdict;
+
+static verdict verdict_of(const qc_result *r)
+{
+    const qc_header_info *h = qc_result_header(r);
+    verdict v = {
+        .other_format = qc_result_other_format(r),
+        .header_valid = h != NULL,
+        .check_errors = qc_result_count(r, QC_COUNT_CHECK_ERRORS),
+        .corruptions = qc_result_count(r, QC_COUNT_CORRUPTIONS),
+        .leaks = qc_result_count(r, QC_COUNT_LEAKS),
+        .image_end_offset = qc_result_count(r, QC_COUNT_IMAGE_END_OFFSET),
+        .total_clusters = qc_result_count(r, QC_COUNT_TOTAL_CLUSTERS),
+        .allocated_clusters = qc_result_count(r, QC_COUNT_ALLOCATED_CLUSTERS),
+        .fragmented_clusters = qc_result_count(r, QC_COUNT_FRAGMENTED_CLUSTERS),
+        .compressed_clusters = qc_result_count(r, QC_COUNT_COMPRESSED_CLUSTERS),
+        .warnings = qc_result_count(r, QC_COUNT_WARNINGS),
+        .findings = qc_result_count(r, QC_COUNT_FINDINGS),
+        .status = qc_exit_status(r),
+    };
+    if (h)
+        v.header = *h;
+    return v;
+}
 
 static void usage(FILE *out)
 {
@@ -238,7 +276,7 @@ static void on_finding(const qc_finding *f, void *payload)
     c->problems[c->nb_problems++] = s;
 }
 
-static void print_human_summary(const qc_result *r)
+static void print_human_summary(const verdict *r)
 {
     if (!(r->corruptions || r->leaks || r->check_errors)) {
         printf("No errors were found on the image.\n");
@@ -270,33 +308,33 @@ static void print_human_summary(const qc_result *r)
  * offsets unknown or not applicable are left out. */
 static void print_json_unlinked(const qc_repair_plan *plan)
 {
-    const qc_unlinked *u;
-    size_t n = qc_repair_plan_unlinked(plan, &u);
+    size_t n = qc_repair_plan_unlinked(plan);
     printf(", \"unlinked\": [");
     for (size_t i = 0; i < n; i++) {
-        unsigned k = u[i].kind;
+        const qc_unlinked *u = qc_repair_plan_unlinked_item(plan, i);
+        unsigned k = u->kind;
         printf("%s\n        {\"kind\": \"%s%s%s%s%s\", \"problem\": \"%s\"", i ? "," : "",
                k & QC_UNLINK_DROPPED ? "dropped" : "",
                (k & QC_UNLINK_DROPPED) && (k & ~QC_UNLINK_DROPPED) ? "+" : "",
                k & QC_UNLINK_FREED ? "freed" : "",
                (k & QC_UNLINK_FREED) && (k & QC_UNLINK_RECOVERED) ? "+" : "",
-               k & QC_UNLINK_RECOVERED ? "recovered" : "", qc_problem_get(u[i].problem)->id);
-        if (u[i].host_offset != QC_NO_OFFSET)
-            printf(", \"host-offset\": %" PRIu64 ", \"length\": %" PRIu64, u[i].host_offset,
-                   u[i].length);
-        if (u[i].snapshot == QC_UNLINKED_ACTIVE)
+               k & QC_UNLINK_RECOVERED ? "recovered" : "", qc_problem_get(u->problem)->id);
+        if (u->host_offset != QC_NO_OFFSET)
+            printf(", \"host-offset\": %" PRIu64 ", \"length\": %" PRIu64, u->host_offset,
+                   u->length);
+        if (u->snapshot == QC_UNLINKED_ACTIVE)
             printf(", \"snapshot\": \"active\"");
-        else if (u[i].snapshot != QC_UNLINKED_NONE)
-            printf(", \"snapshot\": %" PRIu32, u[i].snapshot);
-        if (u[i].guest_offset != QC_NO_OFFSET)
+        else if (u->snapshot != QC_UNLINKED_NONE)
+            printf(", \"snapshot\": %" PRIu32, u->snapshot);
+        if (u->guest_offset != QC_NO_OFFSET)
             printf(", \"guest-offset\": %" PRIu64 ", \"guest-length\": %" PRIu64,
-                   u[i].guest_offset, u[i].guest_length);
-        if (u[i].entry_offset != QC_NO_OFFSET)
-            printf(", \"entry-offset\": %" PRIu64, u[i].entry_offset);
-        if (u[i].target != QC_NO_OFFSET)
-            printf(", \"target\": %" PRIu64, u[i].target);
-        if (u[i].new_target != QC_NO_OFFSET)
-            printf(", \"new-target\": %" PRIu64, u[i].new_target);
+                   u->guest_offset, u->guest_length);
+        if (u->entry_offset != QC_NO_OFFSET)
+            printf(", \"entry-offset\": %" PRIu64, u->entry_offset);
+        if (u->target != QC_NO_OFFSET)
+            printf(", \"target\": %" PRIu64, u->target);
+        if (u->new_target != QC_NO_OFFSET)
+            printf(", \"new-target\": %" PRIu64, u->new_target);
         printf("}");
     }
     printf("%s]", n ? "\n    " : "");
@@ -330,9 +368,8 @@ static void print_json_salvage(const cli *c)
 /* "repair": what -r did or (with --dry-run) would do. */
 static void print_json_repair(const cli *c)
 {
-    const qc_repair_step *steps;
     const char *const *notes;
-    size_t nb_steps = qc_repair_plan_steps(c->plan, &steps);
+    size_t nb_steps = qc_repair_plan_steps(c->plan);
     size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
     printf(",\n    \"repair\": {\"mode\": ");
     json_string(stdout, c->repair_mode);
@@ -349,16 +386,17 @@ static void print_json_repair(const cli *c)
     }
     printf("], \"steps\": [");
     for (size_t i = 0; i < nb_steps; i++) {
+        const qc_repair_step *st = qc_repair_plan_step(c->plan, i);
         printf("%s\n        ", i ? "," : "");
-        if (steps[i].kind == QC_STEP_FLUSH) {
+        if (st->kind == QC_STEP_FLUSH) {
             printf("{\"flush\": true}");
             continue;
         }
-        printf("{\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"what\": ", steps[i].offset,
-               steps[i].length);
-        json_string(stdout, steps[i].what);
+        printf("{\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"what\": ", st->offset,
+               st->length);
+        json_string(stdout, st->what);
         printf(", \"why\": ");
-        json_string(stdout, steps[i].why);
+        json_string(stdout, st->why);
         printf("}");
     }
     printf("%s]", nb_steps ? "\n    " : "");
@@ -380,7 +418,7 @@ static void json_field(const char *key, uint64_t value, bool always)
  * derived from QEMU's tdb_hash modulo 512: every key has a bucket of its
  * own, so the order does not depend on which keys are present). Then
  * qcheck's own keys. `error` is set for a refused repair. */
-static void print_json(const cli *c, const qc_result *r, const char *error, int status)
+static void print_json(const cli *c, const verdict *r, const char *error, int status)
 {
     uint64_t leaks_fixed = 0, corruptions_fixed = 0;
     if (c->plan && c->repaired)
@@ -475,13 +513,13 @@ static void list_problems(bool markdown)
                "| Code | Id | Severity | Fix | Meaning |\n"
                "|---|---|---|---|---|\n");
     }
-    for (unsigned i = 0; i < QC_P_COUNT; i++) {
-        const qc_problem *p = qc_problem_get((qc_problem_id)i);
+    for (size_t i = 0; i < qc_problem_count(); i++) {
+        const qc_problem *p = qc_problem_at(i);
         if (markdown)
-            printf("| %u | `%s` | %s | %s | %s |\n", p->code, p->id, qc_severity_name(p->severity),
+            printf("| %u | `%s` | %s | %s | %s |\n", (unsigned)p->code, p->id, qc_severity_name(p->severity),
                    qc_fix_name(p->fix), p->summary);
         else
-            printf("%u\t%s\t%s\t%s\t%s\n", p->code, p->id, qc_severity_name(p->severity),
+            printf("%u\t%s\t%s\t%s\t%s\n", (unsigned)p->code, p->id, qc_severity_name(p->severity),
                    qc_fix_name(p->fix), p->summary);
     }
 }
@@ -775,10 +813,11 @@ static bool probes_as_raw(qc_io *io)
 {
     if (qcow_version(io))
         return false;
-    qc_options quiet = {0};
-    qc_result r;
-    return qc_check(io, &quiet, &r) == 0 && r.other_format &&
-           strcmp(guess_driver(r.other_format), "raw") == 0;
+    qc_result *r = qc_result_new();
+    bool raw = r && qc_check(io, NULL, r) == 0 && qc_result_other_format(r) &&
+               strcmp(guess_driver(qc_result_other_format(r)), "raw") == 0;
+    qc_result_free(r);
+    return raw;
 }
 
 /* A repair's open was refused for another process's locks. QEMU's raw
@@ -847,7 +886,7 @@ static int open_for_check(const cli *c, qc_io *io, bool *in_use)
 
 /* -U (or file.locking=off) let the check of an image in use go ahead:
  * say so among the findings, where a caller of the JSON output sees it. */
-static void report_in_use(cli *c, qc_result *r)
+static void report_in_use(cli *c, verdict *r)
 {
     qc_finding f = {
         .problem = qc_problem_get(QC_P_IMAGE_IN_USE),
@@ -865,7 +904,6 @@ static void report_in_use(cli *c, qc_result *r)
     on_finding(&f, c);
     r->warnings++;
     r->findings++;
-    r->per_problem[QC_P_IMAGE_IN_USE]++;
 }
 
 enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
@@ -901,19 +939,20 @@ static const struct option longopts[] = {
 static void note_cannot_open(cli *c, qc_io *io, const qc_result *r)
 {
     c->cannot_open[0] = '\0';
-    if (r->per_problem[QC_P_VERSION_UNSUPPORTED])
+    const qc_header_info *h = qc_result_header(r);
+    if (qc_result_problem_count(r, QC_P_VERSION_UNSUPPORTED))
         snprintf(c->cannot_open, sizeof(c->cannot_open), "Unsupported qcow2 version %" PRIu32,
                  qcow_version(io));
-    else if (r->per_problem[QC_P_UNKNOWN_INCOMPAT_FEATURE] && r->header_valid)
+    else if (qc_result_problem_count(r, QC_P_UNKNOWN_INCOMPAT_FEATURE) && h)
         snprintf(c->cannot_open, sizeof(c->cannot_open),
                  "Unsupported qcow2 feature(s): Unknown incompatible feature: %" PRIx64,
-                 r->header.unknown_incompatible);
+                 h->unknown_incompatible);
 }
 
 /* After the summary of a check that could not be completed: qemu-img's
  * "Check failed" (or, for a header QEMU cannot open, its "Could not open"
  * sentence), on stderr, with -q and in JSON mode too, as qemu-img. */
-static void check_failed(const cli *c, const qc_result *r, const char *why)
+static void check_failed(const cli *c, const verdict *r, const char *why)
 {
     if (c->cannot_open[0]) {
         message(c, "Could not open '%s': %s", c->filename, c->cannot_open);
@@ -931,7 +970,7 @@ static void check_failed(const cli *c, const qc_result *r, const char *why)
 
 /* Print the outcome of a check: the summary (human) or the JSON object,
  * then whether the check failed. */
-static void print_result(const cli *c, const qc_result *r, int status)
+static void print_result(const cli *c, const verdict *r, int status)
 {
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON)
@@ -943,9 +982,31 @@ static void print_result(const cli *c, const qc_result *r, int status)
         check_failed(c, r, NULL);
 }
 
+/* The check's options: findings and progress to the command. */
+static qc_options check_options(cli *c)
+{
+    qc_options o = QC_OPTIONS_INIT;
+    o.max_mem = c->max_mem;
+    o.on_finding = on_finding;
+    o.on_progress = on_progress;
+    o.payload = c;
+    return o;
+}
+
+/* qemu-img check's exit status for a check's verdict; findings the command
+ * could not keep in memory make it a check error. */
+static int final_status(const cli *c, verdict *v)
+{
+    if (c->out_of_memory) {
+        v->check_errors++;
+        return 1;
+    }
+    return v->status;
+}
+
 /* Check the file read-only; returns the exit status. *checked tells
  * whether there is a result to print (failures were reported already). */
-static int check_file(cli *c, qc_result *r, bool *checked)
+static int check_file(cli *c, verdict *v, bool *checked)
 {
     *checked = false;
     qc_io io;
@@ -953,28 +1014,29 @@ static int check_file(cli *c, qc_result *r, bool *checked)
     int status = open_for_check(c, &io, &in_use);
     if (status >= 0)
         return status;
-    qc_options o = {on_finding, c, c->max_mem, on_progress};
+    qc_options o = check_options(c);
+    qc_result *r = qc_result_new();
     progress_begin(c);
-    int ret = qc_check(&io, &o, r);
+    int ret = r ? qc_check(&io, &o, r) : -ENOMEM;
     progress_clear(c);
-    note_cannot_open(c, &io, r);
+    if (ret == 0) {
+        note_cannot_open(c, &io, r);
+        *v = verdict_of(r);
+    }
+    qc_result_free(r);
     qc_io_close(&io);
     if (ret < 0) {
         message(c, "Check failed: %s", strerror(-ret));
         return 1;
     }
-    if (r->other_format)
-        return not_qcow2(c, r->other_format);
+    if (v->other_format)
+        return not_qcow2(c, v->other_format);
     if (in_use)
-        report_in_use(c, r);
-    status = qc_exit_status(r);
-    if (c->out_of_memory) {
-        r->check_errors++;
-        status = 1;
-    }
+        report_in_use(c, v);
     *checked = true;
-    return status;
+    return final_status(c, v);
 }
+
 static void forget_findings(cli *c)
 {
     for (size_t i = 0; i < c->nb_problems; i++)
@@ -984,11 +1046,10 @@ static void forget_findings(cli *c)
 
 /* Human output of a plan: notes and steps on stderr (dry run: steps on
  * stdout, since they are what was asked for). */
-static void print_plan_human(const cli *c, const qc_result *after)
+static void print_plan_human(const cli *c, const verdict *after)
 {
-    const qc_repair_step *steps;
     const char *const *notes;
-    size_t nb_steps = qc_repair_plan_steps(c->plan, &steps);
+    size_t nb_steps = qc_repair_plan_steps(c->plan);
     size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
     for (size_t i = 0; i < nb_notes; i++)
         fprintf(stderr, "repair: %s\n", notes[i]);
@@ -1003,11 +1064,12 @@ static void print_plan_human(const cli *c, const qc_result *after)
         /* Like qemu-img's "Repairing ..." lines, capped for huge repairs. */
         size_t shown = 0, writes = 0;
         for (size_t i = 0; i < nb_steps; i++) {
-            if (steps[i].kind != QC_STEP_WRITE)
+            const qc_repair_step *st = qc_repair_plan_step(c->plan, i);
+            if (st->kind != QC_STEP_WRITE)
                 continue;
             writes++;
             if (shown++ < 50)
-                fprintf(stderr, "Repairing %s: %s\n", steps[i].what, steps[i].why);
+                fprintf(stderr, "Repairing %s: %s\n", st->what, st->why);
         }
         if (writes > 50)
             fprintf(stderr, "Repairing: ... and %zu more writes\n", writes - 50);
@@ -1016,7 +1078,7 @@ static void print_plan_human(const cli *c, const qc_result *after)
     FILE *out = c->quiet ? stderr : stdout;
     size_t writes = 0;
     for (size_t i = 0; i < nb_steps; i++)
-        writes += steps[i].kind == QC_STEP_WRITE;
+        writes += qc_repair_plan_step(c->plan, i)->kind == QC_STEP_WRITE;
     if (writes == 0) {
         fprintf(out, "Dry run (-r %s): the repair would write nothing.\n", c->repair_mode);
         return;
@@ -1031,58 +1093,17 @@ static void print_plan_human(const cli *c, const qc_result *after)
     fprintf(out, "Dry run (-r %s): the repair would make these writes, in this order:\n",
             c->repair_mode);
     for (size_t i = 0; i < nb_steps; i++) {
-        if (steps[i].kind == QC_STEP_FLUSH)
+        const qc_repair_step *st = qc_repair_plan_step(c->plan, i);
+        if (st->kind == QC_STEP_FLUSH)
             fprintf(out, "    flush\n");
         else
-            fprintf(out, "    write %" PRIu64 " bytes at 0x%" PRIx64 " (%s): %s\n", steps[i].length,
-                    steps[i].offset, steps[i].what, steps[i].why);
+            fprintf(out, "    write %" PRIu64 " bytes at 0x%" PRIx64 " (%s): %s\n", st->length,
+                    st->offset, st->what, st->why);
     }
     fprintf(out,
             "After them, the check would find %" PRIu64 " errors and %" PRIu64
             " leaked clusters.\nNothing was written. The image as it is now:\n",
             after->corruptions, after->leaks);
-}
-
-/* Open the undo log: a new file, so an old log is never overwritten (with
- * a repair's locks, so QEMU keeps out of it too). */
-static int open_undo(const char *path, qc_io *io)
-{
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -errno;
-    close(fd);
-    int ret = qc_io_open_image(io, path, QC_LOCK_REPAIR, NULL);
-    if (ret < 0)
-        unlink(path);
-    return ret;
-}
-
-/* The crash-injection hook of the test suite: QCHECK_TEST_CRASH_AFTER_WRITES=N
- * lets N writes reach the image and fails the rest;
- * QCHECK_TEST_CRASH_DROP_UNFLUSHED=1 also takes back the unflushed ones. */
-static bool crash_hook(qc_io *crash, qc_io *image)
-{
-    const char *after = getenv("QCHECK_TEST_CRASH_AFTER_WRITES");
-    if (!after || !*after)
-        return false;
-    const char *drop = getenv("QCHECK_TEST_CRASH_DROP_UNFLUSHED");
-    return qc_io_open_crash(crash, image, strtoull(after, NULL, 10), drop && *drop == '1') == 0;
-}
-
-/* --salvage: save what the plan unlinks or frees before anything is
- * written (a dry run only computes it). False when the repair must stop:
- * c->salvage_why says why. */
-static bool salvage(cli *c, qc_io *io, bool has_writes)
-{
-    if (!c->salvage_dir || !has_writes)
-        return true;
-    c->salvage_ret = qc_repair_salvage(c->plan, io, c->salvage_dir, c->dry_run, &c->salvage,
-                                       c->salvage_why, sizeof(c->salvage_why));
-    if (c->salvage_ret < 0 && !c->salvage_why[0])
-        snprintf(c->salvage_why, sizeof(c->salvage_why), "cannot save to '%s': %s", c->salvage_dir,
-                 strerror(-c->salvage_ret));
-    c->salvaged = c->salvage_ret == 0 && !c->dry_run;
-    return c->salvage_ret == 0 || c->dry_run;
 }
 
 /* The repair is refused before anything is written: the first check's
@@ -1091,55 +1112,49 @@ static int refuse_repair(cli *c, qc_io *io, const qc_result *before, const char 
 {
     char why[1200];
     snprintf(why, sizeof(why), "cannot repair '%s': %s; nothing was written", c->path, reason);
+    verdict v = verdict_of(before);
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON)
-            print_json(c, before, why, 1);
+            print_json(c, &v, why, 1);
         else
-            print_human_summary(before);
+            print_human_summary(&v);
     }
     note_cannot_open(c, io, before);
-    check_failed(c, before, why);
+    check_failed(c, &v, why);
     return 1;
 }
 
-/* Carry out a plan that has writes, then check the image again; returns
- * the exit status (of the second check). */
-static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const qc_result *before,
-                     const char *undo_path)
+/* What --salvage saved (or, in a dry run, would save), and why not. */
+static void note_salvage(cli *c, const qc_repair *rep)
 {
-    qc_io undo = {0}, crash = {0};
-    int ret = undo_path ? open_undo(undo_path, &undo) : 0;
-    if (ret < 0) {
-        message(c, "Could not create the undo log '%s': %s", undo_path, strerror(-ret));
-        message(c, "nothing was written to '%s'", c->path);
-        return 1;
-    }
-    if (!salvage(c, io, true)) {
-        if (undo.close) {
-            qc_io_close(&undo);
-            unlink(undo_path);
-        }
-        return refuse_repair(c, io, before, c->salvage_why);
-    }
-    if (c->output == OUTPUT_HUMAN)
-        print_plan_human(c, NULL);
-    qc_io *target = crash_hook(&crash, io) ? &crash : io;
-    ret = qc_repair_apply(plan, target, undo_path ? &undo : NULL);
-    if (crash.close)
-        qc_io_close(&crash);
-    if (undo.close)
-        qc_io_close(&undo);
-    if (ret < 0) {
-        /* qemu-img's sentence when its repair fails part way. */
-        message(c, "Check failed: %s", strerror(-ret));
-        message(c, "the repair of '%s' stopped; the image is safe to check and repair again "
-                   "(qcheck -r all)%s",
-                c->path, undo_path ? ", or to roll back" : "");
-        return 1;
+    if (!c->salvage_dir)
+        return;
+    const qc_salvage_info *info;
+    c->salvage_ret = qc_repair_salvage_status(rep, &info);
+    c->salvage = *info;
+    if (c->salvage_ret < 0)
+        snprintf(c->salvage_why, sizeof(c->salvage_why), "%s",
+                 qc_repair_why(rep) ? qc_repair_why(rep) : strerror(-c->salvage_ret));
+    c->salvaged = c->salvage_ret == 0 && !c->dry_run;
+}
+
+/* The repair's progress, as qemu-img shows it: the plan before the first
+ * write, the banner after the last, then the findings of the second check
+ * alone. */
+static int on_repair_event(qc_repair_event event, const qc_repair *rep, void *payload)
+{
+    cli *c = payload;
+    c->plan = qc_repair_get_plan(rep);
+    if (event == QC_REPAIR_EVENT_WRITING) {
+        progress_clear(c);
+        note_salvage(c, rep);
+        if (c->output == OUTPUT_HUMAN)
+            print_plan_human(c, NULL);
+        return 0;
     }
     c->repaired = true;
     uint64_t leaks_fixed, corruptions_fixed;
-    qc_repair_plan_fixed(plan, &leaks_fixed, &corruptions_fixed);
+    qc_repair_plan_fixed(c->plan, &leaks_fixed, &corruptions_fixed);
     /* qemu-img prints its banner only when something counted as fixed;
      * clearing only the corrupt bit or an unknown autoclear bit prints the
      * result alone. */
@@ -1148,13 +1163,60 @@ static int carry_out(cli *c, qc_repair_plan *plan, qc_io *io, const qc_result *b
                "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
                "Double checking the fixed image now...\n",
                leaks_fixed, corruptions_fixed);
-    qc_io_close(io);
     forget_findings(c);
-    qc_result final;
-    bool checked;
-    int status = check_file(c, &final, &checked);
-    if (checked)
-        print_result(c, &final, status);
+    progress_begin(c);
+    return 0;
+}
+
+/* Tell the caller how the repair transaction ended; returns the exit
+ * status. */
+static int repair_outcome(cli *c, qc_io *io, const qc_repair *rep, const char *undo_path)
+{
+    const qc_result *before = qc_repair_before(rep);
+    int err = qc_repair_error(rep);
+    switch (qc_repair_outcome_of(rep)) {
+    case QC_REPAIR_REFUSED:
+        if (qc_result_other_format(before)) {
+            c->plan = NULL;
+            return not_qcow2(c, qc_result_other_format(before));
+        }
+        return refuse_repair(c, io, before, qc_repair_why(rep));
+    case QC_REPAIR_UNPLANNED:
+        message(c, "Check failed: %s", strerror(-err));
+        message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
+        return 1;
+    case QC_REPAIR_PLANNED: {
+        note_salvage(c, rep);
+        verdict v = verdict_of(before);
+        if (c->output == OUTPUT_HUMAN) {
+            verdict after = verdict_of(qc_repair_predicted(rep));
+            print_plan_human(c, &after);
+        }
+        print_result(c, &v, v.status);
+        return v.status;
+    }
+    case QC_REPAIR_STOPPED:
+        note_salvage(c, rep);
+        if (c->salvage_ret < 0)
+            return refuse_repair(c, io, before, c->salvage_why);
+        message(c, "Could not create the undo log '%s': %s", undo_path, strerror(-err));
+        message(c, "nothing was written to '%s'", c->path);
+        return 1;
+    case QC_REPAIR_FAILED:
+        /* qemu-img's sentence when its repair fails part way. */
+        message(c, "Check failed: %s", strerror(-err));
+        message(c, "the repair of '%s' stopped; the image is safe to check and repair again "
+                   "(qcheck -r all)%s",
+                c->path, undo_path ? ", or to roll back" : "");
+        return 1;
+    case QC_REPAIR_DONE:
+        break;
+    }
+    const qc_result *after = qc_repair_after(rep);
+    note_cannot_open(c, io, after);
+    verdict v = verdict_of(after);
+    int status = final_status(c, &v);
+    print_result(c, &v, status);
     return status;
 }
 
@@ -1178,38 +1240,36 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
     }
     if (status >= 0)
         return status;
-    qc_options o = {on_finding, c, c->max_mem, on_progress};
-    qc_result before, after;
-    qc_repair_plan *plan = NULL;
+    qc_options o = check_options(c);
+    qc_repair_options ro = QC_REPAIR_OPTIONS_INIT;
+    ro.mode = mode;
+    ro.dry_run = c->dry_run;
+    ro.undo_path = undo_path;
+    ro.salvage_dir = c->salvage_dir;
+    ro.on_event = on_repair_event;
+    ro.payload = c;
+    /* A test build may put its own io between the repair and the image. */
+    qc_io wrapped = {0};
+    qc_io *target = c->hooks && c->hooks->wrap_repair_io &&
+                            c->hooks->wrap_repair_io(&wrapped, &io) == 0
+                        ? &wrapped
+                        : &io;
+    qc_repair *rep = NULL;
     progress_begin(c);
-    int ret = qc_repair_plan_build(&io, &o, mode, &before, &after, &plan);
+    int ret = qc_repair_run(target, &o, &ro, &rep);
     progress_clear(c);
-    c->plan = plan;
-    if (ret == -EPERM && before.other_format) {
-        c->plan = NULL;
-        status = not_qcow2(c, before.other_format);
-    } else if (ret == -EPERM) {
-        status = refuse_repair(c, &io, &before, qc_repair_plan_refusal(plan));
-    } else if (ret < 0) {
+    if (ret < 0) {
         message(c, "Check failed: %s", strerror(-ret));
         message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
         status = 1;
     } else {
-        const qc_repair_step *steps;
-        size_t nb_steps = qc_repair_plan_steps(plan, &steps);
-        if (c->dry_run || nb_steps == 0) {
-            salvage(c, &io, nb_steps != 0);
-            if (c->output == OUTPUT_HUMAN)
-                print_plan_human(c, &after);
-            status = qc_exit_status(&before);
-            print_result(c, &before, status);
-        } else {
-            status = carry_out(c, plan, &io, &before, undo_path);
-        }
+        c->plan = qc_repair_get_plan(rep);
+        status = repair_outcome(c, &io, rep, undo_path);
     }
-    if (io.close)
-        qc_io_close(&io);
-    qc_repair_plan_free(plan);
+    if (wrapped.close)
+        qc_io_close(&wrapped);
+    qc_io_close(&io);
+    qc_repair_free(rep);
     c->plan = NULL;
     return status;
 }
@@ -1334,17 +1394,17 @@ static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *r
         c->lock_mode = QC_LOCK_SHARED;
     if (c->repair_mode)
         return repair_file(c, mode, undo_path);
-    qc_result r;
+    verdict v;
     bool checked;
-    int status = check_file(c, &r, &checked);
+    int status = check_file(c, &v, &checked);
     if (checked)
-        print_result(c, &r, status);
+        print_result(c, &v, status);
     return status;
 }
 
-int main(int argc, char **argv)
+int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
 {
-    cli c = {0};
+    cli c = {.hooks = hooks};
     const char *slash = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
     c.prog = slash ? slash + 1 : argc > 0 && argv[0] && argv[0][0] ? argv[0] : "qcheck";
     const char *repair = NULL, *output = NULL, *cache = NULL, *undo_path = NULL,
