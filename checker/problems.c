@@ -60,9 +60,21 @@ const char *qc_severity_name(qc_severity sev)
 const char *qc_fix_name(qc_fix fix)
 {
     static const char *const names[] = {
-        "none",          "lower-refcount",    "raise-refcount",        "rebuild-refcounts",
-        "fix-copied",    "clear-entry",       "clear-feature-bit",     "repair-snapshot-table",
-        "drop-bitmaps",  "clear-bits",        "zero-table-offset",
+        [QC_FIX_NONE] = "none",
+        [QC_FIX_LOWER_REFCOUNT] = "lower-refcount",
+        [QC_FIX_RAISE_REFCOUNT] = "raise-refcount",
+        [QC_FIX_REBUILD_REFCOUNTS] = "rebuild-refcounts",
+        [QC_FIX_FIX_COPIED] = "fix-copied",
+        [QC_FIX_CLEAR_ENTRY] = "clear-entry",
+        [QC_FIX_CLEAR_FEATURE_BIT] = "clear-feature-bit",
+        [QC_FIX_TRIM_SNAPSHOT_TABLE] = "trim-snapshot-table",
+        [QC_FIX_DROP_BITMAPS] = "drop-bitmaps",
+        [QC_FIX_CLEAR_BITS] = "clear-bits",
+        [QC_FIX_ZERO_TABLE_OFFSET] = "zero-table-offset",
+        [QC_FIX_REWRITE_SNAPSHOT_TABLE] = "rewrite-snapshot-table",
+        [QC_FIX_REPOINT_OR_CLEAR] = "repoint-or-clear",
+        [QC_FIX_CLEAR_DIRTY_BIT] = "clear-dirty-bit",
+        [QC_FIX_CLEAR_CORRUPT_BIT] = "clear-corrupt-bit",
     };
     return (unsigned)fix < sizeof(names) / sizeof(names[0]) ? names[fix] : "?";
 }

@@ -479,6 +479,67 @@ static void note_kept_after(repair_run *r)
     note_kept(r, kept);
 }
 
+#define MODE_LEAKS (1u << QC_REPAIR_LEAKS)
+#define MODE_ALL (1u << QC_REPAIR_ALL)
+#define ACTION(fix) (1u << QC_FIX_##fix)
+
+/* The stages of a repair, in the order they run. A stage with actions is
+ * the handler of those fix actions of the problem table: it runs only when
+ * the current check of the view found a problem whose row names one of
+ * them (each action has one handler per mode; tests/unit/test_problems.c
+ * holds the table and the rows to that). A stage without actions prepares
+ * or finishes every repair: zero extensions complete what the end of the
+ * file cuts short (for whichever problem reported it), the refcount block
+ * overlap stage chooses what the refcount handler trusts, and the header
+ * flags stage closes the fence, and finishes the dirty and corrupt bits'
+ * rows.
+ *
+ * Pointers past the end of the file are dropped before anything appends to
+ * the file, so that no interrupted step can make them point at new
+ * structures. The zero extension of what the end of the file cuts short by
+ * less than one cluster comes first: it adds only zeros, which QEMU reads
+ * there already, and the later stages then see those structures whole (the
+ * bitmaps, say, which the feature-bits stage would drop). -r leaks runs it
+ * before the rounds (see qc_repair_plan_build). */
+const qc_repair_handler qc_repair_handlers[] = {
+    {"zero extension of short cuts", qc_stage_zero_extend_short, MODE_ALL, 0, 0},
+    {"feature bits", qc_stage_feature_bits, MODE_LEAKS | MODE_ALL,
+     ACTION(CLEAR_FEATURE_BIT) | ACTION(DROP_BITMAPS), 0},
+    {"refcount block overlaps", qc_stage_refblock_overlaps, MODE_ALL, 0, 0},
+    {"snapshot count", qc_stage_snapshot_count, MODE_LEAKS | MODE_ALL, ACTION(TRIM_SNAPSHOT_TABLE),
+     0},
+    {"empty table offsets", qc_stage_empty_table_offsets, MODE_LEAKS | MODE_ALL,
+     ACTION(ZERO_TABLE_OFFSET), 0},
+    {"data on metadata", qc_stage_data_on_metadata, MODE_ALL, ACTION(CLEAR_ENTRY), 0},
+    {"broken pointers", qc_stage_broken_pointers, MODE_ALL, ACTION(REPOINT_OR_CLEAR), 0},
+    {"zero extension of L1 tables", qc_stage_zero_extend, MODE_ALL, 0, 0},
+    {"snapshot table", qc_stage_snapshot_table, MODE_ALL, ACTION(REWRITE_SNAPSHOT_TABLE), 0},
+    {"refcounts", qc_stage_refcounts, MODE_LEAKS | MODE_ALL,
+     ACTION(LOWER_REFCOUNT) | ACTION(RAISE_REFCOUNT) | ACTION(REBUILD_REFCOUNTS), 0},
+    {"COPIED and ignored bits", qc_stage_copied, MODE_ALL, ACTION(FIX_COPIED) | ACTION(CLEAR_BITS),
+     0},
+    {"COPIED after leaks", qc_stage_leaks_copied, MODE_LEAKS, ACTION(FIX_COPIED), 0},
+    {"header flags", qc_stage_header_flags, MODE_LEAKS | MODE_ALL, 0,
+     ACTION(CLEAR_DIRTY_BIT) | ACTION(CLEAR_CORRUPT_BIT)},
+};
+const size_t qc_repair_handler_count = sizeof(qc_repair_handlers) / sizeof(qc_repair_handlers[0]);
+
+/* Whether stage h runs now: in this mode, and, for a handler, when the
+ * current check found a problem of one of its actions. */
+static bool handler_due(repair_run *r, const qc_repair_handler *h)
+{
+    if (!(h->modes & 1u << r->mode))
+        return false;
+    if (!h->actions)
+        return true;
+    if (!qc_plan_current_check(r))
+        return false;
+    for (unsigned fix = 0; fix < 32; fix++)
+        if (h->actions & 1u << fix && qc_plan_found_fix(r, (qc_fix)fix))
+            return true;
+    return false;
+}
+
 int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
                          qc_result *before, qc_result *after, qc_repair_plan **out)
 {
@@ -523,24 +584,6 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
             if (!r.error && !note_kept_leaks(&r))
                 r.error = -ENOMEM;
         }
-        static void (*const leaks_stages[])(repair_run *) = {
-            qc_stage_feature_bits, qc_stage_snapshot_count, qc_stage_empty_table_offsets, qc_stage_refcounts,
-            qc_stage_leaks_copied, qc_stage_header_flags};
-        /* Pointers past the end of the file are dropped before anything
-         * appends to the file, so that no interrupted step can make them
-         * point at new structures. The zero extension of what the end of
-         * the file cuts short by less than one cluster comes first: it
-         * adds only zeros, which QEMU reads there already, and the later
-         * stages then see those structures whole (the bitmaps, say, which
-         * the feature-bits stage would drop). */
-        static void (*const all_stages[])(repair_run *) = {
-            qc_stage_zero_extend_short,   qc_stage_feature_bits,     qc_stage_refblock_overlaps,
-            qc_stage_snapshot_count,      qc_stage_empty_table_offsets, qc_stage_data_on_metadata,
-            qc_stage_broken_pointers,     qc_stage_zero_extend,      qc_stage_snapshot_table,
-            qc_stage_refcounts,           qc_stage_copied,           qc_stage_header_flags};
-        void (*const *stages)(repair_run *) = mode == QC_REPAIR_ALL ? all_stages : leaks_stages;
-        size_t nb = mode == QC_REPAIR_ALL ? sizeof(all_stages) / sizeof(all_stages[0])
-                                          : sizeof(leaks_stages) / sizeof(leaks_stages[0]);
         /* A repair can expose problems a structure hid (an old refcount
          * table that was also an L2 table, say): run the stages again
          * until a round writes nothing, so that one run converges. Each
@@ -550,8 +593,9 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
         do {
             writes_before = plan->nb_steps;
             r.fenced = false;
-            for (size_t i = 0; i < nb && !r.error; i++)
-                stages[i](&r);
+            for (size_t i = 0; i < qc_repair_handler_count && !r.error; i++)
+                if (handler_due(&r, &qc_repair_handlers[i]))
+                    qc_repair_handlers[i].run(&r);
             qc_plan_flush(&r);
         } while (!r.error && plan->nb_steps != writes_before && ++round < REPAIR_ROUNDS);
         qc_plan_freed_flush(&r);

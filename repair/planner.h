@@ -176,7 +176,21 @@ void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_probl
 /* The first finding of the current check whose fix is `fix`. */
 qc_problem_id qc_plan_first_found_with_fix(const repair_run *r, qc_fix fix);
 
-/* The stages, in the order they run (planner.c lists them per mode). */
+/* A stage of the repair and the fix actions it handles (see
+ * qc_repair_handlers in planner.c). `finishes` are actions a stage that runs
+ * in every repair also carries out (the header flags). */
+typedef struct qc_repair_handler {
+    const char *name;
+    void (*run)(repair_run *r);
+    unsigned modes;    /* 1 << qc_repair_mode */
+    uint32_t actions;  /* 1 << qc_fix: run only when one was found; 0: always */
+    uint32_t finishes;
+} qc_repair_handler;
+
+extern const qc_repair_handler qc_repair_handlers[];
+extern const size_t qc_repair_handler_count;
+
+/* The stages (listed in order, with their actions, in planner.c). */
 void qc_stage_feature_bits(repair_run *r);
 void qc_stage_snapshot_count(repair_run *r);
 void qc_stage_empty_table_offsets(repair_run *r);

@@ -230,7 +230,7 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
 void qc_stage_snapshot_count(repair_run *r)
 {
     qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || !qc_plan_found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE))
+    if (!ctx)
         return;
     const qc_header *h = &ctx->hdr;
     /* Before anything extends the file: a truncated last entry, or a table
@@ -437,7 +437,7 @@ void qc_stage_zero_extend_short(repair_run *r)
      * zero-filled first: the next round extends what is still cut. */
     if (!ctx || ctx->short_past_eof_end <= r->view.size ||
         ctx->short_past_eof_end == r->short_extension_refused ||
-        (r->mode == QC_REPAIR_ALL && qc_plan_found_fix(r, QC_FIX_REPAIR_SNAPSHOT_TABLE)))
+        (r->mode == QC_REPAIR_ALL && qc_plan_found_fix(r, QC_FIX_TRIM_SNAPSHOT_TABLE)))
         return;
     uint64_t target = ctx->short_past_eof_end;
     extend_with_zeros(r, target, ctx->short_past_eof_start,
@@ -486,9 +486,7 @@ void qc_stage_snapshot_table(repair_run *r)
 {
     qc_ctx *ctx = qc_plan_current_check(r);
     const qc_result *res = &r->res;
-    if (!ctx || (!qc_found(res, QC_P_SNAPSHOT_EXTRA_TOO_LARGE) &&
-                 !qc_found(res, QC_P_SNAPSHOT_EXTRA_TOO_SMALL) &&
-                 !qc_found(res, QC_P_SNAPSHOT_ID_EMPTY)))
+    if (!ctx)
         return;
     const qc_geometry *g = &ctx->geo;
     if (snapshot_table_shared(r, ctx))

@@ -301,7 +301,8 @@ static bool is_guest_pointer(const qc_unlinked *u)
 static void describe_pointer(const qc_unlinked *u, char *buf, size_t len)
 {
     const char *id = qc_problem_get(u->problem)->id;
-    if (qc_problem_get(u->problem)->fix == QC_FIX_REPAIR_SNAPSHOT_TABLE)
+    qc_fix fix = qc_problem_get(u->problem)->fix;
+    if (fix == QC_FIX_TRIM_SNAPSHOT_TABLE || fix == QC_FIX_REWRITE_SNAPSHOT_TABLE)
         snprintf(buf, len, "snapshot table entry %u (%s)", (unsigned)u->snapshot, id);
     else
         snprintf(buf, len, "the %s entry at 0x%llx (%s)",

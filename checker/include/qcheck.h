@@ -102,18 +102,25 @@ typedef enum qc_severity {
     QC_SEV_INFO,
 } qc_severity;
 
+/* What a repair does about a problem: the fix column of the problem table.
+ * Each action has one handler in the repair planner (repair/planner.c),
+ * which runs only when the check found a problem naming its action. */
 typedef enum qc_fix {
-    QC_FIX_NONE,
-    QC_FIX_LOWER_REFCOUNT,
-    QC_FIX_RAISE_REFCOUNT,
-    QC_FIX_REBUILD_REFCOUNTS,
-    QC_FIX_FIX_COPIED,
-    QC_FIX_CLEAR_ENTRY,
-    QC_FIX_CLEAR_FEATURE_BIT,
-    QC_FIX_REPAIR_SNAPSHOT_TABLE,
-    QC_FIX_DROP_BITMAPS,
-    QC_FIX_CLEAR_BITS, /* clear bits QEMU ignores in an entry */
-    QC_FIX_ZERO_TABLE_OFFSET, /* the offset of a table without entries */
+    QC_FIX_NONE = 0,
+    QC_FIX_LOWER_REFCOUNT = 1,     /* patched in place */
+    QC_FIX_RAISE_REFCOUNT = 2,     /* patched in place (rebuilt where no block covers it) */
+    QC_FIX_REBUILD_REFCOUNTS = 3,  /* a new refcount table and blocks */
+    QC_FIX_FIX_COPIED = 4,         /* OFLAG_COPIED made to agree with the refcount */
+    QC_FIX_CLEAR_ENTRY = 5,        /* an L2 entry mapping guest data onto metadata cleared */
+    QC_FIX_CLEAR_FEATURE_BIT = 6,
+    QC_FIX_TRIM_SNAPSHOT_TABLE = 7, /* entries or the table that do not fit discarded */
+    QC_FIX_DROP_BITMAPS = 8,
+    QC_FIX_CLEAR_BITS = 9,         /* bits QEMU ignores in an entry cleared */
+    QC_FIX_ZERO_TABLE_OFFSET = 10, /* the offset of a table without entries set to 0 */
+    QC_FIX_REWRITE_SNAPSHOT_TABLE = 11, /* the table rewritten as QEMU writes it */
+    QC_FIX_REPOINT_OR_CLEAR = 12,  /* a broken L1/L2 pointer re-pointed, or else cleared */
+    QC_FIX_CLEAR_DIRTY_BIT = 13,   /* once the refcounts are right */
+    QC_FIX_CLEAR_CORRUPT_BIT = 14, /* once the image is clean */
 } qc_fix;
 
 /* A problem's stable code (the row's number, never reused): values do

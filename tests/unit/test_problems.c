@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "qcheck.h"
+#include "planner.h" /* the repair handlers */
 
 /* The enum names, straight from the table, to compare with the ids. */
 static const char *const enum_names[] = {
@@ -185,9 +186,9 @@ START_TEST(test_severity_and_fix_names)
     ck_assert_str_eq(qc_severity_name(QC_SEV_LEAK), "leak");
     ck_assert_str_eq(qc_severity_name(QC_SEV_WARNING), "warning");
     ck_assert_str_eq(qc_severity_name(QC_SEV_INFO), "info");
-    for (int a = QC_FIX_NONE; a <= QC_FIX_ZERO_TABLE_OFFSET; a++) {
+    for (int a = QC_FIX_NONE; a <= QC_FIX_CLEAR_CORRUPT_BIT; a++) {
         ck_assert_str_ne(qc_fix_name((qc_fix)a), "?");
-        for (int b = a + 1; b <= QC_FIX_ZERO_TABLE_OFFSET; b++)
+        for (int b = a + 1; b <= QC_FIX_CLEAR_CORRUPT_BIT; b++)
             ck_assert_str_ne(qc_fix_name((qc_fix)a), qc_fix_name((qc_fix)b));
     }
     ck_assert_str_eq(qc_fix_name(QC_FIX_NONE), "none");
@@ -196,7 +197,7 @@ START_TEST(test_severity_and_fix_names)
     ck_assert_str_eq(qc_fix_name(QC_FIX_ZERO_TABLE_OFFSET), "zero-table-offset");
     /* Out of range values are named "?" instead of read out of bounds. */
     ck_assert_str_eq(qc_severity_name((qc_severity)(QC_SEV_INFO + 1)), "?");
-    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_ZERO_TABLE_OFFSET + 1)), "?");
+    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_CLEAR_CORRUPT_BIT + 1)), "?");
 }
 END_TEST
 
@@ -229,8 +230,38 @@ START_TEST(test_counted_severities)
         ck_assert_int_ge(p->severity, QC_SEV_ERROR);
         ck_assert_int_le(p->severity, QC_SEV_INFO);
         ck_assert_int_ge(p->fix, QC_FIX_NONE);
-        ck_assert_int_le(p->fix, QC_FIX_ZERO_TABLE_OFFSET);
+        ck_assert_str_ne(qc_fix_name(p->fix), "?");
     }
+}
+END_TEST
+
+/* Repairs are routed by the row's fix action: every action a row names
+ * has its handler in -r all, no mode has two handlers for one action, and
+ * no handler names an action no row has. */
+START_TEST(test_every_fix_action_has_one_handler)
+{
+    uint32_t in_rows = 0;
+    for (size_t i = 0; i < ROWS; i++)
+        if (qc_problem_at(i)->fix != QC_FIX_NONE)
+            in_rows |= 1u << qc_problem_at(i)->fix;
+    uint32_t by_mode[3] = {0};
+    for (size_t i = 0; i < qc_repair_handler_count; i++) {
+        const qc_repair_handler *h = &qc_repair_handlers[i];
+        uint32_t handles = h->actions | h->finishes;
+        ck_assert_msg(!(handles & ~in_rows), "the %s stage handles an action no row names (%s)",
+                      h->name, qc_fix_name((qc_fix)__builtin_ctz(handles & ~in_rows)));
+        for (unsigned mode = QC_REPAIR_LEAKS; mode <= QC_REPAIR_ALL; mode++) {
+            if (!(h->modes & 1u << mode))
+                continue;
+            ck_assert_msg(!(by_mode[mode] & handles), "two stages of mode %u handle %s", mode,
+                          qc_fix_name((qc_fix)__builtin_ctz(by_mode[mode] & handles)));
+            by_mode[mode] |= handles;
+        }
+    }
+    ck_assert_msg(!(in_rows & ~by_mode[QC_REPAIR_ALL]), "no stage of -r all handles %s",
+                  qc_fix_name((qc_fix)__builtin_ctz(in_rows & ~by_mode[QC_REPAIR_ALL])));
+    /* -r leaks handles a subset: at least the refcounts it lowers. */
+    ck_assert(by_mode[QC_REPAIR_LEAKS] & 1u << QC_FIX_LOWER_REFCOUNT);
 }
 END_TEST
 
@@ -247,6 +278,7 @@ static Suite *problems_suite(void)
     tcase_add_test(tc, test_summaries);
     tcase_add_test(tc, test_error_rows_have_no_fix);
     tcase_add_test(tc, test_counted_severities);
+    tcase_add_test(tc, test_every_fix_action_has_one_handler);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("lookup");
