@@ -15,8 +15,11 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+/* The library is built with hidden symbols; what this header declares is
+ * its exported interface. */
+#pragma GCC visibility push(default)
 
-#define QC_VERSION_STRING "0.1.0"
+#include "qcheck_version.h"
 
 /* ---- I/O: where the image bytes come from ---------------------------- */
 
@@ -443,6 +446,7 @@ void qc_repair_free(qc_repair *repair);
  * `why` (may be NULL) receives a message. */
 int qc_rollback(qc_io *image, qc_io *undo, char *why, size_t why_len);
 
+#pragma GCC visibility pop
 #ifdef __cplusplus
 }
 #endif
