@@ -27,7 +27,12 @@ def defined_symbols(nm, args, library):
         # "ADDRESS TYPE NAME"; archive member headers ("x.o:") and blank
         # lines have another shape.
         if len(fields) == 3:
-            names.add(fields[2].split("@")[0])
+            name = fields[2].split("@")[0]
+            # AddressSanitizer's companion of an instrumented global (the
+            # global itself is checked under its own name).
+            if name.startswith("__odr_asan."):
+                continue
+            names.add(name)
     return names
 
 
