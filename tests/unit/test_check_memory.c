@@ -25,6 +25,7 @@
 #include "format.h"
 #include "qcheck.h"
 #include "repair_run.h"
+#include "runner.h"
 
 #ifndef FUZZ_ROUNDS
 #define FUZZ_ROUNDS 3000
@@ -3047,7 +3048,7 @@ START_TEST(test_repair_random_damage)
 }
 END_TEST
 
-static Suite *check_memory_suite(void)
+Suite *unit_suite(void)
 {
     Suite *s = suite_create("check_memory");
 
@@ -3198,13 +3199,4 @@ static Suite *check_memory_suite(void)
     suite_add_tcase(s, tc);
 
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(check_memory_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "qcheck.h"
+#include "runner.h"
 
 /* The enum names, straight from the table, to compare with the ids. */
 static const char *const enum_names[QC_P_COUNT] = {
@@ -229,7 +230,7 @@ START_TEST(test_counted_severities)
 }
 END_TEST
 
-static Suite *problems_suite(void)
+Suite *unit_suite(void)
 {
     Suite *s = suite_create("problems");
     TCase *tc = tcase_create("table");
@@ -250,13 +251,4 @@ static Suite *problems_suite(void)
     tcase_add_test(tc, test_severity_and_fix_names);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(problems_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
