@@ -575,23 +575,26 @@ class Image:
     def bitmap_table(self, bitmap):
         return self.read_table(bitmap.table_offset, bitmap.table_size)
 
+    def bitmap_ranges(self):
+        """(offset, length) of every structure of the persistent bitmaps:
+        the directory, each bitmap table and each data cluster."""
+        ext = self.bitmaps_ext()
+        if not ext:
+            return
+        yield ext[3], ext[2]
+        for b in self.bitmaps():
+            yield b.table_offset, 8 * b.table_size
+            for e in self.bitmap_table(b):
+                if e & OFFSET_MASK:
+                    yield e & OFFSET_MASK, self.cluster_size
+
     def bitmap_clusters(self):
         """Host clusters the persistent bitmaps use (directory, tables,
         data), as far as they lie inside the file."""
         cs, out = self.cluster_size, set()
-
-        def add(off, length):
+        for off, length in self.bitmap_ranges():
             if length > 0 and off + length <= self.file_size:
                 out.update(range(off // cs, (off + length - 1) // cs + 1))
-        ext = self.bitmaps_ext()
-        if not ext:
-            return out
-        add(ext[3], ext[2])
-        for b in self.bitmaps():
-            add(b.table_offset, 8 * b.table_size)
-            for e in self.bitmap_table(b):
-                if e & OFFSET_MASK:
-                    add(e & OFFSET_MASK, cs)
         return out
 
     # ---- whole-image views -------------------------------------------------
@@ -632,14 +635,9 @@ class Image:
         fde = self.extension(EXT_FDE)
         if fde:
             ref(*CRYPTO_EXT.unpack(fde.data))
-        ext = self.bitmaps_ext()
-        if ext and h.autoclear_features & AUTOCLEAR_BITMAPS:
-            ref(ext[3], ext[2])
-            for b in self.bitmaps():
-                ref(b.table_offset, 8 * b.table_size)
-                for e in self.bitmap_table(b):
-                    if e & OFFSET_MASK:
-                        ref(e & OFFSET_MASK, cs)
+        if h.autoclear_features & AUTOCLEAR_BITMAPS:
+            for off, length in self.bitmap_ranges():
+                ref(off, length)
         return counts
 
     def refcount_mismatches(self):
