@@ -20,7 +20,7 @@ import tempfile
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "tests", "images"))
+sys.path.insert(0, os.path.join(HERE, "..", "layout"))
 import qcow2lib as q  # noqa: E402
 
 SMALL = "cluster_size=512"

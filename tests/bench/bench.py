@@ -50,7 +50,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.abspath(os.path.join(HERE, "..", ".."))
 sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(REPO, "tests", "images"))
+sys.path.insert(0, os.path.join(REPO, "layout"))
 import huge_image  # noqa: E402
 import qcow2lib as q  # noqa: E402
 

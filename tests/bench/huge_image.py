@@ -54,6 +54,9 @@ import os
 import struct
 import sys
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "layout"))
+import qcow2lib as q  # noqa: E402
+
 CLUSTER_BITS = 9
 CS = 1 << CLUSTER_BITS                  # 512-byte clusters
 REFCOUNT_ORDER = 0                      # 1-bit refcounts
@@ -65,9 +68,8 @@ FAR = 1 << 31                           # first far cluster: byte offset 1 TiB
 NEAR_DATA = 16
 FAR_DATA = 24
 
-COPIED = 1 << 63
-ZERO = 1
-MAGIC = 0x514649FB
+COPIED = q.OFLAG_COPIED
+ZERO = q.OFLAG_ZERO
 
 
 def _layout():
@@ -135,12 +137,11 @@ def build(path, smoke=False):
             struct.pack_into(">Q", near, put_at, value)
 
     # header (v3, 112 bytes); the end-of-extensions marker is the zeros after it
-    hdr = struct.pack(">IIQIIQIIQQIIQQQQII",
-                      MAGIC, 3, 0, 0, CLUSTER_BITS, VIRTUAL_SIZE, 0, L1_SIZE,
-                      lay["l1"] * CS, lay["reftable"] * CS, lay["rt_clusters"],
-                      0, 0, 0, 0, 0, REFCOUNT_ORDER, 112)
-    hdr += bytes(112 - len(hdr))                       # compression type 0, padding
-    put(0, hdr)
+    put(0, q.encode_header(cluster_bits=CLUSTER_BITS, size=VIRTUAL_SIZE, l1_size=L1_SIZE,
+                           l1_table_offset=lay["l1"] * CS,
+                           refcount_table_offset=lay["reftable"] * CS,
+                           refcount_table_clusters=lay["rt_clusters"],
+                           refcount_order=REFCOUNT_ORDER))
 
     # guest mappings
     far_data = lay["far_data"]

@@ -49,7 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
-sys.path.insert(0, os.path.join(HERE, "..", "images"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 import qcow2lib as q  # noqa: E402
 
 QEMU_IMG = os.environ.get("QEMU_IMG", "qemu-img")

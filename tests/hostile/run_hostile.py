@@ -32,14 +32,13 @@ import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 import threading
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "images"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 import qcow2lib as q  # noqa: E402
 
 SEEDS = os.path.join(HERE, "..", "..", "corpus", "seeds")
@@ -65,18 +64,8 @@ def raw(data, size=None):
     return make
 
 
-def v3_header(**fields):
-    """A bare 112-byte v3 header (the rest of the file is what `raw` adds)."""
-    h = dict(magic=q.MAGIC, version=3, backing_file_offset=0, backing_file_size=0,
-             cluster_bits=16, size=1 << 30, crypt_method=0, l1_size=0, l1_table_offset=0,
-             refcount_table_offset=0, refcount_table_clusters=0, nb_snapshots=0,
-             snapshots_offset=0, incompatible_features=0, compatible_features=0,
-             autoclear_features=0, refcount_order=4, header_length=112, compression_type=0)
-    h.update(fields)
-    out = bytearray(112)
-    for name, (off, size, _) in q.HEADER_FIELDS.items():
-        out[off:off + size] = h[name].to_bytes(size, "big")
-    return bytes(out)
+# A bare 112-byte v3 header (the rest of the file is what `raw` adds).
+v3_header = q.encode_header
 
 
 def patched(base, *patches):
@@ -114,8 +103,7 @@ def reftable_entry(index, value):
 
 def extension(magic, payload, length=None):
     def p(im):
-        blob = struct.pack(">II", magic, len(payload) if length is None else length) + payload
-        blob += bytes(-len(blob) % 8)
+        blob = q.Extension(magic, payload).encode(length=length)
         im.replace_extensions([blob] + list(im.extensions))
     return p
 
@@ -185,7 +173,7 @@ def cases(work):
              ["extensionTruncated"], 2))
     add(Case(2, "extension_length_ffffffff_120_bytes",
              raw(v3_header(cluster_bits=9, size=1 << 20)
-                 + struct.pack(">II", 0x12345678, 0xFFFFFFFF)),
+                 + q.Extension(0x12345678, b"").encode(length=0xFFFFFFFF)),
              ["extensionTruncated"], 2))
     add(Case(2, "backing_offset_all_ones",
              patched("v3.qcow2", field("backing_file_offset", ALL_ONES),

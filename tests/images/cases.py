@@ -13,7 +13,6 @@ that each case carries only the inconsistency it is named after.
 
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 
 import qcow2lib as q
@@ -310,9 +309,9 @@ def add_extension(magic, payload, where=0):
 def bitmaps_ext(nb=None, reserved=None, size=None, offset=None):
     """Rewrite fields of the bitmaps extension (None keeps a field)."""
     def fn(im, data):
-        cur = struct.unpack(">IIQQ", data)
+        cur = q.BITMAPS_EXT.unpack(data)
         new = [c if v is None else _val(v, im) for c, v in zip(cur, (nb, reserved, size, offset))]
-        return struct.pack(">IIQQ", *new)
+        return q.BITMAPS_EXT.pack(*new)
     return edit_extension(q.EXT_BITMAPS, fn)
 
 
@@ -423,7 +422,7 @@ def add_empty_snapshot(im):
     """An internal snapshot of an empty disk (all-zero L1 of its own)."""
     h = im.header
     l1 = im.append_clusters(count=-(-8 * h.l1_size // im.cluster_size))
-    extra = struct.pack(">QQq", 0, h.size, -1)
+    extra = q.SNAPSHOT_EXTRA.pack(0, h.size, -1)
     im.write_snapshot_table([q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"1", b"s1")])
 
 
@@ -456,7 +455,7 @@ def snapshot_create(im):
     snapshot_create_failed(im)
     h = im.header
     l1 = q.align_up(im.file_size, im.cluster_size) - im.cluster_size  # the L1 copy
-    extra = struct.pack(">QQq", 0, h.size, -1)
+    extra = q.SNAPSHOT_EXTRA.pack(0, h.size, -1)
     im.write_snapshot_table(im.snapshots() + [q.Snapshot(l1, h.l1_size, 0, 0, 0, 0, extra, b"9", b"sc")])
 
 
@@ -524,20 +523,20 @@ def extension_padding(magic, pad):
 
 def fde(fn):
     """Rewrite the LUKS header pointer extension: fn(offset, length)."""
-    return edit_extension(q.EXT_FDE, lambda im, d: struct.pack(">QQ", *fn(*struct.unpack(">QQ", d))))
+    return edit_extension(q.EXT_FDE, lambda im, d: q.CRYPTO_EXT.pack(*fn(*q.CRYPTO_EXT.unpack(d))))
 
 
 def luks_header(offset, data):
     """Overwrite bytes of the LUKS header the encryption extension points to."""
     def p(im):
-        im.write(struct.unpack(">QQ", im.extension(q.EXT_FDE).data)[0] + offset, data)
+        im.write(q.CRYPTO_EXT.unpack(im.extension(q.EXT_FDE).data)[0] + offset, data)
     return p
 
 
 def luks_slot(index, field, value):
     """Set a 32-bit field of LUKS key slot `index` (0 active, 4 iterations,
     40 key material offset, 44 stripes)."""
-    return luks_header(208 + 48 * index + field, struct.pack(">I", value))
+    return luks_header(208 + 48 * index + field, q.be(4, value))
 
 
 def huge_reftable(im):
@@ -580,7 +579,7 @@ def huge_snapshot_table(im):
     """A snapshot table just over QEMU's 64 MiB limit: 520 entries with
     65535-byte ids and names (iotest 261), written sparse at the end of the
     file. The snapshots have empty L1 tables; ids are unique."""
-    extra = struct.pack(">QQq", 0, 0, -1)
+    extra = q.SNAPSHOT_EXTRA.pack(0, 0, -1)
     size = 65535
     # the 64 bytes of fixed fields and extra data; ids and names stay zero
     head = q.Snapshot(0, 0, 0, 0, 0, 0, extra, b"", b"").encode(id_size=size, name_size=size)
@@ -932,7 +931,7 @@ case("ext_luks_pointer_missing", "luks", drop_extension(q.EXT_FDE),
 case("ext_luks_pointer_unaligned", "luks", fde(lambda off, length: (off + 512, length)),
      "encryptionExtensionInvalid refcountOrphan", 2, cannot_open(BAD_HEADER % "O28"), absent=QUARANTINED)
 case("ext_luks_pointer_without_luks", "v3_64k",
-     add_extension(q.EXT_FDE, lambda im: struct.pack(">QQ", im.append_clusters(), im.cluster_size)),
+     add_extension(q.EXT_FDE, lambda im: q.CRYPTO_EXT.pack(im.append_clusters(), im.cluster_size)),
      "encryptionExtensionInvalid", 2, cannot_open(BAD_HEADER % "O28"))
 # The LUKS header itself: QEMU parses it on every open, with or without the key.
 BAD_LUKS = "QEMU parses the LUKS header on every open and refuses this one (O28: \"%s\")"
@@ -944,7 +943,7 @@ case("luks_header_stripes", "luks", luks_slot(3, 44, 3999), "luksHeaderInvalid",
      cannot_open(BAD_LUKS % "Keyslot 3 is corrupted (stripes 3999 != 4000)"))
 case("luks_header_slots_overlap", "luks",
      lambda im: luks_slot(5, 40, im.read_int(
-         struct.unpack(">QQ", im.extension(q.EXT_FDE).data)[0] + 208 + 48 * 4 + 40, 4))(im),
+         q.CRYPTO_EXT.unpack(im.extension(q.EXT_FDE).data)[0] + 208 + 48 * 4 + 40, 4))(im),
      "luksHeaderInvalid", 2, cannot_open(BAD_LUKS % "Keyslots 4 and 5 are overlapping in the header"))
 case("luks_header_cipher_unknown", "luks", luks_header(8, b"foo\0"), "luksHeaderInvalid", 2,
      cannot_open(BAD_LUKS % "Algorithm 'foo' with key size 32 bytes not supported"))

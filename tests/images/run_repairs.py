@@ -78,6 +78,7 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # keep the source tree clean under CTest
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 import build_images  # noqa: E402
 import cases as catalogue  # noqa: E402
 import qcow2lib as q  # noqa: E402

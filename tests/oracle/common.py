@@ -8,7 +8,6 @@ qcheck is the program under test.
 import json
 import os
 import resource
-import struct
 import subprocess
 import sys
 
@@ -16,8 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 IMAGES_DIR = os.path.join(REPO, "tests", "images")
 sys.dont_write_bytecode = True  # keep the source tree clean under CTest
-if IMAGES_DIR not in sys.path:
-    sys.path.insert(0, IMAGES_DIR)
+sys.path.insert(0, os.path.join(REPO, "layout"))
 
 import qcow2lib  # noqa: E402  (re-exported for the other modules)
 
@@ -74,11 +72,10 @@ class SafeImage(qcow2lib.Image):
             head = f.read(104)
         if len(head) < 72:
             raise ValueError("too short for a qcow2 header")
-        version, = struct.unpack(">I", head[4:8])
-        cluster_bits, = struct.unpack(">I", head[20:24])
-        if not 9 <= cluster_bits <= 30:
-            raise ValueError("cluster_bits %d" % cluster_bits)
-        if version >= 3 and len(head) >= 100 and struct.unpack(">I", head[96:100])[0] > 6:
+        h = qcow2lib.decode_header(head)
+        if not 9 <= h["cluster_bits"] <= 30:
+            raise ValueError("cluster_bits %d" % h["cluster_bits"])
+        if h["refcount_order"] > 6:
             raise ValueError("refcount_order")
         super().__init__(path, writable)
 

@@ -11,7 +11,7 @@ table at 0x50000: set COPIED") and as the raw edits it made (offset, old
 bytes, new bytes; or a new file length), so a mutant can be rebuilt from
 the JSON alone (`apply_edits`).
 
-Targets (structures are found with tests/images/qcow2lib.py, each on its
+Targets (structures are found with layout/qcow2lib.py, each on its
 own, so a broken one does not hide the others):
 
   header field        every field of the version's header, set to a

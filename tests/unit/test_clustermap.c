@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "ctx.h"
+#include "runner.h"
 
 typedef struct fixture {
     qc_ctx ctx;
@@ -235,7 +236,7 @@ START_TEST(test_prefetch_large_items)
 }
 END_TEST
 
-static Suite *clustermap_suite(void)
+Suite *unit_suite(void)
 {
     Suite *s = suite_create("clustermap");
     TCase *tc = tcase_create("maps");
@@ -250,13 +251,4 @@ static Suite *clustermap_suite(void)
     tcase_add_test(tc, test_prefetch_large_items);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(clustermap_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed ? 1 : 0;
 }

@@ -10,6 +10,7 @@
 
 #include "bytes.h"
 #include "format.h"
+#include "runner.h"
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -1162,7 +1163,7 @@ START_TEST(test_masks_match_spec)
 }
 END_TEST
 
-static Suite *format_suite(void)
+Suite *unit_suite(void)
 {
     Suite *s = suite_create("format");
 
@@ -1222,13 +1223,4 @@ static Suite *format_suite(void)
     suite_add_tcase(s, tc);
 
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(format_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -9,6 +9,7 @@
 
 #include "qcheck.h"
 #include "planner.h" /* the repair handlers */
+#include "runner.h"
 
 /* The enum names, straight from the table, to compare with the ids. */
 static const char *const enum_names[] = {
@@ -265,7 +266,7 @@ START_TEST(test_every_fix_action_has_one_handler)
 }
 END_TEST
 
-static Suite *problems_suite(void)
+Suite *unit_suite(void)
 {
     Suite *s = suite_create("problems");
     TCase *tc = tcase_create("table");
@@ -287,13 +288,4 @@ static Suite *problems_suite(void)
     tcase_add_test(tc, test_severity_and_fix_names);
     suite_add_tcase(s, tc);
     return s;
-}
-
-int main(void)
-{
-    SRunner *sr = srunner_create(problems_suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
-    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -1,12 +1,17 @@
-"""Minimal pure-Python qcow2 reader and patcher for the image tests.
+"""The qcow2 format in pure Python: the one reader, patcher and header
+writer of the project's scripts (the image tests, the oracle, the hostile
+inputs, the benchmark and the fuzz seed generator). It lives beside the C
+decoders of layout/ so that tests/ and fuzz/ both import it from here; each
+script puts this folder on sys.path from its own location.
 
 This is test tooling, not a second checker: it parses well-formed images
 (those qemu-img writes) so that tests can locate structures and damage them
 precisely. It assumes the structures it is asked to read are sane; patch
 functions read what they need *before* they break it.
 
-Layout facts follow /work/shared/reference/qcow2-format.md (section numbers
-in comments refer to it). Everything on disk is big-endian.
+Section numbers (§) in comments are those of the qcow2 specification as
+summarised for this project (header §1, L1 §5, L2 §6, compressed clusters §7,
+refcounts §9, snapshots §10, bitmaps §11). Everything on disk is big-endian.
 """
 
 import hashlib
@@ -68,7 +73,10 @@ OFLAG_COMPRESSED = 1 << 62
 OFLAG_ZERO = 1
 
 SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")  # the fixed 40 bytes of §10
+SNAPSHOT_EXTRA = struct.Struct(">QQq")  # vm_state_size_large, disk_size, icount
 BITMAP_DIR_HEADER = struct.Struct(">QIIBBHI")  # the fixed 24 bytes of §11
+BITMAPS_EXT = struct.Struct(">IIQQ")  # nb_bitmaps, reserved, directory size, offset
+CRYPTO_EXT = struct.Struct(">QQ")  # the encryption header's offset and length
 
 _INT_FORMATS = {1: ">B", 2: ">H", 4: ">I", 8: ">Q"}
 
@@ -82,16 +90,54 @@ def align_up(value, alignment):
     return (value + alignment - 1) // alignment * alignment
 
 
+def decode_header(raw):
+    """The header fields of the first 112 bytes of a file, as a dict (a
+    shorter `raw` reads as if padded with zeros). Version 2 and short v3
+    headers get the values their missing fields stand for (§1)."""
+    raw = bytes(raw[:112]).ljust(112, b"\0")
+    h = {name: int.from_bytes(raw[off:off + size], "big")
+         for name, (off, size, _) in HEADER_FIELDS.items()}
+    if h["version"] < 3:
+        # v2: everything from byte 72 on is not header (§1)
+        h.update(incompatible_features=0, compatible_features=0,
+                 autoclear_features=0, refcount_order=4,
+                 header_length=V2_HEADER_LENGTH, compression_type=0)
+    elif h["header_length"] <= 104:
+        h["compression_type"] = 0
+    return h
+
+
+def encode_header(**fields):
+    """A bare 112-byte version 3 header: 64 KiB clusters, 16-bit refcounts,
+    a 1 GiB disk and every table offset 0 unless `fields` say otherwise
+    (any HEADER_FIELDS name, any value that fits its width)."""
+    h = dict(magic=MAGIC, version=3, backing_file_offset=0, backing_file_size=0,
+             cluster_bits=16, size=1 << 30, crypt_method=0, l1_size=0, l1_table_offset=0,
+             refcount_table_offset=0, refcount_table_clusters=0, nb_snapshots=0,
+             snapshots_offset=0, incompatible_features=0, compatible_features=0,
+             autoclear_features=0, refcount_order=4, header_length=112, compression_type=0)
+    unknown = set(fields) - set(h)
+    if unknown:
+        raise KeyError("not header fields: %s" % ", ".join(sorted(unknown)))
+    h.update(fields)
+    out = bytearray(112)
+    for name, (off, size, _) in HEADER_FIELDS.items():
+        out[off:off + size] = h[name].to_bytes(size, "big")
+    return bytes(out)
+
+
 @dataclass
 class Extension:
     magic: int
     data: bytes
     offset: int = -1  # where its 8-byte header was found; -1 if new
 
-    def encode(self, padding=b""):
-        """Header, data, then zero padding to 8 (or `padding` verbatim)."""
+    def encode(self, padding=b"", length=None):
+        """Header, data, then zero padding to 8 (or `padding` verbatim).
+        `length` makes the header claim another length than the data's."""
         pad = padding if padding else bytes(align_up(len(self.data), 8) - len(self.data))
-        return struct.pack(">II", self.magic, len(self.data)) + self.data + pad
+        claimed = len(self.data) if length is None else length
+        return struct.pack(">II", self.magic, claimed) + self.data + pad
 
 
 @dataclass
@@ -232,17 +278,7 @@ class Image:
     # ---- header ----------------------------------------------------------
 
     def reload(self):
-        raw = self.read(0, 112)
-        h = {}
-        for name, (off, size, _) in HEADER_FIELDS.items():
-            h[name] = struct.unpack(_INT_FORMATS[size], raw[off:off + size])[0]
-        if h["version"] < 3:
-            # v2: everything from byte 72 on is not header (§1)
-            h.update(incompatible_features=0, compatible_features=0,
-                     autoclear_features=0, refcount_order=4,
-                     header_length=V2_HEADER_LENGTH, compression_type=0)
-        elif h["header_length"] <= 104:
-            h["compression_type"] = 0
+        h = decode_header(self.read(0, 112))
         self.header = SimpleNamespace(**h)
         self.cluster_bits = h["cluster_bits"]
         self.cluster_size = 1 << self.cluster_bits
@@ -514,7 +550,7 @@ class Image:
     def bitmaps_ext(self):
         """(nb_bitmaps, reserved, directory size, directory offset) or None."""
         ext = self.extension(EXT_BITMAPS)
-        return struct.unpack(">IIQQ", ext.data) if ext and len(ext.data) == 24 else None
+        return BITMAPS_EXT.unpack(ext.data) if ext and len(ext.data) == BITMAPS_EXT.size else None
 
     def bitmaps(self):
         ext = self.bitmaps_ext()
@@ -539,23 +575,26 @@ class Image:
     def bitmap_table(self, bitmap):
         return self.read_table(bitmap.table_offset, bitmap.table_size)
 
+    def bitmap_ranges(self):
+        """(offset, length) of every structure of the persistent bitmaps:
+        the directory, each bitmap table and each data cluster."""
+        ext = self.bitmaps_ext()
+        if not ext:
+            return
+        yield ext[3], ext[2]
+        for b in self.bitmaps():
+            yield b.table_offset, 8 * b.table_size
+            for e in self.bitmap_table(b):
+                if e & OFFSET_MASK:
+                    yield e & OFFSET_MASK, self.cluster_size
+
     def bitmap_clusters(self):
         """Host clusters the persistent bitmaps use (directory, tables,
         data), as far as they lie inside the file."""
         cs, out = self.cluster_size, set()
-
-        def add(off, length):
+        for off, length in self.bitmap_ranges():
             if length > 0 and off + length <= self.file_size:
                 out.update(range(off // cs, (off + length - 1) // cs + 1))
-        ext = self.bitmaps_ext()
-        if not ext:
-            return out
-        add(ext[3], ext[2])
-        for b in self.bitmaps():
-            add(b.table_offset, 8 * b.table_size)
-            for e in self.bitmap_table(b):
-                if e & OFFSET_MASK:
-                    add(e & OFFSET_MASK, cs)
         return out
 
     # ---- whole-image views -------------------------------------------------
@@ -595,15 +634,10 @@ class Image:
             ref(block, cs)
         fde = self.extension(EXT_FDE)
         if fde:
-            ref(*struct.unpack(">QQ", fde.data))
-        ext = self.bitmaps_ext()
-        if ext and h.autoclear_features & AUTOCLEAR_BITMAPS:
-            ref(ext[3], ext[2])
-            for b in self.bitmaps():
-                ref(b.table_offset, 8 * b.table_size)
-                for e in self.bitmap_table(b):
-                    if e & OFFSET_MASK:
-                        ref(e & OFFSET_MASK, cs)
+            ref(*CRYPTO_EXT.unpack(fde.data))
+        if h.autoclear_features & AUTOCLEAR_BITMAPS:
+            for off, length in self.bitmap_ranges():
+                ref(off, length)
         return counts
 
     def refcount_mismatches(self):
