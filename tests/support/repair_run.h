@@ -1,7 +1,7 @@
 /*
  * Repairing an image held in memory, and the oracles a repair must pass.
- * Shared by the repair fuzz harness and the unit tests, so that both judge
- * a repair by the same rules.
+ * Test support shared by the repair fuzz harness and the unit tests, so
+ * that both judge a repair by the same rules.
  */
 #ifndef QC_FUZZ_REPAIR_RUN_H
 #define QC_FUZZ_REPAIR_RUN_H
