@@ -13,11 +13,11 @@
 /* Allocate the per-cluster maps once the file's cluster count is known. */
 static bool init_maps(qc_ctx *ctx)
 {
-    return qc_refmap_init(ctx, &ctx->refmap, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->suspect, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->bitmap_suspect, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->orphans, ctx->file_clusters) &&
-           qc_bitset_init(ctx, &ctx->over, ctx->file_clusters);
+    return qc_refmap_init(&ctx->mem, &ctx->refmap, ctx->file_clusters) &&
+           qc_bitset_init(&ctx->mem, &ctx->unfollowed_targets, ctx->file_clusters) &&
+           qc_bitset_init(&ctx->mem, &ctx->bitmap_unfollowed_targets, ctx->file_clusters) &&
+           qc_bitset_init(&ctx->mem, &ctx->orphans, ctx->file_clusters) &&
+           qc_bitset_init(&ctx->mem, &ctx->refcount_above_refs, ctx->file_clusters);
 }
 
 void qc_ctx_release(qc_ctx *ctx)
@@ -32,10 +32,10 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->extents);
     free(ctx->past_eof_claims);
     qc_refmap_release(&ctx->refmap);
-    qc_bitset_release(&ctx->suspect);
+    qc_bitset_release(&ctx->unfollowed_targets);
     qc_bitset_release(&ctx->orphans);
-    qc_bitset_release(&ctx->bitmap_suspect);
-    qc_bitset_release(&ctx->over);
+    qc_bitset_release(&ctx->bitmap_unfollowed_targets);
+    qc_bitset_release(&ctx->refcount_above_refs);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
 }
@@ -62,7 +62,10 @@ void qc_ctx_begin(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *res
         memset(&ctx->options, 0, sizeof(ctx->options));
     ctx->res = result;
     ctx->file_size = io->size;
-    ctx->mem_limit = ctx->options.max_mem ? ctx->options.max_mem : QC_DEFAULT_MAX_MEM;
+    ctx->mem = (qc_mem){.limit = ctx->options.max_mem ? ctx->options.max_mem : QC_DEFAULT_MAX_MEM,
+                        .stopped = &ctx->stop,
+                        .refused = qc_memory_refused,
+                        .owner = ctx};
 }
 
 void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result)

@@ -1,51 +1,34 @@
 /*
  * Per-host-cluster maps: the computed refcounts with their flags, and
- * bitsets. Both are paged (see ctx.h): pages are allocated on first write
- * and charged to the context's memory limit, and the directory of pages is
+ * bitsets. Both are paged (see clustermap.h): pages are allocated on first write
+ * and charged to a memory accountant, and the directory of pages is
  * sized by the real file, never by header claims.
  */
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "ctx.h"
+#include "clustermap.h"
 
-/* Memory for a map: charged to ctx, or (ctx NULL: a repair's set that
- * outlives the checks it is used with) plain zeroed memory. */
-static void *map_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
-{
-    if (ctx)
-        return qc_alloc(ctx, bytes, what);
-    return bytes <= SIZE_MAX ? calloc(1, (size_t)bytes) : NULL;
-}
-
-static void map_free(qc_ctx *ctx, void *p, uint64_t bytes)
-{
-    if (ctx)
-        qc_free(ctx, p, bytes);
-    else
-        free(p);
-}
-
-static void **alloc_directory(qc_ctx *ctx, uint64_t clusters, uint64_t *nb_pages,
+static void **alloc_directory(qc_mem *mem, uint64_t clusters, uint64_t *nb_pages,
                               const char *what)
 {
     *nb_pages = qc_div_round_up(clusters, QC_PAGE_CLUSTERS);
     uint64_t bytes;
     if (!qc_mul_ok(*nb_pages ? *nb_pages : 1, sizeof(void *), &bytes))
         bytes = UINT64_MAX;
-    return map_alloc(ctx, bytes, what);
+    return qc_mem_alloc(mem, bytes, what);
 }
 
-bool qc_refmap_init(qc_ctx *ctx, qc_refmap *map, uint64_t clusters)
+bool qc_refmap_init(qc_mem *mem, qc_refmap *map, uint64_t clusters)
 {
     memset(map, 0, sizeof(*map));
-    map->ctx = ctx;
+    map->mem = mem;
     map->clusters = clusters;
-    map->pages = alloc_directory(ctx, clusters, &map->nb_pages, "computed refcount map");
+    map->pages = alloc_directory(mem, clusters, &map->nb_pages, "computed refcount map");
     if (!map->pages)
         return false;
-    map->width_log = qc_alloc(ctx, map->nb_pages, "computed refcount map");
+    map->width_log = qc_mem_alloc(mem, map->nb_pages, "computed refcount map");
     return map->width_log != NULL;
 }
 
@@ -57,9 +40,9 @@ static uint64_t page_bytes(unsigned width_log)
 void qc_refmap_release(qc_refmap *map)
 {
     for (uint64_t p = 0; map->pages && p < map->nb_pages; p++)
-        qc_free(map->ctx, map->pages[p], page_bytes(map->width_log[p]));
-    qc_free(map->ctx, map->pages, map->nb_pages * sizeof(void *));
-    qc_free(map->ctx, map->width_log, map->nb_pages);
+        qc_mem_free(map->mem, map->pages[p], page_bytes(map->width_log[p]));
+    qc_mem_free(map->mem, map->pages, map->nb_pages * sizeof(void *));
+    qc_mem_free(map->mem, map->width_log, map->nb_pages);
     memset(map, 0, sizeof(*map));
 }
 
@@ -85,7 +68,7 @@ static void cell_store(void *page, unsigned width_log, uint64_t i, uint64_t v)
 static bool widen_page(qc_refmap *map, uint64_t p)
 {
     unsigned from = map->width_log[p], to = from + 1;
-    void *wide = qc_alloc(map->ctx, page_bytes(to), "computed refcount map");
+    void *wide = qc_mem_alloc(map->mem, page_bytes(to), "computed refcount map");
     if (!wide)
         return false;
     unsigned to_bits = qc_cell_count_bits(to);
@@ -94,7 +77,7 @@ static bool widen_page(qc_refmap *map, uint64_t p)
         cell_store(wide, to, i,
                    qc_cell_count(cell, from) | (uint64_t)qc_cell_flags(cell, from) << to_bits);
     }
-    qc_free(map->ctx, map->pages[p], page_bytes(from));
+    qc_mem_free(map->mem, map->pages[p], page_bytes(from));
     map->pages[p] = wide;
     map->width_log[p] = (uint8_t)to;
     return true;
@@ -108,7 +91,7 @@ static bool store_cell(qc_refmap *map, uint64_t cluster, uint64_t count, unsigne
     if (!map->pages[p]) {
         if (count == 0 && flags == 0)
             return true;
-        map->pages[p] = qc_alloc(map->ctx, page_bytes(0), "computed refcount map");
+        map->pages[p] = qc_mem_alloc(map->mem, page_bytes(0), "computed refcount map");
         if (!map->pages[p])
             return false;
     }
@@ -152,154 +135,29 @@ uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster, uint64_t li
     return limit;
 }
 
-void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset)
-{
-    uint64_t cluster = host_offset >> ctx->geo.cluster_bits;
-    if (cluster < ctx->file_clusters) {
-        qc_bitset_set(&ctx->suspect, cluster);
-    } else {
-        ctx->unfollowed++;
-        qc_claim_past_eof(ctx, host_offset, ctx->geo.cluster_size, false);
-    }
-}
-
-void qc_claim_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length, bool refcount_structure)
-{
-    uint64_t end;
-    if (!qc_add_ok(start, length, &end))
-        end = UINT64_MAX;
-    uint64_t *highest = refcount_structure ? &ctx->past_eof_end_refcounts : &ctx->past_eof_end;
-    if (end > *highest)
-        *highest = end;
-    qc_note_past_eof(ctx, start, length);
-}
-
-void qc_note_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length)
-{
-    if (!length)
-        return;
-    uint64_t end, cs = ctx->geo.cluster_size;
-    if (qc_add_ok(start, length, &end) && end > ctx->file_size && end - ctx->file_size < cs) {
-        uint64_t last = qc_div_round_up(end, cs) * cs;
-        if (!ctx->short_past_eof_end || start < ctx->short_past_eof_start)
-            ctx->short_past_eof_start = start;
-        if (last > ctx->short_past_eof_end)
-            ctx->short_past_eof_end = last;
-    }
-    uint64_t last_byte;
-    if (!qc_add_ok(start, length - 1, &last_byte))
-        last_byte = UINT64_MAX;
-    qc_cluster_run run = {start >> ctx->geo.cluster_bits, (last_byte >> ctx->geo.cluster_bits) + 1};
-    if (run.end == 0) /* the last cluster of the 64-bit space */
-        run.end = UINT64_MAX;
-    if (run.end > ctx->past_eof_claims_end)
-        ctx->past_eof_claims_end = run.end;
-    ctx->past_eof_claims_sorted = false;
-    if (ctx->past_eof_claims_lost)
-        return;
-    /* Claims mostly come in order (an L2 table's data clusters): extend
-     * the last run when this one touches it. */
-    qc_cluster_run *last =
-        ctx->nb_past_eof_claims ? &ctx->past_eof_claims[ctx->nb_past_eof_claims - 1] : NULL;
-    if (last && run.first <= last->end && run.end >= last->first) {
-        last->first = run.first < last->first ? run.first : last->first;
-        last->end = run.end > last->end ? run.end : last->end;
-        return;
-    }
-    qc_cluster_run *grown = NULL;
-    if (ctx->nb_past_eof_claims < QC_MAX_PAST_EOF_CLAIMS)
-        grown = qc_grow(ctx, ctx->past_eof_claims, &ctx->cap_past_eof_claims, sizeof(run),
-                        ctx->nb_past_eof_claims + 1, "clusters claimed past the end of the file");
-    if (!grown) {
-        ctx->past_eof_claims_lost = true;
-        return;
-    }
-    ctx->past_eof_claims = grown;
-    ctx->past_eof_claims[ctx->nb_past_eof_claims++] = run;
-}
-
-static int compare_runs(const void *a, const void *b)
-{
-    const qc_cluster_run *x = a, *y = b;
-    return x->first < y->first ? -1 : x->first > y->first;
-}
-
-void qc_past_eof_claims_finish(qc_ctx *ctx)
-{
-    if (ctx->nb_past_eof_claims)
-        qsort(ctx->past_eof_claims, ctx->nb_past_eof_claims, sizeof(qc_cluster_run), compare_runs);
-    size_t n = 0;
-    for (size_t i = 0; i < ctx->nb_past_eof_claims; i++) {
-        qc_cluster_run run = ctx->past_eof_claims[i];
-        if (n && run.first <= ctx->past_eof_claims[n - 1].end) {
-            if (run.end > ctx->past_eof_claims[n - 1].end)
-                ctx->past_eof_claims[n - 1].end = run.end;
-        } else {
-            ctx->past_eof_claims[n++] = run;
-        }
-    }
-    ctx->nb_past_eof_claims = n;
-    ctx->past_eof_claims_sorted = true;
-}
-
-bool qc_claimed_past_eof(const qc_ctx *ctx, uint64_t cluster)
-{
-    if (cluster >= ctx->past_eof_claims_end)
-        return false;
-    if (ctx->past_eof_claims_lost || !ctx->past_eof_claims_sorted)
-        return true;
-    size_t i = qc_lower_bound(ctx->past_eof_claims, ctx->nb_past_eof_claims,
-                              sizeof(qc_cluster_run), offsetof(qc_cluster_run, first), cluster + 1);
-    return i > 0 && cluster < ctx->past_eof_claims[i - 1].end;
-}
-
-void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset)
-{
-    uint64_t cluster = host_offset >> ctx->geo.cluster_bits;
-    if (cluster < ctx->file_clusters) {
-        qc_bitset_set(&ctx->suspect, cluster);
-        qc_bitset_set(&ctx->bitmap_suspect, cluster);
-    } else {
-        ctx->unfollowed++;
-        ctx->unfollowed_bitmaps++;
-        qc_note_past_eof(ctx, host_offset, ctx->geo.cluster_size);
-    }
-}
-
-bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitmaps,
-                     uint64_t cluster)
-{
-    if (!qc_bitset_test(&ctx->orphans, cluster))
-        return false;
-    uint64_t others = ctx->unfollowed - (rebuilds_refcounts ? ctx->unfollowed_refblocks : 0) -
-                      (drops_bitmaps ? ctx->unfollowed_bitmaps : 0);
-    return others > 0 || (qc_bitset_test(&ctx->suspect, cluster) &&
-                          !(drops_bitmaps && qc_bitset_test(&ctx->bitmap_suspect, cluster)));
-}
-
 #define BITSET_PAGE_BYTES (QC_PAGE_CLUSTERS / 8)
 
-bool qc_bitset_init(qc_ctx *ctx, qc_bitset *set, uint64_t bits)
+bool qc_bitset_init(qc_mem *mem, qc_bitset *set, uint64_t bits)
 {
     memset(set, 0, sizeof(*set));
-    set->ctx = ctx;
+    set->mem = mem;
     set->bits = bits;
-    set->pages = (uint64_t **)alloc_directory(ctx, bits, &set->nb_pages, "cluster bitmap");
+    set->pages = (uint64_t **)alloc_directory(mem, bits, &set->nb_pages, "cluster bitmap");
     return set->pages != NULL;
 }
 
 void qc_bitset_release(qc_bitset *set)
 {
     for (uint64_t p = 0; set->pages && p < set->nb_pages; p++)
-        map_free(set->ctx, set->pages[p], BITSET_PAGE_BYTES);
-    map_free(set->ctx, set->pages, set->nb_pages * sizeof(void *));
+        qc_mem_free(set->mem, set->pages[p], BITSET_PAGE_BYTES);
+    qc_mem_free(set->mem, set->pages, set->nb_pages * sizeof(void *));
     memset(set, 0, sizeof(*set));
 }
 
 bool qc_bitset_set(qc_bitset *set, uint64_t i)
 {
     uint64_t **page = &set->pages[i >> QC_PAGE_SHIFT];
-    if (!*page && !(*page = map_alloc(set->ctx, BITSET_PAGE_BYTES, "cluster bitmap")))
+    if (!*page && !(*page = qc_mem_alloc(set->mem, BITSET_PAGE_BYTES, "cluster bitmap")))
         return false;
     uint64_t bit = i & (QC_PAGE_CLUSTERS - 1);
     (*page)[bit / 64] |= 1ull << (bit % 64);

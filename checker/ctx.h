@@ -17,36 +17,19 @@
 #include <stdint.h>
 
 #include "../layout/format.h"
+#include "clustermap.h"
+#include "extents.h"
+#include "memory.h"
+#include "ondisk.h"
+#include "prefetch.h"
+#include "report.h"
 #include "result.h"
+#include "unfollowed.h"
 
 #define QC_ACTIVE ((uint32_t)-1) /* "snapshot index" of the active L1 */
-#define QC_REPORT_CAP 20        /* findings shown per problem; the rest are counted */
+
 
 enum { QC_REFBLOCK_NONE, QC_REFBLOCK_VALID, QC_REFBLOCK_INVALID };
-
-/* What owns a host cluster, for overlap detection and messages. */
-typedef enum qc_owner {
-    QC_OWN_HEADER,
-    QC_OWN_L1,
-    QC_OWN_L2,
-    QC_OWN_REFTABLE,
-    QC_OWN_REFBLOCK,
-    QC_OWN_SNAPSHOT_TABLE,
-    QC_OWN_BITMAP_DIRECTORY,
-    QC_OWN_BITMAP_TABLE,
-    QC_OWN_BITMAP_DATA,
-    QC_OWN_CRYPTO_HEADER,
-} qc_owner;
-
-/* One metadata structure occupying [start, start + length). */
-typedef struct qc_extent {
-    uint64_t start;
-    uint64_t length;
-    uint32_t index;  /* snapshot / bitmap / reftable index, QC_ACTIVE for active */
-    uint32_t index2; /* L1 index for L2 tables */
-    uint8_t owner;   /* a qc_owner (one byte: there is one extent per L2 table) */
-    bool conflicted; /* overlaps a more trusted structure: not followed */
-} qc_extent;
 
 /* A snapshot, after validation. */
 typedef struct qc_snapshot {
@@ -80,57 +63,12 @@ typedef struct qc_l2_table {
     uint32_t active_refs;
 } qc_l2_table;
 
-/* Per-host-cluster maps are paged: a page covers QC_PAGE_CLUSTERS clusters
- * and is allocated on its first write, so a sparse file costs a pointer
- * per page where nothing is, and memory follows the metadata actually
- * present rather than the file's length. */
-#define QC_PAGE_SHIFT 15
-#define QC_PAGE_CLUSTERS (1ull << QC_PAGE_SHIFT)
-
-struct qc_ctx;
-
-/* The computed refcounts, with three flags per cluster. A page's cells
- * start one byte wide (a count up to 31) and are widened to 2, 4 or 8
- * bytes when a count outgrows them, so a typical image costs one byte per
- * cluster and a count above any refcount_max stays visible. The flags
- * live in each cell's top three bits. */
-enum {
-    QC_CELL_META = 1,       /* some metadata structure owns the cluster */
-    QC_CELL_COPIED = 2,     /* an active L2 entry maps it as data with COPIED set */
-    QC_CELL_NOT_COPIED = 4, /* ... and with COPIED clear */
-};
-#define QC_CELL_FLAG_BITS 3
-
-typedef struct qc_refmap {
-    struct qc_ctx *ctx; /* memory accounting */
-    uint64_t clusters;
-    uint64_t nb_pages;
-    void **pages;       /* NULL: every cell of the page is 0 */
-    uint8_t *width_log; /* per page: cells of 1 << width_log bytes */
-} qc_refmap;
-
-/* A set of clusters, paged like the refcount map. */
-typedef struct qc_bitset {
-    struct qc_ctx *ctx; /* memory accounting; NULL: not accounted */
-    uint64_t bits;
-    uint64_t nb_pages;
-    uint64_t **pages; /* NULL: no bit of the page is set */
-} qc_bitset;
-
-/* Host clusters [first, end). */
-typedef struct qc_cluster_run {
-    uint64_t first, end;
-} qc_cluster_run;
-
-#define QC_MAX_PAST_EOF_CLAIMS 65536u
-
 typedef struct qc_ctx {
     qc_io *io;
     qc_options options; /* the caller's, read up to its size */
     qc_result *res;
     uint64_t file_size;
-    uint64_t mem_used;
-    uint64_t mem_limit;
+    qc_mem mem; /* every allocation of the check is charged here */
 
     /* header pass */
     uint8_t *cluster0; /* the first cluster (or the whole file if shorter) */
@@ -173,7 +111,7 @@ typedef struct qc_ctx {
     /* Pointers that were reported and not followed. What they may own is
      * not called leaked: any cluster when a whole structure was skipped
      * (`unfollowed`), or just the cluster a broken leaf pointer most
-     * likely meant (`suspect`). */
+     * likely meant (`unfollowed_targets`). */
     uint64_t unfollowed;
     /* Highest end of a structure a pointer places past the end of the
      * file: of the refcount table and blocks (which a rebuild replaces),
@@ -195,10 +133,10 @@ typedef struct qc_ctx {
     uint64_t short_past_eof_start, short_past_eof_end;
     uint64_t unfollowed_refblocks; /* of those: refcount blocks behind bad pointers */
     uint64_t unfollowed_bitmaps;   /* of those: bitmap structures */
-    qc_bitset suspect;
-    qc_bitset bitmap_suspect; /* suspect because of a bitmap table entry */
+    qc_bitset unfollowed_targets;        /* what broken leaf pointers most likely meant */
+    qc_bitset bitmap_unfollowed_targets; /* of those, what bitmap table entries meant */
     qc_bitset orphans;        /* compare: clusters reported as refcountOrphan */
-    qc_bitset over;           /* compare: on-disk refcount above the references found */
+    qc_bitset refcount_above_refs; /* compare: on-disk refcount above the references found */
     bool stop;         /* nothing more can be checked */
     /* Set by a repair before the check runs: an L2 table wins an overlap
      * with a refcount block (which is then not read), so that a rebuild
@@ -223,29 +161,15 @@ static inline uint64_t qc_l2_table_offset(const qc_ctx *ctx, const qc_l2_table *
     return ctx->l2_refs[t->first_ref].l2_offset;
 }
 
-/* ---- support.c: reporting ---- */
-/* Report one finding. `object` names the structure (may be NULL), `offset`
- * is a host offset or QC_NO_OFFSET, `count` how many clusters/entries it
- * covers (at least 1). */
-void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offset,
-               uint64_t count, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
-/* Emit the "N more" summaries for findings past the per-problem cap. */
-void qc_report_flush(qc_ctx *ctx);
-/* Tell the caller the check is `done` parts of `total` through the stage
- * that spans [from, to] thousandths of the whole. */
-void qc_progress(qc_ctx *ctx, unsigned from, unsigned to, uint64_t done, uint64_t total);
-/* Where the walk and the comparison start, in thousandths. */
-#define QC_PROGRESS_WALK 100
-#define QC_PROGRESS_COMPARE 800
-/* Copy image-provided bytes into dst as printable ASCII (escaped). */
-void qc_printable(char *dst, size_t dst_len, const uint8_t *src, size_t src_len);
 /* In an array of n elements of elem_size bytes sorted by the uint64_t at
  * key_offset in each, the index of the first whose key is not below `key`
  * (n if none). */
 size_t qc_lower_bound(const void *array, size_t n, size_t elem_size, size_t key_offset,
                       uint64_t key);
 
-/* ---- support.c: allocation bounded by max_mem, reads ---- */
+/* ---- support.c: allocation charged to the check's accountant, reads ---- */
+/* The accountant's refusals: memoryLimit, and the check stops. */
+void qc_memory_refused(void *owner, const char *what, uint64_t bytes, bool over_limit);
 void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what);
 void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what);
 void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
@@ -260,202 +184,6 @@ void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t l
 /* Write all of buf at off (short writes and EINTR retried): 0 or a
  * negative errno. The file backend and the salvage file use it. */
 int qc_pwrite_full(int fd, uint64_t off, const void *buf, size_t len);
-
-/* ---- prefetch.c: read-ahead of a long ordered sequence of reads ---- */
-typedef struct qc_prefetch qc_prefetch;
-#define QC_PREFETCH_SKIP UINT64_MAX
-/* Where item i lies, or QC_PREFETCH_SKIP for an item the pass will not
- * ask for. Called from the read-ahead thread: it may only look at what the
- * pass does not change while the prefetch runs. */
-typedef uint64_t (*qc_prefetch_offset)(void *arg, size_t i);
-/* Start reading `count` items of `len` bytes ahead (on a second thread
- * when there are enough of them; with count 0, or when the thread cannot
- * start, each item is read when asked). NULL when memory ran out
- * (reported). */
-qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetch_offset offset_of,
-                               void *arg);
-/* Item i (increasing from call to call; items may be skipped) and its read
- * status in *ret (0 or a negative errno); the buffer is valid until the
- * next call. */
-const uint8_t *qc_prefetch_get(qc_prefetch *p, size_t i, int *ret);
-void qc_prefetch_stop(qc_prefetch *p);
-
-/* ---- clustermap.c ---- */
-bool qc_refmap_init(struct qc_ctx *ctx, qc_refmap *map, uint64_t clusters);
-void qc_refmap_release(qc_refmap *map);
-/* Add n references to `cluster` and set `flags` on it. Returns the
- * cluster's flags after the change, or -1 when a page could not be
- * allocated (memoryLimit was reported, ctx->stop set). */
-int qc_refmap_add_slow(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags);
-/* Set the count of `cluster` to `value`, keeping its flags. */
-bool qc_refmap_set(qc_refmap *map, uint64_t cluster, uint64_t value);
-/* The first cluster in [cluster, limit) whose page is allocated (any
- * cluster skipped has count 0 and no flags), or `limit` if there is none.
- * The work is bounded by the pages up to `limit`. */
-uint64_t qc_refmap_next_page(const qc_refmap *map, uint64_t cluster, uint64_t limit);
-
-static inline uint64_t qc_cell_load(const void *page, unsigned width_log, uint64_t i)
-{
-    switch (width_log) {
-    case 0:
-        return ((const uint8_t *)page)[i];
-    case 1:
-        return ((const uint16_t *)page)[i];
-    case 2:
-        return ((const uint32_t *)page)[i];
-    default:
-        return ((const uint64_t *)page)[i];
-    }
-}
-
-static inline unsigned qc_cell_count_bits(unsigned width_log)
-{
-    return (8u << width_log) - QC_CELL_FLAG_BITS;
-}
-
-/* A cell's count and flags, for cells of 1 << width_log bytes. */
-static inline uint64_t qc_cell_count(uint64_t cell, unsigned width_log)
-{
-    return cell & ((1ull << qc_cell_count_bits(width_log)) - 1);
-}
-
-static inline unsigned qc_cell_flags(uint64_t cell, unsigned width_log)
-{
-    return (unsigned)(cell >> qc_cell_count_bits(width_log));
-}
-
-static inline int qc_refmap_add(qc_refmap *map, uint64_t cluster, uint64_t n, unsigned flags)
-{
-    uint8_t *page = map->pages[cluster >> QC_PAGE_SHIFT];
-    if (page && map->width_log[cluster >> QC_PAGE_SHIFT] == 0) {
-        uint8_t *cell = page + (cluster & (QC_PAGE_CLUSTERS - 1));
-        unsigned v = *cell;
-        if (n <= 31u - (v & 31u)) {
-            v = (unsigned)(v + n) | flags << 5;
-            *cell = (uint8_t)v;
-            return (int)(v >> 5);
-        }
-    }
-    return qc_refmap_add_slow(map, cluster, n, flags);
-}
-
-static inline uint64_t qc_refmap_cell(const qc_refmap *map, uint64_t cluster, unsigned *width_log)
-{
-    const void *page = map->pages[cluster >> QC_PAGE_SHIFT];
-    if (!page) {
-        *width_log = 0;
-        return 0;
-    }
-    *width_log = map->width_log[cluster >> QC_PAGE_SHIFT];
-    return qc_cell_load(page, *width_log, cluster & (QC_PAGE_CLUSTERS - 1));
-}
-
-static inline uint64_t qc_refmap_get(const qc_refmap *map, uint64_t cluster)
-{
-    unsigned wl;
-    uint64_t cell = qc_refmap_cell(map, cluster, &wl);
-    return qc_cell_count(cell, wl);
-}
-
-static inline unsigned qc_refmap_flags(const qc_refmap *map, uint64_t cluster)
-{
-    unsigned wl;
-    uint64_t cell = qc_refmap_cell(map, cluster, &wl);
-    return qc_cell_flags(cell, wl);
-}
-
-/* ctx NULL: the set's memory is not charged to any check (for a set that
- * outlives the checks it is used with). */
-bool qc_bitset_init(struct qc_ctx *ctx, qc_bitset *set, uint64_t bits);
-void qc_bitset_release(qc_bitset *set);
-/* Returns false when a page could not be allocated (memoryLimit was
- * reported, ctx->stop set). */
-bool qc_bitset_set(qc_bitset *set, uint64_t i);
-static inline bool qc_bitset_test(const qc_bitset *s, uint64_t i)
-{
-    const uint64_t *page = s->pages[i >> QC_PAGE_SHIFT];
-    uint64_t bit = i & (QC_PAGE_CLUSTERS - 1);
-    return page && (page[bit / 64] >> (bit % 64)) & 1;
-}
-/* The first set bit at or after `i`, or set->bits. */
-uint64_t qc_bitset_next(const qc_bitset *set, uint64_t i);
-
-/* A data or bitmap-data pointer at `host_offset` was not followed: mark
- * the cluster it most likely meant (its aligned-down cluster) as suspect,
- * or count an unfollowed structure when that is outside the file. */
-void qc_unfollowed_leaf(qc_ctx *ctx, uint64_t host_offset);
-/* A pointer places [start, start + length) past the end of the file:
- * remember how far, so that a repair appends nothing that pointer would
- * then find (see past_eof_end). */
-void qc_claim_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length, bool refcount_structure);
-/* Record only that a structure claims [start, start + length) past the end
- * of the file (qc_claimed_past_eof), for one a repair drops before it
- * appends anything (bitmap structures, the encryption header). */
-void qc_note_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length);
-/* Sort and merge the runs (before the comparison pass). */
-void qc_past_eof_claims_finish(qc_ctx *ctx);
-/* Whether a structure or pointer the check found claims host cluster
- * `cluster`, which lies past the end of the file. */
-bool qc_claimed_past_eof(const qc_ctx *ctx, uint64_t cluster);
-/* The same for a bitmap data pointer (bitmap_suspect / unfollowed_bitmaps
- * too: -r all drops broken bitmaps, so what only they own is not kept). */
-void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);
-/* Whether the check's orphan verdict on `cluster` must hold in a repair
- * that rebuilds the refcount structures (damaged refcount blocks are then
- * replaced) and/or drops the bitmaps: orphans only they explain are not
- * kept. */
-bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitmaps,
-                     uint64_t cluster);
-
-/* ---- extents.c ---- */
-/* Describe an owner for messages: "L2 table (active L1 index 3)". */
-void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t len);
-/* The same for a distinct L2 table, named after its first reference. */
-void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len);
-/* Register a metadata structure and count `refs` references to each
- * cluster it touches. Returns false, reporting nothing, when it does not lie
- * inside the file (callers validate and report first) or memory ran out;
- * the caller then must not read it. */
-bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
-                   uint64_t length, uint64_t refs);
-/* Sort extents, report overlaps, flag metadata clusters in the map. Extents that overlap
- * an earlier one are marked so their contents are not followed. */
-bool qc_extents_finish(qc_ctx *ctx);
-/* The extent owning host cluster `cluster`, or NULL. */
-const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster);
-/* Whether the structure of `owner` at `offset` lost an overlap (it is not
- * followed). */
-bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
-/* Whether the first cluster of the structure of `owner` at `offset` is
- * also claimed by another structure, whichever won the overlap. */
-bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset);
-/* The kinds of structure claiming host cluster `cluster`, as a mask of
- * 1 << qc_owner. */
-uint32_t qc_cluster_owners(const qc_ctx *ctx, uint64_t cluster);
-/* Whether two structures claim host cluster `cluster`; `pair`, if not
- * NULL, receives two of them. */
-bool qc_cluster_shared(const qc_ctx *ctx, uint64_t cluster, const qc_extent *pair[2]);
-
-/* ---- ondisk.c: the refcounts on disk ---- */
-/* A run of clusters whose on-disk refcounts come from one place. */
-typedef struct qc_refcount_span {
-    uint64_t first, count; /* clusters [first, first + count) */
-    enum {
-        QC_SPAN_BLOCK,   /* a readable refcount block: `block`, reftable entry `index` */
-        QC_SPAN_ZERO,    /* no refcount block (or no table): refcounts read as 0 */
-        QC_SPAN_UNKNOWN, /* the refcount block pointer or the table is unusable */
-    } kind;
-    uint64_t index;
-    const uint8_t *block; /* cluster_size bytes; may cover clusters past the file end */
-} qc_refcount_span;
-/* Visit the on-disk refcounts of every cluster of the file, in order, one
- * span at a time (spans of refcount blocks also cover clusters past the
- * end of the file). Returns false when reading or allocating failed (a
- * finding was reported). With `read_ahead` the blocks are read ahead on a
- * second thread: only for a visitor that neither reads nor writes through
- * ctx->io (the check's; not a repair's, which writes to the view). */
-typedef void (*qc_span_visit)(qc_ctx *ctx, void *state, const qc_refcount_span *span);
-bool qc_each_refcount_span(qc_ctx *ctx, void *state, qc_span_visit visit, bool read_ahead);
 
 /* ---- check.c: running the passes ---- */
 /* Bind a zeroed ctx to its io, options and result (the fuzz harness of

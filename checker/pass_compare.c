@@ -103,8 +103,8 @@ static void compare_cluster(qc_ctx *ctx, compare_state *st, uint64_t c, uint64_t
         return;
     qc_problem_id id;
     if (ondisk > computed)
-        qc_bitset_set(&ctx->over, c);
-    if (ondisk > computed && (ctx->unfollowed || qc_bitset_test(&ctx->suspect, c))) {
+        qc_bitset_set(&ctx->refcount_above_refs, c);
+    if (ondisk > computed && (ctx->unfollowed || qc_bitset_test(&ctx->unfollowed_targets, c))) {
         id = QC_P_REFCOUNT_ORPHAN;
         qc_bitset_set(&ctx->orphans, c);
     } else if (ondisk > computed) {
@@ -201,7 +201,7 @@ static void check_copied(qc_ctx *ctx)
         /* The other reference may be a skipped snapshot's, and with a
          * higher refcount on disk QEMU wants COPIED clear (see below). */
         if (!r->copied && (ctx->unfollowed ||
-                           qc_bitset_test(&ctx->over, r->l2_offset >> ctx->geo.cluster_bits)))
+                           qc_bitset_test(&ctx->refcount_above_refs, r->l2_offset >> ctx->geo.cluster_bits)))
             continue;
         qc_report(ctx, QC_P_L1_COPIED_WRONG, "active L1 table",
                   ctx->hdr.l1_table_offset + (uint64_t)r->l1_index * 8, 1,
@@ -237,7 +237,7 @@ static void check_copied(qc_ctx *ctx)
              * wants it clear: judge it only when all were followed and the
              * refcount on disk is 1 too. */
             else if ((flags & QC_CELL_NOT_COPIED) && computed == 1 && !ctx->unfollowed &&
-                     !qc_bitset_test(&ctx->suspect, c) && !qc_bitset_test(&ctx->over, c))
+                     !qc_bitset_test(&ctx->unfollowed_targets, c) && !qc_bitset_test(&ctx->refcount_above_refs, c))
                 run_add(ctx, &r, QC_P_L2_COPIED_WRONG, c, 0, computed);
         }
     }

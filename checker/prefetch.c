@@ -113,7 +113,7 @@ qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetc
     *p = (qc_prefetch){.ctx = ctx, .count = count, .len = len, .offset_of = offset_of, .arg = arg};
     /* Halves of up to HALF_BYTES, at least eight chunks in all, and never
      * more than an eighth of the memory the check has left. */
-    uint64_t budget = (ctx->mem_limit - ctx->mem_used) / 8;
+    uint64_t budget = (ctx->mem.limit - ctx->mem.used) / 8;
     size_t per_half = len && len < HALF_BYTES ? HALF_BYTES / len : 1;
     if (per_half > count / 8)
         per_half = count / 8 ? count / 8 : 1;

@@ -137,68 +137,32 @@ size_t qc_lower_bound(const void *array, size_t n, size_t elem_size, size_t key_
     return lo;
 }
 
-void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
+void qc_memory_refused(void *owner, const char *what, uint64_t bytes, bool over_limit)
 {
-    if (bytes == 0)
-        bytes = 1;
-    /* Once the check has stopped (memory ran out, say), the passes wind
-     * down: whatever they still ask for is refused quietly, so the limit
-     * is reported once. */
-    if (ctx->stop)
-        return NULL;
-    if (bytes > ctx->mem_limit - ctx->mem_used || bytes > SIZE_MAX) {
+    qc_ctx *ctx = owner;
+    if (over_limit)
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
                   "needs %llu more bytes, over the memory limit of %llu bytes (--max-mem)",
-                  (unsigned long long)bytes, (unsigned long long)ctx->mem_limit);
-        ctx->stop = true;
-        return NULL;
-    }
-    void *p = calloc(1, (size_t)bytes);
-    if (!p) {
+                  (unsigned long long)bytes, (unsigned long long)ctx->mem.limit);
+    else
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
                   "out of memory allocating %llu bytes", (unsigned long long)bytes);
-        ctx->stop = true;
-        return NULL;
-    }
-    ctx->mem_used += bytes;
-    return p;
+    ctx->stop = true;
+}
+
+void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
+{
+    return qc_mem_alloc(&ctx->mem, bytes, what);
 }
 
 void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what)
 {
-    if (need <= *cap)
-        return ptr;
-    if (ctx->stop) /* as in qc_alloc */
-        return NULL;
-    size_t new_cap = *cap ? *cap : 16;
-    while (new_cap < need)
-        new_cap *= 2;
-    uint64_t old_bytes = (uint64_t)*cap * elem, new_bytes;
-    if (!qc_mul_ok(new_cap, elem, &new_bytes) ||
-        new_bytes - old_bytes > ctx->mem_limit - ctx->mem_used) {
-        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
-                  "needs %llu bytes, over the memory limit of %llu bytes (--max-mem)",
-                  (unsigned long long)new_bytes, (unsigned long long)ctx->mem_limit);
-        ctx->stop = true;
-        return NULL;
-    }
-    void *p = realloc(ptr, (size_t)new_bytes);
-    if (!p) {
-        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1, "out of memory");
-        ctx->stop = true;
-        return NULL;
-    }
-    ctx->mem_used += new_bytes - old_bytes;
-    *cap = new_cap;
-    return p;
+    return qc_mem_grow(&ctx->mem, ptr, cap, elem, need, what);
 }
 
 void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes)
 {
-    if (!ptr)
-        return;
-    free(ptr);
-    ctx->mem_used -= bytes ? bytes : 1;
+    qc_mem_free(&ctx->mem, ptr, bytes);
 }
 
 int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len)

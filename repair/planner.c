@@ -460,7 +460,7 @@ static bool note_kept_leaks(repair_run *r)
     uint64_t kept = 0;
     for (uint64_t c = qc_bitset_next(&r->kept, 0); c < r->kept.bits;
          c = qc_bitset_next(&r->kept, c + 1))
-        kept += c < ctx->file_clusters && qc_bitset_test(&ctx->over, c);
+        kept += c < ctx->file_clusters && qc_bitset_test(&ctx->refcount_above_refs, c);
     note_kept(r, kept);
     return true;
 }

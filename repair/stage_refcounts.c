@@ -192,7 +192,7 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 /* The clusters -r leaks must keep at refcount 2 or more (see patcher). */
 static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
 {
-    if (!qc_bitset_init(ctx, floor, ctx->file_clusters))
+    if (!qc_bitset_init(&ctx->mem, floor, ctx->file_clusters))
         return false;
     const qc_refmap *map = &ctx->refmap;
     for (uint64_t c = qc_refmap_next_page(map, 0, map->clusters); c < map->clusters;
@@ -297,7 +297,7 @@ static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
 
 static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
 {
-    if (!qc_bitset_init(ctx, old, ctx->file_clusters))
+    if (!qc_bitset_init(&ctx->mem, old, ctx->file_clusters))
         return false;
     for (size_t i = 0; i < ctx->nb_extents; i++) {
         const qc_extent *e = &ctx->extents[i];

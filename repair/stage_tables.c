@@ -148,8 +148,8 @@ static void rewrite_entry(repair_run *r, uint64_t at, uint64_t clear, uint64_t s
  * into a cluster that structure still uses). */
 static bool copied_may_be_set(const qc_ctx *ctx, uint64_t c)
 {
-    return !ctx->unfollowed && !qc_bitset_test(&ctx->suspect, c) &&
-           !qc_bitset_test(&ctx->orphans, c) && !qc_bitset_test(&ctx->over, c);
+    return !ctx->unfollowed && !qc_bitset_test(&ctx->unfollowed_targets, c) &&
+           !qc_bitset_test(&ctx->orphans, c) && !qc_bitset_test(&ctx->refcount_above_refs, c);
 }
 
 /* Data clusters the check flagged (l2CopiedWrong) and, with `with_over`,
@@ -160,7 +160,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
 {
     const qc_geometry *g = &ctx->geo;
     qc_bitset flagged;
-    bool flagged_ok = qc_bitset_init(ctx, &flagged, ctx->file_clusters);
+    bool flagged_ok = qc_bitset_init(&ctx->mem, &flagged, ctx->file_clusters);
     uint8_t *table = malloc(g->cluster_size), *copy = malloc(g->cluster_size);
     if (!flagged_ok || !table || !copy) {
         r->error = -ENOMEM;
@@ -191,7 +191,7 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
             uint64_t c = off >> g->cluster_bits;
             if ((entry & QC_OFLAG_COMPRESSED) || off == 0 || !qc_cluster_aligned(ctx, off) ||
                 c >= ctx->file_clusters ||
-                !(qc_bitset_test(&flagged, c) || (with_over && qc_bitset_test(&ctx->over, c))))
+                !(qc_bitset_test(&flagged, c) || (with_over && qc_bitset_test(&ctx->refcount_above_refs, c))))
                 continue;
             bool want = qc_refmap_get(&ctx->refmap, c) == 1 && copied_may_be_set(ctx, c);
             qc_put_be64(copy + i * g->l2_entry_size,
@@ -307,7 +307,7 @@ void qc_stage_copied(repair_run *r)
     for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
         const qc_l2_ref *ref = &ctx->l2_refs[i];
         if (ref->snapshot == QC_ACTIVE && ref->copied &&
-            qc_bitset_test(&ctx->over, ref->l2_offset >> ctx->geo.cluster_bits))
+            qc_bitset_test(&ctx->refcount_above_refs, ref->l2_offset >> ctx->geo.cluster_bits))
             rewrite_entry(r, ctx->hdr.l1_table_offset + (uint64_t)ref->l1_index * 8,
                           QC_OFLAG_COPIED, 0, 0, "active L1 table",
                           "the L2 table has more than one reference on disk");
@@ -378,7 +378,7 @@ static bool sole_orphan_target(repair_run *r, const qc_ctx *ctx, uint64_t c,
     const uint64_t *at = bsearch(&c, targets, nb_targets, sizeof(*targets), cmp_u64);
     return c < ctx->file_clusters && at && !(at > targets && at[-1] == c) &&
            !(at + 1 < targets + nb_targets && at[1] == c) && qc_refmap_get(&ctx->refmap, c) == 0 &&
-           qc_bitset_test(&ctx->over, c) && !qc_bitset_test(&ctx->bitmap_suspect, c) &&
+           qc_bitset_test(&ctx->refcount_above_refs, c) && !qc_bitset_test(&ctx->bitmap_unfollowed_targets, c) &&
            ondisk_refcount(r, ctx, c, ondisk) && *ondisk != 0;
 }
 

@@ -25,7 +25,11 @@ static void fixture_init(fixture *f, uint64_t mem_limit)
 {
     memset(f, 0, sizeof(*f));
     f->ctx.res = &f->res;
-    f->ctx.mem_limit = mem_limit;
+    /* The check's accountant, as qc_ctx_begin sets it up. */
+    f->ctx.mem = (qc_mem){.limit = mem_limit,
+                          .stopped = &f->ctx.stop,
+                          .refused = qc_memory_refused,
+                          .owner = &f->ctx};
 }
 
 static uint64_t pages_allocated(const qc_refmap *m)
@@ -43,10 +47,10 @@ START_TEST(test_refmap_pages_on_first_write)
     qc_refmap m;
     /* A file of 2^31 + 5 clusters: the directory only, no page yet. */
     uint64_t clusters = (1ull << 31) + 5;
-    ck_assert(qc_refmap_init(&f.ctx, &m, clusters));
+    ck_assert(qc_refmap_init(&f.ctx.mem, &m, clusters));
     ck_assert_uint_eq(m.nb_pages, (clusters + QC_PAGE_CLUSTERS - 1) / QC_PAGE_CLUSTERS);
     ck_assert_uint_eq(pages_allocated(&m), 0);
-    ck_assert_uint_lt(f.ctx.mem_used, 1ull << 20);
+    ck_assert_uint_lt(f.ctx.mem.used, 1ull << 20);
     ck_assert_uint_eq(qc_refmap_next_page(&m, 0, clusters), clusters);
 
     /* Setting 0 (or adding nothing) allocates nothing. */
@@ -67,7 +71,7 @@ START_TEST(test_refmap_pages_on_first_write)
     ck_assert_uint_eq(qc_refmap_next_page(&m, last_page + 3, clusters), last_page + 3);
 
     qc_refmap_release(&m);
-    ck_assert_uint_eq(f.ctx.mem_used, 0);
+    ck_assert_uint_eq(f.ctx.mem.used, 0);
 }
 END_TEST
 
@@ -76,7 +80,7 @@ START_TEST(test_refmap_widening_keeps_counts_and_flags)
     fixture f;
     fixture_init(&f, 1ull << 30);
     qc_refmap m;
-    ck_assert(qc_refmap_init(&f.ctx, &m, 3 * QC_PAGE_CLUSTERS));
+    ck_assert(qc_refmap_init(&f.ctx.mem, &m, 3 * QC_PAGE_CLUSTERS));
     uint64_t base = QC_PAGE_CLUSTERS; /* the second page */
     ck_assert_int_eq(qc_refmap_add(&m, base + 7, 7, QC_CELL_NOT_COPIED), QC_CELL_NOT_COPIED);
     ck_assert_int_eq(qc_refmap_add(&m, base + 5, 31, QC_CELL_META), QC_CELL_META);
@@ -112,7 +116,7 @@ START_TEST(test_refmap_widening_keeps_counts_and_flags)
     ck_assert_uint_eq(qc_refmap_flags(&m, base + 5), QC_CELL_META | QC_CELL_COPIED);
 
     qc_refmap_release(&m);
-    ck_assert_uint_eq(f.ctx.mem_used, 0);
+    ck_assert_uint_eq(f.ctx.mem.used, 0);
 }
 END_TEST
 
@@ -121,7 +125,7 @@ START_TEST(test_refmap_memory_limit)
     fixture f;
     fixture_init(&f, 64 * 1024);
     qc_refmap m;
-    ck_assert(qc_refmap_init(&f.ctx, &m, 8 * QC_PAGE_CLUSTERS));
+    ck_assert(qc_refmap_init(&f.ctx.mem, &m, 8 * QC_PAGE_CLUSTERS));
     ck_assert_int_eq(qc_refmap_add(&m, 0, 1, 0), 0); /* one 32 KiB page fits */
     ck_assert_int_eq(qc_refmap_add(&m, 3 * QC_PAGE_CLUSTERS, 1, 0), -1);
     ck_assert(f.ctx.stop);
@@ -129,7 +133,7 @@ START_TEST(test_refmap_memory_limit)
     ck_assert_uint_eq(f.res.check_errors, 1);
     ck_assert_uint_eq(qc_refmap_get(&m, 0), 1);
     qc_refmap_release(&m);
-    ck_assert_uint_eq(f.ctx.mem_used, 0);
+    ck_assert_uint_eq(f.ctx.mem.used, 0);
 }
 END_TEST
 
@@ -139,7 +143,7 @@ START_TEST(test_bitset_paged)
     fixture_init(&f, 1ull << 30);
     qc_bitset s;
     uint64_t bits = 4 * QC_PAGE_CLUSTERS + 100;
-    ck_assert(qc_bitset_init(&f.ctx, &s, bits));
+    ck_assert(qc_bitset_init(&f.ctx.mem, &s, bits));
     ck_assert_uint_eq(qc_bitset_next(&s, 0), bits);
     const uint64_t set[] = {0, 63, 64, QC_PAGE_CLUSTERS + 1, 4 * QC_PAGE_CLUSTERS + 99};
     for (size_t i = 0; i < sizeof(set) / sizeof(set[0]); i++)
@@ -157,7 +161,7 @@ START_TEST(test_bitset_paged)
     ck_assert(!qc_bitset_test(&s, 65));
     ck_assert(!qc_bitset_test(&s, 3 * QC_PAGE_CLUSTERS)); /* a page never written */
     qc_bitset_release(&s);
-    ck_assert_uint_eq(f.ctx.mem_used, 0);
+    ck_assert_uint_eq(f.ctx.mem.used, 0);
 
     /* Without a context: plain memory, nothing charged. */
     ck_assert(qc_bitset_init(NULL, &s, bits));
@@ -211,7 +215,7 @@ static void check_prefetch(size_t count, size_t len, size_t stride)
         }
     }
     qc_prefetch_stop(p);
-    ck_assert_uint_eq(f.ctx.mem_used, 0);
+    ck_assert_uint_eq(f.ctx.mem.used, 0);
     qc_io_close(&io);
     free(image);
 }
