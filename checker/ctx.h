@@ -226,9 +226,10 @@ static inline uint64_t qc_l2_table_offset(const qc_ctx *ctx, const qc_l2_table *
 /* ---- support.c: reporting ---- */
 /* Report one finding. `object` names the structure (may be NULL), `offset`
  * is a host offset or QC_NO_OFFSET, `count` how many clusters/entries it
- * covers (at least 1). */
+ * covers (at least 1), `fc` the facts the problem's message template names
+ * (the message is made from the row, never at the call site). */
 void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offset,
-               uint64_t count, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+               uint64_t count, const qc_finding_ctx *fc);
 /* Emit the "N more" summaries for findings past the per-problem cap. */
 void qc_report_flush(qc_ctx *ctx);
 /* Tell the caller the check is `done` parts of `total` through the stage
@@ -487,6 +488,8 @@ static inline bool qc_empty_table_offset_ok(const qc_ctx *ctx, uint64_t off)
 {
     return qc_cluster_aligned(ctx, off) && off <= INT64_MAX;
 }
+/* The wordings of emptyTableOffsetInvalid (its template's variants). */
+enum { QC_EMPTY_TABLE_UNALIGNED, QC_EMPTY_TABLE_HIGH, QC_EMPTY_TABLE_SNAPSHOT_L1 };
 void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t len);
 
 #endif

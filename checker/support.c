@@ -2,16 +2,18 @@
  * Support shared by every pass: the problem table and the reporting
  * decision point, memory accounting against --max-mem, bounded reads.
  */
+#include <assert.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctx.h"
+#include "finding.h"
 
 static const qc_problem problem_table[QC_P_COUNT] = {
-#define QC_PROBLEM(name, code_, id_, sev, fix_, summary_)                                          \
-    [QC_P_##name] = {QC_P_##name, code_, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_},
+#define QC_PROBLEM(name, code_, id_, sev, fix_, summary_, message_)                                \
+    [QC_P_##name] = {QC_P_##name, code_, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_, message_},
 #include "qcheck_problems.def"
 #undef QC_PROBLEM
 };
@@ -69,16 +71,22 @@ static void tally(qc_ctx *ctx, const qc_problem *p, uint64_t count)
 }
 
 static void emit(qc_ctx *ctx, const qc_problem *p, const char *object, uint64_t offset,
-                 uint64_t count, const char *message)
+                 uint64_t count, const char *tmpl, const qc_finding_ctx *fc)
 {
     if (!ctx->opts || !ctx->opts->on_finding)
         return;
-    qc_finding f = {p, object ? object : "", message, offset, count};
+    char message[512];
+    int status = qc_template_render(message, sizeof(message), tmpl, fc);
+    /* A template that names a field its call site does not fill is a bug
+     * of qcheck's, which the test suite's images catch here. */
+    assert(status == 0);
+    (void)status;
+    qc_finding f = {p, object ? object : "", message, offset, count, fc};
     ctx->opts->on_finding(&f, ctx->opts->payload);
 }
 
 void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offset,
-               uint64_t count, const char *fmt, ...)
+               uint64_t count, const qc_finding_ctx *fc)
 {
     const qc_problem *p = &problem_table[id];
     if (count == 0)
@@ -94,12 +102,7 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
         return;
     }
     ctx->shown[id]++;
-    char message[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(message, sizeof(message), fmt, ap);
-    va_end(ap);
-    emit(ctx, p, object, offset, count, message);
+    emit(ctx, p, object, offset, count, p->message, fc);
 }
 
 void qc_report_flush(qc_ctx *ctx)
@@ -107,11 +110,12 @@ void qc_report_flush(qc_ctx *ctx)
     for (unsigned i = 0; i < QC_P_COUNT; i++) {
         if (!ctx->hidden[i])
             continue;
-        char message[160];
-        snprintf(message, sizeof(message),
-                 "%llu more findings of this kind (%llu items) are not shown one by one",
-                 (unsigned long long)ctx->hidden[i], (unsigned long long)ctx->hidden_count[i]);
-        emit(ctx, &problem_table[i], "(summary)", QC_NO_OFFSET, ctx->hidden_count[i], message);
+        /* Not the row's wording: the same summary for every problem. */
+        qc_finding_ctx fc = {.present = QC_CTX_VALUE | QC_CTX_SIZE,
+                             .value = ctx->hidden[i],
+                             .size = ctx->hidden_count[i]};
+        emit(ctx, &problem_table[i], "(summary)", QC_NO_OFFSET, ctx->hidden_count[i],
+             "%{value} more findings of this kind (%{size} items) are not shown one by one", &fc);
     }
 }
 
@@ -183,15 +187,16 @@ void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what)
         return NULL;
     if (bytes > ctx->mem_limit - ctx->mem_used || bytes > SIZE_MAX) {
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
-                  "needs %llu more bytes, over the memory limit of %llu bytes (--max-mem)",
-                  (unsigned long long)bytes, (unsigned long long)ctx->mem_limit);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .size = bytes,
+                                    .expected = ctx->mem_limit});
         ctx->stop = true;
         return NULL;
     }
     void *p = calloc(1, (size_t)bytes);
     if (!p) {
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
-                  "out of memory allocating %llu bytes", (unsigned long long)bytes);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE, .variant = 1, .size = bytes});
         ctx->stop = true;
         return NULL;
     }
@@ -212,14 +217,18 @@ void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, con
     if (!qc_mul_ok(new_cap, elem, &new_bytes) ||
         new_bytes - old_bytes > ctx->mem_limit - ctx->mem_used) {
         qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
-                  "needs %llu bytes, over the memory limit of %llu bytes (--max-mem)",
-                  (unsigned long long)new_bytes, (unsigned long long)ctx->mem_limit);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .size = new_bytes - old_bytes,
+                                    .expected = ctx->mem_limit});
         ctx->stop = true;
         return NULL;
     }
     void *p = realloc(ptr, (size_t)new_bytes);
     if (!p) {
-        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1, "out of memory");
+        qc_report(ctx, QC_P_MEMORY_LIMIT, what, QC_NO_OFFSET, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE,
+                                    .variant = 1,
+                                    .size = new_bytes - old_bytes});
         ctx->stop = true;
         return NULL;
     }
@@ -244,8 +253,10 @@ int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len)
 
 void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t len, int err)
 {
-    qc_report(ctx, QC_P_READ_FAILED, what, off, 1, "reading %zu bytes failed: %s", len,
-              strerror(-err));
+    qc_report(ctx, QC_P_READ_FAILED, what, off, 1,
+              &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_NAME,
+                                .size = len,
+                                .name = strerror(-err)});
 }
 
 bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)

@@ -11,7 +11,7 @@
 
 /* The enum names, straight from the table, to compare with the ids. */
 static const char *const enum_names[QC_P_COUNT] = {
-#define QC_PROBLEM(name, code, id, sev, fix, summary) [QC_P_##name] = #name,
+#define QC_PROBLEM(name, code, id, sev, fix, summary, message) [QC_P_##name] = #name,
 #include "qcheck_problems.def"
 #undef QC_PROBLEM
 };
