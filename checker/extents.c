@@ -1,7 +1,8 @@
 /*
- * Metadata extents: every structure that owns host clusters (header, L1 and
- * L2 tables, refcount table and blocks, snapshot table, bitmap directory,
- * tables and data, encryption header).
+ * Metadata extents (overlaps: docs/passes.md §3.6, code 701): every
+ * structure that owns host clusters (header, L1 and L2 tables, refcount
+ * table and blocks, snapshot table, bitmap directory, tables and data,
+ * encryption header).
  *
  * Registering an extent counts its references in the computed refcount
  * map. After all are registered, qc_extents_finish() sorts them, reports

@@ -1,5 +1,5 @@
 /*
- * Pass 4: persistent dirty bitmaps.
+ * Persistent dirty bitmaps (docs/passes.md §3.4; codes 4xx).
  *
  * Checks: the bitmap directory (inside the file, entries exactly filling
  * it, their number matching the extension), each entry (table offset and

@@ -1,6 +1,7 @@
 /*
- * Pass 6: compare computed refcounts with the refcounts on disk, and judge
- * COPIED flags against the computed refcounts.
+ * Compare computed refcounts with the refcounts on disk, and judge COPIED
+ * flags against the computed refcounts (docs/passes.md §3.8; codes 604-611,
+ * and 516-517 for COPIED).
  *
  * Checks, per host cluster: leaks (higher on disk), refcounts too low or
  * zero for clusters in use, refcount overflow for narrow widths (also where

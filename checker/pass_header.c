@@ -1,5 +1,5 @@
 /*
- * Pass 1: the header and its extensions.
+ * The header and its extensions (docs/passes.md §3.1; codes 1xx and 2xx).
  *
  * Checks: magic and version (and what other format the file looks like),
  * every fixed field against its valid range, feature bits (unknown ones

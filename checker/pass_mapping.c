@@ -1,6 +1,7 @@
 /*
- * Pass 5: mapping. Active and snapshot L1 tables, then every distinct L2
- * table once, however many L1 entries share it.
+ * Mapping (docs/passes.md §3.5 and §3.7; codes 5xx, 702, and 802 when the
+ * L2 references outgrow their limit). Active and snapshot L1 tables, then
+ * every distinct L2 table once, however many L1 entries share it.
  *
  * Checks: L1 entries (reserved bits, offset 0 with other bits set,
  * alignment, inside the file); L2 entries of every kind (standard, zero,

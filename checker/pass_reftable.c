@@ -1,5 +1,6 @@
 /*
- * Pass 3: the refcount table.
+ * The refcount table (docs/passes.md §3.3; codes 601-603, the entries of
+ * the refcount area, whose other codes the compare pass reports).
  *
  * Checks: every refcount table entry (reserved bits, alignment, inside the
  * file). Refcount block contents are compared in the compare pass.

@@ -1,5 +1,6 @@
 /*
- * Pass 2: the snapshot table.
+ * The snapshot table (docs/passes.md §3.2; codes 3xx, and 133 for a
+ * snapshot's empty L1 table).
  *
  * Checks: every entry lies inside the file (a last entry whose fixed part
  * is inside but whose extra data, id or name runs past the end is decoded
