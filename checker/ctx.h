@@ -168,8 +168,6 @@ size_t qc_lower_bound(const void *array, size_t n, size_t elem_size, size_t key_
                       uint64_t key);
 
 /* ---- support.c: allocation charged to the check's accountant, reads ---- */
-/* The accountant's refusals: memoryLimit, and the check stops. */
-void qc_memory_refused(void *owner, const char *what, uint64_t bytes, bool over_limit);
 void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what);
 void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what);
 void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
@@ -178,7 +176,6 @@ bool qc_read(qc_ctx *ctx, uint64_t off, void *buf, size_t len, const char *what)
 /* The same in two steps, for callers that name what they read only when
  * it fails: 0 or a negative errno, and the report. */
 int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len);
-void qc_report_read_failed(qc_ctx *ctx, const char *what, uint64_t off, size_t len, int err);
 
 /* ---- io.c ---- */
 /* Write all of buf at off (short writes and EINTR retried): 0 or a
@@ -218,6 +215,8 @@ static inline bool qc_empty_table_offset_ok(const qc_ctx *ctx, uint64_t off)
 {
     return qc_cluster_aligned(ctx, off) && off <= INT64_MAX;
 }
+/* The wordings of emptyTableOffsetInvalid (its template's variants). */
+enum { QC_EMPTY_TABLE_UNALIGNED, QC_EMPTY_TABLE_HIGH, QC_EMPTY_TABLE_SNAPSHOT_L1 };
 void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t len);
 
 #endif

@@ -1,7 +1,8 @@
 /*
- * Metadata extents: every structure that owns host clusters (header, L1 and
- * L2 tables, refcount table and blocks, snapshot table, bitmap directory,
- * tables and data, encryption header).
+ * Metadata extents (overlaps: docs/passes.md §3.6, code 701): every
+ * structure that owns host clusters (header, L1 and L2 tables, refcount
+ * table and blocks, snapshot table, bitmap directory, tables and data,
+ * encryption header).
  *
  * Registering an extent counts its references in the computed refcount
  * map. After all are registered, qc_extents_finish() sorts them, reports
@@ -198,9 +199,10 @@ bool qc_extents_finish(qc_ctx *ctx)
             qc_describe_extent(ctx, loser, a, sizeof(a));
             qc_describe_extent(ctx, winner, b, sizeof(b));
             qc_report(ctx, QC_P_METADATA_OVERLAP, a, loser->start, 1,
-                      "its %llu bytes overlap the %s at 0x%llx (%llu bytes)",
-                      (unsigned long long)loser->length, b, (unsigned long long)winner->start,
-                      (unsigned long long)winner->length);
+                      &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_NAME | QC_CTX_HOST_OFFSET,
+                                        .size = loser->length,
+                                        .name = b,
+                                        .host_offset = winner->start});
             if (!loser->conflicted) {
                 loser->conflicted = true;
                 ctx->unfollowed++;

@@ -1,5 +1,5 @@
 /*
- * Pass 4: persistent dirty bitmaps.
+ * Persistent dirty bitmaps (docs/passes.md §3.4; codes 4xx).
  *
  * Checks: the bitmap directory (inside the file, entries exactly filling
  * it, their number matching the extension), each entry (table offset and
@@ -48,73 +48,69 @@ static uint64_t qemu_table_entries(const qc_ctx *ctx, unsigned granularity_bits)
     return qc_div_round_up(words * 8, ctx->geo.cluster_size);
 }
 
-/* Why an entry is unusable, or NULL. */
-static const char *entry_defect(const qc_ctx *ctx, const qc_bitmap_entry *e, char *buf, size_t len)
+/* Why an entry is unusable: false when it is not, else true with the
+ * variant of bitmapEntryInvalid's message and its facts in fc. */
+static bool entry_defect(const qc_ctx *ctx, const qc_bitmap_entry *e, qc_finding_ctx *fc)
 {
+    enum { SIZE, OFFSET, PAST_EOF, FLAGS, TYPE, GRANULARITY, NAME_SIZE, EXTRA_DATA, TOO_SMALL };
     if (e->table_size == 0 || e->table_size > QC_MAX_BITMAP_TABLE_ENTRIES)
-        snprintf(buf, len, "table size %u is outside 1..%u", e->table_size,
-                 QC_MAX_BITMAP_TABLE_ENTRIES);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED, .variant = SIZE,
+                               .value = e->table_size, .expected = QC_MAX_BITMAP_TABLE_ENTRIES};
     else if (e->table_offset == 0 || !qc_cluster_aligned(ctx, e->table_offset))
-        snprintf(buf, len, "table offset 0x%llx is not a cluster-aligned non-zero offset",
-                 (unsigned long long)e->table_offset);
+        *fc = (qc_finding_ctx){.present = QC_CTX_HOST_OFFSET, .variant = OFFSET,
+                               .host_offset = e->table_offset};
     else if (!qc_range_within(e->table_offset, (uint64_t)e->table_size * 8, ctx->file_size))
-        snprintf(buf, len, "table at 0x%llx (%u entries) extends past the end of the file",
-                 (unsigned long long)e->table_offset, e->table_size);
+        *fc = (qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_VALUE, .variant = PAST_EOF,
+                               .host_offset = e->table_offset, .value = e->table_size};
     else if (e->flags & ~7u)
-        snprintf(buf, len, "reserved flag bits 0x%x are set", e->flags & ~7u);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE, .variant = FLAGS, .value = e->flags & ~7u};
     else if (e->type != 1)
-        snprintf(buf, len, "type is %u; only 1 (dirty tracking) exists", e->type);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE, .variant = TYPE, .value = e->type};
     else if (e->granularity_bits > 63)
-        snprintf(buf, len, "granularity_bits is %u", e->granularity_bits);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE, .variant = GRANULARITY,
+                               .value = e->granularity_bits};
     else if (e->name_size == 0 || e->name_size > QC_MAX_BITMAP_NAME)
-        snprintf(buf, len, "name size %u is outside 1..1023", e->name_size);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED, .variant = NAME_SIZE,
+                               .value = e->name_size, .expected = QC_MAX_BITMAP_NAME};
     else if (e->extra_data_size && !(e->flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE))
-        snprintf(buf, len, "%u bytes of extra data without the extra_data_compatible flag",
-                 e->extra_data_size);
+        *fc = (qc_finding_ctx){.present = QC_CTX_SIZE, .variant = EXTRA_DATA,
+                               .size = e->extra_data_size};
     else if (!(e->flags & QC_BITMAP_FLAG_IN_USE) && e->granularity_bits <= 31 &&
              e->table_size < qemu_table_entries(ctx, e->granularity_bits))
         /* A bitmap saved cleanly must cover the whole disk. */
-        snprintf(buf, len, "table has %u entries but the disk needs %llu", e->table_size,
-                 (unsigned long long)qemu_table_entries(ctx, e->granularity_bits));
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED, .variant = TOO_SMALL,
+                               .value = e->table_size,
+                               .expected = qemu_table_entries(ctx, e->granularity_bits)};
     else
-        return NULL;
-    return buf;
+        return false;
+    return true;
 }
 
 /* What the specification allows in a valid entry but QEMU refuses to
- * load, with QEMU's message, or NULL. */
-static const char *qemu_refusal(const qc_ctx *ctx, const qc_bitmap_entry *e, const char *name,
-                                char *buf, size_t len)
+ * load: false when nothing, else true with the variant of
+ * bitmapUnsupportedByQemu's message (which gives QEMU's) and its facts. */
+static bool qemu_refusal(const qc_ctx *ctx, const qc_bitmap_entry *e, qc_finding_ctx *fc)
 {
+    enum { EXTRA_DATA, GRANULARITY, EXTRA_DATA_FLAG, TOO_MUCH_DATA, TABLE_SIZE };
     if (e->extra_data_size)
-        snprintf(buf, len, "%u bytes of extra data (\"Bitmap extra data is not supported\")",
-                 e->extra_data_size);
+        *fc = (qc_finding_ctx){.present = QC_CTX_SIZE, .variant = EXTRA_DATA,
+                               .size = e->extra_data_size};
     else if (e->granularity_bits < 9 || e->granularity_bits > 31)
-        snprintf(buf, len,
-                 "granularity_bits is %u, outside QEMU's 9..31 (\"Bitmap '%s' doesn't satisfy "
-                 "the constraints\")",
-                 e->granularity_bits, name);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE, .variant = GRANULARITY,
+                               .value = e->granularity_bits};
     else if (e->flags & QC_BITMAP_FLAG_EXTRA_DATA_COMPATIBLE)
-        snprintf(buf, len,
-                 "flag extra_data_compatible is set, a flag QEMU reserves (\"Bitmap '%s' "
-                 "doesn't satisfy the constraints\")",
-                 name);
+        *fc = (qc_finding_ctx){.variant = EXTRA_DATA_FLAG};
     else if ((uint64_t)e->table_size * ctx->geo.cluster_size > QC_MAX_BITMAP_TABLE_CLUSTER_BYTES)
-        snprintf(buf, len,
-                 "%u table entries of %llu-byte clusters exceed QEMU's 512 MiB of bitmap data "
-                 "(\"Bitmap '%s' doesn't satisfy the constraints\")",
-                 e->table_size, (unsigned long long)ctx->geo.cluster_size, name);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_SIZE, .variant = TOO_MUCH_DATA,
+                               .value = e->table_size, .size = ctx->geo.cluster_size};
     else if (!(e->flags & QC_BITMAP_FLAG_IN_USE) &&
              e->table_size != qemu_table_entries(ctx, e->granularity_bits))
-        snprintf(buf, len,
-                 "the table has %u entries where the disk needs %llu, and QEMU loads only a "
-                 "table of exactly that size (\"Could not read bitmap '%s' from image: Invalid "
-                 "argument\")",
-                 e->table_size, (unsigned long long)qemu_table_entries(ctx, e->granularity_bits),
-                 name);
+        *fc = (qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED, .variant = TABLE_SIZE,
+                               .value = e->table_size,
+                               .expected = qemu_table_entries(ctx, e->granularity_bits)};
     else
-        return NULL;
-    return buf;
+        return false;
+    return true;
 }
 
 static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, const char *obj)
@@ -130,18 +126,22 @@ static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, c
     for (uint32_t j = 0; j < e->table_size; j++) {
         uint64_t v = qc_be64(table + (uint64_t)j * 8);
         uint64_t off = v & QC_BITMAP_TABLE_OFFSET_MASK;
-        const char *why = NULL;
+        enum { RESERVED = 1, ALL_ONES, UNALIGNED, PAST_EOF } why = 0;
         if (v & QC_BITMAP_TABLE_RESERVED_MASK)
-            why = "reserved bits are set";
+            why = RESERVED;
         else if (off && (v & QC_BITMAP_TABLE_ALL_ONES))
-            why = "bit 0 (all ones) is set together with a data offset";
+            why = ALL_ONES;
         else if (off && !qc_cluster_aligned(ctx, off))
-            why = "the data offset is not cluster aligned";
+            why = UNALIGNED;
         else if (off && !qc_range_within(off, ctx->geo.cluster_size, ctx->file_size))
-            why = "the data cluster is past the end of the file";
+            why = PAST_EOF;
         if (why) {
             qc_report(ctx, QC_P_BITMAP_TABLE_ENTRY_INVALID, obj, e->table_offset + (uint64_t)j * 8, 1,
-                      "entry %u is 0x%016llx: %s", j, (unsigned long long)v, why);
+                      &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_ENTRY | QC_CTX_HOST_OFFSET,
+                                        .variant = why - 1,
+                                        .index = j,
+                                        .entry = v,
+                                        .host_offset = off});
             if (off)
                 qc_unfollowed_bitmap_leaf(ctx, off);
         } else if (off) {
@@ -168,13 +168,14 @@ void qc_pass_bitmaps(qc_ctx *ctx)
         uint64_t at = x->directory_offset + c.pos;
         if (!qc_bitmap_entry_decode(&c, &e)) {
             qc_report(ctx, QC_P_BITMAP_DIRECTORY_INVALID, "bitmap directory", at, 1,
-                      "entry %u runs past the end of the %llu-byte directory", n,
-                      (unsigned long long)x->directory_size);
+                      &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_SIZE,
+                                        .index = n,
+                                        .size = x->directory_size});
             ctx->unfollowed++;
             ctx->unfollowed_bitmaps++;
             break;
         }
-        char obj[1200], name[1100], why[1400];
+        char obj[1200], name[1100];
         qc_printable(name, sizeof(name), e.name, e.name_size);
         snprintf(obj, sizeof(obj), "bitmap %u \"%s\"", n, name);
         /* QEMU reads a name as a C string: two names that differ only
@@ -183,36 +184,48 @@ void qc_pass_bitmaps(qc_ctx *ctx)
         names[n] = (name_key){e.name, (uint16_t)(nul ? nul - e.name : e.name_size), n};
         if (e.flags & QC_BITMAP_FLAG_IN_USE)
             qc_report(ctx, QC_P_BITMAP_IN_USE, obj, at, 1,
-                      "the in_use flag is set: the bitmap was not saved cleanly and is inconsistent");
-        if (entry_defect(ctx, &e, why, sizeof(why))) {
-            qc_report(ctx, QC_P_BITMAP_ENTRY_INVALID, obj, at, 1, "%s", why);
+                      &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_NAME, .index = n,
+                                        .name = name});
+        qc_finding_ctx fc;
+        if (entry_defect(ctx, &e, &fc)) {
+            fc.present |= QC_CTX_INDEX | QC_CTX_NAME;
+            fc.index = n;
+            fc.name = name;
+            qc_report(ctx, QC_P_BITMAP_ENTRY_INVALID, obj, at, 1, &fc);
             ctx->unfollowed++;
             ctx->unfollowed_bitmaps++;
             if (e.table_offset && qc_cluster_aligned(ctx, e.table_offset))
                 qc_note_past_eof(ctx, e.table_offset, (uint64_t)e.table_size * 8);
         } else {
-            if (qemu_refusal(ctx, &e, name, why, sizeof(why)))
-                qc_report(ctx, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, obj, at, 1,
-                          "%s; QEMU cannot open the image", why);
+            if (qemu_refusal(ctx, &e, &fc)) {
+                fc.present |= QC_CTX_INDEX | QC_CTX_NAME;
+                fc.index = n;
+                fc.name = name;
+                qc_report(ctx, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, obj, at, 1, &fc);
+            }
             check_table(ctx, n, &e, obj);
         }
         n++;
     }
     if (n != x->nb_bitmaps || qc_cursor_remaining(&c) != 0)
         qc_report(ctx, QC_P_BITMAP_DIRECTORY_INVALID, "bitmap directory", x->directory_offset, 1,
-                  "the extension announces %u bitmaps in %llu bytes; the directory holds %u "
-                  "entries and %zu bytes are left over",
-                  x->nb_bitmaps, (unsigned long long)x->directory_size, n, qc_cursor_remaining(&c));
+                  &(qc_finding_ctx){.present = QC_CTX_EXPECTED | QC_CTX_SIZE | QC_CTX_INDEX |
+                                               QC_CTX_VALUE,
+                                    .variant = 1,
+                                    .expected = x->nb_bitmaps,
+                                    .size = x->directory_size,
+                                    .index = n,
+                                    .value = qc_cursor_remaining(&c)});
     qsort(names, n, sizeof(name_key), name_cmp);
     for (uint32_t i = 1; i < n; i++)
         if (names[i].len == names[i - 1].len && !memcmp(names[i].name, names[i - 1].name, names[i].len)) {
             char name[1100];
             qc_printable(name, sizeof(name), names[i].name, names[i].len);
             qc_report(ctx, QC_P_BITMAP_NAME_DUPLICATE, "bitmap directory", x->directory_offset, 1,
-                      "bitmaps %u and %u are both named \"%s\" (up to the first NUL byte, if "
-                      "any); QEMU refuses the image (\"Bitmap already exists: %s\") unless the "
-                      "later one is in use",
-                      names[i - 1].index, names[i].index, name, name);
+                      &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_INDEX | QC_CTX_NAME,
+                                        .value = names[i - 1].index,
+                                        .index = names[i].index,
+                                        .name = name});
         }
 out:
     qc_free(ctx, names, (uint64_t)x->nb_bitmaps * sizeof(name_key));

@@ -1,6 +1,7 @@
 /*
- * Pass 6: compare computed refcounts with the refcounts on disk, and judge
- * COPIED flags against the computed refcounts.
+ * Compare computed refcounts with the refcounts on disk, and judge COPIED
+ * flags against the computed refcounts (docs/passes.md §3.8; codes 604-611,
+ * and 516-517 for COPIED).
  *
  * Checks, per host cluster: leaks (higher on disk), refcounts too low or
  * zero for clusters in use, refcount overflow for narrow widths (also where
@@ -38,38 +39,31 @@ static void run_flush(qc_ctx *ctx, run *r)
     else
         snprintf(obj, sizeof(obj), "host clusters %llu-%llu", (unsigned long long)r->start,
                  (unsigned long long)(r->start + r->len - 1));
-    uint64_t off = r->start << ctx->geo.cluster_bits;
-    const char *prefix = r->uniform || r->len == 1 ? "" : "first: ";
+    /* The figures are the first cluster's; variant 1 says so when the
+     * run's clusters differ. */
+    qc_finding_ctx fc = {.present = QC_CTX_CLUSTER | QC_CTX_CLUSTERS | QC_CTX_REFERENCES,
+                         .variant = r->uniform || r->len == 1 ? 0 : 1,
+                         .cluster = r->start,
+                         .clusters = r->len,
+                         .references = r->computed};
     switch (r->id) {
-    case QC_P_REFCOUNTS_UNKNOWN:
-        qc_report(ctx, r->id, obj, off, r->len, "%s%llu references; the refcount block is unusable",
-                  prefix, (unsigned long long)r->computed);
+    case QC_P_REFCOUNTS_UNKNOWN: /* no refcount on disk to give */
         break;
     case QC_P_REFCOUNT_OVERFLOW:
-        qc_report(ctx, r->id, obj, off, r->len,
-                  "%s%llu references; %u-bit refcounts hold at most %llu (widen them with qemu-img "
-                  "amend -o refcount_bits=...)",
-                  prefix, (unsigned long long)r->computed, ctx->geo.refcount_bits,
-                  (unsigned long long)ctx->geo.refcount_max);
+        fc.present |= QC_CTX_VALUE | QC_CTX_EXPECTED;
+        fc.value = ctx->geo.refcount_bits;
+        fc.expected = ctx->geo.refcount_max;
         break;
-    case QC_P_REFCOUNT_ORPHAN:
-        qc_report(ctx, r->id, obj, off, r->len,
-                  "%srefcount %llu on disk, %llu reference%s found; the rest may belong to a "
-                  "structure that was not followed, so this is not called a leak",
-                  prefix, (unsigned long long)r->ondisk, (unsigned long long)r->computed,
-                  r->computed == 1 ? "" : "s");
-        break;
-    case QC_P_L2_COPIED_WRONG:
-        qc_report(ctx, r->id, obj, off, r->len,
-                  "%sdata cluster mapped by the active L2 tables has COPIED %s but %llu references",
-                  prefix, r->ondisk ? "set" : "clear", (unsigned long long)r->computed);
+    case QC_P_L2_COPIED_WRONG: /* the run's "on disk" figure is the COPIED flag */
+        fc.present |= QC_CTX_VALUE;
+        fc.value = r->ondisk;
         break;
     default:
-        qc_report(ctx, r->id, obj, off, r->len, "%srefcount %llu on disk, %llu reference%s", prefix,
-                  (unsigned long long)r->ondisk, (unsigned long long)r->computed,
-                  r->computed == 1 ? "" : "s");
+        fc.present |= QC_CTX_REFCOUNT;
+        fc.refcount = r->ondisk;
         break;
     }
+    qc_report(ctx, r->id, obj, r->start << ctx->geo.cluster_bits, r->len, &fc);
     r->active = false;
 }
 
@@ -181,10 +175,12 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         char obj[64];
         snprintf(obj, sizeof(obj), "refcount block %llu", (unsigned long long)span->index);
         qc_report(ctx, QC_P_REFCOUNT_PAST_EOF, obj, ctx->reftable[span->index], past_eof,
-                  "%llu clusters from cluster %llu on are past the end of the file (%llu clusters) "
-                  "but have non-zero refcounts",
-                  (unsigned long long)past_eof, (unsigned long long)past_first,
-                  (unsigned long long)ctx->file_clusters);
+                  &(qc_finding_ctx){.present = QC_CTX_CLUSTERS | QC_CTX_CLUSTER | QC_CTX_INDEX |
+                                               QC_CTX_EXPECTED,
+                                    .clusters = past_eof,
+                                    .cluster = past_first,
+                                    .index = span->index,
+                                    .expected = ctx->file_clusters});
     }
 }
 
@@ -205,9 +201,12 @@ static void check_copied(qc_ctx *ctx)
             continue;
         qc_report(ctx, QC_P_L1_COPIED_WRONG, "active L1 table",
                   ctx->hdr.l1_table_offset + (uint64_t)r->l1_index * 8, 1,
-                  "entry %u: COPIED is %s but the L2 table at 0x%llx has %llu references",
-                  r->l1_index, r->copied ? "set" : "clear", (unsigned long long)r->l2_offset,
-                  (unsigned long long)computed);
+                  &(qc_finding_ctx){.present = QC_CTX_L1_INDEX | QC_CTX_VALUE | QC_CTX_HOST_OFFSET |
+                                               QC_CTX_REFERENCES,
+                                    .l1_index = r->l1_index,
+                                    .value = r->copied,
+                                    .host_offset = r->l2_offset,
+                                    .references = computed});
     }
     /* Data clusters of the active tree, from the flags the walk recorded. */
     run r = {0};
@@ -254,7 +253,7 @@ void qc_pass_compare(qc_ctx *ctx)
     if (ctx->file_size > ctx->res->image_end_offset + ctx->geo.cluster_size - 1 &&
         ctx->res->image_end_offset)
         qc_report(ctx, QC_P_TRAILING_SPACE, "end of file", ctx->res->image_end_offset, 1,
-                  "the last cluster in use ends at 0x%llx; the file is %llu bytes",
-                  (unsigned long long)ctx->res->image_end_offset,
-                  (unsigned long long)ctx->file_size);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE,
+                                    .host_offset = ctx->res->image_end_offset,
+                                    .file_size = ctx->file_size});
 }

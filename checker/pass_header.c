@@ -1,5 +1,5 @@
 /*
- * Pass 1: the header and its extensions.
+ * The header and its extensions (docs/passes.md §3.1; codes 1xx and 2xx).
  *
  * Checks: magic and version (and what other format the file looks like),
  * every fixed field against its valid range, feature bits (unknown ones
@@ -99,37 +99,40 @@ static bool check_fixed_fields(qc_ctx *ctx, const uint8_t *buf, size_t len)
     size_t min_len = h->version >= 3 ? QC_V3_HEADER_MIN_LENGTH : QC_V2_HEADER_LENGTH;
     if (!qc_header_decode(buf, len, h) || len < min_len) {
         qc_report(ctx, QC_P_HEADER_TRUNCATED, "image header", 0, 1,
-                  "the file is %llu bytes long, a version %u header needs %zu",
-                  (unsigned long long)ctx->file_size, h->version, min_len);
+                  &(qc_finding_ctx){.present = QC_CTX_FILE_SIZE | QC_CTX_VALUE | QC_CTX_EXPECTED,
+                                    .file_size = ctx->file_size,
+                                    .value = h->version,
+                                    .expected = min_len});
         return false;
     }
     if (h->cluster_bits < QC_MIN_CLUSTER_BITS || h->cluster_bits > QC_MAX_CLUSTER_BITS) {
         qc_report(ctx, QC_P_CLUSTER_BITS_INVALID, "image header", 20, 1,
-                  "cluster_bits is %u; valid values are 9 to 21 (512 bytes to 2 MiB)",
-                  h->cluster_bits);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->cluster_bits});
         return false;
     }
     uint64_t cluster_size = 1ull << h->cluster_bits;
     if (h->version >= 3 && (h->header_length < QC_V3_HEADER_MIN_LENGTH ||
                             h->header_length > cluster_size)) {
         qc_report(ctx, QC_P_HEADER_LENGTH_INVALID, "image header", 100, 1,
-                  "header_length is %u; it must be at least 104 and at most the cluster size %llu",
-                  h->header_length, (unsigned long long)cluster_size);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED,
+                                    .value = h->header_length,
+                                    .expected = cluster_size});
         return false;
     }
     if (h->header_length > ctx->file_size) {
         qc_report(ctx, QC_P_HEADER_TRUNCATED, "image header", 0, 1,
-                  "header_length is %u but the file is only %llu bytes long", h->header_length,
-                  (unsigned long long)ctx->file_size);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_FILE_SIZE,
+                                    .variant = 1,
+                                    .value = h->header_length,
+                                    .file_size = ctx->file_size});
         return false;
     }
     if (h->header_length % 8)
         qc_report(ctx, QC_P_HEADER_LENGTH_UNALIGNED, "image header", 100, 1,
-                  "header_length is %u; header extensions would start misaligned",
-                  h->header_length);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->header_length});
     if (h->refcount_order > QC_MAX_REFCOUNT_ORDER) {
         qc_report(ctx, QC_P_REFCOUNT_ORDER_INVALID, "image header", 96, 1,
-                  "refcount_order is %u; valid values are 0 to 6", h->refcount_order);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->refcount_order});
         return false;
     }
     return true;
@@ -142,36 +145,47 @@ static void check_optional_fields(qc_ctx *ctx)
     if (h->header_length > 104) {
         if (h->compression_type > 1)
             qc_report(ctx, QC_P_COMPRESSION_TYPE_INVALID, "image header", 104, 1,
-                      "compression_type is %u", h->compression_type);
+                      &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->compression_type});
         bool bit = h->incompatible_features & QC_INCOMPAT_COMPRESSION;
         if (bit != (h->compression_type != 0))
             qc_report(ctx, QC_P_COMPRESSION_BIT_MISMATCH, "image header", 72, 1,
-                      "compression_type is %u but incompatible bit 3 is %s", h->compression_type,
-                      bit ? "set" : "clear");
+                      &(qc_finding_ctx){.present = QC_CTX_VALUE,
+                                        .variant = bit, /* 0: clear, 1: set */
+                                        .value = h->compression_type});
         for (unsigned i = 0; i < sizeof(h->padding); i++) {
             if (h->padding[i]) {
                 qc_report(ctx, QC_P_HEADER_PADDING_NONZERO, "image header", 105 + i, 1,
-                          "byte %u is 0x%02x", 105 + i, h->padding[i]);
+                          &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_ENTRY,
+                                            .index = 105 + i,
+                                            .entry = h->padding[i]});
                 break;
             }
         }
     } else if (h->incompatible_features & QC_INCOMPAT_COMPRESSION) {
         qc_report(ctx, QC_P_COMPRESSION_BIT_MISMATCH, "image header", 72, 1,
-                  "incompatible bit 3 is set but the header (length %u) has no compression_type",
-                  h->header_length);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE,
+                                    .variant = 2,
+                                    .value = h->header_length});
     }
     if (h->crypt_method > 2)
-        qc_report(ctx, QC_P_CRYPT_METHOD_INVALID, "image header", 32, 1, "crypt_method is %u",
-                  h->crypt_method);
+        qc_report(ctx, QC_P_CRYPT_METHOD_INVALID, "image header", 32, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->crypt_method});
     if (h->size % 512)
         qc_report(ctx, QC_P_VIRTUAL_SIZE_UNALIGNED, "image header", 24, 1,
-                  "virtual size is %llu bytes", (unsigned long long)h->size);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE, .size = h->size});
     if ((h->incompatible_features & QC_INCOMPAT_EXTL2) && h->cluster_bits < 14)
         qc_report(ctx, QC_P_EXTENDED_L2_CLUSTER_TOO_SMALL, "image header", 20, 1,
-                  "cluster size %llu gives subclusters of %llu bytes",
-                  (unsigned long long)ctx->geo.cluster_size,
-                  (unsigned long long)ctx->geo.cluster_size / 32);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_VALUE,
+                                    .size = ctx->geo.cluster_size,
+                                    .value = ctx->geo.cluster_size / 32});
 }
+
+/* Which wording of a row's message applies (the `variant` of its
+ * template): extensionTruncated and backingNameOverlapsExtensions share
+ * the cases of an extension that runs too far. */
+enum { EXT_AREA_SHORT = 0, NAME_INSIDE_HEADER = 0, EXT_TOO_LARGE = 1, EXT_END_TOO_LARGE = 2 };
+/* encryptionExtensionInvalid */
+enum { CRYPTO_EXT_NOT_LUKS, CRYPTO_EXT_LENGTH, CRYPTO_EXT_OFFSET, CRYPTO_EXT_PAST_EOF, CRYPTO_EXT_MISSING };
 
 typedef struct ext_walk {
     uint64_t ext_end;
@@ -194,9 +208,7 @@ static bool check_backing_format(qc_ctx *ctx, const qc_extension *x)
     char fmt[80];
     qc_printable(fmt, sizeof(fmt), x->data, x->length);
     qc_report(ctx, QC_P_BACKING_FORMAT_INVALID, "backing format extension", x->offset, 1,
-              "backing format \"%s\" is %u bytes; QEMU takes at most 15 and refuses the image "
-              "(\"ext_backing_format: len=%u too large\")",
-              fmt, x->length, x->length);
+              &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_SIZE, .name = fmt, .size = x->length});
     return false;
 }
 
@@ -236,16 +248,14 @@ static void check_backing_driver(qc_ctx *ctx, const qc_extension *x, size_t leng
     char shown[80];
     qc_printable(shown, sizeof(shown), x->data, length);
     qc_report(ctx, QC_P_BACKING_FORMAT_UNKNOWN, "backing format extension", x->offset, 1,
-              "backing format \"%s\" is not a block driver QEMU knows; it refuses to open the "
-              "backing file, and the image with it (\"Unknown driver '%s'\")",
-              shown, shown);
+              &(qc_finding_ctx){.present = QC_CTX_NAME, .name = shown});
 }
 
 static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
 {
     if (x->length % QC_FEATURE_NAME_ENTRY_SIZE) {
         qc_report(ctx, QC_P_FEATURE_TABLE_INVALID, "feature name table", x->offset, 1,
-                  "length %u is not a multiple of 48", x->length);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE, .size = x->length});
     }
     size_t n = x->length / QC_FEATURE_NAME_ENTRY_SIZE;
     ctx->feature_names = qc_alloc(ctx, n * sizeof(qc_feature_name), "feature name table");
@@ -255,10 +265,13 @@ static void read_feature_table(qc_ctx *ctx, const qc_extension *x)
         qc_feature_name *f = &ctx->feature_names[ctx->nb_feature_names];
         qc_feature_name_decode(x->data + i * QC_FEATURE_NAME_ENTRY_SIZE, f);
         if (f->type > 2 || f->bit > 63) {
+            enum { TYPE_INVALID = 1, BIT_INVALID };
             qc_report(ctx, QC_P_FEATURE_TABLE_INVALID, "feature name table",
                       x->offset + i * QC_FEATURE_NAME_ENTRY_SIZE, 1,
-                      "entry %zu has type %u and bit %u (type must be 0..2, bit 0..63)", i, f->type,
-                      f->bit);
+                      &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_VALUE,
+                                        .variant = f->type > 2 ? TYPE_INVALID : BIT_INVALID,
+                                        .index = i,
+                                        .value = f->type > 2 ? f->type : f->bit});
             continue;
         }
         ctx->nb_feature_names++;
@@ -276,34 +289,38 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
      * except its length, which it checks first. */
     if (!(ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS) && x->length == QC_BITMAPS_EXT_SIZE) {
         qc_report(ctx, QC_P_BITMAPS_WITHOUT_AUTOCLEAR, obj, x->offset, 1,
-                  "%u bitmaps are considered inconsistent; QEMU drops the extension on its next "
-                  "write and their clusters are counted as leaked",
-                  b->nb_bitmaps);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = b->nb_bitmaps});
         return;
     }
     bool valid = false;
+    enum { RESERVED, COUNT, DIRECTORY_SIZE, DIRECTORY_OFFSET, DIRECTORY_PAST_EOF };
+    qc_finding_ctx fc = {.present = QC_CTX_SIZE | QC_CTX_HOST_OFFSET,
+                         .size = b->directory_size,
+                         .host_offset = b->directory_offset};
     if (x->length != QC_BITMAPS_EXT_SIZE)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_LENGTH, obj, x->offset, 1,
-                  "length is %u, expected 24", x->length);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .size = x->length,
+                                    .expected = QC_BITMAPS_EXT_SIZE});
     else if (b->reserved)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 4, 1,
-                  "reserved field is 0x%x, must be zero", b->reserved);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .variant = RESERVED,
+                                    .value = b->reserved});
     else if (b->nb_bitmaps == 0 || b->nb_bitmaps > QC_MAX_BITMAPS)
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset, 1,
-                  "nb_bitmaps is %u; it must be 1 to 65535", b->nb_bitmaps);
-    else if (b->directory_size == 0 || b->directory_size > QC_MAX_BITMAP_DIRECTORY)
-        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 8, 1,
-                  "bitmap directory size is %llu; it must be 1 to %llu bytes",
-                  (unsigned long long)b->directory_size,
-                  (unsigned long long)QC_MAX_BITMAP_DIRECTORY);
-    else if (!qc_cluster_aligned(ctx, b->directory_offset) || b->directory_offset == 0)
-        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1,
-                  "bitmap directory offset 0x%llx is not a cluster-aligned non-zero offset",
-                  (unsigned long long)b->directory_offset);
-    else if (!qc_range_within(b->directory_offset, b->directory_size, ctx->file_size)) {
-        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1,
-                  "bitmap directory at 0x%llx (%llu bytes) extends past the end of the file",
-                  (unsigned long long)b->directory_offset, (unsigned long long)b->directory_size);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED, .variant = COUNT,
+                                    .value = b->nb_bitmaps, .expected = QC_MAX_BITMAPS});
+    else if (b->directory_size == 0 || b->directory_size > QC_MAX_BITMAP_DIRECTORY) {
+        fc.present |= QC_CTX_EXPECTED;
+        fc.variant = DIRECTORY_SIZE;
+        fc.expected = QC_MAX_BITMAP_DIRECTORY;
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 8, 1, &fc);
+    } else if (!qc_cluster_aligned(ctx, b->directory_offset) || b->directory_offset == 0) {
+        fc.variant = DIRECTORY_OFFSET;
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1, &fc);
+    } else if (!qc_range_within(b->directory_offset, b->directory_size, ctx->file_size)) {
+        fc.variant = DIRECTORY_PAST_EOF;
+        qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1, &fc);
         qc_note_past_eof(ctx, b->directory_offset, b->directory_size);
     }
     else
@@ -514,13 +531,14 @@ static bool luks_names_ok(const qc_luks_header *l, char *why, size_t len, unsign
  * every open, with or without the key. */
 static void check_luks_header(qc_ctx *ctx)
 {
+    enum { LUKS_HEADER_SHORT, LUKS_HEADER_REFUSED, LUKS_KEY_MATERIAL_OUTSIDE };
     const char *obj = "LUKS header";
     if (ctx->crypto_length < QC_LUKS_HEADER_SIZE) {
         qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset, 1,
-                  "the encryption extension gives it %llu bytes, fewer than the %u of a LUKS "
-                  "header; QEMU refuses the image (\"Request for data outside of extension "
-                  "header\")",
-                  (unsigned long long)ctx->crypto_length, QC_LUKS_HEADER_SIZE);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .variant = LUKS_HEADER_SHORT,
+                                    .size = ctx->crypto_length,
+                                    .expected = QC_LUKS_HEADER_SIZE});
         ctx->unfollowed++; /* the key material past that length still owns its clusters */
         return;
     }
@@ -533,8 +551,10 @@ static void check_luks_header(qc_ctx *ctx)
     unsigned field;
     if (!luks_layout_ok(&l, why, sizeof(why), &field) || !luks_names_ok(&l, why, sizeof(why), &field)) {
         qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj, ctx->crypto_offset + field, 1,
-                  "at 0x%llx: QEMU refuses the image (\"%s\")",
-                  (unsigned long long)ctx->crypto_offset, why);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_NAME,
+                                    .variant = LUKS_HEADER_REFUSED,
+                                    .host_offset = ctx->crypto_offset,
+                                    .name = why});
         return;
     }
     /* Opening with the key, QEMU reads the key material of the enabled
@@ -546,12 +566,13 @@ static void check_luks_header(qc_ctx *ctx)
             continue;
         qc_report(ctx, QC_P_LUKS_HEADER_INVALID, obj,
                   ctx->crypto_offset + QC_LUKS_OFF_SLOTS + i * QC_LUKS_SLOT_SIZE, 1,
-                  "at 0x%llx: the key material of enabled key slot %u ends %llu bytes into the "
-                  "header, past the %llu bytes the encryption extension gives it; QEMU refuses "
-                  "the image when it opens it with a key (\"Request for data outside of "
-                  "extension header\")",
-                  (unsigned long long)ctx->crypto_offset, i, (unsigned long long)end,
-                  (unsigned long long)ctx->crypto_length);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_INDEX | QC_CTX_VALUE |
+                                               QC_CTX_SIZE,
+                                    .variant = LUKS_KEY_MATERIAL_OUTSIDE,
+                                    .host_offset = ctx->crypto_offset,
+                                    .index = i,
+                                    .value = end,
+                                    .size = ctx->crypto_length});
         ctx->unfollowed++; /* the key material past that length still owns its clusters */
         return;
     }
@@ -563,25 +584,27 @@ static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
     ctx->crypto_ext_present = true;
     if (ctx->hdr.crypt_method != 2) {
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
-                  "present although crypt_method is %u (only LUKS, method 2, uses it)",
-                  ctx->hdr.crypt_method);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE,
+                                    .variant = CRYPTO_EXT_NOT_LUKS,
+                                    .value = ctx->hdr.crypt_method});
         return;
     }
     if (x->length != QC_CRYPTO_EXT_SIZE) {
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
-                  "length is %u, expected 16", x->length);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .variant = CRYPTO_EXT_LENGTH,
+                                    .size = x->length,
+                                    .expected = QC_CRYPTO_EXT_SIZE});
         return;
     }
     uint64_t off = qc_be64(x->data), len = qc_be64(x->data + 8);
-    if (!qc_cluster_aligned(ctx, off) || off == 0)
-        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
-                  "encryption header offset 0x%llx is not a cluster-aligned non-zero offset",
-                  (unsigned long long)off);
-    else if (len == 0 || !qc_range_within(off, len, ctx->file_size)) {
-        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1,
-                  "encryption header at 0x%llx (%llu bytes) is empty or extends past the end of "
-                  "the file",
-                  (unsigned long long)off, (unsigned long long)len);
+    qc_finding_ctx fc = {.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE, .host_offset = off, .size = len};
+    if (!qc_cluster_aligned(ctx, off) || off == 0) {
+        fc.variant = CRYPTO_EXT_OFFSET;
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1, &fc);
+    } else if (len == 0 || !qc_range_within(off, len, ctx->file_size)) {
+        fc.variant = CRYPTO_EXT_PAST_EOF;
+        qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1, &fc);
         qc_note_past_eof(ctx, off, len);
     } else {
         ctx->crypto_offset = off;
@@ -624,16 +647,20 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
         w->data_file_named = x->length > 0 && x->data[0] != '\0';
         if (!ctx->has_data_file)
             qc_report(ctx, QC_P_DATA_FILE_EXTENSION_INVALID, "external data file extension",
-                      x->offset, 1, "names a data file but incompatible bit 2 is clear");
+                      x->offset, 1, &(qc_finding_ctx){0});
         break;
     default:
         qc_report(ctx, QC_P_EXTENSION_UNKNOWN, "header extension", x->offset - 8, 1,
-                  "magic 0x%08x, %u bytes", x->magic, x->length);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_SIZE,
+                                    .value = x->magic,
+                                    .size = x->length});
         break;
     }
     if (dup)
         qc_report(ctx, QC_P_EXTENSION_DUPLICATE, "header extension", x->offset - 8, 1,
-                  "%s extension (magic 0x%08x) appears again", ext_name(x->magic), x->magic);
+                  &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_VALUE,
+                                    .name = ext_name(x->magic),
+                                    .value = x->magic});
 }
 
 static void walk_extensions(qc_ctx *ctx, ext_walk *w)
@@ -644,9 +671,10 @@ static void walk_extensions(qc_ctx *ctx, ext_walk *w)
     while (off < w->ext_end) {
         if (w->ext_end - off < 8) {
             qc_report(ctx, QC_P_EXTENSION_TRUNCATED, "header extension", off, 1,
-                      "%llu bytes left before the end of the extension area at 0x%llx, too few "
-                      "for an extension header",
-                      (unsigned long long)(w->ext_end - off), (unsigned long long)w->ext_end);
+                      &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_HOST_OFFSET,
+                                        .variant = EXT_AREA_SHORT,
+                                        .size = w->ext_end - off,
+                                        .host_offset = w->ext_end});
             return;
         }
         qc_extension x;
@@ -657,19 +685,22 @@ static void walk_extensions(qc_ctx *ctx, ext_walk *w)
         /* QEMU checks the length before the type, so an end marker whose
          * length field runs past the area is refused too. */
         if (x.length > w->ext_end - x.offset) {
-            const char *name = x.magic == QC_EXT_END ? "end-of-extensions marker" : ext_name(x.magic);
+            const char *name = ext_name(x.magic);
             /* Running into the backing file name is a placement error of
              * its own; running off cluster 0 is a truncated extension. */
             bool into_name = ctx->hdr.backing_file_offset &&
                              x.length <= ctx->cluster0_len - x.offset;
             qc_report(ctx, into_name ? QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS : QC_P_EXTENSION_TRUNCATED,
                       "header extension", off, 1,
-                      "%s%s (magic 0x%08x) has length %u but only %llu bytes remain before %s at "
-                      "0x%llx; QEMU refuses the image (\"Header extension too large\")",
-                      name ? name : "unknown", x.magic == QC_EXT_END ? "" : " extension", x.magic,
-                      x.length, (unsigned long long)(w->ext_end - x.offset),
-                      into_name ? "the backing file name" : "the end of cluster 0",
-                      (unsigned long long)w->ext_end);
+                      &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_VALUE | QC_CTX_SIZE |
+                                                   QC_CTX_EXPECTED | QC_CTX_HOST_OFFSET,
+                                        .variant = x.magic == QC_EXT_END ? EXT_END_TOO_LARGE
+                                                                         : EXT_TOO_LARGE,
+                                        .name = name ? name : "unknown",
+                                        .value = x.magic,
+                                        .size = x.length,
+                                        .expected = w->ext_end - x.offset,
+                                        .host_offset = w->ext_end});
             return;
         }
         if (x.magic == QC_EXT_END)
@@ -680,15 +711,18 @@ static void walk_extensions(qc_ctx *ctx, ext_walk *w)
         for (uint64_t i = x.offset + x.length; i < pad_end; i++) {
             if (ctx->cluster0[i]) {
                 qc_report(ctx, QC_P_EXTENSION_PADDING_NONZERO, "header extension", i, 1,
-                          "padding byte at 0x%llx after extension 0x%08x is 0x%02x",
-                          (unsigned long long)i, x.magic, ctx->cluster0[i]);
+                          &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_VALUE |
+                                                       QC_CTX_ENTRY,
+                                            .host_offset = i,
+                                            .value = x.magic,
+                                            .entry = ctx->cluster0[i]});
                 break;
             }
         }
         off = x.offset + padded;
     }
     qc_report(ctx, QC_P_EXTENSION_END_MISSING, "header extension area", w->ext_end, 1,
-              "no end marker before 0x%llx", (unsigned long long)w->ext_end);
+              &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET, .host_offset = w->ext_end});
 }
 
 static void check_backing_name(qc_ctx *ctx, ext_walk *w)
@@ -702,10 +736,10 @@ static void check_backing_name(qc_ctx *ctx, ext_walk *w)
     if (h->backing_file_offset > cs || h->backing_file_size > QC_MAX_BACKING_NAME ||
         h->backing_file_size > cs - h->backing_file_offset) {
         qc_report(ctx, QC_P_BACKING_NAME_INVALID, obj, 8, 1,
-                  "name of %u bytes at offset 0x%llx must be at most 1023 bytes and end inside "
-                  "cluster 0 (%llu bytes)",
-                  h->backing_file_size, (unsigned long long)h->backing_file_offset,
-                  (unsigned long long)cs);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_HOST_OFFSET | QC_CTX_EXPECTED,
+                                    .size = h->backing_file_size,
+                                    .host_offset = h->backing_file_offset,
+                                    .expected = cs});
         return;
     }
     if (h->backing_file_offset < h->header_length) {
@@ -714,21 +748,19 @@ static void check_backing_name(qc_ctx *ctx, ext_walk *w)
          * bytes (as a C string: a leading NUL names no file). */
         w->ext_end = h->backing_file_offset;
         w->names_backing_file = h->backing_file_size && ctx->cluster0[h->backing_file_offset];
-        if (w->names_backing_file)
-            qc_report(ctx, QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS, obj, h->backing_file_offset, 1,
-                      "name at offset 0x%llx lies inside the %u-byte header: QEMU would open a "
-                      "backing file named by header bytes, and reads no header extension",
-                      (unsigned long long)h->backing_file_offset, h->header_length);
-        else
-            qc_report(ctx, QC_P_BACKING_NAME_IN_HEADER, obj, h->backing_file_offset, 1,
-                      "name at offset 0x%llx lies inside the %u-byte header and reads as empty: "
-                      "QEMU sees no backing file, and reads no header extension",
-                      (unsigned long long)h->backing_file_offset, h->header_length);
+        qc_report(ctx,
+                  w->names_backing_file ? QC_P_BACKING_NAME_OVERLAPS_EXTENSIONS
+                                        : QC_P_BACKING_NAME_IN_HEADER,
+                  obj, h->backing_file_offset, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE,
+                                    .variant = NAME_INSIDE_HEADER,
+                                    .host_offset = h->backing_file_offset,
+                                    .size = h->header_length});
         return;
     }
     if (!qc_range_within(h->backing_file_offset, h->backing_file_size, ctx->cluster0_len)) {
         qc_report(ctx, QC_P_HEADER_TRUNCATED, obj, h->backing_file_offset, 1,
-                  "the file ends inside the backing file name");
+                  &(qc_finding_ctx){.variant = 2});
         return;
     }
     w->ext_end = h->backing_file_offset;
@@ -743,39 +775,41 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     char names[400];
     if (h->incompatible_features & QC_INCOMPAT_DIRTY)
         qc_report(ctx, QC_P_DIRTY_BIT_SET, "image header", 72, 1,
-                  "incompatible bit 0 (dirty) is set%s",
-                  h->compatible_features & QC_COMPAT_LAZY_REFCOUNTS
-                      ? "; lazy refcounts are enabled, so refcount mismatches are expected"
-                      : "");
+                  &(qc_finding_ctx){.variant = !!(h->compatible_features &
+                                                   QC_COMPAT_LAZY_REFCOUNTS)});
     if (h->incompatible_features & QC_INCOMPAT_CORRUPT)
-        qc_report(ctx, QC_P_CORRUPT_BIT_SET, "image header", 72, 1, "incompatible bit 1 (corrupt) is set");
+        qc_report(ctx, QC_P_CORRUPT_BIT_SET, "image header", 72, 1, &(qc_finding_ctx){0});
     if (info->unknown_compatible) {
         feature_list(ctx, 1, info->unknown_compatible, names, sizeof(names));
-        qc_report(ctx, QC_P_UNKNOWN_COMPAT_FEATURE, "image header", 80, 1, "%s", names);
+        qc_report(ctx, QC_P_UNKNOWN_COMPAT_FEATURE, "image header", 80, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_ENTRY,
+                                    .name = names,
+                                    .entry = info->unknown_compatible});
     }
     if (info->unknown_autoclear) {
         feature_list(ctx, 2, info->unknown_autoclear, names, sizeof(names));
-        qc_report(ctx, QC_P_UNKNOWN_AUTOCLEAR_FEATURE, "image header", 88, 1, "%s", names);
+        qc_report(ctx, QC_P_UNKNOWN_AUTOCLEAR_FEATURE, "image header", 88, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_ENTRY,
+                                    .name = names,
+                                    .entry = info->unknown_autoclear});
     }
     if ((h->autoclear_features & QC_AUTOCLEAR_BITMAPS) && !w->seen_bitmaps)
-        qc_report(ctx, QC_P_AUTOCLEAR_WITHOUT_BITMAPS, "image header", 88, 1,
-                  "autoclear bit 0 is set but no bitmaps extension exists");
+        qc_report(ctx, QC_P_AUTOCLEAR_WITHOUT_BITMAPS, "image header", 88, 1, &(qc_finding_ctx){0});
     if (h->autoclear_features & QC_AUTOCLEAR_DATA_FILE_RAW) {
+        enum { WITHOUT_DATA_FILE, WITH_BACKING_FILE };
         if (!ctx->has_data_file)
             qc_report(ctx, QC_P_RAW_DATA_FILE_INVALID, "image header", 88, 1,
-                      "autoclear bit 1 (raw external data) is set without incompatible bit 2");
+                      &(qc_finding_ctx){.variant = WITHOUT_DATA_FILE});
         else if (h->backing_file_offset)
             qc_report(ctx, QC_P_RAW_DATA_FILE_INVALID, "image header", 88, 1,
-                      "autoclear bit 1 (raw external data) is set in an image with a backing file");
+                      &(qc_finding_ctx){.variant = WITH_BACKING_FILE});
     }
-    if (ctx->has_data_file && !w->data_file_named)
+    if (ctx->has_data_file && !w->data_file_named) /* variant 1: the name is empty */
         qc_report(ctx, QC_P_DATA_FILE_NAME_MISSING, "image header", 72, 1,
-                  "%sthe data file must be given when the image is opened",
-                  w->seen_data_file ? "the external data file extension holds an empty name; "
-                                    : "");
+                  &(qc_finding_ctx){.variant = w->seen_data_file});
     if (h->crypt_method == 2 && !w->seen_crypto)
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, "image header", 32, 1,
-                  "LUKS encryption (crypt_method 2) without an encryption header extension");
+                  &(qc_finding_ctx){.variant = CRYPTO_EXT_MISSING});
     /* A LUKS header we cannot locate still owns its clusters (and the keys). */
     if ((h->crypt_method == 2 || w->seen_crypto) && !ctx->crypto_length)
         ctx->unfollowed++;
@@ -783,8 +817,7 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
     if (w->names_backing_file && (!w->seen_backing_format || w->backing_format_fits) &&
         !format_length)
         qc_report(ctx, QC_P_BACKING_FORMAT_MISSING, "backing file name", h->backing_file_offset, 1,
-                  "%s", w->seen_backing_format ? "the backing format extension is empty"
-                                               : "no backing format extension");
+                  &(qc_finding_ctx){.variant = w->seen_backing_format}); /* 1: it is empty */
     if (w->names_backing_file && w->backing_format_fits && format_length)
         check_backing_driver(ctx, &w->backing_format, format_length);
     if (info->unknown_incompatible) {
@@ -792,11 +825,11 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
         /* A v2-era writer may have put an extension where v3 keeps the
          * upper incompatible bits: say so when bytes 72..75 look like one. */
         uint32_t high = qc_be32(raw + 72);
-        const char *hint = ext_name(high) && h->version == 3
-                               ? "; bytes 72..75 hold a header extension magic: this may be a "
-                                 "version 2 image with a wrong version field"
-                               : "";
-        qc_report(ctx, QC_P_UNKNOWN_INCOMPAT_FEATURE, "image header", 72, 1, "%s%s", names, hint);
+        qc_report(ctx, QC_P_UNKNOWN_INCOMPAT_FEATURE, "image header", 72, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_ENTRY,
+                                    .variant = ext_name(high) && h->version == 3, /* the hint */
+                                    .name = names,
+                                    .entry = info->unknown_incompatible});
         ctx->stop = true;
     }
 }
@@ -807,16 +840,17 @@ static void check_features(qc_ctx *ctx, const ext_walk *w, const uint8_t *raw)
 static void check_empty_table_offset(qc_ctx *ctx, const char *obj, uint64_t field, uint64_t offset,
                                      const char *qemu_name)
 {
-    if (!qc_cluster_aligned(ctx, offset))
-        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu; the table has no "
-                  "entries, but QEMU refuses the image (\"%s offset invalid\")",
-                  (unsigned long long)offset, (unsigned long long)ctx->geo.cluster_size, qemu_name);
-    else if (offset > INT64_MAX)
-        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1,
-                  "offset 0x%llx is 2^63 or more; the table has no entries, but QEMU refuses "
-                  "the image (\"%s offset invalid\")",
-                  (unsigned long long)offset, qemu_name);
+    qc_finding_ctx fc = {.present = QC_CTX_HOST_OFFSET | QC_CTX_EXPECTED | QC_CTX_NAME,
+                         .host_offset = offset,
+                         .expected = ctx->geo.cluster_size,
+                         .name = qemu_name};
+    if (!qc_cluster_aligned(ctx, offset)) {
+        fc.variant = QC_EMPTY_TABLE_UNALIGNED;
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1, &fc);
+    } else if (offset > INT64_MAX) {
+        fc.variant = QC_EMPTY_TABLE_HIGH;
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1, &fc);
+    }
 }
 
 static void check_table_locations(qc_ctx *ctx)
@@ -830,64 +864,67 @@ static void check_table_locations(qc_ctx *ctx)
     ctx->l1_usable = h->l1_size > 0;
     if (h->l1_size < needed) {
         qc_report(ctx, QC_P_L1_TOO_SMALL, "active L1 table", 36, 1,
-                  "l1_size is %u but a virtual size of %llu bytes needs %llu entries; QEMU "
-                  "refuses the image (\"L1 table is too small\")",
-                  h->l1_size, (unsigned long long)h->size, (unsigned long long)needed);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .value = h->l1_size,
+                                    .size = h->size,
+                                    .expected = needed});
         ctx->unfollowed++; /* entries past l1_size may map real data */
     }
     if (h->l1_size == 0) {
         check_empty_table_offset(ctx, "active L1 table", 40, h->l1_table_offset, "Active L1 table");
     } else if (!qc_cluster_aligned(ctx, h->l1_table_offset)) {
         qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
-                  "image (\"Active L1 table offset invalid\")",
-                  (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->geo.cluster_size);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_EXPECTED,
+                                    .host_offset = h->l1_table_offset,
+                                    .expected = ctx->geo.cluster_size});
         ctx->l1_usable = false;
         ctx->unfollowed++;
     } else if (!qc_range_within(h->l1_table_offset, bytes, ctx->file_size)) {
         qc_report(ctx, QC_P_L1_PAST_EOF, "active L1 table", h->l1_table_offset, 1,
-                  "%u entries at 0x%llx end past the end of the file (%llu bytes)", h->l1_size,
-                  (unsigned long long)h->l1_table_offset, (unsigned long long)ctx->file_size);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE,
+                                    .value = h->l1_size,
+                                    .host_offset = h->l1_table_offset,
+                                    .file_size = ctx->file_size});
         qc_claim_past_eof(ctx, h->l1_table_offset, bytes, false);
         ctx->l1_usable = false;
         ctx->unfollowed++;
     }
     if (bytes > QC_MAX_L1_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "active L1 table", 36, 1,
-                  "l1_size is %u (%llu bytes); QEMU accepts at most 32 MiB and refuses the image "
-                  "(\"Active L1 table too large\")",
-                  h->l1_size, (unsigned long long)bytes);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_SIZE,
+                                    .variant = 0, /* the L1 table */
+                                    .value = h->l1_size,
+                                    .size = bytes});
 
     /* Refcount table. */
     bytes = (uint64_t)h->refcount_table_clusters << ctx->geo.cluster_bits;
     ctx->reftable_usable = false;
     if (h->refcount_table_clusters == 0 || h->refcount_table_offset == 0)
         qc_report(ctx, QC_P_REFTABLE_MISSING, "refcount table", 48, 1,
-                  "refcount table offset 0x%llx, %u clusters%s",
-                  (unsigned long long)h->refcount_table_offset, h->refcount_table_clusters,
-                  h->refcount_table_clusters ? ""
-                                             : "; QEMU refuses the image (\"Image does not "
-                                               "contain a reference count table\")");
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_VALUE,
+                                    .host_offset = h->refcount_table_offset,
+                                    .value = h->refcount_table_clusters});
     else if (!qc_cluster_aligned(ctx, h->refcount_table_offset))
         qc_report(ctx, QC_P_REFTABLE_OFFSET_UNALIGNED, "refcount table", 48, 1,
-                  "offset 0x%llx is not a multiple of the cluster size %llu; QEMU refuses the "
-                  "image (\"Reference count table offset invalid\")",
-                  (unsigned long long)h->refcount_table_offset,
-                  (unsigned long long)ctx->geo.cluster_size);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_EXPECTED,
+                                    .host_offset = h->refcount_table_offset,
+                                    .expected = ctx->geo.cluster_size});
     else if (!qc_range_within(h->refcount_table_offset, bytes, ctx->file_size)) {
         qc_report(ctx, QC_P_REFTABLE_PAST_EOF, "refcount table", h->refcount_table_offset, 1,
-                  "%u clusters at 0x%llx end past the end of the file (%llu bytes)",
-                  h->refcount_table_clusters, (unsigned long long)h->refcount_table_offset,
-                  (unsigned long long)ctx->file_size);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE,
+                                    .value = h->refcount_table_clusters,
+                                    .host_offset = h->refcount_table_offset,
+                                    .file_size = ctx->file_size});
         qc_claim_past_eof(ctx, h->refcount_table_offset, bytes, true);
     } else {
         ctx->reftable_usable = true;
     }
     if (bytes > QC_MAX_REFTABLE_BYTES)
         qc_report(ctx, QC_P_QEMU_LIMIT_EXCEEDED, "refcount table", 56, 1,
-                  "refcount_table_clusters is %u (%llu bytes); QEMU accepts at most 8 MiB and "
-                  "refuses the image (\"Reference count table too large\")",
-                  h->refcount_table_clusters, (unsigned long long)bytes);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_SIZE,
+                                    .variant = 1, /* the refcount table */
+                                    .value = h->refcount_table_clusters,
+                                    .size = bytes});
 
     /* Snapshot table: its entries are parsed by the snapshot pass. */
     ctx->snapshots_usable = false;
@@ -899,17 +936,16 @@ static void check_table_locations(qc_ctx *ctx)
      * snapshot entries; nothing there can be a snapshot. */
     if (h->snapshots_offset == 0)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_IN_HEADER, "snapshot table", 64, 1,
-                  "nb_snapshots is %u but the table offset is 0, where the header is",
-                  h->nb_snapshots);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->nb_snapshots});
     else if (!qc_cluster_aligned(ctx, h->snapshots_offset))
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
-                  "offset 0x%llx is not cluster aligned; QEMU refuses the image (\"Snapshot table "
-                  "offset invalid\")",
-                  (unsigned long long)h->snapshots_offset);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET,
+                                    .host_offset = h->snapshots_offset});
     else if (h->snapshots_offset >= ctx->file_size) {
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_PAST_EOF, "snapshot table", 64, 1,
-                  "offset 0x%llx is past the end of the file (%llu bytes)",
-                  (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE,
+                                    .host_offset = h->snapshots_offset,
+                                    .file_size = ctx->file_size});
         qc_claim_past_eof(ctx, h->snapshots_offset,
                           (uint64_t)h->nb_snapshots * QC_SNAPSHOT_FIXED_SIZE, false);
     } else {
@@ -960,7 +996,7 @@ void qc_pass_header(qc_ctx *ctx)
     ctx->hdr.version = qc_be32(raw + 4);
     if (ctx->hdr.version != 2 && ctx->hdr.version != 3) {
         qc_report(ctx, QC_P_VERSION_UNSUPPORTED, "image header", 4, 1,
-                  "version %u; qcheck knows versions 2 and 3", ctx->hdr.version);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = ctx->hdr.version});
         ctx->stop = true;
         return;
     }

@@ -1,6 +1,7 @@
 /*
- * Pass 5: mapping. Active and snapshot L1 tables, then every distinct L2
- * table once, however many L1 entries share it.
+ * Mapping (docs/passes.md §3.5 and §3.7; codes 5xx, 702, and 802 when the
+ * L2 references outgrow their limit). Active and snapshot L1 tables, then
+ * every distinct L2 table once, however many L1 entries share it.
  *
  * Checks: L1 entries (reserved bits, offset 0 with other bits set,
  * alignment, inside the file); L2 entries of every kind (standard, zero,
@@ -48,36 +49,41 @@ static void collect_l1(qc_ctx *ctx, const l1_source *src)
         uint64_t e = qc_be64(l1 + (uint64_t)i * 8);
         uint64_t off = e & QC_L1_OFFSET_MASK;
         uint64_t at = src->offset + (uint64_t)i * 8;
+        qc_finding_ctx fc = {.present = QC_CTX_L1_INDEX | QC_CTX_ENTRY | QC_CTX_HOST_OFFSET,
+                             .l1_index = i,
+                             .entry = e,
+                             .host_offset = off};
+        if (src->snapshot != QC_ACTIVE) {
+            fc.present |= QC_CTX_SNAPSHOT;
+            fc.snapshot = src->snapshot;
+        }
         if (e & QC_L1_RESERVED_MASK)
-            qc_report(ctx, QC_P_L1_ENTRY_RESERVED_BITS, obj, at, 1, "entry %u is 0x%016llx", i,
-                      (unsigned long long)e);
+            qc_report(ctx, QC_P_L1_ENTRY_RESERVED_BITS, obj, at, 1, &fc);
         if (off == 0) {
             /* QEMU treats only an all-zero entry as unallocated: any other
              * value sends it to cluster 0, the header, as an L2 table. */
             if (e)
-                qc_report(ctx, QC_P_L1_ZERO_OFFSET_FLAGS, obj, at, 1,
-                          "entry %u is 0x%016llx: no L2 table, yet not 0", i,
-                          (unsigned long long)e);
+                qc_report(ctx, QC_P_L1_ZERO_OFFSET_FLAGS, obj, at, 1, &fc);
             continue;
         }
         if (!qc_cluster_aligned(ctx, off)) {
-            qc_report(ctx, QC_P_L1_ENTRY_UNALIGNED, obj, at, 1,
-                      "entry %u points to an L2 table at 0x%llx", i, (unsigned long long)off);
+            qc_report(ctx, QC_P_L1_ENTRY_UNALIGNED, obj, at, 1, &fc);
             ctx->unfollowed++;
             continue;
         }
         if (!qc_range_within(off, ctx->geo.cluster_size, ctx->file_size)) {
-            qc_report(ctx, QC_P_L1_ENTRY_PAST_EOF, obj, at, 1,
-                      "entry %u points to an L2 table at 0x%llx; the file is %llu bytes", i,
-                      (unsigned long long)off, (unsigned long long)ctx->file_size);
+            fc.present |= QC_CTX_FILE_SIZE;
+            fc.file_size = ctx->file_size;
+            qc_report(ctx, QC_P_L1_ENTRY_PAST_EOF, obj, at, 1, &fc);
             qc_claim_past_eof(ctx, off, ctx->geo.cluster_size, false);
             ctx->unfollowed++;
             continue;
         }
         if (ctx->nb_l2_refs == QC_MAX_L2_REFS) {
             qc_report(ctx, QC_P_MEMORY_LIMIT, "L2 reference list", QC_NO_OFFSET, 1,
-                      "more than %llu L1 entries point to L2 tables",
-                      (unsigned long long)QC_MAX_L2_REFS);
+                      &(qc_finding_ctx){.present = QC_CTX_EXPECTED,
+                                        .variant = 2,
+                                        .expected = QC_MAX_L2_REFS});
             ctx->stop = true;
             break;
         }
@@ -190,6 +196,25 @@ static const char *walk_name(const qc_ctx *ctx, l2_walk *w)
     return w->obj;
 }
 
+/* The facts of entry i (`entry`) of the L2 table being walked, as the
+ * first L1 entry that points to the table sees it. */
+static qc_finding_ctx l2_entry_ctx(const qc_ctx *ctx, const l2_walk *w, uint32_t i, uint64_t entry)
+{
+    const qc_geometry *g = &ctx->geo;
+    qc_finding_ctx fc = {
+        .present = QC_CTX_L1_INDEX | QC_CTX_L2_INDEX | QC_CTX_GUEST_OFFSET | QC_CTX_ENTRY,
+        .l1_index = w->first->l1_index,
+        .l2_index = i,
+        .guest_offset = ((uint64_t)w->first->l1_index * g->l2_entries + i) << g->cluster_bits,
+        .entry = entry,
+    };
+    if (w->first->snapshot != QC_ACTIVE) {
+        fc.present |= QC_CTX_SNAPSHOT;
+        fc.snapshot = w->first->snapshot;
+    }
+    return fc;
+}
+
 /* Guest data (a data cluster or part of a compressed range) landing on a
  * cluster some metadata structure owns (`flags`: the cluster's, once
  * counted). */
@@ -202,10 +227,14 @@ static void check_data_on_metadata(qc_ctx *ctx, l2_walk *w, uint32_t index, uint
     char what[240] = "metadata";
     if (owner)
         qc_describe_extent(ctx, owner, what, sizeof(what));
-    qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, walk_name(ctx, w),
-              w->offset + (uint64_t)index * ctx->geo.l2_entry_size, 1,
-              "entry %u maps guest data to host cluster 0x%llx, which is the %s", index,
-              (unsigned long long)(cluster << ctx->geo.cluster_bits), what);
+    uint64_t at = w->offset + (uint64_t)index * ctx->geo.l2_entry_size;
+    qc_finding_ctx fc = l2_entry_ctx(ctx, w, index, 0);
+    fc.present &= ~QC_CTX_ENTRY; /* not at hand here */
+    fc.present |= QC_CTX_HOST_OFFSET | QC_CTX_CLUSTER | QC_CTX_NAME;
+    fc.host_offset = cluster << ctx->geo.cluster_bits;
+    fc.cluster = cluster;
+    fc.name = what;
+    qc_report(ctx, QC_P_DATA_OVERLAPS_METADATA, walk_name(ctx, w), at, 1, &fc);
 }
 
 /* Count a data cluster of the table being walked: its `refs` references,
@@ -236,14 +265,13 @@ static inline void count_allocated(l2_walk *w, uint64_t active_refs, uint64_t of
 static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     uint64_t at = w->offset + (uint64_t)i * ctx->geo.l2_entry_size;
+    qc_finding_ctx fc = l2_entry_ctx(ctx, w, i, entry);
     if (entry & QC_OFLAG_COPIED)
-        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, "entry %u is 0x%016llx", i,
-                  (unsigned long long)entry);
+        qc_report(ctx, QC_P_COMPRESSED_COPIED, walk_name(ctx, w), at, 1, &fc);
     if (ctx->has_data_file) {
         /* Nothing a data-file image can read: as in QEMU, nothing else is
          * checked and it is left out of the statistics. */
-        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1,
-                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
+        qc_report(ctx, QC_P_COMPRESSED_WITH_DATA_FILE, walk_name(ctx, w), at, 1, &fc);
         return;
     }
     if (w->table->active_refs) {
@@ -251,19 +279,22 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
         w->fragmented += w->table->active_refs;
         ctx->res->compressed_clusters += w->table->active_refs;
     }
-    if (bitmap)
-        qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, walk_name(ctx, w), at, 1,
-                  "entry %u: compressed cluster with subcluster bitmap 0x%016llx", i,
-                  (unsigned long long)bitmap);
+    if (bitmap) {
+        qc_finding_ctx with_bitmap = fc;
+        with_bitmap.present |= QC_CTX_VALUE;
+        with_bitmap.value = bitmap;
+        qc_report(ctx, QC_P_COMPRESSED_SUBCLUSTER_BITMAP, walk_name(ctx, w), at, 1, &with_bitmap);
+    }
     qc_compressed c;
     qc_compressed_decode(&ctx->geo, entry, &c);
     uint64_t first = c.host_offset >> ctx->geo.cluster_bits;
     uint64_t last = (c.host_offset + c.length - 1) >> ctx->geo.cluster_bits;
     if (c.high_bits || last >= ctx->file_clusters) {
-        qc_report(ctx, QC_P_COMPRESSED_RANGE_INVALID, walk_name(ctx, w), at, 1,
-                  "entry %u: compressed data at 0x%llx (%llu bytes) %s", i,
-                  (unsigned long long)c.host_offset, (unsigned long long)c.length,
-                  c.high_bits ? "uses offset bits above 55" : "extends past the end of the file");
+        fc.present |= QC_CTX_HOST_OFFSET | QC_CTX_SIZE;
+        fc.variant = c.high_bits ? 1 : 0;
+        fc.host_offset = c.host_offset;
+        fc.size = c.length;
+        qc_report(ctx, QC_P_COMPRESSED_RANGE_INVALID, walk_name(ctx, w), at, 1, &fc);
         ctx->unfollowed++;
         return;
     }
@@ -276,12 +307,12 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
 static void report_unaligned(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t off,
                              uint32_t alloc)
 {
+    qc_finding_ctx fc = l2_entry_ctx(ctx, w, i, entry);
+    fc.present |= QC_CTX_HOST_OFFSET;
+    fc.host_offset = off;
+    fc.variant = (entry & QC_OFLAG_ZERO) || (ctx->geo.extended_l2 && !alloc); /* preallocated */
     qc_report(ctx, QC_P_L2_ENTRY_UNALIGNED, walk_name(ctx, w),
-              w->offset + (uint64_t)i * ctx->geo.l2_entry_size, 1,
-              "entry %u points to %s at 0x%llx, which is not cluster aligned", i,
-              (entry & QC_OFLAG_ZERO) || (ctx->geo.extended_l2 && !alloc) ? "a preallocated cluster"
-                                                                          : "a data cluster",
-              (unsigned long long)off);
+              w->offset + (uint64_t)i * ctx->geo.l2_entry_size, 1, &fc);
 }
 
 static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
@@ -291,42 +322,52 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     uint64_t off = entry & QC_L2_OFFSET_MASK;
     bool copied = entry & QC_OFLAG_COPIED;
     uint32_t alloc = (uint32_t)bitmap, zero = (uint32_t)(bitmap >> 32);
+    /* Findings are the exception: the facts are gathered only for one. */
+    qc_finding_ctx fc;
 
-    if (entry & QC_L2_RESERVED_MASK)
-        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, walk_name(ctx, w), at, 1,
-                  "entry %u is 0x%016llx", i, (unsigned long long)entry);
-    if ((entry & QC_OFLAG_ZERO) && (ctx->hdr.version < 3 || g->extended_l2))
-        qc_report(ctx, QC_P_L2_ZERO_FLAG_INVALID, walk_name(ctx, w), at, 1,
-                  "entry %u is 0x%016llx: the zero flag is not allowed in %s", i,
-                  (unsigned long long)entry,
-                  ctx->hdr.version < 3 ? "a version 2 image" : "an extended L2 image");
+    if (entry & QC_L2_RESERVED_MASK) {
+        fc = l2_entry_ctx(ctx, w, i, entry);
+        qc_report(ctx, QC_P_L2_ENTRY_RESERVED_BITS, walk_name(ctx, w), at, 1, &fc);
+    }
+    if ((entry & QC_OFLAG_ZERO) && (ctx->hdr.version < 3 || g->extended_l2)) {
+        fc = l2_entry_ctx(ctx, w, i, entry);
+        fc.variant = ctx->hdr.version >= 3; /* an extended L2 image */
+        qc_report(ctx, QC_P_L2_ZERO_FLAG_INVALID, walk_name(ctx, w), at, 1, &fc);
+    }
     if (off == 0 && !(ctx->has_data_file && copied)) {
         /* Unallocated (or a plain zero cluster). */
-        if (copied)
-            qc_report(ctx, QC_P_L2_ZERO_OFFSET_COPIED, walk_name(ctx, w), at, 1,
-                      "entry %u is 0x%016llx: COPIED with host offset 0 means nothing without an "
-                      "external data file",
-                      i, (unsigned long long)entry);
-        if (g->extended_l2 && alloc)
-            qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_UNALLOCATED, walk_name(ctx, w), at, 1,
-                      "entry %u: unallocated cluster with allocation bits 0x%08x", i, alloc);
+        if (copied) {
+            fc = l2_entry_ctx(ctx, w, i, entry);
+            qc_report(ctx, QC_P_L2_ZERO_OFFSET_COPIED, walk_name(ctx, w), at, 1, &fc);
+        }
+        if (g->extended_l2 && alloc) {
+            fc = l2_entry_ctx(ctx, w, i, entry);
+            fc.present |= QC_CTX_VALUE;
+            fc.value = alloc;
+            qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_UNALLOCATED, walk_name(ctx, w), at, 1, &fc);
+        }
         return;
     }
-    if (g->extended_l2 && (alloc & zero))
-        qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_AND_ZERO, walk_name(ctx, w), at, 1,
-                  "entry %u: subclusters 0x%08x are both allocated and zero", i, alloc & zero);
+    if (g->extended_l2 && (alloc & zero)) {
+        fc = l2_entry_ctx(ctx, w, i, entry);
+        fc.present |= QC_CTX_VALUE;
+        fc.value = alloc & zero;
+        qc_report(ctx, QC_P_SUBCLUSTER_ALLOC_AND_ZERO, walk_name(ctx, w), at, 1, &fc);
+    }
     count_allocated(w, w->table->active_refs, off, g->cluster_size);
     if (ctx->has_data_file) {
-        uint64_t guest = ((uint64_t)w->first->l1_index * g->l2_entries + i) << g->cluster_bits;
-        if (off != guest)
-            qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, walk_name(ctx, w), at, 1,
-                      "entry %u maps guest offset 0x%llx to data file offset 0x%llx", i,
-                      (unsigned long long)guest, (unsigned long long)off);
+        fc = l2_entry_ctx(ctx, w, i, entry);
+        if (off != fc.guest_offset) {
+            fc.present |= QC_CTX_HOST_OFFSET;
+            fc.host_offset = off;
+            qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, walk_name(ctx, w), at, 1, &fc);
+        }
         if (!qc_cluster_aligned(ctx, off))
             report_unaligned(ctx, w, i, entry, off, alloc);
-        if (!copied && w->table->active_refs)
-            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1,
-                      "entry %u is 0x%016llx", i, (unsigned long long)entry);
+        if (!copied && w->table->active_refs) {
+            fc = l2_entry_ctx(ctx, w, i, entry);
+            qc_report(ctx, QC_P_DATA_FILE_COPIED_MISSING, walk_name(ctx, w), at, 1, &fc);
+        }
         return; /* data clusters live in the data file and are not refcounted */
     }
     if (!qc_cluster_aligned(ctx, off)) {
@@ -336,9 +377,11 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     }
     uint64_t cluster = off >> g->cluster_bits;
     if (cluster >= ctx->file_clusters) {
-        qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, walk_name(ctx, w), at, 1,
-                  "entry %u points to a data cluster at 0x%llx; the file is %llu bytes", i,
-                  (unsigned long long)off, (unsigned long long)ctx->file_size);
+        fc = l2_entry_ctx(ctx, w, i, entry);
+        fc.present |= QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE;
+        fc.host_offset = off;
+        fc.file_size = ctx->file_size;
+        qc_report(ctx, QC_P_L2_ENTRY_PAST_EOF, walk_name(ctx, w), at, 1, &fc);
         /* Past the end: counted as unfollowed (the cluster it should point
          * to may now look leaked) and as a claim past the end. */
         qc_unfollowed_leaf(ctx, off);

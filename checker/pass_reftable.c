@@ -1,5 +1,6 @@
 /*
- * Pass 3: the refcount table.
+ * The refcount table (docs/passes.md §3.3; codes 601-603, the entries of
+ * the refcount area, whose other codes the compare pass reports).
  *
  * Checks: every refcount table entry (reserved bits, alignment, inside the
  * file). Refcount block contents are compared in the compare pass.
@@ -38,16 +39,18 @@ void qc_pass_reftable(qc_ctx *ctx)
         ctx->reftable[i] = off;
         if (e == 0)
             continue;
+        qc_finding_ctx fc = {.present = QC_CTX_INDEX | QC_CTX_ENTRY | QC_CTX_HOST_OFFSET,
+                             .index = i,
+                             .entry = e,
+                             .host_offset = off};
         if (e & QC_REFTABLE_RESERVED_MASK) {
-            qc_report(ctx, QC_P_REFTABLE_ENTRY_RESERVED_BITS, obj, at, 1, "entry is 0x%016llx",
-                      (unsigned long long)e);
+            qc_report(ctx, QC_P_REFTABLE_ENTRY_RESERVED_BITS, obj, at, 1, &fc);
         } else if (!qc_cluster_aligned(ctx, off)) {
-            qc_report(ctx, QC_P_REFTABLE_ENTRY_UNALIGNED, obj, at, 1,
-                      "refcount block offset 0x%llx is not cluster aligned", (unsigned long long)off);
+            qc_report(ctx, QC_P_REFTABLE_ENTRY_UNALIGNED, obj, at, 1, &fc);
         } else if (!qc_range_within(off, ctx->geo.cluster_size, ctx->file_size)) {
-            qc_report(ctx, QC_P_REFTABLE_ENTRY_PAST_EOF, obj, at, 1,
-                      "refcount block at 0x%llx is past the end of the file (%llu bytes)",
-                      (unsigned long long)off, (unsigned long long)ctx->file_size);
+            fc.present |= QC_CTX_FILE_SIZE;
+            fc.file_size = ctx->file_size;
+            qc_report(ctx, QC_P_REFTABLE_ENTRY_PAST_EOF, obj, at, 1, &fc);
             qc_claim_past_eof(ctx, off, ctx->geo.cluster_size, true);
         } else {
             ctx->refblock_state[i] = QC_REFBLOCK_VALID;

@@ -1,5 +1,6 @@
 /*
- * Pass 2: the snapshot table.
+ * The snapshot table (docs/passes.md §3.2; codes 3xx, and 133 for a
+ * snapshot's empty L1 table).
  *
  * Checks: every entry lies inside the file (a last entry whose fixed part
  * is inside but whose extra data, id or name runs past the end is decoded
@@ -59,7 +60,9 @@ static void check_duplicate_ids(qc_ctx *ctx)
         qc_describe_snapshot(ctx, keys[i].index, a, sizeof(a));
         qc_describe_snapshot(ctx, keys[i - 1].index, b, sizeof(b));
         qc_report(ctx, QC_P_SNAPSHOT_ID_DUPLICATE, a, ctx->snapshots[keys[i].index].table_offset, 1,
-                  "has the same id as %s", b);
+                  &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT | QC_CTX_NAME,
+                                    .snapshot = keys[i].index,
+                                    .name = b});
     }
     qc_free(ctx, keys, (uint64_t)ctx->nb_snapshots * sizeof(id_key));
 }
@@ -72,26 +75,25 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
     qc_describe_snapshot(ctx, index, obj, sizeof(obj));
     uint64_t bytes = (uint64_t)e->l1_size * 8;
     s->follow = false;
-    if (e->l1_size == 0 && !qc_empty_table_offset_ok(ctx, e->l1_table_offset))
+    qc_finding_ctx fc = {.present = QC_CTX_SNAPSHOT | QC_CTX_HOST_OFFSET | QC_CTX_VALUE,
+                         .snapshot = index,
+                         .host_offset = e->l1_table_offset,
+                         .value = e->l1_size};
+    if (e->l1_size == 0 && !qc_empty_table_offset_ok(ctx, e->l1_table_offset)) {
         /* QEMU's check ignores it; loading the snapshot validates it. */
-        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, s->table_offset, 1,
-                  "its L1 table has no entries, but its offset 0x%llx is not a cluster-aligned "
-                  "offset below 2^63: QEMU cannot load the snapshot (\"Snapshot L1 table offset "
-                  "invalid\")",
-                  (unsigned long long)e->l1_table_offset);
-    else if (!qc_cluster_aligned(ctx, e->l1_table_offset))
-        qc_report(ctx, QC_P_SNAPSHOT_L1_UNALIGNED, obj, s->table_offset, 1,
-                  "L1 table offset 0x%llx is not cluster aligned",
-                  (unsigned long long)e->l1_table_offset);
-    else if (bytes > QC_MAX_L1_BYTES)
-        qc_report(ctx, QC_P_SNAPSHOT_L1_TOO_LARGE, obj, s->table_offset + 8, 1,
-                  "l1_size %u (%llu bytes) exceeds 32 MiB", e->l1_size, (unsigned long long)bytes);
-    else if (e->l1_size && (e->l1_table_offset == 0 ||
-                            !qc_range_within(e->l1_table_offset, bytes, ctx->file_size))) {
-        qc_report(ctx, QC_P_SNAPSHOT_L1_PAST_EOF, obj, s->table_offset, 1,
-                  "L1 table at 0x%llx (%u entries) is not inside the file (%llu bytes)",
-                  (unsigned long long)e->l1_table_offset, e->l1_size,
-                  (unsigned long long)ctx->file_size);
+        fc.variant = QC_EMPTY_TABLE_SNAPSHOT_L1;
+        qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, s->table_offset, 1, &fc);
+    } else if (!qc_cluster_aligned(ctx, e->l1_table_offset)) {
+        qc_report(ctx, QC_P_SNAPSHOT_L1_UNALIGNED, obj, s->table_offset, 1, &fc);
+    } else if (bytes > QC_MAX_L1_BYTES) {
+        fc.present |= QC_CTX_SIZE;
+        fc.size = bytes;
+        qc_report(ctx, QC_P_SNAPSHOT_L1_TOO_LARGE, obj, s->table_offset + 8, 1, &fc);
+    } else if (e->l1_size && (e->l1_table_offset == 0 ||
+                              !qc_range_within(e->l1_table_offset, bytes, ctx->file_size))) {
+        fc.present |= QC_CTX_FILE_SIZE;
+        fc.file_size = ctx->file_size;
+        qc_report(ctx, QC_P_SNAPSHOT_L1_PAST_EOF, obj, s->table_offset, 1, &fc);
         if (e->l1_table_offset)
             qc_claim_past_eof(ctx, e->l1_table_offset, bytes, false);
     } else {
@@ -101,8 +103,10 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
         ctx->unfollowed++;
     if (e->has_disk_size && qc_l1_entries_needed(&ctx->geo, e->disk_size) > e->l1_size)
         qc_report(ctx, QC_P_SNAPSHOT_L1_TOO_SMALL, obj, s->table_offset + 8, 1,
-                  "l1_size %u is too small for its disk size of %llu bytes", e->l1_size,
-                  (unsigned long long)e->disk_size);
+                  &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT | QC_CTX_VALUE | QC_CTX_SIZE,
+                                    .snapshot = index,
+                                    .value = e->l1_size,
+                                    .size = e->disk_size});
 }
 
 /* Decode up to `count` entries from buf; returns how many were decoded.
@@ -147,14 +151,17 @@ static void report_truncated_entry(qc_ctx *ctx, uint32_t i)
     uint64_t declared = QC_SNAPSHOT_FIXED_SIZE + extra + id + name;
     char obj[200];
     qc_describe_snapshot(ctx, i, obj, sizeof(obj));
+    enum { EXTRA_DATA_LOST, NAME_LOST, ID_AND_NAME_LOST };
     qc_report(ctx, QC_P_SNAPSHOT_ENTRY_PAST_EOF, obj, s->table_offset, 1,
-              "its %llu bytes of extra data, %llu-byte id and %llu-byte name end at 0x%llx, past "
-              "the end of the file (%llu bytes); its L1 table is followed, %s cannot be read",
-              (unsigned long long)extra, (unsigned long long)id, (unsigned long long)name,
-              (unsigned long long)(s->table_offset + declared), (unsigned long long)ctx->file_size,
-              s->id_lost                       ? "its id and name"
-              : name && !s->entry.name_size ? "its name"
-                                            : "its extra data");
+              &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT | QC_CTX_SIZE | QC_CTX_HOST_OFFSET |
+                                           QC_CTX_FILE_SIZE,
+                                .variant = s->id_lost                       ? ID_AND_NAME_LOST
+                                           : name && !s->entry.name_size ? NAME_LOST
+                                                                         : EXTRA_DATA_LOST,
+                                .snapshot = i,
+                                .size = extra + id + name,
+                                .host_offset = s->table_offset + declared,
+                                .file_size = ctx->file_size});
     qc_claim_past_eof(ctx, s->table_offset, declared, false);
 }
 
@@ -165,11 +172,13 @@ void qc_pass_snapshots(qc_ctx *ctx)
         return;
     if (ctx->has_data_file)
         qc_report(ctx, QC_P_SNAPSHOTS_WITH_DATA_FILE, "snapshot table", 60, 1,
-                  "%u snapshots in an image with an external data file", h->nb_snapshots);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->nb_snapshots});
     uint32_t count = h->nb_snapshots;
     if (count > QC_MAX_SNAPSHOTS) {
         qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
-                  "nb_snapshots is %u; at most 65536 are allowed", count);
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED,
+                                    .value = count,
+                                    .expected = QC_MAX_SNAPSHOTS});
         count = QC_MAX_SNAPSHOTS;
     }
     /* The table cannot be larger than what remains of the file, nor (for
@@ -178,10 +187,13 @@ void qc_pass_snapshots(qc_ctx *ctx)
     uint64_t max_entries = avail / QC_SNAPSHOT_FIXED_SIZE;
     if (count > max_entries && count == h->nb_snapshots) {
         qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
-                  "nb_snapshots is %u but the %llu bytes after offset 0x%llx hold only %llu %s",
-                  h->nb_snapshots, (unsigned long long)avail,
-                  (unsigned long long)h->snapshots_offset, (unsigned long long)max_entries,
-                  max_entries == 1 ? "entry" : "entries");
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_SIZE | QC_CTX_HOST_OFFSET |
+                                               QC_CTX_EXPECTED,
+                                    .variant = 1,
+                                    .value = h->nb_snapshots,
+                                    .size = avail,
+                                    .host_offset = h->snapshots_offset,
+                                    .expected = max_entries});
     }
     if (count > max_entries)
         count = (uint32_t)max_entries;
@@ -229,10 +241,12 @@ void qc_pass_snapshots(qc_ctx *ctx)
          * depends on the file's length, which a repair may change. */
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_TRUNCATED, "snapshot table",
                   h->snapshots_offset + end, 1,
-                  "entry %u of %u does not fit in the file (or in 64 MiB)", n, count);
+                  &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_EXPECTED,
+                                    .index = n,
+                                    .expected = count});
     if (end > QC_MAX_SNAPSHOT_TABLE)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_TOO_LARGE, "snapshot table", h->snapshots_offset, 1,
-                  "the table is %zu bytes", end);
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE, .size = end});
     for (uint32_t i = 0; i < n; i++) {
         const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
         char obj[200];
@@ -241,14 +255,20 @@ void qc_pass_snapshots(qc_ctx *ctx)
             report_truncated_entry(ctx, i);
         else if (!e->id_str_size)
             qc_report(ctx, QC_P_SNAPSHOT_ID_EMPTY, obj, ctx->snapshots[i].table_offset + 12, 1,
-                      "the id is empty");
-        if (e->extra_data_size > QC_MAX_SNAPSHOT_EXTRA)
+                      &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT, .snapshot = i});
+        qc_finding_ctx extra = {.present = QC_CTX_SNAPSHOT | QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                .snapshot = i,
+                                .size = e->extra_data_size};
+        if (e->extra_data_size > QC_MAX_SNAPSHOT_EXTRA) {
+            extra.expected = QC_MAX_SNAPSHOT_EXTRA;
             qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_LARGE, obj, ctx->snapshots[i].table_offset + 36,
-                      1, "extra_data_size is %u bytes", e->extra_data_size);
-        if (h->version >= 3 && e->extra_data_size < 16)
+                      1, &extra);
+        }
+        if (h->version >= 3 && e->extra_data_size < 16) {
+            extra.expected = 16;
             qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_SMALL, obj, ctx->snapshots[i].table_offset + 36,
-                      1, "extra_data_size is %u bytes; version 3 needs at least 16",
-                      e->extra_data_size);
+                      1, &extra);
+        }
         check_snapshot_l1(ctx, i);
     }
     check_duplicate_ids(ctx);

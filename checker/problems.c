@@ -7,8 +7,8 @@
 #include "result.h"
 
 static const qc_problem problem_table[QC_PROBLEM_ROWS] = {
-#define QC_PROBLEM(name, code_, id_, sev, fix_, summary_, ...)                                     \
-    [QC_ROW_##name] = {QC_P_##name, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_},
+#define QC_PROBLEM(name, code_, id_, sev, fix_, summary_, message_)                                \
+    [QC_ROW_##name] = {QC_P_##name, id_, QC_SEV_##sev, QC_FIX_##fix_, summary_, message_},
 #include "qcheck_problems.def"
 #undef QC_PROBLEM
 };

@@ -204,6 +204,18 @@ static char *finding_json(const qc_finding *f)
         fprintf(m, ", \"offset\": %" PRIu64, f->offset);
     fprintf(m, ", \"count\": %" PRIu64 ", \"fix\": ", f->count);
     json_string(m, qc_fix_name(f->problem->fix));
+    /* The facts the message was made from, typed, under their field names. */
+    const qc_finding_ctx *c = f->context;
+    bool present;
+    uint64_t value;
+    const char *key;
+    for (unsigned i = 0; c && (key = qc_finding_field(c, i, &present, &value)); i++)
+        if (present)
+            fprintf(m, ", \"%s\": %" PRIu64, key, value);
+    if (c && (c->present & QC_CTX_NAME) && c->name) {
+        fprintf(m, ", \"name\": ");
+        json_string(m, c->name);
+    }
     fputc('}', m);
     if (fclose(m) != 0) {
         free(buf);
@@ -501,26 +513,46 @@ static bool parse_size(const char *s, uint64_t *out)
     return true;
 }
 
+/* A template as a Markdown table cell: in code, with its `|` escaped. */
+static void markdown_cell(const char *s)
+{
+    putchar('`');
+    for (; *s; s++) {
+        if (*s == '|')
+            putchar('\\');
+        putchar(*s);
+    }
+    putchar('`');
+}
+
 static void list_problems(bool markdown)
 {
     if (markdown) {
-        printf("# qcheck problem ids\n\n"
+        fputs("# qcheck problem ids\n\n"
                "Generated from `checker/include/qcheck_problems.def` by `qcheck --list-problems=markdown`;\n"
                "a test fails when this file and the table disagree.\n\n"
                "Severity `corruption` and `leak` count towards qemu-img's `corruptions` and\n"
                "`leaks`; `error` means the check could not be completed (exit 1); `warning`\n"
                "and `info` do not change the exit status.\n\n"
-               "| Code | Id | Severity | Fix | Meaning |\n"
-               "|---|---|---|---|---|\n");
+               "Message is the template of every finding's message: `%{field}` is a fact of\n"
+               "the finding, given in the JSON output under that key too (see the README);\n"
+               "`%{field=a|b}` picks the wording by the field's value, `%{field?a|b}` by\n"
+               "whether the finding has it.\n\n"
+               "| Code | Id | Severity | Fix | Meaning | Message |\n"
+               "|---|---|---|---|---|---|\n",
+              stdout);
     }
     for (size_t i = 0; i < qc_problem_count(); i++) {
         const qc_problem *p = qc_problem_at(i);
-        if (markdown)
-            printf("| %u | `%s` | %s | %s | %s |\n", (unsigned)p->code, p->id, qc_severity_name(p->severity),
+        if (markdown) {
+            printf("| %u | `%s` | %s | %s | %s | ", (unsigned)p->code, p->id, qc_severity_name(p->severity),
                    qc_fix_name(p->fix), p->summary);
-        else
+            markdown_cell(p->message);
+            printf(" |\n");
+        } else {
             printf("%u\t%s\t%s\t%s\t%s\n", (unsigned)p->code, p->id, qc_severity_name(p->severity),
                    qc_fix_name(p->fix), p->summary);
+        }
     }
 }
 
@@ -888,18 +920,18 @@ static int open_for_check(const cli *c, qc_io *io, bool *in_use)
  * say so among the findings, where a caller of the JSON output sees it. */
 static void report_in_use(cli *c, verdict *r)
 {
+    const qc_problem *p = qc_problem_get(QC_P_IMAGE_IN_USE);
+    qc_finding_ctx fc = {.present = QC_CTX_NAME,
+                         .name = c->lock_mode == QC_LOCK_NONE ? "file.locking=off" : "-U"};
+    char message[256];
+    qc_finding_format(p, &fc, message, sizeof(message));
     qc_finding f = {
-        .problem = qc_problem_get(QC_P_IMAGE_IN_USE),
+        .problem = p,
         .object = "image file",
-        .message = c->lock_mode == QC_LOCK_NONE
-                       ? "another process holds QEMU's write lock on the image and "
-                         "file.locking=off let the check go ahead: what was read may include "
-                         "writes half done, so the results may be inconsistent"
-                       : "another process holds QEMU's write lock on the image and -U let the "
-                         "check go ahead: what was read may include writes half done, so the "
-                         "results may be inconsistent",
+        .message = message,
         .offset = QC_NO_OFFSET,
         .count = 1,
+        .context = &fc,
     };
     on_finding(&f, c);
     r->warnings++;

@@ -143,6 +143,7 @@ typedef struct qc_problem {
     qc_severity severity;
     qc_fix fix;
     const char *summary;
+    const char *message; /* the template every finding's message is made from */
 } qc_problem;
 
 /* The row with this code, or NULL. */
@@ -158,12 +159,60 @@ const char *qc_fix_name(qc_fix fix);
 
 #define QC_NO_OFFSET UINT64_MAX
 
+/* The facts of one finding, typed, as its message names them. A field is
+ * set only when its bit is in `present`; its name is the placeholder the
+ * problem's message template uses for it (`%{l2_index}`) and the key the
+ * JSON output gives it. */
+enum {
+    QC_CTX_HOST_OFFSET = 1u << 0,  /* a host offset the finding is about (a pointer's target) */
+    QC_CTX_GUEST_OFFSET = 1u << 1, /* a guest offset */
+    QC_CTX_CLUSTER = 1u << 2,      /* the first host cluster (index) of a range */
+    QC_CTX_CLUSTERS = 1u << 3,     /* how many clusters the range has */
+    QC_CTX_L1_INDEX = 1u << 4,     /* index of the L1 entry */
+    QC_CTX_L2_INDEX = 1u << 5,     /* index of the L2 entry in its table */
+    QC_CTX_SNAPSHOT = 1u << 6,     /* index of the snapshot in the snapshot table */
+    QC_CTX_REFCOUNT = 1u << 7,     /* the refcount on disk */
+    QC_CTX_REFERENCES = 1u << 8,   /* the references found (the computed refcount) */
+    QC_CTX_ENTRY = 1u << 9,        /* the raw value of a table entry or header field */
+    QC_CTX_INDEX = 1u << 10,       /* index of an entry in another table or list */
+    QC_CTX_VALUE = 1u << 11,       /* a header or entry field, decoded */
+    QC_CTX_SIZE = 1u << 12,        /* a length in bytes */
+    QC_CTX_EXPECTED = 1u << 13,    /* what the value should be, or its bound */
+    QC_CTX_FILE_SIZE = 1u << 14,   /* the length of the image file */
+    QC_CTX_NAME = 1u << 15,        /* a name (printable ASCII: image bytes are escaped) */
+};
+
+typedef struct qc_finding_ctx {
+    uint32_t present; /* QC_CTX_* bits */
+    /* Which wording of the template applies (its `%{variant=a|b}` parts);
+     * 0 by default, never printed. */
+    uint32_t variant;
+    uint64_t host_offset, guest_offset;
+    uint64_t cluster, clusters;
+    uint64_t l1_index, l2_index, snapshot;
+    uint64_t refcount, references;
+    uint64_t entry, index, value, size, expected, file_size;
+    const char *name;
+} qc_finding_ctx;
+
+/* The numeric fields of a context, in a fixed order: for i = 0, 1, ... the
+ * name of field i (bit 1u << i), whether `c` has it and its value; NULL
+ * past the last one. The name is QC_CTX_NAME's, `c->name`. */
+const char *qc_finding_field(const qc_finding_ctx *c, unsigned i, bool *present, uint64_t *value);
+
+/* Render the message of `problem` for the facts in `c` into buf (always
+ * NUL-terminated, cut short when it does not fit). Returns the length the
+ * whole message has. */
+size_t qc_finding_format(const qc_problem *problem, const qc_finding_ctx *c, char *buf,
+                         size_t len);
+
 typedef struct qc_finding {
     const qc_problem *problem;
     const char *object;  /* e.g. "L2 table (L1 index 3)", "snapshot 1 \"s1\"" */
-    const char *message; /* the specifics, printable ASCII */
+    const char *message; /* made from the problem's template, printable ASCII */
     uint64_t offset;     /* host byte offset, or QC_NO_OFFSET */
     uint64_t count;      /* how many clusters or entries this finding covers */
+    const qc_finding_ctx *context; /* the facts the message was made from */
 } qc_finding;
 
 typedef void (*qc_finding_cb)(const qc_finding *finding, void *payload);

@@ -1,12 +1,15 @@
 /*
- * Unit tests for the problem table (checker/include/qcheck_problems.def) and its lookup
- * functions.
+ * Unit tests for the problem table (checker/include/qcheck_problems.def), its lookup
+ * functions, and the message templates every finding is made from (checker/finding.c).
  */
 #include <check.h>
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctx.h"
+#include "finding.h"
 #include "qcheck.h"
 #include "planner.h" /* the repair handlers */
 #include "runner.h"
@@ -266,6 +269,231 @@ START_TEST(test_every_fix_action_has_one_handler)
 }
 END_TEST
 
+/* ---- Message templates ----------------------------------------------- */
+
+/* A context with every field set, to render any template. */
+static qc_finding_ctx every_field(uint32_t variant)
+{
+    return (qc_finding_ctx){
+        .present = (QC_CTX_NAME << 1) - 1,
+        .variant = variant,
+        .host_offset = 0x10000, .guest_offset = 0x20000, .cluster = 3, .clusters = 2,
+        .l1_index = 4, .l2_index = 5, .snapshot = 1, .refcount = 2, .references = 1,
+        .entry = 0x8000000000010000ull, .index = 6, .value = 7, .size = 512, .expected = 8,
+        .file_size = 196608, .name = "name",
+    };
+}
+
+static bool printable_text(const char *s)
+{
+    for (; *s; s++)
+        if (*s < 0x20 || *s > 0x7e)
+            return false;
+    return true;
+}
+
+START_TEST(test_templates_parse)
+{
+    for (size_t i = 0; i < ROWS; i++) {
+        const qc_problem *p = qc_problem_at(i);
+        ck_assert_ptr_nonnull(p->message);
+        ck_assert_msg(p->message[0] != '\0', "%s has no message template", p->id);
+        ck_assert_msg(qc_template_valid(p->message),
+                      "%s: the template is malformed or names a field that does not exist: %s",
+                      p->id, p->message);
+    }
+}
+END_TEST
+
+START_TEST(test_templates_render)
+{
+    /* Every wording of every row (a variant past a row's last one takes
+     * the last), with every field set: nothing is missing, no placeholder
+     * is left, and the message is printable ASCII. */
+    for (size_t i = 0; i < ROWS; i++) {
+        const qc_problem *p = qc_problem_at(i);
+        for (uint32_t v = 0; v < 6; v++) {
+            qc_finding_ctx c = every_field(v);
+            char buf[600];
+            ck_assert_int_eq(qc_template_render(buf, sizeof(buf), p->message, &c), 0);
+            ck_assert_msg(buf[0] != '\0', "%s renders empty", p->id);
+            ck_assert_msg(!strstr(buf, "%{") && !strchr(buf, '}') && !strchr(buf, '|'),
+                          "%s variant %u left template syntax: %s", p->id, v, buf);
+            ck_assert_msg(printable_text(buf), "%s: %s", p->id, buf);
+            ck_assert_uint_eq(qc_finding_format(p, &c, buf, sizeof(buf)), strlen(buf));
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_known_messages)
+{
+    char buf[300];
+    qc_finding_ctx c = {.present = QC_CTX_L2_INDEX | QC_CTX_HOST_OFFSET,
+                        .variant = 1,
+                        .l2_index = 7,
+                        .host_offset = 0x10200};
+    qc_finding_format(qc_problem_get(QC_P_L2_ENTRY_UNALIGNED), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "entry 7 points to a preallocated cluster at 0x10200, which is not "
+                          "cluster aligned");
+
+    /* Plurals by value, the run prefix by variant. */
+    c = (qc_finding_ctx){.present = QC_CTX_REFCOUNT | QC_CTX_REFERENCES, .refcount = 2,
+                         .references = 1};
+    qc_finding_format(qc_problem_get(QC_P_REFCOUNT_LEAK), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "refcount 2 on disk, 1 reference");
+    c.variant = 1;
+    c.references = 0;
+    qc_finding_format(qc_problem_get(QC_P_REFCOUNT_LEAK), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "first: refcount 2 on disk, 0 references");
+
+    /* Padded hex, and the entry's 16 digits. */
+    c = (qc_finding_ctx){.present = QC_CTX_L2_INDEX | QC_CTX_VALUE, .l2_index = 3, .value = 0x30};
+    qc_finding_format(qc_problem_get(QC_P_SUBCLUSTER_ALLOC_AND_ZERO), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "entry 3: subclusters 0x00000030 are both allocated and zero");
+    c = (qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_ENTRY, .index = 12, .entry = 0x201};
+    qc_finding_format(qc_problem_get(QC_P_REFTABLE_ENTRY_RESERVED_BITS), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "entry is 0x0000000000000201");
+
+    /* A choice by value: no clusters at all is what QEMU refuses. */
+    c = (qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_VALUE, .host_offset = 0, .value = 0};
+    qc_finding_format(qc_problem_get(QC_P_REFTABLE_MISSING), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "refcount table offset 0x0, 0 clusters; QEMU refuses the image (\"Image "
+                          "does not contain a reference count table\")");
+    c.value = 1;
+    qc_finding_format(qc_problem_get(QC_P_REFTABLE_MISSING), &c, buf, sizeof(buf));
+    ck_assert_str_eq(buf, "refcount table offset 0x0, 1 clusters");
+}
+END_TEST
+
+START_TEST(test_template_syntax)
+{
+    qc_finding_ctx c = {.present = QC_CTX_VALUE | QC_CTX_NAME, .value = 10, .name = "x"};
+    char buf[64];
+    ck_assert(qc_template_valid("plain text, 100%% sure"));
+    ck_assert_int_eq(qc_template_render(buf, sizeof(buf), "100%% %{value:x} %{value:d}", &c), 0);
+    ck_assert_str_eq(buf, "100% 0xa 10");
+    ck_assert_int_eq(qc_template_render(buf, sizeof(buf), "%{name?[%{name}]|none}", &c), 0);
+    ck_assert_str_eq(buf, "[x]");
+    ck_assert_int_eq(qc_template_render(buf, sizeof(buf), "%{size?%{size}|none}", &c), 0);
+    ck_assert_str_eq(buf, "none");
+    /* Malformed, or naming what does not exist. */
+    ck_assert(!qc_template_valid("%{nosuchfield}"));
+    ck_assert(!qc_template_valid("%{value"));
+    ck_assert(!qc_template_valid("%{value:q}"));
+    ck_assert(!qc_template_valid("%{value:x99}"));
+    ck_assert(!qc_template_valid("%{variant=a|%{nosuch}}"));
+    ck_assert(!qc_template_valid("%{name:x}"));
+    ck_assert_int_eq(qc_template_render(buf, sizeof(buf), "%{bogus}", &c), QC_TEMPLATE_INVALID);
+    /* A field the context does not set prints as "?" and is flagged. */
+    ck_assert_int_eq(qc_template_render(buf, sizeof(buf), "at %{host_offset}", &c),
+                     QC_TEMPLATE_MISSING);
+    ck_assert_str_eq(buf, "at ?");
+}
+END_TEST
+
+START_TEST(test_render_is_bounded_and_inert)
+{
+    /* A name from the image is copied, never read as a template, and only
+     * printable characters come out. */
+    qc_finding_ctx c = {.present = QC_CTX_NAME, .name = "%{entry}\x01\xff%s%n"};
+    char buf[64];
+    ck_assert_int_eq(qc_template_render(buf, sizeof(buf), "<%{name}>", &c), 0);
+    ck_assert_str_eq(buf, "<%{entry}??%s%n>");
+    /* Cut short, always terminated; the full length is still told. */
+    char small[8];
+    memset(small, 'z', sizeof(small));
+    qc_finding_ctx v = {.present = QC_CTX_L1_INDEX | QC_CTX_ENTRY, .l1_index = 1, .entry = 1};
+    size_t need = qc_finding_format(qc_problem_get(QC_P_L1_ENTRY_RESERVED_BITS), &v, small,
+                                    sizeof(small));
+    ck_assert_str_eq(small, "entry 1");
+    ck_assert_uint_eq(need, strlen("entry 1 is 0x0000000000000001"));
+    /* No context at all: every field is missing. */
+    char out[100];
+    qc_finding_format(qc_problem_get(QC_P_VERSION_UNSUPPORTED), NULL, out, sizeof(out));
+    ck_assert_str_eq(out, "version ?; qcheck knows versions 2 and 3");
+}
+END_TEST
+
+START_TEST(test_field_names)
+{
+    qc_finding_ctx c = every_field(0);
+    const char *expected[] = {"host_offset", "guest_offset", "cluster", "clusters", "l1_index",
+                              "l2_index", "snapshot", "refcount", "references", "entry",
+                              "index", "value", "size", "expected", "file_size"};
+    bool present;
+    uint64_t value;
+    unsigned n = 0;
+    for (const char *name; (name = qc_finding_field(&c, n, &present, &value)); n++) {
+        ck_assert_uint_lt(n, sizeof(expected) / sizeof(expected[0]));
+        ck_assert_str_eq(name, expected[n]);
+        ck_assert(present);
+    }
+    ck_assert_uint_eq(n, sizeof(expected) / sizeof(expected[0]));
+    ck_assert_uint_eq(QC_CTX_NAME, 1u << n);
+    c.present = QC_CTX_L2_INDEX;
+    ck_assert_str_eq(qc_finding_field(&c, 5, &present, &value), "l2_index");
+    ck_assert(present);
+    ck_assert_uint_eq(value, 5);
+    qc_finding_field(&c, 4, &present, &value);
+    ck_assert(!present);
+}
+END_TEST
+
+/* The reporter: a finding carries the row's message made from the call
+ * site's context, and the context itself. */
+typedef struct seen {
+    unsigned calls;
+    char message[200];
+    char object[64];
+    uint64_t offset, l1_index, host_offset;
+    uint32_t present;
+} seen;
+
+static void remember(const qc_finding *f, void *payload)
+{
+    seen *s = payload;
+    s->calls++;
+    snprintf(s->message, sizeof(s->message), "%s", f->message);
+    snprintf(s->object, sizeof(s->object), "%s", f->object);
+    s->offset = f->offset;
+    ck_assert_ptr_nonnull(f->context);
+    s->present = f->context->present;
+    s->l1_index = f->context->l1_index;
+    s->host_offset = f->context->host_offset;
+}
+
+START_TEST(test_reporter)
+{
+    static const uint8_t image[512];
+    qc_io io;
+    qc_io_open_memory(&io, image, sizeof(image));
+    seen s = {0};
+    qc_options opts = {.size = sizeof(qc_options), .on_finding = remember, .payload = &s};
+    qc_result result;
+    memset(&result, 0, sizeof(result));
+    qc_ctx ctx;
+    memset(&ctx, 0, sizeof(ctx));
+    qc_ctx_begin(&ctx, &io, &opts, &result);
+    qc_report(&ctx, QC_P_L1_ENTRY_PAST_EOF, "active L1 table", 0x30018, 1,
+              &(qc_finding_ctx){.present = QC_CTX_L1_INDEX | QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE,
+                                .l1_index = 3,
+                                .host_offset = 0x7000000,
+                                .file_size = 196608});
+    qc_report_flush(&ctx);
+    qc_ctx_release(&ctx);
+    qc_io_close(&io);
+    ck_assert_uint_eq(s.calls, 1);
+    ck_assert_str_eq(s.message, "entry 3 points to an L2 table at 0x7000000; the file is 196608 bytes");
+    ck_assert_str_eq(s.object, "active L1 table");
+    ck_assert_uint_eq(s.offset, 0x30018);
+    ck_assert_uint_eq(s.present, QC_CTX_L1_INDEX | QC_CTX_HOST_OFFSET | QC_CTX_FILE_SIZE);
+    ck_assert_uint_eq(s.l1_index, 3);
+    ck_assert_uint_eq(s.host_offset, 0x7000000);
+    ck_assert_uint_eq(result.corruptions, 1);
+}
+END_TEST
+
 Suite *unit_suite(void)
 {
     Suite *s = suite_create("problems");
@@ -286,6 +514,16 @@ Suite *unit_suite(void)
     tcase_add_test(tc, test_by_id_finds_every_row);
     tcase_add_test(tc, test_by_id_unknown);
     tcase_add_test(tc, test_severity_and_fix_names);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("messages");
+    tcase_add_test(tc, test_templates_parse);
+    tcase_add_test(tc, test_templates_render);
+    tcase_add_test(tc, test_known_messages);
+    tcase_add_test(tc, test_template_syntax);
+    tcase_add_test(tc, test_render_is_bounded_and_inert);
+    tcase_add_test(tc, test_field_names);
+    tcase_add_test(tc, test_reporter);
     suite_add_tcase(s, tc);
     return s;
 }
