@@ -45,20 +45,7 @@ static int owner_rank(const qc_extent *e)
     return 11;
 }
 
-void qc_describe_snapshot(const qc_ctx *ctx, uint32_t index, char *buf, size_t len)
-{
-    if (index >= ctx->nb_snapshots) {
-        snprintf(buf, len, "snapshot #%u", index);
-        return;
-    }
-    const qc_snapshot_entry *e = &ctx->snapshots[index].entry;
-    char id[48], name[48]; /* keeps the description within the callers' 160 bytes */
-    qc_printable(id, sizeof(id), e->id, e->id_str_size);
-    qc_printable(name, sizeof(name), e->name, e->name_size);
-    snprintf(buf, len, "snapshot %u (id \"%s\", name \"%s\")", index, id, name);
-}
-
-void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t len)
+void qc_describe_extent(const qc_check_view *v, const qc_extent *e, char *buf, size_t len)
 {
     char snap[160];
     switch (e->owner) {
@@ -69,7 +56,7 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
         if (e->index == QC_ACTIVE) {
             snprintf(buf, len, "active L1 table");
         } else {
-            qc_describe_snapshot(ctx, e->index, snap, sizeof(snap));
+            qc_describe_snapshot(v, e->index, snap, sizeof(snap));
             snprintf(buf, len, "L1 table of %s", snap);
         }
         return;
@@ -77,7 +64,7 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
         if (e->index == QC_ACTIVE) {
             snprintf(buf, len, "L2 table (active L1 index %u)", e->index2);
         } else {
-            qc_describe_snapshot(ctx, e->index, snap, sizeof(snap));
+            qc_describe_snapshot(v, e->index, snap, sizeof(snap));
             snprintf(buf, len, "L2 table (L1 index %u of %s)", e->index2, snap);
         }
         return;
@@ -106,15 +93,15 @@ void qc_describe_extent(const qc_ctx *ctx, const qc_extent *e, char *buf, size_t
     snprintf(buf, len, "metadata");
 }
 
-void qc_describe_l2_table(const qc_ctx *ctx, const qc_l2_table *t, char *buf, size_t len)
+void qc_describe_l2_table(const qc_check_view *v, const qc_l2_table *t, char *buf, size_t len)
 {
-    const qc_l2_ref *first = &ctx->l2_refs[t->first_ref];
+    const qc_l2_ref *first = &v->l2_refs[t->first_ref];
     qc_extent e = {.start = first->l2_offset,
-                   .length = ctx->geo.cluster_size,
+                   .length = v->geo.cluster_size,
                    .index = first->snapshot,
                    .index2 = first->l1_index,
                    .owner = QC_OWN_L2};
-    qc_describe_extent(ctx, &e, buf, len);
+    qc_describe_extent(v, &e, buf, len);
 }
 
 bool qc_add_extent(qc_ctx *ctx, qc_owner owner, uint32_t index, uint32_t index2, uint64_t start,
@@ -146,9 +133,9 @@ static int extent_cmp(const void *a, const void *b)
     return rx < ry ? -1 : rx > ry;
 }
 
-static uint64_t extent_end_cluster(const qc_ctx *ctx, const qc_extent *e)
+static uint64_t extent_end_cluster(const qc_check_view *v, const qc_extent *e)
 {
-    return (e->start + e->length - 1) >> ctx->geo.cluster_bits;
+    return (e->start + e->length - 1) >> v->geo.cluster_bits;
 }
 
 /* Sort the extents with little extra memory. The L2 tables, registered
@@ -188,7 +175,7 @@ bool qc_extents_finish(qc_ctx *ctx)
     for (size_t i = 0; i < ctx->nb_extents; i++) {
         qc_extent *e = &ctx->extents[i];
         uint64_t first = e->start >> ctx->geo.cluster_bits;
-        if (reach != SIZE_MAX && extent_end_cluster(ctx, &ctx->extents[reach]) >= first) {
+        if (reach != SIZE_MAX && extent_end_cluster(&ctx->view, &ctx->extents[reach]) >= first) {
             qc_extent *other = &ctx->extents[reach];
             qc_extent *loser = owner_rank(e) >= owner_rank(other) ? e : other;
             if (ctx->l2_over_refblock && (1u << e->owner | 1u << other->owner) ==
@@ -196,8 +183,8 @@ bool qc_extents_finish(qc_ctx *ctx)
                 loser = e->owner == QC_OWN_REFBLOCK ? e : other;
             qc_extent *winner = loser == e ? other : e;
             char a[200], b[200];
-            qc_describe_extent(ctx, loser, a, sizeof(a));
-            qc_describe_extent(ctx, winner, b, sizeof(b));
+            qc_describe_extent(&ctx->view, loser, a, sizeof(a));
+            qc_describe_extent(&ctx->view, winner, b, sizeof(b));
             qc_report(ctx, QC_P_METADATA_OVERLAP, a, loser->start, 1,
                       &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_NAME | QC_CTX_HOST_OFFSET,
                                         .size = loser->length,
@@ -209,9 +196,9 @@ bool qc_extents_finish(qc_ctx *ctx)
             }
         }
         if (reach == SIZE_MAX ||
-            extent_end_cluster(ctx, e) > extent_end_cluster(ctx, &ctx->extents[reach]))
+            extent_end_cluster(&ctx->view, e) > extent_end_cluster(&ctx->view, &ctx->extents[reach]))
             reach = i;
-        for (uint64_t c = first; c <= extent_end_cluster(ctx, e); c++)
+        for (uint64_t c = first; c <= extent_end_cluster(&ctx->view, e); c++)
             if (qc_refmap_add(&ctx->refmap, c, 0, QC_CELL_META) < 0)
                 return false;
     }
@@ -219,9 +206,9 @@ bool qc_extents_finish(qc_ctx *ctx)
 }
 
 /* Index of the first extent starting at or after byte `pos`. */
-static size_t first_starting_at(const qc_ctx *ctx, uint64_t pos)
+static size_t first_starting_at(const qc_check_view *v, uint64_t pos)
 {
-    return qc_lower_bound(ctx->extents, ctx->nb_extents, sizeof(qc_extent),
+    return qc_lower_bound(v->extents, v->nb_extents, sizeof(qc_extent),
                           offsetof(qc_extent, start), pos);
 }
 
@@ -233,18 +220,18 @@ typedef struct covering_scan {
     size_t lo, i;
 } covering_scan;
 
-static covering_scan covering_begin(const qc_ctx *ctx, uint64_t cluster)
+static covering_scan covering_begin(const qc_check_view *v, uint64_t cluster)
 {
-    size_t lo = first_starting_at(ctx, (cluster + 1) << ctx->geo.cluster_bits);
+    size_t lo = first_starting_at(v, (cluster + 1) << v->geo.cluster_bits);
     return (covering_scan){cluster, lo, lo};
 }
 
-static const qc_extent *covering_next(const qc_ctx *ctx, covering_scan *s)
+static const qc_extent *covering_next(const qc_check_view *v, covering_scan *s)
 {
     while (s->i-- > 0 && s->lo - s->i <= 64) { /* metadata extents do not nest deeply */
-        const qc_extent *e = &ctx->extents[s->i];
-        if (extent_end_cluster(ctx, e) >= s->cluster &&
-            (e->start >> ctx->geo.cluster_bits) <= s->cluster)
+        const qc_extent *e = &v->extents[s->i];
+        if (extent_end_cluster(v, e) >= s->cluster &&
+            (e->start >> v->geo.cluster_bits) <= s->cluster)
             return e;
     }
     s->i = 0;
@@ -252,55 +239,55 @@ static const qc_extent *covering_next(const qc_ctx *ctx, covering_scan *s)
 }
 
 /* The extent covering `cluster` that is not `skip` (may be NULL), or NULL. */
-static const qc_extent *extent_covering(const qc_ctx *ctx, uint64_t cluster, const qc_extent *skip)
+static const qc_extent *extent_covering(const qc_check_view *v, uint64_t cluster, const qc_extent *skip)
 {
-    covering_scan s = covering_begin(ctx, cluster);
+    covering_scan s = covering_begin(v, cluster);
     const qc_extent *e;
-    while ((e = covering_next(ctx, &s)) && e == skip)
+    while ((e = covering_next(v, &s)) && e == skip)
         ;
     return e;
 }
 
-const qc_extent *qc_extent_at(const qc_ctx *ctx, uint64_t cluster)
+const qc_extent *qc_extent_at(const qc_check_view *v, uint64_t cluster)
 {
-    return extent_covering(ctx, cluster, NULL);
+    return extent_covering(v, cluster, NULL);
 }
 
 /* The extent of `owner` starting at `offset`, or NULL. */
-static const qc_extent *extent_of(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
+static const qc_extent *extent_of(const qc_check_view *v, qc_owner owner, uint64_t offset)
 {
-    for (size_t i = first_starting_at(ctx, offset);
-         i < ctx->nb_extents && ctx->extents[i].start == offset; i++)
-        if (ctx->extents[i].owner == owner)
-            return &ctx->extents[i];
+    for (size_t i = first_starting_at(v, offset);
+         i < v->nb_extents && v->extents[i].start == offset; i++)
+        if (v->extents[i].owner == owner)
+            return &v->extents[i];
     return NULL;
 }
 
-bool qc_extent_conflicted(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
+bool qc_extent_conflicted(const qc_check_view *v, qc_owner owner, uint64_t offset)
 {
-    const qc_extent *e = extent_of(ctx, owner, offset);
+    const qc_extent *e = extent_of(v, owner, offset);
     return e && e->conflicted;
 }
 
-bool qc_extent_shared(const qc_ctx *ctx, qc_owner owner, uint64_t offset)
+bool qc_extent_shared(const qc_check_view *v, qc_owner owner, uint64_t offset)
 {
-    const qc_extent *e = extent_of(ctx, owner, offset);
-    return e && extent_covering(ctx, offset >> ctx->geo.cluster_bits, e) != NULL;
+    const qc_extent *e = extent_of(v, owner, offset);
+    return e && extent_covering(v, offset >> v->geo.cluster_bits, e) != NULL;
 }
 
-uint32_t qc_cluster_owners(const qc_ctx *ctx, uint64_t cluster)
+uint32_t qc_cluster_owners(const qc_check_view *v, uint64_t cluster)
 {
     uint32_t owners = 0;
-    covering_scan s = covering_begin(ctx, cluster);
-    for (const qc_extent *e; (e = covering_next(ctx, &s));)
+    covering_scan s = covering_begin(v, cluster);
+    for (const qc_extent *e; (e = covering_next(v, &s));)
         owners |= 1u << e->owner;
     return owners;
 }
 
-bool qc_cluster_shared(const qc_ctx *ctx, uint64_t cluster, const qc_extent *pair[2])
+bool qc_cluster_shared(const qc_check_view *v, uint64_t cluster, const qc_extent *pair[2])
 {
-    const qc_extent *a = extent_covering(ctx, cluster, NULL);
-    const qc_extent *b = a ? extent_covering(ctx, cluster, a) : NULL;
+    const qc_extent *a = extent_covering(v, cluster, NULL);
+    const qc_extent *b = a ? extent_covering(v, cluster, a) : NULL;
     if (pair) {
         pair[0] = a;
         pair[1] = b;

@@ -56,7 +56,7 @@ static bool entry_defect(const qc_ctx *ctx, const qc_bitmap_entry *e, qc_finding
     if (e->table_size == 0 || e->table_size > QC_MAX_BITMAP_TABLE_ENTRIES)
         *fc = (qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED, .variant = SIZE,
                                .value = e->table_size, .expected = QC_MAX_BITMAP_TABLE_ENTRIES};
-    else if (e->table_offset == 0 || !qc_cluster_aligned(ctx, e->table_offset))
+    else if (e->table_offset == 0 || !qc_cluster_aligned(&ctx->view, e->table_offset))
         *fc = (qc_finding_ctx){.present = QC_CTX_HOST_OFFSET, .variant = OFFSET,
                                .host_offset = e->table_offset};
     else if (!qc_range_within(e->table_offset, (uint64_t)e->table_size * 8, ctx->file_size))
@@ -131,7 +131,7 @@ static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, c
             why = RESERVED;
         else if (off && (v & QC_BITMAP_TABLE_ALL_ONES))
             why = ALL_ONES;
-        else if (off && !qc_cluster_aligned(ctx, off))
+        else if (off && !qc_cluster_aligned(&ctx->view, off))
             why = UNALIGNED;
         else if (off && !qc_range_within(off, ctx->geo.cluster_size, ctx->file_size))
             why = PAST_EOF;
@@ -194,7 +194,7 @@ void qc_pass_bitmaps(qc_ctx *ctx)
             qc_report(ctx, QC_P_BITMAP_ENTRY_INVALID, obj, at, 1, &fc);
             ctx->unfollowed++;
             ctx->unfollowed_bitmaps++;
-            if (e.table_offset && qc_cluster_aligned(ctx, e.table_offset))
+            if (e.table_offset && qc_cluster_aligned(&ctx->view, e.table_offset))
                 qc_note_past_eof(ctx, e.table_offset, (uint64_t)e.table_size * 8);
         } else {
             if (qemu_refusal(ctx, &e, &fc)) {

@@ -80,6 +80,7 @@ static void run_add(qc_ctx *ctx, run *r, qc_problem_id id, uint64_t cluster, uin
 }
 
 typedef struct compare_state {
+    qc_ctx *ctx;
     run run;
     uint64_t last_used; /* highest cluster with a non-zero refcount, +1 */
 } compare_state;
@@ -109,9 +110,11 @@ static void compare_cluster(qc_ctx *ctx, compare_state *st, uint64_t c, uint64_t
     run_add(ctx, &st->run, id, c, ondisk, computed);
 }
 
-static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+static void compare_span(const qc_check_view *v, void *state, const qc_refcount_span *span)
 {
+    (void)v; /* the check's own context is in the state */
     compare_state *st = state;
+    qc_ctx *ctx = st->ctx;
     uint64_t end = span->first + span->count;
     qc_progress(ctx, QC_PROGRESS_COMPARE, 1000, span->first, ctx->file_clusters);
     /* Where the on-disk refcounts are not read from a block, only clusters
@@ -168,7 +171,7 @@ static void compare_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     }
     uint64_t past_eof = 0, past_first = 0;
     for (uint64_t c = in_file > span->first ? in_file : span->first; c < end; c++)
-        if (qc_refblock_get(block, bits, c - span->first) && !qc_claimed_past_eof(ctx, c) &&
+        if (qc_refblock_get(block, bits, c - span->first) && !qc_claimed_past_eof(&ctx->view, c) &&
             !past_eof++)
             past_first = c;
     if (past_eof) {
@@ -245,8 +248,8 @@ static void check_copied(qc_ctx *ctx)
 
 void qc_pass_compare(qc_ctx *ctx)
 {
-    compare_state st = {0};
-    qc_each_refcount_span(ctx, &st, compare_span, true);
+    compare_state st = {.ctx = ctx};
+    qc_each_refcount_span(ctx, &st, compare_span);
     run_flush(ctx, &st.run);
     check_copied(ctx);
     ctx->res->image_end_offset = st.last_used << ctx->geo.cluster_bits;

@@ -315,7 +315,7 @@ static void check_bitmaps_ext(qc_ctx *ctx, const qc_extension *x)
         fc.variant = DIRECTORY_SIZE;
         fc.expected = QC_MAX_BITMAP_DIRECTORY;
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 8, 1, &fc);
-    } else if (!qc_cluster_aligned(ctx, b->directory_offset) || b->directory_offset == 0) {
+    } else if (!qc_cluster_aligned(&ctx->view, b->directory_offset) || b->directory_offset == 0) {
         fc.variant = DIRECTORY_OFFSET;
         qc_report(ctx, QC_P_BITMAPS_EXTENSION_INVALID, obj, x->offset + 16, 1, &fc);
     } else if (!qc_range_within(b->directory_offset, b->directory_size, ctx->file_size)) {
@@ -599,7 +599,7 @@ static void check_crypto_ext(qc_ctx *ctx, const qc_extension *x)
     }
     uint64_t off = qc_be64(x->data), len = qc_be64(x->data + 8);
     qc_finding_ctx fc = {.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE, .host_offset = off, .size = len};
-    if (!qc_cluster_aligned(ctx, off) || off == 0) {
+    if (!qc_cluster_aligned(&ctx->view, off) || off == 0) {
         fc.variant = CRYPTO_EXT_OFFSET;
         qc_report(ctx, QC_P_ENCRYPTION_EXTENSION_INVALID, obj, x->offset, 1, &fc);
     } else if (len == 0 || !qc_range_within(off, len, ctx->file_size)) {
@@ -844,7 +844,7 @@ static void check_empty_table_offset(qc_ctx *ctx, const char *obj, uint64_t fiel
                          .host_offset = offset,
                          .expected = ctx->geo.cluster_size,
                          .name = qemu_name};
-    if (!qc_cluster_aligned(ctx, offset)) {
+    if (!qc_cluster_aligned(&ctx->view, offset)) {
         fc.variant = QC_EMPTY_TABLE_UNALIGNED;
         qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, field, 1, &fc);
     } else if (offset > INT64_MAX) {
@@ -872,7 +872,7 @@ static void check_table_locations(qc_ctx *ctx)
     }
     if (h->l1_size == 0) {
         check_empty_table_offset(ctx, "active L1 table", 40, h->l1_table_offset, "Active L1 table");
-    } else if (!qc_cluster_aligned(ctx, h->l1_table_offset)) {
+    } else if (!qc_cluster_aligned(&ctx->view, h->l1_table_offset)) {
         qc_report(ctx, QC_P_L1_OFFSET_UNALIGNED, "active L1 table", 40, 1,
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_EXPECTED,
                                     .host_offset = h->l1_table_offset,
@@ -904,7 +904,7 @@ static void check_table_locations(qc_ctx *ctx)
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_VALUE,
                                     .host_offset = h->refcount_table_offset,
                                     .value = h->refcount_table_clusters});
-    else if (!qc_cluster_aligned(ctx, h->refcount_table_offset))
+    else if (!qc_cluster_aligned(&ctx->view, h->refcount_table_offset))
         qc_report(ctx, QC_P_REFTABLE_OFFSET_UNALIGNED, "refcount table", 48, 1,
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_EXPECTED,
                                     .host_offset = h->refcount_table_offset,
@@ -937,7 +937,7 @@ static void check_table_locations(qc_ctx *ctx)
     if (h->snapshots_offset == 0)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_IN_HEADER, "snapshot table", 64, 1,
                   &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->nb_snapshots});
-    else if (!qc_cluster_aligned(ctx, h->snapshots_offset))
+    else if (!qc_cluster_aligned(&ctx->view, h->snapshots_offset))
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_UNALIGNED, "snapshot table", 64, 1,
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET,
                                     .host_offset = h->snapshots_offset});

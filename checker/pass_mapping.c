@@ -32,7 +32,7 @@ typedef struct l1_source {
 static void describe_l1(const qc_ctx *ctx, uint32_t snapshot, char *buf, size_t len)
 {
     qc_extent e = {0, 0, snapshot, 0, QC_OWN_L1, false};
-    qc_describe_extent(ctx, &e, buf, len);
+    qc_describe_extent(&ctx->view, &e, buf, len);
 }
 
 static void collect_l1(qc_ctx *ctx, const l1_source *src)
@@ -66,7 +66,7 @@ static void collect_l1(qc_ctx *ctx, const l1_source *src)
                 qc_report(ctx, QC_P_L1_ZERO_OFFSET_FLAGS, obj, at, 1, &fc);
             continue;
         }
-        if (!qc_cluster_aligned(ctx, off)) {
+        if (!qc_cluster_aligned(&ctx->view, off)) {
             qc_report(ctx, QC_P_L1_ENTRY_UNALIGNED, obj, at, 1, &fc);
             ctx->unfollowed++;
             continue;
@@ -192,7 +192,7 @@ typedef struct l2_walk {
 static const char *walk_name(const qc_ctx *ctx, l2_walk *w)
 {
     if (!w->obj[0])
-        qc_describe_l2_table(ctx, w->table, w->obj, sizeof(w->obj));
+        qc_describe_l2_table(&ctx->view, w->table, w->obj, sizeof(w->obj));
     return w->obj;
 }
 
@@ -223,10 +223,10 @@ static void check_data_on_metadata(qc_ctx *ctx, l2_walk *w, uint32_t index, uint
 {
     if (flags < 0 || !(flags & QC_CELL_META))
         return;
-    const qc_extent *owner = qc_extent_at(ctx, cluster);
+    const qc_extent *owner = qc_extent_at(&ctx->view, cluster);
     char what[240] = "metadata";
     if (owner)
-        qc_describe_extent(ctx, owner, what, sizeof(what));
+        qc_describe_extent(&ctx->view, owner, what, sizeof(what));
     uint64_t at = w->offset + (uint64_t)index * ctx->geo.l2_entry_size;
     qc_finding_ctx fc = l2_entry_ctx(ctx, w, index, 0);
     fc.present &= ~QC_CTX_ENTRY; /* not at hand here */
@@ -362,7 +362,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
             fc.host_offset = off;
             qc_report(ctx, QC_P_DATA_FILE_OFFSET_MISMATCH, walk_name(ctx, w), at, 1, &fc);
         }
-        if (!qc_cluster_aligned(ctx, off))
+        if (!qc_cluster_aligned(&ctx->view, off))
             report_unaligned(ctx, w, i, entry, off, alloc);
         if (!copied && w->table->active_refs) {
             fc = l2_entry_ctx(ctx, w, i, entry);
@@ -370,7 +370,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
         }
         return; /* data clusters live in the data file and are not refcounted */
     }
-    if (!qc_cluster_aligned(ctx, off)) {
+    if (!qc_cluster_aligned(&ctx->view, off)) {
         report_unaligned(ctx, w, i, entry, off, alloc);
         qc_unfollowed_leaf(ctx, off);
         return;
@@ -394,8 +394,8 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
 static uint64_t l2_table_to_read(void *arg, size_t t)
 {
     const qc_ctx *ctx = arg;
-    uint64_t offset = qc_l2_table_offset(ctx, &ctx->l2_tables[t]);
-    return qc_extent_conflicted(ctx, QC_OWN_L2, offset) ? QC_PREFETCH_SKIP : offset;
+    uint64_t offset = qc_l2_table_offset(&ctx->view, &ctx->l2_tables[t]);
+    return qc_extent_conflicted(&ctx->view, QC_OWN_L2, offset) ? QC_PREFETCH_SKIP : offset;
 }
 
 void qc_pass_mapping_walk(qc_ctx *ctx)
@@ -414,7 +414,7 @@ void qc_pass_mapping_walk(qc_ctx *ctx)
         qc_progress(ctx, QC_PROGRESS_WALK, QC_PROGRESS_COMPARE, t, ctx->nb_l2_tables);
         const qc_l2_ref *first = &ctx->l2_refs[ctx->l2_tables[t].first_ref];
         l2_walk w = {&ctx->l2_tables[t], first->l2_offset, first, "", 0, 0, 0};
-        if (qc_extent_conflicted(ctx, QC_OWN_L2, w.offset))
+        if (qc_extent_conflicted(&ctx->view, QC_OWN_L2, w.offset))
             continue; /* reported as an overlap; its contents are not trusted */
         int ret;
         const uint8_t *buf = qc_prefetch_get(tables, t, &ret);

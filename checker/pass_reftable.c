@@ -45,7 +45,7 @@ void qc_pass_reftable(qc_ctx *ctx)
                              .host_offset = off};
         if (e & QC_REFTABLE_RESERVED_MASK) {
             qc_report(ctx, QC_P_REFTABLE_ENTRY_RESERVED_BITS, obj, at, 1, &fc);
-        } else if (!qc_cluster_aligned(ctx, off)) {
+        } else if (!qc_cluster_aligned(&ctx->view, off)) {
             qc_report(ctx, QC_P_REFTABLE_ENTRY_UNALIGNED, obj, at, 1, &fc);
         } else if (!qc_range_within(off, ctx->geo.cluster_size, ctx->file_size)) {
             fc.present |= QC_CTX_FILE_SIZE;

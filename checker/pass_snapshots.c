@@ -57,8 +57,8 @@ static void check_duplicate_ids(qc_ctx *ctx)
             (keys[i].len && memcmp(keys[i].id, keys[i - 1].id, keys[i].len)))
             continue;
         char a[160], b[160];
-        qc_describe_snapshot(ctx, keys[i].index, a, sizeof(a));
-        qc_describe_snapshot(ctx, keys[i - 1].index, b, sizeof(b));
+        qc_describe_snapshot(&ctx->view, keys[i].index, a, sizeof(a));
+        qc_describe_snapshot(&ctx->view, keys[i - 1].index, b, sizeof(b));
         qc_report(ctx, QC_P_SNAPSHOT_ID_DUPLICATE, a, ctx->snapshots[keys[i].index].table_offset, 1,
                   &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT | QC_CTX_NAME,
                                     .snapshot = keys[i].index,
@@ -72,18 +72,18 @@ static void check_snapshot_l1(qc_ctx *ctx, uint32_t index)
     qc_snapshot *s = &ctx->snapshots[index];
     const qc_snapshot_entry *e = &s->entry;
     char obj[200];
-    qc_describe_snapshot(ctx, index, obj, sizeof(obj));
+    qc_describe_snapshot(&ctx->view, index, obj, sizeof(obj));
     uint64_t bytes = (uint64_t)e->l1_size * 8;
     s->follow = false;
     qc_finding_ctx fc = {.present = QC_CTX_SNAPSHOT | QC_CTX_HOST_OFFSET | QC_CTX_VALUE,
                          .snapshot = index,
                          .host_offset = e->l1_table_offset,
                          .value = e->l1_size};
-    if (e->l1_size == 0 && !qc_empty_table_offset_ok(ctx, e->l1_table_offset)) {
+    if (e->l1_size == 0 && !qc_empty_table_offset_ok(&ctx->view, e->l1_table_offset)) {
         /* QEMU's check ignores it; loading the snapshot validates it. */
         fc.variant = QC_EMPTY_TABLE_SNAPSHOT_L1;
         qc_report(ctx, QC_P_EMPTY_TABLE_OFFSET_INVALID, obj, s->table_offset, 1, &fc);
-    } else if (!qc_cluster_aligned(ctx, e->l1_table_offset)) {
+    } else if (!qc_cluster_aligned(&ctx->view, e->l1_table_offset)) {
         qc_report(ctx, QC_P_SNAPSHOT_L1_UNALIGNED, obj, s->table_offset, 1, &fc);
     } else if (bytes > QC_MAX_L1_BYTES) {
         fc.present |= QC_CTX_SIZE;
@@ -150,7 +150,7 @@ static void report_truncated_entry(qc_ctx *ctx, uint32_t i)
     uint64_t extra = qc_be32(raw + 36), id = qc_be16(raw + 12), name = qc_be16(raw + 14);
     uint64_t declared = QC_SNAPSHOT_FIXED_SIZE + extra + id + name;
     char obj[200];
-    qc_describe_snapshot(ctx, i, obj, sizeof(obj));
+    qc_describe_snapshot(&ctx->view, i, obj, sizeof(obj));
     enum { EXTRA_DATA_LOST, NAME_LOST, ID_AND_NAME_LOST };
     qc_report(ctx, QC_P_SNAPSHOT_ENTRY_PAST_EOF, obj, s->table_offset, 1,
               &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT | QC_CTX_SIZE | QC_CTX_HOST_OFFSET |
@@ -250,7 +250,7 @@ void qc_pass_snapshots(qc_ctx *ctx)
     for (uint32_t i = 0; i < n; i++) {
         const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
         char obj[200];
-        qc_describe_snapshot(ctx, i, obj, sizeof(obj));
+        qc_describe_snapshot(&ctx->view, i, obj, sizeof(obj));
         if (ctx->snapshots[i].truncated)
             report_truncated_entry(ctx, i);
         else if (!e->id_str_size)

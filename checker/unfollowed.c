@@ -99,15 +99,15 @@ void qc_past_eof_claims_finish(qc_ctx *ctx)
     ctx->past_eof_claims_sorted = true;
 }
 
-bool qc_claimed_past_eof(const qc_ctx *ctx, uint64_t cluster)
+bool qc_claimed_past_eof(const qc_check_view *v, uint64_t cluster)
 {
-    if (cluster >= ctx->past_eof_claims_end)
+    if (cluster >= v->past_eof_claims_end)
         return false;
-    if (ctx->past_eof_claims_lost || !ctx->past_eof_claims_sorted)
+    if (v->past_eof_claims_lost || !v->past_eof_claims_sorted)
         return true;
-    size_t i = qc_lower_bound(ctx->past_eof_claims, ctx->nb_past_eof_claims,
+    size_t i = qc_lower_bound(v->past_eof_claims, v->nb_past_eof_claims,
                               sizeof(qc_cluster_run), offsetof(qc_cluster_run, first), cluster + 1);
-    return i > 0 && cluster < ctx->past_eof_claims[i - 1].end;
+    return i > 0 && cluster < v->past_eof_claims[i - 1].end;
 }
 
 void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset)
@@ -123,13 +123,13 @@ void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset)
     }
 }
 
-bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitmaps,
+bool qc_orphan_binds(const qc_check_view *v, bool rebuilds_refcounts, bool drops_bitmaps,
                      uint64_t cluster)
 {
-    if (!qc_bitset_test(&ctx->orphans, cluster))
+    if (!qc_bitset_test(&v->orphans, cluster))
         return false;
-    uint64_t others = ctx->unfollowed - (rebuilds_refcounts ? ctx->unfollowed_refblocks : 0) -
-                      (drops_bitmaps ? ctx->unfollowed_bitmaps : 0);
-    return others > 0 || (qc_bitset_test(&ctx->unfollowed_targets, cluster) &&
-                          !(drops_bitmaps && qc_bitset_test(&ctx->bitmap_unfollowed_targets, cluster)));
+    uint64_t others = v->unfollowed - (rebuilds_refcounts ? v->unfollowed_refblocks : 0) -
+                      (drops_bitmaps ? v->unfollowed_bitmaps : 0);
+    return others > 0 || (qc_bitset_test(&v->unfollowed_targets, cluster) &&
+                          !(drops_bitmaps && qc_bitset_test(&v->bitmap_unfollowed_targets, cluster)));
 }

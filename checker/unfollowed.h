@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 typedef struct qc_ctx qc_ctx;
+typedef struct qc_check_view qc_check_view;
 
 /* Host clusters [first, end). */
 typedef struct qc_cluster_run {
@@ -36,7 +37,7 @@ void qc_note_past_eof(qc_ctx *ctx, uint64_t start, uint64_t length);
 void qc_past_eof_claims_finish(qc_ctx *ctx);
 /* Whether a structure or pointer the check found claims host cluster
  * `cluster`, which lies past the end of the file. */
-bool qc_claimed_past_eof(const qc_ctx *ctx, uint64_t cluster);
+bool qc_claimed_past_eof(const qc_check_view *v, uint64_t cluster);
 /* The same for a bitmap data pointer (bitmap_unfollowed_targets / unfollowed_bitmaps
  * too: -r all drops broken bitmaps, so what only they own is not kept). */
 void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);
@@ -44,7 +45,7 @@ void qc_unfollowed_bitmap_leaf(qc_ctx *ctx, uint64_t host_offset);
  * that rebuilds the refcount structures (damaged refcount blocks are then
  * replaced) and/or drops the bitmaps: orphans only they explain are not
  * kept. */
-bool qc_orphan_binds(const qc_ctx *ctx, bool rebuilds_refcounts, bool drops_bitmaps,
+bool qc_orphan_binds(const qc_check_view *v, bool rebuilds_refcounts, bool drops_bitmaps,
                      uint64_t cluster);
 
 #endif

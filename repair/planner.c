@@ -82,17 +82,17 @@ typedef struct shared_cluster {
 static bool find_shared_cluster(const repair_run *r, uint64_t start, uint64_t end,
                                 shared_cluster *found)
 {
-    const qc_ctx *ctx = &r->ctx;
-    if (!r->ctx_live || ctx->stop || end <= start)
+    const qc_check_view *check = &r->ctx.view;
+    if (!r->ctx_live || r->ctx.stop || end <= start)
         return false;
-    for (uint64_t c = start >> ctx->geo.cluster_bits;
-         c <= (end - 1) >> ctx->geo.cluster_bits && c < ctx->file_clusters; c++) {
+    for (uint64_t c = start >> check->geo.cluster_bits;
+         c <= (end - 1) >> check->geo.cluster_bits && c < check->file_clusters; c++) {
         const qc_extent *pair[2];
-        if (!qc_cluster_shared(ctx, c, pair))
+        if (!qc_cluster_shared(check, c, pair))
             continue;
         found->cluster = c;
-        qc_describe_extent(ctx, pair[0], found->a, sizeof(found->a));
-        qc_describe_extent(ctx, pair[1], found->b, sizeof(found->b));
+        qc_describe_extent(check, pair[0], found->a, sizeof(found->a));
+        qc_describe_extent(check, pair[1], found->b, sizeof(found->b));
         return true;
     }
     return false;
@@ -251,31 +251,31 @@ static bool run_check(repair_run *r, const qc_options *opts)
     return !r->ctx.stop && r->res.header_valid && r->res.check_errors == 0 && !r->error;
 }
 
-qc_ctx *qc_plan_try_check(repair_run *r)
+const qc_check_view *qc_plan_try_check(repair_run *r)
 {
     if (r->error)
         return NULL;
     if (r->ctx_live && !r->ctx_stale)
-        return &r->ctx;
+        return &r->ctx.view;
     if (run_check(r, &r->check_opts))
-        return &r->ctx;
+        return &r->ctx.view;
     r->ctx_stale = true; /* the next qc_plan_current_check() runs it again, and says so */
     return NULL;
 }
 
-qc_ctx *qc_plan_current_check(repair_run *r)
+const qc_check_view *qc_plan_current_check(repair_run *r)
 {
     if (r->error)
         return NULL;
     if (r->ctx_live && !r->ctx_stale)
-        return &r->ctx;
+        return &r->ctx.view;
     if (!run_check(r, &r->check_opts)) {
         qc_plan_note(r, NOTE_GENERAL,
                   "the image could not be checked completely after the previous repair stage; "
                   "the remaining stages were skipped");
         return NULL;
     }
-    return &r->ctx;
+    return &r->ctx.view;
 }
 
 bool qc_plan_found_fix(const repair_run *r, qc_fix fix)
@@ -316,16 +316,16 @@ int qc_plan_view_has_data(repair_run *r, uint64_t off, uint64_t size)
 
 uint64_t qc_plan_append_cluster(repair_run *r, const char *what, bool replaces_refcounts)
 {
-    const qc_ctx *ctx = &r->ctx;
-    uint64_t end = qc_div_round_up(r->view.size, ctx->geo.cluster_size);
-    uint64_t claims = ctx->past_eof_end;
-    if (!replaces_refcounts && ctx->past_eof_end_refcounts > claims)
-        claims = ctx->past_eof_end_refcounts;
+    const qc_check_view *check = &r->ctx.view;
+    uint64_t end = qc_div_round_up(r->view.size, check->geo.cluster_size);
+    uint64_t claims = check->past_eof_end;
+    if (!replaces_refcounts && check->past_eof_end_refcounts > claims)
+        claims = check->past_eof_end_refcounts;
     if (claims <= r->view.size) {
         /* The structures that replace the refcount table and blocks go
          * past where the old ones point, when that is near: until the
          * header switches to them, an old pointer must not find them. */
-        uint64_t old_reach = qc_div_round_up(ctx->past_eof_end_refcounts, ctx->geo.cluster_size);
+        uint64_t old_reach = qc_div_round_up(check->past_eof_end_refcounts, check->geo.cluster_size);
         return replaces_refcounts && old_reach > end && old_reach - end <= end ? old_reach : end;
     }
     /* Appending would put new bytes where that structure is said to be
@@ -335,23 +335,6 @@ uint64_t qc_plan_append_cluster(repair_run *r, const char *what, bool replaces_r
               "file (up to 0x%llx), and anything appended would be read as part of it",
               what, (unsigned long long)claims);
     return UINT64_MAX;
-}
-
-const qc_l2_table *qc_l2_table_at(const qc_ctx *ctx, uint64_t off)
-{
-    uint64_t table = off & ~(ctx->geo.cluster_size - 1);
-    /* Tables are in offset order (their offset is their first reference's). */
-    size_t lo = 0, hi = ctx->nb_l2_tables;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (qc_l2_table_offset(ctx, &ctx->l2_tables[mid]) < table)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < ctx->nb_l2_tables && qc_l2_table_offset(ctx, &ctx->l2_tables[lo]) == table
-               ? &ctx->l2_tables[lo]
-               : NULL;
 }
 
 static int refuse(qc_repair_plan *plan, const char *fmt, ...)
@@ -399,9 +382,9 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
         return buf;
     }
     /* Every repair writes the header (the corrupt-bit fence, feature bits). */
-    if (qc_cluster_shared(&r->ctx, 0, pair)) {
+    if (qc_cluster_shared(&r->ctx.view, 0, pair)) {
         char what[160];
-        qc_describe_extent(&r->ctx, pair[pair[0]->owner == QC_OWN_HEADER], what, sizeof(what));
+        qc_describe_extent(&r->ctx.view, pair[pair[0]->owner == QC_OWN_HEADER], what, sizeof(what));
         snprintf(buf, len,
                  "the header's cluster is also claimed by the %s (metadataOverlap), and every "
                  "repair writes the header",
@@ -426,17 +409,17 @@ static void note_kept(repair_run *r, uint64_t kept)
  * of the view instead (see binding_orphan). */
 static bool record_first_orphans(repair_run *r)
 {
-    qc_ctx *ctx = &r->ctx;
-    if (!qc_bitset_init(NULL, &r->kept, ctx->file_clusters) ||
-        !qc_bitset_init(NULL, &r->first_orphans, ctx->file_clusters))
+    const qc_check_view *check = &r->ctx.view;
+    if (!qc_bitset_init(NULL, &r->kept, check->file_clusters) ||
+        !qc_bitset_init(NULL, &r->first_orphans, check->file_clusters))
         return false;
     r->drops_bitmaps = r->mode == QC_REPAIR_ALL && qc_plan_found_fix(r, QC_FIX_DROP_BITMAPS) &&
-                       (ctx->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
-    for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
-         c = qc_bitset_next(&ctx->orphans, c + 1)) {
+                       (check->hdr.autoclear_features & QC_AUTOCLEAR_BITMAPS);
+    for (uint64_t c = qc_bitset_next(&check->orphans, 0); c < check->file_clusters;
+         c = qc_bitset_next(&check->orphans, c + 1)) {
         if (!qc_bitset_set(&r->first_orphans, c))
             return false;
-        if (r->mode == QC_REPAIR_LEAKS && qc_orphan_binds(ctx, false, false, c) &&
+        if (r->mode == QC_REPAIR_LEAKS && qc_orphan_binds(check, false, false, c) &&
             !qc_bitset_set(&r->kept, c))
             return false;
     }
@@ -450,17 +433,17 @@ static bool record_first_orphans(repair_run *r)
  * clusters keep a refcount higher than their references. */
 static bool note_kept_leaks(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return r->error == 0;
-    for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters && c < r->kept.bits;
-         c = qc_bitset_next(&ctx->orphans, c + 1))
-        if (qc_orphan_binds(ctx, false, false, c) && !qc_bitset_set(&r->kept, c))
+    for (uint64_t c = qc_bitset_next(&check->orphans, 0); c < check->file_clusters && c < r->kept.bits;
+         c = qc_bitset_next(&check->orphans, c + 1))
+        if (qc_orphan_binds(check, false, false, c) && !qc_bitset_set(&r->kept, c))
             return false;
     uint64_t kept = 0;
     for (uint64_t c = qc_bitset_next(&r->kept, 0); c < r->kept.bits;
          c = qc_bitset_next(&r->kept, c + 1))
-        kept += c < ctx->file_clusters && qc_bitset_test(&ctx->refcount_above_refs, c);
+        kept += c < check->file_clusters && qc_bitset_test(&check->refcount_above_refs, c);
     note_kept(r, kept);
     return true;
 }
@@ -469,13 +452,13 @@ static bool note_kept_leaks(repair_run *r)
  * structure that may own them is still there. */
 static void note_kept_after(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return;
     uint64_t kept = 0;
-    for (uint64_t c = qc_bitset_next(&ctx->orphans, 0); c < ctx->file_clusters;
-         c = qc_bitset_next(&ctx->orphans, c + 1))
-        kept += qc_orphan_binds(ctx, true, r->drops_bitmaps, c);
+    for (uint64_t c = qc_bitset_next(&check->orphans, 0); c < check->file_clusters;
+         c = qc_bitset_next(&check->orphans, c + 1))
+        kept += qc_orphan_binds(check, true, r->drops_bitmaps, c);
     note_kept(r, kept);
 }
 

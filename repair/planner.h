@@ -66,7 +66,7 @@ typedef struct repair_run {
     int error;             /* first failure (negative errno) */
 
     /* The current check of the view; re-run after writes. */
-    qc_ctx ctx;
+    qc_ctx ctx; /* the planner's check of the view; stages read ctx.view */
     qc_result res;
     bool ctx_live, ctx_stale;
     repair_finding *found;
@@ -122,10 +122,10 @@ void qc_plan_note(repair_run *r, note_kind kind, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* The check of the view as it is now (re-run when writes made it stale).
  * Returns NULL when the view cannot be checked completely. */
-qc_ctx *qc_plan_current_check(repair_run *r);
+const qc_check_view *qc_plan_current_check(repair_run *r);
 /* The same without the note: for a stage that tries a change on the view
  * and takes it back when the view cannot be checked. */
-qc_ctx *qc_plan_try_check(repair_run *r);
+const qc_check_view *qc_plan_try_check(repair_run *r);
 /* Whether the current check found any problem whose fix is `fix`. */
 bool qc_plan_found_fix(const repair_run *r, qc_fix fix);
 /* The first cluster past the end of the view: where new structures go. */
@@ -142,8 +142,6 @@ bool qc_plan_range_shared(repair_run *r, uint64_t start, uint64_t length, const 
 /* Whether [off, off + size) of the view holds anything but zeros: 1, 0,
  * or a negative errno when it cannot be read. */
 int qc_plan_view_has_data(repair_run *r, uint64_t off, uint64_t size);
-/* The L2 table (distinct) containing host offset `off`, or NULL. */
-const qc_l2_table *qc_l2_table_at(const qc_ctx *ctx, uint64_t off);
 
 /* unlinked.c: the list of what the repair unlinks, frees or recovers. */
 void qc_plan_unlinked(repair_run *r, const qc_unlinked *item);
@@ -159,12 +157,12 @@ bool qc_plan_dropped(repair_run *r, uint64_t c);
 void qc_plan_note_unlinked(repair_run *r);
 /* A dropped item for one L2 entry (at `at`, holding `entry`) of each of
  * the tables referencing its table: the guest cluster it mapped in each. */
-void qc_plan_unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
+void qc_plan_unlink_l2_entry(repair_run *r, const qc_check_view *check, uint64_t at, uint64_t entry,
                      qc_problem_id problem, unsigned kind, uint64_t new_target);
 /* Dropped items for the structures of the kinds in `owners` (a mask of
  * 1 << qc_owner) that the current check found, which the repair replaces
  * or stops pointing to, for `problem`. */
-void qc_plan_unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem);
+void qc_plan_unlink_structures(repair_run *r, const qc_check_view *check, uint32_t owners, qc_problem_id problem);
 /* Copy the ids and names of the snapshots the current check (the first
  * one) decoded into the plan. False when out of memory. */
 bool qc_plan_record_snapshot_labels(repair_run *r);
@@ -172,7 +170,7 @@ bool qc_plan_record_snapshot_labels(repair_run *r);
  * check could not use (unaligned, or reaching past the end of the file):
  * the rebuild drops the header's pointer to it, which nothing else
  * records since the check has no extent for it. */
-void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem);
+void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_check_view *check, qc_problem_id problem);
 /* The first finding of the current check whose fix is `fix`. */
 qc_problem_id qc_plan_first_found_with_fix(const repair_run *r, qc_fix fix);
 
@@ -210,7 +208,7 @@ void qc_stage_refblock_overlaps(repair_run *r);
 /* Whether the refcount stage would leave refcounts alone because a refcount
  * block shares its cluster with an L2 table: then nothing may be appended,
  * since its clusters could not be counted. */
-bool qc_plan_refcounts_blocked(repair_run *r, qc_ctx *ctx);
+bool qc_plan_refcounts_blocked(repair_run *r, const qc_check_view *check);
 void qc_stage_copied(repair_run *r);
 /* -r leaks: whether the current check (before the refcount stage) allows
  * the COPIED fix after it, as qemu-img's: no corruption but COPIED ones and

@@ -54,10 +54,10 @@
 
 void qc_stage_feature_bits(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || ctx->hdr.version < 3)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check || check->hdr.version < 3)
         return;
-    uint64_t before = ctx->hdr.autoclear_features, after = before & QC_AUTOCLEAR_KNOWN;
+    uint64_t before = check->hdr.autoclear_features, after = before & QC_AUTOCLEAR_KNOWN;
     if (after != before)
         qc_plan_note(r, NOTE_GENERAL, "cleared autoclear feature bits qcheck does not know: 0x%llx",
                   (unsigned long long)(before & ~QC_AUTOCLEAR_KNOWN));
@@ -81,7 +81,7 @@ void qc_stage_feature_bits(repair_run *r)
     if (qc_plan_write(r, 88, be, 8, "image header (autoclear features)", "0x%llx -> 0x%llx",
                    (unsigned long long)before, (unsigned long long)after) &&
         (before & ~after & QC_AUTOCLEAR_BITMAPS))
-        qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_BITMAP_DIRECTORY | 1u << QC_OWN_BITMAP_TABLE |
+        qc_plan_unlink_structures(r, check, 1u << QC_OWN_BITMAP_DIRECTORY | 1u << QC_OWN_BITMAP_TABLE |
                                       1u << QC_OWN_BITMAP_DATA,
                           drop_bitmaps ? qc_plan_first_found_with_fix(r, QC_FIX_DROP_BITMAPS)
                                        : QC_P_AUTOCLEAR_WITHOUT_BITMAPS);
@@ -92,13 +92,13 @@ void qc_stage_feature_bits(repair_run *r)
  * the entry lacked set to what QEMU reads for them: the VM state size, the
  * virtual size, -1 for icount), then its unknown extra data, kept byte for
  * byte but cut where the extra data would pass 1024 bytes. */
-static qc_snapshot_entry repaired_entry(const qc_ctx *ctx, const qc_snapshot_entry *e)
+static qc_snapshot_entry repaired_entry(const qc_check_view *check, const qc_snapshot_entry *e)
 {
     qc_snapshot_entry out = *e;
     if (!out.has_vm_state_size_large)
         out.vm_state_size_large = out.vm_state_size;
     if (!out.has_disk_size)
-        out.disk_size = ctx->hdr.size;
+        out.disk_size = check->hdr.size;
     if (!out.has_icount)
         out.icount = UINT64_MAX;
     out.has_vm_state_size_large = out.has_disk_size = out.has_icount = true;
@@ -119,12 +119,12 @@ static uint64_t id_number(const uint8_t *id, size_t len)
 
 /* How many leading entries the repaired table keeps: those that were
  * decoded, up to QEMU's 64 MiB. */
-static uint32_t snapshots_kept(const qc_ctx *ctx)
+static uint32_t snapshots_kept(const qc_check_view *check)
 {
     uint64_t size = 0;
     uint32_t kept = 0;
-    for (; kept < ctx->nb_snapshots; kept++) {
-        const qc_snapshot_entry *e = &ctx->snapshots[kept].entry;
+    for (; kept < check->nb_snapshots; kept++) {
+        const qc_snapshot_entry *e = &check->snapshots[kept].entry;
         size += e->entry_size;
         if (size > QC_MAX_SNAPSHOT_TABLE)
             break;
@@ -134,10 +134,10 @@ static uint32_t snapshots_kept(const qc_ctx *ctx)
 
 /* Whether the snapshot table shares a cluster with another structure: then
  * it is neither shortened nor moved (see qc_plan_range_shared). */
-static bool snapshot_table_shared(repair_run *r, const qc_ctx *ctx)
+static bool snapshot_table_shared(repair_run *r, const qc_check_view *check)
 {
-    for (size_t i = 0; i < ctx->nb_extents; i++) {
-        const qc_extent *e = &ctx->extents[i];
+    for (size_t i = 0; i < check->nb_extents; i++) {
+        const qc_extent *e = &check->extents[i];
         if (e->owner == QC_OWN_SNAPSHOT_TABLE)
             return qc_plan_range_shared(r, e->start, e->length, "the snapshot table");
     }
@@ -147,24 +147,24 @@ static bool snapshot_table_shared(repair_run *r, const qc_ctx *ctx)
 /* The unlinked items of snapshot entries [from, to) dropped for `problem`:
  * one per decoded entry (its L1 table), then one per entry that could not
  * be read (nothing known but its index), at most QC_MAX_SNAPSHOTS. */
-static void unlink_snapshots(repair_run *r, const qc_ctx *ctx, uint32_t from, uint32_t to,
+static void unlink_snapshots(repair_run *r, const qc_check_view *check, uint32_t from, uint32_t to,
                              qc_problem_id problem)
 {
     for (uint32_t k = from; k < to && k - from < QC_MAX_SNAPSHOTS && !r->error; k++) {
         qc_unlinked item = {QC_UNLINK_DROPPED, problem,     QC_NO_OFFSET, 0, k, QC_NO_OFFSET, 0,
                             QC_NO_OFFSET,      QC_NO_OFFSET, QC_NO_OFFSET};
-        if (k < ctx->nb_snapshots) {
-            const qc_snapshot *s = &ctx->snapshots[k];
+        if (k < check->nb_snapshots) {
+            const qc_snapshot *s = &check->snapshots[k];
             uint64_t bytes = (uint64_t)s->entry.l1_size * 8;
             item.entry_offset = s->table_offset;
             item.target = s->entry.l1_table_offset;
             item.guest_offset = 0;
-            item.guest_length = s->entry.has_disk_size ? s->entry.disk_size : ctx->hdr.size;
-            if (bytes && qc_cluster_aligned(ctx, item.target) &&
-                qc_range_within(item.target, bytes, ctx->file_size)) {
+            item.guest_length = s->entry.has_disk_size ? s->entry.disk_size : check->hdr.size;
+            if (bytes && qc_cluster_aligned(check, item.target) &&
+                qc_range_within(item.target, bytes, check->file_size)) {
                 item.host_offset = item.target;
-                item.length = qc_div_round_up(bytes, ctx->geo.cluster_size)
-                              << ctx->geo.cluster_bits;
+                item.length = qc_div_round_up(bytes, check->geo.cluster_size)
+                              << check->geo.cluster_bits;
             }
         }
         qc_plan_unlinked(r, &item);
@@ -178,20 +178,20 @@ static void unlink_snapshots(repair_run *r, const qc_ctx *ctx, uint32_t from, ui
  * a flush: every state in between is an entry of the same kind or a
  * complete one. Before anything extends the file, which would make the
  * entry's tail readable as whatever is appended. */
-static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
+static void cut_truncated_entry(repair_run *r, const qc_check_view *check, uint32_t i)
 {
-    const qc_snapshot *s = &ctx->snapshots[i];
+    const qc_snapshot *s = &check->snapshots[i];
     uint8_t raw[QC_SNAPSHOT_FIXED_SIZE];
     if (qc_read_zero_filled(&r->view, s->table_offset, raw, sizeof(raw)) < 0)
         return;
     uint64_t extra = qc_be32(raw + 36), id = qc_be16(raw + 12), name = qc_be16(raw + 14);
-    uint64_t room = ctx->file_size - s->table_offset - QC_SNAPSHOT_FIXED_SIZE;
+    uint64_t room = check->file_size - s->table_offset - QC_SNAPSHOT_FIXED_SIZE;
     uint64_t keep_id = extra + id <= room ? id : 0, keep_extra = extra;
     if (extra > room)
         for (keep_extra = 24; keep_extra > room || keep_extra > extra; keep_extra -= 8)
             ;
     char who[200];
-    qc_describe_snapshot(ctx, i, who, sizeof(who));
+    qc_describe_snapshot(check, i, who, sizeof(who));
     uint8_t be[4];
     qc_put_be16(be, (uint16_t)keep_id);
     qc_put_be16(be + 2, 0);
@@ -229,10 +229,10 @@ static void cut_truncated_entry(repair_run *r, const qc_ctx *ctx, uint32_t i)
 
 void qc_stage_snapshot_count(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return;
-    const qc_header *h = &ctx->hdr;
+    const qc_header *h = &check->hdr;
     /* Before anything extends the file: a truncated last entry, or a table
      * past the end, must not become readable (zero-filled) if a later step
      * is interrupted. */
@@ -254,7 +254,7 @@ void qc_stage_snapshot_count(repair_run *r)
         char where[96];
         if (unreadable == QC_P_SNAPSHOT_TABLE_PAST_EOF)
             snprintf(where, sizeof(where), "at 0x%llx, past the end of the file (%llu bytes)",
-                     (unsigned long long)h->snapshots_offset, (unsigned long long)ctx->file_size);
+                     (unsigned long long)h->snapshots_offset, (unsigned long long)check->file_size);
         else
             snprintf(where, sizeof(where), "at offset 0, where the header is");
         uint8_t be[12] = {0};
@@ -271,12 +271,12 @@ void qc_stage_snapshot_count(repair_run *r)
                   "discarded snapshot table %s (%u snapshot%s): the table starts %s, so not even "
                   "their ids and names could be read; what only they used is freed",
                   which, h->nb_snapshots, h->nb_snapshots == 1 ? "" : "s", where);
-        unlink_snapshots(r, ctx, 0, h->nb_snapshots, unreadable);
+        unlink_snapshots(r, check, 0, h->nb_snapshots, unreadable);
         return;
     }
-    uint32_t kept = snapshots_kept(ctx);
-    bool cut = kept && ctx->snapshots[kept - 1].truncated;
-    if ((kept >= h->nb_snapshots && !cut) || snapshot_table_shared(r, ctx))
+    uint32_t kept = snapshots_kept(check);
+    bool cut = kept && check->snapshots[kept - 1].truncated;
+    if ((kept >= h->nb_snapshots && !cut) || snapshot_table_shared(r, check))
         return;
     /* The entries after the one to cut go first: once it is cut, they
      * would start inside the file and be read from its old tail. */
@@ -293,23 +293,23 @@ void qc_stage_snapshot_count(repair_run *r)
                   "rest do not fit in the file (or in 64 MiB) and were dropped",
                   h->nb_snapshots, kept);
         /* Decoded entries beyond 64 MiB, then the ones that could not be read. */
-        uint32_t decoded = ctx->nb_snapshots > kept ? ctx->nb_snapshots : kept;
-        unlink_snapshots(r, ctx, kept, decoded, QC_P_SNAPSHOT_TABLE_TOO_LARGE);
-        unlink_snapshots(r, ctx, decoded, h->nb_snapshots,
+        uint32_t decoded = check->nb_snapshots > kept ? check->nb_snapshots : kept;
+        unlink_snapshots(r, check, kept, decoded, QC_P_SNAPSHOT_TABLE_TOO_LARGE);
+        unlink_snapshots(r, check, decoded, h->nb_snapshots,
                          qc_found(&r->res, QC_P_SNAPSHOT_TABLE_TRUNCATED)
                              ? QC_P_SNAPSHOT_TABLE_TRUNCATED
                              : QC_P_TOO_MANY_SNAPSHOTS);
     }
     if (cut)
-        cut_truncated_entry(r, ctx, kept - 1);
+        cut_truncated_entry(r, check, kept - 1);
 }
 
 void qc_stage_empty_table_offsets(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || !qc_found(&r->res, QC_P_EMPTY_TABLE_OFFSET_INVALID))
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check || !qc_found(&r->res, QC_P_EMPTY_TABLE_OFFSET_INVALID))
         return;
-    const qc_header *h = &ctx->hdr;
+    const qc_header *h = &check->hdr;
     static const uint8_t zero[8];
     /* The table has no entries, so its offset points at nothing: 0 is what
      * qemu-img writes for an image without snapshots, and an L1 offset
@@ -324,14 +324,14 @@ void qc_stage_empty_table_offsets(repair_run *r)
                     "0x%llx -> 0 (there are no snapshots)",
                     (unsigned long long)h->snapshots_offset))
         return;
-    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
-        const qc_snapshot *s = &ctx->snapshots[i];
-        if (s->entry.l1_size || qc_empty_table_offset_ok(ctx, s->entry.l1_table_offset))
+    for (uint32_t i = 0; i < check->nb_snapshots; i++) {
+        const qc_snapshot *s = &check->snapshots[i];
+        if (s->entry.l1_size || qc_empty_table_offset_ok(check, s->entry.l1_table_offset))
             continue;
-        if (snapshot_table_shared(r, ctx))
+        if (snapshot_table_shared(r, check))
             break; /* its bytes may be another structure's */
         char who[200];
-        qc_describe_snapshot(ctx, i, who, sizeof(who));
+        qc_describe_snapshot(check, i, who, sizeof(who));
         if (!qc_plan_write(r, s->table_offset, zero, 8, "snapshot table",
                         "%s: L1 table offset 0x%llx -> 0 (the table has no entries)", who,
                         (unsigned long long)s->entry.l1_table_offset))
@@ -344,10 +344,10 @@ void qc_stage_empty_table_offsets(repair_run *r)
  * of the file (`size` bytes) cuts short: the end of its last cluster, when
  * the table starts inside the file or at its cluster-rounded end (so only
  * the table's own clusters are added); 0 otherwise. */
-static uint64_t completed_end(const qc_ctx *ctx, uint64_t size, uint64_t off, uint64_t bytes)
+static uint64_t completed_end(const qc_check_view *check, uint64_t size, uint64_t off, uint64_t bytes)
 {
-    uint64_t end, cs = ctx->geo.cluster_size;
-    if (!bytes || bytes > QC_MAX_L1_BYTES || !off || !qc_cluster_aligned(ctx, off) ||
+    uint64_t end, cs = check->geo.cluster_size;
+    if (!bytes || bytes > QC_MAX_L1_BYTES || !off || !qc_cluster_aligned(check, off) ||
         !qc_add_ok(off, bytes, &end) || end <= size || off > qc_div_round_up(size, cs) * cs)
         return 0;
     return qc_div_round_up(end, cs) * cs;
@@ -430,17 +430,17 @@ static void extend_with_zeros(repair_run *r, uint64_t target, uint64_t from, con
 
 void qc_stage_zero_extend_short(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
+    const qc_check_view *check = qc_plan_current_check(r);
     /* Nothing to do, or a try that did not hold (the note said so). With
      * -r all, a snapshot table the snapshot count stage repairs (a last
      * entry it cuts in place, entries it drops) must not become readable
      * zero-filled first: the next round extends what is still cut. */
-    if (!ctx || ctx->short_past_eof_end <= r->view.size ||
-        ctx->short_past_eof_end == r->short_extension_refused ||
+    if (!check || check->short_past_eof_end <= r->view.size ||
+        check->short_past_eof_end == r->short_extension_refused ||
         (r->mode == QC_REPAIR_ALL && qc_plan_found_fix(r, QC_FIX_TRIM_SNAPSHOT_TABLE)))
         return;
-    uint64_t target = ctx->short_past_eof_end;
-    extend_with_zeros(r, target, ctx->short_past_eof_start,
+    uint64_t target = check->short_past_eof_end;
+    extend_with_zeros(r, target, check->short_past_eof_start,
                       "the structures the end of the file cut short by less than one cluster");
     if (r->view.size != target)
         r->short_extension_refused = target;
@@ -448,23 +448,23 @@ void qc_stage_zero_extend_short(repair_run *r)
 
 void qc_stage_zero_extend(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || (!qc_found(&r->res, QC_P_L1_PAST_EOF) &&
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check || (!qc_found(&r->res, QC_P_L1_PAST_EOF) &&
                  !qc_found(&r->res, QC_P_SNAPSHOT_L1_PAST_EOF)))
         return;
-    const qc_header *h = &ctx->hdr;
+    const qc_header *h = &check->hdr;
     uint64_t size = r->view.size, target = size, from = UINT64_MAX;
     char tables[128] = "";
-    uint64_t end = completed_end(ctx, size, h->l1_table_offset, (uint64_t)h->l1_size * 8);
+    uint64_t end = completed_end(check, size, h->l1_table_offset, (uint64_t)h->l1_size * 8);
     if (end) {
         target = end;
         from = h->l1_table_offset;
         snprintf(tables, sizeof(tables), "the active L1 table");
     }
     uint32_t snapshots = 0;
-    for (uint32_t i = 0; i < ctx->nb_snapshots && i < h->nb_snapshots; i++) {
-        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
-        end = completed_end(ctx, size, e->l1_table_offset, (uint64_t)e->l1_size * 8);
+    for (uint32_t i = 0; i < check->nb_snapshots && i < h->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &check->snapshots[i].entry;
+        end = completed_end(check, size, e->l1_table_offset, (uint64_t)e->l1_size * 8);
         if (end) {
             snapshots++;
             target = end > target ? end : target;
@@ -484,14 +484,14 @@ void qc_stage_zero_extend(repair_run *r)
 
 void qc_stage_snapshot_table(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
+    const qc_check_view *check = qc_plan_current_check(r);
     const qc_result *res = &r->res;
-    if (!ctx)
+    if (!check)
         return;
-    const qc_geometry *g = &ctx->geo;
-    if (snapshot_table_shared(r, ctx))
+    const qc_geometry *g = &check->geo;
+    if (snapshot_table_shared(r, check))
         return;
-    if (qc_plan_refcounts_blocked(r, ctx)) {
+    if (qc_plan_refcounts_blocked(r, check)) {
         qc_plan_note(r, NOTE_GENERAL,
                   "the repaired snapshot table not written: a refcount block shares its cluster "
                   "with another structure, so the refcount stage could not count the new table");
@@ -503,19 +503,19 @@ void qc_stage_snapshot_table(repair_run *r)
     /* Entries without an id get fresh ones, as QEMU numbers a new
      * snapshot: one more than the highest id. */
     uint64_t next_id = 1;
-    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
-        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+    for (uint32_t i = 0; i < check->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &check->snapshots[i].entry;
         uint64_t v = id_number(e->id, e->id_str_size);
         if (v >= next_id)
             next_id = v == UINT64_MAX ? v : v + 1;
     }
     /* Bounded by the decoded entries, which were bounded by the file. */
     size_t cap = 0;
-    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
+    for (uint32_t i = 0; i < check->nb_snapshots; i++)
         cap += QC_SNAPSHOT_FIXED_SIZE + QC_MAX_SNAPSHOT_EXTRA +
-               ctx->snapshots[i].entry.id_str_size + ctx->snapshots[i].entry.name_size + 32;
+               check->snapshots[i].entry.id_str_size + check->snapshots[i].entry.name_size + 32;
     uint8_t *table = calloc(cap ? cap : 1, 1);
-    char(*fresh)[24] = calloc(ctx->nb_snapshots ? ctx->nb_snapshots : 1, sizeof(*fresh));
+    char(*fresh)[24] = calloc(check->nb_snapshots ? check->nb_snapshots : 1, sizeof(*fresh));
     if (!table || !fresh) {
         free(table);
         free(fresh);
@@ -524,11 +524,11 @@ void qc_stage_snapshot_table(repair_run *r)
     }
     size_t len = 0;
     uint32_t kept = 0;
-    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
-        qc_snapshot_entry e = repaired_entry(ctx, &ctx->snapshots[i].entry);
+    for (uint32_t i = 0; i < check->nb_snapshots; i++) {
+        qc_snapshot_entry e = repaired_entry(check, &check->snapshots[i].entry);
         if (!e.id_str_size) {
             char who[200];
-            qc_describe_snapshot(ctx, i, who, sizeof(who));
+            qc_describe_snapshot(check, i, who, sizeof(who));
             snprintf(fresh[i], sizeof(fresh[i]), "%llu", (unsigned long long)next_id);
             next_id += next_id < UINT64_MAX;
             e.id = (const uint8_t *)fresh[i];
@@ -558,17 +558,17 @@ void qc_stage_snapshot_table(repair_run *r)
     if (qc_plan_write(r, 60, hdr, sizeof(hdr), "image header (snapshot table)",
                    "switch to the repaired snapshot table at 0x%llx (%u snapshots)",
                    (unsigned long long)at, kept))
-        qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_SNAPSHOT_TABLE, why);
+        qc_plan_unlink_structures(r, check, 1u << QC_OWN_SNAPSHOT_TABLE, why);
     qc_plan_flush(r);
 }
 
 void qc_stage_header_flags(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || ctx->hdr.version < 3)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check || check->hdr.version < 3)
         return;
     const qc_result *res = &r->res;
-    uint64_t now = ctx->hdr.incompatible_features, want = now;
+    uint64_t now = check->hdr.incompatible_features, want = now;
     bool refcounts_safe = !qc_found(res, QC_P_REFCOUNT_TOO_LOW) &&
                           !qc_found(res, QC_P_REFCOUNT_ZERO_IN_USE) &&
                           !qc_found(res, QC_P_REFCOUNTS_UNKNOWN);

@@ -35,26 +35,26 @@
  * what only a pointer dropped by an earlier stage could own is freed in
  * this run; with -r leaks, which drops nothing, also every orphan of the
  * first check. */
-static bool binding_orphan(const repair_run *r, const qc_ctx *ctx, uint64_t c)
+static bool binding_orphan(const repair_run *r, const qc_check_view *check, uint64_t c)
 {
     if (r->mode == QC_REPAIR_ALL)
-        return qc_orphan_binds(ctx, true, r->drops_bitmaps, c);
+        return qc_orphan_binds(check, true, r->drops_bitmaps, c);
     return (c < r->kept.bits && qc_bitset_test(&r->kept, c)) ||
-           qc_orphan_binds(ctx, false, false, c);
+           qc_orphan_binds(check, false, false, c);
 }
 
 /* The refcount cluster c should have once repaired, given `ondisk`. */
-static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint64_t ondisk)
+static uint64_t wanted(const repair_run *r, const qc_check_view *check, uint64_t c, uint64_t ondisk)
 {
-    if (c >= ctx->file_clusters)
+    if (c >= check->file_clusters)
         /* QEMU reads zeros past the end of the file and counts what a
          * pointer places there: a structure's refcount stays. */
-        return qc_claimed_past_eof(ctx, c) ? ondisk : 0;
-    uint64_t computed = qc_refmap_get(&ctx->refmap, c);
-    if (computed > ctx->geo.refcount_max)
-        computed = ctx->geo.refcount_max;
+        return qc_claimed_past_eof(check, c) ? ondisk : 0;
+    uint64_t computed = qc_refmap_get(&check->refmap, c);
+    if (computed > check->geo.refcount_max)
+        computed = check->geo.refcount_max;
     if (ondisk > computed)
-        return binding_orphan(r, ctx, c) ? ondisk : computed;
+        return binding_orphan(r, check, c) ? ondisk : computed;
     return r->mode == QC_REPAIR_ALL ? computed : ondisk;
 }
 
@@ -62,9 +62,9 @@ static uint64_t wanted(const repair_run *r, const qc_ctx *ctx, uint64_t c, uint6
  * alone, whoever "won" the overlap: writing refcounts there could change
  * the other one (an L2 table, say), and a rebuild could expose the other
  * one's contents. */
-static bool refblock_shared(const qc_ctx *ctx, uint64_t index)
+static bool refblock_shared(const qc_check_view *check, uint64_t index)
 {
-    return qc_extent_shared(ctx, QC_OWN_REFBLOCK, ctx->reftable[index]);
+    return qc_extent_shared(check, QC_OWN_REFBLOCK, check->reftable[index]);
 }
 
 typedef struct assess {
@@ -73,10 +73,10 @@ typedef struct assess {
     uint64_t exposing_blocks; /* shared with an L2 table a rebuild would expose */
 } assess;
 
-static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+static void assess_span(const qc_check_view *check, void *state, const qc_refcount_span *span)
 {
     assess *a = state;
-    if (span->kind == QC_SPAN_BLOCK && refblock_shared(ctx, span->index)) {
+    if (span->kind == QC_SPAN_BLOCK && refblock_shared(check, span->index)) {
         a->shared_blocks++;
         /* A rebuild replaces the block (whose counts cannot be trusted):
          * fine, unless an L2 table that lost the overlap shares the
@@ -84,7 +84,7 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
          * rebuild would make it live as it is; every other structure was
          * followed (an L2 table that won, see qc_stage_refblock_overlaps,
          * too). */
-        if (qc_extent_conflicted(ctx, QC_OWN_L2, ctx->reftable[span->index]))
+        if (qc_extent_conflicted(check, QC_OWN_L2, check->reftable[span->index]))
             a->exposing_blocks++;
         else
             a->needs_rebuild = true;
@@ -96,9 +96,9 @@ static void assess_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
     }
     uint64_t span_end = span->first + span->count;
     if (span->kind == QC_SPAN_ZERO)
-        for (uint64_t c = qc_refmap_next_page(&ctx->refmap, span->first, span_end); c < span_end;
-             c = qc_refmap_next_page(&ctx->refmap, c + 1, span_end))
-            if (qc_refmap_get(&ctx->refmap, c))
+        for (uint64_t c = qc_refmap_next_page(&check->refmap, span->first, span_end); c < span_end;
+             c = qc_refmap_next_page(&check->refmap, c + 1, span_end))
+            if (qc_refmap_get(&check->refmap, c))
                 a->needs_rebuild = true;
 }
 
@@ -115,10 +115,10 @@ typedef struct patcher {
 } patcher;
 
 /* Emit the changed bytes of one refcount block as writes of runs. */
-static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcount_span *span,
+static void emit_block_changes(repair_run *r, const qc_check_view *check, const qc_refcount_span *span,
                                const uint8_t *copy)
 {
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     const unsigned bits = g->refcount_bits;
     char what[64];
     snprintf(what, sizeof(what), "refcount block %llu", (unsigned long long)span->index);
@@ -145,14 +145,14 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
         uint64_t o = qc_refblock_get(span->block, bits, j);
         uint64_t n = qc_refblock_get(copy, bits, j);
         if (first == last)
-            qc_plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
+            qc_plan_write(r, check->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
                        "host cluster %llu: refcount %llu -> %llu (%s)", (unsigned long long)first,
                        (unsigned long long)o, (unsigned long long)n,
-                       first >= ctx->file_clusters ? "past the end of the file"
+                       first >= check->file_clusters ? "past the end of the file"
                        : n < o                     ? "leaked"
                                                    : "in use");
         else
-            qc_plan_write(r, ctx->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
+            qc_plan_write(r, check->reftable[span->index] + a, copy + a, (size_t)(b - a), what,
                        "host clusters %llu-%llu: %llu refcounts lowered (leaked or past the end "
                        "of the file), %llu raised (in use)",
                        (unsigned long long)first, (unsigned long long)last,
@@ -161,18 +161,18 @@ static void emit_block_changes(repair_run *r, const qc_ctx *ctx, const qc_refcou
     }
 }
 
-static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+static void patch_span(const qc_check_view *check, void *state, const qc_refcount_span *span)
 {
     patcher *p = state;
-    if (span->kind != QC_SPAN_BLOCK || refblock_shared(ctx, span->index))
+    if (span->kind != QC_SPAN_BLOCK || refblock_shared(check, span->index))
         return;
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     memcpy(p->copy, span->block, g->cluster_size);
     bool changed = false;
     for (uint64_t j = 0; j < span->count; j++) {
         uint64_t ondisk = qc_refblock_get(span->block, g->refcount_bits, j);
         uint64_t c = span->first + j;
-        uint64_t want = wanted(p->r, ctx, c, ondisk);
+        uint64_t want = wanted(p->r, check, c, ondisk);
         if (want < 2 && ondisk > want && p->copied_floor.pages && c < p->copied_floor.bits &&
             qc_bitset_test(&p->copied_floor, c)) {
             want = 2;
@@ -181,42 +181,42 @@ static void patch_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         if (want != ondisk) {
             qc_refblock_set(p->copy, g->refcount_bits, j, want);
             changed = true;
-            if (want == 0 && c < ctx->file_clusters)
+            if (want == 0 && c < check->file_clusters)
                 qc_plan_freed(p->r, c);
         }
     }
     if (changed)
-        emit_block_changes(p->r, ctx, span, p->copy);
+        emit_block_changes(p->r, check, span, p->copy);
 }
 
 /* The clusters -r leaks must keep at refcount 2 or more (see patcher). */
-static bool mark_copied_floor(qc_ctx *ctx, qc_bitset *floor)
+static bool mark_copied_floor(const qc_check_view *check, qc_bitset *floor)
 {
-    if (!qc_bitset_init(&ctx->mem, floor, ctx->file_clusters))
+    if (!qc_bitset_init(NULL, floor, check->file_clusters))
         return false;
-    const qc_refmap *map = &ctx->refmap;
+    const qc_refmap *map = &check->refmap;
     for (uint64_t c = qc_refmap_next_page(map, 0, map->clusters); c < map->clusters;
          c = qc_refmap_next_page(map, c + 1, map->clusters))
         if ((qc_refmap_flags(map, c) & QC_CELL_NOT_COPIED) && !qc_bitset_set(floor, c))
             return false;
-    for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
-        const qc_l2_ref *ref = &ctx->l2_refs[i];
-        uint64_t c = ref->l2_offset >> ctx->geo.cluster_bits;
-        if (ref->snapshot == QC_ACTIVE && !ref->copied && c < ctx->file_clusters &&
+    for (size_t i = 0; i < check->nb_l2_refs; i++) {
+        const qc_l2_ref *ref = &check->l2_refs[i];
+        uint64_t c = ref->l2_offset >> check->geo.cluster_bits;
+        if (ref->snapshot == QC_ACTIVE && !ref->copied && c < check->file_clusters &&
             !qc_bitset_set(floor, c))
             return false;
     }
     return true;
 }
 
-static void patch_in_place(repair_run *r, qc_ctx *ctx)
+static void patch_in_place(repair_run *r, const qc_check_view *check)
 {
-    patcher p = {r, malloc(ctx->geo.cluster_size), {0}, 0};
+    patcher p = {r, malloc(check->geo.cluster_size), {0}, 0};
     bool floor = r->mode == QC_REPAIR_LEAKS && !qc_plan_leaks_fix_copied(r);
-    if (!p.copy || (floor && !mark_copied_floor(ctx, &p.copied_floor))) {
+    if (!p.copy || (floor && !mark_copied_floor(check, &p.copied_floor))) {
         r->error = -ENOMEM;
     } else {
-        qc_each_refcount_span(ctx, &p, patch_span, false);
+        qc_view_each_refcount_span(check, &r->view, &p, patch_span);
         if (p.floored)
             qc_plan_note(r, NOTE_GENERAL,
                       "%llu leaked cluster%s kept at refcount 2, not lowered: the active tables "
@@ -235,20 +235,21 @@ static void patch_in_place(repair_run *r, qc_ctx *ctx)
 typedef struct targets {
     repair_run *r;
     qc_bitset old_structures; /* clusters of the refcount table and blocks being replaced */
+    qc_refmap map;            /* the refcounts to write */
 } targets;
 
-/* Turn the computed refcounts into the refcounts to write: without the old
- * refcount structures, with binding orphans kept at their on-disk value. */
-static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+/* The refcounts to write, from the computed ones: without the old refcount
+ * structures, with binding orphans kept at their on-disk value. */
+static void target_span(const qc_check_view *check, void *state, const qc_refcount_span *span)
 {
     targets *t = state;
     uint64_t end = span->first + span->count;
-    if (end > ctx->file_clusters)
-        end = ctx->file_clusters;
+    if (end > check->file_clusters)
+        end = check->file_clusters;
     /* Outside refcount blocks, only clusters with references have a
      * target above 0: skip the pages that have none. */
     bool block = span->kind == QC_SPAN_BLOCK;
-    const qc_refmap *map = &ctx->refmap;
+    const qc_refmap *map = &check->refmap;
     for (uint64_t c = block ? span->first : qc_refmap_next_page(map, span->first, end); c < end;
          c = block ? c + 1 : qc_refmap_next_page(map, c + 1, end)) {
         uint64_t v = qc_refmap_get(map, c);
@@ -256,28 +257,30 @@ static void target_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
         if (old && v)
             v--;
         if (block && !old) {
-            uint64_t ondisk = qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first);
-            if (ondisk > v && binding_orphan(t->r, ctx, c))
+            uint64_t ondisk = qc_refblock_get(span->block, check->geo.refcount_bits, c - span->first);
+            if (ondisk > v && binding_orphan(t->r, check, c))
                 v = ondisk;
         }
-        if (v > ctx->geo.refcount_max)
-            v = ctx->geo.refcount_max;
-        qc_refmap_set(&ctx->refmap, c, v);
+        if (v > check->geo.refcount_max)
+            v = check->geo.refcount_max;
+        if (!qc_refmap_set(&t->map, c, v))
+            t->r->error = -ENOMEM;
     }
 }
 
 /* After target_span and the switch: record the clusters the rebuilt
  * refcounts free (a refcount in the old blocks, none in the new ones). */
-static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
+static void freed_span(const qc_check_view *check, void *state, const qc_refcount_span *span)
 {
-    repair_run *r = state;
+    const targets *t = state;
+    repair_run *r = t->r;
     uint64_t end = span->first + span->count;
-    if (end > ctx->file_clusters)
-        end = ctx->file_clusters;
+    if (end > check->file_clusters)
+        end = check->file_clusters;
     if (span->kind == QC_SPAN_BLOCK) {
         for (uint64_t c = span->first; c < end; c++)
-            if (!qc_refmap_get(&ctx->refmap, c) &&
-                qc_refblock_get(span->block, ctx->geo.refcount_bits, c - span->first))
+            if (!qc_refmap_get(&t->map, c) &&
+                qc_refblock_get(span->block, check->geo.refcount_bits, c - span->first))
                 qc_plan_freed(r, c);
         return;
     }
@@ -287,25 +290,25 @@ static void freed_span(qc_ctx *ctx, void *state, const qc_refcount_span *span)
      * one the rebuilt refcounts leave at 0 is freed if it held anything
      * (so that --salvage keeps it), and so are the old refcount
      * structures replaced here (in use until now). */
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     for (uint64_t c = span->first; c < end && !r->error; c++)
-        if (!qc_refmap_get(&ctx->refmap, c) &&
+        if (!qc_refmap_get(&t->map, c) &&
             (qc_plan_dropped(r, c) ||
              qc_plan_view_has_data(r, c << g->cluster_bits, g->cluster_size) != 0)) /* or unreadable */
             qc_plan_freed(r, c);
 }
 
-static bool mark_old_structures(qc_ctx *ctx, qc_bitset *old)
+static bool mark_old_structures(const qc_check_view *check, qc_bitset *old)
 {
-    if (!qc_bitset_init(&ctx->mem, old, ctx->file_clusters))
+    if (!qc_bitset_init(NULL, old, check->file_clusters))
         return false;
-    for (size_t i = 0; i < ctx->nb_extents; i++) {
-        const qc_extent *e = &ctx->extents[i];
+    for (size_t i = 0; i < check->nb_extents; i++) {
+        const qc_extent *e = &check->extents[i];
         if (e->owner != QC_OWN_REFTABLE && e->owner != QC_OWN_REFBLOCK)
             continue;
-        uint64_t first = e->start >> ctx->geo.cluster_bits;
-        uint64_t last = (e->start + e->length - 1) >> ctx->geo.cluster_bits;
-        for (uint64_t c = first; c <= last && c < ctx->file_clusters; c++)
+        uint64_t first = e->start >> check->geo.cluster_bits;
+        uint64_t last = (e->start + e->length - 1) >> check->geo.cluster_bits;
+        for (uint64_t c = first; c <= last && c < check->file_clusters; c++)
             if (!qc_bitset_set(old, c))
                 return false;
     }
@@ -330,9 +333,9 @@ static bool block_needed(const layout *l, uint64_t i, uint64_t per_block)
 }
 
 /* Size the new structures so that they also count themselves. */
-static void plan_layout(const qc_ctx *ctx, layout *l)
+static void plan_layout(const qc_check_view *check, layout *l)
 {
-    uint64_t per_block = ctx->geo.refblock_entries;
+    uint64_t per_block = check->geo.refblock_entries;
     uint64_t base_blocks = 0, highest = 0;
     for (uint64_t i = 0; i < l->file_blocks; i++)
         if (l->needed[i]) {
@@ -348,7 +351,7 @@ static void plan_layout(const qc_ctx *ctx, layout *l)
             extra += !(i < l->file_blocks && l->needed[i]);
         uint64_t last_new = (l->end - 1) / per_block + 1;
         l->entries = highest > last_new ? highest : last_new;
-        uint64_t table = qc_div_round_up(l->entries * 8, ctx->geo.cluster_size);
+        uint64_t table = qc_div_round_up(l->entries * 8, check->geo.cluster_size);
         if (base_blocks + extra == l->blocks && table == l->table_clusters)
             return;
         l->blocks = base_blocks + extra;
@@ -358,15 +361,15 @@ static void plan_layout(const qc_ctx *ctx, layout *l)
 
 /* The refcount blocks behind broken refcount table entries that point
  * inside the file: the rebuild drops those pointers too. */
-static void unlink_broken_refblocks(repair_run *r, const qc_ctx *ctx)
+static void unlink_broken_refblocks(repair_run *r, const qc_check_view *check)
 {
-    const qc_geometry *g = &ctx->geo;
-    for (uint64_t i = 0; i < ctx->reftable_entries && !r->error; i++) {
-        uint64_t off = ctx->reftable[i];
-        if (ctx->refblock_state[i] != QC_REFBLOCK_INVALID ||
-            off >> g->cluster_bits >= ctx->file_clusters)
+    const qc_geometry *g = &check->geo;
+    for (uint64_t i = 0; i < check->reftable_entries && !r->error; i++) {
+        uint64_t off = check->reftable[i];
+        if (check->refblock_state[i] != QC_REFBLOCK_INVALID ||
+            off >> g->cluster_bits >= check->file_clusters)
             continue;
-        uint64_t at = ctx->hdr.refcount_table_offset + i * 8;
+        uint64_t at = check->hdr.refcount_table_offset + i * 8;
         uint8_t be[8];
         if (qc_read_zero_filled(&r->view, at, be, 8) < 0)
             continue;
@@ -381,9 +384,10 @@ static void unlink_broken_refblocks(repair_run *r, const qc_ctx *ctx)
 }
 
 /* Returns whether the header was switched to the new structures. */
-static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
+static bool write_rebuilt(repair_run *r, const qc_check_view *check, const layout *l,
+                          const qc_refmap *counts)
 {
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     uint64_t per_block = g->refblock_entries;
     uint8_t *block = malloc(g->cluster_size);
     uint8_t *table = calloc(l->table_clusters, g->cluster_size);
@@ -399,7 +403,7 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
         memset(block, 0, g->cluster_size);
         for (uint64_t j = 0; j < per_block; j++) {
             uint64_t c = i * per_block + j;
-            uint64_t v = c < ctx->file_clusters ? qc_refmap_get(&ctx->refmap, c)
+            uint64_t v = c < check->file_clusters ? qc_refmap_get(counts, c)
                                                 : (c >= l->base && c < l->end);
             qc_refblock_set(block, g->refcount_bits, j, v);
         }
@@ -431,9 +435,9 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
     qc_problem_id why = qc_plan_first_found_with_fix(r, QC_FIX_REBUILD_REFCOUNTS);
     if (why == QC_P_NONE)
         why = QC_P_METADATA_OVERLAP;
-    qc_plan_unlink_structures(r, ctx, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK, why);
-    unlink_broken_refblocks(r, ctx);
-    qc_plan_unlink_unusable_reftable(r, ctx, why);
+    qc_plan_unlink_structures(r, check, 1u << QC_OWN_REFTABLE | 1u << QC_OWN_REFBLOCK, why);
+    unlink_broken_refblocks(r, check);
+    qc_plan_unlink_unusable_reftable(r, check, why);
     qc_plan_flush(r);
     qc_plan_note(r, NOTE_GENERAL,
               "rebuilt the refcount structures: a new table at 0x%llx and %llu refcount blocks; "
@@ -442,41 +446,41 @@ static bool write_rebuilt(repair_run *r, qc_ctx *ctx, const layout *l)
     return true;
 }
 
-static void rebuild(repair_run *r, qc_ctx *ctx)
+static void rebuild(repair_run *r, const qc_check_view *check)
 {
-    const qc_geometry *g = &ctx->geo;
-    targets t = {r, {0}};
+    const qc_geometry *g = &check->geo;
+    targets t = {r, {0}, {0}};
     layout l = {0};
     l.base = qc_plan_append_cluster(r, "the rebuilt refcount structures", true);
     if (l.base == UINT64_MAX)
         return;
-    l.file_blocks = qc_div_round_up(ctx->file_clusters, g->refblock_entries);
+    l.file_blocks = qc_div_round_up(check->file_clusters, g->refblock_entries);
     l.needed = calloc(l.file_blocks + 1, sizeof(bool));
-    if (!l.needed || !mark_old_structures(ctx, &t.old_structures)) {
+    if (!l.needed || !mark_old_structures(check, &t.old_structures) ||
+        !qc_refmap_init(NULL, &t.map, check->file_clusters)) {
         r->error = -ENOMEM;
-    } else if (qc_each_refcount_span(ctx, &t, target_span, false)) {
-        const qc_refmap *map = &ctx->refmap;
+    } else if (qc_view_each_refcount_span(check, &r->view, &t, target_span) && !r->error) {
+        const qc_refmap *map = &t.map;
         for (uint64_t c = qc_refmap_next_page(map, 0, map->clusters); c < map->clusters;
              c = qc_refmap_next_page(map, c + 1, map->clusters))
             if (qc_refmap_get(map, c))
                 l.needed[c / g->refblock_entries] = true;
-        plan_layout(ctx, &l);
+        plan_layout(check, &l);
         if (l.entries * 8 > QC_MAX_REFTABLE_BYTES)
             qc_plan_note(r, NOTE_GENERAL,
                       "the refcount structures need rebuilding, but the new refcount table "
                       "(%llu entries) would exceed QEMU's limit of 8 MiB; left unchanged",
                       (unsigned long long)l.entries);
-        else if (write_rebuilt(r, ctx, &l))
+        else if (write_rebuilt(r, check, &l, &t.map))
             /* The old blocks are still in the view as they were. */
-            qc_each_refcount_span(ctx, r, freed_span, false);
+            qc_view_each_refcount_span(check, &r->view, &t, freed_span);
     }
     free(l.needed);
     qc_bitset_release(&t.old_structures);
-    /* The refcount map now holds targets, not what the check found. */
-    r->ctx_stale = true;
+    qc_refmap_release(&t.map);
 }
 
-static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
+static assess assess_refcounts(repair_run *r, const qc_check_view *check)
 {
     /* A broken refcount table entry needs the rebuild even when the range
      * it covers holds no cluster in use (past the end of the file, say). */
@@ -485,14 +489,14 @@ static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
                     qc_found(res, QC_P_REFTABLE_ENTRY_UNALIGNED) ||
                     qc_found(res, QC_P_REFTABLE_ENTRY_PAST_EOF),
                 0, 0};
-    qc_each_refcount_span(ctx, &a, assess_span, false);
+    qc_view_each_refcount_span(check, &r->view, &a, assess_span);
     /* A refcount table sharing a cluster with another structure is moved
      * away by a rebuild (whatever that leaves, QEMU reads as it is). */
-    uint64_t first = ctx->hdr.refcount_table_offset >> ctx->geo.cluster_bits;
-    for (uint64_t c = first; ctx->reftable_usable && !a.needs_rebuild &&
-                             c - first < ctx->hdr.refcount_table_clusters && c < ctx->file_clusters;
+    uint64_t first = check->hdr.refcount_table_offset >> check->geo.cluster_bits;
+    for (uint64_t c = first; check->reftable_usable && !a.needs_rebuild &&
+                             c - first < check->hdr.refcount_table_clusters && c < check->file_clusters;
          c++)
-        a.needs_rebuild = qc_cluster_shared(ctx, c, NULL);
+        a.needs_rebuild = qc_cluster_shared(check, c, NULL);
     return a;
 }
 
@@ -502,10 +506,10 @@ static assess assess_refcounts(repair_run *r, qc_ctx *ctx)
  * any kind more than in `before`. An L2 table that is really a refcount
  * block (an L1 entry pointing at one) reads as garbage entries and fails
  * this. */
-static bool l2_win_holds(repair_run *r, qc_ctx *ctx, const qc_result *before)
+static bool l2_win_holds(repair_run *r, const qc_check_view *check, const qc_result *before)
 {
     const qc_result *now = &r->res;
-    if (now->check_errors || assess_refcounts(r, ctx).exposing_blocks)
+    if (now->check_errors || assess_refcounts(r, check).exposing_blocks)
         return false;
     for (size_t i = 0; i < QC_PROBLEM_ROWS; i++) {
         qc_fix fix = qc_problem_at(i)->fix;
@@ -518,10 +522,10 @@ static bool l2_win_holds(repair_run *r, qc_ctx *ctx, const qc_result *before)
 
 void qc_stage_refblock_overlaps(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || r->l2_over_refblock)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check || r->l2_over_refblock)
         return;
-    assess a = assess_refcounts(r, ctx);
+    assess a = assess_refcounts(r, check);
     if (!a.exposing_blocks)
         return;
     /* The check lets the refcount block win, reads refcounts from the
@@ -533,8 +537,8 @@ void qc_stage_refblock_overlaps(repair_run *r)
     qc_result before = r->res;
     r->l2_over_refblock = true;
     r->ctx_stale = true;
-    ctx = qc_plan_try_check(r);
-    if (ctx && l2_win_holds(r, ctx, &before)) {
+    check = qc_plan_try_check(r);
+    if (check && l2_win_holds(r, check, &before)) {
         qc_plan_note(r, NOTE_GENERAL,
                   "%llu refcount block%s share%s a cluster with an L2 table (metadataOverlap); "
                   "the cluster reads as a valid L2 table, which is kept where it is, and the "
@@ -547,17 +551,17 @@ void qc_stage_refblock_overlaps(repair_run *r)
     r->ctx_stale = true;
 }
 
-bool qc_plan_refcounts_blocked(repair_run *r, qc_ctx *ctx)
+bool qc_plan_refcounts_blocked(repair_run *r, const qc_check_view *check)
 {
-    return assess_refcounts(r, ctx).exposing_blocks != 0;
+    return assess_refcounts(r, check).exposing_blocks != 0;
 }
 
 void qc_stage_refcounts(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return;
-    assess a = assess_refcounts(r, ctx);
+    assess a = assess_refcounts(r, check);
     if (a.exposing_blocks)
         a.needs_rebuild = false;
     if (a.shared_blocks && !(a.needs_rebuild && r->mode == QC_REPAIR_ALL))
@@ -569,7 +573,7 @@ void qc_stage_refcounts(repair_run *r)
                   a.exposing_blocks ? ", and nothing is rebuilt" : "");
 
     if (a.needs_rebuild && r->mode == QC_REPAIR_ALL) {
-        rebuild(r, ctx);
+        rebuild(r, check);
         qc_plan_freed_flush(r);
         return;
     }
@@ -577,7 +581,7 @@ void qc_stage_refcounts(repair_run *r)
         qc_plan_note(r, NOTE_GENERAL,
                   "some refcounts are missing or unreadable: the refcount structures need "
                   "rebuilding, which -r leaks does not do (run -r all)");
-    patch_in_place(r, ctx);
+    patch_in_place(r, check);
     qc_plan_flush(r);
     qc_plan_freed_flush(r);
 }

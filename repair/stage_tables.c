@@ -37,27 +37,27 @@ static const char *guest_effect(const repair_run *r)
     return r->res.header.has_backing_file ? "now read from the backing file" : "now read as zeros";
 }
 
-static void describe_owner(const qc_ctx *ctx, uint32_t snapshot, char *buf, size_t len)
+static void describe_owner(const qc_check_view *check, uint32_t snapshot, char *buf, size_t len)
 {
     if (snapshot == QC_ACTIVE)
         snprintf(buf, len, "the active image");
     else
-        qc_describe_snapshot(ctx, snapshot, buf, len);
+        qc_describe_snapshot(check, snapshot, buf, len);
 }
 
 /* Note the guest clusters an L2 entry at host offset `at` maps. */
-static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const char *effect)
+static void note_l2_guest(repair_run *r, const qc_check_view *check, uint64_t at, const char *effect)
 {
-    const qc_geometry *g = &ctx->geo;
-    const qc_l2_table *t = qc_l2_table_at(ctx, at);
+    const qc_geometry *g = &check->geo;
+    const qc_l2_table *t = qc_l2_table_at(check, at);
     if (!t)
         return;
-    uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;
+    uint64_t index = (at - qc_l2_table_offset(check, t)) / g->l2_entry_size;
     for (uint64_t k = 0; k < t->refs; k++) {
-        const qc_l2_ref *ref = &ctx->l2_refs[t->first_ref + k];
+        const qc_l2_ref *ref = &check->l2_refs[t->first_ref + k];
         uint64_t guest = ((uint64_t)ref->l1_index * g->l2_entries + index) << g->cluster_bits;
         char who[200];
-        describe_owner(ctx, ref->snapshot, who, sizeof(who));
+        describe_owner(check, ref->snapshot, who, sizeof(who));
         qc_plan_note(r, NOTE_GUEST_RANGE, "%s: guest bytes 0x%llx-0x%llx (L2 entry at 0x%llx) %s", who,
                   (unsigned long long)guest, (unsigned long long)(guest + g->cluster_size - 1),
                   (unsigned long long)at, effect);
@@ -66,10 +66,10 @@ static void note_l2_guest(repair_run *r, const qc_ctx *ctx, uint64_t at, const c
 
 /* Rewrite the L2 entry at `at` as unallocated, or as a plain zero entry
  * when it read as zeros anyway (the finding `problem` says why). */
-static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, qc_problem_id problem,
+static void clear_l2_entry(repair_run *r, const qc_check_view *check, uint64_t at, qc_problem_id problem,
                            const char *why)
 {
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     uint8_t old[16] = {0}, now[16] = {0};
     if (qc_read_zero_filled(&r->view, at, old, g->l2_entry_size) < 0)
         return;
@@ -83,42 +83,42 @@ static void clear_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, qc_pro
         qc_put_be64(now + 8, new_bitmap);
     if (memcmp(old, now, g->l2_entry_size) == 0)
         return;
-    const qc_l2_table *t = qc_l2_table_at(ctx, at);
+    const qc_l2_table *t = qc_l2_table_at(check, at);
     char what[240] = "L2 table";
     if (t)
-        qc_describe_l2_table(ctx, t, what, sizeof(what));
+        qc_describe_l2_table(check, t, what, sizeof(what));
     if (!qc_plan_write(r, at, now, g->l2_entry_size, what, "entry %llu was 0x%016llx: %s",
                     (unsigned long long)((at & (g->cluster_size - 1)) / g->l2_entry_size),
                     (unsigned long long)entry, why))
         return;
-    note_l2_guest(r, ctx, at, reads_zero ? "still read as zeros" : guest_effect(r));
-    qc_plan_unlink_l2_entry(r, ctx, at, entry, problem, QC_UNLINK_DROPPED, QC_NO_OFFSET);
+    note_l2_guest(r, check, at, reads_zero ? "still read as zeros" : guest_effect(r));
+    qc_plan_unlink_l2_entry(r, check, at, entry, problem, QC_UNLINK_DROPPED, QC_NO_OFFSET);
 }
 
 void qc_stage_data_on_metadata(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return;
     for (size_t i = 0; i < r->nb_found; i++)
         if (r->found[i].id == QC_P_DATA_OVERLAPS_METADATA)
-            clear_l2_entry(r, ctx, r->found[i].offset, QC_P_DATA_OVERLAPS_METADATA,
+            clear_l2_entry(r, check, r->found[i].offset, QC_P_DATA_OVERLAPS_METADATA,
                            "guest data mapped onto metadata; the mapping is dropped");
     qc_plan_flush(r);
 }
 
 /* Which L1 table holds the entry at `at`, and its index there. */
-static bool l1_entry_at(const qc_ctx *ctx, uint64_t at, uint32_t *snapshot, uint64_t *index)
+static bool l1_entry_at(const qc_check_view *check, uint64_t at, uint32_t *snapshot, uint64_t *index)
 {
-    const qc_header *h = &ctx->hdr;
+    const qc_header *h = &check->hdr;
     if (at >= h->l1_table_offset && at - h->l1_table_offset < (uint64_t)h->l1_size * 8) {
         *snapshot = QC_ACTIVE;
         *index = (at - h->l1_table_offset) / 8;
         return true;
     }
-    for (uint32_t s = 0; s < ctx->nb_snapshots; s++) {
-        const qc_snapshot_entry *e = &ctx->snapshots[s].entry;
-        if (ctx->snapshots[s].follow && at >= e->l1_table_offset &&
+    for (uint32_t s = 0; s < check->nb_snapshots; s++) {
+        const qc_snapshot_entry *e = &check->snapshots[s].entry;
+        if (check->snapshots[s].follow && at >= e->l1_table_offset &&
             at - e->l1_table_offset < (uint64_t)e->l1_size * 8) {
             *snapshot = s;
             *index = (at - e->l1_table_offset) / 8;
@@ -146,21 +146,21 @@ static void rewrite_entry(repair_run *r, uint64_t at, uint64_t clear, uint64_t s
 /* Whether COPIED may be set on an entry pointing to cluster c: never while
  * a structure qcheck did not follow may share it (QEMU would then write
  * into a cluster that structure still uses). */
-static bool copied_may_be_set(const qc_ctx *ctx, uint64_t c)
+static bool copied_may_be_set(const qc_check_view *check, uint64_t c)
 {
-    return !ctx->unfollowed && !qc_bitset_test(&ctx->unfollowed_targets, c) &&
-           !qc_bitset_test(&ctx->orphans, c) && !qc_bitset_test(&ctx->refcount_above_refs, c);
+    return !check->unfollowed && !qc_bitset_test(&check->unfollowed_targets, c) &&
+           !qc_bitset_test(&check->orphans, c) && !qc_bitset_test(&check->refcount_above_refs, c);
 }
 
 /* Data clusters the check flagged (l2CopiedWrong) and, with `with_over`,
  * those with more references on disk than found (kept orphans): every
  * active entry mapping one gets COPIED exactly when the cluster has one
  * reference, on disk and found. */
-static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
+static void fix_data_copied(repair_run *r, const qc_check_view *check, bool with_over)
 {
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     qc_bitset flagged;
-    bool flagged_ok = qc_bitset_init(&ctx->mem, &flagged, ctx->file_clusters);
+    bool flagged_ok = qc_bitset_init(NULL, &flagged, check->file_clusters);
     uint8_t *table = malloc(g->cluster_size), *copy = malloc(g->cluster_size);
     if (!flagged_ok || !table || !copy) {
         r->error = -ENOMEM;
@@ -173,39 +173,39 @@ static void fix_data_copied(repair_run *r, qc_ctx *ctx, bool with_over)
         if (f->id != QC_P_L2_COPIED_WRONG || f->offset == QC_NO_OFFSET)
             continue;
         for (uint64_t c = f->offset >> g->cluster_bits;
-             c < (f->offset >> g->cluster_bits) + f->count && c < ctx->file_clusters; c++)
+             c < (f->offset >> g->cluster_bits) + f->count && c < check->file_clusters; c++)
             if (!qc_bitset_set(&flagged, c))
                 r->error = -ENOMEM;
         any = true;
     }
-    for (size_t t = 0; any && t < ctx->nb_l2_tables && !r->error; t++) {
-        const qc_l2_table *tab = &ctx->l2_tables[t];
+    for (size_t t = 0; any && t < check->nb_l2_tables && !r->error; t++) {
+        const qc_l2_table *tab = &check->l2_tables[t];
         if (!tab->active_refs ||
-            qc_extent_conflicted(ctx, QC_OWN_L2, qc_l2_table_offset(ctx, tab)) ||
-            qc_read_zero_filled(&r->view, qc_l2_table_offset(ctx, tab), table, g->cluster_size) < 0)
+            qc_extent_conflicted(check, QC_OWN_L2, qc_l2_table_offset(check, tab)) ||
+            qc_read_zero_filled(&r->view, qc_l2_table_offset(check, tab), table, g->cluster_size) < 0)
             continue;
         memcpy(copy, table, g->cluster_size);
         for (uint64_t i = 0; i < g->l2_entries; i++) {
             uint64_t entry = qc_be64(copy + i * g->l2_entry_size);
             uint64_t off = entry & QC_L2_OFFSET_MASK;
             uint64_t c = off >> g->cluster_bits;
-            if ((entry & QC_OFLAG_COMPRESSED) || off == 0 || !qc_cluster_aligned(ctx, off) ||
-                c >= ctx->file_clusters ||
-                !(qc_bitset_test(&flagged, c) || (with_over && qc_bitset_test(&ctx->refcount_above_refs, c))))
+            if ((entry & QC_OFLAG_COMPRESSED) || off == 0 || !qc_cluster_aligned(check, off) ||
+                c >= check->file_clusters ||
+                !(qc_bitset_test(&flagged, c) || (with_over && qc_bitset_test(&check->refcount_above_refs, c))))
                 continue;
-            bool want = qc_refmap_get(&ctx->refmap, c) == 1 && copied_may_be_set(ctx, c);
+            bool want = qc_refmap_get(&check->refmap, c) == 1 && copied_may_be_set(check, c);
             qc_put_be64(copy + i * g->l2_entry_size,
                         want ? entry | QC_OFLAG_COPIED : entry & ~QC_OFLAG_COPIED);
         }
         char what[240];
-        qc_describe_l2_table(ctx, tab, what, sizeof(what));
+        qc_describe_l2_table(check, tab, what, sizeof(what));
         for (uint64_t a = 0; a < g->cluster_size; a += 8) {
             if (memcmp(copy + a, table + a, 8) == 0)
                 continue;
             uint64_t b = a + 8;
             while (b < g->cluster_size && memcmp(copy + b, table + b, 8) != 0)
                 b += 8;
-            qc_plan_write(r, qc_l2_table_offset(ctx, tab) + a, copy + a, (size_t)(b - a), what,
+            qc_plan_write(r, qc_l2_table_offset(check, tab) + a, copy + a, (size_t)(b - a), what,
                        "entries %llu-%llu: COPIED set exactly where the data cluster has one "
                        "reference",
                        (unsigned long long)(a / g->l2_entry_size),
@@ -221,16 +221,16 @@ out:
 
 /* Active L1 entries the check flagged (l1CopiedWrong): COPIED set exactly
  * when the L2 table has one reference. */
-static void fix_l1_copied(repair_run *r, qc_ctx *ctx)
+static void fix_l1_copied(repair_run *r, const qc_check_view *check)
 {
     for (size_t i = 0; i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
         uint8_t be[8];
         if (f->id != QC_P_L1_COPIED_WRONG || qc_read_zero_filled(&r->view, f->offset, be, 8) < 0)
             continue;
-        uint64_t c = (qc_be64(be) & QC_L1_OFFSET_MASK) >> ctx->geo.cluster_bits;
-        bool want = c < ctx->file_clusters && qc_refmap_get(&ctx->refmap, c) == 1 &&
-                    copied_may_be_set(ctx, c);
+        uint64_t c = (qc_be64(be) & QC_L1_OFFSET_MASK) >> check->geo.cluster_bits;
+        bool want = c < check->file_clusters && qc_refmap_get(&check->refmap, c) == 1 &&
+                    copied_may_be_set(check, c);
         rewrite_entry(r, f->offset, want ? 0 : QC_OFLAG_COPIED, want ? QC_OFLAG_COPIED : 0, 0,
                       "active L1 table", "COPIED set exactly when the L2 table has one reference");
     }
@@ -248,8 +248,8 @@ bool qc_plan_leaks_fix_copied(const repair_run *r)
 
 void qc_stage_leaks_copied(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx || !copied_findings(&r->res))
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check || !copied_findings(&r->res))
         return;
     /* QEMU's condition: the refcount repair left no leak, no corruption
      * (COPIED aside) and no check error, so the refcounts COPIED is judged
@@ -260,15 +260,15 @@ void qc_stage_leaks_copied(repair_run *r)
                   "other corruption remains (as qemu-img does); -r all fixes them");
         return;
     }
-    fix_l1_copied(r, ctx);
-    fix_data_copied(r, ctx, false);
+    fix_l1_copied(r, check);
+    fix_data_copied(r, check, false);
     qc_plan_flush(r);
 }
 
 void qc_stage_copied(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return;
     for (size_t i = 0; i < r->nb_found; i++) {
         const repair_finding *f = &r->found[i];
@@ -304,32 +304,32 @@ void qc_stage_copied(repair_run *r)
     }
     /* L2 tables with more references on disk than found: COPIED clear, as
      * QEMU wants for any refcount above 1. */
-    for (size_t i = 0; i < ctx->nb_l2_refs; i++) {
-        const qc_l2_ref *ref = &ctx->l2_refs[i];
+    for (size_t i = 0; i < check->nb_l2_refs; i++) {
+        const qc_l2_ref *ref = &check->l2_refs[i];
         if (ref->snapshot == QC_ACTIVE && ref->copied &&
-            qc_bitset_test(&ctx->refcount_above_refs, ref->l2_offset >> ctx->geo.cluster_bits))
-            rewrite_entry(r, ctx->hdr.l1_table_offset + (uint64_t)ref->l1_index * 8,
+            qc_bitset_test(&check->refcount_above_refs, ref->l2_offset >> check->geo.cluster_bits))
+            rewrite_entry(r, check->hdr.l1_table_offset + (uint64_t)ref->l1_index * 8,
                           QC_OFLAG_COPIED, 0, 0, "active L1 table",
                           "the L2 table has more than one reference on disk");
     }
-    fix_l1_copied(r, ctx);
-    fix_data_copied(r, ctx, true);
+    fix_l1_copied(r, check);
+    fix_data_copied(r, check, true);
     qc_plan_flush(r);
 }
 
 /* The refcount of cluster c in its refcount block, if the block is
  * readable; false otherwise. */
-static bool ondisk_refcount(repair_run *r, const qc_ctx *ctx, uint64_t c, uint64_t *value)
+static bool ondisk_refcount(repair_run *r, const qc_check_view *check, uint64_t c, uint64_t *value)
 {
-    const qc_geometry *g = &ctx->geo;
+    const qc_geometry *g = &check->geo;
     uint64_t i = c / g->refblock_entries, j = c % g->refblock_entries;
-    if (!ctx->reftable_usable || i >= ctx->reftable_entries ||
-        ctx->refblock_state[i] != QC_REFBLOCK_VALID ||
-        qc_extent_conflicted(ctx, QC_OWN_REFBLOCK, ctx->reftable[i]))
+    if (!check->reftable_usable || i >= check->reftable_entries ||
+        check->refblock_state[i] != QC_REFBLOCK_VALID ||
+        qc_extent_conflicted(check, QC_OWN_REFBLOCK, check->reftable[i]))
         return false;
     uint8_t be[8] = {0};
     uint64_t byte = j * g->refcount_bits / 8, len = (g->refcount_bits + 7) / 8;
-    if (qc_read_zero_filled(&r->view, ctx->reftable[i] + byte, be, (size_t)len) < 0)
+    if (qc_read_zero_filled(&r->view, check->reftable[i] + byte, be, (size_t)len) < 0)
         return false;
     /* The entry is the first in a block that starts at its byte. */
     *value = qc_refblock_get(be, g->refcount_bits,
@@ -372,14 +372,14 @@ static uint64_t *unaligned_targets(repair_run *r, qc_problem_id id, size_t *coun
  * that entry points into: one target in the sorted list, allocated on disk
  * (`ondisk`), inside the file, referenced by nothing the check followed,
  * and not what a broken bitmap pointer may mean too. */
-static bool sole_orphan_target(repair_run *r, const qc_ctx *ctx, uint64_t c,
+static bool sole_orphan_target(repair_run *r, const qc_check_view *check, uint64_t c,
                                const uint64_t *targets, size_t nb_targets, uint64_t *ondisk)
 {
     const uint64_t *at = bsearch(&c, targets, nb_targets, sizeof(*targets), cmp_u64);
-    return c < ctx->file_clusters && at && !(at > targets && at[-1] == c) &&
-           !(at + 1 < targets + nb_targets && at[1] == c) && qc_refmap_get(&ctx->refmap, c) == 0 &&
-           qc_bitset_test(&ctx->refcount_above_refs, c) && !qc_bitset_test(&ctx->bitmap_unfollowed_targets, c) &&
-           ondisk_refcount(r, ctx, c, ondisk) && *ondisk != 0;
+    return c < check->file_clusters && at && !(at > targets && at[-1] == c) &&
+           !(at + 1 < targets + nb_targets && at[1] == c) && qc_refmap_get(&check->refmap, c) == 0 &&
+           qc_bitset_test(&check->refcount_above_refs, c) && !qc_bitset_test(&check->bitmap_unfollowed_targets, c) &&
+           ondisk_refcount(r, check, c, ondisk) && *ondisk != 0;
 }
 
 /* Recover before dropping: an unaligned L2 entry whose aligned-down
@@ -388,25 +388,25 @@ static bool sole_orphan_target(repair_run *r, const qc_ctx *ctx, uint64_t c,
  * re-pointed there, so the guest keeps its data. COPIED is set only when
  * that cluster has refcount 1 on disk, the table serves the active image
  * alone and nothing unfollowed may share it. Returns whether it was. */
-static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, const uint64_t *targets,
+static bool repoint_l2_entry(repair_run *r, const qc_check_view *check, uint64_t at, const uint64_t *targets,
                              size_t nb_targets)
 {
-    const qc_geometry *g = &ctx->geo;
-    const qc_l2_table *t = qc_l2_table_at(ctx, at);
+    const qc_geometry *g = &check->geo;
+    const qc_l2_table *t = qc_l2_table_at(check, at);
     uint8_t be[8];
     uint64_t ondisk;
     if (!t || qc_read_zero_filled(&r->view, at, be, 8) < 0)
         return false;
     uint64_t entry = qc_be64(be), off = entry & QC_L2_OFFSET_MASK, c = off >> g->cluster_bits;
-    if ((entry & QC_OFLAG_COMPRESSED) || qc_cluster_aligned(ctx, off) ||
-        !sole_orphan_target(r, ctx, c, targets, nb_targets, &ondisk))
+    if ((entry & QC_OFLAG_COMPRESSED) || qc_cluster_aligned(check, off) ||
+        !sole_orphan_target(r, check, c, targets, nb_targets, &ondisk))
         return false;
     uint64_t to = c << g->cluster_bits;
-    bool copied = ondisk == 1 && t->refs == 1 && t->active_refs == 1 && !ctx->unfollowed;
+    bool copied = ondisk == 1 && t->refs == 1 && t->active_refs == 1 && !check->unfollowed;
     uint64_t now =
         (entry & ~(QC_L2_OFFSET_MASK | QC_OFLAG_COPIED)) | to | (copied ? QC_OFLAG_COPIED : 0);
     char what[240];
-    qc_describe_l2_table(ctx, t, what, sizeof(what));
+    qc_describe_l2_table(check, t, what, sizeof(what));
     qc_put_be64(be, now);
     if (!qc_plan_write(r, at, be, 8, what,
                     "entry %llu pointed to 0x%llx, not cluster aligned; re-pointed to 0x%llx, the "
@@ -419,8 +419,8 @@ static bool repoint_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, cons
              "re-pointed from 0x%llx to 0x%llx, the allocated cluster it most likely meant "
              "(nothing else references it): the guest reads that cluster again",
              (unsigned long long)off, (unsigned long long)to);
-    note_l2_guest(r, ctx, at, effect);
-    qc_plan_unlink_l2_entry(r, ctx, at, entry, QC_P_L2_ENTRY_UNALIGNED, QC_UNLINK_RECOVERED, to);
+    note_l2_guest(r, check, at, effect);
+    qc_plan_unlink_l2_entry(r, check, at, entry, QC_P_L2_ENTRY_UNALIGNED, QC_UNLINK_RECOVERED, to);
     return true;
 }
 
@@ -549,11 +549,11 @@ static void try_repoint_l1(repair_run *r, const qc_geometry *g, uint64_t file_cl
 
 void qc_stage_broken_pointers(repair_run *r)
 {
-    qc_ctx *ctx = qc_plan_current_check(r);
-    if (!ctx)
+    const qc_check_view *check = qc_plan_current_check(r);
+    if (!check)
         return;
-    const qc_geometry *g = &ctx->geo;
-    const uint64_t file_clusters = ctx->file_clusters;
+    const qc_geometry *g = &check->geo;
+    const uint64_t file_clusters = check->file_clusters;
     size_t nb_l2, nb_l1, nb_tries = 0;
     uint64_t *l2_targets = unaligned_targets(r, QC_P_L2_ENTRY_UNALIGNED, &nb_l2);
     uint64_t *l1_targets = unaligned_targets(r, QC_P_L1_ENTRY_UNALIGNED, &nb_l1);
@@ -564,37 +564,37 @@ void qc_stage_broken_pointers(repair_run *r)
         const repair_finding *f = &r->found[i];
         switch (f->id) {
         case QC_P_L2_ENTRY_UNALIGNED:
-            if (ctx->has_data_file) {
+            if (check->has_data_file) {
                 /* Its target lies in the data file, which qcheck neither
                  * reads nor salvages. An entry that maps no data (a
                  * preallocated cluster, read as zeros) is cleared, as
                  * QEMU's -r all does; one with data is also a
                  * dataFileOffsetMismatch, which has no repair. */
                 if (maps_no_data(r, g, f->offset))
-                    clear_l2_entry(r, ctx, f->offset, f->id,
+                    clear_l2_entry(r, check, f->offset, f->id,
                                    "a preallocated cluster off a cluster boundary");
                 break;
             }
-            if (repoint_l2_entry(r, ctx, f->offset, l2_targets, nb_l2))
+            if (repoint_l2_entry(r, check, f->offset, l2_targets, nb_l2))
                 break;
             /* fall through */
         case QC_P_L2_ENTRY_PAST_EOF:
         case QC_P_COMPRESSED_RANGE_INVALID:
-            clear_l2_entry(r, ctx, f->offset, f->id,
+            clear_l2_entry(r, check, f->offset, f->id,
                            "it points outside the file or off a cluster boundary");
             break;
         case QC_P_L1_ENTRY_UNALIGNED:
         case QC_P_L1_ENTRY_PAST_EOF: {
             l1_pointer p = {.at = f->offset, .id = f->id};
             uint8_t be[8];
-            if (!l1_entry_at(ctx, f->offset, &p.snapshot, &p.index) ||
+            if (!l1_entry_at(check, f->offset, &p.snapshot, &p.index) ||
                 qc_read_zero_filled(&r->view, f->offset, be, 8) < 0)
                 break;
             p.entry = qc_be64(be);
-            describe_owner(ctx, p.snapshot, p.who, sizeof(p.who));
+            describe_owner(check, p.snapshot, p.who, sizeof(p.who));
             uint64_t c = (p.entry & QC_L1_OFFSET_MASK) >> g->cluster_bits;
             if (f->id == QC_P_L1_ENTRY_UNALIGNED && nb_tries < L1_REPOINT_TRIES &&
-                sole_orphan_target(r, ctx, c, l1_targets, nb_l1, &p.ondisk) &&
+                sole_orphan_target(r, check, c, l1_targets, nb_l1, &p.ondisk) &&
                 /* an all-zero L2 table maps nothing: nothing to recover */
                 qc_plan_view_has_data(r, c << g->cluster_bits, g->cluster_size) > 0)
                 tries[nb_tries++] = p; /* after the other entries, on a check of its own */
@@ -606,7 +606,7 @@ void qc_stage_broken_pointers(repair_run *r)
             break;
         }
     }
-    /* From here on the check of the view is redone: `ctx` and the findings
+    /* From here on the check of the view is redone: `check` and the findings
      * are those of an earlier one. */
     qc_result baseline = {0}; /* without a check, no re-pointing can hold */
     if (nb_tries && qc_plan_try_check(r))

@@ -51,11 +51,11 @@ void qc_plan_unlinked(repair_run *r, const qc_unlinked *item)
         r->owners_stale = true;
 }
 
-void qc_plan_unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint64_t entry,
+void qc_plan_unlink_l2_entry(repair_run *r, const qc_check_view *check, uint64_t at, uint64_t entry,
                      qc_problem_id problem, unsigned kind, uint64_t new_target)
 {
-    const qc_geometry *g = &ctx->geo;
-    const qc_l2_table *t = qc_l2_table_at(ctx, at);
+    const qc_geometry *g = &check->geo;
+    const qc_l2_table *t = qc_l2_table_at(check, at);
     if (!t)
         return;
     uint64_t target = entry & QC_L2_OFFSET_MASK, first = target >> g->cluster_bits, last = first;
@@ -70,15 +70,15 @@ void qc_plan_unlink_l2_entry(repair_run *r, const qc_ctx *ctx, uint64_t at, uint
         first = last = new_target >> g->cluster_bits;
     /* A compressed range may run past the end of the file: its part inside
      * the file is what the entry took with it. */
-    bool in_file = first < ctx->file_clusters;
+    bool in_file = first < check->file_clusters;
     /* With an external data file the entry's target is in that file, not
      * in the image. */
-    in_file &= !ctx->has_data_file;
-    if (in_file && last >= ctx->file_clusters)
-        last = ctx->file_clusters - 1;
-    uint64_t index = (at - qc_l2_table_offset(ctx, t)) / g->l2_entry_size;
+    in_file &= !check->has_data_file;
+    if (in_file && last >= check->file_clusters)
+        last = check->file_clusters - 1;
+    uint64_t index = (at - qc_l2_table_offset(check, t)) / g->l2_entry_size;
     for (uint64_t k = 0; k < t->refs; k++) {
-        const qc_l2_ref *ref = &ctx->l2_refs[t->first_ref + k];
+        const qc_l2_ref *ref = &check->l2_refs[t->first_ref + k];
         qc_unlinked item = {
             .kind = kind,
             .problem = problem,
@@ -114,32 +114,32 @@ static void unlink_clusters(repair_run *r, const qc_geometry *g, qc_problem_id p
     qc_plan_unlinked(r, &item);
 }
 
-void qc_plan_unlink_structures(repair_run *r, const qc_ctx *ctx, uint32_t owners, qc_problem_id problem)
+void qc_plan_unlink_structures(repair_run *r, const qc_check_view *check, uint32_t owners, qc_problem_id problem)
 {
-    for (size_t i = 0; i < ctx->nb_extents && !r->error; i++) {
-        const qc_extent *e = &ctx->extents[i];
+    for (size_t i = 0; i < check->nb_extents && !r->error; i++) {
+        const qc_extent *e = &check->extents[i];
         if ((owners & 1u << e->owner) && e->length)
-            unlink_clusters(r, &ctx->geo, problem, e->start, e->start + e->length, QC_NO_OFFSET,
+            unlink_clusters(r, &check->geo, problem, e->start, e->start + e->length, QC_NO_OFFSET,
                             QC_NO_OFFSET);
     }
 }
 
 bool qc_plan_record_snapshot_labels(repair_run *r)
 {
-    const qc_ctx *ctx = &r->ctx;
+    const qc_check_view *check = &r->ctx.view;
     qc_repair_plan *p = r->plan;
     size_t bytes = 0;
-    for (uint32_t i = 0; i < ctx->nb_snapshots; i++)
-        bytes += (size_t)ctx->snapshots[i].entry.id_str_size + ctx->snapshots[i].entry.name_size;
-    if (!ctx->nb_snapshots)
+    for (uint32_t i = 0; i < check->nb_snapshots; i++)
+        bytes += (size_t)check->snapshots[i].entry.id_str_size + check->snapshots[i].entry.name_size;
+    if (!check->nb_snapshots)
         return true;
-    p->snapshot_labels = calloc(ctx->nb_snapshots, sizeof(*p->snapshot_labels));
+    p->snapshot_labels = calloc(check->nb_snapshots, sizeof(*p->snapshot_labels));
     p->label_bytes = malloc(bytes ? bytes : 1);
     if (!p->snapshot_labels || !p->label_bytes)
         return false;
     uint8_t *at = p->label_bytes;
-    for (uint32_t i = 0; i < ctx->nb_snapshots; i++) {
-        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
+    for (uint32_t i = 0; i < check->nb_snapshots; i++) {
+        const qc_snapshot_entry *e = &check->snapshots[i].entry;
         plan_snapshot_label *l = &p->snapshot_labels[i];
         l->id_len = e->id_str_size;
         l->name_len = e->name_size;
@@ -152,19 +152,19 @@ bool qc_plan_record_snapshot_labels(repair_run *r)
             memcpy(at, e->name, e->name_size);
         at += e->name_size;
     }
-    p->nb_snapshot_labels = ctx->nb_snapshots;
+    p->nb_snapshot_labels = check->nb_snapshots;
     return true;
 }
 
-void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_ctx *ctx, qc_problem_id problem)
+void qc_plan_unlink_unusable_reftable(repair_run *r, const qc_check_view *check, qc_problem_id problem)
 {
-    const qc_geometry *g = &ctx->geo;
-    uint64_t off = ctx->hdr.refcount_table_offset, end;
-    uint64_t bytes = (uint64_t)ctx->hdr.refcount_table_clusters << g->cluster_bits;
-    if (ctx->reftable_usable || !off || !bytes || off >= ctx->file_size)
+    const qc_geometry *g = &check->geo;
+    uint64_t off = check->hdr.refcount_table_offset, end;
+    uint64_t bytes = (uint64_t)check->hdr.refcount_table_clusters << g->cluster_bits;
+    if (check->reftable_usable || !off || !bytes || off >= check->file_size)
         return;
-    if (!qc_add_ok(off, bytes, &end) || end > ctx->file_size)
-        end = ctx->file_size;
+    if (!qc_add_ok(off, bytes, &end) || end > check->file_size)
+        end = check->file_size;
     /* the pointer: the header's refcount table offset, at byte 48 */
     unlink_clusters(r, g, problem, off, end, 48, off);
 }
