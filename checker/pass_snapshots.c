@@ -165,14 +165,11 @@ static void report_truncated_entry(qc_ctx *ctx, uint32_t i)
     qc_claim_past_eof(ctx, s->table_offset, declared, false);
 }
 
-void qc_pass_snapshots(qc_ctx *ctx)
+/* How many entries to read: nb_snapshots, bounded by QEMU's limit and by
+ * what the rest of the file can hold (each bound a finding). */
+static uint32_t entries_to_read(qc_ctx *ctx, uint64_t avail)
 {
     const qc_header *h = &ctx->hdr;
-    if (!ctx->snapshots_usable)
-        return;
-    if (ctx->has_data_file)
-        qc_report(ctx, QC_P_SNAPSHOTS_WITH_DATA_FILE, "snapshot table", 60, 1,
-                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->nb_snapshots});
     uint32_t count = h->nb_snapshots;
     if (count > QC_MAX_SNAPSHOTS) {
         qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
@@ -181,9 +178,6 @@ void qc_pass_snapshots(qc_ctx *ctx)
                                     .expected = QC_MAX_SNAPSHOTS});
         count = QC_MAX_SNAPSHOTS;
     }
-    /* The table cannot be larger than what remains of the file, nor (for
-     * QEMU) than 64 MiB plus one entry; read that much at the most. */
-    uint64_t avail = ctx->file_size - h->snapshots_offset;
     uint64_t max_entries = avail / QC_SNAPSHOT_FIXED_SIZE;
     if (count > max_entries && count == h->nb_snapshots) {
         qc_report(ctx, QC_P_TOO_MANY_SNAPSHOTS, "snapshot table", 60, 1,
@@ -195,8 +189,67 @@ void qc_pass_snapshots(qc_ctx *ctx)
                                     .host_offset = h->snapshots_offset,
                                     .expected = max_entries});
     }
-    if (count > max_entries)
-        count = (uint32_t)max_entries;
+    return count > max_entries ? (uint32_t)max_entries : count;
+}
+
+/* Entries that could not be decoded may own L1/L2 tables and data, and
+ * they reach past the end of the file (or of what was read): at least
+ * their fixed parts, and the first as far as its own sizes say, if its
+ * fixed part is there. A repair must not append where they would become
+ * readable. `end` is where the decoded entries end in the `read` bytes. */
+static void claim_undecoded(qc_ctx *ctx, uint32_t n, size_t end, uint64_t read)
+{
+    const qc_header *h = &ctx->hdr;
+    ctx->unfollowed++;
+    uint64_t claim = (uint64_t)(h->nb_snapshots - n) * QC_SNAPSHOT_FIXED_SIZE;
+    if ((uint64_t)end + QC_SNAPSHOT_FIXED_SIZE <= read) {
+        const uint8_t *e = ctx->snap_table_buf + end;
+        uint64_t first = QC_SNAPSHOT_FIXED_SIZE + (uint64_t)qc_be16(e + 12) + qc_be16(e + 14) +
+                         qc_be32(e + 36);
+        if (first > claim)
+            claim = first;
+    }
+    qc_claim_past_eof(ctx, h->snapshots_offset + end, claim, false);
+}
+
+/* One decoded entry: its id, its extra data and its L1 table. */
+static void check_entry(qc_ctx *ctx, uint32_t i)
+{
+    const qc_snapshot *s = &ctx->snapshots[i];
+    const qc_snapshot_entry *e = &s->entry;
+    char obj[200];
+    qc_describe_snapshot(&ctx->view, i, obj, sizeof(obj));
+    if (s->truncated)
+        report_truncated_entry(ctx, i);
+    else if (!e->id_str_size)
+        qc_report(ctx, QC_P_SNAPSHOT_ID_EMPTY, obj, s->table_offset + 12, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT, .snapshot = i});
+    qc_finding_ctx extra = {.present = QC_CTX_SNAPSHOT | QC_CTX_SIZE | QC_CTX_EXPECTED,
+                            .snapshot = i,
+                            .size = e->extra_data_size};
+    if (e->extra_data_size > QC_MAX_SNAPSHOT_EXTRA) {
+        extra.expected = QC_MAX_SNAPSHOT_EXTRA;
+        qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_LARGE, obj, s->table_offset + 36, 1, &extra);
+    }
+    if (ctx->hdr.version >= 3 && e->extra_data_size < 16) {
+        extra.expected = 16;
+        qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_SMALL, obj, s->table_offset + 36, 1, &extra);
+    }
+    check_snapshot_l1(ctx, i);
+}
+
+void qc_pass_snapshots(qc_ctx *ctx)
+{
+    const qc_header *h = &ctx->hdr;
+    if (!ctx->snapshots_usable)
+        return;
+    if (ctx->has_data_file)
+        qc_report(ctx, QC_P_SNAPSHOTS_WITH_DATA_FILE, "snapshot table", 60, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->nb_snapshots});
+    /* The table cannot be larger than what remains of the file, nor (for
+     * QEMU) than 64 MiB plus one entry; read that much at the most. */
+    uint64_t avail = ctx->file_size - h->snapshots_offset;
+    uint32_t count = entries_to_read(ctx, avail);
     if (count == 0)
         return;
     uint64_t cap = QC_MAX_SNAPSHOT_TABLE + MAX_READ_CHUNK;
@@ -219,23 +272,8 @@ void qc_pass_snapshots(qc_ctx *ctx)
             break;
     }
     ctx->nb_snapshots = n;
-    /* Entries that could not be decoded may own L1/L2 tables and data, and
-     * they reach past the end of the file (or of what was read): at least
-     * their fixed parts, and the first as far as its own sizes say, if its
-     * fixed part is there. A repair must not append where they would
-     * become readable. */
-    if (n < h->nb_snapshots) {
-        ctx->unfollowed++;
-        uint64_t claim = (uint64_t)(h->nb_snapshots - n) * QC_SNAPSHOT_FIXED_SIZE;
-        if ((uint64_t)end + QC_SNAPSHOT_FIXED_SIZE <= want) {
-            const uint8_t *e = ctx->snap_table_buf + end;
-            uint64_t first = QC_SNAPSHOT_FIXED_SIZE + (uint64_t)qc_be16(e + 12) +
-                             qc_be16(e + 14) + qc_be32(e + 36);
-            if (first > claim)
-                claim = first;
-        }
-        qc_claim_past_eof(ctx, h->snapshots_offset + end, claim, false);
-    }
+    if (n < h->nb_snapshots)
+        claim_undecoded(ctx, n, end, want);
     if (n < count)
         /* One finding, as QEMU counts it: how many entries "do not fit"
          * depends on the file's length, which a repair may change. */
@@ -247,30 +285,8 @@ void qc_pass_snapshots(qc_ctx *ctx)
     if (end > QC_MAX_SNAPSHOT_TABLE)
         qc_report(ctx, QC_P_SNAPSHOT_TABLE_TOO_LARGE, "snapshot table", h->snapshots_offset, 1,
                   &(qc_finding_ctx){.present = QC_CTX_SIZE, .size = end});
-    for (uint32_t i = 0; i < n; i++) {
-        const qc_snapshot_entry *e = &ctx->snapshots[i].entry;
-        char obj[200];
-        qc_describe_snapshot(&ctx->view, i, obj, sizeof(obj));
-        if (ctx->snapshots[i].truncated)
-            report_truncated_entry(ctx, i);
-        else if (!e->id_str_size)
-            qc_report(ctx, QC_P_SNAPSHOT_ID_EMPTY, obj, ctx->snapshots[i].table_offset + 12, 1,
-                      &(qc_finding_ctx){.present = QC_CTX_SNAPSHOT, .snapshot = i});
-        qc_finding_ctx extra = {.present = QC_CTX_SNAPSHOT | QC_CTX_SIZE | QC_CTX_EXPECTED,
-                                .snapshot = i,
-                                .size = e->extra_data_size};
-        if (e->extra_data_size > QC_MAX_SNAPSHOT_EXTRA) {
-            extra.expected = QC_MAX_SNAPSHOT_EXTRA;
-            qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_LARGE, obj, ctx->snapshots[i].table_offset + 36,
-                      1, &extra);
-        }
-        if (h->version >= 3 && e->extra_data_size < 16) {
-            extra.expected = 16;
-            qc_report(ctx, QC_P_SNAPSHOT_EXTRA_TOO_SMALL, obj, ctx->snapshots[i].table_offset + 36,
-                      1, &extra);
-        }
-        check_snapshot_l1(ctx, i);
-    }
+    for (uint32_t i = 0; i < n; i++)
+        check_entry(ctx, i);
     check_duplicate_ids(ctx);
     /* A truncated table still owns the start of the entry that did not
      * decode: nothing else may be written there (a refcount block in the

@@ -1434,19 +1434,19 @@ static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *r
     return status;
 }
 
-int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
+/* The options as given, before they are settled. */
+typedef struct invocation {
+    const char *repair, *output, *cache, *undo_path, *rollback_log;
+    bool image_opts, force_share;
+    qc_repair_mode mode;
+} invocation;
+
+/* Read the options, in the order qemu-img reports their errors. Returns -1
+ * to go on, or the exit status (help, version, a usage error). */
+static int read_options(cli *c, int argc, char **argv, invocation *in)
 {
-    cli c = {.hooks = hooks};
-    const char *slash = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
-    c.prog = slash ? slash + 1 : argc > 0 && argv[0] && argv[0][0] ? argv[0] : "qcheck";
-    const char *repair = NULL, *output = NULL, *cache = NULL, *undo_path = NULL,
-               *rollback_log = NULL;
-    bool image_opts = false, force_share = false;
-    qc_repair_mode mode = 0;
     int opt;
     opterr = 0; /* getopt's own messages are not qemu-img's */
-    /* In the order qemu-img reports them: errors in the options as they
-     * come, the file name, --output, -T, then what opening finds. */
     while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
         switch (opt) {
         case 'h':
@@ -1456,98 +1456,118 @@ int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
             printf("qcheck %s\n", QC_VERSION_STRING);
             return 0;
         case 'q':
-            c.quiet = true;
+            c->quiet = true;
             break;
         case 'p':
-            c.progress_forced = true;
+            c->progress_forced = true;
             break;
         case 'f':
-            c.format = optarg;
+            c->format = optarg;
             break;
         case OPT_OUTPUT:
-            output = optarg;
+            in->output = optarg;
             break;
         case 'r':
-            repair = optarg;
+            in->repair = optarg;
             if (strcmp(optarg, "leaks") == 0)
-                mode = QC_REPAIR_LEAKS;
+                in->mode = QC_REPAIR_LEAKS;
             else if (strcmp(optarg, "all") == 0)
-                mode = QC_REPAIR_ALL;
+                in->mode = QC_REPAIR_ALL;
             else
-                return usage_error(&c, "Unknown option value for -r (expecting 'leaks' or 'all'): %s",
+                return usage_error(c, "Unknown option value for -r (expecting 'leaks' or 'all'): %s",
                                    optarg);
             break;
         case 'n':
-            c.dry_run = true;
+            c->dry_run = true;
             break;
         case OPT_UNDO:
-            undo_path = optarg;
+            in->undo_path = optarg;
             break;
         case OPT_ROLLBACK:
-            rollback_log = optarg;
+            in->rollback_log = optarg;
             break;
         case OPT_SALVAGE:
-            c.salvage_dir = optarg;
+            c->salvage_dir = optarg;
             break;
         case 'U':
-            force_share = true;
+            in->force_share = true;
             break;
         case 'T':
-            cache = optarg;
+            in->cache = optarg;
             break;
         case OPT_OBJECT:
             break;
         case OPT_IMAGE_OPTS:
-            image_opts = true;
+            in->image_opts = true;
             break;
         case OPT_MAX_MEM:
-            if (!parse_size(optarg, &c.max_mem) || c.max_mem == 0)
-                return usage_error(&c, "--max-mem expects a size such as 512M or 4G, not '%s'",
+            if (!parse_size(optarg, &c->max_mem) || c->max_mem == 0)
+                return usage_error(c, "--max-mem expects a size such as 512M or 4G, not '%s'",
                                    optarg);
             break;
         case OPT_LIST:
             list_problems(optarg && strcmp(optarg, "markdown") == 0);
             return 0;
         case ':':
-            return usage_error(&c, "missing argument for option '%s'", argv[optind - 1]);
+            return usage_error(c, "missing argument for option '%s'", argv[optind - 1]);
         default:
-            return usage_error(&c, "unrecognized option '%s'", argv[optind - 1]);
+            return usage_error(c, "unrecognized option '%s'", argv[optind - 1]);
         }
     }
+    return -1;
+}
+
+/* After the options: the file name, --output, -T, and the combinations
+ * qcheck refuses. Returns -1 to go on, or the exit status. */
+static int settle_options(cli *c, int argc, char **argv, const invocation *in)
+{
     if (optind != argc - 1)
-        return usage_error(&c, "Expecting one image file name");
-    c.filename = c.path = argv[optind];
-    if (output && strcmp(output, "json") == 0) {
-        c.output = OUTPUT_JSON;
-    } else if (output && strcmp(output, "human") != 0) {
-        message(&c, "--output must be used with human or json as argument.");
+        return usage_error(c, "Expecting one image file name");
+    c->filename = c->path = argv[optind];
+    if (in->output && strcmp(in->output, "json") == 0) {
+        c->output = OUTPUT_JSON;
+    } else if (in->output && strcmp(in->output, "human") != 0) {
+        message(c, "--output must be used with human or json as argument.");
         return 1;
     }
-    if (cache && !cache_mode_valid(cache)) {
-        message(&c, "Invalid source cache option: %s", cache);
+    if (in->cache && !cache_mode_valid(in->cache)) {
+        message(c, "Invalid source cache option: %s", in->cache);
         return 1;
     }
-    if ((c.dry_run || undo_path) && !repair)
-        return usage_error(&c, "--dry-run and --undo go with -r leaks or -r all");
-    if (c.salvage_dir && !repair)
-        return usage_error(&c, "--salvage goes with -r leaks or -r all");
-    if (rollback_log && repair)
-        return usage_error(&c, "--rollback cannot be combined with -r");
-    c.repair_mode = repair;
-    c.lock_mode = QC_LOCK_CHECK;
+    if ((c->dry_run || in->undo_path) && !in->repair)
+        return usage_error(c, "--dry-run and --undo go with -r leaks or -r all");
+    if (c->salvage_dir && !in->repair)
+        return usage_error(c, "--salvage goes with -r leaks or -r all");
+    if (in->rollback_log && in->repair)
+        return usage_error(c, "--rollback cannot be combined with -r");
+    c->repair_mode = in->repair;
+    c->lock_mode = QC_LOCK_CHECK;
+    return -1;
+}
+
+int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
+{
+    cli c = {.hooks = hooks};
+    const char *slash = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
+    c.prog = slash ? slash + 1 : argc > 0 && argv[0] && argv[0][0] ? argv[0] : "qcheck";
+    invocation in = {0};
+    int status = read_options(&c, argc, argv, &in);
+    if (status < 0)
+        status = settle_options(&c, argc, argv, &in);
+    if (status >= 0)
+        return status;
     char *opts_copy = NULL;
-    int status = -1;
-    if (image_opts && c.format) {
+    if (in.image_opts && c.format) {
         message(&c, "--image-opts and --format are mutually exclusive");
         status = 1;
-    } else if (image_opts && !(opts_copy = strdup(argv[optind]))) {
+    } else if (in.image_opts && !(opts_copy = strdup(argv[optind]))) {
         message(&c, "Could not open '%s': %s", c.filename, strerror(ENOMEM));
         status = 1;
-    } else if (image_opts) {
-        status = parse_image_opts(&c, opts_copy, &force_share);
+    } else if (in.image_opts) {
+        status = parse_image_opts(&c, opts_copy, &in.force_share);
     }
     if (status < 0)
-        status = run(&c, mode, undo_path, rollback_log, force_share);
+        status = run(&c, in.mode, in.undo_path, in.rollback_log, in.force_share);
     for (size_t i = 0; i < c.nb_problems; i++)
         free(c.problems[i]);
     free(c.problems);
