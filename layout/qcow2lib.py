@@ -9,9 +9,10 @@ This is test tooling, not a second checker: it parses well-formed images
 precisely. It assumes the structures it is asked to read are sane; patch
 functions read what they need *before* they break it.
 
-Section numbers (§) in comments are those of the qcow2 specification as
-summarised for this project (header §1, L1 §5, L2 §6, compressed clusters §7,
-refcounts §9, snapshots §10, bitmaps §11). Everything on disk is big-endian.
+Section names in comments ("Header", "Cluster mapping", ...) are those of
+the qcow2 specification, QEMU's docs/interop/qcow2.txt (L1 and L2 entries and
+compressed clusters are under "Cluster mapping", refcounts under "Host
+cluster management"). Everything on disk is big-endian.
 """
 
 import hashlib
@@ -24,7 +25,7 @@ from types import SimpleNamespace
 
 MAGIC = 0x514649FB
 
-# (offset, size, first version that has it) for every header field, §1.
+# (offset, size, first version that has it) for every header field ("Header").
 HEADER_FIELDS = {
     "magic": (0, 4, 2),
     "version": (4, 4, 2),
@@ -64,7 +65,7 @@ EXT_BITMAPS = 0x23852875
 EXT_FDE = 0x0537BE77
 EXT_DATA_FILE = 0x44415441
 
-OFFSET_MASK = 0x00FFFFFFFFFFFE00  # L1 and standard L2 host offsets, §5/§6
+OFFSET_MASK = 0x00FFFFFFFFFFFE00  # L1 and standard L2 host offsets ("Cluster mapping")
 L1E_RESERVED_MASK = 0x7F000000000001FF
 L2E_RESERVED_MASK = 0x3F000000000001FE  # QEMU's; bit 0 is the zero flag
 REFT_OFFSET_MASK = 0xFFFFFFFFFFFFFE00
@@ -72,9 +73,9 @@ OFLAG_COPIED = 1 << 63
 OFLAG_COMPRESSED = 1 << 62
 OFLAG_ZERO = 1
 
-SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")  # the fixed 40 bytes of §10
+SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")  # the fixed 40 bytes of a "Snapshots" entry
 SNAPSHOT_EXTRA = struct.Struct(">QQq")  # vm_state_size_large, disk_size, icount
-BITMAP_DIR_HEADER = struct.Struct(">QIIBBHI")  # the fixed 24 bytes of §11
+BITMAP_DIR_HEADER = struct.Struct(">QIIBBHI")  # the fixed 24 bytes of a "Bitmap directory" entry
 BITMAPS_EXT = struct.Struct(">IIQQ")  # nb_bitmaps, reserved, directory size, offset
 CRYPTO_EXT = struct.Struct(">QQ")  # the encryption header's offset and length
 
@@ -93,12 +94,12 @@ def align_up(value, alignment):
 def decode_header(raw):
     """The header fields of the first 112 bytes of a file, as a dict (a
     shorter `raw` reads as if padded with zeros). Version 2 and short v3
-    headers get the values their missing fields stand for (§1)."""
+    headers get the values their missing fields stand for ("Header")."""
     raw = bytes(raw[:112]).ljust(112, b"\0")
     h = {name: int.from_bytes(raw[off:off + size], "big")
          for name, (off, size, _) in HEADER_FIELDS.items()}
     if h["version"] < 3:
-        # v2: everything from byte 72 on is not header (§1)
+        # v2: everything from byte 72 on is not header ("Header")
         h.update(incompatible_features=0, compatible_features=0,
                  autoclear_features=0, refcount_order=4,
                  header_length=V2_HEADER_LENGTH, compression_type=0)
@@ -142,7 +143,7 @@ class Extension:
 
 @dataclass
 class Snapshot:
-    """One snapshot table entry (§10); `offset` is where the entry starts."""
+    """One snapshot table entry ("Snapshots"); `offset` is where the entry starts."""
     l1_table_offset: int
     l1_size: int
     date_sec: int
@@ -183,7 +184,7 @@ class Snapshot:
 
 @dataclass
 class Bitmap:
-    """One bitmap directory entry (§11); `offset` is where the entry starts."""
+    """One bitmap directory entry ("Bitmap directory"); `offset` is where the entry starts."""
     table_offset: int
     table_size: int
     flags: int
@@ -302,7 +303,7 @@ class Image:
 
     @property
     def ext_end(self):
-        """Where the extension area ends (§1)."""
+        """Where the extension area ends ("Header extensions")."""
         bfo = self.header.backing_file_offset
         return bfo if bfo else self.cluster_size
 
@@ -417,7 +418,7 @@ class Image:
                 and r.l1_index * self.l2_entries + r.l2_index < virt_clusters]
 
     def compressed_range(self, entry):
-        """(host byte offset, byte length) of a compressed descriptor, §7."""
+        """(host byte offset, byte length) of a compressed descriptor ("Cluster mapping")."""
         x = 62 - (self.cluster_bits - 8)
         offset = entry & ((1 << x) - 1)
         sectors = ((entry >> x) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
@@ -446,7 +447,7 @@ class Image:
         if not block:
             return None
         bits = self.refcount_bits
-        if bits < 8:  # packed LSB-first inside a byte, §9
+        if bits < 8:  # packed LSB-first inside a byte ("Host cluster management")
             return block + index * bits // 8, index * bits % 8, 1
         return block + index * bits // 8, 0, bits // 8
 
@@ -601,7 +602,7 @@ class Image:
 
     def computed_refcounts(self):
         """Reference counts per host cluster derived from the metadata, the
-        way QEMU's calculate_refcounts does it (qemu-img-check.md §2.B).
+        way QEMU's calculate_refcounts() does it (block/qcow2-refcount.c).
         Only for well-formed images: used to validate base images and this
         library itself against QEMU's on-disk refcounts."""
         cs = self.cluster_size

@@ -31,7 +31,7 @@ Usage: contract.py QCHECK WORKDIR
    derived from its QDict (KEY_ORDER); every optional key is observed at
    least once; qcheck prints the same ImageCheck keys as qemu-img, in that
    order, and its own keys after them.
-5. Callers (/work/shared/reference/users.md): vdsm, CloudStack, ploop,
+5. Callers (docs/qemu-img-differences.md §1.1, §1.3): vdsm, CloudStack, ploop,
    SlapOS (also through a link named qemu-img: "qemu-img: This image
    format does not support checks"), ZStack, xcp-ng, GNS3, as they parse.
 """

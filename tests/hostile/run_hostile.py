@@ -1,5 +1,10 @@
 #!/usr/bin/env python3
-"""Hostile inputs: every case of ../shared/reference/hostile-inputs.md.
+"""Hostile inputs: 27 classes of input a qcow2 checker must survive, numbered
+1 to 27 in this file (the `# N.` comments below; docs/fuzzing.md §5 has the
+table). They come from QEMU's iotests (060, 080, 108, 261, 271), CVEs
+against QEMU and its callers, and what fuzzing found in other qcow2
+implementations: huge header claims in tiny files, overflowing offsets,
+circular and overlapping structures, implicit backing and data files.
 
     run_hostile.py BOUNDED_RUN QCHECK WORK_DIR [--table]
 
@@ -145,7 +150,7 @@ def first_data(im):
 
 class Case:
     def __init__(self, ref, name, make, expect, exit, canaries=(), repair_exit=None):
-        self.ref = ref            # item number in hostile-inputs.md
+        self.ref = ref            # class number in this file's catalogue (1-27)
         self.name = name
         self.make = make
         self.expect = expect      # problem ids that must be reported
@@ -506,7 +511,7 @@ def main():
         failures.append((Case(27, "concurrent_writes", None, [], 0), [problem]))
     rows.append((Case(27, "concurrent_writes", None, [], 0), 0, None, 0.0, 0, None, 0.0, 0))
     refs = sorted({r[0].ref for r in rows})
-    print("%d hostile cases (hostile-inputs.md items %s), each checked and repaired under "
+    print("%d hostile cases (classes %s), each checked and repaired under "
           "RLIMIT_AS = %d MiB + %d x file size and %.0f s" % (
               len(rows), ",".join(map(str, refs)), BASE_AS >> 20, AS_PER_BYTE, TIME_LIMIT))
     print("worst time %.3f s (%s); worst peak RSS %.1f MiB (%s)" % (

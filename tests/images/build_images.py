@@ -46,7 +46,7 @@ def _qcow2_target(path):
 def _probe_target(path):
     # Non-qcow2 files: let qemu-img probe like a pipeline would, so that it
     # reaches "This image format does not support checks" (exit 63) instead
-    # of "Image is not in qcow2 format" (qemu-img-check.md §2.A O2).
+    # of "Image is not in qcow2 format" (exit 1), which -f qcow2 gives.
     return [path]
 
 
@@ -173,7 +173,8 @@ def has_compressed(ctype):
     def v(im):
         need(len(im.compressed_refs()) >= 2, "no compressed clusters")
         need(im.header.compression_type == ctype, "compression type")
-        # several compressed clusters share one host cluster (§7)
+        # several compressed clusters share one host cluster (qcow2 spec,
+        # "Cluster mapping": compressed clusters)
         hosts = [im.compressed_range(r.entry)[0] // im.cluster_size for r in im.compressed_refs()]
         need(len(set(hosts)) < len(hosts), "compressed clusters not packed")
     return v

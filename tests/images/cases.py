@@ -3,8 +3,12 @@
 A case = a base image (build_images.BASES), a patch applied to a copy of it
 with qcow2lib, the problem ids qcheck must report (all of them; more may
 appear), qcheck's exit code, and what qemu-img check 7.2 does with the same
-file (`Qemu`). Section references (§) are to
-/work/shared/reference/qemu-img-check.md unless they name qcow2-format.md.
+file (`Qemu`). The reasons name the QEMU 7.2 code that behaves so (a
+function of block/qcow2.c, qcow2-refcount.c, qcow2-snapshot.c or
+qcow2-bitmap.c) or quote the sentence qemu-img prints; "differences §N" is
+a section of docs/qemu-img-differences.md, "repair.md §11 H1".."H8" the
+harmful QEMU repairs listed there, and structure names are the sections of
+the qcow2 specification (QEMU's docs/interop/qcow2.txt).
 
 Patches read what they need before they damage anything, and keep refcounts
 consistent when they add or move structures (qcow2lib.append_clusters), so
@@ -102,13 +106,13 @@ def refused_too(why):
 
 
 BAD_HEADER = ("QEMU refuses to open an image with this header field (%s) and exits 1; "
-              "qcheck reports a corruption (§5)")
-BAD_BITMAP = ("QEMU cannot open an image with a broken bitmap (%s, §5.10) and exits 1; "
+              "qcheck reports a corruption (differences §2.4)")
+BAD_BITMAP = ("QEMU cannot open an image with a broken bitmap (%s; differences §2.4) and exits 1; "
               "qcheck reports it and checks the rest")
 NOT_FOLLOWED = ("qcheck does not follow the bad pointer while QEMU parses or counts through it (%s), "
                 "so counts differ")
 COPIED_DOUBLE = ("QEMU's OFLAG_COPIED pass compares against on-disk refcounts and counts the same "
-                 "cluster again (§2.B F2, §5.16)")
+                 "cluster again (check_oflag_copied(); differences §2.1)")
 
 
 @dataclass(frozen=True)
@@ -137,12 +141,12 @@ def case(name, base, patch, expect, exit, qemu, absent="", **kw):
 
 # Clusters that only a pointer qcheck did not follow could own must be
 # quarantined (refcountOrphan), never reported as leaks that a repair would
-# free (qemu-img-check.md §7, H1, H4; qcheck_problems.def 611). Cases whose
+# free (docs/repair.md §11, H1 and H4; problem 611 in qcheck_problems.def). Cases whose
 # unfollowed structure may own unreferenced clusters say absent=QUARANTINED.
 QUARANTINED = "refcountLeak"
 # When snapshots cannot be followed, COPIED in the active tables cannot be
 # judged: "fixing" it would make guest writes land in clusters a snapshot
-# still uses (§3.5).
+# still uses.
 SNAPSHOTS_UNKNOWN = "refcountLeak l2CopiedWrong"
 
 
@@ -505,7 +509,8 @@ def extension_length(magic, length):
 def end_marker_length(length):
     """Write `length` into the length field of the end-of-extensions marker;
     length(im, at) may depend on where the marker is. QEMU checks that
-    field like any extension's before it looks at the type (§2.A O25)."""
+    field like any extension's before it looks at the type
+    (qcow2_read_extensions(): "Header extension too large")."""
     def p(im):
         last = im.extensions[-1] if im.extensions else None
         at = last.offset + 8 + q.align_up(len(last.data), 8) if last else im.header.header_length
@@ -676,7 +681,7 @@ case("clean_backing_nofmt", "backing_nofmt", None, "backingFormatMissing", 0, Qe
 case("clean_snapshot_l1_copied", "snapshots",
      lambda im: [im.set_l1_entry(0, e | OFLAG_COPIED, s.l1_table_offset)
                  for s in im.snapshots() for e in im.read_table(s.l1_table_offset, 1)],
-     "", 0, Qemu(FULL))  # COPIED is meaningless in snapshot L1s (qcow2-format.md §10)
+     "", 0, Qemu(FULL))  # the spec: COPIED is meaningless in snapshot L1s
 
 # -- not qcow2 at all: exit 63, like qemu-img when it probes the format
 for b, fmt in [("raw", "raw"), ("empty", None), ("qed", "qed"), ("qcow", "qcow"), ("vmdk", "vmdk")]:
@@ -684,37 +689,39 @@ for b, fmt in [("raw", "raw"), ("empty", None), ("qed", "qed"), ("qcow", "qcow")
             if b in ("qed", "vmdk") else Qemu(EXIT))
     case("notqcow2_" + b, b, None, "", 63, qemu, format=fmt)
 case("notqcow2_bad_magic", "v3_64k", header(magic=0x514649FC), "", 63, Qemu(EXIT),
-     qemu_target=lambda path: [path], format="raw")  # probing falls back to raw, §2.A O2
+     qemu_target=lambda path: [path], format="raw")  # qemu-img's probing falls back to raw
 
-# -- header fields (qcow2-format.md §1)
+# -- header fields (qcow2 spec, "Header")
 case("hdr_version_4", "v3_64k", header(version=4), "versionUnsupported", 1,
-     refused_too("both refuse to interpret an unknown version (O3)"))
+     refused_too("both refuse to interpret an unknown version (qcow2_do_open())"))
 case("hdr_cluster_bits_8", "v3_64k", header(cluster_bits=8), "clusterBitsInvalid", 2,
-     cannot_open(BAD_HEADER % "O4"))
+     cannot_open(BAD_HEADER % "\"Unsupported cluster size\""))
 case("hdr_cluster_bits_22", "v3_64k", header(cluster_bits=22), "clusterBitsInvalid", 2,
-     cannot_open(BAD_HEADER % "O4"))
+     cannot_open(BAD_HEADER % "\"Unsupported cluster size\""))
 case("hdr_length_short", "v3_64k", header(header_length=96), "headerLengthInvalid", 2,
-     cannot_open(BAD_HEADER % "O5"))
+     cannot_open(BAD_HEADER % "\"qcow2 header too short\""))
 case("hdr_length_past_cluster", "v3_4k", header(header_length=8192), "headerLengthInvalid", 2,
-     cannot_open(BAD_HEADER % "O6"))
+     cannot_open(BAD_HEADER % "\"qcow2 header exceeds cluster size\""))
 case("hdr_length_unaligned", "v3_64k", shift_extensions(116), "headerLengthUnaligned", 0,
-     Qemu(FULL))  # QEMU does not check the multiple of 8 (qcow2-format.md §1)
+     Qemu(FULL))  # the spec asks for a multiple of 8; QEMU does not check it
 case("hdr_refcount_order_7", "v3_64k", header(refcount_order=7), "refcountOrderInvalid", 2,
-     cannot_open(BAD_HEADER % "O13"))
+     cannot_open(BAD_HEADER % "\"Reference count entry width too large\""))
 case("hdr_compression_type_2", "zstd", header(compression_type=2), "compressionTypeInvalid", 2,
-     cannot_open(BAD_HEADER % "O9"))
+     cannot_open(BAD_HEADER % "\"qcow2: unknown compression type\""))
 case("hdr_zstd_without_bit3", "zstd", header_bits("incompatible_features", clear=q.INCOMPAT_COMPRESSION),
-     "compressionBitMismatch", 2, cannot_open(BAD_HEADER % "O9"))
+     "compressionBitMismatch", 2,
+     cannot_open(BAD_HEADER % "\"Compression type incompatible feature bit must be set\""))
 case("hdr_bit3_with_zlib", "v3_64k", header_bits("incompatible_features", set=q.INCOMPAT_COMPRESSION),
-     "compressionBitMismatch", 2, cannot_open(BAD_HEADER % "O9"))
+     "compressionBitMismatch", 2,
+     cannot_open(BAD_HEADER % "\"Compression type incompatible feature bit must not be set\""))
 case("hdr_crypt_method_3", "v3_64k", header(crypt_method=3), "cryptMethodInvalid", 2,
-     cannot_open(BAD_HEADER % "O22"))
+     cannot_open(BAD_HEADER % "\"Unsupported encryption method\""))
 case("hdr_padding_nonzero", "v3_64k", overwrite(105, b"\x01"), "headerPaddingNonzero", 0, Qemu(FULL))
 case("hdr_unknown_incompat_bit5", "v3_64k", header_bits("incompatible_features", set=1 << 5),
-     "unknownIncompatFeature", 1, refused_too("unknown incompatible bits stop both tools (O10)"),
+     "unknownIncompatFeature", 1, refused_too("unknown incompatible bits stop both tools (qcow2_do_open())"),
      header={"unknown-incompatible-features": 1 << 5})
 case("hdr_unknown_incompat_bytes72_75", "v3_64k", header_bits("incompatible_features", set=1 << 40),
-     "unknownIncompatFeature", 1, refused_too("unknown incompatible bits stop both tools (O10)"),
+     "unknownIncompatFeature", 1, refused_too("unknown incompatible bits stop both tools (qcow2_do_open())"),
      header={"unknown-incompatible-features": 1 << 40})
 case("hdr_unknown_compat", "v3_64k", header_bits("compatible_features", set=1 << 9),
      "unknownCompatFeature", 0, Qemu(FULL), header={"unknown-compatible-features": 1 << 9})
@@ -723,11 +730,11 @@ case("hdr_unknown_autoclear", "v3_64k", header_bits("autoclear_features", set=1 
 case("hdr_dirty_consistent", "lazy_clean", header_bits("incompatible_features", set=q.INCOMPAT_DIRTY),
      "dirtyBitSet", 0, Qemu(FULL), header={"dirty": True})
 case("hdr_corrupt_bit", "v3_64k", header_bits("incompatible_features", set=q.INCOMPAT_CORRUPT),
-     "corruptBitSet", 0, Qemu(FULL), header={"corrupt": True})  # §3.7: QEMU ignores it
+     "corruptBitSet", 0, Qemu(FULL), header={"corrupt": True})  # QEMU's check does not look at it
 case("hdr_l1_unaligned", "v3_64k", header(l1_table_offset=lambda im: im.header.l1_table_offset + 512),
-     "l1OffsetUnaligned refcountOrphan", 2, cannot_open(BAD_HEADER % "O18"), absent=QUARANTINED)
+     "l1OffsetUnaligned refcountOrphan", 2, cannot_open(BAD_HEADER % "\"Active L1 table offset invalid\""), absent=QUARANTINED)
 case("hdr_l1_past_eof", "v3_64k", header(l1_table_offset=past_eof()), "l1PastEof refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R2, it reads zeros past EOF"), absent=QUARANTINED)
+     exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt(), it reads zeros past EOF"), absent=QUARANTINED)
 case("hdr_l1_cut_by_eof", "v3_64k", cut_at_eof(active_l1), "l1PastEof refcountOrphan", 2,
      differs(3, "QEMU reads the cut L1 table as zeros, counts its cluster (refcount 1) and calls "
                 "the data it no longer maps leaked; qcheck reports the table past EOF and quarantines "
@@ -739,60 +746,61 @@ case("hdr_l1_cut_by_eof_freed", "v3_64k", cut_at_eof(active_l1, refcount=0), "l1
      absent="refcountPastEof " + QUARANTINED)
 case("hdr_l1_cut_by_eof_512", "rc64_512", cut_at_eof(active_l1, keep=8), "l1PastEof refcountOrphan", 2,
      exit_only("QEMU reads the cut part of the L1 table as zeros and counts its clusters, the second "
-               "one a whole cluster past EOF (R2)"),
+               "one a whole cluster past EOF (qcow2_inc_refcounts_imrt())"),
      absent="refcountPastEof " + QUARANTINED)
 # The end of the file cuts a structure short by less than one cluster (oracle
-# class N-J): QEMU reads zeros past the end and accepts it (R2), qcheck
+# class N-J): QEMU reads zeros past the end and accepts it (qcow2_inc_refcounts_imrt()), qcheck
 # reports it; both repair modes complete it with zeros.
 case("l2_cut_by_eof", "v3_64k", cut_at_eof(l2_table(0), keep=None), "l1EntryPastEof refcountOrphan", 2,
-     differs(0, "QEMU reads the cut part of the L2 table as zeros (R2); qcheck reports the table "
+     differs(0, "QEMU reads the cut part of the L2 table as zeros (qcow2_inc_refcounts_imrt()); qcheck reports the table "
                 "past EOF and quarantines the data it maps"),
      absent="refcountPastEof " + QUARANTINED)
 case("reftable_cut_by_eof", "v3_64k", cut_at_eof(reftable, keep=None), "reftablePastEof", 2,
-     differs(0, "QEMU reads the cut part of the refcount table as zeros (R2); qcheck cannot use "
+     differs(0, "QEMU reads the cut part of the refcount table as zeros (qcow2_inc_refcounts_imrt()); qcheck cannot use "
                 "the table"))
 case("refblock_cut_by_eof", "v3_64k", refblock_cut_at_eof, "reftableEntryPastEof", 2,
-     differs(0, "QEMU reads the cut part of the refcount block as zeros (R2); qcheck cannot use "
+     differs(0, "QEMU reads the cut part of the refcount block as zeros (qcow2_inc_refcounts_imrt()); qcheck cannot use "
                 "the block"))
 case("bitmap_dir_cut_by_eof", "bitmaps", lambda im: im.truncate(im.file_size - 1),
      "bitmapsExtensionInvalid", 2,
      differs(0, "QEMU reads the last byte of the bitmap directory, which ends the file, as a zero "
-                "(R2); qcheck reports the directory past EOF"))
+                "(qcow2_inc_refcounts_imrt()); qcheck reports the directory past EOF"))
 case("hdr_l1_too_small", "v3_64k", header(l1_size=0), "l1TooSmall refcountOrphan", 2,
-     cannot_open(BAD_HEADER % "O20"), absent=QUARANTINED)
+     cannot_open(BAD_HEADER % "\"L1 table is too small\""), absent=QUARANTINED)
 # QEMU validates the offset of an empty L1 table too (qcow2_validate_table)
 case("hdr_l1_empty_unaligned", "v3_64k", empty_l1(lambda im: im.header.l1_table_offset + 512),
-     "emptyTableOffsetInvalid refcountLeak", 2, cannot_open(BAD_HEADER % "O18"))
+     "emptyTableOffsetInvalid refcountLeak", 2, cannot_open(BAD_HEADER % "\"Active L1 table offset invalid\""))
 case("hdr_l1_empty_offset_huge", "v3_64k", empty_l1(1 << 63), "emptyTableOffsetInvalid refcountLeak",
-     2, cannot_open(BAD_HEADER % "O18"))
+     2, cannot_open(BAD_HEADER % "\"Active L1 table offset invalid\""))
 case("hdr_l1_empty_aligned", "v3_64k", empty_l1(lambda im: im.header.l1_table_offset),
      "refcountLeak", 3, Qemu(COUNTS), absent="l1OffsetUnaligned emptyTableOffsetInvalid")
-# tiny file, huge claims (hostile-inputs.md 4, 7, 24): sizes bounded by the file
+# tiny file, huge claims (hostile cases 4, 7 and 24 of tests/hostile/run_hostile.py): sizes
+# bounded by the file
 case("hdr_l1_size_huge", "v3_64k", header(l1_size=0x10000000), "l1PastEof qemuLimitExceeded", 2,
-     cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""), absent=QUARANTINED)
+     cannot_open(BAD_HEADER % "\"Active L1 table too large\""), absent=QUARANTINED)
 case("hdr_reftable_clusters_huge", "v3_64k", header(refcount_table_clusters=0xFFFFFFFF),
      "reftablePastEof qemuLimitExceeded", 2,
-     cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+     cannot_open(BAD_HEADER % "\"Reference count table too large\""))
 case("hdr_snapshot_offset_unaligned_no_snapshots", "v3_64k",
      header(snapshots_offset=lambda im: im.header.l1_table_offset + 512), "emptyTableOffsetInvalid", 2,
      check_aborts("QEMU validates the snapshot table offset even with nb_snapshots 0: a normal "
-                  "open fails (O17), the check aborts (S3)"))
+                  "open fails (qcow2_do_open()), the check aborts (qcow2_check_read_snapshot_table())"))
 case("hdr_snapshot_offset_huge_no_snapshots", "v3_64k", header(snapshots_offset=1 << 63),
      "emptyTableOffsetInvalid", 2,
      check_aborts("QEMU validates the snapshot table offset even with nb_snapshots 0: a normal "
-                  "open fails (O17), the check aborts (S3)"))
+                  "open fails (qcow2_do_open()), the check aborts (qcow2_check_read_snapshot_table())"))
 case("hdr_reftable_unaligned", "v3_64k",
      header(refcount_table_offset=lambda im: im.header.refcount_table_offset + 512),
-     "reftableOffsetUnaligned", 2, cannot_open(BAD_HEADER % "O16"))
+     "reftableOffsetUnaligned", 2, cannot_open(BAD_HEADER % "\"Reference count table offset invalid\""))
 case("hdr_reftable_past_eof", "v3_64k", header(refcount_table_offset=past_eof()), "reftablePastEof", 2,
      exit_only(NOT_FOLLOWED % "it reads a zero reftable past EOF"))
 case("hdr_reftable_clusters_0", "v3_64k", header(refcount_table_clusters=0), "reftableMissing", 2,
-     Qemu(EXIT, why="check mode tolerates it (O15); QEMU counts every cluster as refcount=0 and "
+     Qemu(EXIT, why="check mode tolerates it (qcow2_do_open() skips it with BDRV_O_CHECK); QEMU counts every cluster as refcount=0 and "
                     "OFLAG errors; a normal open refuses it", normal_open=False))
 case("hdr_snapshots_unaligned", "snapshots",
      header(snapshots_offset=lambda im: im.header.snapshots_offset + 512),
      "snapshotTableUnaligned refcountOrphan", 2,
-     check_aborts("check mode skips the open-time test but the check aborts on it (O17, S3)"),
+     check_aborts("check mode skips the open-time test but the check aborts on it (qcow2_do_open(), qcow2_check_read_snapshot_table())"),
      absent=SNAPSHOTS_UNKNOWN)
 # QEMU accepts offset 0 and parses the header cluster as snapshot entries
 # (one whose L1 table offset is the magic and version); its -r all writes
@@ -811,18 +819,18 @@ case("hdr_snapshots_past_eof", "snapshots", header(snapshots_offset=past_eof()),
      "snapshotTablePastEof refcountOrphan", 2, exit_only(NOT_FOLLOWED % "it reads zeroed entries past EOF"),
      absent=SNAPSHOTS_UNKNOWN)
 case("hdr_too_many_snapshots", "snapshots", header(nb_snapshots=70000), "tooManySnapshots", 2,
-     check_aborts("check mode skips the open-time test but the check aborts on it (O17, S3)"))
+     check_aborts("check mode skips the open-time test but the check aborts on it (qcow2_do_open(), qcow2_check_read_snapshot_table())"))
 case("hdr_backing_name_too_long", "backing", header(backing_file_size=2000), "backingNameInvalid", 2,
-     cannot_open(BAD_HEADER % "O34"))
+     cannot_open(BAD_HEADER % "\"Backing file name too long\""))
 case("hdr_backing_name_outside_cluster0", "backing",
      header(backing_file_offset=lambda im: im.cluster_size - 4), "backingNameInvalid", 2,
-     cannot_open(BAD_HEADER % "O34"))
+     cannot_open(BAD_HEADER % "\"Backing file name too long\""))
 case("hdr_backing_offset_past_cluster", "backing",
      header(backing_file_offset=lambda im: im.cluster_size + 64), "backingNameInvalid", 2,
-     cannot_open(BAD_HEADER % "O8"))
+     cannot_open(BAD_HEADER % "\"Invalid backing file offset\""))
 case("hdr_backing_name_in_extensions", "backing",
      header(backing_file_offset=lambda im: im.header.header_length + 8),
-     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "O25"))
+     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "\"Header extension too large\""))
 # A name inside the header: QEMU reads no extension (its extension area
 # ends where the name starts) and the name from the header's bytes.
 case("hdr_backing_name_in_header", "backing", header(backing_file_offset=16),
@@ -834,9 +842,9 @@ case("hdr_backing_name_in_header_bitmaps", "bitmaps", header(backing_file_offset
 case("hdr_backing_name_in_header_text", "backing", header(backing_file_offset=1),
      "backingNameOverlapsExtensions backingFormatMissing", 2,
      cannot_open("QEMU opens a backing file named by the header's bytes (\"QFI\\xfb\"), "
-                 "which is not there (O34)"))
+                 "which is not there (qcow2_do_open())"))
 case("hdr_extl2_4k_clusters", "v3_4k", header_bits("incompatible_features", set=q.INCOMPAT_EXTL2),
-     "extendedL2ClusterTooSmall", 2, cannot_open(BAD_HEADER % "O12"))
+     "extendedL2ClusterTooSmall", 2, cannot_open(BAD_HEADER % "\"Unsupported subcluster size\""))
 case("hdr_virtual_size_unaligned", "v3_64k", header(size=lambda im: im.header.size - 100),
      "virtualSizeUnaligned", 0, Qemu(FULL))
 # 100 bytes into a cluster past 4 MiB, less than a sector: the guest sees
@@ -845,33 +853,33 @@ case("hdr_virtual_size_sub_sector", "v3_64k", header(size=lambda im: im.header.s
      "virtualSizeUnaligned", 0, Qemu(FULL))
 case("hdr_raw_data_bit_without_data_file", "v3_64k",
      header_bits("autoclear_features", set=q.AUTOCLEAR_DATA_FILE_RAW), "rawDataFileInvalid", 2,
-     cannot_open("QEMU refuses it: \"data-file-raw requires a data file\" (O32)"))
+     cannot_open("QEMU refuses it: \"data-file-raw requires a data file\" (qcow2_do_open())"))
 case("hdr_raw_data_file_with_backing", "data_file_raw", with_backing_name(b"data_file_raw.data"),
      "rawDataFileInvalid backingFormatMissing", 2,
-     differs(0, "QEMU 7.2 does not reject data-file-raw with a backing file (§5.12)"))
+     differs(0, "QEMU 7.2 does not reject data-file-raw with a backing file (differences §2.6)"))
 case("hdr_truncated", "v3_64k", truncate_to(60), "headerTruncated", 2,
-     cannot_open("QEMU cannot read the header (O1) and exits 1"))
+     cannot_open("QEMU cannot read the header (qcow2_do_open()) and exits 1"))
 case("hdr_data_file_name_missing", "data_file", drop_extension(q.EXT_DATA_FILE),
      "dataFileNameMissing", 0,
-     needs_outside("QEMU needs the data file to open the image, given as an option (O32, §5.12)"))
+     needs_outside("QEMU needs the data file to open the image, given as an option (qcow2_do_open(); differences §2.7)"))
 case("hdr_data_file_name_empty", "data_file", edit_extension(q.EXT_DATA_FILE, lambda im, d: b""),
      "dataFileNameMissing", 0,
      needs_outside("an empty name names no file: QEMU needs the data file given as an option "
-                   "(O32, §5.12)"))
+                   "(qcow2_do_open(); differences §2.7)"))
 case("hdr_data_file_ext_without_bit", "v3_64k", add_extension(q.EXT_DATA_FILE, b"v3_64k.data"),
      "dataFileExtensionInvalid", 0, Qemu(FULL))
 
-# -- header extensions (qcow2-format.md §2)
+# -- header extensions (qcow2 spec, "Header extensions")
 case("ext_length_past_area", "v3_64k", extension_length(q.EXT_FEATURE_TABLE, 0x10000),
-     "extensionTruncated", 2, cannot_open(BAD_HEADER % "O25"))
+     "extensionTruncated", 2, cannot_open(BAD_HEADER % "\"Header extension too large\""))
 case("ext_end_marker_length", "v3_64k", end_marker_length(0x10000), "extensionTruncated", 2,
-     cannot_open(BAD_HEADER % "O25"))
+     cannot_open(BAD_HEADER % "\"Header extension too large\""))
 case("ext_end_marker_length_v2", "v2_64k",
      end_marker_length(lambda im, at: im.cluster_size - at - 7), "extensionTruncated", 2,
-     cannot_open(BAD_HEADER % "O25"))
+     cannot_open(BAD_HEADER % "\"Header extension too large\""))
 case("ext_end_marker_into_backing_name", "backing",
      end_marker_length(lambda im, at: im.header.backing_file_offset - at - 7),
-     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "O25"))
+     "backingNameOverlapsExtensions", 2, cannot_open(BAD_HEADER % "\"Header extension too large\""))
 case("ext_end_marker_length_fits", "backing",
      end_marker_length(lambda im, at: im.header.backing_file_offset - at - 8), "", 0, Qemu(FULL),
      absent="extensionTruncated backingNameOverlapsExtensions")
@@ -884,13 +892,13 @@ case("ext_unknown", "v3_64k", add_extension(0x12345678, b"hello, qcheck"),
 case("ext_end_missing", "backing", end_marker_missing, "extensionEndMissing", 0, Qemu(FULL))
 case("ext_backing_format_too_long", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow2-but-much-too-long"),
-     "backingFormatInvalid", 2, cannot_open(BAD_HEADER % "O26"))
+     "backingFormatInvalid", 2, cannot_open(BAD_HEADER % "\"ERROR: ext_backing_format\""))
 case("ext_backing_format_empty", "backing", edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b""),
      "backingFormatMissing", 0, Qemu(FULL),
      absent="backingFormatInvalid")  # QEMU takes it as no format and probes the backing file
 case("ext_backing_format_unprintable", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qc\x01w2"), "backingFormatUnknown", 2,
-     cannot_open("QEMU looks up a driver of that name for the backing file (O34: \"Unknown driver\")"),
+     cannot_open("QEMU looks up a driver of that name for the backing file (\"Unknown driver\")"),
      absent="backingFormatInvalid")
 # QEMU reads the format as a C string: up to its first NUL
 case("ext_backing_format_nul_padded", "backing",
@@ -902,7 +910,7 @@ case("ext_backing_format_without_backing", "v3_64k",
      absent="backingFormatUnknown backingFormatInvalid backingFormatMissing")
 case("ext_backing_format_unknown", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"qcow9"), "backingFormatUnknown", 2,
-     cannot_open("QEMU has no driver of that name for the backing file (O34: \"Unknown driver "
+     cannot_open("QEMU has no driver of that name for the backing file (\"Unknown driver "
                  "'qcow9'\")"))
 case("ext_backing_format_other_driver", "backing",
      edit_extension(q.EXT_BACKING_FORMAT, lambda im, d: b"raw"), "", 0, Qemu(FULL),
@@ -911,30 +919,33 @@ case("ext_feature_table_ragged", "v3_64k",
      edit_extension(q.EXT_FEATURE_TABLE, lambda im, d: d[:-8]), "featureTableInvalid", 0,
      Qemu(FULL))  # QEMU only reads the table to name unknown incompatible bits
 case("ext_bitmaps_reserved", "bitmaps", bitmaps_ext(reserved=1), "bitmapsExtensionInvalid refcountOrphan", 2,
-     cannot_open(BAD_BITMAP % "O29"))
+     cannot_open(BAD_BITMAP % "\"bitmaps_ext: ...\""))
 case("ext_bitmaps_short", "bitmaps", edit_extension(q.EXT_BITMAPS, lambda im, d: d[:16]),
-     "bitmapsExtensionLength refcountOrphan", 2, cannot_open(BAD_BITMAP % "O29"), absent=QUARANTINED)
+     "bitmapsExtensionLength refcountOrphan", 2, cannot_open(BAD_BITMAP % "\"bitmaps_ext: ...\""), absent=QUARANTINED)
 case("ext_bitmaps_zero_count", "bitmaps", bitmaps_ext(nb=0), "bitmapsExtensionInvalid", 2,
-     cannot_open(BAD_BITMAP % "O29"))
+     cannot_open(BAD_BITMAP % "\"bitmaps_ext: ...\""))
 case("ext_bitmaps_dir_unaligned", "bitmaps",
      bitmaps_ext(offset=lambda im: im.bitmaps_ext()[3] + 8), "bitmapsExtensionInvalid", 2,
-     cannot_open(BAD_BITMAP % "O29"))
+     cannot_open(BAD_BITMAP % "\"bitmaps_ext: ...\""))
 case("ext_bitmaps_without_autoclear", "bitmaps",
      header_bits("autoclear_features", clear=q.AUTOCLEAR_BITMAPS),
-     "bitmapsWithoutAutoclear refcountLeak", 3, Qemu(COUNTS))  # O30: their clusters leak
+     "bitmapsWithoutAutoclear refcountLeak", 3, Qemu(COUNTS))  # qcow2_do_open() ignores the extension: its clusters leak
 case("ext_autoclear_without_bitmaps", "v3_64k",
      header_bits("autoclear_features", set=q.AUTOCLEAR_BITMAPS), "autoclearWithoutBitmaps", 0,
      Qemu(FULL))
 case("ext_luks_pointer_missing", "luks", drop_extension(q.EXT_FDE),
      "encryptionExtensionInvalid refcountOrphan", 2,
-     cannot_open(BAD_HEADER % "O33"), absent=QUARANTINED)  # freeing the LUKS header loses all data
+     cannot_open(BAD_HEADER % "\"Missing CRYPTO header for crypt method 2\""), absent=QUARANTINED)  # freeing the LUKS header loses all data
 case("ext_luks_pointer_unaligned", "luks", fde(lambda off, length: (off + 512, length)),
-     "encryptionExtensionInvalid refcountOrphan", 2, cannot_open(BAD_HEADER % "O28"), absent=QUARANTINED)
+     "encryptionExtensionInvalid refcountOrphan", 2,
+     cannot_open(BAD_HEADER % "\"Encryption header offset ... is not a multiple of cluster size\""),
+     absent=QUARANTINED)
 case("ext_luks_pointer_without_luks", "v3_64k",
      add_extension(q.EXT_FDE, lambda im: q.CRYPTO_EXT.pack(im.append_clusters(), im.cluster_size)),
-     "encryptionExtensionInvalid", 2, cannot_open(BAD_HEADER % "O28"))
+     "encryptionExtensionInvalid", 2,
+     cannot_open(BAD_HEADER % "\"CRYPTO header extension only expected with LUKS encryption method\""))
 # The LUKS header itself: QEMU parses it on every open, with or without the key.
-BAD_LUKS = "QEMU parses the LUKS header on every open and refuses this one (O28: \"%s\")"
+BAD_LUKS = "QEMU parses the LUKS header on every open and refuses this one (\"%s\")"
 case("luks_header_magic", "luks", luks_header(0, b"LUKX"), "luksHeaderInvalid", 2,
      cannot_open(BAD_LUKS % "Volume is not in LUKS format"))
 case("luks_header_version_2", "luks", luks_header(6, b"\0\2"), "luksHeaderInvalid", 2,
@@ -958,10 +969,10 @@ case("luks_header_length_short", "luks", fde(lambda off, length: (off, 591)),
 case("luks_key_material_past_header", "luks", fde(lambda off, length: (off, 4096)),
      "luksHeaderInvalid refcountOrphan", 2,
      cannot_open("QEMU reads the enabled key slot's material when it opens the image with the "
-                 "key, and refuses it past the header's length (O33: \"Request for data outside "
+                 "key, and refuses it past the header's length (\"Request for data outside "
                  "of extension header\")"), absent=QUARANTINED)
 
-# -- snapshot table (qcow2-format.md §10)
+# -- snapshot table (qcow2 spec, "Snapshots")
 # The last entry runs past the end of the file: the snapshot is kept and
 # followed, what cannot be read is lost (QEMU reads zeros there).
 case("snap_table_truncated", "snapshots", truncate_snapshot_table, "snapshotEntryPastEof", 2,
@@ -987,18 +998,18 @@ case("snap_unknown_extra_rewritten", "snapshots",
      rewrite_snapshots(both(unknown_extra(0, 100), lambda im, s: setattr(s[1], "extra", s[1].extra[:8]))),
      "snapshotExtraTooSmall", 2, Qemu(COUNTS))
 case("snap_unknown_extra_too_large", "snapshots", rewrite_snapshots(unknown_extra(0, 2000)),
-     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))
+     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (qcow2_check_read_snapshot_table())"))
 case("snap_id_empty", "snapshots", rewrite_snapshots(lambda im, s: setattr(s[1], "id", b"")),
      "snapshotIdEmpty", 0, Qemu(FULL))
 case("snap_extra_too_large", "snapshots",
      rewrite_snapshots(lambda im, s: setattr(s[0], "extra", s[0].extra + bytes(2048))),
-     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (S4)"))
+     "snapshotExtraTooLarge", 2, check_aborts("QEMU aborts the check on the snapshot table (qcow2_check_read_snapshot_table())"))
 case("snap_extra_too_small_v3", "snapshots",
      rewrite_snapshots(lambda im, s: setattr(s[1], "extra", s[1].extra[:8])),
-     "snapshotExtraTooSmall", 2, Qemu(COUNTS))  # S6
+     "snapshotExtraTooSmall", 2, Qemu(COUNTS))  # qcow2_check_read_snapshot_table()
 case("snap_duplicate_id", "snapshots",
      rewrite_snapshots(lambda im, s: setattr(s[1], "id", s[0].id)),
-     "snapshotIdDuplicate", 0, Qemu(FULL))  # §5.9: QEMU does not look
+     "snapshotIdDuplicate", 0, Qemu(FULL))  # QEMU does not look (differences §2.6)
 # QEMU's check ignores the L1 offset of a snapshot without L1 entries, but
 # loading the snapshot validates it ("Snapshot L1 table offset invalid")
 case("snap_l1_empty_offset_huge", "snapshots",
@@ -1009,37 +1020,37 @@ case("snap_l1_empty_offset_huge", "snapshots",
                 "become leaks); loading the snapshot fails"))
 case("snap_l1_unaligned", "snapshots", snapshot_field(0, "l1_table_offset", lambda im, v: v + 512),
      "snapshotL1Unaligned refcountOrphan", 2,
-     exit_only("QEMU skips the snapshot, so its clusters count as leaks (R17, H4)"),
+     exit_only("QEMU skips the snapshot, so its clusters count as leaks (calculate_refcounts(), repair.md §11 H4)"),
      absent=QUARANTINED)
 case("snap_l1_past_eof", "snapshots", snapshot_field(0, "l1_table_offset", lambda im, v: past_eof()(im)),
-     "snapshotL1PastEof refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)
+     "snapshotL1PastEof refcountOrphan", 2, exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt()"), absent=QUARANTINED)
 case("snap_l1_cut_by_eof", "snapshots", cut_at_eof(snapshot_l1(0)), "snapshotL1PastEof refcountOrphan", 2,
      differs(3, "QEMU reads the cut snapshot L1 table as zeros, counts its cluster and calls what "
                 "only the snapshot used leaked; qcheck reports the table past EOF and quarantines it"),
      absent="refcountPastEof " + QUARANTINED)
 case("snap_l1_too_large", "snapshots", snapshot_field(0, "l1_size", lambda im, v: 5 << 20),
      "snapshotL1TooLarge refcountOrphan", 2,
-     exit_only("QEMU skips the snapshot, so its clusters count as leaks (R18)"),
+     exit_only("QEMU skips the snapshot, so its clusters count as leaks (calculate_refcounts())"),
      absent=QUARANTINED)
 case("snap_disk_size_beyond_l1", "snapshots", snapshot_field(0, "disk_size", lambda im, v: 1 << 40),
      "snapshotL1TooSmall", 0, Qemu(FULL))
 case("snap_with_data_file", "data_file", add_empty_snapshot, "snapshotsWithDataFile", 2,
-     Qemu(COUNTS))  # R16
+     Qemu(COUNTS))  # calculate_refcounts()
 case("snap_l1_entry_past_eof", "snapshots",
      lambda im: im.set_l1_entry(0, past_eof()(im), im.snapshots()[0].l1_table_offset),
      "l1EntryPastEof refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R2; the lost L2 table and data become leaks"),
+     exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt(); the lost L2 table and data become leaks"),
      absent=QUARANTINED)
 case("snap_l1_entry_unaligned", "snapshots",
      lambda im: im.set_l1_entry(0, im.read_table(im.snapshots()[0].l1_table_offset, 1)[0] + 512,
                                 im.snapshots()[0].l1_table_offset),
-     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6"), absent=QUARANTINED)
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l1()"), absent=QUARANTINED)
 case("snap_l2_reserved_bits", "snapshots", entry(snapshot_l2(0), set_bits(1 << 57)),
-     "l2EntryReservedBits", 2, Qemu(COUNTS))  # R8, the L2 table is the snapshot's own
+     "l2EntryReservedBits", 2, Qemu(COUNTS))  # check_refcounts_l2(), the L2 table is the snapshot's own
 case("snap_shared_cluster_copied", "snapshots",
      entry(lambda im: next(r for r in im.data_refs() if not r.entry & OFLAG_COPIED),
            set_bits(OFLAG_COPIED)),
-     "l2CopiedWrong", 2, Qemu(COUNTS))  # F2
+     "l2CopiedWrong", 2, Qemu(COUNTS))  # check_oflag_copied()
 case("snap_shared_refcount_too_low", "snapshots",
      lambda im: im.set_refcount(next(r for r in im.data_refs() if not r.entry & OFLAG_COPIED)
                                 .host_offset // im.cluster_size, 1),
@@ -1058,20 +1069,20 @@ case("snap_create_failed_and_corrupt", "v3_64k",
 case("snap_shares_active_l1", "snapshots",
      snapshot_field(1, "l1_table_offset", lambda im, v: im.header.l1_table_offset),
      "metadataOverlap", 2,
-     exit_only("QEMU has no overlap analysis; it sees refcount and leak errors (§5.8)"),
+     exit_only("QEMU has no overlap analysis; it sees refcount and leak errors (differences §2.9)"),
      absent=QUARANTINED)
 
-# -- persistent bitmaps (qcow2-format.md §11)
+# -- persistent bitmaps (qcow2 spec, "Bitmaps")
 case("ext_bitmaps_dir_past_eof", "bitmaps", bitmaps_ext(size=lambda im: im.bitmaps_ext()[2] + 8),
-     "bitmapsExtensionInvalid", 2, cannot_open(BAD_BITMAP % "O37"))  # the directory ends the file
+     "bitmapsExtensionInvalid", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))  # the directory ends the file
 case("bitmap_count_mismatch", "bitmaps", bitmaps_ext(nb=2), "bitmapDirectoryInvalid", 2,
-     cannot_open(BAD_BITMAP % "O37, \"More bitmaps found than specified\""))
+     cannot_open(BAD_BITMAP % "bitmap_list_load(): \"More bitmaps found than specified\""))
 case("bitmap_entry_overruns_directory", "bitmaps", bitmap_field(2, "name_size", lambda im, v: 200),
-     "bitmapDirectoryInvalid", 2, cannot_open(BAD_BITMAP % "O37, \"Broken bitmap directory\""))
+     "bitmapDirectoryInvalid", 2, cannot_open(BAD_BITMAP % "bitmap_list_load(): \"Broken bitmap directory\""))
 case("bitmap_granularity_64", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 64),
-     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 SPEC_VALID_BITMAP = ("the spec allows it but QEMU's stricter bitmap constraints refuse to open "
-                     "the image (O37, §5.10); qcheck counts it as a corruption")
+                     "the image (bitmap_list_load(); differences §2.4); qcheck counts it as a corruption")
 case("bitmap_granularity_8_spec_valid", "bitmaps", bitmap_field(0, "granularity_bits", lambda im, v: 8),
      "bitmapUnsupportedByQemu", 2, cannot_open(SPEC_VALID_BITMAP))  # spec: 0..63, QEMU: 9..31
 case("bitmap_granularity_32_spec_valid", "bitmaps",
@@ -1099,147 +1110,147 @@ case("bitmap_table_over_512mib", "bitmaps", bitmap_big_table(1, 8193),
 case("bitmap_table_512mib", "bitmaps", bitmap_big_table(1, 8192), "bitmapInUse", 0, Qemu(FULL),
      absent="bitmapUnsupportedByQemu")
 case("bitmap_type_2", "bitmaps", bitmap_field(1, "type", lambda im, v: 2),
-     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_reserved_flag", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1 << 8),
-     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_table_size_0", "bitmaps", bitmap_field(2, "bitmap_table_size", lambda im, v: 0),
-     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapEntryInvalid", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_duplicate_name", "bitmaps",
      lambda im: im.write(im.bitmaps()[1].offset + 24, im.bitmaps()[0].name),
-     "bitmapNameDuplicate", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapNameDuplicate", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_names_equal_before_nul", "bitmaps",
      chain(lambda im: im.write(im.bitmaps()[0].offset + 24, b"\0a"),
            lambda im: im.write(im.bitmaps()[1].offset + 24, b"\0b")),
      "bitmapNameDuplicate", 2,
-     cannot_open(BAD_BITMAP % "O37: QEMU reads names up to a NUL, both are \"\""))
+     cannot_open(BAD_BITMAP % "bitmap_list_load(): QEMU reads names up to a NUL, both are \"\""))
 case("bitmap_table_reserved_bits", "bitmaps", bitmap_table_entry(0, lambda im, e: e | 1 << 60),
-     "bitmapTableEntryInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapTableEntryInvalid refcountOrphan", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_table_past_eof", "bitmaps", bitmap_table_entry(1, lambda im, e: past_eof()(im)),
      "bitmapTableEntryInvalid", 2,
-     exit_only("QEMU loads the table (it only checks bits and alignment, O37), counts past EOF (R2) "
+     exit_only("QEMU loads the table (it only checks bits and alignment, bitmap_list_load()), counts past EOF (qcow2_inc_refcounts_imrt()) "
                "and leaks the lost cluster"))
 case("bitmap_broken_rest_checked", "bitmaps",
      chain(bitmap_table_entry(0, lambda im, e: e + 512), entry(data(), clear_bits(OFLAG_COPIED))),
-     "bitmapTableEntryInvalid l2CopiedWrong", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapTableEntryInvalid l2CopiedWrong", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 # The unfollowed entry is a leaf (one bitmap data cluster): it cannot own a
 # cluster elsewhere, so an unrelated leak is still a leak.
 case("bitmap_broken_and_leak", "bitmaps",
      chain(bitmap_table_entry(0, lambda im, e: e + 512), leak_cluster),
-     "bitmapTableEntryInvalid refcountLeak", 2, cannot_open(BAD_BITMAP % "O37"))
+     "bitmapTableEntryInvalid refcountLeak", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_in_use", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1),
      "bitmapInUse", 0, Qemu(FULL))
 case("bitmap_data_is_guest_data", "bitmaps",
      bitmap_table_entry(0, lambda im, e: im.data_refs()[0].host_offset), "dataOverlapsMetadata", 2,
-     exit_only("QEMU has no overlap analysis (§5.8): refcount=1 reference=2 plus a leak"))
+     exit_only("QEMU has no overlap analysis (differences §2.9): refcount=1 reference=2 plus a leak"))
 
-# -- mapping: L1 and L2 entries (qcow2-format.md §5-§8)
+# -- mapping: L1 and L2 entries (qcow2 spec, "Cluster mapping", "Extended L2 Entries")
 case("l1_reserved_high", "v3_64k", l1_entry(lambda im, e: e | 1 << 56), "l1EntryReservedBits", 2,
-     Qemu(COUNTS))  # R5, entry still followed
+     Qemu(COUNTS))  # check_refcounts_l1(), entry still followed
 case("l1_reserved_low", "v3_64k", l1_entry(lambda im, e: e | 1 << 1), "l1EntryReservedBits", 2,
      Qemu(COUNTS))
 # An L1 entry without an L2 table offset but with other bits: QEMU follows
-# any non-zero entry, to the header cluster (R5 for the reserved bits), and a
+# any non-zero entry, to the header cluster (check_refcounts_l1() for the reserved bits), and a
 # guest write there aborts it; -r all must leave the entry 0
 # (run_repairs.WRITE_AFTER_REPAIR writes there).
 case("l1_zero_offset_copied", "v3_512", l1_entry(lambda im, e: OFLAG_COPIED, index=1),
-     "l1ZeroOffsetFlags", 2, exit_only(NOT_FOLLOWED % "R5: QEMU parses the header as an L2 table"))
+     "l1ZeroOffsetFlags", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l1(): QEMU parses the header as an L2 table"))
 case("l1_zero_offset_reserved", "v3_512", l1_entry(lambda im, e: OFLAG_COPIED | 1 << 58, index=1),
      "l1ZeroOffsetFlags l1EntryReservedBits", 2,
-     exit_only(NOT_FOLLOWED % "R5: QEMU parses the header as an L2 table"))
+     exit_only(NOT_FOLLOWED % "check_refcounts_l1(): QEMU parses the header as an L2 table"))
 case("l1_unaligned", "v3_64k", l1_entry(lambda im, e: e + 512), "l1EntryUnaligned refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R6, H3"))
+     exit_only(NOT_FOLLOWED % "check_refcounts_l1(), repair.md §11 H3"))
 # An unaligned L1 entry is re-pointed only when the aligned-down cluster
 # checks as a valid L2 table mapping clusters nothing else references;
 # garbage or zeros there are dropped (run_repairs.REPOINTED/NOT_REPOINTED).
 case("l1_unaligned_into_garbage", "v3_64k",
      l1_entry(lambda im, e: OFLAG_COPIED | (im.append_clusters(bytes(range(256)) * 256) + 512)),
-     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6, H3"))
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l1(), repair.md §11 H3"))
 case("l1_unaligned_into_zeros", "v3_64k",
      l1_entry(lambda im, e: OFLAG_COPIED | (im.append_clusters() + 512)),
-     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R6, H3"))
+     "l1EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l1(), repair.md §11 H3"))
 case("l1_past_eof", "v3_64k", l1_entry(lambda im, e: OFLAG_COPIED | past_eof()(im)),
      "l1EntryPastEof refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R2, H1"))
+     exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt(), repair.md §11 H1"))
 case("l2_reserved_high", "v3_64k", entry(data(), set_bits(1 << 57)), "l2EntryReservedBits", 2,
-     Qemu(COUNTS))  # R8
+     Qemu(COUNTS))  # check_refcounts_l2()
 case("l2_reserved_low", "v3_64k", entry(data(), set_bits(1 << 3)), "l2EntryReservedBits", 2,
      Qemu(COUNTS))
 case("l2_unaligned", "v3_64k", entry(data(), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R14, H2"))
+     exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 # Recover before dropping: -r all re-points an unaligned entry to the
 # allocated cluster nothing else references (run_repairs.REPOINTED).
 case("l2_unaligned_extl2", "extl2", entry(data(1), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R14, H2"))
+     exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 case("l2_unaligned_snapshot", "snapshots", entry(own_data(0), move_by(1024)),
-     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 case("l2_unaligned_shared_table", "v3_64k", chain(snapshot_create, entry(data(), move_by(512))),
-     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 # ... but not into a cluster something else references, nor one two
 # broken entries point into: those are dropped (and what only they could
 # own freed).
 case("l2_unaligned_into_used", "v3_64k",
      entry(data(0), point_at(lambda im: im.data_refs()[1].host_offset + 512)),
-     "l2EntryUnaligned refcountLeak", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+     "l2EntryUnaligned refcountLeak", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 case("l2_unaligned_twice", "v3_64k",
      chain(entry(data(1), point_at(lambda im: im.data_refs()[0].host_offset + 1024)),
            entry(data(0), move_by(512))),
-     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "R14, H2"))
+     "l2EntryUnaligned refcountOrphan", 2, exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 case("l2_past_eof", "v3_64k", entry(data(), point_at(past_eof())), "l2EntryPastEof refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)  # as l2_unaligned: the old cluster is an orphan
+     exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt()"), absent=QUARANTINED)  # as l2_unaligned: the old cluster is an orphan
 case("l2_zero_flag_v2", "v2_64k", entry(data(), set_bits(OFLAG_ZERO)), "l2ZeroFlagInvalid", 2,
-     differs(0, "QEMU's reserved mask excludes bit 0, so it misses the v2 zero flag (§5.4)"))
+     differs(0, "QEMU's reserved mask excludes bit 0, so it misses the v2 zero flag (differences §2.6)"))
 case("l2_zero_flag_extl2", "extl2", entry(data(), set_bits(OFLAG_ZERO)), "l2ZeroFlagInvalid", 2,
-     differs(0, "QEMU's reserved mask excludes bit 0, so it misses it with extended L2 (§5.4)"))
+     differs(0, "QEMU's reserved mask excludes bit 0, so it misses it with extended L2 (differences §2.6)"))
 case("l2_unallocated_copied", "v3_64k", entry(unallocated(), point_at(lambda im: 0)),
      "l2ZeroOffsetCopied", 2,
-     differs(0, "QEMU classifies offset 0 as unallocated and ignores COPIED there (§5.4)"))
+     differs(0, "QEMU classifies offset 0 as unallocated and ignores COPIED there (differences §2.6)"))
 case("l2_zero_plain_copied", "v3_64k",
      entry(first(lambda r: r.entry == OFLAG_ZERO), set_bits(OFLAG_COPIED)), "l2ZeroOffsetCopied", 2,
-     differs(0, "QEMU does not flag COPIED on zero-plain entries (§5.4)"))
+     differs(0, "QEMU does not flag COPIED on zero-plain entries (differences §2.6)"))
 case("l2_copied_cleared", "v3_64k", entry(data(), clear_bits(OFLAG_COPIED)), "l2CopiedWrong", 2,
-     Qemu(COUNTS))  # F2
+     Qemu(COUNTS))  # check_oflag_copied()
 case("l1_copied_cleared", "v3_64k", l1_entry(lambda im, e: e & ~OFLAG_COPIED), "l1CopiedWrong", 2,
-     Qemu(COUNTS))  # F1
+     Qemu(COUNTS))  # check_oflag_copied()
 case("data_file_offset_mismatch", "data_file",
      entry(data(1), point_at(lambda im: 2 << 20)), "dataFileOffsetMismatch", 2,
-     differs(0, "QEMU's check does not compare host and guest offsets (§5.12)"))
+     differs(0, "QEMU's check does not compare host and guest offsets (differences §2.6)"))
 case("data_file_unaligned", "data_file", entry(data(1), move_by(512)),
      "l2EntryUnaligned dataFileOffsetMismatch", 2,
-     exit_only("QEMU reports the alignment (R14) but does not compare host and guest offsets (§5.12)"))
+     exit_only("QEMU reports the alignment (check_refcounts_l2()) but does not compare host and guest offsets (differences §2.6)"))
 # A preallocated zero cluster off a cluster boundary: -r all makes it a
 # plain zero entry, as QEMU's does (it reads as zeros either way); a data
 # entry (above) is left, its mismatch has no repair.
 case("data_file_unaligned_prealloc", "data_file", entry(data(1), lambda im, r: (r.entry | OFLAG_ZERO) + 512),
      "l2EntryUnaligned dataFileOffsetMismatch", 2,
-     exit_only("QEMU reports the alignment (R14) but does not compare host and guest offsets (§5.12)"))
+     exit_only("QEMU reports the alignment (check_refcounts_l2()) but does not compare host and guest offsets (differences §2.6)"))
 case("data_file_copied_missing", "data_file", entry(data(1), clear_bits(OFLAG_COPIED)),
      "dataFileCopiedMissing", 0,
-     differs(2, "QEMU takes data-file refcounts as 1 and counts the missing COPIED as a corruption (F2)"))
+     differs(2, "QEMU takes data-file refcounts as 1 and counts the missing COPIED as a corruption (check_oflag_copied())"))
 case("data_file_compressed", "data_file",
      entry(data(1), lambda im, r: im.compressed_entry(65536, 512)), "compressedWithDataFile", 2,
-     Qemu(FULL))  # R10: left out of the statistics by both
+     Qemu(FULL))  # check_refcounts_l2(): left out of the statistics by both
 case("compressed_copied", "zlib", entry(compressed(1), set_bits(OFLAG_COPIED)), "compressedCopied", 2,
-     Qemu(COUNTS))  # R9
+     Qemu(COUNTS))  # check_refcounts_l2()
 case("compressed_copied_zstd", "zstd", entry(compressed(0), set_bits(OFLAG_COPIED)),
      "compressedCopied", 2, Qemu(COUNTS))
 case("compressed_past_eof", "zlib",
      entry(compressed(1), lambda im, r: im.compressed_entry(past_eof()(im) + 1000, 600)),
-     "compressedRangeInvalid", 2, exit_only(NOT_FOLLOWED % "R2; the packed host cluster also leaks"),
+     "compressedRangeInvalid", 2, exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt(); the packed host cluster also leaks"),
      absent=QUARANTINED)
 case("compressed_offset_bit56", "zlib_4k", entry(compressed(0), set_bits(1 << 56)),
-     "compressedRangeInvalid", 2, exit_only(NOT_FOLLOWED % "R2"), absent=QUARANTINED)
+     "compressedRangeInvalid", 2, exit_only(NOT_FOLLOWED % "qcow2_inc_refcounts_imrt()"), absent=QUARANTINED)
 case("extl2_alloc_and_zero", "extl2",
      entry(data(0), lambda im, r: r.entry, bitmap=lambda im, r: r.bitmap | 1 << 32),
-     "subclusterAllocAndZero", 2, Qemu(COUNTS))  # R12
+     "subclusterAllocAndZero", 2, Qemu(COUNTS))  # check_refcounts_l2()
 case("extl2_alloc_unallocated", "extl2",
      entry(unallocated(), lambda im, r: 0, bitmap=lambda im, r: 1), "subclusterAllocUnallocated", 2,
-     Qemu(COUNTS))  # R15
+     Qemu(COUNTS))  # check_refcounts_l2()
 case("extl2_compressed_bitmap", "extl2",
      entry(compressed(0), lambda im, r: r.entry, bitmap=lambda im, r: 1 << 32),
      "compressedSubclusterBitmap", 2,
-     exit_only("QEMU stops counting the compressed range, so the packed cluster also leaks (R11)"))
+     exit_only("QEMU stops counting the compressed range, so the packed cluster also leaks (check_refcounts_l2())"))
 
-# -- refcounts, every width (qcow2-format.md §9)
+# -- refcounts, every width (qcow2 spec, "Host cluster management")
 for bits in (1, 2, 4, 8, 16, 32, 64):
     b = "rc%d" % bits
     case("leak_rc%d" % bits, b, leak_cluster, "refcountLeak", 3, Qemu(FULL))
@@ -1251,35 +1262,35 @@ for bits in (1, 2, 4, 8, 16, 32, 64):
                        "QEMU against the on-disk one"))
     if bits <= 4:
         case("overflow_rc%d" % bits, b, overflow, "refcountOverflow", 2,
-             exit_only("QEMU reports the overflow (R3) and the COPIED/refcount fallout differently"))
+             exit_only("QEMU reports the overflow (qcow2_inc_refcounts_imrt()) and the COPIED/refcount fallout differently"))
 # the references alone overflow, whatever the unusable refcount block says
 case("overflow_rc1_block_unusable", "rc1",
      chain(overflow, lambda im: im.set_reftable_entry(0, refblock0(im) + 512)),
      "refcountOverflow refcountsUnknown reftableEntryUnaligned", 2,
-     differs(1, "QEMU cannot read the refcounts through the unaligned block (check errors, exit 1, C1); "
-                "it reports the overflow too (R3)"))
+     differs(1, "QEMU cannot read the refcounts through the unaligned block (check errors, exit 1; compare_refcounts()); "
+                "it reports the overflow too (qcow2_inc_refcounts_imrt())"))
 for b in ("v3_512", "v3_4k", "v3_2m", "v2_64k", "rc64_512", "zlib", "extl2"):
     case("leak_" + b, b, leak_cluster, "refcountLeak", 3, Qemu(FULL))
 for b in ("v3_512", "v3_2m", "v2_512", "extl2"):
     case("zero_in_use_" + b, b, data_refcount(0), "refcountZeroInUse", 2, exit_only(COPIED_DOUBLE))
 case("l2_unaligned_4k", "v3_4k", entry(data(), move_by(512)), "l2EntryUnaligned refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R14, H2"))
+     exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 # With 512-byte clusters every offset is aligned: bit 8 is a reserved bit.
 case("l2_reserved_bit8_512", "v3_512", entry(data(), set_bits(1 << 8)), "l2EntryReservedBits", 2,
      Qemu(COUNTS))
 case("l2_unaligned_2m", "v3_2m", entry(data(), move_by(1 << 20)), "l2EntryUnaligned refcountOrphan", 2,
-     exit_only(NOT_FOLLOWED % "R14, H2"))
+     exit_only(NOT_FOLLOWED % "check_refcounts_l2(), repair.md §11 H2"))
 case("leak_data_cluster", "v3_64k", data_refcount(2), "refcountLeak", 3,
-     differs(2, "QEMU counts a pure data leak as a corruption via OFLAG_COPIED (§4.4)"))
+     differs(2, "QEMU counts a pure data leak as a corruption via OFLAG_COPIED (differences §2.1)"))
 case("leak_compressed_cluster", "zlib",
      lambda im: im.set_refcount(im.compressed_range(im.compressed_refs()[0].entry)[0] // im.cluster_size, 4),
-     "refcountLeak", 3, Qemu(FULL))  # F2 skips compressed entries, so QEMU says leak too
+     "refcountLeak", 3, Qemu(FULL))  # check_oflag_copied() skips compressed entries, so QEMU says leak too
 case("too_low_compressed_cluster", "zlib",
      lambda im: im.set_refcount(im.compressed_range(im.compressed_refs()[0].entry)[0] // im.cluster_size, 1),
-     "refcountTooLow", 2, Qemu(COUNTS))  # C4
+     "refcountTooLow", 2, Qemu(COUNTS))  # compare_refcounts()
 case("leak_l2_table", "v3_64k", lambda im: im.set_refcount(l2_table0(im) // im.cluster_size, 2),
      "refcountLeak", 3,
-     differs(2, "QEMU counts the L1 COPIED flag against the on-disk refcount 2 as a corruption (F1, §5.16)"))
+     differs(2, "QEMU counts the L1 COPIED flag against the on-disk refcount 2 as a corruption (check_oflag_copied(); differences §2.1)"))
 case("zero_in_use_l2_table", "v3_64k", lambda im: im.set_refcount(l2_table0(im) // im.cluster_size, 0),
      "refcountZeroInUse", 2, exit_only(COPIED_DOUBLE))
 case("zero_in_use_refblock", "v3_64k", lambda im: im.set_refcount(refblock0(im) // im.cluster_size, 0),
@@ -1287,25 +1298,25 @@ case("zero_in_use_refblock", "v3_64k", lambda im: im.set_refcount(refblock0(im) 
 case("zero_in_use_header", "rc8", lambda im: im.set_refcount(0, 0), "refcountZeroInUse", 2, Qemu(COUNTS))
 case("refcount_past_eof", "v3_64k",
      lambda im: im.set_refcount(-(-im.file_size // im.cluster_size) + 3, 1), "refcountPastEof", 0,
-     Qemu(FULL))  # §5.1: QEMU never looks past EOF
+     Qemu(FULL))  # QEMU never looks past EOF (differences §2.5)
 case("refcount_past_eof_rc1", "rc1",
      lambda im: im.set_refcount(-(-im.file_size // im.cluster_size) + 100, 1), "refcountPastEof", 0,
      Qemu(FULL))
 case("reftable_entry_reserved", "v3_64k", lambda im: im.set_reftable_entry(0, refblock0(im) | 1 << 3),
-     "reftableEntryReservedBits", 2, exit_only("QEMU still reads refcounts through the entry (B1)"))
+     "reftableEntryReservedBits", 2, exit_only("QEMU still reads refcounts through the entry (check_refblocks())"))
 case("reftable_entry_unaligned", "v3_64k", lambda im: im.set_reftable_entry(0, refblock0(im) + 512),
      "reftableEntryUnaligned refcountsUnknown", 2,
      differs(1, "QEMU fails every refcount read through the unaligned block: check errors, "
-                "exit 1 (§4.2, B2, C1)"))
+                "exit 1 (check_refblocks(), compare_refcounts())"))
 case("reftable_entry_past_eof", "v3_64k", lambda im: im.set_reftable_entry(0, past_eof()(im)),
      "reftableEntryPastEof refcountsUnknown", 2,
-     exit_only("QEMU reads zero refcounts past EOF: every cluster is refcount=0 (B3, C2)"))
+     exit_only("QEMU reads zero refcounts past EOF: every cluster is refcount=0 (check_refblocks(), compare_refcounts())"))
 case("reftable_entry_past_eof_second", "rc64_512",
      lambda im: im.set_reftable_entry(1, past_eof()(im)), "reftableEntryPastEof refcountsUnknown", 2,
-     exit_only("QEMU reads zero refcounts past EOF (B3, C2)"))
+     exit_only("QEMU reads zero refcounts past EOF (check_refblocks(), compare_refcounts())"))
 
-# -- overlaps: one owner per host cluster (§5.8)
-NO_OVERLAP_CHECK = "QEMU has no overlap analysis and reports refcount/COPIED fallout instead (§5.8, H7)"
+# -- overlaps: one owner per host cluster (differences §2.9)
+NO_OVERLAP_CHECK = "QEMU has no overlap analysis and reports refcount/COPIED fallout instead (differences §2.9; repair.md §11 H7)"
 case("overlap_data_on_refblock", "v3_64k", entry(data(), point_at(refblock0)), "dataOverlapsMetadata", 2,
      exit_only(NO_OVERLAP_CHECK))
 case("overlap_data_on_l1", "v3_64k", entry(data(), point_at(l1_offset)), "dataOverlapsMetadata", 2,
@@ -1323,27 +1334,27 @@ case("overlap_refblock_on_l2", "v3_64k", lambda im: im.set_reftable_entry(0, l2_
 
 # -- whole-image states
 case("lazy_refcounts_crashed", "lazy_dirty", None, "dirtyBitSet refcountZeroInUse", 2,
-     exit_only("QEMU ignores the dirty bit and counts each stale cluster twice (§3.7)"),
+     exit_only("QEMU ignores the dirty bit and counts each stale cluster twice (differences §2.1)"),
      header={"dirty": True})
 case("backing_file_missing", "backing", None, "", 0,
-     needs_outside("QEMU opens the backing chain and fails on the missing file (O34, §5.13)"),
+     needs_outside("QEMU opens the backing chain and fails on the missing file (differences §2.7)"),
      companions=False)
 case("data_file_missing", "data_file", None, "", 0,
-     needs_outside("QEMU needs the external data file to check metadata (O32, §5.12)"),
+     needs_outside("QEMU needs the external data file to check metadata (qcow2_do_open(); differences §2.7)"),
      companions=False)
 case("trailing_space", "v3_64k", lambda im: im.append_clusters(count=2, refcount=None),
-     "trailingSpace", 0, Qemu(FULL))  # §5.2: QEMU never mentions it
+     "trailingSpace", 0, Qemu(FULL))  # QEMU never mentions it (differences §2.6)
 case("reftable_beyond_qemu_limit", "v3_64k", huge_reftable, "qemuLimitExceeded", 2,
-     cannot_open(BAD_HEADER % "O16, \"Reference count table too large\""))
+     cannot_open(BAD_HEADER % "\"Reference count table too large\""))
 case("l1_beyond_qemu_limit", "v3_64k", huge_l1, "qemuLimitExceeded", 2,
-     cannot_open(BAD_HEADER % "O18, \"Active L1 table too large\""))
+     cannot_open(BAD_HEADER % "\"Active L1 table too large\""))
 case("snapshot_table_too_large", "v3_64k", huge_snapshot_table, "snapshotTableTooLarge", 2,
-     check_aborts("QEMU aborts the check: \"Snapshot table is too big\" (S4)"))
+     check_aborts("QEMU aborts the check: \"Snapshot table is too big\" (qcow2_check_read_snapshot_table())"))
 case("memory_limit", "v3_64k", None, "memoryLimit", 1,
      differs(0, "qemu-img has no memory limit; qcheck stops cleanly at --max-mem"),
      qcheck_args=("--max-mem=64K",))
 case("luks_without_key", "luks", None, "", 0,
-     needs_outside("QEMU needs the LUKS key even to check metadata (O33, §5.14)"),
+     needs_outside("QEMU needs the LUKS key even to check metadata (differences §2.7)"),
      qemu_target=lambda path: ["-f", "qcow2", path])
 
 

@@ -70,7 +70,8 @@ def parse_json(text):
 
 
 def summary_lines(result):
-    """The stdout summary qemu-img prints for an ImageCheck (§4.2), from a
+    """The stdout summary qemu-img prints for an ImageCheck (qemu-img.c,
+    dump_human_image_check()), from a
     JSON result (missing keys are zero)."""
     g = lambda k: result.get(k, 0)  # noqa: E731
     lines = []

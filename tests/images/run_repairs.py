@@ -882,7 +882,7 @@ class RepairRunner:
         """Where qemu-img check -r leaks ends clean, so must qcheck -r leaks
         (a cron job repairing leaks must see exit 0 from either), unless
         qemu-img got there by freeing what a structure qcheck could not
-        follow may own (kept orphans, H1/H4). Cases where the catalogue
+        follow may own (kept orphans, H1/H4 of docs/repair.md §11). Cases where the catalogue
         records that qemu-img disagrees about the damage itself are left
         out: qemu-img does not see what qcheck reports there."""
         if not case.qemu.agrees:

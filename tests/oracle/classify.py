@@ -78,7 +78,7 @@ def _nb(sig, detail, r):
 
 
 @cls("N-C", "image end offset past the end of the file: QEMU counts a range that ends less than one "
-     "cluster past EOF (R2) and reports its end; qcheck stops at the file")
+     "cluster past EOF (qcow2_inc_refcounts_imrt()) and reports its end; qcheck stops at the file")
 def _nc(sig, detail, r):
     if "image-end-offset differs" not in sig:
         return False
@@ -118,7 +118,7 @@ def ids(r):
 
 @cls("N-J", "a structure that ends past the end of the file (an L1 or refcount table, the bitmap directory): "
      "QEMU zero-fills the part past EOF and uses the rest (it accepts any range ending less than one "
-     "cluster past EOF, R2); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
+     "cluster past EOF, qcow2_inc_refcounts_imrt()); qcheck uses none of it (l1PastEof, reftablePastEof, bitmapsExtensionInvalid): "
      "what lies inside the file goes unchecked, the verdict is 2 where QEMU's is 0 (both repairs complete with "
      "zeros what ends less than a cluster past EOF, -r all also an L1 table that starts inside the file or "
      "at its end)")

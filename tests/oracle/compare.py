@@ -360,7 +360,7 @@ OPEN_REFUSALS = [
     (r"Reference count table offset invalid", {"reftableOffsetUnaligned", "reftablePastEof"}),
     (r"data-file-raw requires a data file", {"rawDataFileInvalid"}),
     (r"bitmaps_ext|[Bb]itmap", BITMAP_IDS),
-    (r"Check failed: Invalid argument", BITMAP_IDS),  # R19/R20: an unloadable bitmap aborts the check
+    (r"Check failed: Invalid argument", BITMAP_IDS),  # qcow2_check_bitmaps_refcounts(): an unloadable bitmap aborts the check
     (r"[Ss]napshot table|overhanging snapshots|extra metadata in snapshot table", SNAPSHOT_TABLE_IDS),
     (r"Active L1 table too large|Reference count table too large", {"qemuLimitExceeded"}),
     (r"Image is too big", {"l1TooSmall", "qemuLimitExceeded"}),
@@ -440,7 +440,7 @@ def _orphans(pair, item):
 
 def _unaligned_data_followed(pair, item):
     """QEMU counts an unaligned data cluster over the clusters its range
-    touches (R14): refcount errors there are QEMU's, not the image's."""
+    touches (check_refcounts_l2()): refcount errors there are QEMU's, not the image's."""
     side, cat, key, n = item
     if side != "qemu" or "l2EntryUnaligned" not in pair.ids:
         return False
@@ -477,7 +477,7 @@ def _unaligned_data_fields(pair):
 def _l2_tables_not_walked(pair):
     """qcheck reports an L2 table it does not walk that QEMU parses: an
     unaligned L1 entry that QEMU follows too ("Table is not cluster
-    aligned", R6), or an L2 table that loses a metadataOverlap (§2.9)."""
+    aligned", check_refcounts_l1()), or an L2 table that loses a metadataOverlap (§2.9)."""
     if "l1EntryUnaligned" in pair.ids and any(e.cat == "l1-unaligned" for e in pair.q_events):
         return True
     return any(p.get("id") == "metadataOverlap" and re.match(r"L[12] table", p.get("object", ""))
@@ -586,13 +586,13 @@ def refcount_blocks_unusable(pair):
 
 def _refcounts_unknown_fields(pair):
     if "refcountsUnknown" in pair.ids and refcount_blocks_unusable(pair):
-        return {"image-end-offset"}  # gap 21: QEMU stops at the last cluster it could read
+        return {"image-end-offset"}  # QEMU stops at the last cluster it could read (§2.4)
     return ()
 
 
 def _compressed_bitmap_range(pair, item):
     """QEMU does not count the host range of a compressed entry with a
-    non-zero subcluster bitmap (R11): its clusters look leaked to QEMU;
+    non-zero subcluster bitmap (check_refcounts_l2()): its clusters look leaked to QEMU;
     qcheck reports compressedSubclusterBitmap and counts them (§2.10)."""
     side, cat, key, _ = item
     if side != "qemu" or cat != "leak" or key is None or "compressedSubclusterBitmap" not in pair.ids:
@@ -611,7 +611,7 @@ def _compressed_bitmap_range(pair, item):
 
 
 def _compressed_bitmap_stats(pair):
-    """R11: QEMU stops at such an entry before counting it in the
+    """check_refcounts_l2(): QEMU stops at such an entry before counting it in the
     statistics; qcheck counts it as an allocated compressed cluster."""
     n = sum(1 for e in pair.q_events if e.cat == "compressed-bitmap")
     if n and "compressedSubclusterBitmap" in pair.ids and \
@@ -673,7 +673,7 @@ TABLE_PAST_EOF_IDS = {"l1PastEof", "snapshotL1PastEof", "reftablePastEof", "snap
 def _table_past_eof(pair, item):
     """§2.2: a table the header (or a snapshot) places partly past the end
     of the file is qcheck's corruption, not read; QEMU reads zeros there
-    (R2) and counts its clusters at and past the end of the file as in use
+    (qcow2_inc_refcounts_imrt()) and counts its clusters at and past the end of the file as in use
     (refcount 0, or a leak of the last partial one), or nothing."""
     side, cat, key, n = item
     found = [p for p in pair.qc.get("problems", []) if p.get("id") in TABLE_PAST_EOF_IDS or (
@@ -731,7 +731,7 @@ PAST_EOF_RANGES = [(pid, re.compile(rx), f) for pid, rx, f in PAST_EOF_RANGES]
 
 def tolerated_past_eof(pair):
     """Ranges qcheck reports as (partly) past the end of the file that QEMU
-    accepts: they end less than one cluster past it (R2)."""
+    accepts: they end less than one cluster past it (qcow2_inc_refcounts_imrt())."""
     out = []
     for p in pair.qc.get("problems", []):
         for pid, rx, f in PAST_EOF_RANGES:
@@ -848,7 +848,7 @@ RULES = [
          item=_data_file_copied),
     Rule("past-eof-tolerance", "§2.2",
          "qcheck requires tables to lie entirely inside the file, QEMU accepts a range that ends less "
-         "than one cluster past the end (R2): qcheck's l1EntryPastEof for an L2 table that ends less than one "
+         "than one cluster past the end (qcow2_inc_refcounts_imrt()): qcheck's l1EntryPastEof for an L2 table that ends less than one "
          "cluster past the end, QEMU's refcount, leak or COPIED events on its clusters, and the cluster "
          "statistics (QEMU walks the part inside the file, §1.5)",
          item=_past_eof_tolerance, frees=_past_eof_tolerance_stats),
@@ -868,7 +868,7 @@ RULES = [
          "QEMU's, on an image QEMU also counts corruptions in",
          item=_header_finding_counted),
     Rule("compressed-bitmap-range", "§2.10",
-         "QEMU does not count the host range of a compressed entry with a subcluster bitmap (R11) and "
+         "QEMU does not count the host range of a compressed entry with a subcluster bitmap (check_refcounts_l2()) and "
          "calls its clusters leaked, nor the entry in the statistics; qcheck reports "
          "compressedSubclusterBitmap and counts both",
          item=_compressed_bitmap_range, frees=_compressed_bitmap_stats),

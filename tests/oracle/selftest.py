@@ -34,7 +34,7 @@ IMG = oracle.IMG
 def l2_table_cut(d):
     """The L2 table moved to the last cluster of the file, and the file cut
     in the middle of it: QEMU accepts a table ending less than one cluster
-    past the end (R2) and reads zeros for the rest, qcheck reports
+    past the end (qcow2_inc_refcounts_imrt()) and reads zeros for the rest, qcheck reports
     l1EntryPastEof."""
     run([QEMU_IMG, "create", "-f", "qcow2", IMG, "64M"], cwd=d)
     run([QEMU_IO, "-f", "qcow2", "-c", "write -P 0x5a 0 64k", IMG], cwd=d)
