@@ -1,7 +1,7 @@
 /*
  * Unit tests for the on-disk decoders and encoders (layout/bytes.h and
  * layout/format.c). Expected values come from the qcow2 specification
- * (see /work/shared/reference/qcow2-format.md), written out by hand.
+ * (QEMU's docs/interop/qcow2.txt), written out by hand.
  */
 #include <check.h>
 #include <stdint.h>
