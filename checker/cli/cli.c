@@ -1159,7 +1159,9 @@ static int refuse_repair(cli *c, qc_io *io, const qc_result *before, const char 
 /* What --salvage saved (or, in a dry run, would save), and why not. */
 static void note_salvage(cli *c, const qc_repair *rep)
 {
-    if (!c->salvage_dir)
+    const qc_repair_plan *plan = qc_repair_get_plan(rep);
+    /* A plan without writes saves nothing and says nothing of it. */
+    if (!c->salvage_dir || !plan || qc_repair_plan_steps(plan) == 0)
         return;
     const qc_salvage_info *info;
     c->salvage_ret = qc_repair_salvage_status(rep, &info);
