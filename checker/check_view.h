@@ -23,7 +23,6 @@
 
 #define QC_ACTIVE ((uint32_t)-1) /* "snapshot index" of the active L1 */
 
-
 enum { QC_REFBLOCK_NONE, QC_REFBLOCK_VALID, QC_REFBLOCK_INVALID };
 
 /* A snapshot, after validation. */

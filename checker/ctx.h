@@ -74,14 +74,14 @@ typedef struct qc_ctx {
     uint64_t hidden_count[QC_PROBLEM_ROWS];
 } qc_ctx;
 
-
+/* ---- support.c ---- */
 /* In an array of n elements of elem_size bytes sorted by the uint64_t at
  * key_offset in each, the index of the first whose key is not below `key`
  * (n if none). */
 size_t qc_lower_bound(const void *array, size_t n, size_t elem_size, size_t key_offset,
                       uint64_t key);
 
-/* ---- support.c: allocation charged to the check's accountant, reads ---- */
+/* Allocation charged to the check's accountant (ctx->mem), and reads. */
 void *qc_alloc(qc_ctx *ctx, uint64_t bytes, const char *what);
 void *qc_grow(qc_ctx *ctx, void *ptr, size_t *cap, size_t elem, size_t need, const char *what);
 void qc_free(qc_ctx *ctx, void *ptr, uint64_t bytes);
