@@ -28,6 +28,8 @@ enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
 typedef struct cli {
     const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
+    qc_digest_alg digest_alg;      /* --digest, or 0 */
+    char digest[80];               /* "ALG:HEX" once taken */
     const char *prog;     /* the name it was run as: every message starts with it */
     const char *filename; /* as given (with --image-opts, the option string) */
     const char *path;     /* what is opened */
@@ -101,7 +103,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
-            "              [--max-mem=SIZE] [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
+            "              [--max-mem=SIZE] [--digest[=sha256|xxh128]]\n"
+            "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
             "\n"
@@ -127,6 +130,8 @@ static void usage(FILE *out)
             "  -T, --cache=MODE       accepted for compatibility (none, writeback, ...)\n"
             "  --object=OBJDEF        accepted for compatibility (no secret is ever needed)\n"
             "  --max-mem=SIZE         memory the check may use (default 8G; suffixes K M G T)\n"
+            "  --digest[=ALG]         after the check, print a digest of the guest content\n"
+            "                         (sha256, the default, or xxh128; a raw FILE: its bytes)\n"
             "  --list-problems[=markdown]  list every problem qcheck can report\n"
             "  -h, --help             show this help\n"
             "  -V, --version          show the version\n"
@@ -488,6 +493,10 @@ static void print_json(const cli *c, const verdict *r, const char *error, int st
     if (error) {
         printf(",\n    \"error\": ");
         json_string(stdout, error);
+    }
+    if (c->digest[0]) {
+        printf(",\n    \"digest\": ");
+        json_string(stdout, c->digest);
     }
     printf(",\n    \"exit-code\": %d\n}\n", status);
 }
@@ -938,7 +947,7 @@ static void report_in_use(cli *c, verdict *r)
     r->findings++;
 }
 
-enum { OPT_OUTPUT = 256, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
+enum { OPT_OUTPUT = 256, OPT_DIGEST, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
        OPT_SALVAGE };
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
@@ -955,6 +964,7 @@ static const struct option longopts[] = {
     {"object", required_argument, NULL, OPT_OBJECT},
     {"max-mem", required_argument, NULL, OPT_MAX_MEM},
     {"list-problems", optional_argument, NULL, OPT_LIST},
+    {"digest", optional_argument, NULL, OPT_DIGEST},
     {"dry-run", no_argument, NULL, 'n'},
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
@@ -1010,6 +1020,9 @@ static void print_result(const cli *c, const verdict *r, int status)
         else
             print_human_summary(r);
     }
+    /* Asked for by name, the digest is printed with -q too. */
+    if (c->digest[0] && (c->quiet || c->output == OUTPUT_HUMAN))
+        printf("%s\n", c->digest);
     if (r->check_errors)
         check_failed(c, r, NULL);
 }
@@ -1038,6 +1051,40 @@ static int final_status(const cli *c, verdict *v)
 
 /* Check the file read-only; returns the exit status. *checked tells
  * whether there is a result to print (failures were reported already). */
+/* --digest: what the guest reads (with `raw`, the file's bytes), as
+ * "ALG:HEX" in c->digest; false, with a message, when it cannot be had. */
+static bool take_digest(cli *c, qc_io *io, bool raw)
+{
+    uint8_t d[QC_DIGEST_MAX];
+    size_t n;
+    char why[300];
+    int ret = qc_digest(io, c->digest_alg, raw, d, &n, why, sizeof(why));
+    if (ret < 0) {
+        message(c, "no digest of '%s': %s", c->filename, why[0] ? why : strerror(-ret));
+        return false;
+    }
+    int at = snprintf(c->digest, sizeof(c->digest), "%s:", qc_digest_name(c->digest_alg));
+    for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof(c->digest); i++)
+        at += snprintf(c->digest + at, sizeof(c->digest) - (size_t)at, "%02x", d[i]);
+    return true;
+}
+
+/* The digest of a raw file, which has nothing to check: the line, or a
+ * JSON object with it. */
+static int print_raw_digest(const cli *c)
+{
+    if (c->output == OUTPUT_JSON && !c->quiet) {
+        printf("{\n    \"filename\": ");
+        json_string(stdout, c->filename);
+        printf(",\n    \"format\": \"raw\",\n    \"digest\": ");
+        json_string(stdout, c->digest);
+        printf(",\n    \"exit-code\": 0\n}\n");
+    } else {
+        printf("%s\n", c->digest);
+    }
+    return 0;
+}
+
 static int check_file(cli *c, verdict *v, bool *checked)
 {
     *checked = false;
@@ -1056,17 +1103,33 @@ static int check_file(cli *c, verdict *v, bool *checked)
         *v = verdict_of(r);
     }
     qc_result_free(r);
+    bool raw = ret == 0 && v->other_format && strcmp(guess_driver(v->other_format), "raw") == 0;
+    bool no_digest = false;
+    if (ret == 0 && c->digest_alg) {
+        /* The guest's content means something only where the metadata
+         * holds: no digest of an image with corruptions. */
+        if (!raw && !v->other_format && (v->corruptions || v->check_errors))
+            message(c, "no digest of '%s': the check found corruptions or could not complete",
+                    c->filename);
+        else if (raw || !v->other_format)
+            no_digest = !take_digest(c, &io, raw);
+    }
     qc_io_close(&io);
     if (ret < 0) {
         message(c, "Check failed: %s", strerror(-ret));
         return 1;
     }
+    if (raw && c->digest[0])
+        return print_raw_digest(c);
     if (v->other_format)
         return not_qcow2(c, v->other_format);
     if (in_use)
         report_in_use(c, v);
     *checked = true;
-    return final_status(c, v);
+    status = final_status(c, v);
+    /* A clean or leaky image whose digest could not be taken: what was
+     * asked for was not done. */
+    return no_digest && (status == 0 || status == 3) ? 1 : status;
 }
 
 static void forget_findings(cli *c)
@@ -1510,6 +1573,14 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
         case OPT_LIST:
             list_problems(optarg && strcmp(optarg, "markdown") == 0);
             return 0;
+        case OPT_DIGEST:
+            if (!optarg || strcmp(optarg, "sha256") == 0)
+                c->digest_alg = QC_DIGEST_SHA256;
+            else if (strcmp(optarg, "xxh128") == 0)
+                c->digest_alg = QC_DIGEST_XXH128;
+            else
+                return usage_error(c, "--digest takes sha256 or xxh128, not '%s'", optarg);
+            break;
         case ':':
             return usage_error(c, "missing argument for option '%s'", argv[optind - 1]);
         default:
@@ -1542,6 +1613,8 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
         return usage_error(c, "--salvage goes with -r leaks or -r all");
     if (in->rollback_log && in->repair)
         return usage_error(c, "--rollback cannot be combined with -r");
+    if (c->digest_alg && (in->repair || in->rollback_log))
+        return usage_error(c, "--digest goes with a check, not with -r or --rollback");
     c->repair_mode = in->repair;
     c->lock_mode = QC_LOCK_CHECK;
     return -1;

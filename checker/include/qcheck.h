@@ -299,6 +299,32 @@ int qc_check(qc_io *io, const qc_options *opts, qc_result *result);
  * completed, 2 corruptions, 3 leaks only, 63 not a checkable format. */
 int qc_exit_status(const qc_result *result);
 
+/* ---- The guest-content digest ----------------------------------------- */
+
+typedef enum qc_digest_alg {
+    QC_DIGEST_SHA256 = 1, /* SHA-256 inner and outer digests (blkhash's construction) */
+    QC_DIGEST_XXH128 = 2, /* the same construction with XXH3-128, faster */
+} qc_digest_alg;
+
+#define QC_DIGEST_BLOCK 65536 /* bytes of guest content per inner digest */
+#define QC_DIGEST_MAX 32      /* bytes of the longest digest */
+
+/* The digest of what the guest reads from the image behind io (its active
+ * image; with `raw`, the file's own bytes): H(H(block 0) || H(block 1) ||
+ * ... || le64(virtual size)), blocks of QC_DIGEST_BLOCK bytes, the last
+ * one shorter when the size is not a multiple. Zero and unallocated ranges
+ * are hashed from the metadata without being read; compressed clusters are
+ * decompressed. Check the image first: the metadata is trusted as far as
+ * it stays inside the file. Returns 0 with the digest in `digest` (at
+ * least QC_DIGEST_MAX bytes) and its length in *digest_len, or a negative
+ * errno: -ENOTSUP for an image whose guest content is not all in this
+ * file or is encrypted (`why` says which), -EIO for a read that failed or
+ * a compressed cluster that does not decompress, -ENOMEM. */
+int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *digest_len,
+              char *why, size_t why_len);
+/* "sha256", "xxh128", or NULL. */
+const char *qc_digest_name(qc_digest_alg alg);
+
 /* ---- Repairing ---------------------------------------------------------- */
 
 typedef enum qc_repair_mode {

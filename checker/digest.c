@@ -1,0 +1,414 @@
+/*
+ * The guest-content digest (qc_digest): what the guest of the active image
+ * reads, hashed in blocks of QC_DIGEST_BLOCK bytes as blkhash builds its
+ * digest: H(H(block 0) || H(block 1) || ... || le64(virtual size)). Zero
+ * and unallocated ranges are known from the metadata and hashed without
+ * being read; compressed clusters are decompressed (zlib, zstd); extended
+ * L2 entries are read subcluster by subcluster.
+ *
+ * Needs: an image a check found consistent (the caller checks first), or a
+ * raw file. Every read is bounded by the file all the same. Produces: the
+ * digest. Images whose guest content lies partly elsewhere (a backing
+ * file, an external data file) or is encrypted are refused.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <xxhash.h>
+#include <zlib.h>
+#include <zstd.h>
+
+#include "../layout/bytes.h"
+#include "../layout/format.h"
+#include "qcheck.h"
+
+/* ---- the hash: inner digests per block, one outer digest ---- */
+
+typedef struct hasher {
+    qc_digest_alg alg;
+    EVP_MD_CTX *outer_sha, *inner_sha;
+    XXH3_state_t *outer_xxh;
+    uint8_t zero_digest[QC_DIGEST_MAX]; /* of a whole zero block */
+    size_t size;                        /* bytes of a digest */
+} hasher;
+
+static void block_digest(hasher *h, const uint8_t *buf, size_t len, uint8_t *out)
+{
+    if (h->alg == QC_DIGEST_SHA256) {
+        EVP_DigestInit_ex(h->inner_sha, EVP_sha256(), NULL);
+        EVP_DigestUpdate(h->inner_sha, buf, len);
+        EVP_DigestFinal_ex(h->inner_sha, out, NULL);
+    } else {
+        XXH128_canonical_t c;
+        XXH128_canonicalFromHash(&c, XXH3_128bits(buf, len));
+        memcpy(out, c.digest, sizeof(c.digest));
+    }
+}
+
+static void outer_update(hasher *h, const uint8_t *bytes, size_t len)
+{
+    if (h->alg == QC_DIGEST_SHA256)
+        EVP_DigestUpdate(h->outer_sha, bytes, len);
+    else
+        XXH3_128bits_update(h->outer_xxh, bytes, len);
+}
+
+static void hasher_free(hasher *h)
+{
+    EVP_MD_CTX_free(h->outer_sha);
+    EVP_MD_CTX_free(h->inner_sha);
+    XXH3_freeState(h->outer_xxh);
+}
+
+static int hasher_init(hasher *h, qc_digest_alg alg)
+{
+    memset(h, 0, sizeof(*h));
+    h->alg = alg;
+    if (alg == QC_DIGEST_SHA256) {
+        h->size = 32;
+        h->outer_sha = EVP_MD_CTX_new();
+        h->inner_sha = EVP_MD_CTX_new();
+        if (!h->outer_sha || !h->inner_sha ||
+            !EVP_DigestInit_ex(h->outer_sha, EVP_sha256(), NULL)) {
+            hasher_free(h);
+            return -ENOMEM;
+        }
+    } else if (alg == QC_DIGEST_XXH128) {
+        h->size = 16;
+        h->outer_xxh = XXH3_createState();
+        if (!h->outer_xxh || XXH3_128bits_reset(h->outer_xxh) != XXH_OK) {
+            hasher_free(h);
+            return -ENOMEM;
+        }
+    } else {
+        return -EINVAL;
+    }
+    uint8_t *zeros = calloc(1, QC_DIGEST_BLOCK);
+    if (!zeros) {
+        hasher_free(h);
+        return -ENOMEM;
+    }
+    block_digest(h, zeros, QC_DIGEST_BLOCK, h->zero_digest);
+    free(zeros);
+    return 0;
+}
+
+/* Add one block: its bytes, or (buf NULL) zeros. */
+static void hash_block(hasher *h, const uint8_t *buf, size_t len)
+{
+    uint8_t d[QC_DIGEST_MAX];
+    if (!buf && len == QC_DIGEST_BLOCK) {
+        outer_update(h, h->zero_digest, h->size);
+        return;
+    }
+    if (!buf) {
+        uint8_t *zeros = calloc(1, len ? len : 1);
+        if (!zeros)
+            return;
+        block_digest(h, zeros, len, d);
+        free(zeros);
+    } else {
+        block_digest(h, buf, len, d);
+    }
+    outer_update(h, d, h->size);
+}
+
+static void hash_finish(hasher *h, uint64_t total, uint8_t *out)
+{
+    uint8_t le[8];
+    for (int i = 0; i < 8; i++)
+        le[i] = (uint8_t)(total >> (8 * i));
+    outer_update(h, le, sizeof(le));
+    if (h->alg == QC_DIGEST_SHA256) {
+        EVP_DigestFinal_ex(h->outer_sha, out, NULL);
+    } else {
+        XXH128_canonical_t c;
+        XXH128_canonicalFromHash(&c, XXH3_128bits_digest(h->outer_xxh));
+        memcpy(out, c.digest, sizeof(c.digest));
+    }
+}
+
+/* ---- reading the guest of a qcow2 image ---- */
+
+typedef struct guest {
+    qc_io *io;
+    qc_header hdr;
+    qc_geometry g;
+    uint64_t *l1;
+    uint8_t *l2;            /* the L2 table of l2_index, or none (UINT64_MAX) */
+    uint64_t l2_index;
+    uint8_t *cluster;       /* a decompressed cluster, of host entry `decompressed` */
+    uint64_t decompressed;
+    uint8_t *compressed;    /* its compressed bytes */
+    ZSTD_DCtx *zstd;
+} guest;
+
+static int read_host(const guest *gu, uint64_t off, void *buf, uint64_t len)
+{
+    if (!qc_range_within(off, len, gu->io->size))
+        return -EIO;
+    return gu->io->read(gu->io->opaque, off, buf, (size_t)len);
+}
+
+/* The L2 entry (and, with extended L2, its subcluster bitmap) mapping the
+ * guest cluster `vc`; 0 for none. */
+static int l2_entry(guest *gu, uint64_t vc, uint64_t *entry, uint64_t *bitmap)
+{
+    uint64_t l1_index = vc / gu->g.l2_entries, i = vc % gu->g.l2_entries;
+    *entry = *bitmap = 0;
+    if (l1_index >= gu->hdr.l1_size)
+        return 0;
+    uint64_t l2_offset = gu->l1[l1_index] & QC_L1_OFFSET_MASK;
+    if (!l2_offset)
+        return 0;
+    if (gu->l2_index != l1_index) {
+        int ret = read_host(gu, l2_offset, gu->l2, gu->g.cluster_size);
+        if (ret < 0)
+            return ret;
+        gu->l2_index = l1_index;
+    }
+    const uint8_t *e = gu->l2 + i * gu->g.l2_entry_size;
+    *entry = qc_be64(e);
+    if (gu->g.extended_l2)
+        *bitmap = qc_be64(e + 8);
+    return 0;
+}
+
+static int inflate_zlib(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
+{
+    z_stream s = {0};
+    /* Raw deflate with a 4 KiB window, as QEMU writes it. */
+    if (inflateInit2(&s, -12) != Z_OK)
+        return -ENOMEM;
+    s.next_in = (Bytef *)in;
+    s.avail_in = (uInt)in_len;
+    s.next_out = out;
+    s.avail_out = (uInt)out_len;
+    int ret = inflate(&s, Z_FINISH);
+    size_t produced = out_len - s.avail_out;
+    inflateEnd(&s);
+    /* QEMU accepts a stream that fills the cluster, ended or not. */
+    return (ret == Z_STREAM_END || ret == Z_BUF_ERROR || ret == Z_OK) && produced == out_len
+               ? 0
+               : -EIO;
+}
+
+static int inflate_zstd(guest *gu, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
+{
+    if (!gu->zstd && !(gu->zstd = ZSTD_createDCtx()))
+        return -ENOMEM;
+    ZSTD_inBuffer src = {in, in_len, 0};
+    ZSTD_outBuffer dst = {out, out_len, 0};
+    ZSTD_DCtx_reset(gu->zstd, ZSTD_reset_session_only);
+    /* Frames until the cluster is full, as QEMU decodes them. */
+    while (dst.pos < dst.size) {
+        size_t ret = ZSTD_decompressStream(gu->zstd, &dst, &src);
+        if (ZSTD_isError(ret) || (src.pos == src.size && dst.pos < dst.size && ret != 0))
+            return -EIO;
+        if (ret == 0 && src.pos == src.size)
+            break;
+    }
+    return dst.pos == dst.size ? 0 : -EIO;
+}
+
+/* The guest cluster of compressed entry `entry`, decompressed. */
+static int compressed_cluster(guest *gu, uint64_t entry, const uint8_t **data)
+{
+    if (gu->decompressed == entry) {
+        *data = gu->cluster;
+        return 0;
+    }
+    qc_compressed c;
+    qc_compressed_decode(&gu->g, entry, &c);
+    uint64_t len = c.length;
+    /* The descriptor may reach past the end of the file by less than a
+     * sector: QEMU reads what is there. */
+    if (c.host_offset < gu->io->size && len > gu->io->size - c.host_offset)
+        len = gu->io->size - c.host_offset;
+    if (len > 2 * gu->g.cluster_size)
+        return -EIO;
+    int ret = read_host(gu, c.host_offset, gu->compressed, len);
+    if (ret == 0)
+        ret = gu->hdr.compression_type == 1
+                  ? inflate_zstd(gu, gu->compressed, (size_t)len, gu->cluster, gu->g.cluster_size)
+                  : inflate_zlib(gu->compressed, (size_t)len, gu->cluster, gu->g.cluster_size);
+    gu->decompressed = ret == 0 ? entry : UINT64_MAX;
+    *data = gu->cluster;
+    return ret;
+}
+
+/* The block's bytes up to `upto` are about to be followed by data: while
+ * everything before was known to be zero, nothing was written there. */
+static void mark_data(uint8_t *block, uint64_t upto, bool *zero)
+{
+    if (*zero)
+        memset(block, 0, upto);
+    *zero = false;
+}
+
+/* Zeros at [at, at + n) of the block, written only once the block holds
+ * data: a block of zeros known from the metadata is never filled. */
+static void zeros(uint8_t *block, uint64_t at, uint64_t n, bool zero)
+{
+    if (!zero)
+        memset(block + at, 0, n);
+}
+
+/* Fill block[pos, pos + len) with guest bytes [off, off + len), which lie
+ * in one guest cluster. *zero stays true while everything so far is known
+ * to be zero from the metadata. */
+static int read_in_cluster(guest *gu, uint64_t off, uint8_t *block, uint64_t pos, uint64_t len,
+                           bool *zero)
+{
+    uint64_t cs = gu->g.cluster_size, in = off & (cs - 1);
+    uint64_t entry, bitmap;
+    int ret = l2_entry(gu, off / cs, &entry, &bitmap);
+    if (ret < 0)
+        return ret;
+    if (entry & QC_OFLAG_COMPRESSED) {
+        const uint8_t *data;
+        if ((ret = compressed_cluster(gu, entry, &data)) < 0)
+            return ret;
+        mark_data(block, pos, zero);
+        memcpy(block + pos, data + in, len);
+        return 0;
+    }
+    uint64_t host = entry & QC_L2_OFFSET_MASK;
+    if (!gu->g.extended_l2) {
+        if ((entry & QC_OFLAG_ZERO) || !host) {
+            zeros(block, pos, len, *zero);
+            return 0;
+        }
+        mark_data(block, pos, zero);
+        return read_host(gu, host + in, block + pos, len);
+    }
+    /* Subclusters: zero, allocated at their place in the cluster, or
+     * unallocated (zeros without a backing file). */
+    uint64_t sub = cs / 32;
+    for (uint64_t done = 0; done < len;) {
+        uint64_t at = in + done, s = at / sub, n = sub - at % sub;
+        if (n > len - done)
+            n = len - done;
+        bool allocated = (bitmap >> s) & 1, zeroed = (bitmap >> (32 + s)) & 1;
+        if (zeroed || !allocated || !host) {
+            zeros(block, pos + done, n, *zero);
+        } else {
+            mark_data(block, pos + done, zero);
+            if ((ret = read_host(gu, host + at, block + pos + done, n)) < 0)
+                return ret;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+static void guest_free(guest *gu)
+{
+    free(gu->l1);
+    free(gu->l2);
+    free(gu->cluster);
+    free(gu->compressed);
+    ZSTD_freeDCtx(gu->zstd);
+}
+
+__attribute__((format(printf, 3, 4))) static int refuse(char *why, size_t len, const char *fmt,
+                                                        ...)
+{
+    if (why && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, len, fmt, ap);
+        va_end(ap);
+    }
+    return -ENOTSUP;
+}
+
+static int guest_open(guest *gu, qc_io *io, char *why, size_t why_len)
+{
+    memset(gu, 0, sizeof(*gu));
+    gu->io = io;
+    gu->l2_index = gu->decompressed = UINT64_MAX;
+    uint8_t head[QC_V3_HEADER_LENGTH] = {0};
+    size_t n = io->size < sizeof(head) ? (size_t)io->size : sizeof(head);
+    if (io->read(io->opaque, 0, head, n) < 0 || !qc_header_decode(head, n, &gu->hdr) ||
+        gu->hdr.cluster_bits < 9 || gu->hdr.cluster_bits > 21 || gu->hdr.refcount_order > 6)
+        return refuse(why, why_len, "the header cannot be read");
+    if (gu->hdr.backing_file_offset)
+        return refuse(why, why_len, "the image has a backing file, whose content the guest also "
+                                    "reads (a digest through the chain is not available yet)");
+    if (gu->hdr.incompatible_features & QC_INCOMPAT_DATA_FILE)
+        return refuse(why, why_len, "the guest data are in an external data file");
+    if (gu->hdr.crypt_method)
+        return refuse(why, why_len, "the image is encrypted");
+    qc_geometry_init(&gu->g, gu->hdr.cluster_bits, gu->hdr.refcount_order,
+                     gu->hdr.incompatible_features & QC_INCOMPAT_EXTL2);
+    uint64_t l1_bytes = (uint64_t)gu->hdr.l1_size * 8;
+    if (!qc_range_within(gu->hdr.l1_table_offset, l1_bytes, io->size))
+        return refuse(why, why_len, "the L1 table lies outside the file");
+    gu->l1 = malloc(l1_bytes ? l1_bytes : 1);
+    gu->l2 = malloc(gu->g.cluster_size);
+    gu->cluster = malloc(gu->g.cluster_size);
+    gu->compressed = malloc(2 * gu->g.cluster_size);
+    if (!gu->l1 || !gu->l2 || !gu->cluster || !gu->compressed)
+        return -ENOMEM;
+    uint8_t *raw = (uint8_t *)gu->l1;
+    int ret = l1_bytes ? io->read(io->opaque, gu->hdr.l1_table_offset, raw, (size_t)l1_bytes) : 0;
+    for (uint64_t i = 0; ret == 0 && i < gu->hdr.l1_size; i++)
+        gu->l1[i] = qc_be64(raw + 8 * i);
+    return ret;
+}
+
+/* ---- the digest ---- */
+
+const char *qc_digest_name(qc_digest_alg alg)
+{
+    return alg == QC_DIGEST_SHA256 ? "sha256" : alg == QC_DIGEST_XXH128 ? "xxh128" : NULL;
+}
+
+int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *digest_len,
+              char *why, size_t why_len)
+{
+    if (why && why_len)
+        why[0] = '\0';
+    hasher h;
+    int ret = hasher_init(&h, alg);
+    if (ret < 0)
+        return ret;
+    guest gu = {0};
+    uint8_t *block = malloc(QC_DIGEST_BLOCK);
+    uint64_t size = io->size;
+    if (!block)
+        ret = -ENOMEM;
+    else if (!raw && (ret = guest_open(&gu, io, why, why_len)) == 0)
+        size = gu.hdr.size;
+    for (uint64_t off = 0; ret == 0 && off < size; off += QC_DIGEST_BLOCK) {
+        uint64_t len = size - off < QC_DIGEST_BLOCK ? size - off : QC_DIGEST_BLOCK;
+        bool zero = true;
+        if (raw) {
+            ret = io->read(io->opaque, off, block, (size_t)len);
+            zero = false;
+        }
+        for (uint64_t done = 0; !raw && ret == 0 && done < len;) {
+            uint64_t at = off + done, cs = gu.g.cluster_size;
+            uint64_t n = cs - (at & (cs - 1));
+            if (n > len - done)
+                n = len - done;
+            ret = read_in_cluster(&gu, at, block, done, n, &zero);
+            done += n;
+        }
+        if (ret == 0)
+            hash_block(&h, zero ? NULL : block, (size_t)len);
+    }
+    if (ret == 0) {
+        hash_finish(&h, size, digest);
+        *digest_len = h.size;
+    }
+    guest_free(&gu);
+    free(block);
+    hasher_free(&h);
+    return ret;
+}
