@@ -145,6 +145,8 @@ typedef struct guest {
     uint64_t decompressed;
     uint8_t *compressed;    /* its compressed bytes */
     ZSTD_DCtx *zstd;
+    char *why;              /* the caller's message buffer, or NULL */
+    size_t why_len;
 } guest;
 
 static int read_host(const guest *gu, uint64_t off, void *buf, uint64_t len)
@@ -215,8 +217,8 @@ static int inflate_zstd(guest *gu, const uint8_t *in, size_t in_len, uint8_t *ou
     return dst.pos == dst.size ? 0 : -EIO;
 }
 
-/* The guest cluster of compressed entry `entry`, decompressed. */
-static int compressed_cluster(guest *gu, uint64_t entry, const uint8_t **data)
+/* The guest cluster `vc` of compressed entry `entry`, decompressed. */
+static int compressed_cluster(guest *gu, uint64_t vc, uint64_t entry, const uint8_t **data)
 {
     if (gu->decompressed == entry) {
         *data = gu->cluster;
@@ -237,6 +239,12 @@ static int compressed_cluster(guest *gu, uint64_t entry, const uint8_t **data)
                   ? inflate_zstd(gu, gu->compressed, (size_t)len, gu->cluster, gu->g.cluster_size)
                   : inflate_zlib(gu->compressed, (size_t)len, gu->cluster, gu->g.cluster_size);
     gu->decompressed = ret == 0 ? entry : UINT64_MAX;
+    if (ret == -EIO && gu->why && gu->why_len)
+        snprintf(gu->why, gu->why_len,
+                 "the compressed cluster at guest offset 0x%llx (host 0x%llx, %llu bytes) does "
+                 "not decompress to a whole cluster",
+                 (unsigned long long)(vc * gu->g.cluster_size),
+                 (unsigned long long)c.host_offset, (unsigned long long)len);
     *data = gu->cluster;
     return ret;
 }
@@ -271,7 +279,7 @@ static int read_in_cluster(guest *gu, uint64_t off, uint8_t *block, uint64_t pos
         return ret;
     if (entry & QC_OFLAG_COMPRESSED) {
         const uint8_t *data;
-        if ((ret = compressed_cluster(gu, entry, &data)) < 0)
+        if ((ret = compressed_cluster(gu, off / cs, entry, &data)) < 0)
             return ret;
         mark_data(block, pos, zero);
         memcpy(block + pos, data + in, len);
@@ -331,6 +339,8 @@ static int guest_open(guest *gu, qc_io *io, char *why, size_t why_len)
 {
     memset(gu, 0, sizeof(*gu));
     gu->io = io;
+    gu->why = why;
+    gu->why_len = why_len;
     gu->l2_index = gu->decompressed = UINT64_MAX;
     uint8_t head[QC_V3_HEADER_LENGTH] = {0};
     size_t n = io->size < sizeof(head) ? (size_t)io->size : sizeof(head);
