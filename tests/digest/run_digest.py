@@ -33,10 +33,12 @@ raw:NAME      A raw file made here (not by qemu-img), digested directly: an
               odd length (100 KiB + 3) and an empty file.
 
 Refusals and damaged images (refuse:*, damaged:*):
-refuse:backing    an overlay with a backing file: exit 1, a message on
-                  stderr, no digest on stdout (human and JSON);
-refuse:data_file  an image with an external data file: the same;
-refuse:luks       a LUKS-encrypted image: the same;
+refuse:backing    an overlay with a backing file: exit 1, no digest on
+                  stdout (human and JSON), a message on stderr that says
+                  "backing" and is not a usage error;
+refuse:data_file  an image with an external data file: the same, the
+                  message says "data file";
+refuse:luks       a LUKS-encrypted image: the same, it says "encrypt...";
 damaged:*         an L2 entry pointing past the end of the file, a data
                   cluster whose refcount is 0: the exit status is that of
                   the plain check (2), and no digest is printed (human,
@@ -532,10 +534,14 @@ class Runner:
                 human_err = err
         return human_err
 
-    def refused(self, t, img, others):
+    def refused(self, t, img, others, reason):
+        """Exit 1, no digest, and a message on stderr that names `reason`
+        (a regular expression) and is not a usage error: a qcheck that does
+        not know --digest exits 1 too."""
         err = self.no_digest(t, img, others, 1)
-        t.expect(err.strip() != "", "--digest %s: exit 1 without a message on stderr"
-                 % os.path.basename(img))
+        t.expect(re.search(reason, err, re.IGNORECASE) and "--help" not in err,
+                 "--digest %s: stderr does not say /%s/ (or is a usage error): %r"
+                 % (os.path.basename(img), reason, err.strip()))
 
     def refuse_backing(self, t):
         d = self.fresh_dir(t.name)
@@ -544,14 +550,14 @@ class Runner:
         qemu_io(base, "write -P 0xa1 0 1M")
         create(top, 4 * MiB, backing="base.qcow2")
         qemu_io(top, "write -P 0xa2 64K 4K")
-        self.refused(t, top, [base])
+        self.refused(t, top, [base], r"backing")
 
     def refuse_data_file(self, t):
         d = self.fresh_dir(t.name)
         img, data = os.path.join(d, "img.qcow2"), os.path.join(d, "img.data")
         create(img, 4 * MiB, "data_file=img.data")
         qemu_io(img, "write -P 0xb1 0 1M")
-        self.refused(t, img, [data])
+        self.refused(t, img, [data], r"data.file")
 
     def refuse_luks(self, t):
         d = self.fresh_dir(t.name)
@@ -561,7 +567,7 @@ class Runner:
              "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", img, "4M"])
         run([QEMU_IO, "--object", secret, "--image-opts", "-c", "write -P 0xc1 0 64K",
              "driver=qcow2,file.filename=%s,encrypt.key-secret=sec0" % img])
-        self.refused(t, img, [])
+        self.refused(t, img, [], r"encrypt")
 
     def damaged(self, t, patch, want_rc, leak=False):
         """A clean plain image, patched; the plain check's exit status must
