@@ -347,9 +347,16 @@ def build_extended_l2(d):
             "write -z 1086K 2K",          # the last subcluster of that cluster
             "write -z 2560K 2K",          # in an unallocated cluster
             "discard 2M 64K")
-    with q.Image(img) as im:
+    with q.Image(img, writable=True) as im:
         if not any(r.bitmap >> 32 for r in im.mappings()):
             raise SetupError("%s: no subcluster has its zero bit" % img)
+        # Subcluster 10 of the cluster at 1 MiB holds 0x84 on the host;
+        # with its allocation bit clear (and no backing file) it reads as
+        # zeros. QEMU writes no such state itself, but reads it so.
+        ref = next(r for r in im.mappings() if r.l2_index == 16)
+        if not ref.bitmap & (1 << 10):
+            raise SetupError("%s: subcluster 10 at 1 MiB is not allocated" % img)
+        im.set_l2_entry(ref.l1_index, ref.l2_index, ref.entry, bitmap=ref.bitmap & ~(1 << 10))
     return img
 
 
