@@ -394,7 +394,7 @@ int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *d
     if (!block)
         ret = -ENOMEM;
     else if (!raw && (ret = guest_open(&gu, io, why, why_len)) == 0)
-        size = gu.hdr.size;
+        size = gu.hdr.size & ~(uint64_t)511; /* QEMU's guest ends at a whole sector */
     for (uint64_t off = 0; ret == 0 && off < size; off += QC_DIGEST_BLOCK) {
         uint64_t len = size - off < QC_DIGEST_BLOCK ? size - off : QC_DIGEST_BLOCK;
         bool zero = true;

@@ -312,7 +312,8 @@ typedef enum qc_digest_alg {
 /* The digest of what the guest reads from the image behind io (its active
  * image; with `raw`, the file's own bytes): H(H(block 0) || H(block 1) ||
  * ... || le64(virtual size)), blocks of QC_DIGEST_BLOCK bytes, the last
- * one shorter when the size is not a multiple. Zero and unallocated ranges
+ * one shorter when the size is not a multiple; a qcow2 virtual size counts
+ * whole 512-byte sectors, as QEMU reads it. Zero and unallocated ranges
  * are hashed from the metadata without being read; compressed clusters are
  * decompressed. Check the image first: the metadata is trusted as far as
  * it stays inside the file. Returns 0 with the digest in `digest` (at
