@@ -92,6 +92,8 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
             qc_past_eof_claims_finish(ctx);
             if (!ctx->stop)
                 qc_pass_compare(ctx);
+            if (!ctx->stop && ctx->options.deep)
+                qc_pass_deep(ctx);
         }
     }
     qc_report_flush(ctx);

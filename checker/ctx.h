@@ -116,6 +116,7 @@ void qc_pass_bitmaps(qc_ctx *ctx);
 void qc_pass_mapping_collect(qc_ctx *ctx);
 void qc_pass_mapping_walk(qc_ctx *ctx);
 void qc_pass_compare(qc_ctx *ctx);
+void qc_pass_deep(qc_ctx *ctx);
 
 /* The wordings of emptyTableOffsetInvalid (its template's variants). */
 enum { QC_EMPTY_TABLE_UNALIGNED, QC_EMPTY_TABLE_HIGH, QC_EMPTY_TABLE_SNAPSHOT_L1 };

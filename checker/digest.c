@@ -19,11 +19,10 @@
 
 #include <openssl/evp.h>
 #include <xxhash.h>
-#include <zlib.h>
-#include <zstd.h>
 
 #include "../layout/bytes.h"
 #include "../layout/format.h"
+#include "compressed.h"
 #include "qcheck.h"
 
 /* ---- the hash: inner digests per block, one outer digest ---- */
@@ -144,7 +143,7 @@ typedef struct guest {
     uint8_t *cluster;       /* a decompressed cluster, of host entry `decompressed` */
     uint64_t decompressed;
     uint8_t *compressed;    /* its compressed bytes */
-    ZSTD_DCtx *zstd;
+    qc_decompressor *decompressor;
     char *why;              /* the caller's message buffer, or NULL */
     size_t why_len;
 } guest;
@@ -180,43 +179,6 @@ static int l2_entry(guest *gu, uint64_t vc, uint64_t *entry, uint64_t *bitmap)
     return 0;
 }
 
-static int inflate_zlib(const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
-{
-    z_stream s = {0};
-    /* Raw deflate with a 4 KiB window, as QEMU writes it. */
-    if (inflateInit2(&s, -12) != Z_OK)
-        return -ENOMEM;
-    s.next_in = (Bytef *)in;
-    s.avail_in = (uInt)in_len;
-    s.next_out = out;
-    s.avail_out = (uInt)out_len;
-    int ret = inflate(&s, Z_FINISH);
-    size_t produced = out_len - s.avail_out;
-    inflateEnd(&s);
-    /* QEMU accepts a stream that fills the cluster, ended or not. */
-    return (ret == Z_STREAM_END || ret == Z_BUF_ERROR || ret == Z_OK) && produced == out_len
-               ? 0
-               : -EIO;
-}
-
-static int inflate_zstd(guest *gu, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
-{
-    if (!gu->zstd && !(gu->zstd = ZSTD_createDCtx()))
-        return -ENOMEM;
-    ZSTD_inBuffer src = {in, in_len, 0};
-    ZSTD_outBuffer dst = {out, out_len, 0};
-    ZSTD_DCtx_reset(gu->zstd, ZSTD_reset_session_only);
-    /* Frames until the cluster is full, as QEMU decodes them. */
-    while (dst.pos < dst.size) {
-        size_t ret = ZSTD_decompressStream(gu->zstd, &dst, &src);
-        if (ZSTD_isError(ret) || (src.pos == src.size && dst.pos < dst.size && ret != 0))
-            return -EIO;
-        if (ret == 0 && src.pos == src.size)
-            break;
-    }
-    return dst.pos == dst.size ? 0 : -EIO;
-}
-
 /* The guest cluster `vc` of compressed entry `entry`, decompressed. */
 static int compressed_cluster(guest *gu, uint64_t vc, uint64_t entry, const uint8_t **data)
 {
@@ -234,17 +196,18 @@ static int compressed_cluster(guest *gu, uint64_t vc, uint64_t entry, const uint
     if (len > 2 * gu->g.cluster_size)
         return -EIO;
     int ret = read_host(gu, c.host_offset, gu->compressed, len);
+    const char *reason = NULL;
     if (ret == 0)
-        ret = gu->hdr.compression_type == 1
-                  ? inflate_zstd(gu, gu->compressed, (size_t)len, gu->cluster, gu->g.cluster_size)
-                  : inflate_zlib(gu->compressed, (size_t)len, gu->cluster, gu->g.cluster_size);
+        ret = qc_decompress_cluster(gu->decompressor, gu->hdr.compression_type, gu->compressed,
+                                    (size_t)len, gu->cluster, gu->g.cluster_size, &reason);
     gu->decompressed = ret == 0 ? entry : UINT64_MAX;
     if (ret == -EIO && gu->why && gu->why_len)
         snprintf(gu->why, gu->why_len,
                  "the compressed cluster at guest offset 0x%llx (host 0x%llx, %llu bytes) does "
-                 "not decompress to a whole cluster",
+                 "not decompress to a whole cluster (%s)",
                  (unsigned long long)(vc * gu->g.cluster_size),
-                 (unsigned long long)c.host_offset, (unsigned long long)len);
+                 (unsigned long long)c.host_offset, (unsigned long long)len,
+                 reason ? reason : "unreadable");
     *data = gu->cluster;
     return ret;
 }
@@ -320,7 +283,7 @@ static void guest_free(guest *gu)
     free(gu->l2);
     free(gu->cluster);
     free(gu->compressed);
-    ZSTD_freeDCtx(gu->zstd);
+    qc_decompressor_free(gu->decompressor);
 }
 
 __attribute__((format(printf, 3, 4))) static int refuse(char *why, size_t len, const char *fmt,
@@ -363,7 +326,8 @@ static int guest_open(guest *gu, qc_io *io, char *why, size_t why_len)
     gu->l2 = malloc(gu->g.cluster_size);
     gu->cluster = malloc(gu->g.cluster_size);
     gu->compressed = malloc(2 * gu->g.cluster_size);
-    if (!gu->l1 || !gu->l2 || !gu->cluster || !gu->compressed)
+    gu->decompressor = qc_decompressor_new();
+    if (!gu->l1 || !gu->l2 || !gu->cluster || !gu->compressed || !gu->decompressor)
         return -ENOMEM;
     uint8_t *raw = (uint8_t *)gu->l1;
     int ret = l1_bytes ? io->read(io->opaque, gu->hdr.l1_table_offset, raw, (size_t)l1_bytes) : 0;

@@ -29,6 +29,7 @@ enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 typedef struct cli {
     const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
     qc_digest_alg digest_alg;      /* --digest, or 0 */
+    bool deep;                     /* --deep */
     char digest[80];               /* "ALG:HEX" once taken */
     const char *prog;     /* the name it was run as: every message starts with it */
     const char *filename; /* as given (with --image-opts, the option string) */
@@ -103,7 +104,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
-            "              [--max-mem=SIZE] [--digest[=sha256|xxh128]]\n"
+            "              [--max-mem=SIZE] [--deep] [--digest[=sha256|xxh128]]\n"
             "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
@@ -130,6 +131,8 @@ static void usage(FILE *out)
             "  -T, --cache=MODE       accepted for compatibility (none, writeback, ...)\n"
             "  --object=OBJDEF        accepted for compatibility (no secret is ever needed)\n"
             "  --max-mem=SIZE         memory the check may use (default 8G; suffixes K M G T)\n"
+            "  --deep                 also read what the metadata points at: every compressed\n"
+            "                         cluster must decompress to a whole cluster\n"
             "  --digest[=ALG]         after the check, print a digest of the guest content\n"
             "                         (sha256, the default, or xxh128; a raw FILE: its bytes)\n"
             "  --list-problems[=markdown]  list every problem qcheck can report\n"
@@ -947,7 +950,7 @@ static void report_in_use(cli *c, verdict *r)
     r->findings++;
 }
 
-enum { OPT_OUTPUT = 256, OPT_DIGEST, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
+enum { OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
        OPT_SALVAGE };
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
@@ -965,6 +968,7 @@ static const struct option longopts[] = {
     {"max-mem", required_argument, NULL, OPT_MAX_MEM},
     {"list-problems", optional_argument, NULL, OPT_LIST},
     {"digest", optional_argument, NULL, OPT_DIGEST},
+    {"deep", no_argument, NULL, OPT_DEEP},
     {"dry-run", no_argument, NULL, 'n'},
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
@@ -1034,6 +1038,7 @@ static qc_options check_options(cli *c)
     o.max_mem = c->max_mem;
     o.on_finding = on_finding;
     o.on_progress = on_progress;
+    o.deep = c->deep;
     o.payload = c;
     return o;
 }
@@ -1573,6 +1578,9 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
         case OPT_LIST:
             list_problems(optarg && strcmp(optarg, "markdown") == 0);
             return 0;
+        case OPT_DEEP:
+            c->deep = true;
+            break;
         case OPT_DIGEST:
             if (!optarg || strcmp(optarg, "sha256") == 0)
                 c->digest_alg = QC_DIGEST_SHA256;
@@ -1613,8 +1621,8 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
         return usage_error(c, "--salvage goes with -r leaks or -r all");
     if (in->rollback_log && in->repair)
         return usage_error(c, "--rollback cannot be combined with -r");
-    if (c->digest_alg && (in->repair || in->rollback_log))
-        return usage_error(c, "--digest goes with a check, not with -r or --rollback");
+    if ((c->digest_alg || c->deep) && (in->repair || in->rollback_log))
+        return usage_error(c, "--digest and --deep go with a check, not with -r or --rollback");
     c->repair_mode = in->repair;
     c->lock_mode = QC_LOCK_CHECK;
     return -1;

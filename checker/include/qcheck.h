@@ -232,6 +232,7 @@ typedef struct qc_options {
     uint64_t max_mem;           /* bytes the check may allocate; 0 = default */
     qc_finding_cb on_finding;   /* may be NULL */
     qc_progress_cb on_progress; /* may be NULL; a repair reports its first check */
+    bool deep;                  /* also read what the metadata points at (--deep) */
     void *payload;              /* passed to both callbacks */
 } qc_options;
 

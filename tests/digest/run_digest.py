@@ -601,6 +601,43 @@ class Runner:
             _, out, _ = self.qcheck_run(t, ["--digest", img], img)
             t.notes.append("digest printed" if allowed in out else "no digest printed")
 
+    def deep_json(self, t, img, want_rc):
+        """`qcheck --deep --output=json IMG`: its exit status and the
+        compressedStreamInvalid findings."""
+        rc, out, err = self.qcheck_run(t, ["--deep", "--output=json", img], img)
+        t.expect(rc == want_rc, "--deep %s: exit %d (want %d), stderr: %s"
+                 % (os.path.basename(img), rc, want_rc, err.strip()[-300:]))
+        try:
+            return [p for p in json.loads(out).get("problems", [])
+                    if p.get("id") == "compressedStreamInvalid"]
+        except ValueError:
+            t.fails.append("--deep --output=json: not JSON: %r" % out[:200])
+            return []
+
+    def deep_case(self, t, compression_type):
+        """--deep decompresses every compressed cluster: an intact image
+        stays clean; one whose compressed stream is damaged is a corruption
+        (compressedStreamInvalid, naming the host range) that the plain
+        check, like qemu-img check, does not see, and gets no digest."""
+        d = self.fresh_dir(t.name)
+        img = compressed_builder(compression_type)(d)
+        t.expect(self.deep_json(t, img, 0) == [], "--deep reports an intact image")
+        with q.Image(img, writable=True) as im:
+            ref = im.compressed_refs()[0]
+            host, length = im.compressed_range(ref.entry)
+            im.write(host, b"\xff" * 16)
+        rc, _, _ = self.qcheck_run(t, [img], img)
+        t.expect(rc == 0, "the plain check of the damaged image exits %d (want 0: it does not "
+                 "decompress)" % rc)
+        found = self.deep_json(t, img, 2)
+        t.expect(len(found) == 1 and found[0].get("host_offset") == host
+                 and found[0].get("severity") == "corruption",
+                 "--deep: want one compressedStreamInvalid at host 0x%x, got %r" % (host, found))
+        rc, out, err = self.qcheck_run(t, ["--digest", img], img)
+        t.expect(rc == 1 and "sha256:" not in out and "decompress" in err,
+                 "--digest of the damaged image: exit %d, stdout %r, stderr %r"
+                 % (rc, out[-200:], err.strip()[-300:]))
+
     def run(self, flt):
         tests = [("reference:known_answers", self.known_answers)]
         tests += [("digest:" + name, lambda t, b=build: self.digest_case(t, b))
@@ -615,6 +652,8 @@ class Runner:
             ("damaged:l2_past_eof", lambda t: self.damaged(t, l2_past_eof, 2)),
             ("damaged:refcount_zero", lambda t: self.damaged(t, refcount_zero, 2)),
             ("damaged:leak", lambda t: self.damaged(t, leak_cluster, 3, leak=True)),
+            ("deep:zlib", lambda t: self.deep_case(t, "zlib")),
+            ("deep:zstd", lambda t: self.deep_case(t, "zstd")),
         ]
         failed = passed = 0
         for name, fn in tests:
