@@ -1,9 +1,11 @@
 /*
- * The deep pass (docs/passes.md §3.9, code 520), with --deep only: reads
- * what the metadata points at. Every compressed cluster of every distinct
- * L2 table is read and decompressed as QEMU would read it; one that does
- * not yield a whole cluster is compressedStreamInvalid, a corruption the
- * plain check cannot see (qemu-img check passes it; reads fail).
+ * The deep pass (docs/passes.md §3.9, codes 520 and 801), with --deep
+ * only: reads what the metadata points at. Every compressed cluster of
+ * every distinct L2 table is read and decompressed as QEMU would read it;
+ * one that does not yield a whole cluster is compressedStreamInvalid, a
+ * corruption the plain check cannot see (qemu-img check passes it; reads
+ * fail). Then every cluster holding guest data is read once, in host order
+ * and in runs, so that the file's own read errors surface (readFailed).
  *
  * Needs: the L2 tables of the mapping pass, and the compressed ranges it
  * validated (inside the file, no high bits: others are reported there and
@@ -73,6 +75,52 @@ static void verify_compressed(qc_ctx *ctx, deep_walk *d, const qc_l2_table *tabl
               &fc);
 }
 
+/* Runs of host clusters holding guest data, read up to this many bytes
+ * at a time. */
+#define DEEP_READ_BYTES (4u << 20)
+
+static void read_run(qc_ctx *ctx, uint8_t *buf, uint64_t first, uint64_t count)
+{
+    uint64_t off = first << ctx->geo.cluster_bits, len = count << ctx->geo.cluster_bits;
+    if (off + len > ctx->file_size) /* the last cluster of the file may be short */
+        len = ctx->file_size - off;
+    int ret = qc_read_quiet(ctx, off, buf, (size_t)len);
+    if (ret < 0)
+        qc_report_read_failed(ctx, count == 1 ? "data cluster" : "data clusters", off, (size_t)len,
+                              ret);
+}
+
+/* Every host cluster the computed refcounts count as guest data (counted
+ * and not owned by metadata), once, in host order. */
+static void read_data_clusters(qc_ctx *ctx)
+{
+    const qc_refmap *map = &ctx->refmap;
+    uint64_t per_read = DEEP_READ_BYTES >> ctx->geo.cluster_bits;
+    if (per_read == 0)
+        per_read = 1;
+    uint8_t *buf = qc_alloc(ctx, per_read << ctx->geo.cluster_bits, "data clusters (deep)");
+    uint64_t first = 0, count = 0, end = ctx->file_clusters;
+    for (uint64_t c = qc_refmap_next_page(map, 0, end); buf && c < end && !ctx->stop;
+         c = qc_refmap_next_page(map, c + 1, end)) {
+        unsigned wl;
+        uint64_t cell = qc_refmap_cell(map, c, &wl);
+        if (!qc_cell_count(cell, wl) || (qc_cell_flags(cell, wl) & QC_CELL_META))
+            continue;
+        if (count && c == first + count && count < per_read) {
+            count++;
+            continue;
+        }
+        if (count)
+            read_run(ctx, buf, first, count);
+        first = c;
+        count = 1;
+        qc_progress(ctx, QC_PROGRESS_COMPARE, 1000, c, end);
+    }
+    if (buf && count && !ctx->stop)
+        read_run(ctx, buf, first, count);
+    qc_free(ctx, buf, per_read << ctx->geo.cluster_bits);
+}
+
 void qc_pass_deep(qc_ctx *ctx)
 {
     const qc_geometry *g = &ctx->geo;
@@ -103,4 +151,6 @@ void qc_pass_deep(qc_ctx *ctx)
     qc_free(ctx, d.table, g->cluster_size);
     qc_free(ctx, d.in, 2 * g->cluster_size);
     qc_free(ctx, d.out, g->cluster_size);
+    if (!ctx->stop)
+        read_data_clusters(ctx);
 }

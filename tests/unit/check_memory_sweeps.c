@@ -6,6 +6,7 @@
  * asserts (memory_image.c).
  */
 #include <check.h>
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -206,6 +207,49 @@ START_TEST(test_no_callback)
 }
 END_TEST
 
+/* A memory image whose bytes [bad, bad + 1) cannot be read. */
+typedef struct failing_io {
+    qc_io inner;
+    uint64_t bad;
+} failing_io;
+
+static int failing_read(void *opaque, uint64_t off, void *buf, size_t len)
+{
+    failing_io *f = opaque;
+    if (f->bad >= off && f->bad - off < len)
+        return -EIO;
+    return f->inner.read(f->inner.opaque, off, buf, len);
+}
+
+/* --deep reads every cluster holding guest data: a data cluster the file
+ * cannot deliver is a check error (readFailed, exit 1) naming its offset;
+ * the plain check, which does not read data, finds the image clean. */
+START_TEST(test_deep_reads_data_clusters)
+{
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    failing_io f = {.bad = cl_off(&im, CL_DATA) + 100};
+    qc_io_open_memory(&f.inner, im.buf, im.len);
+    qc_io io = {.read = failing_read, .opaque = &f, .size = im.len};
+    qc_options opts = options_default();
+    qc_result *r = result_new();
+    ck_assert_int_eq(qc_check(&io, &opts, r), 0);
+    ck_assert_int_eq(qc_exit_status(r), 0);
+    opts.deep = true;
+    ck_assert_int_eq(qc_check(&io, &opts, r), 0);
+    ck_assert_uint_eq(problem_count(r, QC_P_READ_FAILED), 1);
+    ck_assert_int_eq(qc_exit_status(r), 1);
+    /* The same image readable throughout: --deep finds nothing. */
+    f.bad = UINT64_MAX;
+    ck_assert_int_eq(qc_check(&io, &opts, r), 0);
+    ck_assert_int_eq(qc_exit_status(r), 0);
+    result_free(r);
+    qc_io_close(&f.inner);
+    img_free(&im);
+}
+END_TEST
+
 typedef struct progress_log {
     unsigned calls, last;
     bool increasing;
@@ -251,6 +295,7 @@ void add_sweep_tests(TCase *tc)
     tcase_add_test(tc, test_null_arguments);
     tcase_add_test(tc, test_no_callback);
     tcase_add_test(tc, test_progress);
+    tcase_add_test(tc, test_deep_reads_data_clusters);
     tcase_add_loop_test(tc, test_truncated_anywhere, 0, 3);
     tcase_add_test(tc, test_truncated_whole_image);
     tcase_add_test(tc, test_byte_corruption_never_crashes);
