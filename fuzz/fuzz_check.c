@@ -4,9 +4,10 @@
  * Checks the input twice and requires the same result both times (a
  * difference means uninitialised memory or hidden state), every finding to
  * name a problem of the table with printable text, and the counters to be
- * consistent with each other and with qemu-img's exit codes; on an input
- * the check finds consistent, the guest-content digest must end with a
- * value or a refusal.
+ * consistent with each other and with qemu-img's exit codes. The check
+ * runs with --deep (every compressed stream decompressed, every data
+ * cluster read); on an input it finds consistent, the guest-content digest
+ * must end with a value or a refusal.
  */
 #include <errno.h>
 #include <string.h>
@@ -76,6 +77,7 @@ void fuzz_one(const uint8_t *data, size_t len)
     qc_options opts = QC_OPTIONS_INIT;
     opts.on_finding = on_finding;
     opts.max_mem = FUZZ_MAX_MEM;
+    opts.deep = true; /* hostile compressed streams and data ranges too */
     qc_result first, second;
     if (qc_check(&io, &opts, &first) != 0 || qc_check(&io, &opts, &second) != 0)
         fuzz_fail("qc_check refused its arguments");
