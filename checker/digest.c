@@ -1,15 +1,19 @@
 /*
- * The guest-content digest (qc_digest): what the guest of the active image
- * reads, hashed in blocks of QC_DIGEST_BLOCK bytes as blkhash builds its
- * digest: H(H(block 0) || H(block 1) || ... || le64(virtual size)). Zero
- * and unallocated ranges are known from the metadata and hashed without
- * being read; compressed clusters are decompressed (zlib, zstd); extended
- * L2 entries are read subcluster by subcluster.
+ * The guest-content digest (qc_digest, and qc_chain_digest through a
+ * backing chain): what the guest of the active image reads, hashed in
+ * blocks of QC_DIGEST_BLOCK bytes as blkhash builds its digest:
+ * H(H(block 0) || H(block 1) || ... || le64(virtual size)). Zero and
+ * unallocated ranges are known from the metadata and hashed without being
+ * read; compressed clusters are decompressed (zlib, zstd); extended L2
+ * entries are read subcluster by subcluster. What a layer leaves
+ * unallocated is read from the layer below it (zeros past that layer's
+ * end, or below the last one), and guest data clusters from the layer's
+ * external data file when it has one.
  *
- * Needs: an image a check found consistent (the caller checks first), or a
+ * Needs: layers a check found consistent (the caller checks first), or a
  * raw file. Every read is bounded by the file all the same. Produces: the
- * digest. Images whose guest content lies partly elsewhere (a backing
- * file, an external data file) or is encrypted are refused.
+ * digest. A layer whose guest content lies partly elsewhere (a backing
+ * file or external data file not given) or is encrypted is refused.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -23,7 +27,7 @@
 #include "../layout/bytes.h"
 #include "../layout/format.h"
 #include "compressed.h"
-#include "qcheck.h"
+#include "digest.h"
 
 /* ---- the hash: inner digests per block, one outer digest ---- */
 
@@ -134,7 +138,10 @@ static void hash_finish(hasher *h, uint64_t total, uint8_t *out)
 /* ---- reading the guest of a qcow2 image ---- */
 
 typedef struct guest {
-    qc_io *io;
+    qc_io *io;              /* the image: header and tables (and data, without a data file) */
+    qc_io *data;            /* where guest data clusters are: io or the external data file */
+    bool raw;               /* a raw layer: its bytes are the guest's */
+    uint64_t size;          /* bytes the guest of this layer has */
     qc_header hdr;
     qc_geometry g;
     uint64_t *l1;
@@ -148,11 +155,29 @@ typedef struct guest {
     size_t why_len;
 } guest;
 
+static int read_io(qc_io *io, uint64_t off, void *buf, uint64_t len)
+{
+    if (!qc_range_within(off, len, io->size))
+        return -EIO;
+    return io->read(io->opaque, off, buf, (size_t)len);
+}
+
 static int read_host(const guest *gu, uint64_t off, void *buf, uint64_t len)
 {
-    if (!qc_range_within(off, len, gu->io->size))
-        return -EIO;
-    return gu->io->read(gu->io->opaque, off, buf, (size_t)len);
+    return read_io(gu->io, off, buf, len);
+}
+
+/* Guest data at host offset `off`. An external data file may end before
+ * what is mapped into it (dataFileTooShort): QEMU reads zeros there. */
+static int read_data(const guest *gu, uint64_t off, uint8_t *buf, uint64_t len)
+{
+    if (gu->data == gu->io)
+        return read_host(gu, off, buf, len);
+    uint64_t have = off < gu->data->size ? gu->data->size - off : 0;
+    if (have > len)
+        have = len;
+    memset(buf + have, 0, (size_t)(len - have));
+    return have ? read_io(gu->data, off, buf, have) : 0;
 }
 
 /* The L2 entry (and, with extended L2, its subcluster bitmap) mapping the
@@ -229,12 +254,41 @@ static void zeros(uint8_t *block, uint64_t at, uint64_t n, bool zero)
         memset(block + at, 0, n);
 }
 
-/* Fill block[pos, pos + len) with guest bytes [off, off + len), which lie
- * in one guest cluster. *zero stays true while everything so far is known
- * to be zero from the metadata. */
-static int read_in_cluster(guest *gu, uint64_t off, uint8_t *block, uint64_t pos, uint64_t len,
-                           bool *zero)
+/* The layers of the guest being read, top first. */
+typedef struct layers {
+    guest *layer;
+    size_t n;
+} layers;
+
+static int read_range(const layers *ls, size_t k, uint64_t off, uint8_t *block, uint64_t pos,
+                      uint64_t len, bool *zero);
+
+/* What layer k leaves unallocated: the layer below's bytes, or zeros
+ * below the last one. */
+static int read_below(const layers *ls, size_t k, uint64_t off, uint8_t *block, uint64_t pos,
+                      uint64_t len, bool *zero)
 {
+    if (k + 1 < ls->n)
+        return read_range(ls, k + 1, off, block, pos, len, zero);
+    zeros(block, pos, len, *zero);
+    return 0;
+}
+
+/* Whether an entry with host offset 0 maps guest data: only in an
+ * external data file (where 0 is an offset like any other), which QEMU
+ * tells by OFLAG_COPIED, as every cluster there has refcount 1. */
+static bool entry_allocated(const guest *gu, uint64_t entry)
+{
+    return (entry & QC_L2_OFFSET_MASK) || (gu->data != gu->io && (entry & QC_OFLAG_COPIED));
+}
+
+/* Fill block[pos, pos + len) with the guest bytes [off, off + len) of
+ * layer k, which lie in one of its guest clusters. *zero stays true while
+ * everything so far is known to be zero from the metadata. */
+static int read_in_cluster(const layers *ls, size_t k, uint64_t off, uint8_t *block,
+                           uint64_t pos, uint64_t len, bool *zero)
+{
+    guest *gu = &ls->layer[k];
     uint64_t cs = gu->g.cluster_size, in = off & (cs - 1);
     uint64_t entry, bitmap;
     int ret = l2_entry(gu, off / cs, &entry, &bitmap);
@@ -249,29 +303,63 @@ static int read_in_cluster(guest *gu, uint64_t off, uint8_t *block, uint64_t pos
         return 0;
     }
     uint64_t host = entry & QC_L2_OFFSET_MASK;
+    bool allocated = entry_allocated(gu, entry);
     if (!gu->g.extended_l2) {
-        if ((entry & QC_OFLAG_ZERO) || !host) {
+        if (entry & QC_OFLAG_ZERO) {
             zeros(block, pos, len, *zero);
             return 0;
         }
+        if (!allocated)
+            return read_below(ls, k, off, block, pos, len, zero);
         mark_data(block, pos, zero);
-        return read_host(gu, host + in, block + pos, len);
+        return read_data(gu, host + in, block + pos, len);
     }
     /* Subclusters: zero, allocated at their place in the cluster, or
-     * unallocated (zeros without a backing file). */
+     * unallocated (the layer below's). */
     uint64_t sub = cs / 32;
     for (uint64_t done = 0; done < len;) {
         uint64_t at = in + done, s = at / sub, n = sub - at % sub;
         if (n > len - done)
             n = len - done;
-        bool allocated = (bitmap >> s) & 1, zeroed = (bitmap >> (32 + s)) & 1;
-        if (zeroed || !allocated || !host) {
+        bool sub_allocated = allocated && ((bitmap >> s) & 1);
+        if ((bitmap >> (32 + s)) & 1) {
             zeros(block, pos + done, n, *zero);
+        } else if (!sub_allocated) {
+            ret = read_below(ls, k, off + done, block, pos + done, n, zero);
         } else {
             mark_data(block, pos + done, zero);
-            if ((ret = read_host(gu, host + at, block + pos + done, n)) < 0)
-                return ret;
+            ret = read_data(gu, host + at, block + pos + done, n);
         }
+        if (ret < 0)
+            return ret;
+        done += n;
+    }
+    return 0;
+}
+
+/* Fill block[pos, pos + len) with the guest bytes [off, off + len) of
+ * layer k: zeros past its end, as QEMU reads a shorter backing file. */
+static int read_range(const layers *ls, size_t k, uint64_t off, uint8_t *block, uint64_t pos,
+                      uint64_t len, bool *zero)
+{
+    guest *gu = &ls->layer[k];
+    uint64_t have = off < gu->size ? gu->size - off : 0;
+    if (have > len)
+        have = len;
+    if (have < len)
+        zeros(block, pos + have, len - have, *zero);
+    if (have && gu->raw) {
+        mark_data(block, pos, zero);
+        return read_io(gu->io, off, block + pos, have);
+    }
+    for (uint64_t done = 0; done < have;) {
+        uint64_t at = off + done, cs = gu->g.cluster_size;
+        uint64_t n = cs - (at & (cs - 1));
+        if (n > have - done)
+            n = have - done;
+        int ret = read_in_cluster(ls, k, at, block, pos + done, n, zero);
+        if (ret < 0)
+            return ret;
         done += n;
     }
     return 0;
@@ -298,23 +386,37 @@ __attribute__((format(printf, 3, 4))) static int refuse(char *why, size_t len, c
     return -ENOTSUP;
 }
 
-static int guest_open(guest *gu, qc_io *io, char *why, size_t why_len)
+/* Open layer `spec` for reading; `below`: a layer under it is given. */
+static int guest_open(guest *gu, const qc_digest_layer *spec, bool below, char *why,
+                      size_t why_len)
 {
+    qc_io *io = spec->io;
     memset(gu, 0, sizeof(*gu));
     gu->io = io;
+    gu->data = spec->data ? spec->data : io;
     gu->why = why;
     gu->why_len = why_len;
     gu->l2_index = gu->decompressed = UINT64_MAX;
+    if (spec->raw) {
+        gu->raw = true;
+        gu->size = io->size;
+        return 0;
+    }
     uint8_t head[QC_V3_HEADER_LENGTH] = {0};
     size_t n = io->size < sizeof(head) ? (size_t)io->size : sizeof(head);
     if (io->read(io->opaque, 0, head, n) < 0 || !qc_header_decode(head, n, &gu->hdr) ||
         gu->hdr.cluster_bits < 9 || gu->hdr.cluster_bits > 21 || gu->hdr.refcount_order > 6)
         return refuse(why, why_len, "the header cannot be read");
-    if (gu->hdr.backing_file_offset)
+    gu->size = gu->hdr.size & ~(uint64_t)511; /* QEMU's guest ends at a whole sector */
+    if (gu->hdr.backing_file_offset && !below)
         return refuse(why, why_len, "the image has a backing file, whose content the guest also "
-                                    "reads (a digest through the chain is not available yet)");
-    if (gu->hdr.incompatible_features & QC_INCOMPAT_DATA_FILE)
-        return refuse(why, why_len, "the guest data are in an external data file");
+                                    "reads: take the digest through the chain (--chain)");
+    bool data_file = gu->hdr.incompatible_features & QC_INCOMPAT_DATA_FILE;
+    if (data_file && !spec->data)
+        return refuse(why, why_len, "the guest data are in an external data file: name it "
+                                    "(--data-file, or --chain to open the one the image names)");
+    if (!data_file && spec->data)
+        return refuse(why, why_len, "a data file was given for an image without one");
     if (gu->hdr.crypt_method)
         return refuse(why, why_len, "the image is encrypted");
     qc_geometry_init(&gu->g, gu->hdr.cluster_bits, gu->hdr.refcount_order,
@@ -343,37 +445,28 @@ const char *qc_digest_name(qc_digest_alg alg)
     return alg == QC_DIGEST_SHA256 ? "sha256" : alg == QC_DIGEST_XXH128 ? "xxh128" : NULL;
 }
 
-int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *digest_len,
-              char *why, size_t why_len)
+int qc_digest_layers(const qc_digest_layer *specs, size_t n, qc_digest_alg alg, uint8_t *digest,
+                     size_t *digest_len, char *why, size_t why_len)
 {
     if (why && why_len)
         why[0] = '\0';
+    if (n == 0)
+        return -EINVAL;
     hasher h;
     int ret = hasher_init(&h, alg);
     if (ret < 0)
         return ret;
-    guest gu = {0};
+    layers ls = {calloc(n, sizeof(guest)), 0};
     uint8_t *block = malloc(QC_DIGEST_BLOCK);
-    uint64_t size = io->size;
-    if (!block)
+    if (!block || !ls.layer)
         ret = -ENOMEM;
-    else if (!raw && (ret = guest_open(&gu, io, why, why_len)) == 0)
-        size = gu.hdr.size & ~(uint64_t)511; /* QEMU's guest ends at a whole sector */
+    for (; ret == 0 && ls.n < n; ls.n++)
+        ret = guest_open(&ls.layer[ls.n], &specs[ls.n], ls.n + 1 < n, why, why_len);
+    uint64_t size = ret == 0 ? ls.layer[0].size : 0;
     for (uint64_t off = 0; ret == 0 && off < size; off += QC_DIGEST_BLOCK) {
         uint64_t len = size - off < QC_DIGEST_BLOCK ? size - off : QC_DIGEST_BLOCK;
         bool zero = true;
-        if (raw) {
-            ret = io->read(io->opaque, off, block, (size_t)len);
-            zero = false;
-        }
-        for (uint64_t done = 0; !raw && ret == 0 && done < len;) {
-            uint64_t at = off + done, cs = gu.g.cluster_size;
-            uint64_t n = cs - (at & (cs - 1));
-            if (n > len - done)
-                n = len - done;
-            ret = read_in_cluster(&gu, at, block, done, n, &zero);
-            done += n;
-        }
+        ret = read_range(&ls, 0, off, block, 0, len, &zero);
         if (ret == 0)
             hash_block(&h, zero ? NULL : block, (size_t)len);
     }
@@ -381,8 +474,17 @@ int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *d
         hash_finish(&h, size, digest);
         *digest_len = h.size;
     }
-    guest_free(&gu);
+    for (size_t i = 0; ls.layer && i < ls.n; i++)
+        guest_free(&ls.layer[i]);
+    free(ls.layer);
     free(block);
     hasher_free(&h);
     return ret;
+}
+
+int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *digest_len,
+              char *why, size_t why_len)
+{
+    qc_digest_layer layer = {.io = io, .raw = raw};
+    return qc_digest_layers(&layer, 1, alg, digest, digest_len, why, why_len);
 }

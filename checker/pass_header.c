@@ -21,7 +21,7 @@
 #include "ctx.h"
 
 /* What a non-qcow2 file looks like, from its first bytes. */
-static const char *guess_format(const uint8_t *b, size_t len)
+const char *qc_guess_format(const uint8_t *b, size_t len)
 {
     static const struct {
         size_t off;
@@ -196,6 +196,7 @@ typedef struct ext_walk {
     unsigned seen_backing_format : 1, seen_feature_table : 1, seen_bitmaps : 1, seen_crypto : 1,
         seen_data_file : 1;
     unsigned data_file_named : 1; /* the last data file name is not empty (QEMU uses the last) */
+    qc_extension data_file;       /* the last data file extension */
 } ext_walk;
 
 /* Whether the backing format fits QEMU's 16-byte buffer (with its NUL):
@@ -645,6 +646,7 @@ static void check_extension(qc_ctx *ctx, ext_walk *w, const qc_extension *x)
         w->seen_data_file = 1;
         /* QEMU reads the name as a C string: a leading NUL names nothing. */
         w->data_file_named = x->length > 0 && x->data[0] != '\0';
+        w->data_file = *x;
         if (!ctx->has_data_file)
             qc_report(ctx, QC_P_DATA_FILE_EXTENSION_INVALID, "external data file extension",
                       x->offset, 1, &(qc_finding_ctx){0});
@@ -980,6 +982,41 @@ static void fill_header_info(qc_ctx *ctx)
     ctx->res->header_valid = true;
 }
 
+/* A name as QEMU takes it from the image (a C string: up to the first
+ * NUL), into the result's buffer; its header field points there. */
+static const char *copy_name(char *dst, size_t dst_len, const uint8_t *src, size_t src_len)
+{
+    size_t n = 0;
+    while (n < src_len && n + 1 < dst_len && src[n])
+        n++;
+    memcpy(dst, src, n);
+    dst[n] = '\0';
+    return dst;
+}
+
+/* The backing file, its format and the data file, as QEMU would open them
+ * (for --chain, which opens them on request). */
+static void record_names(qc_ctx *ctx, const ext_walk *w)
+{
+    const qc_header *h = &ctx->hdr;
+    qc_result *r = ctx->res;
+    if (w->names_backing_file && h->backing_file_offset < ctx->cluster0_len) {
+        size_t room = ctx->cluster0_len - (size_t)h->backing_file_offset;
+        r->header.backing_file = copy_name(r->backing_file, sizeof(r->backing_file),
+                                           ctx->cluster0 + h->backing_file_offset,
+                                           h->backing_file_size < room ? h->backing_file_size
+                                                                       : room);
+    }
+    if (w->names_backing_file && w->seen_backing_format && w->backing_format_fits &&
+        backing_format_length(&w->backing_format))
+        r->header.backing_format = copy_name(r->backing_format, sizeof(r->backing_format),
+                                             w->backing_format.data,
+                                             w->backing_format.length);
+    if (ctx->has_data_file && w->data_file_named)
+        r->header.data_file = copy_name(r->data_file, sizeof(r->data_file), w->data_file.data,
+                                        w->data_file.length);
+}
+
 void qc_pass_header(qc_ctx *ctx)
 {
     uint8_t raw[QC_V3_HEADER_LENGTH] = {0};
@@ -989,7 +1026,7 @@ void qc_pass_header(qc_ctx *ctx)
         return;
     }
     if (raw_len < 8 || qc_be32(raw) != QC_MAGIC || qc_be32(raw + 4) == 1) {
-        ctx->res->other_format = guess_format(raw, raw_len);
+        ctx->res->other_format = qc_guess_format(raw, raw_len);
         ctx->stop = true;
         return;
     }
@@ -1026,6 +1063,7 @@ void qc_pass_header(qc_ctx *ctx)
     check_backing_name(ctx, &w);
     walk_extensions(ctx, &w);
     check_features(ctx, &w, raw);
+    record_names(ctx, &w);
     if (ctx->stop)
         return;
     check_table_locations(ctx);

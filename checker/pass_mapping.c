@@ -315,6 +315,27 @@ static void report_unaligned(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry
               w->offset + (uint64_t)i * ctx->geo.l2_entry_size, 1, &fc);
 }
 
+/* Where the guest data an entry maps into the external data file end:
+ * its whole cluster, or its last allocated subcluster; a zero cluster
+ * maps nothing QEMU reads. */
+static void note_data_file_end(qc_ctx *ctx, uint64_t entry, uint64_t off, uint32_t alloc)
+{
+    const qc_geometry *g = &ctx->geo;
+    uint64_t used = g->cluster_size;
+    if (g->extended_l2) {
+        unsigned last = 0;
+        for (unsigned s = 0; s < 32; s++)
+            if ((alloc >> s) & 1)
+                last = s + 1;
+        used = (uint64_t)last * (g->cluster_size / 32);
+    } else if (entry & QC_OFLAG_ZERO) {
+        used = 0;
+    }
+    uint64_t end;
+    if (used && qc_add_ok(off, used, &end) && end > ctx->res->data_file_end)
+        ctx->res->data_file_end = end;
+}
+
 static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, uint64_t bitmap)
 {
     const qc_geometry *g = &ctx->geo;
@@ -356,6 +377,7 @@ static void walk_standard(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry, u
     }
     count_allocated(w, w->table->active_refs, off, g->cluster_size);
     if (ctx->has_data_file) {
+        note_data_file_end(ctx, entry, off, alloc);
         fc = l2_entry_ctx(ctx, w, i, entry);
         if (off != fc.guest_offset) {
             fc.present |= QC_CTX_HOST_OFFSET;

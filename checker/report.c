@@ -12,29 +12,6 @@
 #include "ctx.h"
 #include "finding.h"
 
-static void tally(qc_ctx *ctx, const qc_problem *p, uint64_t count)
-{
-    qc_result *r = ctx->res;
-    switch (p->severity) {
-    case QC_SEV_ERROR:
-        r->check_errors += count;
-        break;
-    case QC_SEV_CORRUPTION:
-        r->corruptions += count;
-        break;
-    case QC_SEV_LEAK:
-        r->leaks += count;
-        break;
-    case QC_SEV_WARNING:
-        r->warnings += 1;
-        break;
-    case QC_SEV_INFO:
-        break;
-    }
-    r->per_problem[qc_problem_row_of(p->code)] += count;
-    r->findings++;
-}
-
 static void emit(qc_ctx *ctx, const qc_problem *p, const char *object, uint64_t offset,
                  uint64_t count, const char *tmpl, const qc_finding_ctx *fc)
 {
@@ -58,7 +35,7 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
     qc_problem_row row = qc_problem_row_of(id);
     if (count == 0)
         count = 1;
-    tally(ctx, p, count);
+    qc_result_tally(ctx->res, p, count);
     if (ctx->fix_sink)
         ctx->fix_sink(ctx->fix_sink_payload, id, offset, count);
     /* Findings past the cap are counted but folded into one summary line, so

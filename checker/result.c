@@ -2,6 +2,7 @@
  * The accessors of the opaque qc_result.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "result.h"
 
@@ -55,4 +56,57 @@ const char *qc_result_other_format(const qc_result *r)
 const qc_header_info *qc_result_header(const qc_result *r)
 {
     return r->header_valid ? &r->header : NULL;
+}
+
+/* The drivers other than raw that QEMU's probing picks for what
+ * qc_guess_format recognises. */
+static const char *const qc_probed_drivers[] = {"qed", "vmdk", "vdi", "vhdx", "vpc",
+                                                "parallels", "qcow", "luks", "cloop"};
+#define PROBED_DRIVERS (sizeof(qc_probed_drivers) / sizeof(qc_probed_drivers[0]))
+
+unsigned qc_driver_index(const char *driver)
+{
+    unsigned i = 0;
+    while (i < PROBED_DRIVERS && strcmp(driver, qc_probed_drivers[i]) != 0)
+        i++;
+    return i;
+}
+
+const char *qc_driver_of(const char *guess)
+{
+    if (!guess)
+        return "qcow2";
+    for (size_t i = 0; i < PROBED_DRIVERS; i++) {
+        size_t n = strlen(qc_probed_drivers[i]);
+        if (strncmp(guess, qc_probed_drivers[i], n) == 0 && (guess[n] == '\0' || guess[n] == ' '))
+            return qc_probed_drivers[i];
+    }
+    return "raw"; /* an empty file too: QEMU probes it as raw */
+}
+
+const char *qc_result_driver(const qc_result *r)
+{
+    return qc_driver_of(r->other_format);
+}
+
+void qc_result_tally(qc_result *r, const qc_problem *p, uint64_t count)
+{
+    switch (p->severity) {
+    case QC_SEV_ERROR:
+        r->check_errors += count;
+        break;
+    case QC_SEV_CORRUPTION:
+        r->corruptions += count;
+        break;
+    case QC_SEV_LEAK:
+        r->leaks += count;
+        break;
+    case QC_SEV_WARNING:
+        r->warnings += 1;
+        break;
+    case QC_SEV_INFO:
+        break;
+    }
+    r->per_problem[qc_problem_row_of(p->code)] += count;
+    r->findings++;
 }

@@ -8,6 +8,8 @@
 
 #include "qcheck.h"
 
+#define QC_NAME_MAX 4095 /* the longest path a name can be (PATH_MAX less its NUL) */
+
 /* Rows of the problem table, numbered densely in table order. */
 typedef enum qc_problem_row {
 #define QC_PROBLEM(name, ...) QC_ROW_##name,
@@ -37,7 +39,26 @@ struct qc_result {
     uint64_t warnings;
     uint64_t findings;
     uint64_t per_problem[QC_PROBLEM_ROWS]; /* counted findings per row */
+
+    /* The strings header.backing_file, backing_format and data_file point
+     * to (a name longer than these is cut short: no such path opens). */
+    char backing_file[QC_NAME_MAX + 1];
+    char backing_format[16];
+    char data_file[QC_NAME_MAX + 1];
+    /* With an external data file: where the guest data the image maps into
+     * it end (the end of the last allocated cluster or subcluster). */
+    uint64_t data_file_end;
 };
+
+/* The driver QEMU's probing picks for a file qc_guess_format describes
+ * (NULL: a qcow2 image). */
+const char *qc_driver_of(const char *guess);
+/* The place of a driver qc_driver_of returns other than qcow2 and raw in
+ * its list (layerNotChecked's variants follow it), or the list's length. */
+unsigned qc_driver_index(const char *driver);
+
+/* Count a finding of problem p covering `count` items in the result. */
+void qc_result_tally(qc_result *r, const qc_problem *p, uint64_t count);
 
 /* What the findings of one problem counted (0 for a code with no row). */
 static inline uint64_t qc_found(const qc_result *r, qc_problem_id code)

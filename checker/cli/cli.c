@@ -22,66 +22,15 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "command.h"
 #include "qcheck.h"
 
-enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
-
-typedef struct cli {
-    const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
-    qc_digest_alg digest_alg;      /* --digest, or 0 */
-    bool deep;                     /* --deep */
-    char digest[80];               /* "ALG:HEX" once taken */
-    const char *prog;     /* the name it was run as: every message starts with it */
-    const char *filename; /* as given (with --image-opts, the option string) */
-    const char *path;     /* what is opened */
-    const char *format;   /* -f or driver=; NULL: the file's own */
-    bool key_secret;      /* --image-opts names a LUKS key */
-    bool probed_raw_warning; /* qemu-img's warning for -r on a probed raw file */
-    char cannot_open[160];   /* qemu-img's reason for refusing the image's header, if any */
-    qc_lock_mode lock_mode;
-    bool quiet;
-    enum output_format output;
-    uint64_t max_mem;
-    /* JSON mode collects findings and prints them inside the object. */
-    char **problems;
-    size_t nb_problems, cap_problems;
-    bool out_of_memory;
-    /* Repair: set when -r ran; printed in JSON. */
-    const char *repair_mode;
-    const qc_repair_plan *plan;
-    bool dry_run, repaired;
-    /* --salvage: the directory, what was (or would be) saved, and why not. */
-    const char *salvage_dir;
-    qc_salvage_info salvage;
-    int salvage_ret;
-    bool salvaged;
-    char salvage_why[900];
-    /* Progress on stderr: forced by -p, or on a terminal once the check
-     * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
-    bool progress_forced, progress_allowed, progress_shown;
-    double progress_start;
-} cli;
-
-#define PROGRESS_DELAY 0.5 /* seconds */
-
-/* What the command prints of a check: the library's figures, read once
- * through its accessors, plus what the command adds itself (an image in
- * use, memory running out while collecting findings). */
-typedef struct verdict {
-    const char *other_format;
-    bool header_valid;
-    qc_header_info header;
-    uint64_t check_errors, corruptions, leaks, image_end_offset;
-    uint64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters;
-    uint64_t warnings, findings;
-    int status; /* qc_exit_status() of the library's result */
-} verdict;
-
-static verdict verdict_of(const qc_result *r)
+verdict cli_verdict_of(const qc_result *r)
 {
     const qc_header_info *h = qc_result_header(r);
     verdict v = {
         .other_format = qc_result_other_format(r),
+        .driver = qc_result_driver(r),
         .header_valid = h != NULL,
         .check_errors = qc_result_count(r, QC_COUNT_CHECK_ERRORS),
         .corruptions = qc_result_count(r, QC_COUNT_CORRUPTIONS),
@@ -105,6 +54,7 @@ static void usage(FILE *out)
     fprintf(out,
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
             "              [--max-mem=SIZE] [--deep] [--digest[=sha256|xxh128]]\n"
+            "              [--chain [--allow-probe] [--max-depth=N]] [--data-file=PATH]\n"
             "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
@@ -136,6 +86,13 @@ static void usage(FILE *out)
             "                         cluster must be readable\n"
             "  --digest[=ALG]         after the check, print a digest of the guest content\n"
             "                         (sha256, the default, or xxh128; a raw FILE: its bytes)\n"
+            "  --chain                open the backing files and external data files the images\n"
+            "                         name, as QEMU resolves them, and check every layer\n"
+            "                         (json: and protocol names are never followed)\n"
+            "  --allow-probe          with --chain: guess the format of a backing file that has\n"
+            "                         none recorded (autoprobing: just say no)\n"
+            "  --max-depth=N          with --chain: at most N layers below FILE (default 256)\n"
+            "  --data-file=PATH       FILE's external data file (instead of the name in it)\n"
             "  --list-problems[=markdown]  list every problem qcheck can report\n"
             "  -h, --help             show this help\n"
             "  -V, --version          show the version\n"
@@ -143,15 +100,17 @@ static void usage(FILE *out)
             "Exit status: 0 no problems, 1 the check could not be made or completed (usage\n"
             "error, cannot open, image in use, -f qcow2 on another format, repair refused or\n"
             "failed), 2 corruptions found, 3 only leaked clusters found, 63 a format without\n"
-            "checks in qcheck. After a repair: the state the image was left in.\n"
-            "qcheck never opens a backing file or external data file named in the image.\n");
+            "checks in qcheck. After a repair: the state the image was left in. With --chain:\n"
+            "the same over the sums of every layer.\n"
+            "Without --chain or --data-file, qcheck never opens a backing file or external\n"
+            "data file named in the image.\n");
 }
 
 /* One line on stderr after the program's name, as qemu-img's error_report
  * prints its sentences: callers and their tests grep them, so where
  * qemu-img has a fixed sentence for a situation qcheck prints that one,
  * and its own explanation as a second message. */
-__attribute__((format(printf, 2, 3))) static void message(const cli *c, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) void cli_message(const cli *c, const char *fmt, ...)
 {
     va_list ap;
     fprintf(stderr, "%s: ", c->prog);
@@ -177,7 +136,7 @@ __attribute__((format(printf, 2, 3))) static int usage_error(const cli *c, const
     return 1;
 }
 
-static void json_string(FILE *out, const char *s)
+void cli_json_string(FILE *out, const char *s)
 {
     fputc('"', out);
     for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
@@ -200,19 +159,19 @@ static char *finding_json(const qc_finding *f)
     if (!m)
         return NULL;
     fprintf(m, "{\"code\": %u, \"id\": ", f->problem->code);
-    json_string(m, f->problem->id);
+    cli_json_string(m, f->problem->id);
     fprintf(m, ", \"severity\": ");
-    json_string(m, qc_severity_name(f->problem->severity));
+    cli_json_string(m, qc_severity_name(f->problem->severity));
     fprintf(m, ", \"message\": ");
-    json_string(m, f->message);
+    cli_json_string(m, f->message);
     fprintf(m, ", \"object\": ");
-    json_string(m, f->object);
+    cli_json_string(m, f->object);
     if (f->offset == QC_NO_OFFSET)
         fprintf(m, ", \"offset\": null");
     else
         fprintf(m, ", \"offset\": %" PRIu64, f->offset);
     fprintf(m, ", \"count\": %" PRIu64 ", \"fix\": ", f->count);
-    json_string(m, qc_fix_name(f->problem->fix));
+    cli_json_string(m, qc_fix_name(f->problem->fix));
     /* The facts the message was made from, typed, under their field names. */
     const qc_finding_ctx *c = f->context;
     bool present;
@@ -223,7 +182,7 @@ static char *finding_json(const qc_finding *f)
             fprintf(m, ", \"%s\": %" PRIu64, key, value);
     if (c && (c->present & QC_CTX_NAME) && c->name) {
         fprintf(m, ", \"name\": ");
-        json_string(m, c->name);
+        cli_json_string(m, c->name);
     }
     fputc('}', m);
     if (fclose(m) != 0) {
@@ -253,14 +212,14 @@ static void on_progress(unsigned permille, void *payload)
 }
 
 /* Take the progress line off the screen before other output. */
-static void progress_clear(cli *c)
+void cli_progress_clear(cli *c)
 {
     if (c->progress_shown)
         fputs("\r                  \r", stderr);
     c->progress_shown = false;
 }
 
-static void progress_begin(cli *c)
+void cli_progress_begin(cli *c)
 {
     c->progress_allowed = !c->quiet && c->output == OUTPUT_HUMAN &&
                           (c->progress_forced || isatty(STDERR_FILENO));
@@ -271,7 +230,9 @@ static void on_finding(const qc_finding *f, void *payload)
 {
     cli *c = payload;
     if (c->output == OUTPUT_HUMAN) {
-        progress_clear(c);
+        cli_progress_clear(c);
+        if (c->layer >= 0)
+            fprintf(stderr, "layer %d: ", c->layer);
         fprintf(stderr, "%s: %s (%u) in %s", qc_severity_name(f->problem->severity),
                 f->problem->id, f->problem->code, f->object);
         if (f->offset != QC_NO_OFFSET)
@@ -297,7 +258,7 @@ static void on_finding(const qc_finding *f, void *payload)
     c->problems[c->nb_problems++] = s;
 }
 
-static void print_human_summary(const verdict *r)
+void cli_print_human_summary(const verdict *r)
 {
     if (!(r->corruptions || r->leaks || r->check_errors)) {
         printf("No errors were found on the image.\n");
@@ -374,14 +335,14 @@ static void print_json_salvage(const cli *c)
     char index[4200];
     salvage_index_path(c->salvage_dir, index, sizeof(index));
     printf(", \"salvage\": {\"dir\": ");
-    json_string(stdout, c->salvage_dir);
+    cli_json_string(stdout, c->salvage_dir);
     printf(", \"ranges\": %" PRIu64 ", \"bytes\": %" PRIu64 ", \"index\": ", c->salvage.ranges,
            c->salvage.bytes);
-    json_string(stdout, index);
+    cli_json_string(stdout, index);
     printf(", \"saved\": %s", c->salvaged ? "true" : "false");
     if (c->salvage_ret < 0) {
         printf(", \"refused\": ");
-        json_string(stdout, c->salvage_why);
+        cli_json_string(stdout, c->salvage_why);
     }
     printf("}");
 }
@@ -393,17 +354,17 @@ static void print_json_repair(const cli *c)
     size_t nb_steps = qc_repair_plan_steps(c->plan);
     size_t nb_notes = qc_repair_plan_notes(c->plan, &notes);
     printf(",\n    \"repair\": {\"mode\": ");
-    json_string(stdout, c->repair_mode);
+    cli_json_string(stdout, c->repair_mode);
     printf(", \"dry-run\": %s, \"applied\": %s", c->dry_run ? "true" : "false",
            c->repaired ? "true" : "false");
     if (qc_repair_plan_refusal(c->plan)) {
         printf(", \"refused\": ");
-        json_string(stdout, qc_repair_plan_refusal(c->plan));
+        cli_json_string(stdout, qc_repair_plan_refusal(c->plan));
     }
     printf(", \"notes\": [");
     for (size_t i = 0; i < nb_notes; i++) {
         printf("%s", i ? ", " : "");
-        json_string(stdout, notes[i]);
+        cli_json_string(stdout, notes[i]);
     }
     printf("], \"steps\": [");
     for (size_t i = 0; i < nb_steps; i++) {
@@ -415,9 +376,9 @@ static void print_json_repair(const cli *c)
         }
         printf("{\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"what\": ", st->offset,
                st->length);
-        json_string(stdout, st->what);
+        cli_json_string(stdout, st->what);
         printf(", \"why\": ");
-        json_string(stdout, st->why);
+        cli_json_string(stdout, st->why);
         printf("}");
     }
     printf("%s]", nb_steps ? "\n    " : "");
@@ -427,19 +388,19 @@ static void print_json_repair(const cli *c)
     printf("}");
 }
 
-static void json_field(const char *key, uint64_t value, bool always)
+static void json_field(FILE *out, const char *ind, const char *key, uint64_t value, bool always)
 {
     if (value || always)
-        printf(",\n    \"%s\": %" PRIu64, key, value);
+        fprintf(out, ",\n%s\"%s\": %" PRIu64, ind, key, value);
 }
 
-/* The JSON object. First qemu-img's ImageCheck keys, optional ones left
- * out when zero, in the order qemu-img 7.2 prints them: the order of its
- * QDict's hash buckets, which is fixed for these names (observed, and
- * derived from QEMU's tdb_hash modulo 512: every key has a bucket of its
- * own, so the order does not depend on which keys are present). Then
- * qcheck's own keys. `error` is set for a refused repair. */
-static void print_json(const cli *c, const verdict *r, const char *error, int status)
+/* The JSON object's members up to "problems". First qemu-img's ImageCheck
+ * keys, optional ones left out when zero, in the order qemu-img 7.2 prints
+ * them: the order of its QDict's hash buckets, which is fixed for these
+ * names (observed, and derived from QEMU's tdb_hash modulo 512: every key
+ * has a bucket of its own, so the order does not depend on which keys are
+ * present). Then qcheck's own keys. */
+void cli_print_json_members(FILE *out, const cli *c, const verdict *r, const char *ind)
 {
     uint64_t leaks_fixed = 0, corruptions_fixed = 0;
     if (c->plan && c->repaired)
@@ -459,51 +420,62 @@ static void print_json(const cli *c, const verdict *r, const char *error, int st
         {"leaks-fixed", leaks_fixed, false},
         {"allocated-clusters", r->allocated_clusters, false},
     };
-    const char *sep = "{\n    ";
+    const char *sep = "";
     for (size_t i = 0; i < sizeof(before_filename) / sizeof(before_filename[0]); i++) {
         if (!before_filename[i].value && !before_filename[i].always)
             continue;
-        printf("%s\"%s\": %" PRIu64, sep, before_filename[i].key, before_filename[i].value);
-        sep = ",\n    ";
+        fprintf(out, "%s%s\"%s\": %" PRIu64, sep, ind, before_filename[i].key,
+                before_filename[i].value);
+        sep = ",\n";
     }
-    printf(",\n    \"filename\": ");
-    json_string(stdout, c->filename);
-    printf(",\n    \"format\": \"qcow2\"");
-    json_field("fragmented-clusters", r->fragmented_clusters, false);
-    json_field("warnings", r->warnings, true);
+    fprintf(out, ",\n%s\"filename\": ", ind);
+    cli_json_string(out, c->layer > 0 ? c->layer_path : c->filename);
+    fprintf(out, ",\n%s\"format\": \"qcow2\"", ind);
+    json_field(out, ind, "fragmented-clusters", r->fragmented_clusters, false);
+    json_field(out, ind, "warnings", r->warnings, true);
     if (r->header_valid) {
         const qc_header_info *h = &r->header;
-        printf(",\n    \"header\": {\"version\": %u, \"cluster-size\": %" PRIu64
-               ", \"virtual-size\": %" PRIu64 ", \"refcount-bits\": %u, \"dirty\": %s, "
-               "\"corrupt\": %s, \"external-data-file\": %s, \"extended-l2\": %s, "
-               "\"snapshots\": %u, \"incompatible-features\": %" PRIu64
-               ", \"compatible-features\": %" PRIu64 ", \"autoclear-features\": %" PRIu64
-               ", \"unknown-incompatible-features\": %" PRIu64
-               ", \"unknown-compatible-features\": %" PRIu64
-               ", \"unknown-autoclear-features\": %" PRIu64 "}",
-               h->version, (uint64_t)1 << h->cluster_bits, h->virtual_size, h->refcount_bits,
-               h->dirty ? "true" : "false", h->corrupt ? "true" : "false",
-               h->external_data_file ? "true" : "false", h->extended_l2 ? "true" : "false",
-               h->nb_snapshots, h->incompatible_features, h->compatible_features,
-               h->autoclear_features, h->unknown_incompatible, h->unknown_compatible,
-               h->unknown_autoclear);
+        fprintf(out,
+                ",\n%s\"header\": {\"version\": %u, \"cluster-size\": %" PRIu64
+                ", \"virtual-size\": %" PRIu64 ", \"refcount-bits\": %u, \"dirty\": %s, "
+                "\"corrupt\": %s, \"external-data-file\": %s, \"extended-l2\": %s, "
+                "\"snapshots\": %u, \"incompatible-features\": %" PRIu64
+                ", \"compatible-features\": %" PRIu64 ", \"autoclear-features\": %" PRIu64
+                ", \"unknown-incompatible-features\": %" PRIu64
+                ", \"unknown-compatible-features\": %" PRIu64
+                ", \"unknown-autoclear-features\": %" PRIu64 "}",
+                ind, h->version, (uint64_t)1 << h->cluster_bits, h->virtual_size,
+                h->refcount_bits, h->dirty ? "true" : "false", h->corrupt ? "true" : "false",
+                h->external_data_file ? "true" : "false", h->extended_l2 ? "true" : "false",
+                h->nb_snapshots, h->incompatible_features, h->compatible_features,
+                h->autoclear_features, h->unknown_incompatible, h->unknown_compatible,
+                h->unknown_autoclear);
     }
-    printf(",\n    \"problems\": [");
+    fprintf(out, ",\n%s\"problems\": [", ind);
     for (size_t i = 0; i < c->nb_problems; i++)
-        printf("%s\n        %s", i ? "," : "", c->problems[i]);
-    printf("%s]", c->nb_problems ? "\n    " : "");
+        fprintf(out, "%s\n%s    %s", i ? "," : "", ind, c->problems[i]);
+    fprintf(out, "%s%s]", c->nb_problems ? "\n" : "", c->nb_problems ? ind : "");
+}
+
+/* The JSON object of a check or repair; `error` is set for a refused
+ * repair. */
+static void print_json(const cli *c, const verdict *r, const char *error, int status)
+{
+    printf("{\n");
+    cli_print_json_members(stdout, c, r, "    ");
     if (c->plan)
         print_json_repair(c);
     if (error) {
         printf(",\n    \"error\": ");
-        json_string(stdout, error);
+        cli_json_string(stdout, error);
     }
     if (c->digest[0]) {
         printf(",\n    \"digest\": ");
-        json_string(stdout, c->digest);
+        cli_json_string(stdout, c->digest);
     }
     printf(",\n    \"exit-code\": %d\n}\n", status);
 }
+
 static bool parse_size(const char *s, uint64_t *out)
 {
     char *end;
@@ -590,22 +562,6 @@ static bool qemu_driver(const char *name)
     return false;
 }
 
-/* The QEMU driver that would open what the library found instead of qcow2
- * (qc_result.other_format: "qed", "vpc (vhd)", "qcow (version 1)", ...):
- * the guess's first word; anything else, an empty file included, QEMU
- * probes as raw. */
-static const char *guess_driver(const char *guess)
-{
-    static const char *const drivers[] = {"qed", "vmdk", "vdi", "vhdx", "parallels",
-                                          "vpc", "qcow", "luks", "cloop"};
-    for (size_t i = 0; i < sizeof(drivers) / sizeof(drivers[0]); i++) {
-        size_t n = strlen(drivers[i]);
-        if (strncmp(guess, drivers[i], n) == 0 && (guess[n] == '\0' || guess[n] == ' '))
-            return drivers[i];
-    }
-    return "raw";
-}
-
 /* Formats whose QEMU driver has a check of its own. */
 static bool qemu_checks(const char *driver)
 {
@@ -646,8 +602,8 @@ static const char *not_in_format(const char *driver)
 /* QEMU's LUKS driver cannot even look at a file without a key. */
 static int luks_without_key(const cli *c)
 {
-    message(c, "Could not open '%s': Parameter 'key-secret' is required for cipher", c->filename);
-    message(c, "'%s' would be opened as a LUKS image; qcheck checks qcow2 images only", c->path);
+    cli_message(c, "Could not open '%s': Parameter 'key-secret' is required for cipher", c->filename);
+    cli_message(c, "'%s' would be opened as a LUKS image; qcheck checks qcow2 images only", c->path);
     return 1;
 }
 
@@ -657,23 +613,22 @@ static int wrong_format(const cli *c, const char *looks_like)
 {
     const char *sentence = not_in_format(c->format);
     if (sentence)
-        message(c, "Could not open '%s': %s", c->filename, sentence);
+        cli_message(c, "Could not open '%s': %s", c->filename, sentence);
     else
-        message(c, "Could not open '%s': Image not in %s format", c->filename, c->format);
-    message(c, "'%s' is not a %s image (it looks like %s)%s", c->path, c->format, looks_like,
+        cli_message(c, "Could not open '%s': Image not in %s format", c->filename, c->format);
+    cli_message(c, "'%s' is not a %s image (it looks like %s)%s", c->path, c->format, looks_like,
             sentence ? "" : "; qemu-img's own reason for this driver may differ");
     return 1;
 }
 
 /* The file is not qcow2 (the library's guess says what it looks like):
  * what qemu-img says with the same -f or driver=, and its exit status. */
-static int not_qcow2(const cli *c, const char *guess)
+int cli_not_qcow2(const cli *c, const char *guess, const char *driver)
 {
-    const char *driver = guess_driver(guess);
     if (c->format && strcmp(c->format, "qcow2") == 0 && strcmp(driver, "qcow") == 0) {
         /* The qcow2 driver reads the same magic and refuses the version. */
-        message(c, "Could not open '%s': Unsupported qcow2 version 1", c->filename);
-        message(c, "'%s' is a qcow (version 1) image, not qcow2", c->path);
+        cli_message(c, "Could not open '%s': Unsupported qcow2 version 1", c->filename);
+        cli_message(c, "'%s' is a qcow (version 1) image, not qcow2", c->path);
         return 1;
     }
     if (c->format && strcmp(c->format, driver) != 0)
@@ -686,12 +641,12 @@ static int not_qcow2(const cli *c, const char *guess)
                         "write operations on block 0 will be restricted.\n"
                         "         Specify the 'raw' format explicitly to remove the restrictions.\n",
                 c->path);
-    message(c, "This image format does not support checks");
+    cli_message(c, "This image format does not support checks");
     if (qemu_checks(driver))
-        message(c, "'%s' is a %s image: qemu-img can check it, qcheck checks qcow2 images only",
+        cli_message(c, "'%s' is a %s image: qemu-img can check it, qcheck checks qcow2 images only",
                 c->path, driver);
     else
-        message(c, "'%s' is not a qcow2 image (it looks like %s); qcheck checks qcow2 images only",
+        cli_message(c, "'%s' is not a qcow2 image (it looks like %s); qcheck checks qcow2 images only",
                 c->path, guess);
     return 63;
 }
@@ -710,8 +665,8 @@ static uint32_t qcow_version(qc_io *io)
 /* -f raw (or file): qemu-img opens the file and finds no check. */
 static int given_raw(const cli *c)
 {
-    message(c, "This image format does not support checks");
-    message(c, "the format was given as %s; qcheck checks qcow2 images only", c->format);
+    cli_message(c, "This image format does not support checks");
+    cli_message(c, "the format was given as %s; qcheck checks qcow2 images only", c->format);
     return 63;
 }
 
@@ -730,7 +685,7 @@ static int given_format(const cli *c, qc_io *io)
     } else if (strcmp(c->format, "luks") == 0 && !c->key_secret) {
         status = luks_without_key(c);
     } else if (version >= 2 && strcmp(c->format, "qcow") == 0) {
-        message(c, "Could not open '%s': qcow (v1) does not support qcow version %" PRIu32,
+        cli_message(c, "Could not open '%s': qcow (v1) does not support qcow version %" PRIu32,
                 c->filename, version);
         fprintf(stderr, "Try the 'qcow2' driver instead.\n");
         status = 1;
@@ -806,33 +761,33 @@ static int lock_refused(const cli *c, const qc_lock_state *o, bool repair)
     bool shared = false;
     unsigned perm = lock_conflict(o, repair ? QC_LOCK_REPAIR : c->lock_mode, false, &shared);
     if (o->failed_byte && (o->failed_errno == EAGAIN || o->failed_errno == EACCES)) {
-        message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
-        message(c, "another process holds a write lock on byte %d of '%s' (QEMU itself takes "
+        cli_message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
+        cli_message(c, "another process holds a write lock on byte %d of '%s' (QEMU itself takes "
                    "only read locks there)",
                 o->failed_byte, c->path);
         return 1;
     }
     if (o->failed_byte) {
-        message(c, "Could not open '%s': Failed to lock byte %d: %s", c->filename, o->failed_byte,
+        cli_message(c, "Could not open '%s': Failed to lock byte %d: %s", c->filename, o->failed_byte,
                 strerror(o->failed_errno));
-        message(c, "the file system refused QEMU's image lock; --image-opts "
+        cli_message(c, "the file system refused QEMU's image lock; --image-opts "
                    "driver=qcow2,file.filename=PATH,file.locking=off checks without locks");
         return 1;
     }
     if (perm)
-        message(c, "Could not open '%s': Failed to get %s\"%s\" lock", c->filename,
+        cli_message(c, "Could not open '%s': Failed to get %s\"%s\" lock", c->filename,
                 shared ? "shared " : "", perm_name(perm));
     else /* a repair refuses readers too, which QEMU would let in */
-        message(c, "Could not open '%s': the image is in use by another process", c->filename);
+        cli_message(c, "Could not open '%s': the image is in use by another process", c->filename);
     fprintf(stderr, "Is another process using the image [%s]?\n", c->path);
     if (repair)
-        message(c, "a repair needs the image to itself: stop the process that has it open (a VM, "
+        cli_message(c, "a repair needs the image to itself: stop the process that has it open (a VM, "
                    "qemu-img, qemu-io), or repair a copy; nothing was written");
     else if (perm == QC_PERM_CONSISTENT_READ)
-        message(c, "another process has the image open and lets no one else read it (as the "
+        cli_message(c, "another process has the image open and lets no one else read it (as the "
                    "target of a block job does); -U does not change that");
     else
-        message(c, "another process (a VM, qemu-io) has the image open for writing, so a check "
+        cli_message(c, "another process (a VM, qemu-io) has the image open for writing, so a check "
                    "could read writes half done; stop it, or check anyway with -U (the results "
                    "may then be inconsistent)");
     return 1;
@@ -843,10 +798,10 @@ static int open_error(const cli *c, int err, const qc_lock_state *o, bool repair
     if (err == -EBUSY)
         return lock_refused(c, o, repair);
     if (err == -EINVAL)
-        message(c, "Could not open '%s': 'file' driver requires '%s' to be a regular file",
+        cli_message(c, "Could not open '%s': 'file' driver requires '%s' to be a regular file",
                 c->filename, c->path);
     else
-        message(c, "Could not open '%s': Could not open '%s': %s", c->filename, c->path,
+        cli_message(c, "Could not open '%s': Could not open '%s': %s", c->filename, c->path,
                 strerror(-err));
     return 1;
 }
@@ -860,7 +815,7 @@ static bool probes_as_raw(qc_io *io)
         return false;
     qc_result *r = qc_result_new();
     bool raw = r && qc_check(io, NULL, r) == 0 && qc_result_other_format(r) &&
-               strcmp(guess_driver(qc_result_other_format(r)), "raw") == 0;
+               strcmp(qc_result_driver(r), "raw") == 0;
     qc_result_free(r);
     return raw;
 }
@@ -881,7 +836,7 @@ static int repair_open_busy(const cli *c, const qc_lock_state *others)
     }
     if (others->failed_byte || !raw || lock_conflict(others, QC_LOCK_REPAIR, true, &shared))
         return lock_refused(c, others, true);
-    return c->format ? given_raw(c) : not_qcow2(c, "raw");
+    return c->format ? given_raw(c) : cli_not_qcow2(c, "raw", "raw");
 }
 
 /* -r with -f raw (or file): qemu-img opens the file read-write, sharing
@@ -910,7 +865,7 @@ static int repair_raw(const cli *c)
  * other processes, the format given. Returns -1 with io open to go on
  * (*in_use: another process may be writing, and -U or file.locking=off
  * let the check go ahead), or the exit status of a failure reported. */
-static int open_for_check(const cli *c, qc_io *io, bool *in_use)
+int cli_open_for_check(const cli *c, qc_io *io, bool *in_use)
 {
     qc_lock_state others;
     *in_use = false;
@@ -931,7 +886,7 @@ static int open_for_check(const cli *c, qc_io *io, bool *in_use)
 
 /* -U (or file.locking=off) let the check of an image in use go ahead:
  * say so among the findings, where a caller of the JSON output sees it. */
-static void report_in_use(cli *c, verdict *r)
+void cli_report_in_use(cli *c, verdict *r)
 {
     const qc_problem *p = qc_problem_get(QC_P_IMAGE_IN_USE);
     qc_finding_ctx fc = {.present = QC_CTX_NAME,
@@ -951,8 +906,10 @@ static void report_in_use(cli *c, verdict *r)
     r->findings++;
 }
 
-enum { OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST, OPT_UNDO, OPT_ROLLBACK,
-       OPT_SALVAGE };
+enum {
+    OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST,
+    OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH
+};
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
@@ -970,6 +927,10 @@ static const struct option longopts[] = {
     {"list-problems", optional_argument, NULL, OPT_LIST},
     {"digest", optional_argument, NULL, OPT_DIGEST},
     {"deep", no_argument, NULL, OPT_DEEP},
+    {"chain", no_argument, NULL, OPT_CHAIN},
+    {"data-file", required_argument, NULL, OPT_DATA_FILE},
+    {"allow-probe", no_argument, NULL, OPT_ALLOW_PROBE},
+    {"max-depth", required_argument, NULL, OPT_MAX_DEPTH},
     {"dry-run", no_argument, NULL, 'n'},
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
@@ -999,17 +960,17 @@ static void note_cannot_open(cli *c, qc_io *io, const qc_result *r)
 /* After the summary of a check that could not be completed: qemu-img's
  * "Check failed" (or, for a header QEMU cannot open, its "Could not open"
  * sentence), on stderr, with -q and in JSON mode too, as qemu-img. */
-static void check_failed(const cli *c, const verdict *r, const char *why)
+void cli_check_failed(const cli *c, const verdict *r, const char *why)
 {
     if (c->cannot_open[0]) {
-        message(c, "Could not open '%s': %s", c->filename, c->cannot_open);
-        message(c, "%s", why ? why : "the image header cannot be used: see the error findings");
+        cli_message(c, "Could not open '%s': %s", c->filename, c->cannot_open);
+        cli_message(c, "%s", why ? why : "the image header cannot be used: see the error findings");
     } else {
-        message(c, "Check failed");
+        cli_message(c, "Check failed");
         if (why)
-            message(c, "%s", why);
+            cli_message(c, "%s", why);
         else
-            message(c, "%" PRIu64 " check errors: parts of the image could not be checked (the "
+            cli_message(c, "%" PRIu64 " check errors: parts of the image could not be checked (the "
                        "error findings say which)",
                     r->check_errors);
     }
@@ -1023,17 +984,17 @@ static void print_result(const cli *c, const verdict *r, int status)
         if (c->output == OUTPUT_JSON)
             print_json(c, r, NULL, status);
         else
-            print_human_summary(r);
+            cli_print_human_summary(r);
     }
     /* Asked for by name, the digest is printed with -q too. */
     if (c->digest[0] && (c->quiet || c->output == OUTPUT_HUMAN))
         printf("%s\n", c->digest);
     if (r->check_errors)
-        check_failed(c, r, NULL);
+        cli_check_failed(c, r, NULL);
 }
 
 /* The check's options: findings and progress to the command. */
-static qc_options check_options(cli *c)
+qc_options cli_check_options(cli *c)
 {
     qc_options o = QC_OPTIONS_INIT;
     o.max_mem = c->max_mem;
@@ -1046,7 +1007,7 @@ static qc_options check_options(cli *c)
 
 /* qemu-img check's exit status for a check's verdict; findings the command
  * could not keep in memory make it a check error. */
-static int final_status(const cli *c, verdict *v)
+int cli_final_status(const cli *c, verdict *v)
 {
     if (c->out_of_memory) {
         v->check_errors++;
@@ -1059,31 +1020,36 @@ static int final_status(const cli *c, verdict *v)
  * whether there is a result to print (failures were reported already). */
 /* --digest: what the guest reads (with `raw`, the file's bytes), as
  * "ALG:HEX" in c->digest; false, with a message, when it cannot be had. */
-static bool take_digest(cli *c, qc_io *io, bool raw)
+void cli_set_digest(cli *c, const uint8_t *d, size_t n)
+{
+    int at = snprintf(c->digest, sizeof(c->digest), "%s:", qc_digest_name(c->digest_alg));
+    for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof(c->digest); i++)
+        at += snprintf(c->digest + at, sizeof(c->digest) - (size_t)at, "%02x", d[i]);
+}
+
+bool cli_take_digest(cli *c, qc_io *io, bool raw)
 {
     uint8_t d[QC_DIGEST_MAX];
     size_t n;
     char why[300];
     int ret = qc_digest(io, c->digest_alg, raw, d, &n, why, sizeof(why));
     if (ret < 0) {
-        message(c, "no digest of '%s': %s", c->filename, why[0] ? why : strerror(-ret));
+        cli_message(c, "no digest of '%s': %s", c->filename, why[0] ? why : strerror(-ret));
         return false;
     }
-    int at = snprintf(c->digest, sizeof(c->digest), "%s:", qc_digest_name(c->digest_alg));
-    for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof(c->digest); i++)
-        at += snprintf(c->digest + at, sizeof(c->digest) - (size_t)at, "%02x", d[i]);
+    cli_set_digest(c, d, n);
     return true;
 }
 
 /* The digest of a raw file, which has nothing to check: the line, or a
  * JSON object with it. */
-static int print_raw_digest(const cli *c)
+int cli_print_raw_digest(const cli *c)
 {
     if (c->output == OUTPUT_JSON && !c->quiet) {
         printf("{\n    \"filename\": ");
-        json_string(stdout, c->filename);
+        cli_json_string(stdout, c->filename);
         printf(",\n    \"format\": \"raw\",\n    \"digest\": ");
-        json_string(stdout, c->digest);
+        cli_json_string(stdout, c->digest);
         printf(",\n    \"exit-code\": 0\n}\n");
     } else {
         printf("%s\n", c->digest);
@@ -1096,49 +1062,49 @@ static int check_file(cli *c, verdict *v, bool *checked)
     *checked = false;
     qc_io io;
     bool in_use;
-    int status = open_for_check(c, &io, &in_use);
+    int status = cli_open_for_check(c, &io, &in_use);
     if (status >= 0)
         return status;
-    qc_options o = check_options(c);
+    qc_options o = cli_check_options(c);
     qc_result *r = qc_result_new();
-    progress_begin(c);
+    cli_progress_begin(c);
     int ret = r ? qc_check(&io, &o, r) : -ENOMEM;
-    progress_clear(c);
+    cli_progress_clear(c);
     if (ret == 0) {
         note_cannot_open(c, &io, r);
-        *v = verdict_of(r);
+        *v = cli_verdict_of(r);
     }
     qc_result_free(r);
-    bool raw = ret == 0 && v->other_format && strcmp(guess_driver(v->other_format), "raw") == 0;
+    bool raw = ret == 0 && v->other_format && strcmp(v->driver, "raw") == 0;
     bool no_digest = false;
     if (ret == 0 && c->digest_alg) {
         /* The guest's content means something only where the metadata
          * holds: no digest of an image with corruptions. */
         if (!raw && !v->other_format && (v->corruptions || v->check_errors))
-            message(c, "no digest of '%s': the check found corruptions or could not complete",
+            cli_message(c, "no digest of '%s': the check found corruptions or could not complete",
                     c->filename);
         else if (raw || !v->other_format)
-            no_digest = !take_digest(c, &io, raw);
+            no_digest = !cli_take_digest(c, &io, raw);
     }
     qc_io_close(&io);
     if (ret < 0) {
-        message(c, "Check failed: %s", strerror(-ret));
+        cli_message(c, "Check failed: %s", strerror(-ret));
         return 1;
     }
     if (raw && c->digest[0])
-        return print_raw_digest(c);
+        return cli_print_raw_digest(c);
     if (v->other_format)
-        return not_qcow2(c, v->other_format);
+        return cli_not_qcow2(c, v->other_format, v->driver);
     if (in_use)
-        report_in_use(c, v);
+        cli_report_in_use(c, v);
     *checked = true;
-    status = final_status(c, v);
+    status = cli_final_status(c, v);
     /* A clean or leaky image whose digest could not be taken: what was
      * asked for was not done. */
     return no_digest && (status == 0 || status == 3) ? 1 : status;
 }
 
-static void forget_findings(cli *c)
+void cli_forget_findings(cli *c)
 {
     for (size_t i = 0; i < c->nb_problems; i++)
         free(c->problems[i]);
@@ -1213,15 +1179,15 @@ static int refuse_repair(cli *c, qc_io *io, const qc_result *before, const char 
 {
     char why[1200];
     snprintf(why, sizeof(why), "cannot repair '%s': %s; nothing was written", c->path, reason);
-    verdict v = verdict_of(before);
+    verdict v = cli_verdict_of(before);
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON)
             print_json(c, &v, why, 1);
         else
-            print_human_summary(&v);
+            cli_print_human_summary(&v);
     }
     note_cannot_open(c, io, before);
-    check_failed(c, &v, why);
+    cli_check_failed(c, &v, why);
     return 1;
 }
 
@@ -1249,7 +1215,7 @@ static int on_repair_event(qc_repair_event event, const qc_repair *rep, void *pa
     cli *c = payload;
     c->plan = qc_repair_get_plan(rep);
     if (event == QC_REPAIR_EVENT_WRITING) {
-        progress_clear(c);
+        cli_progress_clear(c);
         note_salvage(c, rep);
         if (c->output == OUTPUT_HUMAN)
             print_plan_human(c, NULL);
@@ -1266,8 +1232,8 @@ static int on_repair_event(qc_repair_event event, const qc_repair *rep, void *pa
                "    %" PRIu64 " leaked clusters\n    %" PRIu64 " corruptions\n\n"
                "Double checking the fixed image now...\n",
                leaks_fixed, corruptions_fixed);
-    forget_findings(c);
-    progress_begin(c);
+    cli_forget_findings(c);
+    cli_progress_begin(c);
     return 0;
 }
 
@@ -1281,18 +1247,18 @@ static int repair_outcome(cli *c, qc_io *io, const qc_repair *rep, const char *u
     case QC_REPAIR_REFUSED:
         if (qc_result_other_format(before)) {
             c->plan = NULL;
-            return not_qcow2(c, qc_result_other_format(before));
+            return cli_not_qcow2(c, qc_result_other_format(before), qc_result_driver(before));
         }
         return refuse_repair(c, io, before, qc_repair_why(rep));
     case QC_REPAIR_UNPLANNED:
-        message(c, "Check failed: %s", strerror(-err));
-        message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
+        cli_message(c, "Check failed: %s", strerror(-err));
+        cli_message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
         return 1;
     case QC_REPAIR_PLANNED: {
         note_salvage(c, rep);
-        verdict v = verdict_of(before);
+        verdict v = cli_verdict_of(before);
         if (c->output == OUTPUT_HUMAN) {
-            verdict after = verdict_of(qc_repair_predicted(rep));
+            verdict after = cli_verdict_of(qc_repair_predicted(rep));
             print_plan_human(c, &after);
         }
         print_result(c, &v, v.status);
@@ -1302,13 +1268,13 @@ static int repair_outcome(cli *c, qc_io *io, const qc_repair *rep, const char *u
         note_salvage(c, rep);
         if (c->salvage_ret < 0)
             return refuse_repair(c, io, before, c->salvage_why);
-        message(c, "Could not create the undo log '%s': %s", undo_path, strerror(-err));
-        message(c, "nothing was written to '%s'", c->path);
+        cli_message(c, "Could not create the undo log '%s': %s", undo_path, strerror(-err));
+        cli_message(c, "nothing was written to '%s'", c->path);
         return 1;
     case QC_REPAIR_FAILED:
         /* qemu-img's sentence when its repair fails part way. */
-        message(c, "Check failed: %s", strerror(-err));
-        message(c, "the repair of '%s' stopped; the image is safe to check and repair again "
+        cli_message(c, "Check failed: %s", strerror(-err));
+        cli_message(c, "the repair of '%s' stopped; the image is safe to check and repair again "
                    "(qcheck -r all)%s",
                 c->path, undo_path ? ", or to roll back" : "");
         return 1;
@@ -1317,8 +1283,8 @@ static int repair_outcome(cli *c, qc_io *io, const qc_repair *rep, const char *u
     }
     const qc_result *after = qc_repair_after(rep);
     note_cannot_open(c, io, after);
-    verdict v = verdict_of(after);
-    int status = final_status(c, &v);
+    verdict v = cli_verdict_of(after);
+    int status = cli_final_status(c, &v);
     print_result(c, &v, status);
     return status;
 }
@@ -1329,7 +1295,7 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
     int status;
     if (c->dry_run) {
         bool in_use; /* false: -U does not go with -r */
-        status = open_for_check(c, &io, &in_use);
+        status = cli_open_for_check(c, &io, &in_use);
     } else if (c->format && shares_write(c->format)) {
         return repair_raw(c);
     } else {
@@ -1343,7 +1309,7 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
     }
     if (status >= 0)
         return status;
-    qc_options o = check_options(c);
+    qc_options o = cli_check_options(c);
     qc_repair_options ro = QC_REPAIR_OPTIONS_INIT;
     ro.mode = mode;
     ro.dry_run = c->dry_run;
@@ -1358,12 +1324,12 @@ static int repair_file(cli *c, qc_repair_mode mode, const char *undo_path)
                         ? &wrapped
                         : &io;
     qc_repair *rep = NULL;
-    progress_begin(c);
+    cli_progress_begin(c);
     int ret = qc_repair_run(target, &o, &ro, &rep);
-    progress_clear(c);
+    cli_progress_clear(c);
     if (ret < 0) {
-        message(c, "Check failed: %s", strerror(-ret));
-        message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
+        cli_message(c, "Check failed: %s", strerror(-ret));
+        cli_message(c, "the repair of '%s' could not be planned; nothing was written", c->path);
         status = 1;
     } else {
         c->plan = qc_repair_get_plan(rep);
@@ -1388,14 +1354,14 @@ static int rollback_file(cli *c, const char *log_path)
     ret = qc_io_open_file(&log, log_path);
     if (ret < 0) {
         qc_io_close(&image);
-        message(c, "Could not open the undo log '%s': %s", log_path, strerror(-ret));
+        cli_message(c, "Could not open the undo log '%s': %s", log_path, strerror(-ret));
         return 1;
     }
     ret = qc_rollback(&image, &log, why, sizeof(why));
     qc_io_close(&log);
     qc_io_close(&image);
     if (ret < 0) {
-        message(c, "refusing to roll back '%s' with '%s': %s%s", c->path, log_path,
+        cli_message(c, "refusing to roll back '%s' with '%s': %s%s", c->path, log_path,
                 why[0] ? why : strerror(-ret),
                 ret == -EINVAL || ret == -ESTALE ? " (nothing was written)" : "");
         return 1;
@@ -1403,7 +1369,7 @@ static int rollback_file(cli *c, const char *log_path)
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON) {
             printf("{\n    \"filename\": ");
-            json_string(stdout, c->filename);
+            cli_json_string(stdout, c->filename);
             printf(",\n    \"rolled-back\": true,\n    \"exit-code\": 0\n}\n");
         } else {
             printf("Rolled back '%s' to its state before the repair.\n", c->filename);
@@ -1454,22 +1420,22 @@ static int parse_image_opts(cli *c, char *opts, bool *force_share)
             c->key_secret = true;
     }
     if (*force_share && force && !option_on(force)) {
-        message(c, "--force-share/-U conflicts with image options");
+        cli_message(c, "--force-share/-U conflicts with image options");
         return 1;
     }
     if (force && option_on(force))
         *force_share = true;
     if (!has_keys) {
-        message(c, "Could not open '%s': Cannot find device='%s' nor node-name='%s'", c->filename,
+        cli_message(c, "Could not open '%s': Cannot find device='%s' nor node-name='%s'", c->filename,
                 c->filename, c->filename);
-        message(c, "with --image-opts the file is an option string, such as "
+        cli_message(c, "with --image-opts the file is an option string, such as "
                    "driver=qcow2,file.filename=PATH");
         return 1;
     }
     if (!path) {
-        message(c, "Could not open '%s': A block device must be specified for \"file\"",
+        cli_message(c, "Could not open '%s': A block device must be specified for \"file\"",
                 c->filename);
-        message(c, "name the image with file.filename=PATH");
+        cli_message(c, "name the image with file.filename=PATH");
         return 1;
     }
     c->path = path;
@@ -1482,13 +1448,13 @@ static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *r
                bool force_share)
 {
     if (c->format && !qemu_driver(c->format)) {
-        message(c, "Could not open '%s': Unknown driver '%s'", c->filename, c->format);
+        cli_message(c, "Could not open '%s': Unknown driver '%s'", c->filename, c->format);
         return 1;
     }
     if (force_share && (c->repair_mode || rollback_log)) {
-        message(c, "Could not open '%s': force-share=on can only be used with read-only images",
+        cli_message(c, "Could not open '%s': force-share=on can only be used with read-only images",
                 c->filename);
-        message(c, "-U checks an image in use; a repair or rollback needs the image to itself");
+        cli_message(c, "-U checks an image in use; a repair or rollback needs the image to itself");
         return 1;
     }
     if (rollback_log)
@@ -1497,7 +1463,9 @@ static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *r
         c->lock_mode = QC_LOCK_SHARED;
     if (c->repair_mode)
         return repair_file(c, mode, undo_path);
-    verdict v;
+    if (c->chain || c->data_file)
+        return cli_check_chain(c);
+    verdict v = {0};
     bool checked;
     int status = check_file(c, &v, &checked);
     if (checked)
@@ -1582,6 +1550,26 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
         case OPT_DEEP:
             c->deep = true;
             break;
+        case OPT_CHAIN:
+            c->chain = true;
+            break;
+        case OPT_DATA_FILE:
+            c->data_file = optarg;
+            break;
+        case OPT_ALLOW_PROBE:
+            c->allow_probe = true;
+            break;
+        case OPT_MAX_DEPTH: {
+            char *end;
+            errno = 0;
+            unsigned long depth = strtoul(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-' || depth == 0 ||
+                depth > 65535)
+                return usage_error(c, "--max-depth expects a number of layers from 1 to 65535, "
+                                      "not '%s'", optarg);
+            c->max_depth = (unsigned)depth;
+            break;
+        }
         case OPT_DIGEST:
             if (!optarg || strcmp(optarg, "sha256") == 0)
                 c->digest_alg = QC_DIGEST_SHA256;
@@ -1609,11 +1597,11 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
     if (in->output && strcmp(in->output, "json") == 0) {
         c->output = OUTPUT_JSON;
     } else if (in->output && strcmp(in->output, "human") != 0) {
-        message(c, "--output must be used with human or json as argument.");
+        cli_message(c, "--output must be used with human or json as argument.");
         return 1;
     }
     if (in->cache && !cache_mode_valid(in->cache)) {
-        message(c, "Invalid source cache option: %s", in->cache);
+        cli_message(c, "Invalid source cache option: %s", in->cache);
         return 1;
     }
     if ((c->dry_run || in->undo_path) && !in->repair)
@@ -1624,6 +1612,11 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
         return usage_error(c, "--rollback cannot be combined with -r");
     if ((c->digest_alg || c->deep) && (in->repair || in->rollback_log))
         return usage_error(c, "--digest and --deep go with a check, not with -r or --rollback");
+    if ((c->chain || c->data_file) && (in->repair || in->rollback_log))
+        return usage_error(c, "repairs are single-image: --chain and --data-file go with a "
+                              "check, not with -r or --rollback (repair each layer on its own)");
+    if ((c->allow_probe || c->max_depth) && !c->chain)
+        return usage_error(c, "--allow-probe and --max-depth go with --chain");
     c->repair_mode = in->repair;
     c->lock_mode = QC_LOCK_CHECK;
     return -1;
@@ -1631,7 +1624,7 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
 
 int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
 {
-    cli c = {.hooks = hooks};
+    cli c = {.hooks = hooks, .layer = -1};
     const char *slash = argc > 0 && argv[0] ? strrchr(argv[0], '/') : NULL;
     c.prog = slash ? slash + 1 : argc > 0 && argv[0] && argv[0][0] ? argv[0] : "qcheck";
     invocation in = {0};
@@ -1642,10 +1635,10 @@ int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
         return status;
     char *opts_copy = NULL;
     if (in.image_opts && c.format) {
-        message(&c, "--image-opts and --format are mutually exclusive");
+        cli_message(&c, "--image-opts and --format are mutually exclusive");
         status = 1;
     } else if (in.image_opts && !(opts_copy = strdup(argv[optind]))) {
-        message(&c, "Could not open '%s': %s", c.filename, strerror(ENOMEM));
+        cli_message(&c, "Could not open '%s': %s", c.filename, strerror(ENOMEM));
         status = 1;
     } else if (in.image_opts) {
         status = parse_image_opts(&c, opts_copy, &in.force_share);

@@ -256,6 +256,13 @@ typedef struct qc_header_info {
     unsigned nb_snapshots;
     bool has_backing_file;
     bool has_bitmaps;
+    /* The names QEMU opens, as C strings up to their first NUL (bytes of
+     * the image: not necessarily printable), or NULL for none: the backing
+     * file, its recorded format (only when it fits QEMU's buffer) and the
+     * external data file. They live as long as the result. */
+    const char *backing_file;
+    const char *backing_format;
+    const char *data_file;
 } qc_header_info;
 
 /* The outcome of a check: opaque, read through the accessors below, so
@@ -289,6 +296,10 @@ const char *qc_result_other_format(const qc_result *result);
 /* The header as decoded, or NULL when it did not decode far enough. The
  * result owns it; fields are only ever added at the end. */
 const qc_header_info *qc_result_header(const qc_result *result);
+/* The QEMU driver that would open the file when probing it: "qcow2" for a
+ * qcow2 image (whatever its state), "qed", "vmdk", "qcow", ... for the
+ * other formats the check recognised, and "raw" for anything else. */
+const char *qc_result_driver(const qc_result *result);
 
 /* Check the image behind io. Returns 0 when the check ran (whatever it
  * found: see result) or a negative errno for a failure of the caller's
@@ -326,6 +337,71 @@ int qc_digest(qc_io *io, qc_digest_alg alg, bool raw, uint8_t *digest, size_t *d
               char *why, size_t why_len);
 /* "sha256", "xxh128", or NULL. */
 const char *qc_digest_name(qc_digest_alg alg);
+
+/* ---- Backing chains and external data files ----------------------------- */
+
+/* A check never opens a file an image names. These calls do, on the
+ * caller's explicit request: the backing files (resolved as QEMU resolves
+ * them, relative to the folder of the image naming them; json: and
+ * protocol names are never followed) and the external data files
+ * (resolved as QEMU 7.2 does: a relative name against the working
+ * directory). Every layer gets the full check; what is wrong between
+ * layers is reported with codes 9xx on the layer whose header names the
+ * file. */
+
+#define QC_CHAIN_DEFAULT_DEPTH 256 /* layers below the top image */
+
+typedef struct qc_chain qc_chain;
+
+typedef struct qc_chain_layer {
+    unsigned depth;          /* 0: the top image; 1: its backing file; ... */
+    const char *path;        /* the file, as opened */
+    const char *format;      /* the driver it is read with: "qcow2" or "raw" */
+    bool probed;             /* the format was guessed from the content (--allow-probe) */
+    const qc_result *result; /* its check (a raw layer has nothing to check: no findings) */
+    const char *data_file;   /* the external data file opened for it, or NULL */
+} qc_chain_layer;
+
+typedef enum qc_chain_event {
+    QC_CHAIN_LAYER_BEGIN, /* the layer's check comes next (findings follow) */
+    QC_CHAIN_LAYER_END,   /* its check and the findings about what it names are done */
+} qc_chain_event;
+
+typedef struct qc_chain_options {
+    size_t size;           /* sizeof(qc_chain_options) as the caller was built (QC_CHAIN_OPTIONS_INIT) */
+    bool backing;          /* open and check the backing files */
+    bool data_files;       /* open the external data files the images name */
+    const char *data_file; /* the top image's external data file, instead of the name in it */
+    bool allow_probe;      /* a backing file without a recorded format is probed */
+    unsigned max_depth;    /* 0: QC_CHAIN_DEFAULT_DEPTH */
+    qc_lock_mode lock;     /* how the other files are opened: CHECK, SHARED or NONE */
+    void (*on_layer)(qc_chain_event event, const qc_chain_layer *layer, void *payload);
+    void *payload;
+} qc_chain_options;
+
+#define QC_CHAIN_OPTIONS_INIT {.size = sizeof(qc_chain_options)}
+
+/* Check the image behind `top` (its path as given: the other names are
+ * resolved from it) and, as `opts` allow, the files it names, layer by
+ * layer. Findings go to check->on_finding, each between the BEGIN and END
+ * events of its layer. Returns 0 with *out set whatever was found (the
+ * top image may not even be qcow2: see its layer's result), or a negative
+ * errno for bad arguments or no memory. `top` must outlive the chain. */
+int qc_chain_check(qc_io *top, const char *top_path, const qc_options *check,
+                   const qc_chain_options *opts, qc_chain **out);
+size_t qc_chain_layers(const qc_chain *chain);
+const qc_chain_layer *qc_chain_layer_at(const qc_chain *chain, size_t i);
+/* The counter summed over the layers. */
+uint64_t qc_chain_count(const qc_chain *chain, qc_counter counter);
+/* qc_exit_status of the sums: the worst over the chain (a raw layer below
+ * the top counts as clean). */
+int qc_chain_exit_status(const qc_chain *chain);
+/* qc_digest of what the guest of the top image reads through every layer
+ * (and data file) the chain opened. Refused (-ENOTSUP, with `why`) when
+ * a layer's content lies in a file the chain could not open. */
+int qc_chain_digest(const qc_chain *chain, qc_digest_alg alg, uint8_t *digest,
+                    size_t *digest_len, char *why, size_t why_len);
+void qc_chain_free(qc_chain *chain);
 
 /* ---- Repairing ---------------------------------------------------------- */
 

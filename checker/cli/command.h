@@ -1,0 +1,103 @@
+/*
+ * The command's state and the parts of it shared between its files:
+ * cli.c (options, single-image check, repair, rollback) and chain_mode.c
+ * (--chain and --data-file).
+ */
+#ifndef QCHECK_COMMAND_H
+#define QCHECK_COMMAND_H
+
+#include <stdio.h>
+
+#include "cli.h"
+#include "qcheck.h"
+
+enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
+
+typedef struct cli {
+    const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
+    qc_digest_alg digest_alg;      /* --digest, or 0 */
+    bool deep;                     /* --deep */
+    /* --chain, --data-file, --allow-probe, --max-depth (chain_mode.c) */
+    bool chain, allow_probe;
+    const char *data_file;
+    unsigned max_depth;
+    int layer;            /* the layer being checked (its findings are prefixed), or -1 */
+    const char *layer_path; /* and its file */
+    bool top_in_use;      /* -U let the check of the top image, in use, go ahead */
+    FILE *layers_json;    /* JSON mode: the layers' objects, collected */
+    char *layers_buf;
+    size_t layers_len;
+    char digest[80];               /* "ALG:HEX" once taken */
+    const char *prog;     /* the name it was run as: every message starts with it */
+    const char *filename; /* as given (with --image-opts, the option string) */
+    const char *path;     /* what is opened */
+    const char *format;   /* -f or driver=; NULL: the file's own */
+    bool key_secret;      /* --image-opts names a LUKS key */
+    bool probed_raw_warning; /* qemu-img's warning for -r on a probed raw file */
+    char cannot_open[160];   /* qemu-img's reason for refusing the image's header, if any */
+    qc_lock_mode lock_mode;
+    bool quiet;
+    enum output_format output;
+    uint64_t max_mem;
+    /* JSON mode collects findings and prints them inside the object. */
+    char **problems;
+    size_t nb_problems, cap_problems;
+    bool out_of_memory;
+    /* Repair: set when -r ran; printed in JSON. */
+    const char *repair_mode;
+    const qc_repair_plan *plan;
+    bool dry_run, repaired;
+    /* --salvage: the directory, what was (or would be) saved, and why not. */
+    const char *salvage_dir;
+    qc_salvage_info salvage;
+    int salvage_ret;
+    bool salvaged;
+    char salvage_why[900];
+    /* Progress on stderr: forced by -p, or on a terminal once the check
+     * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
+    bool progress_forced, progress_allowed, progress_shown;
+    double progress_start;
+} cli;
+
+#define PROGRESS_DELAY 0.5 /* seconds */
+
+/* What the command prints of a check: the library's figures, read once
+ * through its accessors, plus what the command adds itself (an image in
+ * use, memory running out while collecting findings). */
+typedef struct verdict {
+    const char *other_format;
+    const char *driver; /* QEMU's driver for the file: "qcow2", or what it is instead */
+    bool header_valid;
+    qc_header_info header;
+    uint64_t check_errors, corruptions, leaks, image_end_offset;
+    uint64_t total_clusters, allocated_clusters, fragmented_clusters, compressed_clusters;
+    uint64_t warnings, findings;
+    int status; /* qc_exit_status() of the library's result */
+} verdict;
+
+verdict cli_verdict_of(const qc_result *r);
+/* One line on stderr after the program's name (qemu-img's error_report). */
+__attribute__((format(printf, 2, 3))) void cli_message(const cli *c, const char *fmt, ...);
+void cli_json_string(FILE *out, const char *s);
+void cli_progress_begin(cli *c);
+void cli_progress_clear(cli *c);
+/* qemu-img's summary lines. */
+void cli_print_human_summary(const verdict *r);
+/* The members of a check's JSON object, from qemu-img's keys to
+ * "problems" (the findings collected), each line indented by `ind`. */
+void cli_print_json_members(FILE *out, const cli *c, const verdict *r, const char *ind);
+void cli_forget_findings(cli *c);
+qc_options cli_check_options(cli *c);
+int cli_open_for_check(const cli *c, qc_io *io, bool *in_use);
+int cli_not_qcow2(const cli *c, const char *guess, const char *driver);
+void cli_report_in_use(cli *c, verdict *r);
+void cli_check_failed(const cli *c, const verdict *r, const char *why);
+int cli_final_status(const cli *c, verdict *v);
+/* --digest: "ALG:HEX" of `n` bytes into c->digest. */
+void cli_set_digest(cli *c, const uint8_t *d, size_t n);
+bool cli_take_digest(cli *c, qc_io *io, bool raw);
+int cli_print_raw_digest(const cli *c);
+/* --chain or --data-file: check every layer; returns the exit status. */
+int cli_check_chain(cli *c);
+
+#endif
