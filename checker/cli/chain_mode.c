@@ -16,8 +16,11 @@
 /* A layer's heading, and its summary or why it has none. */
 static void print_layer_human(const qc_chain_layer *L, const verdict *v)
 {
-    printf("%sLayer %u: %s (%s%s%s)\n", L->depth ? "\n" : "", L->depth, L->path, L->format,
-           L->probed ? ", probed" : "", L->depth ? "" : ", the image");
+    printf("%sLayer %u: %s (%s%s", L->depth ? "\n" : "", L->depth, L->path, L->format,
+           L->probed ? ", probed" : "");
+    if (L->depth)
+        printf(", backing file of layer %u", L->depth - 1);
+    printf(")\n");
     if (L->data_file)
         printf("External data file: %s\n", L->data_file);
     if (strcmp(L->format, "raw") == 0) {

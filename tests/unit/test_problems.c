@@ -58,7 +58,7 @@ START_TEST(test_code_areas)
     for (size_t i = 0; i < ROWS; i++) {
         const qc_problem *p = qc_problem_at(i);
         unsigned area = p->code / 100;
-        ck_assert_msg(area >= 1 && area <= 8, "%s has code %u", p->id, p->code);
+        ck_assert_msg(area >= 1 && area <= 9, "%s has code %u", p->id, p->code);
         ck_assert_msg(p->code % 100 != 0, "%s has code %u (xx00 is not a problem)", p->id, p->code);
         /* The 8xx area is "the check itself", not the image: a check
          * error, or a warning about how it was made (imageInUse); never
@@ -66,6 +66,11 @@ START_TEST(test_code_areas)
         if (area == 8)
             ck_assert_msg(p->severity == QC_SEV_ERROR || p->severity == QC_SEV_WARNING,
                           "%s (%u) is neither an error nor a warning", p->id, p->code);
+        /* The 9xx area is between layers: no leak (a leak is a layer's
+         * own), and nothing a single-image repair could fix. */
+        if (area == 9)
+            ck_assert_msg(p->severity != QC_SEV_LEAK && p->fix == QC_FIX_NONE,
+                          "%s (%u) is a leak or has a fix", p->id, p->code);
     }
 }
 END_TEST
