@@ -4,7 +4,9 @@
  * with its layer, then per layer a heading and qemu-img's summary lines,
  * then one line for the chain. JSON: one object with the totals and a
  * "layers" array holding, per layer, the single-image object's members.
- * The exit status is qemu-img's over the sums of every layer.
+ * The exit status is qemu-img's over the sums of every layer. Layers are
+ * printed as their checks end, while the chain is open (the names their
+ * results hold live as long as the chain).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -48,6 +50,16 @@ static void print_layer_json(cli *c, const qc_chain_layer *L, const verdict *v)
     if (L->data_file) {
         fprintf(out, ",\n%s\"data-file\": ", ind);
         cli_json_string(out, L->data_file);
+    }
+    /* What the layer's header names, as qemu-img info calls it. */
+    const qc_header_info *h = qc_result_header(L->result);
+    if (h && h->backing_file) {
+        fprintf(out, ",\n%s\"backing-filename\": ", ind);
+        cli_json_string(out, h->backing_file);
+    }
+    if (h && h->backing_format) {
+        fprintf(out, ",\n%s\"backing-filename-format\": ", ind);
+        cli_json_string(out, h->backing_format);
     }
     fprintf(out, ",\n%s\"exit-code\": %d\n        }", ind,
             strcmp(L->format, "raw") == 0 ? 0 : qc_exit_status(L->result));
