@@ -740,6 +740,11 @@ def leak_in_lower_layer(r, t, root):
         t.expect(d.get("leaks") == 1 and d["layers"][2].get("exit-code") == 3,
                  "totals: leaks %r, base exit-code %r" % (d.get("leaks"),
                                                           d["layers"][2].get("exit-code")))
+    res = r.qc(t, ["-q", "--chain", "top.qcow2"], root)
+    t.expect(res.returncode == 3 and res.stdout == "" and
+             re.search(r"^layer 2: .*\(%d\)" % LEAKED_CLUSTER, res.stderr, re.M),
+             "-q --chain: exit %d, stdout %r, stderr %r" % (res.returncode, res.stdout,
+                                                           res.stderr))
     # repairs are single-image: refused with --chain, nothing written
     before = tree_hashes(root)
     for args in (["-r", "leaks", "--chain"], ["-r", "all", "--chain"],
