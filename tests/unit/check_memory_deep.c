@@ -3,6 +3,7 @@
  * threads decompressing, the findings come out exactly as one thread
  * reports them, each compressed cluster is read once, and a memory limit
  * too small for the pool still completes the check with one thread.
+ * With --deep, the unused tail bits of a persistent bitmap are read.
  * White-box: the check runs through qc_ctx_run so that a test can choose
  * the deep pass's threads (ctx.deep_threads).
  */
@@ -266,8 +267,70 @@ START_TEST(test_deep_small_memory_limit)
 }
 END_TEST
 
+/* The findings of one check whose id is `id`. */
+static unsigned count_of(const finding_log *log, const char *id)
+{
+    unsigned n = 0;
+    size_t len = strlen(id);
+    for (unsigned k = 0; k < log->n; k++)
+        n += strncmp(log->lines[k], id, len) == 0 && log->lines[k][len] == ' ';
+    return n;
+}
+
+static void set_bit(img *im, uint64_t cluster, uint64_t bit)
+{
+    im->buf[cl_off(im, cluster) + bit / 8] |= (uint8_t)(1u << (bit % 8));
+}
+
+/* A persistent bitmap's bits past the end of the disk (its 64 KiB
+ * granules: 8191 bits for a disk one granule short of 512 MiB, the rest
+ * of the cluster's 524288 bits unused): set ones are one warning with
+ * --deep only (exit 0), counted; the last real bit is not one of them;
+ * an in-use bitmap is bitmapInUse alone, its tail unread. */
+START_TEST(test_deep_bitmap_tail_bits)
+{
+    img im;
+    img_params p = default_params();
+    img_build(&im, &p);
+    im.hdr.size -= im.cs;
+    img_write_header(&im);
+    bitmap_layout b = img_add_bitmap(&im);
+    counting_io io = {.bad = UINT64_MAX};
+    finding_log *log = calloc(1, sizeof(*log));
+    ck_assert_ptr_nonnull(log);
+
+    set_bit(&im, b.data, 0);
+    set_bit(&im, b.data, 8190); /* the last bit of the disk */
+    ck_assert_int_eq(run_deep(&im, &io, 0, 0, log, true), 0);
+    ck_assert_msg(log->n == 0, "%s", log->lines[0]);
+
+    set_bit(&im, b.data, 8191); /* the first bit past it */
+    set_bit(&im, b.data, im.cs * 8 - 1);
+    ck_assert_int_eq(run_deep(&im, &io, 0, 0, log, false), 0);
+    ck_assert_uint_eq(log->n, 0);
+    ck_assert_int_eq(run_deep(&im, &io, 0, 0, log, true), 0);
+    ck_assert_uint_eq(log->n, 1);
+    char want[200];
+    snprintf(want, sizeof(want),
+             "bitmapTailBitsSet %llx bitmap 0 \"bmp0\": 2 of the %llu bits past the end of the disk",
+             (unsigned long long)(cl_off(&im, b.data) + 8191 / 8),
+             (unsigned long long)(im.cs * 8 - 8191));
+    ck_assert_msg(strncmp(log->lines[0], want, strlen(want)) == 0, "%s\nwant %s", log->lines[0],
+                  want);
+
+    uint8_t *flags = im.buf + cl_off(&im, b.dir) + 12;
+    qc_put_be32(flags, qc_be32(flags) | QC_BITMAP_FLAG_IN_USE);
+    ck_assert_int_eq(run_deep(&im, &io, 0, 0, log, true), 0);
+    ck_assert_uint_eq(log->n, 1);
+    ck_assert_uint_eq(count_of(log, "bitmapInUse"), 1);
+    free(log);
+    img_free(&im);
+}
+END_TEST
+
 void add_deep_tests(TCase *tc)
 {
+    tcase_add_test(tc, test_deep_bitmap_tail_bits);
     tcase_add_test(tc, test_deep_pool_delivers_in_order);
     tcase_add_test(tc, test_deep_small_memory_limit);
 }
