@@ -12,7 +12,8 @@
  * Threads: the check's own thread is the only one that reads (qc_io allows
  * one reader at a time) and the only one that reports. It reads compressed
  * clusters into batches, a small pool of worker threads (one per core, at
- * most DEEP_MAX_THREADS) decompresses them, and each batch's findings are
+ * most DEEP_MAX_THREADS, started with the first full batch and joined
+ * before the pass ends) decompresses them, and each batch's findings are
  * reported in the order its clusters were read, so the output is the same
  * whatever the threads. Every buffer is charged to the check's accountant
  * before the workers start (they allocate nothing charged; the decoders'
@@ -93,6 +94,7 @@ struct deep_pool {
     deep_worker *workers;
     unsigned nb_workers; /* allocated: at least one */
     unsigned nb_threads; /* started: 0 when the check's thread decompresses */
+    bool threads_tried;  /* started (with the first full batch) or could not be */
     uint64_t filled, taken, delivered;
     bool stopping;
     pthread_mutex_t lock;
@@ -211,9 +213,9 @@ static void pool_stop(deep_pool *p)
     qc_free(ctx, p->batches, p->nb_batches * sizeof(deep_batch));
 }
 
-/* The pool, with as many threads as the cores and the budget allow (none:
- * one batch of two clusters, decompressed by the check's thread). False
- * when even that cannot be had (reported). */
+/* The pool's buffers, for as many threads as the cores and the budget
+ * allow (none: one batch of two clusters, decompressed by the check's
+ * thread). False when even that cannot be had (reported). */
 static bool pool_start(qc_ctx *ctx, deep_pool *p)
 {
     const qc_geometry *g = &ctx->geo;
@@ -251,8 +253,6 @@ static bool pool_start(qc_ctx *ctx, deep_pool *p)
             ok = false;
         }
     }
-    if (ok && p->nb_workers > 1)
-        start_threads(p, p->nb_workers);
     if (!ok)
         pool_stop(p);
     return ok;
@@ -318,10 +318,16 @@ static void deliver_oldest(deep_pool *p, qc_bitset *read)
 }
 
 /* Hand the batch being filled to the workers (or decompress it here), and
- * report batches until one is free to fill. */
-static void submit(deep_pool *p, qc_bitset *read)
+ * report batches until one is free to fill. The workers start with the
+ * first full batch: an image with fewer compressed clusters than that
+ * (and every small one) is decompressed on the check's thread. */
+static void submit(deep_pool *p, qc_bitset *read, bool full)
 {
     deep_batch *b = &p->batches[p->filled % p->nb_batches];
+    if (full && !p->threads_tried && p->nb_workers > 1) {
+        p->threads_tried = true;
+        start_threads(p, p->nb_workers);
+    }
     if (!p->nb_threads) {
         decompress_batch(p, &p->workers[0], b);
         b->done = true;
@@ -340,7 +346,7 @@ static void submit(deep_pool *p, qc_bitset *read)
 static void drain(deep_pool *p, qc_bitset *read)
 {
     if (p->batches[p->filled % p->nb_batches].nb_items)
-        submit(p, read);
+        submit(p, read, false);
     while (p->delivered < p->filled)
         deliver_oldest(p, read);
 }
@@ -363,7 +369,7 @@ static void add_compressed(deep_pool *p, qc_bitset *read, size_t t, uint32_t ind
         len = 2 * p->cluster_size;
     deep_batch *b = &p->batches[p->filled % p->nb_batches];
     if (b->nb_items == DEEP_BATCH_ITEMS || len > p->batch_bytes - b->used) {
-        submit(p, read);
+        submit(p, read, true);
         b = &p->batches[p->filled % p->nb_batches];
     }
     deep_item *it = &b->items[b->nb_items++];
