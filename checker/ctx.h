@@ -61,6 +61,9 @@ typedef struct qc_ctx {
      * of the refcounts can count what the table maps (see
      * repair/stage_refcounts.c). A check alone lets the block win. */
     bool l2_over_refblock;
+    /* Set by the tests before the check runs: how many threads decompress
+     * in the deep pass (0: one per core; 1: the check's own). */
+    unsigned deep_threads;
 
     /* Every finding, uncapped, for the repair planner (NULL in a check). */
     void (*fix_sink)(void *payload, qc_problem_id id, uint64_t offset, uint64_t count);

@@ -10,7 +10,10 @@
  * QEMU computes), duplicate names (compared as QEMU does, up to a NUL), and
  * every bitmap table entry (reserved bits, alignment, inside the file). A
  * broken bitmap is reported and skipped, one QEMU refuses is reported and
- * followed; everything else is still checked.
+ * followed; everything else is still checked. With --deep, the bits past
+ * the end of the disk in the last data cluster of each bitmap not in use
+ * (the tail the specification requires to be zero; an in-use bitmap's
+ * content means nothing) are read.
  * Needs: the header pass (bitmaps_ext_valid, bitmaps_ext).
  * Produces: bitmap directory, table and data extents (and their
  * references).
@@ -113,8 +116,58 @@ static bool qemu_refusal(const qc_ctx *ctx, const qc_bitmap_entry *e, qc_finding
     return true;
 }
 
-static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, const char *obj)
+/* The bits of a bitmap of 2^granularity_bits (at most 63): one per
+ * granule of the disk as QEMU sizes it (whole sectors). */
+static uint64_t bitmap_bits(const qc_ctx *ctx, unsigned granularity_bits)
 {
+    return qc_div_round_up(ctx->hdr.size & ~511ull, 1ull << granularity_bits);
+}
+
+/* With --deep: the bits of the data cluster at `data` (entry `last` of the
+ * table, the last holding bits of the bitmap) past its last bit must be
+ * zero. */
+static void check_tail_bits(qc_ctx *ctx, uint32_t index, const char *name, const char *obj,
+                            uint64_t last, uint64_t data, uint64_t bits)
+{
+    uint64_t cluster_bits = ctx->geo.cluster_size * 8;
+    uint64_t first_unused = bits - last * cluster_bits; /* within the cluster */
+    if (first_unused == cluster_bits)
+        return; /* the bitmap ends with the cluster */
+    uint8_t *buf = qc_alloc(ctx, ctx->geo.cluster_size, "bitmap data cluster");
+    if (!buf || !qc_read(ctx, data, buf, ctx->geo.cluster_size, obj)) {
+        qc_free(ctx, buf, ctx->geo.cluster_size);
+        return;
+    }
+    /* Bit k of the bitmap is bit k % 8 of byte k / 8. */
+    uint64_t set = 0, first_set = 0;
+    for (uint64_t byte = first_unused / 8; byte < ctx->geo.cluster_size; byte++) {
+        unsigned v = buf[byte];
+        if (byte == first_unused / 8)
+            v &= 0xffu << (first_unused % 8);
+        if (v && !set)
+            first_set = byte;
+        set += (uint64_t)__builtin_popcount(v);
+    }
+    qc_free(ctx, buf, ctx->geo.cluster_size);
+    if (set)
+        qc_report(ctx, QC_P_BITMAP_TAIL_BITS_SET, obj, data + first_set, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_NAME | QC_CTX_HOST_OFFSET |
+                                               QC_CTX_VALUE | QC_CTX_EXPECTED,
+                                    .index = index,
+                                    .name = name,
+                                    .host_offset = data,
+                                    .value = set,
+                                    .expected = cluster_bits - first_unused});
+}
+
+static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, const char *name,
+                        const char *obj)
+{
+    /* The entry of the cluster holding the bitmap's last bit, and that
+     * cluster, when --deep reads its tail. */
+    bool tail = ctx->options.deep && !(e->flags & QC_BITMAP_FLAG_IN_USE);
+    uint64_t bits = tail ? bitmap_bits(ctx, e->granularity_bits) : 0;
+    uint64_t last = bits ? (bits - 1) / (ctx->geo.cluster_size * 8) : UINT64_MAX, last_data = 0;
     uint64_t bytes = (uint64_t)e->table_size * 8;
     if (!qc_add_extent(ctx, QC_OWN_BITMAP_TABLE, index, 0, e->table_offset, bytes, 1))
         return;
@@ -146,9 +199,15 @@ static void check_table(qc_ctx *ctx, uint32_t index, const qc_bitmap_entry *e, c
                 qc_unfollowed_bitmap_leaf(ctx, off);
         } else if (off) {
             qc_add_extent(ctx, QC_OWN_BITMAP_DATA, index, j, off, ctx->geo.cluster_size, 1);
+            if (j == last)
+                last_data = off;
         }
     }
     qc_free(ctx, table, bytes);
+    /* An unallocated last cluster reads as all zeros (or all ones, a
+     * shorthand the specification gives whole clusters): no bits to read. */
+    if (last_data)
+        check_tail_bits(ctx, index, name, obj, last, last_data, bits);
 }
 
 void qc_pass_bitmaps(qc_ctx *ctx)
@@ -203,7 +262,7 @@ void qc_pass_bitmaps(qc_ctx *ctx)
                 fc.name = name;
                 qc_report(ctx, QC_P_BITMAP_UNSUPPORTED_BY_QEMU, obj, at, 1, &fc);
             }
-            check_table(ctx, n, &e, obj);
+            check_table(ctx, n, &e, name, obj);
         }
         n++;
     }

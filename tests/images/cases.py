@@ -343,6 +343,22 @@ def bitmap_table_entry(index, fn):
     return p
 
 
+def bitmap_tail_bit(index):
+    """Set the first bit past the end of the disk in the last data cluster
+    of bitmap `index` (the tail the specification requires to be zero)."""
+    def p(im):
+        b = im.bitmaps()[index]
+        granule = 1 << b.granularity_bits
+        bits = ((im.header.size & ~511) + granule - 1) // granule
+        per_cluster = im.cluster_size * 8
+        last = (bits - 1) // per_cluster
+        data = im.bitmap_table(b)[last] & OFFSET_MASK
+        assert data and bits % per_cluster, "bitmap %d has no tail to set" % index
+        at = data + (bits % per_cluster) // 8
+        im.write(at, bytes([im.read(at, 1)[0] | 1 << bits % 8]))
+    return p
+
+
 def rewrite_bitmap_directory(edit):
     """Re-encode the bitmap directory in place after edit(im, [Bitmap])
     changed the entries, and update the extension's directory size (the
@@ -1139,6 +1155,15 @@ case("bitmap_broken_and_leak", "bitmaps",
      "bitmapTableEntryInvalid refcountLeak", 2, cannot_open(BAD_BITMAP % "bitmap_list_load()"))
 case("bitmap_in_use", "bitmaps", bitmap_field(0, "flags", lambda im, v: v | 1),
      "bitmapInUse", 0, Qemu(FULL))
+# The tail of the last bitmap data cluster is read with --deep only; QEMU
+# loads the bitmap without looking at it. In use, the content means nothing.
+case("bitmap_tail_bit_set", "bitmaps", bitmap_tail_bit(0), "bitmapTailBitsSet", 0, Qemu(FULL),
+     qcheck_args=("--deep",))
+case("bitmap_tail_bit_set_plain", "bitmaps", bitmap_tail_bit(0), "", 0, Qemu(FULL),
+     absent="bitmapTailBitsSet")
+case("bitmap_tail_bit_set_in_use", "bitmaps",
+     chain(bitmap_tail_bit(0), bitmap_field(0, "flags", lambda im, v: v | 1)), "bitmapInUse", 0,
+     Qemu(FULL), absent="bitmapTailBitsSet", qcheck_args=("--deep",))
 case("bitmap_data_is_guest_data", "bitmaps",
      bitmap_table_entry(0, lambda im, e: im.data_refs()[0].host_offset), "dataOverlapsMetadata", 2,
      exit_only("QEMU has no overlap analysis (differences §2.9): refcount=1 reference=2 plus a leak"))

@@ -549,7 +549,10 @@ class RepairRunner:
         return d, dst
 
     def qcheck_json(self, case, path, *extra):
-        argv = [self.qcheck, *case.qcheck_args, *extra, "--output=json", os.path.basename(path)]
+        args = case.qcheck_args
+        if "-r" in extra:  # the command refuses a check's --deep with a repair
+            args = tuple(a for a in args if a != "--deep")
+        argv = [self.qcheck, *args, *extra, "--output=json", os.path.basename(path)]
         rc, out, err = run(argv, cwd=os.path.dirname(path))
         return rc, parse_json(out), err
 

@@ -148,5 +148,7 @@ uint64_t fuzz_next(uint64_t *state);
  * of test_check_memory.c. */
 void add_sweep_tests(TCase *tc);
 void add_repair_tests(TCase *tc);
+/* The deep pass's threads and memory (check_memory_deep.c). */
+void add_deep_tests(TCase *tc);
 
 #endif

@@ -1677,6 +1677,8 @@ Suite *unit_suite(void)
             add_sweep_tests(tc);
         else if (strcmp(areas[a], "repair") == 0)
             add_repair_tests(tc);
+        else if (strcmp(areas[a], "compressed") == 0)
+            add_deep_tests(tc);
         suite_add_tcase(s, tc);
     }
     /* Rows of one area are together, in the order of `areas`. */
