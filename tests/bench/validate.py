@@ -409,14 +409,20 @@ class Bench:
         else:
             met = qs < value
             tgt = "< %g s" % value
-        self.rows.append(dict(
+        r = dict(
             name=name, what=what, qs=B.fmt_s(qs), qcpu=B.fmt_s(q.cpu()),
             peer=peer_label, ps=B.fmt_s(ps) if ps is not None else "-",
             pcpu=B.fmt_s(peer.cpu()) if peer else "-",
             ratio="%.1fx" % ratio if ratio is not None else "-", target=tgt,
             met="-" if self.smoke else ("yes" if met else "NO"),
             runs="%d/%s" % (len(q.runs), len(peer.runs) if peer else "-"),
-            checks=checks))
+            checks=checks)
+        self.rows.append(r)
+        # Each row as soon as it is measured, so that an interrupted run keeps it.
+        self.log("  %s: qcheck %s s (CPU %s s), %s %s s (CPU %s s), ratio %s, target %s, "
+                 "met %s, runs %s, %s" % (name, r["qs"], r["qcpu"], peer_label, r["ps"],
+                                          r["pcpu"], r["ratio"], r["target"], r["met"],
+                                          r["runs"], checks))
 
     # ---- rows ---------------------------------------------------------------
     def run_digest(self):
