@@ -211,12 +211,14 @@ BUILDERS = {"prealloc": build_prealloc, "snapshots": build_snapshots,
             "fragmented": build_fragmented, "leaks": build_leaks, "huge": build_huge}
 
 
-def recipe_tag(recipe, params):
-    """A hash of everything the image depends on: builder source, params,
-    version, and for `huge` the generator script itself."""
+def recipe_tag(recipe, params, builders=None):
+    """A hash of everything the image depends on: builder source (and that
+    of the functions in the recipe's optional `sources`), params, version,
+    and for `huge` the generator script itself."""
     h = hashlib.sha256()
     h.update(json.dumps([recipe["builder"], recipe["version"], params], sort_keys=True).encode())
-    h.update(inspect.getsource(BUILDERS[recipe["builder"]]).encode())
+    for fn in [(builders or BUILDERS)[recipe["builder"]]] + recipe.get("sources", []):
+        h.update(inspect.getsource(fn).encode())
     if recipe["builder"] == "huge":
         with open(huge_image.__file__, "rb") as f:
             h.update(f.read())
@@ -228,17 +230,19 @@ def disk_usage(path):
     return st.st_size, st.st_blocks * 512
 
 
-def ensure_image(work, recipe, smoke):
-    """Path and build info of the recipe's image, building it if needed.
-    Stale images of the same recipe (another hash) are removed."""
+def ensure_image(work, recipe, smoke, builders=None):
+    """Path and build info of the recipe's image, building it if needed
+    (with `builders`, default BUILDERS: name -> function). Files of the same
+    recipe with another hash (stale images, their stamps and anything a
+    builder put beside its image under the image's name) are removed."""
+    builders = builders or BUILDERS
     params = recipe["smoke"] if smoke else recipe["params"]
-    tag = recipe_tag(recipe, params)
+    tag = recipe_tag(recipe, params, builders)
     base = "%s-%s.qcow2" % (recipe["name"], tag)
     path = os.path.join(work, base)
     stamp = path + ".stamp"
     for f in os.listdir(work):
-        if f.startswith(recipe["name"] + "-") and not f.startswith(base) \
-                and (f.endswith(".qcow2") or f.endswith(".stamp") or f.endswith(".tmp")):
+        if f.startswith(recipe["name"] + "-") and not f.startswith(base):
             os.unlink(os.path.join(work, f))
     if os.path.exists(path) and os.path.exists(stamp):
         with open(stamp) as f:
@@ -255,7 +259,7 @@ def ensure_image(work, recipe, smoke):
         print("building %s (%s) ..." % (recipe["name"], recipe["what"]), flush=True)
     t0 = time.perf_counter()
     try:
-        BUILDERS[recipe["builder"]](tmp, **params)
+        builders[recipe["builder"]](tmp, **params)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
