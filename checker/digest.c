@@ -31,12 +31,17 @@
 
 /* ---- the hash: inner digests per block, one outer digest ---- */
 
+#define ZERO_BATCH 512
+
 typedef struct hasher {
     qc_digest_alg alg;
     EVP_MD_CTX *outer_sha, *inner_sha;
     XXH3_state_t *outer_xxh;
     uint8_t zero_digest[QC_DIGEST_MAX]; /* of a whole zero block */
     size_t size;                        /* bytes of a digest */
+    /* ZERO_BATCH copies of zero_digest: runs of zero blocks are added a
+     * batch per update, not a digest per call. */
+    uint8_t zero_batch[ZERO_BATCH * QC_DIGEST_MAX];
 } hasher;
 
 static void block_digest(hasher *h, const uint8_t *buf, size_t len, uint8_t *out)
@@ -97,27 +102,38 @@ static int hasher_init(hasher *h, qc_digest_alg alg)
     }
     block_digest(h, zeros, QC_DIGEST_BLOCK, h->zero_digest);
     free(zeros);
+    for (size_t i = 0; i < ZERO_BATCH; i++)
+        memcpy(h->zero_batch + i * h->size, h->zero_digest, h->size);
     return 0;
 }
 
-/* Add one block: its bytes, or (buf NULL) zeros. */
+/* Whether len bytes are all zero. */
+static bool all_zero(const uint8_t *buf, size_t len)
+{
+    return len == 0 || (buf[0] == 0 && memcmp(buf, buf + 1, len - 1) == 0);
+}
+
+/* Add one block: its bytes, or (buf NULL) a whole block of zeros. A block
+ * read as zeros gets the precomputed digest too. */
 static void hash_block(hasher *h, const uint8_t *buf, size_t len)
 {
-    uint8_t d[QC_DIGEST_MAX];
-    if (!buf && len == QC_DIGEST_BLOCK) {
+    if (!buf || (len == QC_DIGEST_BLOCK && all_zero(buf, len))) {
         outer_update(h, h->zero_digest, h->size);
         return;
     }
-    if (!buf) {
-        uint8_t *zeros = calloc(1, len ? len : 1);
-        if (!zeros)
-            return;
-        block_digest(h, zeros, len, d);
-        free(zeros);
-    } else {
-        block_digest(h, buf, len, d);
-    }
+    uint8_t d[QC_DIGEST_MAX];
+    block_digest(h, buf, len, d);
     outer_update(h, d, h->size);
+}
+
+/* Add n whole blocks of zeros. */
+static void hash_zero_blocks(hasher *h, uint64_t n)
+{
+    while (n) {
+        uint64_t k = n < ZERO_BATCH ? n : ZERO_BATCH;
+        outer_update(h, h->zero_batch, (size_t)k * h->size);
+        n -= k;
+    }
 }
 
 static void hash_finish(hasher *h, uint64_t total, uint8_t *out)
@@ -438,6 +454,25 @@ static int guest_open(guest *gu, const qc_digest_layer *spec, bool below, char *
     return ret;
 }
 
+/* How many bytes from `off` layer k (and the layers below it) read as
+ * zeros by their L1 tables alone: an L1 entry without an L2 table leaves
+ * its whole range to the layer below, and past a lower layer's end
+ * everything is zero. 0 when that is not known without reading. */
+static uint64_t zero_span(const layers *ls, size_t k, uint64_t off)
+{
+    const guest *gu = &ls->layer[k];
+    if (off >= gu->size)
+        return k ? UINT64_MAX : 0;
+    if (gu->raw)
+        return 0;
+    uint64_t range = gu->g.cluster_size * gu->g.l2_entries, l1_index = off / range;
+    if (l1_index < gu->hdr.l1_size && (gu->l1[l1_index] & QC_L1_OFFSET_MASK))
+        return 0;
+    uint64_t here = range - off % range;
+    uint64_t below = k + 1 < ls->n ? zero_span(ls, k + 1, off) : UINT64_MAX;
+    return here < below ? here : below;
+}
+
 /* ---- the digest ---- */
 
 const char *qc_digest_name(qc_digest_alg alg)
@@ -463,12 +498,22 @@ int qc_digest_layers(const qc_digest_layer *specs, size_t n, qc_digest_alg alg, 
     for (; ret == 0 && ls.n < n; ls.n++)
         ret = guest_open(&ls.layer[ls.n], &specs[ls.n], ls.n + 1 < n, why, why_len);
     uint64_t size = ret == 0 ? ls.layer[0].size : 0;
-    for (uint64_t off = 0; ret == 0 && off < size; off += QC_DIGEST_BLOCK) {
+    for (uint64_t off = 0; ret == 0 && off < size;) {
         uint64_t len = size - off < QC_DIGEST_BLOCK ? size - off : QC_DIGEST_BLOCK;
+        uint64_t span = zero_span(&ls, 0, off);
+        uint64_t blocks = (span < size - off ? span : size - off) / QC_DIGEST_BLOCK;
+        if (blocks) {
+            hash_zero_blocks(&h, blocks);
+            off += blocks * QC_DIGEST_BLOCK;
+            continue;
+        }
         bool zero = true;
         ret = read_range(&ls, 0, off, block, 0, len, &zero);
+        if (ret == 0 && zero)
+            memset(block, 0, (size_t)len);
         if (ret == 0)
-            hash_block(&h, zero ? NULL : block, (size_t)len);
+            hash_block(&h, block, (size_t)len);
+        off += len;
     }
     if (ret == 0) {
         hash_finish(&h, size, digest);
