@@ -98,6 +98,11 @@ int qc_read_quiet(qc_ctx *ctx, uint64_t off, void *buf, size_t len);
 /* Write all of buf at off (short writes and EINTR retried): 0 or a
  * negative errno. The file backend and the salvage file use it. */
 int qc_pwrite_full(int fd, uint64_t off, const void *buf, size_t len);
+/* Where the next data of a file io at or after `off` starts (its size when
+ * only a hole follows), as SEEK_DATA says; -ENOTSUP for an io that is not
+ * one of the library's files, or a file system without SEEK_DATA (then
+ * every byte is data). A hole reads as zeros. */
+int qc_io_next_data(qc_io *io, uint64_t off, uint64_t *data);
 
 /* ---- check.c: running the passes ---- */
 /* Bind a zeroed ctx to its io, options and result (the fuzz harness of

@@ -27,6 +27,7 @@
 #include "../layout/bytes.h"
 #include "../layout/format.h"
 #include "compressed.h"
+#include "ctx.h"
 #include "digest.h"
 
 /* ---- the hash: inner digests per block, one outer digest ---- */
@@ -455,16 +456,18 @@ static int guest_open(guest *gu, const qc_digest_layer *spec, bool below, char *
 }
 
 /* How many bytes from `off` layer k (and the layers below it) read as
- * zeros by their L1 tables alone: an L1 entry without an L2 table leaves
- * its whole range to the layer below, and past a lower layer's end
- * everything is zero. 0 when that is not known without reading. */
+ * zeros by their L1 tables (or a raw layer's holes) alone: an L1 entry
+ * without an L2 table leaves its whole range to the layer below, and past
+ * a lower layer's end everything is zero. 0 when that is not known without
+ * reading. */
 static uint64_t zero_span(const layers *ls, size_t k, uint64_t off)
 {
     const guest *gu = &ls->layer[k];
     if (off >= gu->size)
         return k ? UINT64_MAX : 0;
-    if (gu->raw)
-        return 0;
+    uint64_t data;
+    if (gu->raw) /* a hole of the file reads as zeros */
+        return qc_io_next_data(gu->io, off, &data) == 0 && data > off ? data - off : 0;
     uint64_t range = gu->g.cluster_size * gu->g.l2_entries, l1_index = off / range;
     if (l1_index < gu->hdr.l1_size && (gu->l1[l1_index] & QC_L1_OFFSET_MASK))
         return 0;
@@ -509,10 +512,11 @@ int qc_digest_layers(const qc_digest_layer *specs, size_t n, qc_digest_alg alg, 
         }
         bool zero = true;
         ret = read_range(&ls, 0, off, block, 0, len, &zero);
-        if (ret == 0 && zero)
+        /* A short block known to be zero still has to be hashed. */
+        if (ret == 0 && zero && len < QC_DIGEST_BLOCK)
             memset(block, 0, (size_t)len);
         if (ret == 0)
-            hash_block(&h, block, (size_t)len);
+            hash_block(&h, zero && len == QC_DIGEST_BLOCK ? NULL : block, (size_t)len);
         off += len;
     }
     if (ret == 0) {

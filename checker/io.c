@@ -41,6 +41,18 @@ static int file_read(void *opaque, uint64_t off, void *buf, size_t len)
     return 0;
 }
 
+int qc_io_next_data(qc_io *io, uint64_t off, uint64_t *data)
+{
+    if (io->read != file_read || off >= io->size)
+        return -ENOTSUP;
+    const file_backend *f = io->opaque;
+    off_t at = lseek(f->fd, (off_t)off, SEEK_DATA);
+    if (at < 0)
+        return errno == ENXIO ? (*data = io->size, 0) : -errno;
+    *data = (uint64_t)at < io->size ? (uint64_t)at : io->size;
+    return 0;
+}
+
 int qc_pwrite_full(int fd, uint64_t off, const void *buf, size_t len)
 {
     const uint8_t *p = buf;
