@@ -12,8 +12,9 @@
  * included).
  * Needs: the io and the real file size.
  * Produces: ctx->hdr, ctx->geo, ctx->file_clusters, cluster 0 in memory,
- * extension facts, the *_usable flags, the header extent, result->header.
- * Sets ctx->stop when nothing behind the header can be checked.
+ * extension facts, the *_usable flags, the header extent, result->header
+ * (with the backing file, backing format and data file names QEMU would
+ * open, for --chain). Sets ctx->stop when nothing behind the header can be checked.
  */
 #include <stdio.h>
 #include <string.h>

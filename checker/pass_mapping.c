@@ -12,7 +12,9 @@
  * Needs: header, snapshot, reftable and bitmap passes (all metadata
  * extents except L1/L2 registered).
  * Produces: L1 and L2 extents, computed refcounts of L2 tables and data,
- * COPIED observations of the active tree, allocation statistics.
+ * COPIED observations of the active tree, allocation statistics, and with
+ * an external data file where the data mapped into it end
+ * (result->data_file_end, for --chain's dataFileTooShort).
  *
  * An L2 table referenced n times contributes n references to each data
  * cluster it maps, exactly as if it were walked n times (QEMU re-reads it
