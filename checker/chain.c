@@ -175,8 +175,10 @@ static void open_data_file(qc_chain *ch, layer *L)
     }
     if (!given && name[0] != '/')
         report_name(ch, L, QC_P_DATA_FILE_NAME_RELATIVE, obj, name, 0, 0);
-    if (!(L->data_path = strdup(name)))
+    if (!(L->data_path = strdup(name))) {
+        report_name(ch, L, QC_P_DATA_FILE_UNOPENABLE, obj, name, OPEN_ERRNO, ENOMEM);
         return;
+    }
     int ret = qc_io_open_image(&L->data, name, ch->opts.lock, NULL);
     if (ret < 0) {
         report_name(ch, L, QC_P_DATA_FILE_UNOPENABLE, obj, name, open_variant(-ret),
@@ -232,8 +234,10 @@ static void open_backing(qc_chain *ch, layer *L)
     }
     char *path = resolve_backing(L->path, name);
     struct stat st;
-    if (!path)
+    if (!path) {
+        report_name(ch, L, QC_P_BACKING_UNOPENABLE, obj, name, OPEN_ERRNO, ENOMEM);
         return;
+    }
     if (stat(path, &st) < 0) {
         report_name(ch, L, QC_P_BACKING_UNOPENABLE, obj, path, open_variant(errno),
                     (uint64_t)errno);
@@ -287,8 +291,11 @@ static void open_backing(qc_chain *ch, layer *L)
         return;
     }
     bool probed = !h->backing_format;
+    size_t parent = (size_t)(L - ch->layers);
     layer *B = push_layer(ch, path);
     if (!B) {
+        L = &ch->layers[parent]; /* push_layer may have moved the layers */
+        report_name(ch, L, QC_P_BACKING_UNOPENABLE, obj, path, OPEN_ERRNO, ENOMEM);
         qc_io_close(&io);
         free(path);
         return;
