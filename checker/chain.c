@@ -60,17 +60,25 @@ static void report(qc_chain *ch, layer *L, qc_problem_id id, const char *object,
     ch->check.on_finding(&f, ch->check.payload);
 }
 
-/* A finding naming a file by `name` (bytes of an image: made printable). */
-static void report_name(qc_chain *ch, layer *L, qc_problem_id id, const char *object,
-                        const char *name, unsigned variant, uint64_t value)
+/* A finding naming a file by `name` (bytes of an image: made printable),
+ * with the other facts in fc. */
+static void report_file(qc_chain *ch, layer *L, qc_problem_id id, const char *object,
+                        const char *name, qc_finding_ctx fc)
 {
     char printable[600];
     qc_printable(printable, sizeof(printable), (const uint8_t *)name, strlen(name));
-    qc_finding_ctx fc = {.present = QC_CTX_NAME | QC_CTX_VALUE,
-                         .variant = variant,
-                         .name = printable,
-                         .value = value};
+    fc.present |= QC_CTX_NAME;
+    fc.name = printable;
     report(ch, L, id, object, &fc);
+}
+
+/* The same, where the row's wording is picked by `variant` and names at
+ * most a `value` (an errno). */
+static void report_name(qc_chain *ch, layer *L, qc_problem_id id, const char *object,
+                        const char *name, unsigned variant, uint64_t value)
+{
+    report_file(ch, L, id, object, name,
+                (qc_finding_ctx){.present = QC_CTX_VALUE, .variant = variant, .value = value});
 }
 
 /* Why a file could not be opened, as the variants of backingUnopenable
@@ -145,8 +153,6 @@ static const char *probe(qc_io *io)
     size_t n = io->size < sizeof(head) ? (size_t)io->size : sizeof(head);
     if (n && io->read(io->opaque, 0, head, n) < 0)
         return "raw";
-    if (n >= 8 && qc_be32(head) == QC_MAGIC && qc_be32(head + 4) != 1)
-        return "qcow2";
     return qc_driver_of(qc_guess_format(head, n));
 }
 
@@ -187,15 +193,11 @@ static void open_data_file(qc_chain *ch, layer *L)
     }
     L->data_open = true;
     L->pub.data_file = L->data_path;
-    if (L->result->data_file_end > L->data.size) {
-        char printable[600];
-        qc_printable(printable, sizeof(printable), (const uint8_t *)name, strlen(name));
-        report(ch, L, QC_P_DATA_FILE_TOO_SHORT, obj,
-               &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_FILE_SIZE | QC_CTX_EXPECTED,
-                                 .name = printable,
-                                 .file_size = L->data.size,
-                                 .expected = L->result->data_file_end});
-    }
+    if (L->result->data_file_end > L->data.size)
+        report_file(ch, L, QC_P_DATA_FILE_TOO_SHORT, obj, name,
+                    (qc_finding_ctx){.present = QC_CTX_FILE_SIZE | QC_CTX_EXPECTED,
+                                     .file_size = L->data.size,
+                                     .expected = L->result->data_file_end});
 }
 
 /* The layer with this device and inode, or -1. */
@@ -223,13 +225,10 @@ static void open_backing(qc_chain *ch, layer *L)
     }
     unsigned limit = ch->opts.max_depth ? ch->opts.max_depth : QC_CHAIN_DEFAULT_DEPTH;
     if (L->pub.depth + 1 > limit) {
-        char printable[600];
-        qc_printable(printable, sizeof(printable), (const uint8_t *)name, strlen(name));
-        report(ch, L, QC_P_CHAIN_TOO_DEEP, obj,
-               &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_INDEX | QC_CTX_EXPECTED,
-                                 .name = printable,
-                                 .index = L->pub.depth + 1,
-                                 .expected = limit});
+        report_file(ch, L, QC_P_CHAIN_TOO_DEEP, obj, name,
+                    (qc_finding_ctx){.present = QC_CTX_INDEX | QC_CTX_EXPECTED,
+                                     .index = L->pub.depth + 1,
+                                     .expected = limit});
         return;
     }
     char *path = resolve_backing(L->path, name);
@@ -246,12 +245,8 @@ static void open_backing(qc_chain *ch, layer *L)
     }
     long seen = find_layer(ch, &st);
     if (seen >= 0) {
-        char printable[600];
-        qc_printable(printable, sizeof(printable), (const uint8_t *)path, strlen(path));
-        report(ch, L, QC_P_BACKING_LOOP, obj,
-               &(qc_finding_ctx){.present = QC_CTX_NAME | QC_CTX_INDEX,
-                                 .name = printable,
-                                 .index = (uint64_t)seen});
+        report_file(ch, L, QC_P_BACKING_LOOP, obj, path,
+                    (qc_finding_ctx){.present = QC_CTX_INDEX, .index = (uint64_t)seen});
         free(path);
         return;
     }
@@ -388,13 +383,9 @@ int qc_chain_exit_status(const qc_chain *ch)
         return 1;
     if (ch->layers[0].result->other_format)
         return 63;
-    if (qc_chain_count(ch, QC_COUNT_CHECK_ERRORS))
-        return 1;
-    if (qc_chain_count(ch, QC_COUNT_CORRUPTIONS))
-        return 2;
-    if (qc_chain_count(ch, QC_COUNT_LEAKS))
-        return 3;
-    return 0;
+    return qc_status_of(qc_chain_count(ch, QC_COUNT_CHECK_ERRORS),
+                        qc_chain_count(ch, QC_COUNT_CORRUPTIONS),
+                        qc_chain_count(ch, QC_COUNT_LEAKS));
 }
 
 int qc_chain_digest(const qc_chain *ch, qc_digest_alg alg, uint8_t *digest, size_t *digest_len,

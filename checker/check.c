@@ -113,13 +113,5 @@ int qc_check(qc_io *io, const qc_options *opts, qc_result *result)
 
 int qc_exit_status(const qc_result *r)
 {
-    if (r->other_format)
-        return 63;
-    if (r->check_errors)
-        return 1;
-    if (r->corruptions)
-        return 2;
-    if (r->leaks)
-        return 3;
-    return 0;
+    return r->other_format ? 63 : qc_status_of(r->check_errors, r->corruptions, r->leaks);
 }

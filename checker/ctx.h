@@ -118,8 +118,8 @@ void qc_ctx_release(qc_ctx *ctx);
 
 /* ---- passes ---- */
 void qc_pass_header(qc_ctx *ctx);
-/* What a file that is not qcow2 looks like from its first bytes ("raw",
- * "qed", "qcow (version 1)", ...: qc_result_other_format); they must hold
+/* What a file looks like from its first bytes: NULL for qcow2, else "raw",
+ * "qed", "qcow (version 1)", ... (qc_result_other_format); they must hold
  * the first QC_V3_HEADER_LENGTH bytes, or the whole file if shorter. */
 const char *qc_guess_format(const uint8_t *b, size_t len);
 void qc_pass_snapshots(qc_ctx *ctx);

@@ -21,7 +21,8 @@
 
 #include "ctx.h"
 
-/* What a non-qcow2 file looks like, from its first bytes. */
+/* What a file looks like from its first bytes: NULL for qcow2 (the qcow
+ * magic with any version but 1, which is qcow's). */
 const char *qc_guess_format(const uint8_t *b, size_t len)
 {
     static const struct {
@@ -41,6 +42,8 @@ const char *qc_guess_format(const uint8_t *b, size_t len)
         {0, "cloop", 5, "cloop"},
         {0, "\x7f\x10\xda\xbe", 4, "vdi"}, /* at 0x40, checked below */
     };
+    if (len >= 8 && qc_be32(b) == QC_MAGIC && qc_be32(b + 4) != 1)
+        return NULL;
     if (len == 0)
         return "empty file";
     if (len >= 8 && qc_be32(b) == QC_MAGIC && qc_be32(b + 4) == 1)
@@ -1026,8 +1029,7 @@ void qc_pass_header(qc_ctx *ctx)
         ctx->stop = true;
         return;
     }
-    if (raw_len < 8 || qc_be32(raw) != QC_MAGIC || qc_be32(raw + 4) == 1) {
-        ctx->res->other_format = qc_guess_format(raw, raw_len);
+    if ((ctx->res->other_format = qc_guess_format(raw, raw_len))) {
         ctx->stop = true;
         return;
     }

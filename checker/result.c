@@ -89,6 +89,11 @@ const char *qc_result_driver(const qc_result *r)
     return qc_driver_of(r->other_format);
 }
 
+int qc_status_of(uint64_t check_errors, uint64_t corruptions, uint64_t leaks)
+{
+    return check_errors ? 1 : corruptions ? 2 : leaks ? 3 : 0;
+}
+
 void qc_result_tally(qc_result *r, const qc_problem *p, uint64_t count)
 {
     switch (p->severity) {

@@ -57,6 +57,10 @@ const char *qc_driver_of(const char *guess);
  * its list (layerNotChecked's variants follow it), or the list's length. */
 unsigned qc_driver_index(const char *driver);
 
+/* qemu-img check's exit status for these counts: 1 check errors, else 2
+ * corruptions, else 3 leaks, else 0. */
+int qc_status_of(uint64_t check_errors, uint64_t corruptions, uint64_t leaks);
+
 /* Count a finding of problem p covering `count` items in the result. */
 void qc_result_tally(qc_result *r, const qc_problem *p, uint64_t count);
 

@@ -129,16 +129,7 @@ static bool chain_digest(cli *c, const qc_chain *ch, const verdict *total)
                     c->filename);
         return false;
     }
-    uint8_t d[QC_DIGEST_MAX];
-    size_t n;
-    char why[300];
-    int ret = qc_chain_digest(ch, c->digest_alg, d, &n, why, sizeof(why));
-    if (ret < 0) {
-        cli_message(c, "no digest of '%s': %s", c->filename, why[0] ? why : strerror(-ret));
-        return false;
-    }
-    cli_set_digest(c, d, n);
-    return true;
+    return cli_take_digest(c, NULL, false, ch);
 }
 
 /* The top image is not qcow2: as the check of one image says it (a raw
@@ -146,7 +137,7 @@ static bool chain_digest(cli *c, const qc_chain *ch, const verdict *total)
 static int top_not_qcow2(cli *c, qc_io *io, const qc_result *top)
 {
     bool raw = strcmp(qc_result_driver(top), "raw") == 0;
-    if (raw && c->digest_alg && cli_take_digest(c, io, true))
+    if (raw && c->digest_alg && cli_take_digest(c, io, true, NULL))
         return cli_print_raw_digest(c);
     return cli_not_qcow2(c, qc_result_other_format(top), qc_result_driver(top));
 }

@@ -1016,28 +1016,26 @@ int cli_final_status(const cli *c, verdict *v)
     return v->status;
 }
 
-/* Check the file read-only; returns the exit status. *checked tells
- * whether there is a result to print (failures were reported already). */
-/* --digest: what the guest reads (with `raw`, the file's bytes), as
- * "ALG:HEX" in c->digest; false, with a message, when it cannot be had. */
-void cli_set_digest(cli *c, const uint8_t *d, size_t n)
+/* "ALG:HEX" of `n` bytes into c->digest. */
+static void set_digest(cli *c, const uint8_t *d, size_t n)
 {
     int at = snprintf(c->digest, sizeof(c->digest), "%s:", qc_digest_name(c->digest_alg));
     for (size_t i = 0; i < n && at > 0 && (size_t)at < sizeof(c->digest); i++)
         at += snprintf(c->digest + at, sizeof(c->digest) - (size_t)at, "%02x", d[i]);
 }
 
-bool cli_take_digest(cli *c, qc_io *io, bool raw)
+bool cli_take_digest(cli *c, qc_io *io, bool raw, const qc_chain *chain)
 {
     uint8_t d[QC_DIGEST_MAX];
     size_t n;
     char why[300];
-    int ret = qc_digest(io, c->digest_alg, raw, d, &n, why, sizeof(why));
+    int ret = chain ? qc_chain_digest(chain, c->digest_alg, d, &n, why, sizeof(why))
+                    : qc_digest(io, c->digest_alg, raw, d, &n, why, sizeof(why));
     if (ret < 0) {
         cli_message(c, "no digest of '%s': %s", c->filename, why[0] ? why : strerror(-ret));
         return false;
     }
-    cli_set_digest(c, d, n);
+    set_digest(c, d, n);
     return true;
 }
 
@@ -1057,6 +1055,8 @@ int cli_print_raw_digest(const cli *c)
     return 0;
 }
 
+/* Check the file read-only; returns the exit status. *checked tells
+ * whether there is a result to print (failures were reported already). */
 static int check_file(cli *c, verdict *v, bool *checked)
 {
     *checked = false;
@@ -1084,7 +1084,7 @@ static int check_file(cli *c, verdict *v, bool *checked)
             cli_message(c, "no digest of '%s': the check found corruptions or could not complete",
                     c->filename);
         else if (raw || !v->other_format)
-            no_digest = !cli_take_digest(c, &io, raw);
+            no_digest = !cli_take_digest(c, &io, raw, NULL);
     }
     qc_io_close(&io);
     if (ret < 0) {

@@ -93,9 +93,9 @@ int cli_not_qcow2(const cli *c, const char *guess, const char *driver);
 void cli_report_in_use(cli *c, verdict *r);
 void cli_check_failed(const cli *c, const verdict *r, const char *why);
 int cli_final_status(const cli *c, verdict *v);
-/* --digest: "ALG:HEX" of `n` bytes into c->digest. */
-void cli_set_digest(cli *c, const uint8_t *d, size_t n);
-bool cli_take_digest(cli *c, qc_io *io, bool raw);
+/* The digest of io (with `raw`, its bytes), or through `chain` when given,
+ * into c->digest; false, with a message, when it cannot be had. */
+bool cli_take_digest(cli *c, qc_io *io, bool raw, const qc_chain *chain);
 int cli_print_raw_digest(const cli *c);
 /* --chain or --data-file: check every layer; returns the exit status. */
 int cli_check_chain(cli *c);
