@@ -38,7 +38,6 @@ Prints PASS/FAIL/XFAIL per scenario and a summary; exit status 0 only if
 nothing failed.
 """
 
-import argparse
 import json
 import os
 import re
@@ -51,9 +50,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # keep the source tree clean under CTest
 sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 sys.path.insert(0, os.path.join(HERE, "..", "digest"))
+sys.path.insert(0, os.path.join(HERE, "..", "images"))
 import qcow2lib as q  # noqa: E402
 from run_digest import (SetupError, leak_cluster, qemu_io, reference_digest,  # noqa: E402
-                        refcount_zero, run, sanitizer_report)
+                        refcount_zero, run, sanitizer_report, script_main)
+from run_cases import expected_exit  # noqa: E402  (qemu-img's status for a JSON object's counts)
 
 QEMU_IMG = "qemu-img"
 TIMEOUT = 120
@@ -187,17 +188,6 @@ SUM_KEYS = ("check-errors", "corruptions", "leaks", "warnings")
 RAW_KEYS = {"filename", "format", "depth", "probed", "exit-code", "data-file"}
 
 
-def layer_status(layer):
-    """qemu-img's exit status for a layer's own counts."""
-    if layer.get("check-errors"):
-        return 1
-    if layer.get("corruptions"):
-        return 2
-    if layer.get("leaks"):
-        return 3
-    return 0
-
-
 class Runner:
     def __init__(self, qcheck, workdir):
         self.qcheck = os.path.abspath(qcheck)
@@ -254,9 +244,9 @@ class Runner:
                 t.expect(set(L) <= RAW_KEYS and L.get("exit-code") == 0,
                          "raw layer %d: %s" % (i, L))
             else:
-                t.expect(L.get("exit-code") == layer_status(L),
+                t.expect(L.get("exit-code") == expected_exit(L),
                          "layer %d: exit-code %r, its counts give %d"
-                         % (i, L.get("exit-code"), layer_status(L)))
+                         % (i, L.get("exit-code"), expected_exit(L)))
                 if i < SINGLE_CHECKS:
                     self.check_single(t, c, i, L)
         for k in SUM_KEYS:
@@ -930,23 +920,14 @@ def data_file_protocol_name(r, t, root):
              "message")
 
 
-def main():
+def make_runner(args):
     global KEEP
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("qcheck")
-    ap.add_argument("workdir")
-    ap.add_argument("--filter", default="")
-    ap.add_argument("--keep", action="store_true")
-    args = ap.parse_args()
-    if not os.access(args.qcheck, os.X_OK):
-        print("%s is not an executable" % args.qcheck)
-        return 1
     KEEP = args.keep
-    runner = Runner(args.qcheck, args.workdir)
-    failed = runner.run(args.filter)
-    if not args.keep and not failed:
-        shutil.rmtree(runner.workdir, ignore_errors=True)
-    return 1 if failed else 0
+    return Runner(args.qcheck, args.workdir)
+
+
+def main():
+    return script_main(__doc__, make_runner)
 
 
 if __name__ == "__main__":

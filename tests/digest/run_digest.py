@@ -708,8 +708,12 @@ def leak_cluster(im):
     im.append_clusters(count=1)
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def script_main(doc, make_runner):
+    """The command line of this script and of tests/chain/run_chain.py:
+    QCHECK WORKDIR [--filter TEXT] [--keep]. make_runner(args) gives the
+    runner; its work directory is removed unless something failed or
+    --keep was given."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("qcheck")
     ap.add_argument("workdir")
     ap.add_argument("--filter", default="")
@@ -718,11 +722,15 @@ def main():
     if not os.access(args.qcheck, os.X_OK):
         print("%s is not an executable" % args.qcheck)
         return 1
-    runner = Runner(args.qcheck, args.workdir)
+    runner = make_runner(args)
     failed = runner.run(args.filter)
     if not args.keep and not failed:
         shutil.rmtree(runner.workdir, ignore_errors=True)
     return 1 if failed else 0
+
+
+def main():
+    return script_main(__doc__, lambda args: Runner(args.qcheck, args.workdir))
 
 
 if __name__ == "__main__":
