@@ -192,7 +192,7 @@ static char *finding_json(const qc_finding *f)
     return buf;
 }
 
-static double now_seconds(void)
+double cli_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -203,8 +203,10 @@ static double now_seconds(void)
 static void on_progress(unsigned permille, void *payload)
 {
     cli *c = payload;
+    if (c->outcome)
+        __atomic_store_n(&c->outcome->permille, permille, __ATOMIC_RELAXED);
     if (!c->progress_allowed ||
-        (!c->progress_forced && now_seconds() - c->progress_start < PROGRESS_DELAY))
+        (!c->progress_forced && cli_now() - c->progress_start < PROGRESS_DELAY))
         return;
     fprintf(stderr, "\r    (%6.2f/100%%)", permille / 10.0);
     fflush(stderr);
@@ -223,7 +225,7 @@ void cli_progress_begin(cli *c)
 {
     c->progress_allowed = !c->quiet && c->output == OUTPUT_HUMAN &&
                           (c->progress_forced || isatty(STDERR_FILENO));
-    c->progress_start = now_seconds();
+    c->progress_start = cli_now();
 }
 
 static void on_finding(const qc_finding *f, void *payload)
@@ -760,6 +762,11 @@ static int lock_refused(const cli *c, const qc_lock_state *o, bool repair)
 {
     bool shared = false;
     unsigned perm = lock_conflict(o, repair ? QC_LOCK_REPAIR : c->lock_mode, false, &shared);
+    /* Every refusal but a file system that takes no locks at all means
+     * another process has the image. */
+    if (c->outcome)
+        c->outcome->in_use = !o->failed_byte || o->failed_errno == EAGAIN ||
+                             o->failed_errno == EACCES;
     if (o->failed_byte && (o->failed_errno == EAGAIN || o->failed_errno == EACCES)) {
         cli_message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
         cli_message(c, "another process holds a write lock on byte %d of '%s' (QEMU itself takes "
@@ -908,9 +915,10 @@ void cli_report_in_use(cli *c, verdict *r)
 
 enum {
     OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST,
-    OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH
+    OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH,
+    OPT_FILES_FROM, OPT_TIMEOUT, OPT_METRICS
 };
-static const char shortopts[] = ":hVqpf:r:nUT:";
+static const char shortopts[] = ":hVqpf:r:nUT:j:0";
 static const struct option longopts[] = {
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
@@ -935,6 +943,11 @@ static const struct option longopts[] = {
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
     {"salvage", required_argument, NULL, OPT_SALVAGE},
+    {"files-from", required_argument, NULL, OPT_FILES_FROM},
+    {"null", no_argument, NULL, '0'},
+    {"jobs", required_argument, NULL, 'j'},
+    {"timeout", required_argument, NULL, OPT_TIMEOUT},
+    {"metrics", required_argument, NULL, OPT_METRICS},
     {NULL, 0, NULL, 0},
 };
 
@@ -976,10 +989,27 @@ void cli_check_failed(const cli *c, const verdict *r, const char *why)
     }
 }
 
+/* The figures a run reached, for batch mode and --metrics. */
+static void note_outcome(const cli *c, const verdict *r)
+{
+    image_outcome *o = c->outcome;
+    if (!o)
+        return;
+    o->summarised = true;
+    o->leaks = r->leaks;
+    o->corruptions = r->corruptions;
+    o->check_errors = r->check_errors;
+    uint64_t leaks_fixed = 0, corruptions_fixed = 0;
+    if (c->plan && c->repaired)
+        qc_repair_plan_fixed(c->plan, &leaks_fixed, &corruptions_fixed);
+    o->fixed = leaks_fixed + corruptions_fixed;
+}
+
 /* Print the outcome of a check: the summary (human) or the JSON object,
  * then whether the check failed. */
 static void print_result(const cli *c, const verdict *r, int status)
 {
+    note_outcome(c, r);
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON)
             print_json(c, r, NULL, status);
@@ -1180,6 +1210,7 @@ static int refuse_repair(cli *c, qc_io *io, const qc_result *before, const char 
     char why[1200];
     snprintf(why, sizeof(why), "cannot repair '%s': %s; nothing was written", c->path, reason);
     verdict v = cli_verdict_of(before);
+    note_outcome(c, &v);
     if (!c->quiet) {
         if (c->output == OUTPUT_JSON)
             print_json(c, &v, why, 1);
@@ -1443,10 +1474,12 @@ static int parse_image_opts(cli *c, char *opts, bool *force_share)
 }
 
 /* Check, repair or roll back, once the options are settled, after what
- * qemu-img refuses when it opens the image; returns the exit status. */
-static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *rollback_log,
-               bool force_share)
+ * qemu-img refuses when it opens the image. */
+int cli_run_image(cli *c, const invocation *in)
 {
+    qc_repair_mode mode = in->mode;
+    const char *undo_path = in->undo_path, *rollback_log = in->rollback_log;
+    bool force_share = in->force_share;
     if (c->format && !qemu_driver(c->format)) {
         cli_message(c, "Could not open '%s': Unknown driver '%s'", c->filename, c->format);
         return 1;
@@ -1473,12 +1506,6 @@ static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *r
     return status;
 }
 
-/* The options as given, before they are settled. */
-typedef struct invocation {
-    const char *repair, *output, *cache, *undo_path, *rollback_log;
-    bool image_opts, force_share;
-    qc_repair_mode mode;
-} invocation;
 
 /* Read the options, in the order qemu-img reports their errors. Returns -1
  * to go on, or the exit status (help, version, a usage error). */
@@ -1578,6 +1605,35 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
             else
                 return usage_error(c, "--digest takes sha256 or xxh128, not '%s'", optarg);
             break;
+        case OPT_FILES_FROM:
+            in->files_from = optarg;
+            break;
+        case '0':
+            in->null_separated = true;
+            break;
+        case 'j': {
+            char *end;
+            errno = 0;
+            unsigned long jobs = strtoul(optarg, &end, 10);
+            if (errno || *end || end == optarg || optarg[0] == '-' || jobs == 0 || jobs > 1024)
+                return usage_error(c, "-j expects a number of workers from 1 to 1024, not '%s'",
+                                   optarg);
+            in->jobs = (unsigned)jobs;
+            break;
+        }
+        case OPT_TIMEOUT: {
+            char *end;
+            errno = 0;
+            double t = strtod(optarg, &end);
+            if (errno || *end || end == optarg || !(t > 0 && t <= 1e7))
+                return usage_error(c, "--timeout expects seconds, such as 30 or 0.5, not '%s'",
+                                   optarg);
+            in->timeout = t;
+            break;
+        }
+        case OPT_METRICS:
+            in->metrics = optarg;
+            break;
         case ':':
             return usage_error(c, "missing argument for option '%s'", argv[optind - 1]);
         default:
@@ -1589,11 +1645,21 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
 
 /* After the options: the file name, --output, -T, and the combinations
  * qcheck refuses. Returns -1 to go on, or the exit status. */
-static int settle_options(cli *c, int argc, char **argv, const invocation *in)
+static int settle_options(cli *c, int argc, char **argv, invocation *in)
 {
-    if (optind != argc - 1)
+    in->names = argv + optind;
+    in->nb_names = (size_t)(argc - optind);
+    in->batch = in->nb_names > 1 || in->files_from;
+    if (in->nb_names == 0 && !in->files_from)
         return usage_error(c, "Expecting one image file name");
-    c->filename = c->path = argv[optind];
+    if (in->null_separated && !in->files_from)
+        return usage_error(c, "--null goes with --files-from");
+    if (!in->batch && (in->jobs || in->timeout))
+        return usage_error(c, "-j and --timeout go with several images (FILE... or --files-from)");
+    if (in->batch && (in->rollback_log || in->image_opts || c->chain || c->data_file))
+        return usage_error(c, "--rollback, --image-opts, --chain and --data-file take one image, "
+                              "not several");
+    c->filename = c->path = in->nb_names ? in->names[0] : NULL;
     if (in->output && strcmp(in->output, "json") == 0) {
         c->output = OUTPUT_JSON;
     } else if (in->output && strcmp(in->output, "human") != 0) {
@@ -1622,6 +1688,35 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
     return -1;
 }
 
+/* One image; with --metrics, its figures are written after it. */
+static int run_one(cli *c, const invocation *in)
+{
+    image_outcome outcome = {0};
+    if (in->metrics)
+        c->outcome = &outcome;
+    double start = cli_now();
+    int status = cli_run_image(c, in);
+    if (!in->metrics)
+        return status;
+    image_record rec = {
+        .name = c->filename,
+        .status = status,
+        .verdict = image_verdict_of(status, &outcome),
+        .leaks = outcome.leaks,
+        .corruptions = outcome.corruptions,
+        .check_errors = outcome.check_errors,
+        .seconds = cli_now() - start,
+        .finished = (double)time(NULL),
+    };
+    int ret = metrics_write(in->metrics, &rec, 1, rec.seconds, status);
+    if (ret < 0) {
+        cli_message(c, "could not write the metrics file '%s': %s", in->metrics, strerror(-ret));
+        if (status == 0 || status == 3)
+            status = 1;
+    }
+    return status;
+}
+
 int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
 {
     cli c = {.hooks = hooks, .layer = -1};
@@ -1633,6 +1728,8 @@ int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
         status = settle_options(&c, argc, argv, &in);
     if (status >= 0)
         return status;
+    if (in.batch)
+        return cli_run_batch(&c, &in);
     char *opts_copy = NULL;
     if (in.image_opts && c.format) {
         cli_message(&c, "--image-opts and --format are mutually exclusive");
@@ -1644,7 +1741,7 @@ int qcheck_cli_main(int argc, char **argv, const qcheck_cli_hooks *hooks)
         status = parse_image_opts(&c, opts_copy, &in.force_share);
     }
     if (status < 0)
-        status = run(&c, in.mode, in.undo_path, in.rollback_log, in.force_share);
+        status = run_one(&c, &in);
     for (size_t i = 0; i < c.nb_problems; i++)
         free(c.problems[i]);
     free(c.problems);

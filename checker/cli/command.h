@@ -13,6 +13,33 @@
 
 enum output_format { OUTPUT_HUMAN, OUTPUT_JSON };
 
+/* What a run of one image concluded beyond its exit status, written by
+ * the command as it goes (through cli.outcome). Batch mode keeps one in
+ * memory shared with each worker process; --metrics reads it. */
+typedef struct image_outcome {
+    unsigned permille; /* progress of the check under way (__atomic access) */
+    bool summarised;   /* a check reached its figures: the counts below */
+    bool in_use;       /* refused: another process holds the image (QEMU's locks) */
+    uint64_t leaks, corruptions, check_errors;
+    uint64_t fixed; /* leaks and corruptions a repair fixed */
+} image_outcome;
+
+/* The options as given, before they are settled. */
+typedef struct invocation {
+    const char *repair, *output, *cache, *undo_path, *rollback_log;
+    bool image_opts, force_share;
+    qc_repair_mode mode;
+    /* Batch mode (batch.c): the names, and how to run them. */
+    const char *files_from; /* --files-from, "-" for stdin */
+    bool null_separated;    /* --null */
+    unsigned jobs;          /* -j; 0: one per core */
+    double timeout;         /* --timeout, seconds; 0: none */
+    const char *metrics;    /* --metrics */
+    char **names;           /* FILE... then the list's names */
+    size_t nb_names;
+    bool batch;
+} invocation;
+
 typedef struct cli {
     const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
     qc_digest_alg digest_alg;      /* --digest, or 0 */
@@ -57,6 +84,7 @@ typedef struct cli {
      * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
     bool progress_forced, progress_allowed, progress_shown;
     double progress_start;
+    image_outcome *outcome; /* where the run notes what it concluded, or NULL */
 } cli;
 
 #define PROGRESS_DELAY 0.5 /* seconds */
@@ -99,5 +127,47 @@ bool cli_take_digest(cli *c, qc_io *io, bool raw, const qc_chain *chain);
 int cli_print_raw_digest(const cli *c);
 /* --chain or --data-file: check every layer; returns the exit status. */
 int cli_check_chain(cli *c);
+/* Check, repair or roll back c->filename as the options say; returns the
+ * exit status. */
+int cli_run_image(cli *c, const invocation *in);
+double cli_now(void); /* CLOCK_MONOTONIC, seconds */
+
+/* ---- batch.c and metrics.c ---- */
+
+/* The verdict of one image in a batch (and in --metrics), from the
+ * mildest to the worst for a cron job; docs/fleet.md lists them. */
+typedef enum image_verdict {
+    VERDICT_CLEAN,
+    VERDICT_REPAIRED,
+    VERDICT_IN_USE,
+    VERDICT_UNSUPPORTED,
+    VERDICT_LEAKS,
+    VERDICT_FAILED,
+    VERDICT_TIMEOUT,
+    VERDICT_CORRUPT,
+    VERDICT_COUNT
+} image_verdict;
+
+const char *image_verdict_name(image_verdict v);
+image_verdict image_verdict_of(int status, const image_outcome *o);
+
+/* One image of a run, as reported. */
+typedef struct image_record {
+    const char *name;
+    image_verdict verdict;
+    int status;
+    uint64_t leaks, corruptions, check_errors;
+    double seconds;  /* from start to end of its worker */
+    double finished; /* Unix time */
+} image_record;
+
+/* The batch's exit status: the worst image's (docs/fleet.md). */
+int batch_exit_status(const image_record *images, size_t n);
+/* Several images (or --files-from): returns the exit status. */
+int cli_run_batch(cli *c, invocation *in);
+/* Write the node_exporter textfile: a temporary file next to `path`,
+ * then rename. Returns 0, or -errno (nothing replaced). */
+int metrics_write(const char *path, const image_record *images, size_t n, double seconds,
+                  int status);
 
 #endif
