@@ -119,7 +119,12 @@ qc_prefetch *qc_prefetch_start(qc_ctx *ctx, size_t count, size_t len, qc_prefetc
         per_half = count / 8 ? count / 8 : 1;
     while (per_half > 1 && 2 * (uint64_t)per_half * len > budget)
         per_half /= 2;
-    bool thread = count >= MIN_ITEMS && 2 * (uint64_t)len <= budget;
+    /* Items skipped cost no read: only those to be read earn a thread
+     * (a small image's refcount table is mostly empty entries). */
+    size_t to_read = 0;
+    for (size_t i = 0; i < count && to_read < MIN_ITEMS; i++)
+        to_read += offset_of(arg, i) != QC_PREFETCH_SKIP;
+    bool thread = to_read >= MIN_ITEMS && 2 * (uint64_t)len <= budget;
     p->per_half = thread ? per_half : 1;
     for (int i = 0; i < (thread ? 2 : 1); i++) {
         half *h = &p->halves[i];
