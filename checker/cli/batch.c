@@ -395,8 +395,9 @@ static void finish_image(batch *b, worker *w, int status, image_verdict failed_a
     s->out = read_capture(w->out);
     if (b->c->output == OUTPUT_JSON)
         s->err = read_capture(w->err);
-    r->status = status;
     r->verdict = why ? failed_as : image_verdict_of(status, &o);
+    /* Skipped, not failed: a running VM is no fault of the image. */
+    r->status = r->verdict == VERDICT_IN_USE ? 0 : status;
     if (why)
         append_text(b->c->output == OUTPUT_JSON ? &s->err : &s->out, why);
     if (o.summarised) {
