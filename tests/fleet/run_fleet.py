@@ -68,7 +68,8 @@ printing PASS or FAIL with every failed assertion:
   left in the folder, a new inode each run, the old content replaced, not
   appended to); with one FILE too (stdout unchanged); then node_exporter's
   textfile collector on that folder: node_textfile_scrape_error 0 and the
-  qcheck series served.
+  qcheck series served; the file's mode is 0644 under umask 022 (readable
+  by node_exporter's own user, as a normally created file is).
 * progress: stderr on a pseudo-terminal: `[k/N] NN.N% NAME` frames, k never
   decreasing and at most N; stdout unchanged; stdout and stderr on one
   terminal: the screen (a small terminal emulator replays the bytes) shows
@@ -984,6 +985,12 @@ class Runner:
             return
         t.expect(os.stat(prom).st_ino != ino0, "the metrics file was rewritten in place (same "
                  "inode), not renamed over")
+        # node_exporter runs as its own user (Debian: prometheus): a file made
+        # 0600 like mkstemp's would be a scrape error. The test runs with umask 022.
+        mode = stat.S_IMODE(os.stat(prom).st_mode)
+        t.expect(mode == 0o644, "the metrics file has mode %o: node_exporter's user cannot read "
+                 "it unless it is created as a normal file is (0666 less the umask: 644 here)"
+                 % mode)
         with open(prom) as f:
             text = f.read()
         t.expect("qcheck_stale_series" not in text, "the old content of the metrics file is "
@@ -1336,6 +1343,8 @@ def main():
     if not shutil.which(QEMU_IMG) or not shutil.which(QEMU_IO):
         print("SKIP: qemu-img and qemu-io (qemu-utils) are needed")
         return 77
+
+    os.umask(0o022)  # the modes of the files qcheck creates are asserted
 
     def on_term(signum, frame):
         kill_children()
