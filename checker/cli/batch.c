@@ -400,7 +400,8 @@ static void finish_image(batch *b, worker *w, int status, image_verdict failed_a
     r->status = r->verdict == VERDICT_IN_USE ? 0 : status;
     if (why)
         append_text(b->c->output == OUTPUT_JSON ? &s->err : &s->out, why);
-    if (o.summarised) {
+    r->counted = o.summarised && !why;
+    if (r->counted) {
         r->leaks = o.leaks;
         r->corruptions = o.corruptions;
         r->check_errors = o.check_errors;
@@ -510,11 +511,10 @@ static bool worth_listing(const batch *b, const image_state *s)
                              s->rec.verdict == VERDICT_IN_USE);
 }
 
+/* A count, or "-" where the check never reached its figures. */
 static void count_cell(char *buf, size_t len, const image_state *s, uint64_t value)
 {
-    if (s->rec.verdict == VERDICT_TIMEOUT || s->rec.verdict == VERDICT_IN_USE ||
-        s->rec.verdict == VERDICT_UNSUPPORTED || (s->rec.verdict == VERDICT_FAILED &&
-                                                  !value && !s->rec.check_errors))
+    if (!s->rec.counted)
         snprintf(buf, len, "-");
     else
         snprintf(buf, len, "%" PRIu64, value);

@@ -1527,9 +1527,12 @@ int cli_run_image(cli *c, const invocation *in)
  * to go on, or the exit status (help, version, a usage error). */
 static int read_options(cli *c, int argc, char **argv, invocation *in)
 {
-    int opt;
+    int opt, at = optind;
     opterr = 0; /* getopt's own messages are not qemu-img's */
-    while ((opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1) {
+    for (; (opt = getopt_long(argc, argv, shortopts, longopts, NULL)) != -1; at = optind) {
+        /* The argument the option was in: getopt has not moved past it
+         * when more of it follows (-x2). */
+        const char *arg = argv[optind > at ? optind - 1 : optind];
         switch (opt) {
         case 'h':
             usage(stdout);
@@ -1651,9 +1654,9 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
             in->metrics = optarg;
             break;
         case ':':
-            return usage_error(c, "missing argument for option '%s'", argv[optind - 1]);
+            return usage_error(c, "missing argument for option '%s'", arg);
         default:
-            return usage_error(c, "unrecognized option '%s'", argv[optind - 1]);
+            return usage_error(c, "unrecognized option '%s'", arg);
         }
     }
     return -1;
@@ -1718,6 +1721,7 @@ static int run_one(cli *c, const invocation *in)
         .name = c->filename,
         .status = status,
         .verdict = image_verdict_of(status, &outcome),
+        .counted = outcome.summarised,
         .leaks = outcome.leaks,
         .corruptions = outcome.corruptions,
         .check_errors = outcome.check_errors,

@@ -156,6 +156,7 @@ typedef struct image_record {
     const char *name;
     image_verdict verdict;
     int status;
+    bool counted; /* the check reached its figures (not: in use, timed out, not opened) */
     uint64_t leaks, corruptions, check_errors;
     double seconds;  /* from start to end of its worker */
     double finished; /* Unix time */

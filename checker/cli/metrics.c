@@ -62,16 +62,61 @@ typedef struct series {
     const char *name, *help;
 } series;
 
+/* A per-image series: its value, and whether it is a count of the check
+ * (left out for an image whose check reached no figures: a 0 would read
+ * "checked and fine"). */
+typedef struct image_series {
+    series s;
+    bool count;
+    void (*value)(char *buf, size_t len, const image_record *r);
+} image_series;
+
+static void leaks_of(char *buf, size_t len, const image_record *r)
+{
+    snprintf(buf, len, "%" PRIu64, r->leaks);
+}
+
+static void corruptions_of(char *buf, size_t len, const image_record *r)
+{
+    snprintf(buf, len, "%" PRIu64, r->corruptions);
+}
+
+static void check_errors_of(char *buf, size_t len, const image_record *r)
+{
+    snprintf(buf, len, "%" PRIu64, r->check_errors);
+}
+
+static void seconds_of(char *buf, size_t len, const image_record *r)
+{
+    snprintf(buf, len, "%.6f", r->seconds);
+}
+
+static void exit_code_of(char *buf, size_t len, const image_record *r)
+{
+    snprintf(buf, len, "%d", r->status);
+}
+
+static void finished_of(char *buf, size_t len, const image_record *r)
+{
+    snprintf(buf, len, "%.0f", r->finished);
+}
+
+static const image_series per_image[] = {
+    {{"qcheck_image_leaks", "Leaked clusters found in the image."}, true, leaks_of},
+    {{"qcheck_image_corruptions", "Corruptions found in the image."}, true, corruptions_of},
+    {{"qcheck_image_check_errors", "Parts of the image that could not be checked."}, true,
+     check_errors_of},
+    {{"qcheck_image_check_seconds", "Seconds the image's check (or repair) took."}, false,
+     seconds_of},
+    {{"qcheck_image_exit_code", "The image's exit status (0 for an image in use)."}, false,
+     exit_code_of},
+    {{"qcheck_image_last_run_timestamp_seconds", "When the image's check ended, Unix time."},
+     false, finished_of},
+};
+
 static void family(FILE *out, const series *s)
 {
     fprintf(out, "# HELP %s %s\n# TYPE %s gauge\n", s->name, s->help, s->name);
-}
-
-static void image_sample(FILE *out, const char *metric, const image_record *r, const char *value)
-{
-    fprintf(out, "%s{image=\"", metric);
-    label_value(out, r->name);
-    fprintf(out, "\"} %s\n", value);
 }
 
 /* Whether an earlier image of the run has the same name. */
@@ -86,15 +131,7 @@ static bool named_before(const image_record *images, size_t i)
 static void write_series(FILE *out, const image_record *images, size_t n, double seconds, int status)
 {
     static const series verdict_family = {"qcheck_image_verdict",
-                                   "1 for the verdict of the image's last check, 0 for the others."};
-    static const series per_image[] = {
-        {"qcheck_image_leaks", "Leaked clusters found in the image."},
-        {"qcheck_image_corruptions", "Corruptions found in the image."},
-        {"qcheck_image_check_errors", "Parts of the image that could not be checked."},
-        {"qcheck_image_check_seconds", "Seconds the image's check (or repair) took."},
-        {"qcheck_image_exit_code", "qemu-img check's exit status for the image."},
-        {"qcheck_image_last_run_timestamp_seconds", "When the image's check ended, Unix time."},
-    };
+                                          "1 for the verdict of the image's last check, 0 for the others."};
     family(out, &verdict_family);
     for (size_t i = 0; i < n; i++) {
         if (named_before(images, i))
@@ -107,21 +144,16 @@ static void write_series(FILE *out, const image_record *images, size_t n, double
         }
     }
     for (size_t m = 0; m < sizeof(per_image) / sizeof(per_image[0]); m++) {
-        family(out, &per_image[m]);
+        const image_series *is = &per_image[m];
+        family(out, &is->s);
         for (size_t i = 0; i < n; i++) {
-            const image_record *r = &images[i];
-            char value[40];
-            if (named_before(images, i))
+            if (named_before(images, i) || (is->count && !images[i].counted))
                 continue;
-            switch (m) {
-            case 0: snprintf(value, sizeof(value), "%" PRIu64, r->leaks); break;
-            case 1: snprintf(value, sizeof(value), "%" PRIu64, r->corruptions); break;
-            case 2: snprintf(value, sizeof(value), "%" PRIu64, r->check_errors); break;
-            case 3: snprintf(value, sizeof(value), "%.6f", r->seconds); break;
-            case 4: snprintf(value, sizeof(value), "%d", r->status); break;
-            default: snprintf(value, sizeof(value), "%.0f", r->finished); break;
-            }
-            image_sample(out, per_image[m].name, r, value);
+            char value[40];
+            is->value(value, sizeof(value), &images[i]);
+            fprintf(out, "%s{image=\"", is->s.name);
+            label_value(out, images[i].name);
+            fprintf(out, "\"} %s\n", value);
         }
     }
     static const series run_images = {"qcheck_run_images", "Images of the last run, per verdict."};
