@@ -36,6 +36,7 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
     if (count == 0)
         count = 1;
     qc_result_tally(ctx->res, p, count);
+    qc_map_note_finding(ctx, p, offset, fc);
     if (ctx->fix_sink)
         ctx->fix_sink(ctx->fix_sink_payload, id, offset, count);
     /* Findings past the cap are counted but folded into one summary line, so

@@ -23,6 +23,7 @@
 
 #include "cli.h"
 #include "command.h"
+#include "visual.h"
 #include "qcheck.h"
 
 verdict cli_verdict_of(const qc_result *r)
@@ -55,6 +56,7 @@ static void usage(FILE *out)
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
             "              [--max-mem=SIZE] [--deep] [--digest[=sha256|xxh128]]\n"
             "              [--chain [--allow-probe] [--max-depth=N]] [--data-file=PATH]\n"
+            "              [--map=FILE.svg] [--report=FILE.html]\n"
             "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] FILE\n"
             "       qcheck --rollback=LOG FILE\n"
             "       qcheck --list-problems[=markdown]\n"
@@ -93,6 +95,9 @@ static void usage(FILE *out)
             "                         none recorded (autoprobing: just say no)\n"
             "  --max-depth=N          with --chain: at most N layers below FILE (default 256)\n"
             "  --data-file=PATH       FILE's external data file (instead of the name in it)\n"
+            "  --map=FILE.svg         also draw the host file, cluster by cluster, as an SVG picture\n"
+            "  --report=FILE.html     also write a self-contained HTML report: summary, map and\n"
+            "                         findings (sortable, filterable)\n"
             "  --list-problems[=markdown]  list every problem qcheck can report\n"
             "  -h, --help             show this help\n"
             "  -V, --version          show the version\n"
@@ -229,6 +234,8 @@ void cli_progress_begin(cli *c)
 static void on_finding(const qc_finding *f, void *payload)
 {
     cli *c = payload;
+    if (c->visual)
+        vis_section_add_finding(c->visual, f);
     if (c->output == OUTPUT_HUMAN) {
         cli_progress_clear(c);
         if (c->layer >= 0)
@@ -908,7 +915,8 @@ void cli_report_in_use(cli *c, verdict *r)
 
 enum {
     OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST,
-    OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH
+    OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH,
+    OPT_MAP, OPT_REPORT
 };
 static const char shortopts[] = ":hVqpf:r:nUT:";
 static const struct option longopts[] = {
@@ -935,6 +943,8 @@ static const struct option longopts[] = {
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
     {"salvage", required_argument, NULL, OPT_SALVAGE},
+    {"map", required_argument, NULL, OPT_MAP},
+    {"report", required_argument, NULL, OPT_REPORT},
     {NULL, 0, NULL, 0},
 };
 
@@ -1066,13 +1076,22 @@ static int check_file(cli *c, verdict *v, bool *checked)
     if (status >= 0)
         return status;
     qc_options o = cli_check_options(c);
+    if (c->map_path || c->report_path) {
+        /* No section (no memory): cli_write_visual says so. */
+        c->visual = vis_section_new(c->filename, 0);
+        o.map_cells = c->visual ? VIS_MAP_CELLS : 0;
+    }
     qc_result *r = qc_result_new();
     cli_progress_begin(c);
+    double started = now_seconds();
     int ret = r ? qc_check(&io, &o, r) : -ENOMEM;
+    c->visual_seconds = now_seconds() - started;
     cli_progress_clear(c);
     if (ret == 0) {
         note_cannot_open(c, &io, r);
         *v = cli_verdict_of(r);
+        if (c->visual)
+            vis_section_set_result(c->visual, r); /* without a map, the section says so */
     }
     qc_result_free(r);
     bool raw = ret == 0 && v->other_format && strcmp(v->driver, "raw") == 0;
@@ -1470,7 +1489,7 @@ static int run(cli *c, qc_repair_mode mode, const char *undo_path, const char *r
     int status = check_file(c, &v, &checked);
     if (checked)
         print_result(c, &v, status);
-    return status;
+    return cli_write_visual(c, &v, status);
 }
 
 /* The options as given, before they are settled. */
@@ -1527,6 +1546,12 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
             break;
         case OPT_SALVAGE:
             c->salvage_dir = optarg;
+            break;
+        case OPT_MAP:
+            c->map_path = optarg;
+            break;
+        case OPT_REPORT:
+            c->report_path = optarg;
             break;
         case 'U':
             in->force_share = true;
@@ -1615,6 +1640,10 @@ static int settle_options(cli *c, int argc, char **argv, const invocation *in)
     if ((c->chain || c->data_file) && (in->repair || in->rollback_log))
         return usage_error(c, "repairs are single-image: --chain and --data-file go with a "
                               "check, not with -r or --rollback (repair each layer on its own)");
+    if ((c->map_path || c->report_path) &&
+        (in->repair || in->rollback_log || c->chain || c->data_file))
+        return usage_error(c, "--map and --report go with the check of one image, not with -r, "
+                              "--rollback, --chain or --data-file");
     if ((c->allow_probe || c->max_depth) && !c->chain)
         return usage_error(c, "--allow-probe and --max-depth go with --chain");
     c->repair_mode = in->repair;
