@@ -193,7 +193,8 @@ static grid grid_for(const vis_map *m)
     size_t n = m->nb_cells ? m->nb_cells : 1;
     g.cols = n <= 16 ? (unsigned)n : n <= 4096 ? (n < 64 ? (unsigned)n : 64) : 128;
     g.rows = (unsigned)((n + g.cols - 1) / g.cols);
-    g.px = g.cols <= 16 ? 28 : g.cols <= 32 ? 20 : g.cols <= 64 ? 12 : 6;
+    g.px = 768 / g.cols; /* a grid about 768 pixels wide */
+    g.px = g.px < 6 ? 6 : g.px > 28 ? 28 : g.px;
     g.left = 84;
     g.top = 96;
     unsigned grid_w = g.cols * g.px;
@@ -561,8 +562,8 @@ static const char page_style[] =
     "font-weight:600;color:#fff;background:#868e96;vertical-align:2px}"
     ".v-clean{background:#2b8a3e}.v-leaks{background:#e8590c}.v-corrupt{background:#c92a2a}"
     ".v-failed{background:#5c5f66}.v-unsupported{background:#1864ab}"
-    "dl.facts{display:flex;flex-wrap:wrap;gap:8px 28px;margin:0 0 12px}"
-    "dl.facts div{min-width:90px}dl.facts dt{font-size:11px;text-transform:uppercase;"
+    "dl.facts{display:flex;flex-wrap:wrap;gap:8px 24px;margin:0 0 12px}"
+    "dl.facts div{min-width:70px}dl.facts dt{font-size:11px;text-transform:uppercase;"
     "letter-spacing:.04em;color:#868e96}dl.facts dd{margin:0;font-weight:600}"
     "figure.map{margin:0;overflow-x:auto}"
     ".sev{display:inline-block;padding:0 6px;border-radius:4px;font-size:12px;background:#e9ecef}"
