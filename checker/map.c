@@ -226,6 +226,30 @@ static inline bool page_test(const uint64_t *page, uint64_t i)
     return page && (page[i / 64] >> (i % 64)) & 1;
 }
 
+/* The common page: one-byte cells, nothing on disk above the references,
+ * no mark. Equal bytes are clusters of one class (but metadata, whose
+ * class is its owner's): count them by runs, eight bytes at a time. */
+static void sweep_plain_page(const qc_ctx *ctx, map_build *b, const uint8_t *cells,
+                             uint64_t first, uint64_t n)
+{
+    const uint8_t meta = QC_CELL_META << (8 - QC_CELL_FLAG_BITS);
+    for (uint64_t i = 0; i < n;) {
+        uint8_t v = cells[i];
+        if (v & meta) {
+            add(b, metadata_class(&ctx->view, first + i), 1);
+            i++;
+            continue;
+        }
+        uint64_t j = i + 1, word = v * 0x0101010101010101ull, w;
+        while (j + 8 <= n && (memcpy(&w, cells + j, 8), w == word))
+            j += 8;
+        while (j < n && cells[j] == v)
+            j++;
+        add(b, qc_cell_count(v, 0) ? QC_MAP_DATA : QC_MAP_FREE, j - i);
+        i = j;
+    }
+}
+
 /* Classify the clusters of refmap page p, [first, first + n). */
 static void sweep_page(const qc_ctx *ctx, map_build *b, uint64_t p, uint64_t first, uint64_t n)
 {
@@ -241,6 +265,10 @@ static void sweep_page(const qc_ctx *ctx, map_build *b, uint64_t p, uint64_t fir
         return;
     }
     const unsigned wl = cells ? map->width_log[p] : 0;
+    if (cells && wl == 0 && !above && !corrupt && !overlap && !compressed) {
+        sweep_plain_page(ctx, b, cells, first, n);
+        return;
+    }
     for (uint64_t i = 0; i < n; i++) {
         uint64_t cell = cells ? qc_cell_load(cells, wl, i) : 0;
         unsigned cls;

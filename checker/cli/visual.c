@@ -165,10 +165,11 @@ static unsigned shown_class(const qc_map_cell *c)
     return c->problem >= QC_MAP_FIRST_PROBLEM ? c->problem : c->dominant;
 }
 
+/* Cells drawn as one <rect>: the same look, the same dominant class (its
+ * title lists every class of the run). */
 static bool same_cell(const qc_map_cell *a, const qc_map_cell *b)
 {
-    return shown_class(a) == shown_class(b) && a->dominant == b->dominant &&
-           a->classes == b->classes;
+    return shown_class(a) == shown_class(b) && a->dominant == b->dominant;
 }
 
 /* The grid's geometry for n cells. */
@@ -241,8 +242,9 @@ static void svg_cells(FILE *out, const vis_map *m, const grid *g)
     for (size_t i = 0; i < m->nb_cells;) {
         size_t row_end = (i / g->cols + 1) * g->cols;
         size_t j = i + 1;
+        uint32_t classes = m->cells[i].classes;
         while (j < m->nb_cells && j < row_end && same_cell(&m->cells[i], &m->cells[j]))
-            j++;
+            classes |= m->cells[j++].classes;
         const qc_map_cell *c = &m->cells[i];
         unsigned cls = shown_class(c);
         bool problem = cls >= QC_MAP_FIRST_PROBLEM;
@@ -266,7 +268,7 @@ static void svg_cells(FILE *out, const vis_map *m, const grid *g)
         fputs(styles[c->dominant].label, out);
         const char *sep = m->per_cell > 1 ? " mostly; also " : "";
         for (unsigned k = 0; k < QC_MAP_CLASSES; k++)
-            if (k != c->dominant && (c->classes >> k & 1)) {
+            if (k != c->dominant && (classes >> k & 1)) {
                 fprintf(out, "%s%s", sep, styles[k].label);
                 sep = ", ";
             }
