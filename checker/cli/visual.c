@@ -231,7 +231,7 @@ static void svg_title_lines(FILE *out, const vis_map *m, const char *filename, c
     fputs("<text x=\"16\" y=\"65\" fill=\"#495057\">Host offsets grow left to right, top to "
           "bottom. A cell shows the class most of its clusters have,</text>\n"
           "<text x=\"16\" y=\"82\" fill=\"#495057\">or, outlined, the worst problem any of them "
-          "has (leaked, orphaned, corrupt, overlap).</text>\n",
+          "has (leaked, orphaned, corrupt, overlap); a small square: metadata among them.</text>\n",
           out);
 }
 
@@ -274,6 +274,24 @@ static void svg_cells(FILE *out, const vis_map *m, const grid *g)
             }
         fputs("</title></rect>\n", out);
         i = j;
+    }
+    /* Metadata a cell holds but does not show (its clusters are mostly
+     * data or free): a small square of the first such class, so that
+     * scattered tables still show. */
+    const uint32_t metadata = ((1u << (QC_MAP_BITMAP + 1)) - 1) & ~1u;
+    unsigned side = g->px / 2, inset = (g->px - side) / 2;
+    for (size_t i = 0; i < m->nb_cells && m->per_cell > 1; i++) {
+        const qc_map_cell *c = &m->cells[i];
+        uint32_t hidden = c->classes & metadata & ~(1u << shown_class(c));
+        if (!hidden || (metadata >> shown_class(c) & 1))
+            continue;
+        unsigned k = (unsigned)__builtin_ctz(hidden);
+        fprintf(out,
+                "<rect x=\"%u\" y=\"%u\" width=\"%u\" height=\"%u\" fill=\"%s\" "
+                "data-marker=\"%s\"/>\n",
+                g->left + (unsigned)(i % g->cols) * g->px + inset,
+                g->top + (unsigned)(i / g->cols) * g->px + inset, side, side, styles[k].fill,
+                qc_map_class_name(k));
     }
     /* Host offsets at the left, every few rows. */
     unsigned every = (14 + g->px - 1) / g->px;
