@@ -1,6 +1,7 @@
 /*
- * qc_check(): runs the passes in order over one context and turns the
- * result into qemu-img check's exit status. The repair planner runs the
+ * qc_check(): runs the passes in order over one context, builds the host
+ * map when the options ask for one, and turns the result into qemu-img
+ * check's exit status. The repair planner runs the
  * same passes through qc_ctx_run() and reads the context before release.
  */
 #include <errno.h>

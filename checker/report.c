@@ -1,6 +1,7 @@
 /*
  * Reporting: every finding goes through qc_report(), which counts it in
- * the result, hands it to the repair planner's sink, caps what is shown per
+ * the result, marks what a corruption names for the host map (map.c),
+ * hands it to the repair planner's sink, caps what is shown per
  * problem, and renders the message from the problem row's template and
  * the finding's typed context. Also the progress callback, and text from
  * image bytes made printable.
