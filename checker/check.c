@@ -1,6 +1,7 @@
 /*
- * qc_check(): runs the passes in order over one context and turns the
- * result into qemu-img check's exit status. The repair planner runs the
+ * qc_check(): runs the passes in order over one context, builds the host
+ * map when the options ask for one, and turns the result into qemu-img
+ * check's exit status. The repair planner runs the
  * same passes through qc_ctx_run() and reads the context before release.
  */
 #include <errno.h>
@@ -17,7 +18,8 @@ static bool init_maps(qc_ctx *ctx)
            qc_bitset_init(&ctx->mem, &ctx->unfollowed_targets, ctx->file_clusters) &&
            qc_bitset_init(&ctx->mem, &ctx->bitmap_unfollowed_targets, ctx->file_clusters) &&
            qc_bitset_init(&ctx->mem, &ctx->orphans, ctx->file_clusters) &&
-           qc_bitset_init(&ctx->mem, &ctx->refcount_above_refs, ctx->file_clusters);
+           qc_bitset_init(&ctx->mem, &ctx->refcount_above_refs, ctx->file_clusters) &&
+           qc_map_begin(ctx);
 }
 
 void qc_ctx_release(qc_ctx *ctx)
@@ -36,6 +38,7 @@ void qc_ctx_release(qc_ctx *ctx)
     qc_bitset_release(&ctx->orphans);
     qc_bitset_release(&ctx->bitmap_unfollowed_targets);
     qc_bitset_release(&ctx->refcount_above_refs);
+    qc_map_release(ctx);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
 }
@@ -90,8 +93,10 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
         if (!ctx->stop && qc_extents_finish(ctx)) {
             qc_pass_mapping_walk(ctx);
             qc_past_eof_claims_finish(ctx);
-            if (!ctx->stop)
+            if (!ctx->stop) {
                 qc_pass_compare(ctx);
+                ctx->compared = !ctx->stop;
+            }
             if (!ctx->stop && ctx->options.deep)
                 qc_pass_deep(ctx);
         }
@@ -106,7 +111,10 @@ int qc_check(qc_io *io, const qc_options *opts, qc_result *result)
     if (!io || !io->read || !result || (opts && opts->size < offsetof(qc_options, max_mem)))
         return -EINVAL;
     qc_ctx ctx = {0};
+    qc_result_drop_map(result); /* a result from qc_result_new, or one checked before */
     qc_ctx_run(&ctx, io, opts, result);
+    /* Only here, not in qc_ctx_run: a repair's checks have no map. */
+    qc_map_build(&ctx);
     qc_ctx_release(&ctx);
     return 0;
 }

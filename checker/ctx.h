@@ -27,6 +27,11 @@
 #include "result.h"
 #include "unfollowed.h"
 
+/* Bytes [start, end) of the file. */
+typedef struct qc_byte_range {
+    uint64_t start, end;
+} qc_byte_range;
+
 typedef struct qc_ctx {
     union {
         struct {
@@ -70,6 +75,15 @@ typedef struct qc_ctx {
     void *fix_sink_payload;
 
     unsigned progress; /* permille last passed to on_progress */
+
+    /* The host map (map.c), when options.map_cells asks for one: what the
+     * passes mark as they go (paged like the refcount map, so only the
+     * pages with a mark cost memory), and the corruptions reported before
+     * the sets exist (byte ranges, applied once the cluster size is known). */
+    qc_bitset map_compressed, map_corrupt, map_overlap;
+    qc_byte_range map_early[8];
+    unsigned nb_map_early;
+    bool compared; /* every pass up to the comparison ran: the map can be built */
 
     /* findings */
     uint64_t shown[QC_PROBLEM_ROWS]; /* per row */
@@ -115,6 +129,20 @@ bool qc_options_load(qc_options *dst, const qc_options *src);
  * releases it. */
 void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *result);
 void qc_ctx_release(qc_ctx *ctx);
+
+/* ---- map.c: the host map ---- */
+/* Create the map's mark sets once the file's cluster count is known (does
+ * nothing unless the options ask for a map). */
+bool qc_map_begin(qc_ctx *ctx);
+void qc_map_release(qc_ctx *ctx);
+/* Mark host clusters [first, first + count) (clipped to the file) in one
+ * of the map's sets (nothing when the map is not wanted: the set is empty). */
+void qc_map_mark(qc_bitset *set, uint64_t first, uint64_t count);
+/* A finding of problem p was reported: a corruption marks what it names. */
+void qc_map_note_finding(qc_ctx *ctx, const qc_problem *p, uint64_t offset,
+                         const qc_finding_ctx *fc);
+/* Classify every host cluster into ctx->res's map (after the comparison). */
+void qc_map_build(qc_ctx *ctx);
 
 /* ---- passes ---- */
 void qc_pass_header(qc_ctx *ctx);

@@ -14,7 +14,9 @@
  * Produces: L1 and L2 extents, computed refcounts of L2 tables and data,
  * COPIED observations of the active tree, allocation statistics, and with
  * an external data file where the data mapped into it end
- * (result->data_file_end, for --chain's dataFileTooShort).
+ * (result->data_file_end, for --chain's dataFileTooShort); for the host
+ * map, when asked for, the clusters of compressed data and of guest data
+ * on metadata.
  *
  * An L2 table referenced n times contributes n references to each data
  * cluster it maps, exactly as if it were walked n times (QEMU re-reads it
@@ -225,6 +227,7 @@ static void check_data_on_metadata(qc_ctx *ctx, l2_walk *w, uint32_t index, uint
 {
     if (flags < 0 || !(flags & QC_CELL_META))
         return;
+    qc_map_mark(&ctx->map_overlap, cluster, 1);
     const qc_extent *owner = qc_extent_at(&ctx->view, cluster);
     char what[240] = "metadata";
     if (owner)
@@ -302,6 +305,7 @@ static void walk_compressed(qc_ctx *ctx, l2_walk *w, uint32_t i, uint64_t entry,
     }
     for (uint64_t cl = first; cl <= last; cl++)
         check_data_on_metadata(ctx, w, i, cl, qc_refmap_add(&ctx->refmap, cl, w->table->refs, 0));
+    qc_map_mark(&ctx->map_compressed, first, last - first + 1);
 }
 
 /* An entry whose host offset `off` is not cluster aligned: QEMU reports

@@ -1,6 +1,7 @@
 /*
  * Reporting: every finding goes through qc_report(), which counts it in
- * the result, hands it to the repair planner's sink, caps what is shown per
+ * the result, marks what a corruption names for the host map (map.c),
+ * hands it to the repair planner's sink, caps what is shown per
  * problem, and renders the message from the problem row's template and
  * the finding's typed context. Also the progress callback, and text from
  * image bytes made printable.
@@ -36,6 +37,7 @@ void qc_report(qc_ctx *ctx, qc_problem_id id, const char *object, uint64_t offse
     if (count == 0)
         count = 1;
     qc_result_tally(ctx->res, p, count);
+    qc_map_note_finding(ctx, p, offset, fc);
     if (ctx->fix_sink)
         ctx->fix_sink(ctx->fix_sink_payload, id, offset, count);
     /* Findings past the cap are counted but folded into one summary line, so

@@ -13,7 +13,16 @@ qc_result *qc_result_new(void)
 
 void qc_result_free(qc_result *result)
 {
+    if (result)
+        qc_result_drop_map(result);
     free(result);
+}
+
+void qc_result_drop_map(qc_result *r)
+{
+    free(r->map);
+    r->map = NULL;
+    r->map_cells = 0;
 }
 
 uint64_t qc_result_count(const qc_result *r, qc_counter counter)

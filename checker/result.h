@@ -48,6 +48,13 @@ struct qc_result {
     /* With an external data file: where the guest data the image maps into
      * it end (the end of the last allocated cluster or subcluster). */
     uint64_t data_file_end;
+
+    /* The host map (map.c), when the options asked for one: malloc'd,
+     * freed with the result. */
+    qc_map_cell *map;
+    size_t map_cells;
+    uint64_t map_clusters_per_cell, map_clusters, map_cluster_size;
+    uint64_t map_class_clusters[QC_MAP_CLASSES];
 };
 
 /* The driver QEMU's probing picks for a file qc_guess_format describes
@@ -60,6 +67,10 @@ unsigned qc_driver_index(const char *driver);
 /* qemu-img check's exit status for these counts: 1 check errors, else 2
  * corruptions, else 3 leaks, else 0. */
 int qc_status_of(uint64_t check_errors, uint64_t corruptions, uint64_t leaks);
+
+/* Free the result's host map, if any (before the result is reused or
+ * freed). */
+void qc_result_drop_map(qc_result *r);
 
 /* Count a finding of problem p covering `count` items in the result. */
 void qc_result_tally(qc_result *r, const qc_problem *p, uint64_t count);

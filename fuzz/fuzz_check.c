@@ -100,7 +100,7 @@ void fuzz_one(const uint8_t *data, size_t len)
     opts.on_finding = on_finding;
     opts.max_mem = FUZZ_MAX_MEM;
     opts.deep = true; /* hostile compressed streams and data ranges too */
-    qc_result first, second;
+    qc_result first = {0}, second = {0}; /* qc_check frees a map an earlier check left */
     if (qc_check(&io, &opts, &first) != 0 || qc_check(&io, &opts, &second) != 0)
         fuzz_fail("qc_check refused its arguments");
     if (!same_result(&first, &second))

@@ -212,5 +212,6 @@ void qc_repair_free(qc_repair *rep)
     if (!rep)
         return;
     qc_repair_plan_free(rep->plan);
+    qc_result_drop_map(&rep->after); /* the check after has one if the options asked */
     free(rep);
 }

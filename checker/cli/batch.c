@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "command.h"
+#include "visual.h"
 
 static const char *const verdict_names[VERDICT_COUNT] = {
     [VERDICT_CLEAN] = "clean",       [VERDICT_REPAIRED] = "repaired",
@@ -162,16 +163,17 @@ static int compare_names(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* --undo=DIR and --salvage=DIR name, in a batch, a directory holding one
- * log (DIR/NAME.undo) or one salvage directory (DIR/NAME) per image:
- * refused before any image is touched if DIR is not a directory or two
- * images share a NAME. */
+/* --undo=DIR, --salvage=DIR and --map=DIR name, in a batch, a directory
+ * holding one log (DIR/NAME.undo), salvage directory (DIR/NAME) or map
+ * (DIR/NAME.svg) per image: refused before any image is touched if DIR is
+ * not a directory or two images share a NAME. */
 static bool per_image_dirs_usable(const cli *c, const invocation *in, const name_list *l)
 {
-    const char *dirs[] = {in->undo_path, c->salvage_dir};
-    const char *opts[] = {"--undo", "--salvage"};
+    const char *dirs[] = {in->undo_path, c->salvage_dir, c->map_path};
+    const char *opts[] = {"--undo", "--salvage", "--map"};
+    const char *suffix[] = {".undo", "", ".svg"};
     bool any = false;
-    for (size_t i = 0; i < 2; i++) {
+    for (size_t i = 0; i < 3; i++) {
         struct stat st;
         if (!dirs[i])
             continue;
@@ -179,7 +181,7 @@ static bool per_image_dirs_usable(const cli *c, const invocation *in, const name
         if (stat(dirs[i], &st) != 0 || !S_ISDIR(st.st_mode)) {
             cli_message(c, "%s=%s: with several images %s names an existing directory "
                            "(each image's is DIR/NAME%s)",
-                        opts[i], dirs[i], opts[i], i == 0 ? ".undo" : "");
+                        opts[i], dirs[i], opts[i], suffix[i]);
             return false;
         }
     }
@@ -196,8 +198,8 @@ static bool per_image_dirs_usable(const cli *c, const invocation *in, const name
     bool ok = true;
     for (size_t i = 1; i < l->nb && ok; i++) {
         if (strcmp(sorted[i - 1], sorted[i]) == 0) {
-            cli_message(c, "two images named '%s': their undo logs or salvage directories would "
-                           "collide; nothing was repaired",
+            cli_message(c, "two images named '%s': their undo logs, salvage directories or maps "
+                           "would collide; nothing was checked",
                         sorted[i]);
             ok = false;
         }
@@ -217,6 +219,7 @@ typedef struct image_state {
     image_record rec;
     bool done;
     captured out, err; /* the worker's stdout and stderr (human: both in out) */
+    captured section;  /* --report: its part of the page */
 } image_state;
 
 /* A worker process: it checks image after image, each index it reads
@@ -229,6 +232,7 @@ typedef struct worker {
     size_t image;
     double started, deadline;
     FILE *out, *err; /* its capture files, reused image after image */
+    FILE *section;   /* --report: the section of its image */
 } worker;
 
 typedef struct batch {
@@ -243,10 +247,11 @@ typedef struct batch {
     double started;
     bool progress, progress_shown;
     size_t progress_width;
+    FILE *sections; /* --report: the sections printed so far, in order */
 } batch;
 
 /* In a worker: run the single-image command on image i. */
-static int run_image_in_worker(const batch *b, size_t i, image_outcome *slot)
+static int run_image_in_worker(const batch *b, size_t i, image_outcome *slot, FILE *section)
 {
     cli c = *b->c;
     invocation in = *b->in;
@@ -257,7 +262,15 @@ static int run_image_in_worker(const batch *b, size_t i, image_outcome *slot)
     c.quiet = c.output == OUTPUT_HUMAN;
     c.progress_forced = false;
     const char *name = base_name(c.filename);
-    char undo[4200], salvage[4200];
+    char undo[4200], salvage[4200], map[4200];
+    if (c.map_path) {
+        snprintf(map, sizeof(map), "%s/%s.svg", c.map_path, name);
+        c.map_path = map;
+    }
+    /* The page is the batch's: the worker writes the image's section. */
+    c.report_path = NULL;
+    c.section_out = section;
+    c.visual_index = i;
     if (in.undo_path) {
         snprintf(undo, sizeof(undo), "%s/%s.undo", in.undo_path, name);
         in.undo_path = undo;
@@ -294,9 +307,14 @@ static void worker_main(const batch *b, unsigned slot, int command_fd, int resul
         if (ftruncate(STDOUT_FILENO, 0) != 0 || lseek(STDOUT_FILENO, 0, SEEK_SET) != 0 ||
             ftruncate(STDERR_FILENO, 0) != 0 || lseek(STDERR_FILENO, 0, SEEK_SET) != 0)
             _exit(1);
-        int status = run_image_in_worker(b, (size_t)i, &b->shared[slot]);
+        if (w->section && (fflush(w->section) != 0 || ftruncate(fileno(w->section), 0) != 0 ||
+                           fseek(w->section, 0, SEEK_SET) != 0))
+            _exit(1);
+        int status = run_image_in_worker(b, (size_t)i, &b->shared[slot], w->section);
         fflush(stdout);
         fflush(stderr);
+        if (w->section)
+            fflush(w->section);
         if (write(result_fd, &status, sizeof(status)) != (ssize_t)sizeof(status))
             _exit(1);
     }
@@ -395,6 +413,8 @@ static void finish_image(batch *b, worker *w, int status, image_verdict failed_a
     s->out = read_capture(w->out);
     if (b->c->output == OUTPUT_JSON)
         s->err = read_capture(w->err);
+    if (w->section && !why)
+        s->section = read_capture(w->section);
     r->verdict = why ? failed_as : image_verdict_of(status, &o);
     /* Skipped, not failed: a running VM is no fault of the image. */
     r->status = r->verdict == VERDICT_IN_USE ? 0 : status;
@@ -598,9 +618,12 @@ static void print_ready(batch *b)
                 print_human_image(s);
             fflush(stdout);
         }
+        if (b->sections && s->section.len)
+            fwrite(s->section.text, 1, s->section.len, b->sections);
         free(s->out.text);
         free(s->err.text);
-        s->out = s->err = (captured){0};
+        free(s->section.text);
+        s->out = s->err = s->section = (captured){0};
     }
 }
 
@@ -653,6 +676,34 @@ static void print_summary(const batch *b, int status, double seconds)
         printf("  %*zu", (int)strlen(image_verdict_name(columns[k])), per[columns[k]]);
     printf("  %9.2f\n", seconds);
     printf("Exit status %d: %s\n", status, exit_reason(status));
+}
+
+/* --report: one page for the batch, a summary row per image, then the
+ * sections the workers wrote (an image that never reached its check has
+ * its row alone). Returns 0 or -errno. */
+static int write_report(const batch *b, const image_record *records)
+{
+    FILE *out = fopen(b->c->report_path, "w");
+    if (!out)
+        return -errno;
+    int ret = vis_page_begin(out, b->list.nb);
+    for (size_t i = 0; i < b->list.nb; i++) {
+        const image_record *r = &records[i];
+        vis_page_summary_row(out, i, r->name, image_verdict_name(r->verdict), r->leaks,
+                             r->corruptions, r->check_errors, r->seconds, r->status);
+    }
+    vis_page_sections_begin(out);
+    char buf[65536];
+    size_t n;
+    rewind(b->sections);
+    while ((n = fread(buf, 1, sizeof(buf), b->sections)) > 0)
+        fwrite(buf, 1, n, out);
+    if (ferror(b->sections) && ret == 0)
+        ret = -EIO;
+    int end = vis_page_end(out);
+    if (fclose(out) != 0 && ret == 0)
+        ret = -errno;
+    return ret ? ret : end;
 }
 
 /* ---- the run ------------------------------------------------------------ */
@@ -729,7 +780,7 @@ static int open_workers(batch *b, unsigned jobs)
         worker *w = &b->workers[k];
         w->out = tmpfile();
         w->err = tmpfile();
-        if (!w->out || !w->err)
+        if (!w->out || !w->err || (b->sections && !(w->section = tmpfile())))
             return -errno;
     }
     return 0;
@@ -746,6 +797,8 @@ static void close_workers(batch *b)
             fclose(w->out);
         if (w->err)
             fclose(w->err);
+        if (w->section)
+            fclose(w->section);
     }
     if (b->shared)
         munmap(b->shared, b->nb_workers * sizeof(image_outcome));
@@ -808,6 +861,10 @@ int cli_run_batch(cli *c, invocation *in)
         jobs = 1024;
     if (jobs > b.list.nb)
         jobs = (unsigned)b.list.nb;
+    if (c->report_path && !(b.sections = tmpfile())) {
+        cli_message(c, "cannot write '%s': %s", c->report_path, strerror(errno));
+        goto done;
+    }
     int ret = open_workers(&b, jobs);
     if (ret < 0) {
         cli_message(c, "cannot set up %u workers: %s", jobs, strerror(-ret));
@@ -825,6 +882,11 @@ int cli_run_batch(cli *c, invocation *in)
     status = batch_exit_status(records, b.list.nb);
     if (!c->quiet)
         print_summary(&b, status, seconds);
+    if (c->report_path && (ret = write_report(&b, records)) < 0) {
+        cli_message(c, "cannot write '%s': %s", c->report_path, strerror(-ret));
+        if (status == 0 || status == 3 || status == 63)
+            status = 1;
+    }
     if (in->metrics) {
         ret = metrics_write(in->metrics, records, b.list.nb, seconds, status);
         if (ret < 0) {
@@ -841,6 +903,8 @@ out_of_memory:
     status = 1;
 done:
     close_workers(&b);
+    if (b.sections)
+        fclose(b.sections);
     free(b.images);
     free(b.list.names);
     free(b.list.list_text);

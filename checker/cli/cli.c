@@ -23,6 +23,7 @@
 
 #include "cli.h"
 #include "command.h"
+#include "visual.h"
 #include "qcheck.h"
 
 verdict cli_verdict_of(const qc_result *r)
@@ -55,6 +56,7 @@ static void usage(FILE *out)
             "Usage: qcheck [-q] [-p] [-f qcow2] [--output=human|json] [-U] [--image-opts]\n"
             "              [--max-mem=SIZE] [--deep] [--digest[=sha256|xxh128]]\n"
             "              [--chain [--allow-probe] [--max-depth=N]] [--data-file=PATH]\n"
+            "              [--map=FILE.svg] [--report=FILE.html]\n"
             "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] [--metrics=FILE] FILE\n"
             "       qcheck [options] [-j N] [--timeout=SECONDS] [--files-from=LIST [--null]]\n"
             "              [--metrics=FILE] FILE...\n"
@@ -95,6 +97,9 @@ static void usage(FILE *out)
             "                         none recorded (autoprobing: just say no)\n"
             "  --max-depth=N          with --chain: at most N layers below FILE (default 256)\n"
             "  --data-file=PATH       FILE's external data file (instead of the name in it)\n"
+            "  --map=FILE.svg         also draw the host file, cluster by cluster, as an SVG picture\n"
+            "  --report=FILE.html     also write a self-contained HTML report: summary, map and\n"
+            "                         findings (sortable, filterable)\n"
             "  --metrics=FILE         write the verdicts for Prometheus (node_exporter's\n"
             "                         textfile format), replacing FILE at once\n"
             "Several images (FILE..., or --files-from) are a batch: one line per image, its\n"
@@ -219,8 +224,7 @@ double cli_now(void)
 static void on_progress(unsigned permille, void *payload)
 {
     cli *c = payload;
-    if (c->outcome)
-        __atomic_store_n(&c->outcome->permille, permille, __ATOMIC_RELAXED);
+    __atomic_store_n(&c->outcome->permille, permille, __ATOMIC_RELAXED);
     if (!c->progress_allowed ||
         (!c->progress_forced && cli_now() - c->progress_start < PROGRESS_DELAY))
         return;
@@ -247,6 +251,8 @@ void cli_progress_begin(cli *c)
 static void on_finding(const qc_finding *f, void *payload)
 {
     cli *c = payload;
+    if (c->visual)
+        vis_section_add_finding(c->visual, f);
     if (c->output == OUTPUT_HUMAN) {
         cli_progress_clear(c);
         if (c->layer >= 0)
@@ -780,8 +786,7 @@ static int lock_refused(const cli *c, const qc_lock_state *o, bool repair)
     unsigned perm = lock_conflict(o, repair ? QC_LOCK_REPAIR : c->lock_mode, false, &shared);
     /* Every refusal but a file system that takes no locks at all means
      * another process has the image. */
-    if (c->outcome)
-        c->outcome->in_use = !o->failed_byte || o->failed_errno == EAGAIN ||
+    c->outcome->in_use = !o->failed_byte || o->failed_errno == EAGAIN ||
                              o->failed_errno == EACCES;
     if (o->failed_byte && (o->failed_errno == EAGAIN || o->failed_errno == EACCES)) {
         cli_message(c, "Could not open '%s': Failed to lock byte %d", c->filename, o->failed_byte);
@@ -932,7 +937,7 @@ void cli_report_in_use(cli *c, verdict *r)
 enum {
     OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST,
     OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH,
-    OPT_FILES_FROM, OPT_TIMEOUT, OPT_METRICS
+    OPT_FILES_FROM, OPT_TIMEOUT, OPT_METRICS, OPT_MAP, OPT_REPORT
 };
 static const char shortopts[] = ":hVqpf:r:nUT:j:0";
 static const struct option longopts[] = {
@@ -964,6 +969,8 @@ static const struct option longopts[] = {
     {"jobs", required_argument, NULL, 'j'},
     {"timeout", required_argument, NULL, OPT_TIMEOUT},
     {"metrics", required_argument, NULL, OPT_METRICS},
+    {"map", required_argument, NULL, OPT_MAP},
+    {"report", required_argument, NULL, OPT_REPORT},
     {NULL, 0, NULL, 0},
 };
 
@@ -1009,8 +1016,6 @@ void cli_check_failed(const cli *c, const verdict *r, const char *why)
 static void note_outcome(const cli *c, const verdict *r)
 {
     image_outcome *o = c->outcome;
-    if (!o)
-        return;
     o->summarised = true;
     o->leaks = r->leaks;
     o->corruptions = r->corruptions;
@@ -1112,13 +1117,22 @@ static int check_file(cli *c, verdict *v, bool *checked)
     if (status >= 0)
         return status;
     qc_options o = cli_check_options(c);
+    if (c->map_path || c->report_path || c->section_out) {
+        /* No section (no memory): cli_write_visual says so. */
+        c->visual = vis_section_new(c->filename, c->visual_index);
+        o.map_cells = c->visual ? VIS_MAP_CELLS : 0;
+    }
     qc_result *r = qc_result_new();
     cli_progress_begin(c);
+    double started = cli_now();
     int ret = r ? qc_check(&io, &o, r) : -ENOMEM;
+    c->visual_seconds = cli_now() - started;
     cli_progress_clear(c);
     if (ret == 0) {
         note_cannot_open(c, &io, r);
         *v = cli_verdict_of(r);
+        if (c->visual)
+            vis_section_set_result(c->visual, r); /* without a map, the section says so */
     }
     qc_result_free(r);
     bool raw = ret == 0 && v->other_format && strcmp(v->driver, "raw") == 0;
@@ -1519,7 +1533,7 @@ int cli_run_image(cli *c, const invocation *in)
     int status = check_file(c, &v, &checked);
     if (checked)
         print_result(c, &v, status);
-    return status;
+    return cli_write_visual(c, &v, status);
 }
 
 
@@ -1573,6 +1587,12 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
             break;
         case OPT_SALVAGE:
             c->salvage_dir = optarg;
+            break;
+        case OPT_MAP:
+            c->map_path = optarg;
+            break;
+        case OPT_REPORT:
+            c->report_path = optarg;
             break;
         case 'U':
             in->force_share = true;
@@ -1700,6 +1720,10 @@ static int settle_options(cli *c, int argc, char **argv, invocation *in)
     if ((c->chain || c->data_file) && (in->repair || in->rollback_log))
         return usage_error(c, "repairs are single-image: --chain and --data-file go with a "
                               "check, not with -r or --rollback (repair each layer on its own)");
+    if ((c->map_path || c->report_path) &&
+        (in->repair || in->rollback_log || c->chain || c->data_file))
+        return usage_error(c, "--map and --report go with the check of one image, not with -r, "
+                              "--rollback, --chain or --data-file");
     if ((c->allow_probe || c->max_depth) && !c->chain)
         return usage_error(c, "--allow-probe and --max-depth go with --chain");
     c->repair_mode = in->repair;
@@ -1711,8 +1735,7 @@ static int settle_options(cli *c, int argc, char **argv, invocation *in)
 static int run_one(cli *c, const invocation *in)
 {
     image_outcome outcome = {0};
-    if (in->metrics)
-        c->outcome = &outcome;
+    c->outcome = &outcome;
     double start = cli_now();
     int status = cli_run_image(c, in);
     if (!in->metrics)

@@ -84,7 +84,14 @@ typedef struct cli {
      * has taken longer than PROGRESS_DELAY; never with -q or JSON. */
     bool progress_forced, progress_allowed, progress_shown;
     double progress_start;
-    image_outcome *outcome; /* where the run notes what it concluded, or NULL */
+    /* --map and --report (visual.c): the files, and the image's section
+     * (made before its check, which feeds it; NULL with neither). */
+    const char *map_path, *report_path;
+    FILE *section_out;   /* a batch's worker: the section goes here, not to a page */
+    size_t visual_index; /* the image's place on the page */
+    struct vis_section *visual;
+    double visual_seconds; /* how long the check took */
+    image_outcome *outcome; /* where the run notes what it concluded */
 } cli;
 
 #define PROGRESS_DELAY 0.5 /* seconds */
@@ -125,6 +132,10 @@ int cli_final_status(const cli *c, verdict *v);
  * into c->digest; false, with a message, when it cannot be had. */
 bool cli_take_digest(cli *c, qc_io *io, bool raw, const qc_chain *chain);
 int cli_print_raw_digest(const cli *c);
+/* --map and --report of a single image, once its check is done and its
+ * exit status known: write the files (a message for each that cannot be)
+ * and return the exit status, 1 instead of 0 when a file failed. */
+int cli_write_visual(cli *c, const verdict *v, int status);
 /* --chain or --data-file: check every layer; returns the exit status. */
 int cli_check_chain(cli *c);
 /* Check, repair or roll back c->filename as the options say; returns the

@@ -234,6 +234,9 @@ typedef struct qc_options {
     qc_progress_cb on_progress; /* may be NULL; a repair reports its first check */
     bool deep;                  /* also read what the metadata points at (--deep) */
     void *payload;              /* passed to both callbacks */
+    /* At most this many cells in the host map of qc_check's result
+     * (qc_result_map); 0: no map. */
+    size_t map_cells;
 } qc_options;
 
 #define QC_OPTIONS_INIT {.size = sizeof(qc_options)}
@@ -310,6 +313,63 @@ int qc_check(qc_io *io, const qc_options *opts, qc_result *result);
 /* Exit status with qemu-img check's meaning: 0 clean, 1 check not
  * completed, 2 corruptions, 3 leaks only, 63 not a checkable format. */
 int qc_exit_status(const qc_result *result);
+
+/* ---- The host map: what each cluster of the file holds -------------- */
+
+/* The class of a host cluster of the image file. Clusters past the end of
+ * the file are not in the map. */
+typedef enum qc_map_class {
+    QC_MAP_FREE,           /* no structure, no reference, refcount 0 */
+    QC_MAP_HEADER,         /* cluster 0 (the header and its extensions), the encryption header */
+    QC_MAP_L1,             /* the active L1 table */
+    QC_MAP_L2,             /* an L2 table the active L1 table references */
+    QC_MAP_REFCOUNT_TABLE,
+    QC_MAP_REFCOUNT_BLOCK,
+    QC_MAP_SNAPSHOT_TABLE,
+    QC_MAP_SNAPSHOT_L1,    /* a snapshot's L1 table, or an L2 table only snapshots reference */
+    QC_MAP_BITMAP,         /* a bitmap directory, bitmap table or bitmap data cluster */
+    QC_MAP_DATA,           /* guest data an L2 entry maps (active or snapshot) */
+    QC_MAP_COMPRESSED,     /* holds compressed guest data (all or part of it) */
+    /* Problems, in increasing severity; a cluster with one of them has
+     * that class whatever else it holds (the most severe one). */
+    QC_MAP_LEAKED,         /* refcount on disk above the references found (refcountLeak) */
+    QC_MAP_ORPHANED,       /* the same, where a pointer the check reported and did
+                            * not follow may own it (refcountOrphan) */
+    QC_MAP_CORRUPT,        /* named by a corruption finding: its cluster range, or
+                            * the cluster of its offset (where the bad entry lies) */
+    QC_MAP_OVERLAP,        /* claimed by two structures, or guest data on metadata */
+    QC_MAP_CLASSES
+} qc_map_class;
+
+#define QC_MAP_FIRST_PROBLEM QC_MAP_LEAKED
+
+/* One cell of the map: `clusters_per_cell` consecutive host clusters (the
+ * last cell may have fewer). */
+typedef struct qc_map_cell {
+    uint8_t dominant;  /* the class most of its clusters have (ties: the lower class) */
+    uint8_t problem;   /* the most severe problem class any of its clusters has,
+                        * or QC_MAP_FREE for none: one leaked cluster among a
+                        * thousand free ones still shows */
+    uint16_t reserved;
+    uint32_t classes;  /* 1u << class for every class its clusters have */
+} qc_map_cell;
+
+/* The host map of a check made with opts->map_cells (NULL and *cells 0 when
+ * none was asked for, or the check stopped before the comparison of the
+ * refcounts: not a qcow2 image, an unusable header, memory ran out). Cell
+ * i covers host clusters [i * clusters_per_cell, (i + 1) *
+ * clusters_per_cell); clusters_per_cell is the smallest that fits the
+ * file's clusters into map_cells cells. The output pointers may be NULL.
+ * The result owns the map. */
+const qc_map_cell *qc_result_map(const qc_result *result, size_t *cells,
+                                 uint64_t *clusters_per_cell, uint64_t *clusters,
+                                 uint64_t *cluster_size);
+/* How many host clusters of the file have this class (0 without a map). */
+uint64_t qc_result_map_clusters(const qc_result *result, qc_map_class cls);
+/* The class's stable name ("free", "header", "l1", "l2", "refcount-table",
+ * "refcount-block", "snapshot-table", "snapshot-l1", "bitmap", "data",
+ * "compressed", "leaked", "orphaned", "corrupt", "overlap"), or NULL. */
+const char *qc_map_class_name(qc_map_class cls);
 
 /* ---- The guest-content digest ----------------------------------------- */
 
