@@ -490,6 +490,80 @@ def default_launcher(qcheck):
     return path if os.access(path, os.X_OK) else None
 
 
+def rows_main(script, doc, rows, sets_of_row, tools, make_bench):
+    """The command line of the row benchmarks (validate.py, fleet.py): parse
+    the options, check the binary and the tools, then build the image sets
+    of the chosen rows (--build-only) or run the rows and print the table.
+    make_bench(args, qcheck, work) returns the script's Bench, which has
+    image(name) (build or find an image set), report_disk(), report(seconds),
+    failed and close()."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="rows: " + ", ".join(rows))
+    ap.add_argument("--qcheck", default=os.path.join(REPO, "build", "qcheck"),
+                    help="the qcheck binary (default: %(default)s)")
+    ap.add_argument("--work", default=os.environ.get("QC_BENCH_WORK", "/var/tmp/qcheck-bench"),
+                    help="where images are built and kept (default: $QC_BENCH_WORK or "
+                         "/var/tmp/qcheck-bench)")
+    ap.add_argument("--runs", type=int, default=3, help="timed rounds per row (default 3)")
+    ap.add_argument("--repeat-budget", type=float, default=300,
+                    help="run a side again only while its runs so far took less than this "
+                         "many seconds (default 300)")
+    ap.add_argument("--only", help="comma-separated rows: " + ", ".join(rows))
+    ap.add_argument("--markdown", action="store_true", help="print the table in Markdown")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny images in a temporary folder, one run, checks only")
+    ap.add_argument("--build-only", action="store_true",
+                    help="build (or find) the images of the rows, measure nothing")
+    args = ap.parse_args()
+    chosen = list(rows)
+    if args.only:
+        chosen = [n.strip() for n in args.only.split(",") if n.strip()]
+        unknown = [n for n in chosen if n not in rows]
+        if unknown:
+            ap.error("unknown row(s) %s; known: %s" % (", ".join(unknown), ", ".join(rows)))
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    qcheck = os.path.abspath(args.qcheck)
+    if not os.access(qcheck, os.X_OK):
+        print("%s: qcheck binary %s not found (build it: cmake -S . -B build "
+              "-DCMAKE_BUILD_TYPE=Release && cmake --build build)" % (script, qcheck),
+              file=sys.stderr)
+        return 1
+    for tool in tools:
+        if not shutil.which(tool):
+            print("%s: %s not found" % (script, tool), file=sys.stderr)
+            return 1
+    t0 = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="qcheck-%s-smoke-" % script.split(".")[0]) \
+        if args.smoke else args.work
+    os.makedirs(work, exist_ok=True)
+    b = None
+    try:
+        b = make_bench(args, qcheck, work)
+        if args.build_only:
+            for name in dict.fromkeys(s for r in chosen for s in sets_of_row[r]):
+                try:
+                    b.image(name)
+                except (BuildError, OSError, subprocess.SubprocessError) as e:
+                    print("%s: cannot build %s: %s" % (script, name, e), file=sys.stderr)
+                    return 1
+            b.report_disk()
+            return 0
+        for name in chosen:
+            try:
+                rows[name](b)
+            except (BuildError, OSError, subprocess.SubprocessError) as e:
+                b.failed.append("%s: %s" % (name, e))
+        b.report(time.perf_counter() - t0)
+        return 1 if b.failed else 0
+    finally:
+        if b is not None:
+            b.close()
+        if args.smoke:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,

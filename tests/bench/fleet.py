@@ -209,11 +209,14 @@ class Bench:
         self.sets = {}
         self.scratch = tempfile.mkdtemp(prefix="qcheck-fleet-out-")
 
+    def close(self):
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
     def log(self, msg):
         if not self.smoke:
             print(msg, flush=True)
 
-    def image_set(self, name):
+    def image(self, name):
         if name not in self.sets:
             self.sets[name] = ensure_set(self.work, SETS[name], self.smoke)
         return self.sets[name]
@@ -286,7 +289,7 @@ class Bench:
 
     # ---- rows ---------------------------------------------------------------
     def run_batch1000(self):
-        _, listfile, names, _ = self.image_set("small1000")
+        _, listfile, names, _ = self.image("small1000")
         leaky = sum("leaky" in os.path.basename(n) for n in names)
         want = 3 if leaky else 0
         loop = ["bash", "-c", 'while IFS= read -r f; do qemu-img check "$f"; done < "$1"',
@@ -305,7 +308,7 @@ class Bench:
                  "qemu-img check loop", ("ratio", 20), checks)
 
     def run_batch100x1t(self):
-        _, listfile, names, _ = self.image_set("prealloc100")
+        _, listfile, names, _ = self.image("prealloc100")
         j2, j1 = V.Side("-j2"), V.Side("-j1")
         for jobs in (2, 1):
             self.expect_ok("batch100x1t warm-up -j%d" % jobs, V.Step(self.batch_argv(jobs, listfile)), 0)
@@ -321,7 +324,7 @@ class Bench:
             ("ratio", 1.8), checks)
 
     def run_mapreport(self):
-        _, _, names, _ = self.image_set("prealloc100")
+        _, _, names, _ = self.image("prealloc100")
         img = names[0]
         plain = [self.qcheck, img]
         outputs = {"map": "--map=" + os.path.join(self.scratch, "map.svg"),
@@ -370,7 +373,7 @@ class Bench:
         if self.rows:
             B.print_table(headers, [[r[k] for k in keys] for r in self.rows], md, align)
             print()
-        self.report_sets()
+        self.report_disk()
         for n in ["times are medians of wall seconds; ratio = peer / qcheck (overhead = "
                   "qcheck / peer - 1); CPU = user + sys from wait4, which includes the "
                   "workers qcheck waited for (CPU / wall near 2 means both cores worked)."] \
@@ -383,7 +386,7 @@ class Bench:
                                                "FAILED" if self.failed else "all checks passed",
                                                elapsed))
 
-    def report_sets(self):
+    def report_disk(self):
         md = self.args.markdown
         for name, (_, _, names, info) in self.sets.items():
             print("%simage set %s: %d images, %s on disk, built in %.1f s%s"
@@ -398,67 +401,7 @@ ROWS = {"batch1000": Bench.run_batch1000, "batch100x1t": Bench.run_batch100x1t,
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="rows: " + ", ".join(ROWS))
-    ap.add_argument("--qcheck", default=os.path.join(B.REPO, "build", "qcheck"),
-                    help="the qcheck binary (default: %(default)s)")
-    ap.add_argument("--work", default=os.environ.get("QC_BENCH_WORK", "/var/tmp/qcheck-bench"),
-                    help="where image sets are built and kept (default: $QC_BENCH_WORK or "
-                         "/var/tmp/qcheck-bench)")
-    ap.add_argument("--runs", type=int, default=3, help="timed rounds per row (default 3)")
-    ap.add_argument("--repeat-budget", type=float, default=300,
-                    help="run a side again only while its runs so far took less than this "
-                         "many seconds (default 300)")
-    ap.add_argument("--only", help="comma-separated rows: " + ", ".join(ROWS))
-    ap.add_argument("--markdown", action="store_true", help="print the table in Markdown")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny image sets in a temporary folder, one run, checks only")
-    ap.add_argument("--build-only", action="store_true",
-                    help="build (or find) the image sets of the rows, measure nothing")
-    args = ap.parse_args()
-    rows = list(ROWS)
-    if args.only:
-        rows = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in rows if n not in ROWS]
-        if unknown:
-            ap.error("unknown row(s) %s; known: %s" % (", ".join(unknown), ", ".join(ROWS)))
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
-    qcheck = os.path.abspath(args.qcheck)
-    if not os.access(qcheck, os.X_OK):
-        print("fleet.py: qcheck binary %s not found (build it: cmake -S . -B build "
-              "-DCMAKE_BUILD_TYPE=Release && cmake --build build)" % qcheck, file=sys.stderr)
-        return 1
-    for tool in ("qemu-img", "qemu-io", "bash", "cp"):
-        if not shutil.which(tool):
-            print("fleet.py: %s not found" % tool, file=sys.stderr)
-            return 1
-    t0 = time.perf_counter()
-    work = tempfile.mkdtemp(prefix="qcheck-fleet-smoke-") if args.smoke else args.work
-    os.makedirs(work, exist_ok=True)
-    b = Bench(args, qcheck, work)
-    try:
-        if args.build_only:
-            for name in dict.fromkeys(s for r in rows for s in ROW_SETS[r]):
-                try:
-                    b.image_set(name)
-                except (B.BuildError, OSError, subprocess.SubprocessError) as e:
-                    print("fleet.py: cannot build %s: %s" % (name, e), file=sys.stderr)
-                    return 1
-            b.report_sets()
-            return 0
-        for name in rows:
-            try:
-                ROWS[name](b)
-            except (B.BuildError, OSError, subprocess.SubprocessError) as e:
-                b.failed.append("%s: %s" % (name, e))
-        b.report(time.perf_counter() - t0)
-        return 1 if b.failed else 0
-    finally:
-        shutil.rmtree(b.scratch, ignore_errors=True)
-        if args.smoke:
-            shutil.rmtree(work, ignore_errors=True)
+    return B.rows_main("fleet.py", __doc__, ROWS, ROW_SETS, ("qemu-img", "qemu-io", "bash", "cp"), Bench)
 
 
 if __name__ == "__main__":

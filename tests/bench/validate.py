@@ -598,6 +598,9 @@ class Bench:
                                                "FAILED" if self.failed else "all checks passed",
                                                elapsed))
 
+    def close(self):
+        pass  # the images are kept for the next run
+
     def report_disk(self):
         md = self.args.markdown
         used = 0
@@ -623,66 +626,7 @@ ROWS = {"digest": Bench.run_digest, "empty": Bench.run_empty, "deep": Bench.run_
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="rows: " + ", ".join(ROWS))
-    ap.add_argument("--qcheck", default=os.path.join(B.REPO, "build", "qcheck"),
-                    help="the qcheck binary (default: %(default)s)")
-    ap.add_argument("--work", default=os.environ.get("QC_BENCH_WORK", "/var/tmp/qcheck-bench"),
-                    help="where images are built and kept (default: $QC_BENCH_WORK or "
-                         "/var/tmp/qcheck-bench)")
-    ap.add_argument("--runs", type=int, default=3, help="timed rounds per row (default 3)")
-    ap.add_argument("--repeat-budget", type=float, default=300,
-                    help="run a side again only while its runs so far took less than this "
-                         "many seconds (default 300)")
-    ap.add_argument("--only", help="comma-separated rows: " + ", ".join(ROWS))
-    ap.add_argument("--markdown", action="store_true", help="print the table in Markdown")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny images in a temporary folder, one run, checks only")
-    ap.add_argument("--build-only", action="store_true",
-                    help="build (or find) the images of the rows, measure nothing")
-    args = ap.parse_args()
-    rows = list(ROWS)
-    if args.only:
-        rows = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in rows if n not in ROWS]
-        if unknown:
-            ap.error("unknown row(s) %s; known: %s" % (", ".join(unknown), ", ".join(ROWS)))
-    if args.runs < 1:
-        ap.error("--runs must be at least 1")
-    qcheck = os.path.abspath(args.qcheck)
-    if not os.access(qcheck, os.X_OK):
-        print("validate.py: qcheck binary %s not found (build it: cmake -S . -B build "
-              "-DCMAKE_BUILD_TYPE=Release && cmake --build build)" % qcheck, file=sys.stderr)
-        return 1
-    for tool in ("qemu-img", "qemu-io", "sha256sum"):
-        if not shutil.which(tool):
-            print("validate.py: %s not found" % tool, file=sys.stderr)
-            return 1
-    t0 = time.perf_counter()
-    work = tempfile.mkdtemp(prefix="qcheck-validate-smoke-") if args.smoke else args.work
-    os.makedirs(work, exist_ok=True)
-    try:
-        b = Bench(args, qcheck, work)
-        if args.build_only:
-            for name in [i for r in rows for i in ROW_IMAGES[r]]:
-                try:
-                    b.image(name)
-                except (B.BuildError, OSError, subprocess.SubprocessError) as e:
-                    print("validate.py: cannot build %s: %s" % (name, e), file=sys.stderr)
-                    return 1
-            b.report_disk()
-            return 0
-        for name in rows:
-            try:
-                ROWS[name](b)
-            except (B.BuildError, OSError, subprocess.SubprocessError) as e:
-                b.failed.append("%s: %s" % (name, e))
-        b.report(time.perf_counter() - t0)
-        return 1 if b.failed else 0
-    finally:
-        if args.smoke:
-            shutil.rmtree(work, ignore_errors=True)
+    return B.rows_main("validate.py", __doc__, ROWS, ROW_IMAGES, ("qemu-img", "qemu-io", "sha256sum"), Bench)
 
 
 if __name__ == "__main__":
