@@ -45,7 +45,6 @@ list's order, the leaky ones `leaks`, the summary's counts); a few seconds,
 CTest entry bench_fleet_smoke.
 """
 
-import argparse
 import json
 import os
 import shutil

@@ -43,12 +43,10 @@ qemu-img's raw copy of the compressed image digested by qcheck; it takes a
 few seconds and runs in the test suite (CTest entry bench_validate_smoke).
 """
 
-import argparse
 import hashlib
 import os
 import random
 import re
-import shutil
 import statistics
 import struct
 import subprocess
