@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 sys.path.insert(0, os.path.join(HERE, "..", "digest"))
 sys.path.insert(0, os.path.join(HERE, "..", "images"))
 import qcow2lib as q  # noqa: E402
-from run_digest import (SetupError, leak_cluster, qemu_io, reference_digest,  # noqa: E402
+from run_digest import (SetupError, Test, leak_cluster, qemu_io, reference_digest,  # noqa: E402
                         refcount_zero, run, sanitizer_report, script_main)
 from run_cases import expected_exit  # noqa: E402  (qemu-img's status for a JSON object's counts)
 
@@ -154,20 +154,6 @@ class Case:
         self.human = human
 
 
-class Test:
-    def __init__(self, name):
-        self.name, self.fails, self.xfails, self.xpasses, self.notes = name, [], [], [], []
-
-    def expect(self, cond, what, tag=None):
-        """An assertion; `tag` names it for EXPECTED_FAILURES."""
-        bug = EXPECTED_FAILURES.get((self.name, tag)) if tag else None
-        if bug and cond:
-            self.xpasses.append("%s (listed as failing: %s)" % (what, bug))
-        elif bug:
-            self.xfails.append("%s [%s]" % (what, bug))
-        elif not cond:
-            self.fails.append(what)
-        return cond
 
 
 def tree_hashes(root):
@@ -361,7 +347,7 @@ class Runner:
         for name, fn in SCENARIOS:
             if flt not in name:
                 continue
-            t = Test(name)
+            t = Test(name, EXPECTED_FAILURES)
             started = time.monotonic()
             root = self.fresh_dir(name)
             try:

@@ -111,7 +111,7 @@ sys.dont_write_bytecode = True  # keep the source tree clean under CTest
 sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 sys.path.insert(0, os.path.join(HERE, "..", "digest"))
 import qcow2lib as q  # noqa: E402
-from run_digest import (SetupError, create, l2_past_eof, leak_cluster, qemu_io,  # noqa: E402
+from run_digest import (SetupError, Test, create, l2_past_eof, leak_cluster, qemu_io,  # noqa: E402
                         refcount_zero, run, sanitizer_report, script_main)
 
 QEMU_IMG, QEMU_IO = "qemu-img", "qemu-io"
@@ -413,19 +413,6 @@ def screen(data):
 
 # ---- the test runner ---------------------------------------------------------------
 
-class Test:
-    def __init__(self, name):
-        self.name, self.fails, self.xfails, self.xpasses, self.notes = name, [], [], [], []
-
-    def expect(self, cond, what, tag=None):
-        bug = EXPECTED_FAILURES.get((self.name, tag)) if tag else None
-        if bug and cond:
-            self.xpasses.append("%s (listed as failing: %s)" % (what, bug))
-        elif bug:
-            self.xfails.append("%s [%s]" % (what, bug))
-        elif not cond:
-            self.fails.append(what)
-        return cond
 
 
 class Runner:
@@ -1310,7 +1297,7 @@ class Runner:
             for name in self.TESTS:
                 if flt and flt not in name:
                     continue
-                t = Test(name)
+                t = Test(name, EXPECTED_FAILURES)
                 t0 = time.monotonic()
                 try:
                     getattr(self, "test_" + name)(t)
