@@ -1,7 +1,8 @@
 /*
  * The command's state and the parts of it shared between its files:
- * cli.c (options, single-image check, repair, rollback) and chain_mode.c
- * (--chain and --data-file).
+ * cli.c (options, single-image check), repair_mode.c (-r and --rollback),
+ * chain_mode.c (--chain and --data-file), batch.c and metrics.c (several
+ * images, --metrics) and visual.c (--map and --report).
  */
 #ifndef QCHECK_COMMAND_H
 #define QCHECK_COMMAND_H
@@ -136,6 +137,38 @@ int cli_print_raw_digest(const cli *c);
  * exit status known: write the files (a message for each that cannot be)
  * and return the exit status, 1 instead of 0 when a file failed. */
 int cli_write_visual(cli *c, const verdict *v, int status);
+/* The JSON object of a check or repair; `error` is set for a refused
+ * repair. */
+void cli_print_json(const cli *c, const verdict *r, const char *error, int status);
+/* The summary or JSON object of a check, the digest, then whether the
+ * check failed. */
+void cli_print_result(const cli *c, const verdict *r, int status);
+/* Note the figures a run reached (batch mode and --metrics read them). */
+void cli_note_outcome(const cli *c, const verdict *r);
+/* The reason QEMU would give for refusing the header, into c->cannot_open. */
+void cli_note_cannot_open(cli *c, qc_io *io, const qc_result *r);
+/* QEMU's drivers that share write (raw, file): a repair opens them as QEMU. */
+bool cli_shares_write(const char *driver);
+/* What qemu-img does with the format given (-f), once the file is open:
+ * -1 to go on, or the exit status of a refusal reported. */
+int cli_given_format(const cli *c, qc_io *io);
+/* A failed open (err < 0) reported as qemu-img reports it; returns 1. */
+int cli_open_error(const cli *c, int err, const qc_lock_state *o, bool repair);
+/* A repair's open refused for another process's locks, and -r on a raw
+ * file: qemu-img's outcome for each; returns the exit status. */
+int cli_repair_open_busy(const cli *c, const qc_lock_state *others);
+int cli_repair_raw(const cli *c);
+
+/* ---- repair_mode.c ---- */
+
+/* The "repair" member of the JSON object. */
+void cli_print_json_repair(const cli *c);
+/* -r: plan, carry out (or with --dry-run show) and check again; returns
+ * the exit status. */
+int cli_repair_file(cli *c, qc_repair_mode mode, const char *undo_path);
+/* --rollback: restore the image from an undo log; returns the exit status. */
+int cli_rollback_file(cli *c, const char *log_path);
+
 /* --chain or --data-file: check every layer; returns the exit status. */
 int cli_check_chain(cli *c);
 /* Check, repair or roll back c->filename as the options say; returns the
