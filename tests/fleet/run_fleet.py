@@ -41,6 +41,9 @@ printing PASS or FAIL with every failed assertion:
 * timeout: FIFOs with --timeout=1.5 (decimal) at -j1 and -j2: the FIFO is
   `timeout` (exit-code 1), every other image still gets its verdict, the
   output keeps the given order, the run ends in bounded time.
+* worker_dies: the worker hung on a FIFO is killed (SIGKILL) from outside:
+  that image alone is `failed` ("signal 9"), the worker is replaced, the
+  images after it are checked.
 * files_from: --files-from=- (newlines, an empty line ignored), a list in a
   file, --null and -0 (names with a space and a newline), the list after
   FILE arguments, one name in a list is batch mode, a missing list fails.
@@ -745,6 +748,54 @@ class Runner:
             t.expect(rc == 1 and out == "", "%s: exit %s, stdout %r; a usage error is exit 1 with "
                      "nothing checked" % (bad, rc, out[:100]))
 
+    def test_worker_dies(self, t):
+        """A worker killed under an image (as a crash would end it) fails
+        that image alone: the batch replaces the worker and goes on."""
+        names = ["good.qcow2", "hang.fifo", "leaky.qcow2", "corrupt.qcow2"]
+        p = subprocess.Popen([self.qcheck, "-j1", "--output=json"] + names, cwd=self.batch,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+        killed = None
+        try:
+            # The worker hangs opening the FIFO: it is qcheck's one child.
+            deadline = time.monotonic() + 20
+            while killed is None and time.monotonic() < deadline:
+                try:
+                    with open("/proc/%d/task/%d/children" % (p.pid, p.pid)) as f:
+                        children = [int(c) for c in f.read().split()]
+                except OSError:
+                    children = []
+                if children:
+                    time.sleep(0.3)  # let it reach the FIFO
+                    os.kill(children[0], signal.SIGKILL)
+                    killed = children[0]
+                else:
+                    time.sleep(0.05)
+            out, err = p.communicate(timeout=60)
+        finally:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if not t.expect(killed is not None, "no worker process found under qcheck"):
+            return
+        try:
+            images, summary = parse_jsonl(out.decode(errors="replace"))
+        except ParseError as e:
+            t.expect(False, "after a worker was killed: exit %s, %s" % (p.returncode, e))
+            return
+        got = {o.get("filename"): o for o in images}
+        t.expect([o.get("filename") for o in images] == names, "images %s"
+                 % [o.get("filename") for o in images])
+        dead = got.get("hang.fifo", {})
+        t.expect(dead.get("verdict") == "failed" and dead.get("exit-code") == 1 and
+                 "signal 9" in dead.get("error", ""),
+                 "the image whose worker was killed: %r" % dead)
+        for name in ("good.qcow2", "leaky.qcow2", "corrupt.qcow2"):
+            t.expect(got.get(name, {}).get("verdict") == VERDICT_OF[name],
+                     "%s after the worker before it was killed: %r" % (name, got.get(name)))
+        t.expect(p.returncode == 2 and summary.get("failed") == 1,
+                 "exit %s, summary %r (corrupt outranks failed)" % (p.returncode, summary))
+
     def test_files_from(self, t):
         names = ["good.qcow2", "leaky.qcow2", "with space.qcow2"]
         listed = b"good.qcow2\n\nleaky.qcow2\nwith space.qcow2\n"
@@ -1279,7 +1330,7 @@ class Runner:
                      "error" % (args[0], rc, out[:200]))
 
     # -- driving -------------------------------------------------------------
-    TESTS = ["verdicts", "jsonl", "human", "exit_order", "timeout", "files_from", "jobs",
+    TESTS = ["verdicts", "jsonl", "human", "exit_order", "timeout", "worker_dies", "files_from", "jobs",
              "max_mem", "force_share", "repair", "metrics", "progress", "single"]
 
     def run(self, flt):
