@@ -689,8 +689,8 @@ static int write_report(const batch *b, const image_record *records)
     int ret = vis_page_begin(out, b->list.nb);
     for (size_t i = 0; i < b->list.nb; i++) {
         const image_record *r = &records[i];
-        vis_page_summary_row(out, i, r->name, image_verdict_name(r->verdict), r->leaks,
-                             r->corruptions, r->check_errors, r->seconds, r->status);
+        vis_page_summary_row(out, i, r->name, image_verdict_name(r->verdict), r->counted,
+                             r->leaks, r->corruptions, r->check_errors, r->seconds, r->status);
     }
     vis_page_sections_begin(out);
     char buf[65536];

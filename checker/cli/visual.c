@@ -661,8 +661,8 @@ int vis_page_begin(FILE *out, size_t nb_images)
 }
 
 void vis_page_summary_row(FILE *out, size_t index, const char *name, const char *word,
-                          uint64_t leaks, uint64_t corruptions, uint64_t check_errors,
-                          double seconds, int exit_code)
+                          bool counted, uint64_t leaks, uint64_t corruptions,
+                          uint64_t check_errors, double seconds, int exit_code)
 {
     fprintf(out, "<tr data-verdict=\"");
     put_token(out, word);
@@ -672,11 +672,15 @@ void vis_page_summary_row(FILE *out, size_t index, const char *name, const char 
     put_token(out, word);
     fputs("\">", out);
     put_escaped(out, word);
-    fprintf(out,
-            "</span></td><td class=\"num\">%d</td><td class=\"num\">%" PRIu64
-            "</td><td class=\"num\">%" PRIu64 "</td><td class=\"num\">%" PRIu64
-            "</td><td class=\"num\">%.3f</td></tr>\n",
-            exit_code, leaks, corruptions, check_errors, seconds);
+    fprintf(out, "</span></td><td class=\"num\">%d</td>", exit_code);
+    const uint64_t counts[] = {leaks, corruptions, check_errors};
+    for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++) {
+        if (counted)
+            fprintf(out, "<td class=\"num\">%" PRIu64 "</td>", counts[k]);
+        else
+            fputs("<td class=\"num\">-</td>", out);
+    }
+    fprintf(out, "<td class=\"num\">%.3f</td></tr>\n", seconds);
 }
 
 void vis_page_sections_begin(FILE *out)
@@ -709,8 +713,8 @@ static int write_report(const cli *c, const verdict *v, int status, FILE *out)
 {
     const char *word = image_verdict_name(image_verdict_of(status, c->outcome));
     int ret = vis_page_begin(out, 1);
-    vis_page_summary_row(out, 0, c->filename, word, v->leaks, v->corruptions, v->check_errors,
-                         c->visual_seconds, status);
+    vis_page_summary_row(out, 0, c->filename, word, c->outcome->summarised, v->leaks,
+                         v->corruptions, v->check_errors, c->visual_seconds, status);
     vis_page_sections_begin(out);
     if (ret == 0)
         ret = vis_section_write(c->visual, out, word, status, c->visual_seconds);
