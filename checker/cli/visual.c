@@ -744,7 +744,10 @@ static bool write_visual_file(const cli *c, const char *path, const verdict *v, 
 
 int cli_write_visual(cli *c, const verdict *v, int status)
 {
-    if (!c->map_path && !c->report_path && !c->section_out)
+    /* An image that was not opened (missing, in use, ...) has no files:
+     * its own message says why. */
+    if ((!c->map_path && !c->report_path && !c->section_out) ||
+        (!c->visual && !c->visual_no_memory))
         return status;
     bool ok = true;
     /* A batch's worker: the image's section, for the page its parent
