@@ -661,14 +661,18 @@ int vis_page_begin(FILE *out, size_t nb_images)
 }
 
 void vis_page_summary_row(FILE *out, size_t index, const char *name, const char *word,
-                          bool counted, uint64_t leaks, uint64_t corruptions,
-                          uint64_t check_errors, double seconds, int exit_code)
+                          bool has_section, bool counted, uint64_t leaks,
+                          uint64_t corruptions, uint64_t check_errors, double seconds,
+                          int exit_code)
 {
     fprintf(out, "<tr data-verdict=\"");
     put_token(out, word);
-    fprintf(out, "\"><td><a href=\"#image-%zu\">", index);
+    fputs("\"><td>", out);
+    if (has_section)
+        fprintf(out, "<a href=\"#image-%zu\">", index);
     put_escaped(out, name);
-    fputs("</a></td><td><span class=\"badge v-", out);
+    fputs(has_section ? "</a></td>" : "</td>", out);
+    fputs("<td><span class=\"badge v-", out);
     put_token(out, word);
     fputs("\">", out);
     put_escaped(out, word);
@@ -713,7 +717,7 @@ static int write_report(const cli *c, const verdict *v, int status, FILE *out)
 {
     const char *word = image_verdict_name(image_verdict_of(status, c->outcome));
     int ret = vis_page_begin(out, 1);
-    vis_page_summary_row(out, 0, c->filename, word, c->outcome->summarised, v->leaks,
+    vis_page_summary_row(out, 0, c->filename, word, true, c->outcome->summarised, v->leaks,
                          v->corruptions, v->check_errors, c->visual_seconds, status);
     vis_page_sections_begin(out);
     if (ret == 0)
