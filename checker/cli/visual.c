@@ -461,6 +461,16 @@ static void fact(FILE *out, const char *name, const char *fmt, ...)
     fputs("</dd></div>", out);
 }
 
+/* A count of the check; "-" for a file that is not qcow2, which was not
+ * counted (as in its summary row). */
+static void count_fact(FILE *out, const char *name, const vis_section *s, uint64_t value)
+{
+    if (s->other_format)
+        fact(out, name, "-");
+    else
+        fact(out, name, "%" PRIu64, value);
+}
+
 static void finding_row(FILE *out, const vis_finding *f)
 {
     const char *sev = qc_severity_name(f->severity);
@@ -500,10 +510,10 @@ int vis_section_write(const vis_section *s, FILE *out, const char *word, int exi
     fputs("</h2>\n<dl class=\"facts\">", out);
     fact(out, "Verdict", "%s", word);
     fact(out, "Exit code", "%d", exit_code);
-    fact(out, "Leaks", "%" PRIu64, s->leaks);
-    fact(out, "Corruptions", "%" PRIu64, s->corruptions);
-    fact(out, "Check errors", "%" PRIu64, s->check_errors);
-    fact(out, "Warnings", "%" PRIu64, s->warnings);
+    count_fact(out, "Leaks", s, s->leaks);
+    count_fact(out, "Corruptions", s, s->corruptions);
+    count_fact(out, "Check errors", s, s->check_errors);
+    count_fact(out, "Warnings", s, s->warnings);
     fact(out, "Seconds", "%.3f", seconds);
     if (s->other_format)
         fact(out, "Format", "%s (not qcow2)", s->other_format);
