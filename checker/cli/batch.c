@@ -220,6 +220,7 @@ typedef struct image_state {
     bool done;
     captured out, err; /* the worker's stdout and stderr (human: both in out) */
     captured section;  /* --report: its part of the page */
+    bool has_section;  /* and it was put on the page */
 } image_state;
 
 /* A worker process: it checks image after image, each index it reads
@@ -618,8 +619,10 @@ static void print_ready(batch *b)
                 print_human_image(s);
             fflush(stdout);
         }
-        if (b->sections && s->section.len)
+        if (b->sections && s->section.len) {
             fwrite(s->section.text, 1, s->section.len, b->sections);
+            s->has_section = true;
+        }
         free(s->out.text);
         free(s->err.text);
         free(s->section.text);
@@ -680,7 +683,7 @@ static void print_summary(const batch *b, int status, double seconds)
 
 /* --report: one page for the batch, a summary row per image, then the
  * sections the workers wrote (an image that never reached its check has
- * its row alone). Returns 0 or -errno. */
+ * its row alone, which links to nothing). Returns 0 or -errno. */
 static int write_report(const batch *b, const image_record *records)
 {
     FILE *out = fopen(b->c->report_path, "w");
@@ -689,8 +692,9 @@ static int write_report(const batch *b, const image_record *records)
     int ret = vis_page_begin(out, b->list.nb);
     for (size_t i = 0; i < b->list.nb; i++) {
         const image_record *r = &records[i];
-        vis_page_summary_row(out, i, r->name, image_verdict_name(r->verdict), r->leaks,
-                             r->corruptions, r->check_errors, r->seconds, r->status);
+        vis_page_summary_row(out, i, r->name, image_verdict_name(r->verdict),
+                             b->images[i].has_section, r->counted, r->leaks, r->corruptions,
+                             r->check_errors, r->seconds, r->status);
     }
     vis_page_sections_begin(out);
     char buf[65536];

@@ -1023,6 +1023,7 @@ static int check_file(cli *c, verdict *v, bool *checked)
     if (c->map_path || c->report_path || c->section_out) {
         /* No section (no memory): cli_write_visual says so. */
         c->visual = vis_section_new(c->filename, c->visual_index);
+        c->visual_no_memory = !c->visual;
         o.map_cells = c->visual ? VIS_MAP_CELLS : 0;
     }
     qc_result *r = qc_result_new();

@@ -91,6 +91,7 @@ typedef struct cli {
     FILE *section_out;   /* a batch's worker: the section goes here, not to a page */
     size_t visual_index; /* the image's place on the page */
     struct vis_section *visual;
+    bool visual_no_memory; /* the section could not be made: the files are not written */
     double visual_seconds; /* how long the check took */
     image_outcome *outcome; /* where the run notes what it concluded */
 } cli;
@@ -135,7 +136,8 @@ bool cli_take_digest(cli *c, qc_io *io, bool raw, const qc_chain *chain);
 int cli_print_raw_digest(const cli *c);
 /* --map and --report of a single image, once its check is done and its
  * exit status known: write the files (a message for each that cannot be)
- * and return the exit status, 1 instead of 0 when a file failed. */
+ * and return the exit status, 1 instead of 0 when a file failed. An image
+ * that was not opened (its check never began) gets no files. */
 int cli_write_visual(cli *c, const verdict *v, int status);
 /* The JSON object of a check or repair; `error` is set for a refused
  * repair. */

@@ -461,6 +461,16 @@ static void fact(FILE *out, const char *name, const char *fmt, ...)
     fputs("</dd></div>", out);
 }
 
+/* A count of the check; "-" for a file that is not qcow2, which was not
+ * counted (as in its summary row). */
+static void count_fact(FILE *out, const char *name, const vis_section *s, uint64_t value)
+{
+    if (s->other_format)
+        fact(out, name, "-");
+    else
+        fact(out, name, "%" PRIu64, value);
+}
+
 static void finding_row(FILE *out, const vis_finding *f)
 {
     const char *sev = qc_severity_name(f->severity);
@@ -500,10 +510,10 @@ int vis_section_write(const vis_section *s, FILE *out, const char *word, int exi
     fputs("</h2>\n<dl class=\"facts\">", out);
     fact(out, "Verdict", "%s", word);
     fact(out, "Exit code", "%d", exit_code);
-    fact(out, "Leaks", "%" PRIu64, s->leaks);
-    fact(out, "Corruptions", "%" PRIu64, s->corruptions);
-    fact(out, "Check errors", "%" PRIu64, s->check_errors);
-    fact(out, "Warnings", "%" PRIu64, s->warnings);
+    count_fact(out, "Leaks", s, s->leaks);
+    count_fact(out, "Corruptions", s, s->corruptions);
+    count_fact(out, "Check errors", s, s->check_errors);
+    count_fact(out, "Warnings", s, s->warnings);
     fact(out, "Seconds", "%.3f", seconds);
     if (s->other_format)
         fact(out, "Format", "%s (not qcow2)", s->other_format);
@@ -661,22 +671,30 @@ int vis_page_begin(FILE *out, size_t nb_images)
 }
 
 void vis_page_summary_row(FILE *out, size_t index, const char *name, const char *word,
-                          uint64_t leaks, uint64_t corruptions, uint64_t check_errors,
-                          double seconds, int exit_code)
+                          bool has_section, bool counted, uint64_t leaks,
+                          uint64_t corruptions, uint64_t check_errors, double seconds,
+                          int exit_code)
 {
     fprintf(out, "<tr data-verdict=\"");
     put_token(out, word);
-    fprintf(out, "\"><td><a href=\"#image-%zu\">", index);
+    fputs("\"><td>", out);
+    if (has_section)
+        fprintf(out, "<a href=\"#image-%zu\">", index);
     put_escaped(out, name);
-    fputs("</a></td><td><span class=\"badge v-", out);
+    fputs(has_section ? "</a></td>" : "</td>", out);
+    fputs("<td><span class=\"badge v-", out);
     put_token(out, word);
     fputs("\">", out);
     put_escaped(out, word);
-    fprintf(out,
-            "</span></td><td class=\"num\">%d</td><td class=\"num\">%" PRIu64
-            "</td><td class=\"num\">%" PRIu64 "</td><td class=\"num\">%" PRIu64
-            "</td><td class=\"num\">%.3f</td></tr>\n",
-            exit_code, leaks, corruptions, check_errors, seconds);
+    fprintf(out, "</span></td><td class=\"num\">%d</td>", exit_code);
+    const uint64_t counts[] = {leaks, corruptions, check_errors};
+    for (size_t k = 0; k < sizeof(counts) / sizeof(counts[0]); k++) {
+        if (counted)
+            fprintf(out, "<td class=\"num\">%" PRIu64 "</td>", counts[k]);
+        else
+            fputs("<td class=\"num\">-</td>", out);
+    }
+    fprintf(out, "<td class=\"num\">%.3f</td></tr>\n", seconds);
 }
 
 void vis_page_sections_begin(FILE *out)
@@ -709,8 +727,8 @@ static int write_report(const cli *c, const verdict *v, int status, FILE *out)
 {
     const char *word = image_verdict_name(image_verdict_of(status, c->outcome));
     int ret = vis_page_begin(out, 1);
-    vis_page_summary_row(out, 0, c->filename, word, v->leaks, v->corruptions, v->check_errors,
-                         c->visual_seconds, status);
+    vis_page_summary_row(out, 0, c->filename, word, true, c->outcome->summarised, v->leaks,
+                         v->corruptions, v->check_errors, c->visual_seconds, status);
     vis_page_sections_begin(out);
     if (ret == 0)
         ret = vis_section_write(c->visual, out, word, status, c->visual_seconds);
@@ -740,7 +758,10 @@ static bool write_visual_file(const cli *c, const char *path, const verdict *v, 
 
 int cli_write_visual(cli *c, const verdict *v, int status)
 {
-    if (!c->map_path && !c->report_path && !c->section_out)
+    /* An image that was not opened (missing, in use, ...) has no files:
+     * its own message says why. */
+    if ((!c->map_path && !c->report_path && !c->section_out) ||
+        (!c->visual && !c->visual_no_memory))
         return status;
     bool ok = true;
     /* A batch's worker: the image's section, for the page its parent

@@ -30,6 +30,7 @@
 #ifndef QCHECK_VISUAL_H
 #define QCHECK_VISUAL_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -63,11 +64,16 @@ void vis_section_free(vis_section *s);
  * `filename`, without a section. */
 int vis_map_write_svg(FILE *out, const qc_result *r, const char *filename);
 
-/* The page around the sections. */
+/* The page around the sections. A summary row links to the index-th
+ * section if the image `has_section` (not: it never reached its check).
+ * Its counts are shown only when `counted` (the check reached its
+ * figures); otherwise "-", not a 0 that would read "checked and fine" (a
+ * missing file, an image in use, a timeout, a file that is not qcow2). */
 int vis_page_begin(FILE *out, size_t nb_images);
 void vis_page_summary_row(FILE *out, size_t index, const char *name, const char *word,
-                          uint64_t leaks, uint64_t corruptions, uint64_t check_errors,
-                          double seconds, int exit_code);
+                          bool has_section, bool counted, uint64_t leaks,
+                          uint64_t corruptions, uint64_t check_errors, double seconds,
+                          int exit_code);
 void vis_page_sections_begin(FILE *out);
 int vis_page_end(FILE *out);
 
