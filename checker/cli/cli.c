@@ -1365,7 +1365,7 @@ static int settle_options(cli *c, int argc, char **argv, invocation *in)
                               "check, not with -r or --rollback (repair each layer on its own)");
     if ((c->map_path || c->report_path) &&
         (in->repair || in->rollback_log || c->chain || c->data_file))
-        return usage_error(c, "--map and --report go with the check of one image, not with -r, "
+        return usage_error(c, "--map and --report go with a check, not with -r, "
                               "--rollback, --chain or --data-file");
     if ((c->allow_probe || c->max_depth) && !c->chain)
         return usage_error(c, "--allow-probe and --max-depth go with --chain");

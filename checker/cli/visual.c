@@ -361,7 +361,6 @@ struct vis_section {
     vis_finding *findings;
     size_t nb_findings, cap_findings;
     uint64_t lost; /* findings that could not be kept */
-    bool checked;
     uint64_t leaks, corruptions, check_errors, warnings;
     const char *other_format;
     bool header_valid;
@@ -410,7 +409,6 @@ void vis_section_add_finding(vis_section *s, const qc_finding *f)
 
 int vis_section_set_result(vis_section *s, const qc_result *r)
 {
-    s->checked = true;
     s->leaks = qc_result_count(r, QC_COUNT_LEAKS);
     s->corruptions = qc_result_count(r, QC_COUNT_CORRUPTIONS);
     s->check_errors = qc_result_count(r, QC_COUNT_CHECK_ERRORS);
@@ -576,6 +574,7 @@ static const char page_style[] =
     "font-weight:600;color:#fff;background:#868e96;vertical-align:2px}"
     ".v-clean{background:#2b8a3e}.v-leaks{background:#e8590c}.v-corrupt{background:#c92a2a}"
     ".v-failed{background:#5c5f66}.v-unsupported{background:#1864ab}"
+    ".v-repaired{background:#2f9e44}.v-in-use{background:#6741d9}.v-timeout{background:#862e9c}"
     "dl.facts{display:flex;flex-wrap:wrap;gap:8px 24px;margin:0 0 12px}"
     "dl.facts div{min-width:70px}dl.facts dt{font-size:11px;text-transform:uppercase;"
     "letter-spacing:.04em;color:#868e96}dl.facts dd{margin:0;font-weight:600}"
