@@ -150,6 +150,8 @@ void qc_pass_header(qc_ctx *ctx);
  * "qed", "qcow (version 1)", ... (qc_result_other_format); they must hold
  * the first QC_V3_HEADER_LENGTH bytes, or the whole file if shorter. */
 const char *qc_guess_format(const uint8_t *b, size_t len);
+/* pass_qed.c: the whole check of a QED image, from its first bytes. */
+void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len);
 void qc_pass_snapshots(qc_ctx *ctx);
 void qc_pass_reftable(qc_ctx *ctx);
 void qc_pass_bitmaps(qc_ctx *ctx);

@@ -1029,7 +1029,14 @@ void qc_pass_header(qc_ctx *ctx)
         ctx->stop = true;
         return;
     }
-    if ((ctx->res->other_format = qc_guess_format(raw, raw_len))) {
+    const char *guess = qc_guess_format(raw, raw_len);
+    if (guess && strcmp(guess, "qed") == 0) {
+        /* A QED image: its own check, and nothing of qcow2's. */
+        qc_pass_qed(ctx, raw, raw_len);
+        ctx->stop = true;
+        return;
+    }
+    if ((ctx->res->other_format = guess)) {
         ctx->stop = true;
         return;
     }

@@ -95,6 +95,8 @@ const char *qc_driver_of(const char *guess)
 
 const char *qc_result_driver(const qc_result *r)
 {
+    if (r->qed)
+        return "qed";
     return qc_driver_of(r->other_format);
 }
 

@@ -23,6 +23,7 @@ qc_problem_row qc_problem_row_of(qc_problem_id code);
 
 struct qc_result {
     const char *other_format; /* see qc_result_other_format */
+    bool qed;                 /* a QED image, checked (pass_qed.c) */
     bool header_valid;        /* the header decoded far enough to fill `header` */
     qc_header_info header;
 

@@ -359,6 +359,11 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
         snprintf(buf, len, "it is not a qcow2 image (it looks like %s)", before->other_format);
         return buf;
     }
+    if (before->qed) {
+        snprintf(buf, len, "it is a QED image, which qcheck checks but does not repair yet "
+                           "(qemu-img check -r repairs it)");
+        return buf;
+    }
     if (before->header_valid && before->header.unknown_incompatible) {
         snprintf(buf, len,
                  "it uses incompatible features qcheck does not know (0x%llx); changing it could "

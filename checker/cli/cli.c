@@ -357,7 +357,8 @@ void cli_print_json_members(FILE *out, const cli *c, const verdict *r, const cha
     }
     fprintf(out, ",\n%s\"filename\": ", ind);
     cli_json_string(out, c->layer > 0 ? c->layer_path : c->filename);
-    fprintf(out, ",\n%s\"format\": \"qcow2\"", ind);
+    fprintf(out, ",\n%s\"format\": ", ind);
+    cli_json_string(out, r->driver ? r->driver : "qcow2");
     json_field(out, ind, "fragmented-clusters", r->fragmented_clusters, false);
     json_field(out, ind, "warnings", r->warnings, true);
     if (r->header_valid) {

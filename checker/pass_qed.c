@@ -1,0 +1,276 @@
+/*
+ * The QED check: what QEMU's qed_check() verifies, on the images QEMU's
+ * open accepts, and the header checks of that open.
+ *
+ * Checks:
+ *   - the header as QEMU's open validates it: cluster size, table size,
+ *     header size, image size against the tables' reach, the L1 table's
+ *     offset, feature bits (unknown ones: QEMU refuses the image), the
+ *     backing file name's bounds; unknown compat and autoclear bits and a
+ *     set need-check bit are warnings;
+ *   - the L1 table and every L2 table it points to: each table offset
+ *     aligned, after the header and with the whole table inside the file;
+ *     each data offset aligned, after the header and inside the file;
+ *   - every cluster referenced at most once (a second reference names
+ *     both); the clusters after the header that nothing references are
+ *     leaked (QED has no refcounts).
+ * Needs: the io, the file's size; the QED magic was seen.
+ * Produces: the result's counters as qemu-img check reports a QED image
+ *   (total, allocated and fragmented clusters, corruptions, leaks, check
+ *   errors), and findings 1001-1014.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../layout/qed.h"
+#include "ctx.h"
+
+/* What first referenced a cluster: the L1 table, an L2 table (by its L1
+ * index) or guest data (by its guest offset). */
+#define REF_NONE UINT64_MAX
+#define REF_L1 (UINT64_MAX - 1)
+#define REF_L2 ((uint64_t)1 << 63) /* | L1 index */
+
+typedef struct qed_walk {
+    qc_ctx *ctx;
+    qc_qed_header h;
+    uint64_t cluster_size, table_bytes, entries;
+    uint64_t file_end;    /* the file's size rounded down to a cluster, as QEMU */
+    uint64_t header_end;  /* header_size clusters */
+    uint64_t nclusters;   /* clusters up to file_end */
+    uint64_t *first_ref;  /* per cluster: REF_* or a guest offset */
+    uint8_t *table;       /* one L2 table */
+    bool read_failed;
+} qed_walk;
+
+static bool cluster_offset_valid(const qed_walk *w, uint64_t off)
+{
+    return (off & (w->cluster_size - 1)) == 0 && off >= w->header_end && off < w->file_end;
+}
+
+/* As QEMU: the first and last cluster of the table valid. Its overflow
+ * test also refuses every offset of a one-cluster table (the last
+ * cluster is the first), which QEMU cannot open either. */
+static bool table_offset_valid(const qed_walk *w, uint64_t off)
+{
+    uint64_t last = off + (w->h.table_size - 1) * w->cluster_size;
+    return last > off && cluster_offset_valid(w, off) && cluster_offset_valid(w, last);
+}
+
+static void describe_ref(uint64_t ref, char *buf, size_t len)
+{
+    if (ref == REF_L1)
+        snprintf(buf, len, "the L1 table");
+    else if (ref & REF_L2)
+        snprintf(buf, len, "the L2 table of L1 entry %" PRIu64, ref & ~REF_L2);
+    else
+        snprintf(buf, len, "the data at guest offset 0x%" PRIx64, ref);
+}
+
+/* Mark n clusters from `off` used by `ref`; false (reported) when one of
+ * them was used already. */
+static bool claim(qed_walk *w, uint64_t off, uint64_t n, uint64_t ref, const char *object)
+{
+    bool ok = true;
+    uint64_t first = off / w->cluster_size;
+    for (uint64_t c = first; c < first + n && c < w->nclusters; c++) {
+        if (w->first_ref[c] == REF_NONE) {
+            w->first_ref[c] = ref;
+            continue;
+        }
+        char before[96];
+        describe_ref(w->first_ref[c], before, sizeof(before));
+        bool data = ref != REF_L1 && !(ref & REF_L2);
+        qc_report(w->ctx, QC_P_QED_CLUSTER_REFERENCED_TWICE, object, c * w->cluster_size, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_CLUSTER | QC_CTX_NAME |
+                                               (data ? QC_CTX_GUEST_OFFSET : 0),
+                                    .host_offset = c * w->cluster_size, .cluster = c,
+                                    .guest_offset = ref, .name = before});
+        ok = false;
+    }
+    return ok;
+}
+
+static void check_l2_table(qed_walk *w, uint64_t l1_index, uint64_t table_off)
+{
+    char object[64];
+    snprintf(object, sizeof(object), "L2 table (L1 index %" PRIu64 ")", l1_index);
+    uint64_t last = 0;
+    uint64_t guest_base = l1_index * w->entries * w->cluster_size;
+    for (uint64_t i = 0; i < w->entries; i++) {
+        uint64_t off = (uint64_t)w->table[i * 8] | (uint64_t)w->table[i * 8 + 1] << 8 |
+                       (uint64_t)w->table[i * 8 + 2] << 16 | (uint64_t)w->table[i * 8 + 3] << 24 |
+                       (uint64_t)w->table[i * 8 + 4] << 32 | (uint64_t)w->table[i * 8 + 5] << 40 |
+                       (uint64_t)w->table[i * 8 + 6] << 48 | (uint64_t)w->table[i * 8 + 7] << 56;
+        if (off == QC_QED_UNALLOCATED || off == QC_QED_ZERO_CLUSTER)
+            continue;
+        /* QEMU's statistics count every other entry, valid or not. */
+        w->ctx->res->allocated_clusters++;
+        if (last && last + w->cluster_size != off)
+            w->ctx->res->fragmented_clusters++;
+        last = off;
+        uint64_t guest = guest_base + i * w->cluster_size;
+        if (!cluster_offset_valid(w, off)) {
+            qc_report(w->ctx, QC_P_QED_L2_ENTRY_INVALID, object, table_off + i * 8, 1,
+                      &(qc_finding_ctx){.present = QC_CTX_L2_INDEX | QC_CTX_HOST_OFFSET |
+                                                   QC_CTX_GUEST_OFFSET | QC_CTX_FILE_SIZE,
+                                        .l2_index = i, .host_offset = off, .guest_offset = guest,
+                                        .file_size = w->ctx->file_size});
+                continue;
+        }
+        claim(w, off, 1, guest, object);
+    }
+}
+
+static void walk_tables(qed_walk *w, const uint8_t *l1)
+{
+    claim(w, w->h.l1_table_offset, w->h.table_size, REF_L1, "L1 table");
+    for (uint64_t i = 0; i < w->entries && !w->ctx->stop; i++) {
+        const uint8_t *e = l1 + i * 8;
+        uint64_t off = (uint64_t)e[0] | (uint64_t)e[1] << 8 | (uint64_t)e[2] << 16 |
+                       (uint64_t)e[3] << 24 | (uint64_t)e[4] << 32 | (uint64_t)e[5] << 40 |
+                       (uint64_t)e[6] << 48 | (uint64_t)e[7] << 56;
+        if (off == QC_QED_UNALLOCATED)
+            continue;
+        if (!table_offset_valid(w, off)) {
+            qc_report(w->ctx, QC_P_QED_L1_ENTRY_INVALID, "L1 table", w->h.l1_table_offset + i * 8,
+                      1, &(qc_finding_ctx){.present = QC_CTX_L1_INDEX | QC_CTX_HOST_OFFSET |
+                                                      QC_CTX_SIZE | QC_CTX_FILE_SIZE,
+                                           .l1_index = i, .host_offset = off,
+                                           .size = w->table_bytes,
+                                           .file_size = w->ctx->file_size});
+                continue;
+        }
+        char object[64];
+        snprintf(object, sizeof(object), "L2 table (L1 index %" PRIu64 ")", i);
+        /* A table sharing clusters with something else is not used. */
+        if (!claim(w, off, w->h.table_size, REF_L2 | i, object))
+            continue;
+        if (!qc_read(w->ctx, off, w->table, (size_t)w->table_bytes, "L2 table")) {
+            w->read_failed = true;
+            continue;
+        }
+        check_l2_table(w, i, off);
+        qc_progress(w->ctx, QC_PROGRESS_WALK, QC_PROGRESS_COMPARE, i + 1, w->entries);
+    }
+}
+
+/* Runs of clusters nothing references, after the header: leaks, counted
+ * per cluster as QEMU counts them. */
+static void find_leaks(qed_walk *w)
+{
+    uint64_t first = w->h.header_size;
+    for (uint64_t c = first; c < w->nclusters;) {
+        if (w->first_ref[c] != REF_NONE) {
+            c++;
+            continue;
+        }
+        uint64_t end = c;
+        while (end < w->nclusters && w->first_ref[end] == REF_NONE)
+            end++;
+        qc_report(w->ctx, QC_P_QED_CLUSTER_LEAKED, "host clusters", c * w->cluster_size, end - c,
+                  &(qc_finding_ctx){.present = QC_CTX_CLUSTER | QC_CTX_CLUSTERS,
+                                    .cluster = c, .clusters = end - c});
+        c = end;
+    }
+}
+
+/* The header as QEMU's open judges it. False: QEMU would not open the
+ * image (reported), nothing else can be checked. */
+static bool check_header(qc_ctx *ctx, const qc_qed_header *h)
+{
+    const char *obj = "QED header";
+    uint64_t unknown = h->features & ~QC_QED_FEATURES_KNOWN;
+    if (unknown) {
+        qc_report(ctx, QC_P_QED_UNKNOWN_FEATURE, obj, 16, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = unknown});
+        return false;
+    }
+    if (h->cluster_size < QC_QED_MIN_CLUSTER_SIZE || h->cluster_size > QC_QED_MAX_CLUSTER_SIZE ||
+        (h->cluster_size & (h->cluster_size - 1))) {
+        qc_report(ctx, QC_P_QED_CLUSTER_SIZE_INVALID, obj, 4, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->cluster_size});
+        return false;
+    }
+    if (h->table_size < QC_QED_MIN_TABLE_SIZE || h->table_size > QC_QED_MAX_TABLE_SIZE ||
+        (h->table_size & (h->table_size - 1))) {
+        qc_report(ctx, QC_P_QED_TABLE_SIZE_INVALID, obj, 8, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->table_size});
+        return false;
+    }
+    if (h->image_size % 512 || h->image_size > qc_qed_max_image_size(h)) {
+        qc_report(ctx, QC_P_QED_IMAGE_SIZE_INVALID, obj, 48, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE | QC_CTX_EXPECTED,
+                                    .value = h->image_size, .expected = qc_qed_max_image_size(h)});
+        return false;
+    }
+    return true;
+}
+
+void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
+{
+    qed_walk w = {.ctx = ctx};
+    qc_qed_header_decode(raw, raw_len, &w.h);
+    ctx->res->qed = true;
+    if (!check_header(ctx, &w.h))
+        return;
+    const qc_qed_header *h = &w.h;
+    w.cluster_size = h->cluster_size;
+    w.entries = qc_qed_table_entries(h);
+    w.table_bytes = (uint64_t)h->table_size * h->cluster_size;
+    w.file_end = ctx->file_size / w.cluster_size * w.cluster_size;
+    w.nclusters = w.file_end / w.cluster_size;
+    ctx->res->total_clusters = qc_div_round_up(h->image_size, w.cluster_size);
+    const char *obj = "QED header";
+    if (h->header_size > UINT32_MAX / h->cluster_size) {
+        qc_report(ctx, QC_P_QED_HEADER_SIZE_INVALID, obj, 12, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->header_size});
+        return;
+    }
+    w.header_end = (uint64_t)h->header_size * w.cluster_size;
+    if (!table_offset_valid(&w, h->l1_table_offset)) {
+        qc_report(ctx, QC_P_QED_L1_OFFSET_INVALID, obj, 40, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE | QC_CTX_FILE_SIZE,
+                                    .host_offset = h->l1_table_offset, .size = w.table_bytes,
+                                    .file_size = ctx->file_size});
+        return;
+    }
+    if ((h->features & QC_QED_F_BACKING_FILE) &&
+        (uint64_t)h->backing_filename_offset + h->backing_filename_size > w.header_end) {
+        qc_report(ctx, QC_P_QED_BACKING_NAME_INVALID, obj, 56, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE | QC_CTX_EXPECTED,
+                                    .host_offset = h->backing_filename_offset,
+                                    .size = h->backing_filename_size, .expected = w.header_end});
+        return;
+    }
+    if (h->features & QC_QED_F_NEED_CHECK)
+        qc_report(ctx, QC_P_QED_NEED_CHECK, obj, 16, 1, &(qc_finding_ctx){0});
+    if (h->compat_features)
+        qc_report(ctx, QC_P_QED_UNKNOWN_COMPAT_FEATURE, obj, 24, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->compat_features});
+    if (h->autoclear_features)
+        qc_report(ctx, QC_P_QED_UNKNOWN_AUTOCLEAR_FEATURE, obj, 32, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->autoclear_features});
+
+    /* Memory follows the file: a reference per cluster it has, and two
+     * tables. */
+    uint8_t *l1 = qc_alloc(ctx, w.table_bytes, "QED L1 table");
+    w.table = l1 ? qc_alloc(ctx, w.table_bytes, "QED L2 table") : NULL;
+    w.first_ref = w.table ? qc_alloc(ctx, (w.nclusters ? w.nclusters : 1) * 8,
+                                     "QED cluster references")
+                          : NULL;
+    if (w.first_ref) {
+        for (uint64_t c = 0; c < w.nclusters; c++)
+            w.first_ref[c] = REF_NONE;
+        if (qc_read(ctx, h->l1_table_offset, l1, (size_t)w.table_bytes, "L1 table")) {
+            walk_tables(&w, l1);
+            /* As QEMU: leaks only when every table could be read. */
+            if (!w.read_failed && !ctx->stop)
+                find_leaks(&w);
+        }
+    }
+    free(w.first_ref);
+    free(w.table);
+    free(l1);
+}
