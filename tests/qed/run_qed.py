@@ -183,10 +183,9 @@ def b_table_size_1(path):
 
 def b_odd_file_tail(path):
     """The file ends 100 bytes into a cluster: QEMU rounds its size down."""
-    img = small(path)
+    small(path)
     with open(path, "ab") as f:
         f.write(b"\x5a" * 100)
-    del img
     return {}
 
 
@@ -379,7 +378,6 @@ def qemu(exit=0, total=0, allocated=0, fragmented=0, leaks=0, corruptions=0, err
 
 
 T64 = 64 * MiB // (4 * KiB)  # total clusters of small()
-S = 5  # allocated clusters of small(): 4 data clusters and no more (the zero cluster is not one)
 
 # (name, builder, rule, QEMU's verdict, extras). Extras: "warning": qcheck
 # must report a warning (and nothing worse); "quiet_optional": qcheck may or
@@ -491,7 +489,6 @@ def counts(obj):
 class Runner:
     def __init__(self, qcheck, workdir):
         self.qcheck, self.workdir = os.path.abspath(qcheck), os.path.abspath(workdir)
-        self.verdicts = []  # (case, qemu-img status, counts, stderr) for the table
 
     def fresh(self, name):
         d = os.path.join(self.workdir, name)
@@ -521,8 +518,6 @@ class Runner:
         if "stderr" in want:
             msg = want["stderr"].format(path=base)
             t.expect(msg in js.stderr, "qemu-img stderr %r lacks %r" % (js.stderr.strip(), msg))
-        self.verdicts.append((t.name, js.returncode, counts(obj) if obj else None,
-                              js.stderr.strip()))
         return js, obj, human
 
     def check_qcheck(self, t, path, rule, qjs, qobj, qhuman, extras, offsets):
