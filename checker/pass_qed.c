@@ -223,17 +223,19 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
     w.nclusters = w.file_end / w.cluster_size;
     ctx->res->total_clusters = qc_div_round_up(h->image_size, w.cluster_size);
     const char *obj = "QED header";
-    if (h->header_size > UINT32_MAX / h->cluster_size) {
-        qc_report(ctx, QC_P_QED_HEADER_SIZE_INVALID, obj, 12, 1,
-                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->header_size});
-        return;
-    }
+    /* In QEMU's order: the L1 table against the header (in 64 bits), then
+     * the header's size in bytes against 32 bits. */
     w.header_end = (uint64_t)h->header_size * w.cluster_size;
     if (!table_offset_valid(&w, h->l1_table_offset)) {
         qc_report(ctx, QC_P_QED_L1_OFFSET_INVALID, obj, 40, 1,
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE | QC_CTX_FILE_SIZE,
                                     .host_offset = h->l1_table_offset, .size = w.table_bytes,
                                     .file_size = ctx->file_size});
+        return;
+    }
+    if (h->header_size > UINT32_MAX / h->cluster_size) {
+        qc_report(ctx, QC_P_QED_HEADER_SIZE_INVALID, obj, 12, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_VALUE, .value = h->header_size});
         return;
     }
     if ((h->features & QC_QED_F_BACKING_FILE) &&

@@ -1060,6 +1060,10 @@ static int check_file(cli *c, verdict *v, bool *checked)
         return cli_print_raw_digest(c);
     if (v->other_format)
         return cli_not_qcow2(c, v->other_format, v->driver);
+    /* A QED image with -f qcow2 (or the other way round, refused when
+     * opened): QEMU's driver refuses the file. */
+    if (c->format && v->driver && strcmp(c->format, v->driver) != 0)
+        return wrong_format(c, v->driver);
     if (in_use)
         cli_report_in_use(c, v);
     *checked = true;

@@ -700,10 +700,11 @@ case("clean_snapshot_l1_copied", "snapshots",
      "", 0, Qemu(FULL))  # the spec: COPIED is meaningless in snapshot L1s
 
 # -- not qcow2 at all: exit 63, like qemu-img when it probes the format
-for b, fmt in [("raw", "raw"), ("empty", None), ("qed", "qed"), ("qcow", "qcow"), ("vmdk", "vmdk")]:
+for b, fmt in [("raw", "raw"), ("empty", None), ("qcow", "qcow"), ("vmdk", "vmdk")]:
     qemu = (differs(0, "QEMU's %s driver has its own check; qcheck only checks qcow2" % b)
-            if b in ("qed", "vmdk") else Qemu(EXIT))
+            if b == "vmdk" else Qemu(EXIT))
     case("notqcow2_" + b, b, None, "", 63, qemu, format=fmt)
+# -- QED images are checked: tests/qed/run_qed.py has their cases
 case("notqcow2_bad_magic", "v3_64k", header(magic=0x514649FC), "", 63, Qemu(EXIT),
      qemu_target=lambda path: [path], format="raw")  # qemu-img's probing falls back to raw
 

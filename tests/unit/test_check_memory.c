@@ -541,9 +541,14 @@ static void other_formats(void)
     memcpy(buf, "QFI", 3); /* wrong fourth magic byte */
     run_check_opts(buf, sizeof(buf), 0, &o);
     ck_assert_str_eq(other_format(o.res), "raw");
+    /* QED is checked: a header of zeros past the magic has no valid
+     * cluster size, which QEMU refuses (a corruption). */
     memcpy(buf, "QED\0", 4);
     run_check_opts(buf, sizeof(buf), 0, &o);
-    ck_assert_str_eq(other_format(o.res), "qed");
+    ck_assert_ptr_null(other_format(o.res));
+    ck_assert_str_eq(qc_result_driver(o.res), "qed");
+    ck_assert_uint_eq(qc_result_problem_count(o.res, QC_P_QED_CLUSTER_SIZE_INVALID), 1);
+    ck_assert_int_eq(o.status, 2);
     memset(buf, 0, sizeof(buf));
     memcpy(buf, "KDMV", 4);
     run_check_opts(buf, sizeof(buf), 0, &o);

@@ -58,7 +58,7 @@ START_TEST(test_code_areas)
     for (size_t i = 0; i < ROWS; i++) {
         const qc_problem *p = qc_problem_at(i);
         unsigned area = p->code / 100;
-        ck_assert_msg(area >= 1 && area <= 9, "%s has code %u", p->id, p->code);
+        ck_assert_msg(area >= 1 && area <= 10, "%s has code %u", p->id, p->code);
         ck_assert_msg(p->code % 100 != 0, "%s has code %u (xx00 is not a problem)", p->id, p->code);
         /* The 8xx area is "the check itself", not the image: a check
          * error, or a warning about how it was made (imageInUse); never
@@ -71,6 +71,10 @@ START_TEST(test_code_areas)
         if (area == 9)
             ck_assert_msg(p->severity != QC_SEV_LEAK && p->fix == QC_FIX_NONE,
                           "%s (%u) is a leak or has a fix", p->id, p->code);
+        /* The 10xx area is QED's, which qcheck checks but does not repair
+         * yet: nothing there has a fix. */
+        if (area == 10)
+            ck_assert_msg(p->fix == QC_FIX_NONE, "%s (%u) has a fix", p->id, p->code);
     }
 }
 END_TEST
