@@ -69,7 +69,7 @@ static void usage(FILE *out)
             "  -q, --quiet            print no summary (findings still go to stderr)\n"
             "  -p, --progress         show progress on stderr (shown anyway on a terminal when\n"
             "                         the check takes a while; never with -q or JSON output)\n"
-            "  -f, --format=FMT       image format; only qcow2 can be checked\n"
+            "  -f, --format=FMT       image format: qcow2 or qed (the others are not checked)\n"
             "  --output=FMT           human (default) or json\n"
             "  -r, --repair=leaks     lower the refcounts of leaked clusters\n"
             "  -r, --repair=all       repair everything qcheck can repair safely\n"
@@ -531,7 +531,7 @@ static const char *not_in_format(const char *driver)
 static int luks_without_key(const cli *c)
 {
     cli_message(c, "Could not open '%s': Parameter 'key-secret' is required for cipher", c->filename);
-    cli_message(c, "'%s' would be opened as a LUKS image; qcheck checks qcow2 images only", c->path);
+    cli_message(c, "'%s' would be opened as a LUKS image; qcheck checks qcow2 and QED images only", c->path);
     return 1;
 }
 
@@ -571,10 +571,10 @@ int cli_not_qcow2(const cli *c, const char *guess, const char *driver)
                 c->path);
     cli_message(c, "This image format does not support checks");
     if (qemu_checks(driver))
-        cli_message(c, "'%s' is a %s image: qemu-img can check it, qcheck checks qcow2 images only",
+        cli_message(c, "'%s' is a %s image: qemu-img can check it, qcheck checks qcow2 and QED images only",
                 c->path, driver);
     else
-        cli_message(c, "'%s' is not a qcow2 image (it looks like %s); qcheck checks qcow2 images only",
+        cli_message(c, "'%s' is not a qcow2 image (it looks like %s); qcheck checks qcow2 and QED images only",
                 c->path, guess);
     return 63;
 }
@@ -594,7 +594,7 @@ static uint32_t qcow_version(qc_io *io)
 static int given_raw(const cli *c)
 {
     cli_message(c, "This image format does not support checks");
-    cli_message(c, "the format was given as %s; qcheck checks qcow2 images only", c->format);
+    cli_message(c, "the format was given as %s; qcheck checks qcow2 and QED images only", c->format);
     return 63;
 }
 
