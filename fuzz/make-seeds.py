@@ -110,6 +110,16 @@ def build(work):
     seed("l2-into-l1.qcow2", lambda n: create(work, n), lambda n: writes(work, n),
          lambda n: patch(work, n, lambda im: im.set_l2_entry(
              0, 0, im.header.l1_table_offset | q.OFLAG_COPIED)))
+    # QED: a small image with data and a zero cluster, and the same with a
+    # cluster appended that nothing references (a leak).
+    def qed(n):
+        run("qemu-img", "create", "-q", "-f", "qed", "-o", "cluster_size=4k,table_size=2", n,
+            "256k", cwd=work)
+        run("qemu-io", "-f", "qed", "-c", "write -P 0x11 0 8k", "-c", "write -z 64k 4k",
+            "-c", "write -P 0x22 128k 4k", n, cwd=work)
+    seed("qed.qed", qed)
+    seed("qed-leak.qed", qed, lambda n: os.truncate(os.path.join(work, n),
+                                                    os.path.getsize(os.path.join(work, n)) + 4096))
     return seeds
 
 
