@@ -99,10 +99,7 @@ static void check_l2_table(qed_walk *w, uint64_t l1_index, uint64_t table_off)
     uint64_t last = 0;
     uint64_t guest_base = l1_index * w->entries * w->cluster_size;
     for (uint64_t i = 0; i < w->entries; i++) {
-        uint64_t off = (uint64_t)w->table[i * 8] | (uint64_t)w->table[i * 8 + 1] << 8 |
-                       (uint64_t)w->table[i * 8 + 2] << 16 | (uint64_t)w->table[i * 8 + 3] << 24 |
-                       (uint64_t)w->table[i * 8 + 4] << 32 | (uint64_t)w->table[i * 8 + 5] << 40 |
-                       (uint64_t)w->table[i * 8 + 6] << 48 | (uint64_t)w->table[i * 8 + 7] << 56;
+        uint64_t off = qc_qed_entry(w->table, i);
         if (off == QC_QED_UNALLOCATED || off == QC_QED_ZERO_CLUSTER)
             continue;
         /* QEMU's statistics count every other entry, valid or not. */
@@ -127,10 +124,7 @@ static void walk_tables(qed_walk *w, const uint8_t *l1)
 {
     claim(w, w->h.l1_table_offset, w->h.table_size, REF_L1, "L1 table");
     for (uint64_t i = 0; i < w->entries && !w->ctx->stop; i++) {
-        const uint8_t *e = l1 + i * 8;
-        uint64_t off = (uint64_t)e[0] | (uint64_t)e[1] << 8 | (uint64_t)e[2] << 16 |
-                       (uint64_t)e[3] << 24 | (uint64_t)e[4] << 32 | (uint64_t)e[5] << 40 |
-                       (uint64_t)e[6] << 48 | (uint64_t)e[7] << 56;
+        uint64_t off = qc_qed_entry(l1, i);
         if (off == QC_QED_UNALLOCATED)
             continue;
         if (!table_offset_valid(w, off)) {

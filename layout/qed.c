@@ -10,7 +10,7 @@ static uint32_t le32(const uint8_t *p)
 
 static uint64_t le64(const uint8_t *p)
 {
-    return (uint64_t)le32(p) | (uint64_t)le32(p + 4) << 32;
+    return qc_qed_entry(p, 0);
 }
 
 void qc_qed_header_decode(const uint8_t *buf, size_t len, qc_qed_header *h)

@@ -42,6 +42,16 @@ typedef struct qc_qed_header {
  * `len` read as zeros, as QEMU reads past the end of a file. */
 void qc_qed_header_decode(const uint8_t *buf, size_t len, qc_qed_header *h);
 
+/* Entry i of a table read into `table` (64-bit little-endian). */
+static inline uint64_t qc_qed_entry(const uint8_t *table, uint64_t i)
+{
+    const uint8_t *p = table + i * 8;
+    uint64_t v = 0;
+    for (int k = 7; k >= 0; k--)
+        v = v << 8 | p[k];
+    return v;
+}
+
 /* Entries per table. */
 static inline uint64_t qc_qed_table_entries(const qc_qed_header *h)
 {

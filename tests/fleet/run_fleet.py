@@ -94,7 +94,6 @@ failed.
 """
 
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -114,6 +113,7 @@ sys.dont_write_bytecode = True  # keep the source tree clean under CTest
 sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 sys.path.insert(0, os.path.join(HERE, "..", "digest"))
 import qcow2lib as q  # noqa: E402
+from qedlib import file_sha256 as file_digest  # noqa: E402  (sparse-aware: holes not read)
 from run_digest import (SetupError, Test, create, l2_past_eof, leak_cluster, qemu_io,  # noqa: E402
                         refcount_zero, run, sanitizer_report, script_main)
 
@@ -193,35 +193,6 @@ def kill_children():
 
 
 # ---- files ------------------------------------------------------------------------
-
-def file_digest(path):
-    """sha256 of a regular file's content; a sparse file's data extents
-    (offset and bytes, found with SEEK_DATA/SEEK_HOLE) and size, so that a
-    2 TiB hole is not read."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        h.update(str(size).encode())
-        off = 0
-        while off < size:
-            try:
-                data = os.lseek(fd, off, os.SEEK_DATA)
-            except OSError:
-                break  # ENXIO: only a hole is left
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            h.update(b"@%d:" % data)
-            f.seek(data)
-            left = hole - data
-            while left:
-                chunk = f.read(min(left, 4 * MiB))
-                if not chunk:
-                    break
-                h.update(chunk)
-                left -= len(chunk)
-            off = hole
-    return h.hexdigest()
-
 
 def tree_state(root):
     """Every regular file under root (not through links) -> digest."""
