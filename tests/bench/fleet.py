@@ -355,35 +355,10 @@ class Bench:
 
     # ---- output -------------------------------------------------------------
     def report(self, elapsed):
-        md = self.args.markdown
-        print()
-        print("qcheck %s vs %s" % (self.qcheck, B.qemu_version()))
-        print("%s; work folder %s" % (
-            "1 run per side (--smoke)" if self.smoke else
-            "1 untimed warm-up per side, then up to %d timed rounds (a side is repeated "
-            "while it has taken under %g s)" % (self.runs, self.args.repeat_budget),
-            "(temporary)" if self.smoke else self.work))
-        print()
-        headers = ["row", "what", "qcheck s", "qcheck CPU s", "peer", "peer s", "peer CPU s",
-                   "ratio", "target", "met", "runs q/peer", "check"]
-        keys = ["name", "what", "qs", "qcpu", "peer", "ps", "pcpu", "ratio", "target", "met",
-                "runs", "checks"]
-        align = ["l", "l", "r", "r", "l", "r", "r", "r", "l", "l", "r", "l"]
-        if self.rows:
-            B.print_table(headers, [[r[k] for k in keys] for r in self.rows], md, align)
-            print()
-        self.report_disk()
-        for n in ["times are medians of wall seconds; ratio = peer / qcheck (overhead = "
-                  "qcheck / peer - 1); CPU = user + sys from wait4, which includes the "
-                  "workers qcheck waited for (CPU / wall near 2 means both cores worked)."] \
-                + self.notes:
-            print(("* " if md else "note: ") + n)
-        print()
-        for f in self.failed:
-            print("FAILED: " + f, file=sys.stderr)
-        print("%s: %d row(s), %s in %.1f s" % ("smoke" if self.smoke else "total", len(self.rows),
-                                               "FAILED" if self.failed else "all checks passed",
-                                               elapsed))
+        V.report_rows(self, elapsed, "1 untimed warm-up per side",
+                      "times are medians of wall seconds; ratio = peer / qcheck (overhead = "
+                      "qcheck / peer - 1); CPU = user + sys from wait4, which includes the "
+                      "workers qcheck waited for (CPU / wall near 2 means both cores worked).")
 
     def report_disk(self):
         md = self.args.markdown

@@ -362,6 +362,39 @@ def qcheck_supports(qcheck, option):
     return option in r.stdout
 
 
+def report_rows(b, elapsed, warmup, footnote):
+    """The table of a row benchmark's Bench `b` (validate.py, fleet.py):
+    what ran against what, the rows, the images on disk (b.report_disk()),
+    the notes, the failures and the closing line. `warmup` says what was
+    run untimed first; `footnote` how to read the figures."""
+    md = b.args.markdown
+    print()
+    print("qcheck %s vs %s" % (b.qcheck, B.qemu_version()))
+    print("%s; work folder %s" % (
+        "1 run per side (--smoke)" if b.smoke else
+        "%s, then up to %d timed rounds (a side is repeated while it has taken under %g s)"
+        % (warmup, b.runs, b.args.repeat_budget),
+        "(temporary)" if b.smoke else b.work))
+    print()
+    headers = ["row", "what", "qcheck s", "qcheck CPU s", "peer", "peer s", "peer CPU s",
+               "ratio", "target", "met", "runs q/peer", "check"]
+    keys = ["name", "what", "qs", "qcpu", "peer", "ps", "pcpu", "ratio", "target", "met",
+            "runs", "checks"]
+    align = ["l", "l", "r", "r", "l", "r", "r", "r", "l", "l", "r", "l"]
+    if b.rows:
+        B.print_table(headers, [[r[k] for k in keys] for r in b.rows], md, align)
+        print()
+    b.report_disk()
+    for n in [footnote] + b.notes:
+        print(("* " if md else "note: ") + n)
+    print()
+    for f in b.failed:
+        print("FAILED: " + f, file=sys.stderr)
+    print("%s: %d row(s), %s in %.1f s" % ("smoke" if b.smoke else "total", len(b.rows),
+                                           "FAILED" if b.failed else "all checks passed",
+                                           elapsed))
+
+
 class Bench:
     def __init__(self, args, qcheck, work):
         self.args, self.qcheck, self.work = args, qcheck, work
@@ -566,35 +599,9 @@ class Bench:
 
     # ---- output -------------------------------------------------------------
     def report(self, elapsed):
-        md = self.args.markdown
-        print()
-        print("qcheck %s vs %s" % (self.qcheck, B.qemu_version()))
-        print("%s; work folder %s" % (
-            "1 run per side (--smoke)" if self.smoke else
-            "1 untimed warm-up of qcheck, then up to %d timed rounds (a side is repeated "
-            "while it has taken under %g s)" % (self.runs, self.args.repeat_budget),
-            "(temporary)" if self.smoke else self.work))
-        print()
-        headers = ["row", "what", "qcheck s", "qcheck CPU s", "peer", "peer s", "peer CPU s",
-                   "ratio", "target", "met", "runs q/peer", "check"]
-        keys = ["name", "what", "qs", "qcpu", "peer", "ps", "pcpu", "ratio", "target", "met",
-                "runs", "checks"]
-        align = ["l", "l", "r", "r", "l", "r", "r", "r", "l", "l", "r", "l"]
-        if self.rows:
-            B.print_table(headers, [[r[k] for k in keys] for r in self.rows], md, align)
-            print()
-        self.report_disk()
-        for n in ["times are medians of wall seconds; ratio = peer / qcheck; CPU = user + "
-                  "sys from wait4 (qcheck CPU / qcheck s above 1 means both cores worked)."] \
-                + self.notes:
-            print(("* " if md else "note: ") + n)
-        print()
-        for f in self.failed:
-            print("FAILED: " + f, file=sys.stderr)
-        print("%s: %d row(s), %s in %.1f s" % ("smoke" if self.smoke else "total",
-                                               len(self.rows),
-                                               "FAILED" if self.failed else "all checks passed",
-                                               elapsed))
+        report_rows(self, elapsed, "1 untimed warm-up of qcheck",
+                    "times are medians of wall seconds; ratio = peer / qcheck; CPU = user + "
+                    "sys from wait4 (qcheck CPU / qcheck s above 1 means both cores worked).")
 
     def close(self):
         pass  # the images are kept for the next run
