@@ -367,14 +367,18 @@ def chromium_checks(browser, work, page):
     check(codes == sorted(codes) and codes[0] == 604 and codes[-1] == 606,
           "sort by code: %s" % codes)
 
-    shot = os.path.join(work, "report.png")
+    screenshot(browser, url, os.path.join(work, "report.png"), 2000, "screenshot")
+
+
+def screenshot(browser, url, shot, height, what):
+    """The rendered page as a PNG at `shot`, kept as the test's artifact."""
     if os.path.exists(shot):
         os.unlink(shot)
     r = run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--screenshot=" + shot, "--window-size=1280,2000", url], timeout=180)
+             "--screenshot=" + shot, "--window-size=1280,%d" % height, url], timeout=180)
     ok = os.path.exists(shot) and open(shot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    check(ok and os.path.getsize(shot) > 10000, "no screenshot: %s" % r.stderr[-2000:])
-    print("screenshot: " + shot)
+    check(ok and os.path.getsize(shot) > 10000, "no %s: %s" % (what, r.stderr[-2000:]))
+    print("%s: %s" % (what, shot))
 
 
 # ---- a batch --------------------------------------------------------------------
@@ -551,14 +555,7 @@ def batch_chromium_checks(browser, work, page, static, expected_rows):
               % (i, d.section_svgs.get(i), d.section_rects.get(i, 0),
                  static.section_rects.get(i, 0)))
 
-    shot = os.path.join(work, "batch-report.png")
-    if os.path.exists(shot):
-        os.unlink(shot)
-    r = run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-             "--screenshot=" + shot, "--window-size=1280,3000", url], timeout=180)
-    ok = os.path.exists(shot) and open(shot, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
-    check(ok and os.path.getsize(shot) > 10000, "no batch screenshot: %s" % r.stderr[-2000:])
-    print("batch screenshot: " + shot)
+    screenshot(browser, url, os.path.join(work, "batch-report.png"), 3000, "batch screenshot")
 
 
 def main():
