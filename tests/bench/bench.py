@@ -490,6 +490,15 @@ def default_launcher(qcheck):
     return path if os.access(path, os.X_OK) else None
 
 
+def add_binary_and_work(ap):
+    """--qcheck and --work, as every benchmark script takes them."""
+    ap.add_argument("--qcheck", default=os.path.join(REPO, "build", "qcheck"),
+                    help="the qcheck binary (default: %(default)s)")
+    ap.add_argument("--work", default=os.environ.get("QC_BENCH_WORK", "/var/tmp/qcheck-bench"),
+                    help="where images are built and kept (default: $QC_BENCH_WORK or "
+                         "/var/tmp/qcheck-bench)")
+
+
 def rows_main(script, doc, rows, sets_of_row, tools, make_bench):
     """The command line of the row benchmarks (validate.py, fleet.py): parse
     the options, check the binary and the tools, then build the image sets
@@ -500,11 +509,7 @@ def rows_main(script, doc, rows, sets_of_row, tools, make_bench):
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="rows: " + ", ".join(rows))
-    ap.add_argument("--qcheck", default=os.path.join(REPO, "build", "qcheck"),
-                    help="the qcheck binary (default: %(default)s)")
-    ap.add_argument("--work", default=os.environ.get("QC_BENCH_WORK", "/var/tmp/qcheck-bench"),
-                    help="where images are built and kept (default: $QC_BENCH_WORK or "
-                         "/var/tmp/qcheck-bench)")
+    add_binary_and_work(ap)
     ap.add_argument("--runs", type=int, default=3, help="timed rounds per row (default 3)")
     ap.add_argument("--repeat-budget", type=float, default=300,
                     help="run a side again only while its runs so far took less than this "
@@ -568,11 +573,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="images: " + ", ".join(RECIPE_NAMES))
-    ap.add_argument("--qcheck", default=os.path.join(REPO, "build", "qcheck"),
-                    help="the qcheck binary (default: %(default)s)")
-    ap.add_argument("--work", default=os.environ.get("QC_BENCH_WORK", "/var/tmp/qcheck-bench"),
-                    help="where images are built and kept (default: $QC_BENCH_WORK or "
-                         "/var/tmp/qcheck-bench)")
+    add_binary_and_work(ap)
     ap.add_argument("--runs", type=int, default=5, help="timed runs per tool and image")
     ap.add_argument("--only", help="comma-separated image names")
     ap.add_argument("--markdown", action="store_true", help="print the tables in Markdown")
