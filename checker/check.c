@@ -41,6 +41,7 @@ void qc_ctx_release(qc_ctx *ctx)
     qc_map_release(ctx);
     free(ctx->l2_refs);
     free(ctx->l2_tables);
+    free(ctx->qed.items);
 }
 
 bool qc_options_load(qc_options *dst, const qc_options *src)

@@ -17,6 +17,7 @@
 #include <stdint.h>
 
 #include "../layout/format.h"
+#include "../layout/qed.h"
 #include "check_view.h"
 #include "clustermap.h"
 #include "extents.h"
@@ -31,6 +32,40 @@
 typedef struct qc_byte_range {
     uint64_t start, end;
 } qc_byte_range;
+
+/* What the QED pass leaves for a repair (repair/stage_qed.c), collected
+ * only when a repair runs the check (fix_sink set). */
+#define QC_QED_REF_NONE UINT64_MAX
+#define QC_QED_REF_L1 (UINT64_MAX - 1)
+#define QC_QED_REF_L2 ((uint64_t)1 << 63) /* | L1 index */
+
+typedef enum qc_qed_item_kind {
+    QC_QED_BAD_L1_ENTRY, /* an L1 entry QEMU's check clears */
+    QC_QED_BAD_L2_ENTRY, /* an L2 entry QEMU's check clears */
+    QC_QED_SECOND_CLAIM, /* an entry pointing where something else claimed first */
+} qc_qed_item_kind;
+
+typedef struct qc_qed_item {
+    qc_qed_item_kind kind;
+    uint64_t entry;  /* host offset of the L1 or L2 entry */
+    uint64_t target; /* what the entry holds */
+    /* The guest bytes the entry maps (an L1 entry: all its L2 table's
+     * reach, clipped to the image size; 0 bytes past it). */
+    uint64_t guest, guest_length;
+    bool table;      /* the entry points to an L2 table (an L1 entry) */
+    uint64_t first;  /* SECOND_CLAIM: the first referrer, QC_QED_REF_* or a guest offset */
+} qc_qed_item;
+
+typedef struct qc_qed_view {
+    bool walked; /* the header was accepted and every table read: the rest is whole */
+    qc_qed_header h;
+    uint64_t cluster_size, entries, file_end, nclusters;
+    /* The first cluster of the run of leaked clusters that ends at
+     * file_end (nclusters when the last cluster is in use). */
+    uint64_t trailing_leak;
+    qc_qed_item *items;
+    size_t nb_items, cap_items;
+} qc_qed_view;
 
 typedef struct qc_ctx {
     union {
@@ -59,6 +94,8 @@ typedef struct qc_ctx {
 
     /* snapshots pass */
     uint8_t *snap_table_buf;
+
+    qc_qed_view qed; /* a QED image's check */
 
     bool stop;         /* nothing more can be checked */
     /* Set by a repair before the check runs: an L2 table wins an overlap

@@ -17,7 +17,9 @@
  * Needs: the io, the file's size; the QED magic was seen.
  * Produces: the result's counters as qemu-img check reports a QED image
  *   (total, allocated and fragmented clusters, corruptions, leaks, check
- *   errors), and findings 1001-1014.
+ *   errors), and findings 1001-1014; for a repair's check (fix_sink set),
+ *   ctx->qed: the geometry, every entry a repair may change (invalid ones,
+ *   second claims) and where the trailing leaked run starts.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -27,10 +29,10 @@
 #include "ctx.h"
 
 /* What first referenced a cluster: the L1 table, an L2 table (by its L1
- * index) or guest data (by its guest offset). */
-#define REF_NONE UINT64_MAX
-#define REF_L1 (UINT64_MAX - 1)
-#define REF_L2 ((uint64_t)1 << 63) /* | L1 index */
+ * index) or guest data (by its guest offset): QC_QED_REF_* (ctx.h). */
+#define REF_NONE QC_QED_REF_NONE
+#define REF_L1 QC_QED_REF_L1
+#define REF_L2 QC_QED_REF_L2
 
 typedef struct qed_walk {
     qc_ctx *ctx;
@@ -68,9 +70,40 @@ static void describe_ref(uint64_t ref, char *buf, size_t len)
         snprintf(buf, len, "the data at guest offset 0x%" PRIx64, ref);
 }
 
+/* Keep an entry a repair may change, for a repair's check only. */
+static void keep_item(qed_walk *w, qc_qed_item item)
+{
+    qc_ctx *ctx = w->ctx;
+    if (!ctx->fix_sink)
+        return;
+    qc_qed_item *items = qc_grow(ctx, ctx->qed.items, &ctx->qed.cap_items, sizeof(item),
+                                 ctx->qed.nb_items + 1, "QED repair items");
+    if (!items) {
+        ctx->stop = true;
+        return;
+    }
+    ctx->qed.items = items;
+    ctx->qed.items[ctx->qed.nb_items++] = item;
+}
+
+/* The guest bytes an entry of L1 index l1 (and L2 index l2, or the whole
+ * table when `table`) maps, clipped to the image. */
+static qc_qed_item guest_item(const qed_walk *w, uint64_t l1, uint64_t l2, bool table)
+{
+    uint64_t reach = table ? w->entries * w->cluster_size : w->cluster_size;
+    uint64_t guest, size = w->h.image_size;
+    /* The largest geometries reach past 2^64: nothing there is in the image. */
+    if (!qc_mul_ok(l1 * w->entries + l2, w->cluster_size, &guest))
+        guest = UINT64_MAX;
+    uint64_t length = guest >= size ? 0 : size - guest < reach ? size - guest : reach;
+    return (qc_qed_item){.guest = guest, .guest_length = length, .table = table};
+}
+
 /* Mark n clusters from `off` used by `ref`; false (reported) when one of
- * them was used already. */
-static bool claim(qed_walk *w, uint64_t off, uint64_t n, uint64_t ref, const char *object)
+ * them was used already. `item` is the entry that points there (its
+ * entry, target and guest range), kept for a repair on a second claim. */
+static bool claim(qed_walk *w, uint64_t off, uint64_t n, uint64_t ref, const char *object,
+                  qc_qed_item item)
 {
     bool ok = true;
     uint64_t first = off / w->cluster_size;
@@ -87,6 +120,11 @@ static bool claim(qed_walk *w, uint64_t off, uint64_t n, uint64_t ref, const cha
                                                (data ? QC_CTX_GUEST_OFFSET : 0),
                                     .host_offset = c * w->cluster_size, .cluster = c,
                                     .guest_offset = ref, .name = before});
+        if (ok && ref != REF_L1) {
+            item.kind = QC_QED_SECOND_CLAIM;
+            item.first = w->first_ref[c];
+            keep_item(w, item);
+        }
         ok = false;
     }
     return ok;
@@ -97,7 +135,6 @@ static void check_l2_table(qed_walk *w, uint64_t l1_index, uint64_t table_off)
     char object[64];
     snprintf(object, sizeof(object), "L2 table (L1 index %" PRIu64 ")", l1_index);
     uint64_t last = 0;
-    uint64_t guest_base = l1_index * w->entries * w->cluster_size;
     for (uint64_t i = 0; i < w->entries; i++) {
         uint64_t off = qc_qed_entry(w->table, i);
         if (off == QC_QED_UNALLOCATED || off == QC_QED_ZERO_CLUSTER)
@@ -107,39 +144,48 @@ static void check_l2_table(qed_walk *w, uint64_t l1_index, uint64_t table_off)
         if (last && last + w->cluster_size != off)
             w->ctx->res->fragmented_clusters++;
         last = off;
-        uint64_t guest = guest_base + i * w->cluster_size;
+        qc_qed_item item = guest_item(w, l1_index, i, false);
+        item.entry = table_off + i * 8;
+        item.target = off;
         if (!cluster_offset_valid(w, off)) {
+            item.kind = QC_QED_BAD_L2_ENTRY;
+            keep_item(w, item);
             qc_report(w->ctx, QC_P_QED_L2_ENTRY_INVALID, object, table_off + i * 8, 1,
                       &(qc_finding_ctx){.present = QC_CTX_L2_INDEX | QC_CTX_HOST_OFFSET |
                                                    QC_CTX_GUEST_OFFSET | QC_CTX_FILE_SIZE,
-                                        .l2_index = i, .host_offset = off, .guest_offset = guest,
+                                        .l2_index = i, .host_offset = off, .guest_offset = item.guest,
                                         .file_size = w->ctx->file_size});
-                continue;
+            continue;
         }
-        claim(w, off, 1, guest, object);
+        claim(w, off, 1, item.guest, object, item);
     }
 }
 
 static void walk_tables(qed_walk *w, const uint8_t *l1)
 {
-    claim(w, w->h.l1_table_offset, w->h.table_size, REF_L1, "L1 table");
+    claim(w, w->h.l1_table_offset, w->h.table_size, REF_L1, "L1 table", (qc_qed_item){0});
     for (uint64_t i = 0; i < w->entries && !w->ctx->stop; i++) {
         uint64_t off = qc_qed_entry(l1, i);
         if (off == QC_QED_UNALLOCATED)
             continue;
+        qc_qed_item item = guest_item(w, i, 0, true);
+        item.entry = w->h.l1_table_offset + i * 8;
+        item.target = off;
         if (!table_offset_valid(w, off)) {
+            item.kind = QC_QED_BAD_L1_ENTRY;
+            keep_item(w, item);
             qc_report(w->ctx, QC_P_QED_L1_ENTRY_INVALID, "L1 table", w->h.l1_table_offset + i * 8,
                       1, &(qc_finding_ctx){.present = QC_CTX_L1_INDEX | QC_CTX_HOST_OFFSET |
                                                       QC_CTX_SIZE | QC_CTX_FILE_SIZE,
                                            .l1_index = i, .host_offset = off,
                                            .size = w->table_bytes,
                                            .file_size = w->ctx->file_size});
-                continue;
+            continue;
         }
         char object[64];
         snprintf(object, sizeof(object), "L2 table (L1 index %" PRIu64 ")", i);
         /* A table sharing clusters with something else is not used. */
-        if (!claim(w, off, w->h.table_size, REF_L2 | i, object))
+        if (!claim(w, off, w->h.table_size, REF_L2 | i, object, item))
             continue;
         if (!qc_read(w->ctx, off, w->table, (size_t)w->table_bytes, "L2 table")) {
             w->read_failed = true;
@@ -166,6 +212,8 @@ static void find_leaks(qed_walk *w)
         qc_report(w->ctx, QC_P_QED_CLUSTER_LEAKED, "host clusters", c * w->cluster_size, end - c,
                   &(qc_finding_ctx){.present = QC_CTX_CLUSTER | QC_CTX_CLUSTERS,
                                     .cluster = c, .clusters = end - c});
+        if (end == w->nclusters)
+            w->ctx->qed.trailing_leak = c;
         c = end;
     }
 }
@@ -207,6 +255,7 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
     qed_walk w = {.ctx = ctx};
     qc_qed_header_decode(raw, raw_len, &w.h);
     ctx->res->qed = true;
+    ctx->qed.h = w.h;
     if (!check_header(ctx, &w.h))
         return;
     const qc_qed_header *h = &w.h;
@@ -216,6 +265,9 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
     w.file_end = ctx->file_size / w.cluster_size * w.cluster_size;
     w.nclusters = w.file_end / w.cluster_size;
     ctx->res->total_clusters = qc_div_round_up(h->image_size, w.cluster_size);
+    ctx->qed = (qc_qed_view){.h = w.h, .cluster_size = w.cluster_size, .entries = w.entries,
+                             .file_end = w.file_end, .nclusters = w.nclusters,
+                             .trailing_leak = w.nclusters};
     const char *obj = "QED header";
     /* In QEMU's order: the L1 table against the header (in 64 bits), then
      * the header's size in bytes against 32 bits. */
@@ -262,8 +314,10 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
         if (qc_read(ctx, h->l1_table_offset, l1, (size_t)w.table_bytes, "L1 table")) {
             walk_tables(&w, l1);
             /* As QEMU: leaks only when every table could be read. */
-            if (!w.read_failed && !ctx->stop)
+            if (!w.read_failed && !ctx->stop) {
                 find_leaks(&w);
+                ctx->qed.walked = !ctx->stop;
+            }
         }
     }
     free(w.first_ref);

@@ -75,6 +75,9 @@ const char *qc_fix_name(qc_fix fix)
         [QC_FIX_REPOINT_OR_CLEAR] = "repoint-or-clear",
         [QC_FIX_CLEAR_DIRTY_BIT] = "clear-dirty-bit",
         [QC_FIX_CLEAR_CORRUPT_BIT] = "clear-corrupt-bit",
+        [QC_FIX_QED_CLEAR_ENTRY] = "qed-clear-entry",
+        [QC_FIX_QED_SEPARATE] = "qed-separate",
+        [QC_FIX_QED_TRUNCATE_LEAKS] = "qed-truncate-leaks",
     };
     return (unsigned)fix < sizeof(names) / sizeof(names[0]) ? names[fix] : "?";
 }

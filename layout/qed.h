@@ -52,6 +52,13 @@ static inline uint64_t qc_qed_entry(const uint8_t *table, uint64_t i)
     return v;
 }
 
+/* Set entry i of a table (64-bit little-endian). */
+static inline void qc_qed_put_entry(uint8_t *table, uint64_t i, uint64_t v)
+{
+    for (int k = 0; k < 8; k++, v >>= 8)
+        table[i * 8 + (uint64_t)k] = (uint8_t)v;
+}
+
 /* Entries per table. */
 static inline uint64_t qc_qed_table_entries(const qc_qed_header *h)
 {

@@ -5,10 +5,14 @@
  *   header, 48 bytes: "QCHKUNDO", version (u32 = 1), reserved (u32 = 0),
  *     image size before the repair (u64), number of records (u64),
  *     total log length (u64), xxh64 of the preceding 40 bytes (u64)
- *   per write step of the plan, in plan order:
+ *   per write or truncation step of the plan, in plan order:
  *     offset (u64), length (u64), xxh64 of the bytes written (u64),
  *     the bytes the region held just before that step (length bytes),
  *     xxh64 of this record up to here (u64)
+ *   A truncation (version 2 only) sets the top bit of its offset: the file
+ *   was cut at offset, the length bytes after it went, and what "was
+ *   written" there is what a read past the end gives, zeros. A log
+ *   without one is version 1, as before truncations existed.
  * Rollback walks the records backwards and puts the saved bytes back. It
  * first proves the log is this image's: some prefix of the plan's writes
  * (an interrupted repair applies a prefix) must explain the image, each
@@ -27,20 +31,93 @@
 
 #define UNDO_MAGIC "QCHKUNDO"
 #define UNDO_VERSION 1u
+#define UNDO_VERSION_TRUNCATE 2u
+#define UNDO_TRUNCATED ((uint64_t)1 << 63)
 #define UNDO_HEADER_SIZE 48u
 #define UNDO_RECORD_FIXED 32u /* offset, length, new hash, trailing checksum */
 
-static int write_undo_log(const qc_repair_plan *plan, qc_io *undo)
+/* Hash `len` zero bytes into `st`. */
+static void hash_zeros(XXH64_state_t *st, uint64_t len)
+{
+    static const uint8_t zeros[4096];
+    for (; len; len -= len < sizeof(zeros) ? len : sizeof(zeros))
+        XXH64_update(st, zeros, len < sizeof(zeros) ? (size_t)len : sizeof(zeros));
+}
+
+/* What [off, off + len) held just before step `upto`: the image as it is
+ * (before the plan), with the plan's earlier writes and cuts applied. */
+static int bytes_before_step(const qc_repair_plan *plan, size_t upto, qc_io *image, uint64_t off,
+                             uint8_t *buf, size_t len)
+{
+    int ret = qc_read_zero_filled(image, off, buf, len);
+    for (size_t j = 0; j < upto && ret == 0; j++) {
+        const qc_repair_step *w = &plan->steps[j];
+        uint64_t lo = w->offset > off ? w->offset : off;
+        if (w->kind == QC_STEP_TRUNCATE && lo < off + len)
+            memset(buf + (lo - off), 0, (size_t)(off + len - lo));
+        if (w->kind != QC_STEP_WRITE)
+            continue;
+        uint64_t hi = w->offset + w->length < off + len ? w->offset + w->length : off + len;
+        if (lo < hi)
+            memcpy(buf + (lo - off), w->data + (lo - w->offset), (size_t)(hi - lo));
+    }
+    return ret;
+}
+
+/* The record of a truncation, streamed: its saved bytes may be more than
+ * memory holds. */
+static int write_truncate_record(const qc_repair_plan *plan, size_t i, qc_io *image, qc_io *undo,
+                                 uint64_t pos)
+{
+    const qc_repair_step *s = &plan->steps[i];
+    uint8_t head[24], tail[8];
+    XXH64_state_t *zero_hash = XXH64_createState(), *record = XXH64_createState();
+    uint8_t *chunk = malloc(1 << 20);
+    int ret = zero_hash && record && chunk ? 0 : -ENOMEM;
+    if (ret == 0) {
+        XXH64_reset(zero_hash, 0);
+        hash_zeros(zero_hash, s->length);
+        qc_put_be64(head, s->offset | UNDO_TRUNCATED);
+        qc_put_be64(head + 8, s->length);
+        qc_put_be64(head + 16, XXH64_digest(zero_hash));
+        XXH64_reset(record, 0);
+        XXH64_update(record, head, sizeof(head));
+        ret = undo->write(undo->opaque, pos, head, sizeof(head));
+        pos += sizeof(head);
+    }
+    for (uint64_t done = 0; ret == 0 && done < s->length;) {
+        size_t n = s->length - done < (1 << 20) ? (size_t)(s->length - done) : (1 << 20);
+        ret = bytes_before_step(plan, i, image, s->offset + done, chunk, n);
+        if (ret == 0) {
+            XXH64_update(record, chunk, n);
+            ret = undo->write(undo->opaque, pos, chunk, n);
+        }
+        pos += n;
+        done += n;
+    }
+    if (ret == 0) {
+        qc_put_be64(tail, XXH64_digest(record));
+        ret = undo->write(undo->opaque, pos, tail, sizeof(tail));
+    }
+    free(chunk);
+    XXH64_freeState(zero_hash);
+    XXH64_freeState(record);
+    return ret;
+}
+
+static int write_undo_log(const qc_repair_plan *plan, qc_io *image, qc_io *undo)
 {
     uint64_t records = 0, total = UNDO_HEADER_SIZE;
+    bool cuts = false;
     for (size_t i = 0; i < plan->nb_steps; i++)
-        if (plan->steps[i].kind == QC_STEP_WRITE) {
+        if (plan->steps[i].kind != QC_STEP_FLUSH) {
             records++;
             total += UNDO_RECORD_FIXED + plan->steps[i].length;
+            cuts |= plan->steps[i].kind == QC_STEP_TRUNCATE;
         }
     uint8_t hdr[UNDO_HEADER_SIZE];
     memcpy(hdr, UNDO_MAGIC, 8);
-    qc_put_be32(hdr + 8, UNDO_VERSION);
+    qc_put_be32(hdr + 8, cuts ? UNDO_VERSION_TRUNCATE : UNDO_VERSION);
     qc_put_be32(hdr + 12, 0);
     qc_put_be64(hdr + 16, plan->size_before);
     qc_put_be64(hdr + 24, records);
@@ -50,9 +127,14 @@ static int write_undo_log(const qc_repair_plan *plan, qc_io *undo)
     uint64_t pos = sizeof(hdr);
     for (size_t i = 0; i < plan->nb_steps && ret == 0; i++) {
         const qc_repair_step *s = &plan->steps[i];
-        if (s->kind != QC_STEP_WRITE)
+        if (s->kind == QC_STEP_FLUSH)
             continue;
         size_t len = UNDO_RECORD_FIXED + (size_t)s->length;
+        if (s->kind == QC_STEP_TRUNCATE) {
+            ret = write_truncate_record(plan, i, image, undo, pos);
+            pos += len;
+            continue;
+        }
         uint8_t *rec = malloc(len);
         if (!rec)
             return -ENOMEM;
@@ -76,21 +158,27 @@ int qc_repair_apply(const qc_repair_plan *plan, qc_io *image, qc_io *undo)
         return -EINVAL;
     if (image->size != plan->size_before)
         return -ESTALE; /* the image changed since the plan was made */
+    for (size_t i = 0; i < plan->nb_steps; i++)
+        if (plan->steps[i].kind == QC_STEP_TRUNCATE && !image->truncate)
+            return -EINVAL;
     if (undo) {
         if (!undo->write || !undo->flush)
             return -EINVAL;
-        int ret = write_undo_log(plan, undo);
+        int ret = write_undo_log(plan, image, undo);
         if (ret < 0)
             return ret;
     }
     for (size_t i = 0; i < plan->nb_steps; i++) {
         const qc_repair_step *s = &plan->steps[i];
-        int ret = s->kind == QC_STEP_FLUSH
-                      ? image->flush(image->opaque)
-                      : image->write(image->opaque, s->offset, s->data, (size_t)s->length);
+        int ret = s->kind == QC_STEP_FLUSH      ? image->flush(image->opaque)
+                  : s->kind == QC_STEP_TRUNCATE ? image->truncate(image->opaque, s->offset)
+                                                : image->write(image->opaque, s->offset, s->data,
+                                                               (size_t)s->length);
         if (ret < 0)
             return ret;
-        if (s->kind == QC_STEP_WRITE && s->offset + s->length > image->size)
+        if (s->kind == QC_STEP_TRUNCATE)
+            image->size = s->offset;
+        else if (s->kind == QC_STEP_WRITE && s->offset + s->length > image->size)
             image->size = s->offset + s->length;
     }
     return image->flush(image->opaque);
@@ -101,6 +189,7 @@ int qc_repair_apply(const qc_repair_plan *plan, qc_io *image, qc_io *undo)
 typedef struct undo_record {
     uint64_t offset, length, new_hash;
     const uint8_t *old;
+    bool truncated; /* the file was cut at offset (see the layout above) */
 } undo_record;
 
 typedef struct undo_log {
@@ -134,7 +223,9 @@ static int parse_log(qc_io *undo, undo_log *log, char *why, size_t why_len)
     if (ret < 0)
         return set_why(why, why_len, ret, "reading the undo log failed");
     const uint8_t *h = log->bytes;
-    if (memcmp(h, UNDO_MAGIC, 8) != 0 || qc_be32(h + 8) != UNDO_VERSION)
+    uint32_t version = qc_be32(h + 8);
+    if (memcmp(h, UNDO_MAGIC, 8) != 0 ||
+        (version != UNDO_VERSION && version != UNDO_VERSION_TRUNCATE))
         return set_why(why, why_len, -EINVAL, "not a qcheck undo log (bad magic or version)");
     if (qc_be64(h + 40) != XXH64(h, 40, 0))
         return set_why(why, why_len, -EINVAL, "the undo log header fails its checksum");
@@ -163,7 +254,13 @@ static int parse_log(qc_io *undo, undo_log *log, char *why, size_t why_len)
         if (qc_be64(rec + 24 + length) != XXH64(rec, 24 + (size_t)length, 0))
             return set_why(why, why_len, -EINVAL, "undo record %llu fails its checksum",
                            (unsigned long long)i);
-        log->records[i] = (undo_record){qc_be64(rec), length, qc_be64(rec + 16), rec + 24};
+        uint64_t offset = qc_be64(rec);
+        bool truncated = offset & UNDO_TRUNCATED;
+        if (truncated && version != UNDO_VERSION_TRUNCATE)
+            return set_why(why, why_len, -EINVAL, "undo record %llu has an impossible offset",
+                           (unsigned long long)i);
+        log->records[i] = (undo_record){offset & ~UNDO_TRUNCATED, length, qc_be64(rec + 16),
+                                        rec + 24, truncated};
         uint64_t end;
         if (!qc_add_ok(log->records[i].offset, length, &end))
             return set_why(why, why_len, -EINVAL, "undo record %llu has an impossible offset",
@@ -231,16 +328,20 @@ static int undo_records(const undo_log *log, qc_io *io, uint64_t applied, char *
 static int verify_prefix(const undo_log *log, qc_io *image, uint64_t applied, char *why,
                          size_t why_len)
 {
-    uint64_t longest = log->size_before;
+    uint64_t shortest = log->size_before, longest = log->size_before;
     for (uint64_t k = 0; k < applied; k++) {
-        uint64_t end = log->records[k].offset + log->records[k].length;
-        longest = end > longest ? end : longest;
+        const undo_record *rec = &log->records[k];
+        uint64_t end = rec->offset + rec->length;
+        if (rec->truncated)
+            shortest = rec->offset < shortest ? rec->offset : shortest;
+        else
+            longest = end > longest ? end : longest;
     }
-    if (image->size < log->size_before || image->size > longest)
+    if (image->size < shortest || image->size > longest)
         return set_why(why, why_len, -ESTALE,
                        "the image is %llu bytes; the repair this log undoes left it between %llu "
                        "and %llu bytes",
-                       (unsigned long long)image->size, (unsigned long long)log->size_before,
+                       (unsigned long long)image->size, (unsigned long long)shortest,
                        (unsigned long long)longest);
     qc_io view;
     int ret = qc_overlay_open(&view, image);

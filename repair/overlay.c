@@ -20,7 +20,8 @@ typedef struct page {
 
 typedef struct overlay {
     qc_io *base;
-    page *pages; /* sorted by index */
+    uint64_t base_end; /* the base's bytes from here on were cut off (truncate) */
+    page *pages;       /* sorted by index */
     size_t nb_pages, cap_pages;
 } overlay;
 
@@ -36,6 +37,15 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len)
     }
     memset(p + n, 0, len - n);
     return 0;
+}
+
+/* The base's bytes as the view has them: zeros past what was cut off. */
+static int read_base(const overlay *o, uint64_t off, uint8_t *p, size_t len)
+{
+    uint64_t keep = off < o->base_end ? o->base_end - off : 0;
+    size_t n = keep < len ? (size_t)keep : len;
+    memset(p + n, 0, len - n);
+    return n ? qc_read_zero_filled(o->base, off, p, n) : 0;
 }
 
 /* Index of the page, or of where it would be inserted. */
@@ -59,7 +69,7 @@ static int overlay_read(void *opaque, uint64_t off, void *buf, size_t len)
         if (found) {
             memcpy(p, o->pages[at].data + in_page, n);
         } else {
-            int ret = qc_read_zero_filled(o->base, off, p, n);
+            int ret = read_base(o, off, p, n);
             if (ret < 0)
                 return ret;
         }
@@ -92,7 +102,7 @@ static int overlay_write(void *opaque, uint64_t off, const void *buf, size_t len
             uint8_t *data = malloc(PAGE_SIZE);
             if (!data)
                 return -ENOMEM;
-            int ret = qc_read_zero_filled(o->base, index << PAGE_BITS, data, PAGE_SIZE);
+            int ret = read_base(o, index << PAGE_BITS, data, PAGE_SIZE);
             if (ret < 0) {
                 free(data);
                 return ret;
@@ -106,6 +116,29 @@ static int overlay_write(void *opaque, uint64_t off, const void *buf, size_t len
         off += n;
         len -= n;
     }
+    return 0;
+}
+
+/* Everything from `size` on reads as zeros until written again (the
+ * caller sets the view's size). */
+static int overlay_truncate(void *opaque, uint64_t size)
+{
+    overlay *o = opaque;
+    if (size < o->base_end)
+        o->base_end = size;
+    size_t keep = 0;
+    for (size_t i = 0; i < o->nb_pages; i++) {
+        page *pg = &o->pages[i];
+        uint64_t start = pg->index << PAGE_BITS;
+        if (start >= size) {
+            free(pg->data);
+            continue;
+        }
+        if (size - start < PAGE_SIZE)
+            memset(pg->data + (size - start), 0, PAGE_SIZE - (size_t)(size - start));
+        o->pages[keep++] = *pg;
+    }
+    o->nb_pages = keep;
     return 0;
 }
 
@@ -131,9 +164,11 @@ int qc_overlay_open(qc_io *view, qc_io *base)
     if (!o)
         return -ENOMEM;
     o->base = base;
+    o->base_end = base->size;
     view->read = overlay_read;
     view->write = overlay_write;
     view->flush = overlay_flush;
+    view->truncate = overlay_truncate;
     view->close = overlay_close;
     view->opaque = o;
     view->size = base->size;

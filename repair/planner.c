@@ -53,11 +53,33 @@ static void add_step(repair_run *r, qc_repair_step step, uint8_t *old)
     r->plan->steps[r->plan->nb_steps++] = step;
 }
 
+/* A QED image has no corrupt bit. Its need-check bit makes QEMU check
+ * (and fix what its check fixes) before it writes to the image, so an
+ * interrupted repair is never trusted as it is; the last stage sets the
+ * final value. */
+static void write_qed_fence(repair_run *r)
+{
+    uint8_t le[8];
+    if (qc_read_zero_filled(&r->view, 16, le, 8) != 0)
+        return;
+    uint64_t features = qc_qed_entry(le, 0);
+    if (features & QC_QED_F_NEED_CHECK)
+        return;
+    qc_qed_put_entry(le, 0, features | QC_QED_F_NEED_CHECK);
+    qc_plan_write(r, 16, le, 8, "QED header (features)",
+                  "set the need-check bit while the repair is in progress");
+    qc_plan_flush(r);
+}
+
 /* The corrupt bit keeps QEMU from opening the image read-write while the
  * repair is incomplete; the last stage sets the final value. */
 static void write_fence(repair_run *r)
 {
     r->fenced = true;
+    if (r->qed) {
+        write_qed_fence(r);
+        return;
+    }
     uint8_t be[8];
     if (r->version < 3 || qc_read_zero_filled(&r->view, 72, be, 8) != 0)
         return;
@@ -83,7 +105,8 @@ static bool find_shared_cluster(const repair_run *r, uint64_t start, uint64_t en
                                 shared_cluster *found)
 {
     const qc_check_view *check = &r->ctx.view;
-    if (!r->ctx_live || r->ctx.stop || end <= start)
+    /* A QED repair reads its own claims (stage_qed.c). */
+    if (!r->ctx_live || r->ctx.stop || end <= start || r->qed)
         return false;
     for (uint64_t c = start >> check->geo.cluster_bits;
          c <= (end - 1) >> check->geo.cluster_bits && c < check->file_clusters; c++) {
@@ -150,6 +173,35 @@ bool qc_plan_write(repair_run *r, uint64_t off, const void *data, size_t len, co
         r->view.size = end;
     r->ctx_stale = true;
     add_step(r, (qc_repair_step){QC_STEP_WRITE, off, len, copy, what_copy, why_copy}, old);
+    return !r->error;
+}
+
+bool qc_plan_truncate(repair_run *r, uint64_t size, const char *what, const char *why_fmt, ...)
+{
+    if (r->error || size >= r->view.size)
+        return false;
+    if (!r->fenced)
+        write_fence(r);
+    if (r->error)
+        return false;
+    char why[512];
+    va_list ap;
+    va_start(ap, why_fmt);
+    vsnprintf(why, sizeof(why), why_fmt, ap);
+    va_end(ap);
+    char *what_copy = strdup(what), *why_copy = strdup(why);
+    int ret = !what_copy || !why_copy ? -ENOMEM : r->view.truncate(r->view.opaque, size);
+    if (ret < 0) {
+        free(what_copy), free(why_copy);
+        fail(r, ret);
+        return false;
+    }
+    uint64_t gone = r->view.size - size;
+    r->view.size = size;
+    r->ctx_stale = true;
+    /* The bytes that go are not kept here: the undo log reads them from the
+     * image (apply.c), which may hold far more of them than memory. */
+    add_step(r, (qc_repair_step){QC_STEP_TRUNCATE, size, gone, NULL, what_copy, why_copy}, NULL);
     return !r->error;
 }
 
@@ -248,7 +300,9 @@ static bool run_check(repair_run *r, const qc_options *opts)
     qc_ctx_run(&r->ctx, &r->view, opts, &r->res);
     r->ctx_live = true;
     r->ctx_stale = false;
-    return !r->ctx.stop && r->res.header_valid && r->res.check_errors == 0 && !r->error;
+    /* A QED check always stops after its own pass: whole when it walked. */
+    bool whole = r->qed ? r->ctx.qed.walked : !r->ctx.stop && r->res.header_valid;
+    return whole && r->res.check_errors == 0 && !r->error;
 }
 
 const qc_check_view *qc_plan_try_check(repair_run *r)
@@ -351,6 +405,31 @@ static int refuse(qc_repair_plan *plan, const char *fmt, ...)
     return -EPERM;
 }
 
+/* Why the first check of a QED image rules out any repair, or NULL. */
+static const char *qed_refusal_reason(const repair_run *r, const qc_result *before, char *buf,
+                                      size_t len)
+{
+    const qc_qed_header *h = &r->ctx.qed.h;
+    if (r->ctx.qed.walked && !before->check_errors)
+        return NULL;
+    uint64_t unknown = h->features & ~QC_QED_FEATURES_KNOWN;
+    if (unknown)
+        snprintf(buf, len,
+                 "it uses QED feature bits qcheck does not know (0x%llx); changing it could "
+                 "destroy what they describe",
+                 (unsigned long long)unknown);
+    else if (before->check_errors)
+        snprintf(buf, len,
+                 "the check could not be completed (%llu check errors), so what the image owns "
+                 "is not known",
+                 (unsigned long long)before->check_errors);
+    else
+        snprintf(buf, len,
+                 "its QED header is one QEMU refuses (see the findings), so what the image owns "
+                 "is not known");
+    return buf;
+}
+
 /* Why the first check rules out any repair, or NULL. */
 static const char *refusal_reason(const repair_run *r, const qc_result *before, char *buf,
                                   size_t len)
@@ -359,11 +438,8 @@ static const char *refusal_reason(const repair_run *r, const qc_result *before, 
         snprintf(buf, len, "it is not a qcow2 image (it looks like %s)", before->other_format);
         return buf;
     }
-    if (before->qed) {
-        snprintf(buf, len, "it is a QED image, which qcheck checks but does not repair yet "
-                           "(qemu-img check -r repairs it)");
-        return buf;
-    }
+    if (before->qed)
+        return qed_refusal_reason(r, before, buf, len);
     if (before->header_valid && before->header.unknown_incompatible) {
         snprintf(buf, len,
                  "it uses incompatible features qcheck does not know (0x%llx); changing it could "
@@ -528,6 +604,24 @@ static bool handler_due(repair_run *r, const qc_repair_handler *h)
     return false;
 }
 
+/* A repair can expose problems a structure hid (an old refcount table
+ * that was also an L2 table, say): run the stages again until a round
+ * writes nothing, so that one run converges. Each round fences its own
+ * writes. */
+static void run_rounds(repair_run *r, const qc_repair_handler *handlers, size_t count)
+{
+    size_t writes_before;
+    unsigned round = 0;
+    do {
+        writes_before = r->plan->nb_steps;
+        r->fenced = false;
+        for (size_t i = 0; i < count && !r->error; i++)
+            if (handler_due(r, &handlers[i]))
+                handlers[i].run(r);
+        qc_plan_flush(r);
+    } while (!r->error && r->plan->nb_steps != writes_before && ++round < REPAIR_ROUNDS);
+}
+
 int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
                          qc_result *before, qc_result *after, qc_repair_plan **out)
 {
@@ -554,11 +648,18 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     }
     run_check(&r, &first_opts);
     *before = r.res;
+    r.qed = before->qed;
+    r.qed_need_check_before = r.ctx.qed.h.features & QC_QED_F_NEED_CHECK;
     *after = r.res;
     char why[512];
     const char *reason = refusal_reason(&r, before, why, sizeof(why));
     if (reason) {
         ret = refuse(plan, "%s", reason);
+    } else if (r.qed) {
+        run_rounds(&r, qc_qed_repair_handlers, qc_qed_repair_handler_count);
+        ret = r.error;
+        if (!ret && qc_plan_current_check(&r))
+            *after = r.res;
     } else if (!record_first_orphans(&r) || !qc_plan_record_snapshot_labels(&r)) {
         ret = -ENOMEM;
     } else {
@@ -572,20 +673,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
             if (!r.error && !note_kept_leaks(&r))
                 r.error = -ENOMEM;
         }
-        /* A repair can expose problems a structure hid (an old refcount
-         * table that was also an L2 table, say): run the stages again
-         * until a round writes nothing, so that one run converges. Each
-         * round fences its own writes. */
-        size_t writes_before;
-        unsigned round = 0;
-        do {
-            writes_before = plan->nb_steps;
-            r.fenced = false;
-            for (size_t i = 0; i < qc_repair_handler_count && !r.error; i++)
-                if (handler_due(&r, &qc_repair_handlers[i]))
-                    qc_repair_handlers[i].run(&r);
-            qc_plan_flush(&r);
-        } while (!r.error && plan->nb_steps != writes_before && ++round < REPAIR_ROUNDS);
+        run_rounds(&r, qc_repair_handlers, qc_repair_handler_count);
         qc_plan_freed_flush(&r);
         qc_plan_note_unlinked(&r);
         if (mode == QC_REPAIR_ALL && !r.error)

@@ -93,7 +93,9 @@ typedef struct repair_run {
     unsigned version;
     unsigned cluster_bits;
     uint64_t incompat_before; /* incompatible features before the repair */
-    bool fenced;              /* the corrupt bit is set as a fence */
+    bool fenced;              /* the corrupt bit (QED: need-check bit) is set as a fence */
+    bool qed;                 /* a QED image: the stages of stage_qed.c */
+    bool qed_need_check_before;
     /* File sizes a zero extension tried and took back (stage_header.c),
      * not tried again in a later round. */
     uint64_t short_extension_refused, l1_extension_refused;
@@ -112,6 +114,10 @@ int qc_read_zero_filled(qc_io *io, uint64_t off, void *buf, size_t len);
  * cluster two structures claim, or after an error). */
 bool qc_plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...) __attribute__((format(printf, 6, 7)));
+/* Record cutting the view short at `size` (nothing grows back: a read
+ * past it gives zeros); fenced like a write. */
+bool qc_plan_truncate(repair_run *r, uint64_t size, const char *what, const char *why_fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 /* Take back the last step, a write, and its bytes in the view: for a stage
  * that tried a change and found it wrong on a check. A write that grew the
  * view leaves restoring view.size to the caller. */
@@ -187,6 +193,9 @@ typedef struct qc_repair_handler {
 
 extern const qc_repair_handler qc_repair_handlers[];
 extern const size_t qc_repair_handler_count;
+/* The stages of a QED image's repair (stage_qed.c). */
+extern const qc_repair_handler qc_qed_repair_handlers[];
+extern const size_t qc_qed_repair_handler_count;
 
 /* The stages (listed in order, with their actions, in planner.c). */
 void qc_stage_feature_bits(repair_run *r);

@@ -58,7 +58,8 @@ static void usage(FILE *out)
             "              [--max-mem=SIZE] [--deep] [--digest[=sha256|xxh128]]\n"
             "              [--chain [--allow-probe] [--max-depth=N]] [--data-file=PATH]\n"
             "              [--map=FILE.svg] [--report=FILE.html]\n"
-            "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR]] [--metrics=FILE] FILE\n"
+            "              [-r leaks|all [-n] [--undo=LOG] [--salvage=DIR] [--truncate-leaks]]\n"
+            "              [--metrics=FILE] FILE\n"
             "       qcheck [options] [-j N] [--timeout=SECONDS] [--files-from=LIST [--null]]\n"
             "              [--metrics=FILE] FILE...\n"
             "       qcheck --rollback=LOG FILE\n"
@@ -77,6 +78,8 @@ static void usage(FILE *out)
             "  --undo=LOG             with -r: save the bytes the repair overwrites in LOG (a new file)\n"
             "  --salvage=DIR          with -r: first copy every cluster the repair unlinks or frees\n"
             "                         into DIR (new or empty), with an index\n"
+            "  --truncate-leaks       with -r on a QED image: cut off the leaked clusters that\n"
+            "                         end the file (QED has no refcounts to lower)\n"
             "  --rollback=LOG         restore FILE from an undo log, byte for byte\n"
             "  -U, --force-share      check an image another process (a VM) has open for writing;\n"
             "                         the results may be inconsistent (without -U such an image\n"
@@ -841,7 +844,7 @@ void cli_report_in_use(cli *c, verdict *r)
 enum {
     OPT_OUTPUT = 256, OPT_DIGEST, OPT_DEEP, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_MAX_MEM, OPT_LIST,
     OPT_UNDO, OPT_ROLLBACK, OPT_SALVAGE, OPT_CHAIN, OPT_DATA_FILE, OPT_ALLOW_PROBE, OPT_MAX_DEPTH,
-    OPT_FILES_FROM, OPT_TIMEOUT, OPT_METRICS, OPT_MAP, OPT_REPORT
+    OPT_FILES_FROM, OPT_TIMEOUT, OPT_METRICS, OPT_MAP, OPT_REPORT, OPT_TRUNCATE_LEAKS
 };
 static const char shortopts[] = ":hVqpf:r:nUT:j:0";
 static const struct option longopts[] = {
@@ -868,6 +871,7 @@ static const struct option longopts[] = {
     {"undo", required_argument, NULL, OPT_UNDO},
     {"rollback", required_argument, NULL, OPT_ROLLBACK},
     {"salvage", required_argument, NULL, OPT_SALVAGE},
+    {"truncate-leaks", no_argument, NULL, OPT_TRUNCATE_LEAKS},
     {"files-from", required_argument, NULL, OPT_FILES_FROM},
     {"null", no_argument, NULL, '0'},
     {"jobs", required_argument, NULL, 'j'},
@@ -956,6 +960,7 @@ qc_options cli_check_options(cli *c)
     o.on_finding = on_finding;
     o.on_progress = on_progress;
     o.deep = c->deep;
+    o.truncate_leaks = c->truncate_leaks;
     o.payload = c;
     return o;
 }
@@ -1269,6 +1274,9 @@ static int read_options(cli *c, int argc, char **argv, invocation *in)
         case OPT_DEEP:
             c->deep = true;
             break;
+        case OPT_TRUNCATE_LEAKS:
+            c->truncate_leaks = true;
+            break;
         case OPT_CHAIN:
             c->chain = true;
             break;
@@ -1366,6 +1374,8 @@ static int settle_options(cli *c, int argc, char **argv, invocation *in)
         return usage_error(c, "--dry-run and --undo go with -r leaks or -r all");
     if (c->salvage_dir && !in->repair)
         return usage_error(c, "--salvage goes with -r leaks or -r all");
+    if (c->truncate_leaks && !in->repair)
+        return usage_error(c, "--truncate-leaks goes with -r leaks or -r all");
     if (in->rollback_log && in->repair)
         return usage_error(c, "--rollback cannot be combined with -r");
     if ((c->digest_alg || c->deep) && (in->repair || in->rollback_log))

@@ -45,6 +45,7 @@ typedef struct cli {
     const qcheck_cli_hooks *hooks; /* a test build's, or NULL */
     qc_digest_alg digest_alg;      /* --digest, or 0 */
     bool deep;                     /* --deep */
+    bool truncate_leaks;           /* --truncate-leaks */
     /* --chain, --data-file, --allow-probe, --max-depth (chain_mode.c) */
     bool chain, allow_probe;
     const char *data_file;

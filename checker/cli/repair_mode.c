@@ -102,8 +102,8 @@ void cli_print_json_repair(const cli *c)
             printf("{\"flush\": true}");
             continue;
         }
-        printf("{\"offset\": %" PRIu64 ", \"length\": %" PRIu64 ", \"what\": ", st->offset,
-               st->length);
+        printf("{\"offset\": %" PRIu64 ", \"length\": %" PRIu64 "%s, \"what\": ", st->offset,
+               st->length, st->kind == QC_STEP_TRUNCATE ? ", \"truncate\": true" : "");
         cli_json_string(stdout, st->what);
         printf(", \"why\": ");
         cli_json_string(stdout, st->why);
@@ -137,7 +137,7 @@ static void print_plan_human(const cli *c, const verdict *after)
         size_t shown = 0, writes = 0;
         for (size_t i = 0; i < nb_steps; i++) {
             const qc_repair_step *st = qc_repair_plan_step(c->plan, i);
-            if (st->kind != QC_STEP_WRITE)
+            if (st->kind == QC_STEP_FLUSH)
                 continue;
             writes++;
             if (shown++ < 50)
@@ -150,7 +150,7 @@ static void print_plan_human(const cli *c, const verdict *after)
     FILE *out = c->quiet ? stderr : stdout;
     size_t writes = 0;
     for (size_t i = 0; i < nb_steps; i++)
-        writes += qc_repair_plan_step(c->plan, i)->kind == QC_STEP_WRITE;
+        writes += qc_repair_plan_step(c->plan, i)->kind != QC_STEP_FLUSH;
     if (writes == 0) {
         fprintf(out, "Dry run (-r %s): the repair would write nothing.\n", c->repair_mode);
         return;
@@ -168,6 +168,9 @@ static void print_plan_human(const cli *c, const verdict *after)
         const qc_repair_step *st = qc_repair_plan_step(c->plan, i);
         if (st->kind == QC_STEP_FLUSH)
             fprintf(out, "    flush\n");
+        else if (st->kind == QC_STEP_TRUNCATE)
+            fprintf(out, "    truncate %s to %" PRIu64 " bytes (%" PRIu64 " bytes go): %s\n",
+                     st->what, st->offset, st->length, st->why);
         else
             fprintf(out, "    write %" PRIu64 " bytes at 0x%" PRIx64 " (%s): %s\n", st->length,
                     st->offset, st->what, st->why);

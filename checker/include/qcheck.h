@@ -124,6 +124,11 @@ typedef enum qc_fix {
     QC_FIX_REPOINT_OR_CLEAR = 12,  /* a broken L1/L2 pointer re-pointed, or else cleared */
     QC_FIX_CLEAR_DIRTY_BIT = 13,   /* once the refcounts are right */
     QC_FIX_CLEAR_CORRUPT_BIT = 14, /* once the image is clean */
+    QC_FIX_QED_CLEAR_ENTRY = 15,   /* a QED entry QEMU's check clears set to 0 */
+    QC_FIX_QED_SEPARATE = 16,      /* a QED cluster two entries share: data copied, or a data
+                                      mapping onto a table cleared */
+    QC_FIX_QED_TRUNCATE_LEAKS = 17, /* leaked QED clusters that end the file cut off
+                                       (qc_options.truncate_leaks) */
 } qc_fix;
 
 /* A problem's stable code (the row's number, never reused): values do
@@ -237,6 +242,9 @@ typedef struct qc_options {
     /* At most this many cells in the host map of qc_check's result
      * (qc_result_map); 0: no map. */
     size_t map_cells;
+    /* A repair of a QED image may truncate the leaked clusters that end
+     * the file (QED has no refcounts: nothing else reclaims them). */
+    bool truncate_leaks;
 } qc_options;
 
 #define QC_OPTIONS_INIT {.size = sizeof(qc_options)}
@@ -472,10 +480,10 @@ typedef enum qc_repair_mode {
 
 /* One step of a repair, in the order it must happen. */
 typedef struct qc_repair_step {
-    enum { QC_STEP_WRITE, QC_STEP_FLUSH } kind;
-    uint64_t offset;     /* WRITE: where */
-    uint64_t length;     /* WRITE: how many bytes */
-    const uint8_t *data; /* WRITE: the new bytes */
+    enum { QC_STEP_WRITE, QC_STEP_FLUSH, QC_STEP_TRUNCATE } kind;
+    uint64_t offset;     /* WRITE: where; TRUNCATE: the file's new size */
+    uint64_t length;     /* WRITE: how many bytes; TRUNCATE: how many go */
+    const uint8_t *data; /* WRITE: the new bytes (NULL otherwise) */
     const char *what;    /* the structure written, e.g. "refcount block 0" */
     const char *why;     /* e.g. "host cluster 5: refcount 2 -> 1 (leaked)" */
 } qc_repair_step;

@@ -54,9 +54,10 @@ static int crash_read(void *opaque, uint64_t off, void *buf, size_t len)
     return c->inner->read(c->inner->opaque, off, buf, len);
 }
 
-static int crash_write(void *opaque, uint64_t off, const void *buf, size_t len)
+/* Before a change of [off, off + len) lets it through: a dead process
+ * changes nothing, and one that dies later may lose it unless flushed. */
+static int before_change(crash_io *c, uint64_t off, size_t len)
 {
-    crash_io *c = opaque;
     if (!c->dead && c->writes_left == 0)
         die(c);
     if (c->dead)
@@ -77,10 +78,18 @@ static int crash_write(void *opaque, uint64_t off, const void *buf, size_t len)
         }
         c->pending[c->nb_pending++] = (unflushed){off, len, old};
     }
-    int ret = c->inner->write(c->inner->opaque, off, buf, len);
+    c->writes_left--;
+    return 0;
+}
+
+static int crash_write(void *opaque, uint64_t off, const void *buf, size_t len)
+{
+    crash_io *c = opaque;
+    int ret = before_change(c, off, len);
+    if (ret == 0)
+        ret = c->inner->write(c->inner->opaque, off, buf, len);
     if (ret == 0 && off + len > c->inner->size)
         c->inner->size = off + len;
-    c->writes_left--;
     return ret;
 }
 
@@ -97,10 +106,17 @@ static int crash_flush(void *opaque)
     return ret;
 }
 
+/* A truncation counts as a write (a lost one brings the tail back). */
 static int crash_truncate(void *opaque, uint64_t size)
 {
     crash_io *c = opaque;
-    return c->dead ? -EIO : c->inner->truncate(c->inner->opaque, size);
+    uint64_t gone = c->inner->size > size ? c->inner->size - size : 0;
+    int ret = before_change(c, size, (size_t)gone);
+    if (ret == 0)
+        ret = c->inner->truncate(c->inner->opaque, size);
+    if (ret == 0)
+        c->inner->size = size;
+    return ret;
 }
 
 static void crash_close(void *opaque)

@@ -71,10 +71,12 @@ START_TEST(test_code_areas)
         if (area == 9)
             ck_assert_msg(p->severity != QC_SEV_LEAK && p->fix == QC_FIX_NONE,
                           "%s (%u) is a leak or has a fix", p->id, p->code);
-        /* The 10xx area is QED's, which qcheck checks but does not repair
-         * yet: nothing there has a fix. */
-        if (area == 10)
-            ck_assert_msg(p->fix == QC_FIX_NONE, "%s (%u) has a fix", p->id, p->code);
+        /* The 10xx area is QED's: its fixes are the QED repair's, and
+         * the QED actions are the 10xx area's alone. */
+        bool qed_fix = p->fix == QC_FIX_QED_CLEAR_ENTRY || p->fix == QC_FIX_QED_SEPARATE ||
+                       p->fix == QC_FIX_QED_TRUNCATE_LEAKS;
+        if (area != 10)
+            ck_assert_msg(!qed_fix, "%s (%u) has a QED fix", p->id, p->code);
     }
 }
 END_TEST
@@ -210,7 +212,7 @@ START_TEST(test_severity_and_fix_names)
     ck_assert_str_eq(qc_fix_name(QC_FIX_ZERO_TABLE_OFFSET), "zero-table-offset");
     /* Out of range values are named "?" instead of read out of bounds. */
     ck_assert_str_eq(qc_severity_name((qc_severity)(QC_SEV_INFO + 1)), "?");
-    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_CLEAR_CORRUPT_BIT + 1)), "?");
+    ck_assert_str_eq(qc_fix_name((qc_fix)(QC_FIX_QED_TRUNCATE_LEAKS + 1)), "?");
 }
 END_TEST
 
@@ -250,16 +252,17 @@ END_TEST
 
 /* Repairs are routed by the row's fix action: every action a row names
  * has its handler in -r all, no mode has two handlers for one action, and
- * no handler names an action no row has. */
-START_TEST(test_every_fix_action_has_one_handler)
+ * no handler names an action no row has. A QED image has handlers of its
+ * own (the 10xx rows), a qcow2 image the others. */
+static void assert_one_handler_each(const qc_repair_handler *handlers, size_t count, bool qed)
 {
     uint32_t in_rows = 0;
     for (size_t i = 0; i < ROWS; i++)
-        if (qc_problem_at(i)->fix != QC_FIX_NONE)
+        if (qc_problem_at(i)->fix != QC_FIX_NONE && (qc_problem_at(i)->code / 100 == 10) == qed)
             in_rows |= 1u << qc_problem_at(i)->fix;
     uint32_t by_mode[3] = {0};
-    for (size_t i = 0; i < qc_repair_handler_count; i++) {
-        const qc_repair_handler *h = &qc_repair_handlers[i];
+    for (size_t i = 0; i < count; i++) {
+        const qc_repair_handler *h = &handlers[i];
         uint32_t handles = h->actions | h->finishes;
         ck_assert_msg(!(handles & ~in_rows), "the %s stage handles an action no row names (%s)",
                       h->name, qc_fix_name((qc_fix)__builtin_ctz(handles & ~in_rows)));
@@ -273,8 +276,24 @@ START_TEST(test_every_fix_action_has_one_handler)
     }
     ck_assert_msg(!(in_rows & ~by_mode[QC_REPAIR_ALL]), "no stage of -r all handles %s",
                   qc_fix_name((qc_fix)__builtin_ctz(in_rows & ~by_mode[QC_REPAIR_ALL])));
-    /* -r leaks handles a subset: at least the refcounts it lowers. */
-    ck_assert(by_mode[QC_REPAIR_LEAKS] & 1u << QC_FIX_LOWER_REFCOUNT);
+}
+
+START_TEST(test_every_fix_action_has_one_handler)
+{
+    assert_one_handler_each(qc_repair_handlers, qc_repair_handler_count, false);
+    assert_one_handler_each(qc_qed_repair_handlers, qc_qed_repair_handler_count, true);
+    /* -r leaks handles a subset: at least the refcounts it lowers, and a
+     * QED image's trailing leaks. */
+    uint32_t leaks = 0, qed_leaks = 0;
+    for (size_t i = 0; i < qc_repair_handler_count; i++)
+        if (qc_repair_handlers[i].modes & 1u << QC_REPAIR_LEAKS)
+            leaks |= qc_repair_handlers[i].actions;
+    for (size_t i = 0; i < qc_qed_repair_handler_count; i++)
+        if (qc_qed_repair_handlers[i].modes & 1u << QC_REPAIR_LEAKS)
+            qed_leaks |= qc_qed_repair_handlers[i].actions;
+    ck_assert(leaks & 1u << QC_FIX_LOWER_REFCOUNT);
+    ck_assert(qed_leaks & 1u << QC_FIX_QED_TRUNCATE_LEAKS);
+    ck_assert(!(qed_leaks & 1u << QC_FIX_QED_CLEAR_ENTRY)); /* -r leaks drops no guest data */
 }
 END_TEST
 

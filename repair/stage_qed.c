@@ -1,0 +1,268 @@
+/*
+ * The repair of a QED image: its stages and their handler table.
+ *
+ * QED has no refcounts. QEMU's check, with any -r, clears the L1 and L2
+ * entries it finds invalid and clears the need-check bit when nothing is
+ * left; it never touches leaks or clusters referenced twice. qcheck's
+ * stages, on the check of the view (ctx.qed, see checker/pass_qed.c):
+ *
+ *   invalid entries  (-r all) set to 0 as QEMU does, each guest range named;
+ *   trailing leaks   (both, only with qc_options.truncate_leaks) the run of
+ *                    leaked clusters that ends the file is cut off;
+ *                    otherwise a note says how much could be;
+ *   shared clusters  (-r all) a data cluster two L2 entries map is copied
+ *                    to a new cluster for the later one, so both keep
+ *                    what they read; a data mapping onto a cluster a
+ *                    table claimed first is cleared; a table that shares
+ *                    a cluster is left alone, with a note;
+ *   header           (both) unknown autoclear bits cleared (as QEMU's
+ *                    read-write open does), and the need-check bit, the
+ *                    fence of every QED repair (see write_fence), left set
+ *                    only when it was set and the image is not clean.
+ *
+ * Needs: a repair_run whose first check walked the whole image. Produces:
+ * plan steps, notes and unlinked items.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "planner.h"
+
+#define QED_FEATURES_AT 16 /* features, compat and autoclear features: 24 bytes */
+
+/* The check of the view, as far as a QED stage reads it; NULL when the
+ * view could not be checked completely (noted). */
+static const qc_qed_view *current_qed(repair_run *r)
+{
+    if (!qc_plan_current_check(r))
+        return NULL;
+    return &r->ctx.qed;
+}
+
+static const char *guest_effect(const repair_run *r)
+{
+    return (r->ctx.qed.h.features & QC_QED_F_BACKING_FILE) ? "now read from the backing file"
+                                                           : "now read as zeros";
+}
+
+/* The host range an entry pointed to, cluster aligned, as far as it lies
+ * in the file (for --salvage), or QC_NO_OFFSET. */
+static void target_range(const repair_run *r, const qc_qed_item *it, uint64_t *off, uint64_t *len)
+{
+    const qc_qed_view *q = &r->ctx.qed;
+    uint64_t start = it->target & ~(q->cluster_size - 1);
+    uint64_t want = it->table ? (uint64_t)q->h.table_size * q->cluster_size : q->cluster_size;
+    uint64_t size = r->plan->size_before;
+    *off = QC_NO_OFFSET;
+    *len = 0;
+    if (start >= size)
+        return;
+    *off = start;
+    *len = size - start < want ? size - start : want;
+}
+
+/* Clear one entry of the view (its guest range named and listed). */
+static bool drop_entry(repair_run *r, const qc_qed_item *it, qc_problem_id problem,
+                       const char *reason)
+{
+    static const uint8_t zero[8];
+    const char *what = it->table ? "L1 table" : "L2 table";
+    if (!qc_plan_write(r, it->entry, zero, 8, what, "the entry at 0x%llx (0x%llx) %s; cleared",
+                       (unsigned long long)it->entry, (unsigned long long)it->target, reason))
+        return false;
+    if (it->guest_length)
+        qc_plan_note(r, NOTE_GUEST_RANGE,
+                     "the active image: guest bytes 0x%llx-0x%llx (%s entry at 0x%llx) %s",
+                     (unsigned long long)it->guest,
+                     (unsigned long long)(it->guest + it->guest_length - 1),
+                     it->table ? "L1" : "L2", (unsigned long long)it->entry, guest_effect(r));
+    qc_unlinked item = {.kind = QC_UNLINK_DROPPED, .problem = problem,
+                        .snapshot = QC_UNLINKED_ACTIVE, .entry_offset = it->entry,
+                        .target = it->target, .new_target = QC_NO_OFFSET,
+                        .guest_offset = it->guest_length ? it->guest : QC_NO_OFFSET,
+                        .guest_length = it->guest_length};
+    target_range(r, it, &item.host_offset, &item.length);
+    qc_plan_unlinked(r, &item);
+    return true;
+}
+
+static void stage_invalid_entries(repair_run *r)
+{
+    const qc_qed_view *q = current_qed(r);
+    if (!q)
+        return;
+    for (size_t i = 0; i < q->nb_items && !r->error; i++) {
+        const qc_qed_item *it = &q->items[i];
+        if (it->kind == QC_QED_BAD_L1_ENTRY)
+            drop_entry(r, it, QC_P_QED_L1_ENTRY_INVALID,
+                       "points to an L2 table that is not aligned, lies in the header or does not "
+                       "fit in the file");
+        else if (it->kind == QC_QED_BAD_L2_ENTRY)
+            drop_entry(r, it, QC_P_QED_L2_ENTRY_INVALID,
+                       "points to a data cluster that is not aligned, lies in the header or past "
+                       "the end of the file");
+    }
+    qc_plan_flush(r);
+}
+
+static void stage_trailing_leaks(repair_run *r)
+{
+    const qc_qed_view *q = current_qed(r);
+    if (!q || q->trailing_leak >= q->nclusters)
+        return;
+    uint64_t from = q->trailing_leak * q->cluster_size;
+    uint64_t clusters = q->nclusters - q->trailing_leak;
+    if (!r->check_opts.truncate_leaks) {
+        qc_plan_note(r, NOTE_GENERAL,
+                     "%llu leaked cluster%s (%llu bytes) end%s the file from 0x%llx: QED has no "
+                     "refcounts, so only cutting the file short reclaims them; "
+                     "--truncate-leaks does that",
+                     (unsigned long long)clusters, clusters == 1 ? "" : "s",
+                     (unsigned long long)(r->view.size - from), clusters == 1 ? "s" : "",
+                     (unsigned long long)from);
+        return;
+    }
+    if (!qc_plan_truncate(r, from, "the file",
+                          "%llu leaked cluster%s at its end cut off (--truncate-leaks)",
+                          (unsigned long long)clusters, clusters == 1 ? "" : "s"))
+        return;
+    qc_unlinked item = {.kind = QC_UNLINK_FREED, .problem = QC_P_QED_CLUSTER_LEAKED,
+                        .host_offset = from, .length = r->plan->size_before - from,
+                        .snapshot = QC_UNLINKED_NONE, .guest_offset = QC_NO_OFFSET,
+                        .entry_offset = QC_NO_OFFSET, .target = QC_NO_OFFSET,
+                        .new_target = QC_NO_OFFSET};
+    qc_plan_unlinked(r, &item);
+    qc_plan_flush(r);
+}
+
+/* A data cluster two L2 entries map: its bytes copied to a new cluster
+ * at the end of the file (where QEMU would allocate one), then, after a
+ * flush, the later entry re-pointed there. */
+typedef struct qed_copy {
+    const qc_qed_item *item;
+    uint64_t to;
+} qed_copy;
+
+static void stage_shared(repair_run *r)
+{
+    const qc_qed_view *q = current_qed(r);
+    if (!q)
+        return;
+    uint64_t cs = q->cluster_size;
+    qed_copy *copies = calloc(q->nb_items ? q->nb_items : 1, sizeof(*copies));
+    uint8_t *buf = malloc(cs);
+    if (!copies || !buf) {
+        free(copies);
+        free(buf);
+        r->error = -ENOMEM;
+        return;
+    }
+    size_t nb_copies = 0;
+    /* QEMU allocates at the file's size rounded down to a cluster: past
+     * everything an entry may point to. */
+    uint64_t end = r->view.size / cs * cs;
+    for (size_t i = 0; i < q->nb_items && !r->error; i++) {
+        const qc_qed_item *it = &q->items[i];
+        if (it->kind != QC_QED_SECOND_CLAIM)
+            continue;
+        if (it->table) {
+            qc_plan_note(r, NOTE_GENERAL,
+                         "left alone: the L2 table at 0x%llx (L1 entry at 0x%llx) shares a "
+                         "cluster with what claimed it first; which of them is real is not "
+                         "known (qedClusterReferencedTwice)",
+                         (unsigned long long)it->target, (unsigned long long)it->entry);
+            continue;
+        }
+        bool first_is_table = it->first == QC_QED_REF_L1 || (it->first & QC_QED_REF_L2);
+        if (first_is_table) {
+            drop_entry(r, it, QC_P_QED_CLUSTER_REFERENCED_TWICE,
+                       "maps guest data onto a cluster of a table");
+            continue;
+        }
+        int ret = qc_read_zero_filled(&r->view, it->target, buf, (size_t)cs);
+        if (ret < 0) {
+            r->error = ret;
+            break;
+        }
+        if (!qc_plan_write(r, end, buf, (size_t)cs, "new data cluster",
+                           "a copy of host cluster 0x%llx, which guest offsets 0x%llx and 0x%llx "
+                           "both map, for guest offset 0x%llx",
+                           (unsigned long long)it->target, (unsigned long long)it->first,
+                           (unsigned long long)it->guest, (unsigned long long)it->guest))
+            continue;
+        copies[nb_copies++] = (qed_copy){it, end};
+        end += cs;
+    }
+    qc_plan_flush(r);
+    for (size_t i = 0; i < nb_copies && !r->error; i++) {
+        const qc_qed_item *it = copies[i].item;
+        uint8_t le[8];
+        qc_qed_put_entry(le, 0, copies[i].to);
+        if (!qc_plan_write(r, it->entry, le, 8, "L2 table",
+                           "the entry at 0x%llx (guest offset 0x%llx) re-pointed from 0x%llx, "
+                           "which guest offset 0x%llx maps too, to its copy at 0x%llx",
+                           (unsigned long long)it->entry, (unsigned long long)it->guest,
+                           (unsigned long long)it->target, (unsigned long long)it->first,
+                           (unsigned long long)copies[i].to))
+            continue;
+        qc_plan_note(r, NOTE_GUEST_RANGE,
+                     "the active image: guest bytes 0x%llx-0x%llx now have their own copy of "
+                     "host cluster 0x%llx, which guest offset 0x%llx maps too (nothing changes "
+                     "for the guest)",
+                     (unsigned long long)it->guest,
+                     (unsigned long long)(it->guest + it->guest_length - 1),
+                     (unsigned long long)it->target, (unsigned long long)it->first);
+    }
+    qc_plan_flush(r);
+    free(copies);
+    free(buf);
+}
+
+/* The final header: unknown autoclear bits cleared; the need-check bit
+ * set only when it was and the image is still not clean (QEMU's
+ * condition: no corruption, no check error). */
+static void stage_header(repair_run *r)
+{
+    if (!current_qed(r))
+        return;
+    uint8_t now[24], want[24];
+    int ret = qc_read_zero_filled(&r->view, QED_FEATURES_AT, now, sizeof(now));
+    if (ret < 0) {
+        r->error = ret;
+        return;
+    }
+    memcpy(want, now, sizeof(want));
+    uint64_t features = qc_qed_entry(now, 0);
+    bool clean = r->res.corruptions == 0 && r->res.check_errors == 0;
+    if (clean || !r->qed_need_check_before)
+        features &= ~QC_QED_F_NEED_CHECK;
+    qc_qed_put_entry(want, 0, features);
+    qc_qed_put_entry(want, 2, 0);
+    if (memcmp(now, want, sizeof(want)) == 0)
+        return;
+    qc_plan_flush(r); /* what the fence covers reaches the disk first */
+    qc_plan_write(r, QED_FEATURES_AT, want, sizeof(want), "QED header (features)",
+                  "%s%s", qc_qed_entry(now, 2) ? "unknown autoclear bits cleared; " : "",
+                  features & QC_QED_F_NEED_CHECK
+                      ? "the need-check bit stays set: the image is not clean"
+                      : "the need-check bit cleared: the image is consistent");
+}
+
+#define MODE_LEAKS (1u << QC_REPAIR_LEAKS)
+#define MODE_ALL (1u << QC_REPAIR_ALL)
+#define ACTION(fix) (1u << QC_FIX_##fix)
+
+/* In order: entries are cleared before the file is cut or grows, so that
+ * no entry that pointed past the end ever points at new bytes; copies are
+ * flushed before an entry points to them; the header comes last. */
+const qc_repair_handler qc_qed_repair_handlers[] = {
+    {"QED invalid entries", stage_invalid_entries, MODE_ALL, ACTION(QED_CLEAR_ENTRY), 0},
+    {"QED trailing leaks", stage_trailing_leaks, MODE_LEAKS | MODE_ALL,
+     ACTION(QED_TRUNCATE_LEAKS), 0},
+    {"QED shared clusters", stage_shared, MODE_ALL, ACTION(QED_SEPARATE), 0},
+    {"QED header", stage_header, MODE_LEAKS | MODE_ALL, 0,
+     ACTION(CLEAR_FEATURE_BIT) | ACTION(CLEAR_DIRTY_BIT)},
+};
+const size_t qc_qed_repair_handler_count =
+    sizeof(qc_qed_repair_handlers) / sizeof(qc_qed_repair_handlers[0]);
