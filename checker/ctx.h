@@ -35,10 +35,6 @@ typedef struct qc_byte_range {
 
 /* What the QED pass leaves for a repair (repair/stage_qed.c), collected
  * only when a repair runs the check (fix_sink set). */
-#define QC_QED_REF_NONE UINT64_MAX
-#define QC_QED_REF_L1 (UINT64_MAX - 1)
-#define QC_QED_REF_L2 ((uint64_t)1 << 63) /* | L1 index */
-
 typedef enum qc_qed_item_kind {
     QC_QED_BAD_L1_ENTRY, /* an L1 entry QEMU's check clears */
     QC_QED_BAD_L2_ENTRY, /* an L2 entry QEMU's check clears */
@@ -53,7 +49,11 @@ typedef struct qc_qed_item {
      * reach, clipped to the image size; 0 bytes past it). */
     uint64_t guest, guest_length;
     bool table;      /* the entry points to an L2 table (an L1 entry) */
-    uint64_t first;  /* SECOND_CLAIM: the first referrer, QC_QED_REF_* or a guest offset */
+    /* SECOND_CLAIM: what claimed the (first shared) cluster first: the L1
+     * table or an L2 table (first_l2: which one, by the offset of its L1
+     * entry), or guest data (first_guest: its guest offset). */
+    bool first_l1, first_l2;
+    uint64_t first_l1_entry, first_guest;
 } qc_qed_item;
 
 typedef struct qc_qed_view {

@@ -277,6 +277,8 @@ void qc_io_open_memory(qc_io *io, const void *buf, size_t len)
 typedef struct growable_backend {
     uint8_t **buf;
     size_t *len;
+    size_t cap; /* bytes allocated at *buf: grown by doubling, so that many
+                   small appends (an undo log's records) cost linear time */
 } growable_backend;
 
 static int growable_read(void *opaque, uint64_t off, void *buf, size_t len)
@@ -290,13 +292,16 @@ static int growable_truncate(void *opaque, uint64_t size)
     growable_backend *m = opaque;
     if (size > SIZE_MAX)
         return -EFBIG;
-    if (size > *m->len) {
-        uint8_t *p = realloc(*m->buf, (size_t)size);
+    if (size > m->cap) {
+        size_t cap = m->cap > SIZE_MAX / 2 || m->cap * 2 < size ? (size_t)size : m->cap * 2;
+        uint8_t *p = realloc(*m->buf, cap);
         if (!p)
             return -ENOMEM;
-        memset(p + *m->len, 0, (size_t)size - *m->len);
         *m->buf = p;
+        m->cap = cap;
     }
+    if (size > *m->len)
+        memset(*m->buf + *m->len, 0, (size_t)size - *m->len);
     *m->len = (size_t)size;
     return 0;
 }
@@ -330,6 +335,7 @@ int qc_io_open_memory_rw(qc_io *io, uint8_t **buf, size_t *len)
         return -ENOMEM;
     m->buf = buf;
     m->len = len;
+    m->cap = *len;
     io->read = growable_read;
     io->write = growable_write;
     io->flush = growable_flush;

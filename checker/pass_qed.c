@@ -29,10 +29,11 @@
 #include "ctx.h"
 
 /* What first referenced a cluster: the L1 table, an L2 table (by its L1
- * index) or guest data (by its guest offset): QC_QED_REF_* (ctx.h). */
-#define REF_NONE QC_QED_REF_NONE
-#define REF_L1 QC_QED_REF_L1
-#define REF_L2 QC_QED_REF_L2
+ * index) or guest data (by its guest cluster, below 2^54 for any
+ * geometry, so never one of the codes). */
+#define REF_NONE UINT64_MAX
+#define REF_L1 (UINT64_MAX - 1)
+#define REF_L2 ((uint64_t)1 << 63) /* | L1 index */
 
 typedef struct qed_walk {
     qc_ctx *ctx;
@@ -41,7 +42,7 @@ typedef struct qed_walk {
     uint64_t file_end;    /* the file's size rounded down to a cluster, as QEMU */
     uint64_t header_end;  /* header_size clusters */
     uint64_t nclusters;   /* clusters up to file_end */
-    uint64_t *first_ref;  /* per cluster: REF_* or a guest offset */
+    uint64_t *first_ref;  /* per cluster: REF_* or a guest cluster */
     uint8_t *table;       /* one L2 table */
     bool read_failed;
 } qed_walk;
@@ -60,14 +61,21 @@ static bool table_offset_valid(const qed_walk *w, uint64_t off)
     return last > off && cluster_offset_valid(w, off) && cluster_offset_valid(w, last);
 }
 
-static void describe_ref(uint64_t ref, char *buf, size_t len)
+/* The guest offset of guest cluster g (UINT64_MAX past 2^64). */
+static uint64_t guest_offset_of(const qed_walk *w, uint64_t g)
+{
+    uint64_t off;
+    return qc_mul_ok(g, w->cluster_size, &off) ? off : UINT64_MAX;
+}
+
+static void describe_ref(const qed_walk *w, uint64_t ref, char *buf, size_t len)
 {
     if (ref == REF_L1)
         snprintf(buf, len, "the L1 table");
     else if (ref & REF_L2)
         snprintf(buf, len, "the L2 table of L1 entry %" PRIu64, ref & ~REF_L2);
     else
-        snprintf(buf, len, "the data at guest offset 0x%" PRIx64, ref);
+        snprintf(buf, len, "the data at guest offset 0x%" PRIx64, guest_offset_of(w, ref));
 }
 
 /* Keep an entry a repair may change, for a repair's check only. */
@@ -91,10 +99,8 @@ static void keep_item(qed_walk *w, qc_qed_item item)
 static qc_qed_item guest_item(const qed_walk *w, uint64_t l1, uint64_t l2, bool table)
 {
     uint64_t reach = table ? w->entries * w->cluster_size : w->cluster_size;
-    uint64_t guest, size = w->h.image_size;
     /* The largest geometries reach past 2^64: nothing there is in the image. */
-    if (!qc_mul_ok(l1 * w->entries + l2, w->cluster_size, &guest))
-        guest = UINT64_MAX;
+    uint64_t guest = guest_offset_of(w, l1 * w->entries + l2), size = w->h.image_size;
     uint64_t length = guest >= size ? 0 : size - guest < reach ? size - guest : reach;
     return (qc_qed_item){.guest = guest, .guest_length = length, .table = table};
 }
@@ -113,16 +119,20 @@ static bool claim(qed_walk *w, uint64_t off, uint64_t n, uint64_t ref, const cha
             continue;
         }
         char before[96];
-        describe_ref(w->first_ref[c], before, sizeof(before));
+        uint64_t first_ref = w->first_ref[c];
+        describe_ref(w, first_ref, before, sizeof(before));
         bool data = ref != REF_L1 && !(ref & REF_L2);
         qc_report(w->ctx, QC_P_QED_CLUSTER_REFERENCED_TWICE, object, c * w->cluster_size, 1,
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_CLUSTER | QC_CTX_NAME |
                                                (data ? QC_CTX_GUEST_OFFSET : 0),
                                     .host_offset = c * w->cluster_size, .cluster = c,
-                                    .guest_offset = ref, .name = before});
+                                    .guest_offset = item.guest, .name = before});
         if (ok && ref != REF_L1) {
             item.kind = QC_QED_SECOND_CLAIM;
-            item.first = w->first_ref[c];
+            item.first_l1 = first_ref == REF_L1;
+            item.first_l2 = first_ref != REF_L1 && (first_ref & REF_L2);
+            item.first_l1_entry = w->h.l1_table_offset + (first_ref & ~REF_L2) * 8;
+            item.first_guest = guest_offset_of(w, first_ref);
             keep_item(w, item);
         }
         ok = false;
@@ -157,7 +167,7 @@ static void check_l2_table(qed_walk *w, uint64_t l1_index, uint64_t table_off)
                                         .file_size = w->ctx->file_size});
             continue;
         }
-        claim(w, off, 1, item.guest, object, item);
+        claim(w, off, 1, l1_index * w->entries + i, object, item);
     }
 }
 

@@ -10,11 +10,12 @@
  *   trailing leaks   (both, only with qc_options.truncate_leaks) the run of
  *                    leaked clusters that ends the file is cut off;
  *                    otherwise a note says how much could be;
- *   shared clusters  (-r all) a data cluster two L2 entries map is copied
- *                    to a new cluster for the later one, so both keep
- *                    what they read; a data mapping onto a cluster a
- *                    table claimed first is cleared; a table that shares
- *                    a cluster is left alone, with a note;
+ *   shared clusters  (-r all) a data cluster two L2 entries map, or an L2
+ *                    table two L1 entries point to, is copied for the
+ *                    later one, so both keep what they read; a data
+ *                    mapping onto a cluster a table claimed first is
+ *                    cleared; an L2 table sharing a cluster with the L1
+ *                    table or guest data is left alone, with a note;
  *   header           (both) unknown autoclear bits cleared (as QEMU's
  *                    read-write open does), and the need-check bit, the
  *                    fence of every QED repair (see write_fence), left set
@@ -136,13 +137,85 @@ static void stage_trailing_leaks(repair_run *r)
     qc_plan_flush(r);
 }
 
-/* A data cluster two L2 entries map: its bytes copied to a new cluster
- * at the end of the file (where QEMU would allocate one), then, after a
- * flush, the later entry re-pointed there. */
+/* A cluster two entries share, separated: the later entry's target (a
+ * data cluster, or an L2 table another L1 entry points to) copied to new
+ * clusters at the end of the file (where QEMU would allocate them), then,
+ * after a flush, the entry re-pointed to the copy. */
 typedef struct qed_copy {
     const qc_qed_item *item;
     uint64_t to;
 } qed_copy;
+
+/* Append a copy of the `clusters` clusters at it->target to the view at
+ * `to`; false when not planned. */
+static bool copy_target(repair_run *r, const qc_qed_item *it, uint64_t to, uint64_t clusters,
+                        uint8_t *buf)
+{
+    uint64_t cs = r->ctx.qed.cluster_size;
+    for (uint64_t k = 0; k < clusters; k++) {
+        int ret = qc_read_zero_filled(&r->view, it->target + k * cs, buf, (size_t)cs);
+        if (ret < 0) {
+            r->error = ret;
+            return false;
+        }
+        bool planned = it->table
+                           ? qc_plan_write(r, to + k * cs, buf, (size_t)cs, "new L2 table",
+                                           "cluster %llu of a copy of the L2 table at 0x%llx, "
+                                           "which the L1 entries at 0x%llx and 0x%llx share, "
+                                           "for the second",
+                                           (unsigned long long)k, (unsigned long long)it->target,
+                                           (unsigned long long)it->first_l1_entry,
+                                           (unsigned long long)it->entry)
+                           : qc_plan_write(r, to, buf, (size_t)cs, "new data cluster",
+                                           "a copy of host cluster 0x%llx, which guest offsets "
+                                           "0x%llx and 0x%llx both map, for guest offset 0x%llx",
+                                           (unsigned long long)it->target,
+                                           (unsigned long long)it->first_guest,
+                                           (unsigned long long)it->guest,
+                                           (unsigned long long)it->guest);
+        if (!planned)
+            return false;
+    }
+    return true;
+}
+
+static void repoint(repair_run *r, const qed_copy *copy)
+{
+    const qc_qed_item *it = copy->item;
+    uint8_t le[8];
+    qc_qed_put_entry(le, 0, copy->to);
+    if (it->table) {
+        if (qc_plan_write(r, it->entry, le, 8, "L1 table",
+                          "the entry at 0x%llx re-pointed from the L2 table at 0x%llx, which the "
+                          "L1 entry at 0x%llx points to too, to its copy at 0x%llx",
+                          (unsigned long long)it->entry, (unsigned long long)it->target,
+                          (unsigned long long)it->first_l1_entry,
+                          (unsigned long long)copy->to) &&
+            it->guest_length)
+            qc_plan_note(r, NOTE_GUEST_RANGE,
+                         "the active image: guest bytes 0x%llx-0x%llx now have their own copy of "
+                         "the L2 table at 0x%llx, which the L1 entry at 0x%llx points to too "
+                         "(nothing changes for the guest)",
+                         (unsigned long long)it->guest,
+                         (unsigned long long)(it->guest + it->guest_length - 1),
+                         (unsigned long long)it->target, (unsigned long long)it->first_l1_entry);
+        return;
+    }
+    if (qc_plan_write(r, it->entry, le, 8, "L2 table",
+                      "the entry at 0x%llx (guest offset 0x%llx) re-pointed from 0x%llx, which "
+                      "guest offset 0x%llx maps too, to its copy at 0x%llx",
+                      (unsigned long long)it->entry, (unsigned long long)it->guest,
+                      (unsigned long long)it->target, (unsigned long long)it->first_guest,
+                      (unsigned long long)copy->to) &&
+        it->guest_length)
+        qc_plan_note(r, NOTE_GUEST_RANGE,
+                     "the active image: guest bytes 0x%llx-0x%llx now have their own copy of "
+                     "host cluster 0x%llx, which guest offset 0x%llx maps too (nothing changes "
+                     "for the guest)",
+                     (unsigned long long)it->guest,
+                     (unsigned long long)(it->guest + it->guest_length - 1),
+                     (unsigned long long)it->target, (unsigned long long)it->first_guest);
+}
 
 static void stage_shared(repair_run *r)
 {
@@ -166,54 +239,31 @@ static void stage_shared(repair_run *r)
         const qc_qed_item *it = &q->items[i];
         if (it->kind != QC_QED_SECOND_CLAIM)
             continue;
-        if (it->table) {
+        if (it->table && !it->first_l2) {
             qc_plan_note(r, NOTE_GENERAL,
                          "left alone: the L2 table at 0x%llx (L1 entry at 0x%llx) shares a "
-                         "cluster with what claimed it first; which of them is real is not "
-                         "known (qedClusterReferencedTwice)",
-                         (unsigned long long)it->target, (unsigned long long)it->entry);
+                         "cluster with %s; which of them is real is not known "
+                         "(qedClusterReferencedTwice)",
+                         (unsigned long long)it->target, (unsigned long long)it->entry,
+                         it->first_l1 ? "the L1 table" : "guest data");
             continue;
         }
-        bool first_is_table = it->first == QC_QED_REF_L1 || (it->first & QC_QED_REF_L2);
-        if (first_is_table) {
+        if (!it->table && (it->first_l1 || it->first_l2)) {
             drop_entry(r, it, QC_P_QED_CLUSTER_REFERENCED_TWICE,
                        "maps guest data onto a cluster of a table");
             continue;
         }
-        int ret = qc_read_zero_filled(&r->view, it->target, buf, (size_t)cs);
-        if (ret < 0) {
-            r->error = ret;
-            break;
-        }
-        if (!qc_plan_write(r, end, buf, (size_t)cs, "new data cluster",
-                           "a copy of host cluster 0x%llx, which guest offsets 0x%llx and 0x%llx "
-                           "both map, for guest offset 0x%llx",
-                           (unsigned long long)it->target, (unsigned long long)it->first,
-                           (unsigned long long)it->guest, (unsigned long long)it->guest))
+        /* Two L2 entries mapping one data cluster, or two L1 entries one
+         * L2 table (whose data clusters the next round separates). */
+        uint64_t clusters = it->table ? q->h.table_size : 1;
+        if (!copy_target(r, it, end, clusters, buf))
             continue;
         copies[nb_copies++] = (qed_copy){it, end};
-        end += cs;
+        end += clusters * cs;
     }
     qc_plan_flush(r);
-    for (size_t i = 0; i < nb_copies && !r->error; i++) {
-        const qc_qed_item *it = copies[i].item;
-        uint8_t le[8];
-        qc_qed_put_entry(le, 0, copies[i].to);
-        if (!qc_plan_write(r, it->entry, le, 8, "L2 table",
-                           "the entry at 0x%llx (guest offset 0x%llx) re-pointed from 0x%llx, "
-                           "which guest offset 0x%llx maps too, to its copy at 0x%llx",
-                           (unsigned long long)it->entry, (unsigned long long)it->guest,
-                           (unsigned long long)it->target, (unsigned long long)it->first,
-                           (unsigned long long)copies[i].to))
-            continue;
-        qc_plan_note(r, NOTE_GUEST_RANGE,
-                     "the active image: guest bytes 0x%llx-0x%llx now have their own copy of "
-                     "host cluster 0x%llx, which guest offset 0x%llx maps too (nothing changes "
-                     "for the guest)",
-                     (unsigned long long)it->guest,
-                     (unsigned long long)(it->guest + it->guest_length - 1),
-                     (unsigned long long)it->target, (unsigned long long)it->first);
-    }
+    for (size_t i = 0; i < nb_copies && !r->error; i++)
+        repoint(r, &copies[i]);
     qc_plan_flush(r);
     free(copies);
     free(buf);
@@ -244,9 +294,9 @@ static void stage_header(repair_run *r)
     qc_plan_flush(r); /* what the fence covers reaches the disk first */
     qc_plan_write(r, QED_FEATURES_AT, want, sizeof(want), "QED header (features)",
                   "%s%s", qc_qed_entry(now, 2) ? "unknown autoclear bits cleared; " : "",
-                  features & QC_QED_F_NEED_CHECK
-                      ? "the need-check bit stays set: the image is not clean"
-                      : "the need-check bit cleared: the image is consistent");
+                  features & QC_QED_F_NEED_CHECK ? "the need-check bit stays set: the image is not clean"
+                  : clean ? "the need-check bit cleared: the image is consistent"
+                          : "the need-check bit cleared, as it was before the repair");
 }
 
 #define MODE_LEAKS (1u << QC_REPAIR_LEAKS)

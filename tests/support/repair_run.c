@@ -42,7 +42,7 @@ static int run_transaction(qc_io *image, const qc_options *opts, qc_repair_mode 
     if (ret == 0) {
         const qc_repair_plan *plan = qc_repair_get_plan(rep);
         for (size_t i = 0; plan && i < qc_repair_plan_steps(plan); i++)
-            out->writes += qc_repair_plan_step(plan, i)->kind == QC_STEP_WRITE;
+            out->writes += qc_repair_plan_step(plan, i)->kind != QC_STEP_FLUSH;
         out->before = counts_of(qc_repair_before(rep));
         out->predicted = counts_of(qc_repair_predicted(rep));
         qc_repair_outcome outcome = qc_repair_outcome_of(rep);
