@@ -6,8 +6,8 @@
 One small image per feature (AFL++ mutates small inputs best, so clusters
 are 512 bytes wherever QEMU allows it): v2, v3, every refcount width,
 zlib and zstd compression, extended L2, external data file, snapshots,
-bitmaps, backing file, dirty, corrupt, and a few damaged images so that the
-repair harness starts with something to repair. Companion files (backing
+bitmaps, backing file, dirty, corrupt, QED, and a few damaged images (qcow2
+and QED) so that the repair harness starts with something to repair. Companion files (backing
 file, data file) are deleted: qcheck never opens them. The seeds are
 committed; rerun this only to change them.
 """
@@ -22,6 +22,7 @@ sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "layout"))
 import qcow2lib as q  # noqa: E402
+import qedlib  # noqa: E402
 
 SMALL = "cluster_size=512"
 
@@ -120,6 +121,23 @@ def build(work):
     seed("qed.qed", qed)
     seed("qed-leak.qed", qed, lambda n: os.truncate(os.path.join(work, n),
                                                     os.path.getsize(os.path.join(work, n)) + 4096))
+
+    # QED for the repair: a data cluster two guest clusters map, an L2
+    # table two L1 entries share, an unaligned data entry; and the
+    # need-check bit with an unknown autoclear bit.
+    def qed_shared(n):
+        im = qedlib.Image(os.path.join(work, n))
+        _, data = im.l2_entry(0)
+        im.set_l2(192 * 1024, data)
+        im.set_l2(4096, data + 100)
+        im.set_l1(1, im.l1()[0])
+    seed("qed-shared.qed", qed, qed_shared)
+
+    def qed_flags(n):
+        im = qedlib.Image(os.path.join(work, n))
+        im.set_field("features", im.header.features | qedlib.F_NEED_CHECK)
+        im.set_field("autoclear_features", 1 << 5)
+    seed("qed-need-check.qed", qed, qed_flags)
     return seeds
 
 
