@@ -6,7 +6,9 @@
 # HARNESS is header, check or repair (fuzz/fuzz_HARNESS.c). JOBS instances
 # (default: the number of cores) share one output folder: the main one runs
 # the plain instrumented build, the first secondary the ASan + UBSan build,
-# any others the plain build. Seeds are every file of corpus/. The work
+# any others the plain build. Seeds are every file of corpus/ (only those
+# whose name matches $QC_FUZZ_SEEDS, a find -name pattern, when set: '*.qed'
+# for a QED campaign). The work
 # folder is $QC_FUZZ_WORK (default: build-fuzz/ in the repository); running
 # again resumes the campaign.
 #
@@ -45,7 +47,7 @@ cmake --build "$work/replay" -j"$(nproc)" --target qcheck >/dev/null
 
 seeds=$work/seeds
 rm -rf "$seeds" && mkdir -p "$seeds"
-find "$src/corpus" -type f ! -name '*.md' -exec cp {} "$seeds/" \;
+find "$src/corpus" -type f ! -name '*.md' -name "${QC_FUZZ_SEEDS:-*}" -exec cp {} "$seeds/" \;
 out=$work/out-$harness
 mkdir -p "$out"
 input=(-i "$seeds")

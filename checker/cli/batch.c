@@ -639,7 +639,7 @@ static const char *exit_reason(int status)
         return "some files are not in a format qcheck checks";
     case 3:
         return "leaked clusters only: waste of disk space, no harm to data (-r leaks reclaims "
-               "them)";
+               "them; in a QED image only those that end the file, with --truncate-leaks)";
     case 1:
         return "some images could not be checked: their state is unknown";
     default:
