@@ -33,12 +33,8 @@ qed_spec.txt, independent of qcheck's C code). For each case:
 * check mode never writes: the image's sha256 is the same after every qcheck
   run (and after qemu-img's check, which opens read-only).
 
-Then `qcheck -r leaks` and `-r all` on QED images. While QED repair is not
-written, EXPECT_REPAIR_REFUSED is True: qcheck exits 1, writes nothing, and
-says on stderr that it does not repair QED. Flip it when repair lands: the
-same cases then assert that a copy repaired by qcheck is what qemu-img
-check calls clean (of leaks, and of corruptions with -r all), with the
-status qemu-img -r gives another copy.
+Repairs of QED images (-r leaks, -r all) are tested by run_qed_repair.py,
+with these builders.
 
 Prints PASS/FAIL per case and a summary; exit 0 only if nothing failed,
 77 when qemu-img or qemu-io is missing.
@@ -63,10 +59,6 @@ from run_digest import SetupError, Test, run, script_main  # noqa: E402
 QEMU_IMG, QEMU_IO = "qemu-img", "qemu-io"
 TIMEOUT = 60
 KiB, MiB, GiB, TiB = 1 << 10, 1 << 20, 1 << 30, 1 << 40
-
-# While qcheck does not repair QED images, -r on one is refused (exit 1,
-# nothing written, a message naming QED). Set to False when repair lands.
-EXPECT_REPAIR_REFUSED = True
 
 SAME, REFUSED, UNSUPPORTED, NOT_QED = "same", "refused", "unsupported", "not-qed"
 COUNT_KEYS = ("leaks", "corruptions", "check-errors", "total-clusters",
@@ -460,15 +452,6 @@ CASES = [
      refused("QED backing filename offset is invalid"), {}),
 ]
 
-# Repair on QED images: (name, builder, qcheck -r mode).
-REPAIR_CASES = [
-    ("repair_leaks_on_leaky", b_leak_appended, "leaks"),
-    ("repair_all_on_leaky", b_leak_l1_cleared, "all"),
-    ("repair_all_on_corrupt", b_l2_duplicate, "all"),
-    ("repair_leaks_on_clean", b_data_4k, "leaks"),
-]
-
-
 # ---- running -----------------------------------------------------------------------
 
 def tool(argv, cwd):
@@ -613,42 +596,11 @@ class Runner:
         self.check_qcheck(t, path, rule, qjs, qobj, qhuman, extras, info.get("offsets", []))
         return t
 
-    def run_repair(self, name, builder, mode):
-        t = Test(name)
-        d, path = self.fresh(name)
-        try:
-            builder(path)
-        except (SetupError, subprocess.SubprocessError, OSError) as e:
-            t.fails.append("setup: %s" % e)
-            return t
-        before = qedlib.file_sha256(path)
-        res = tool([self.qcheck, "-r", mode, "image.qed"], d)
-        if EXPECT_REPAIR_REFUSED:
-            t.expect(res.returncode == 1, "qcheck -r %s status %d, expected 1 (refused)"
-                     % (mode, res.returncode), tag="repair-refused")
-            t.expect(qedlib.file_sha256(path) == before, "qcheck -r %s wrote to the image" % mode)
-            t.expect(re.search(r"QED", res.stderr) and re.search(r"repair", res.stderr, re.I),
-                     "stderr does not say QED repair is refused: %r" % res.stderr.strip())
-            return t
-        # Repair landed: qemu-img -r on a copy gives the status to match, and
-        # qemu-img check of qcheck's result is clean of what -r MODE fixes.
-        twin = os.path.join(d, "twin.qed")
-        shutil.copyfile(path, twin)
-        theirs = tool([QEMU_IMG, "check", "-r", mode, "twin.qed"], d)
-        t.expect(res.returncode == theirs.returncode, "qcheck -r %s status %d, qemu-img %d"
-                 % (mode, res.returncode, theirs.returncode))
-        after = parse_json(tool([QEMU_IMG, "check", "--output=json", "image.qed"], d)) or {}
-        t.expect(after.get("leaks", 0) == 0, "leaks left after qcheck -r %s" % mode)
-        if mode == "all":
-            t.expect(after.get("corruptions", 0) == 0, "corruptions left after qcheck -r all")
-        return t
-
     def run(self, filt):
         os.makedirs(self.workdir, exist_ok=True)
         failed = 0
         started = time.monotonic()
         tests = [lambda c=c: self.run_case(*c) for c in CASES if filt in c[0]]
-        tests += [lambda c=c: self.run_repair(*c) for c in REPAIR_CASES if filt in c[0]]
         for make in tests:
             t = make()
             if t.fails:
