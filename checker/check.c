@@ -42,6 +42,7 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->l2_refs);
     free(ctx->l2_tables);
     free(ctx->qed.items);
+    free(ctx->qed.leaks);
 }
 
 bool qc_options_load(qc_options *dst, const qc_options *src)

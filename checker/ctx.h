@@ -65,7 +65,12 @@ typedef struct qc_qed_view {
     uint64_t trailing_leak;
     qc_qed_item *items;
     size_t nb_items, cap_items;
+    qc_cluster_run *leaks; /* the leaked runs, in order */
+    size_t nb_leaks, cap_leaks;
 } qc_qed_view;
+
+/* pass_qed.c: whether host cluster c is leaked in a repair's check. */
+bool qc_qed_leaked(const qc_qed_view *q, uint64_t c);
 
 typedef struct qc_ctx {
     union {

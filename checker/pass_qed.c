@@ -94,6 +94,35 @@ static void keep_item(qed_walk *w, qc_qed_item item)
     ctx->qed.items[ctx->qed.nb_items++] = item;
 }
 
+/* Keep a leaked run, for a repair's check only. */
+static void keep_leak(qed_walk *w, uint64_t first, uint64_t count)
+{
+    qc_ctx *ctx = w->ctx;
+    if (!ctx->fix_sink)
+        return;
+    qc_cluster_run *runs = qc_grow(ctx, ctx->qed.leaks, &ctx->qed.cap_leaks, sizeof(*runs),
+                                   ctx->qed.nb_leaks + 1, "QED leaked runs");
+    if (!runs) {
+        ctx->stop = true;
+        return;
+    }
+    ctx->qed.leaks = runs;
+    ctx->qed.leaks[ctx->qed.nb_leaks++] = (qc_cluster_run){first, first + count};
+}
+
+bool qc_qed_leaked(const qc_qed_view *q, uint64_t c)
+{
+    size_t lo = 0, hi = q->nb_leaks;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (q->leaks[mid].end <= c)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < q->nb_leaks && q->leaks[lo].first <= c;
+}
+
 /* The guest bytes an entry of L1 index l1 (and L2 index l2, or the whole
  * table when `table`) maps, clipped to the image. */
 static qc_qed_item guest_item(const qed_walk *w, uint64_t l1, uint64_t l2, bool table)
@@ -224,6 +253,7 @@ static void find_leaks(qed_walk *w)
                                     .cluster = c, .clusters = end - c});
         if (end == w->nclusters)
             w->ctx->qed.trailing_leak = c;
+        keep_leak(w, c, end - c);
         c = end;
     }
 }

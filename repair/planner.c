@@ -656,6 +656,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     if (reason) {
         ret = refuse(plan, "%s", reason);
     } else if (r.qed) {
+        qc_qed_first_check(&r);
         run_rounds(&r, qc_qed_repair_handlers, qc_qed_repair_handler_count);
         ret = r.error;
         if (!ret && qc_plan_current_check(&r))

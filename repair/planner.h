@@ -96,6 +96,10 @@ typedef struct repair_run {
     bool fenced;              /* the corrupt bit (QED: need-check bit) is set as a fence */
     bool qed;                 /* a QED image: the stages of stage_qed.c */
     bool qed_need_check_before;
+    /* Entries the first check of a QED image could not follow (invalid
+     * ones the repair does not re-point, L2 tables sharing a cluster): what
+     * they meant may be in the leaked clusters that end the file. */
+    uint64_t qed_unfollowed_first;
     /* File sizes a zero extension tried and took back (stage_header.c),
      * not tried again in a later round. */
     uint64_t short_extension_refused, l1_extension_refused;
@@ -193,7 +197,9 @@ typedef struct qc_repair_handler {
 
 extern const qc_repair_handler qc_repair_handlers[];
 extern const size_t qc_repair_handler_count;
-/* The stages of a QED image's repair (stage_qed.c). */
+/* The stages of a QED image's repair (stage_qed.c), and what they need
+ * to know of the first check (r->qed_unfollowed_first). */
+void qc_qed_first_check(repair_run *r);
 extern const qc_repair_handler qc_qed_repair_handlers[];
 extern const size_t qc_qed_repair_handler_count;
 

@@ -6,10 +6,15 @@
  * left; it never touches leaks or clusters referenced twice. qcheck's
  * stages, on the check of the view (ctx.qed, see checker/pass_qed.c):
  *
- *   invalid entries  (-r all) set to 0 as QEMU does, each guest range named;
+ *   invalid entries  (-r all) an unaligned data entry re-pointed to the
+ *                    leaked cluster it points into, when no other entry
+ *                    does; every other invalid entry set to 0 as QEMU
+ *                    does, each guest range named;
  *   trailing leaks   (both, only with qc_options.truncate_leaks) the run of
- *                    leaked clusters that ends the file is cut off;
- *                    otherwise a note says how much could be;
+ *                    leaked clusters that ends the file is cut off,
+ *                    unless the first check found entries it could not
+ *                    follow (what they meant may be there); otherwise a
+ *                    note says how much could be;
  *   shared clusters  (-r all) a data cluster two L2 entries map, or an L2
  *                    table two L1 entries point to, is copied for the
  *                    later one, so both keep what they read; a data
@@ -88,6 +93,67 @@ static bool drop_entry(repair_run *r, const qc_qed_item *it, qc_problem_id probl
     return true;
 }
 
+/* The cluster an unaligned data entry provably meant: the one it points
+ * into, when that cluster is leaked (nothing else uses it) and no other
+ * invalid entry points into it; otherwise UINT64_MAX. */
+static uint64_t meant_cluster(const qc_qed_view *q, const qc_qed_item *it)
+{
+    uint64_t cs = q->cluster_size, aligned = it->target & ~(cs - 1);
+    if (it->kind != QC_QED_BAD_L2_ENTRY || aligned == it->target ||
+        aligned / cs >= q->nclusters || !qc_qed_leaked(q, aligned / cs))
+        return UINT64_MAX;
+    for (size_t i = 0; i < q->nb_items; i++) {
+        const qc_qed_item *other = &q->items[i];
+        if (other != it && other->kind == QC_QED_BAD_L2_ENTRY &&
+            (other->target & ~(cs - 1)) == aligned)
+            return UINT64_MAX;
+    }
+    return aligned;
+}
+
+/* Re-point an unaligned data entry to the cluster it points into. */
+static bool recover_entry(repair_run *r, const qc_qed_item *it, uint64_t to)
+{
+    uint8_t le[8];
+    qc_qed_put_entry(le, 0, to);
+    if (!qc_plan_write(r, it->entry, le, 8, "L2 table",
+                       "the entry at 0x%llx (guest offset 0x%llx) points into host cluster "
+                       "0x%llx, off its boundary (0x%llx), and nothing else uses that cluster; "
+                       "re-pointed there",
+                       (unsigned long long)it->entry, (unsigned long long)it->guest,
+                       (unsigned long long)to, (unsigned long long)it->target))
+        return false;
+    if (it->guest_length)
+        qc_plan_note(r, NOTE_GUEST_RANGE,
+                     "the active image: guest bytes 0x%llx-0x%llx (L2 entry at 0x%llx) re-pointed "
+                     "from 0x%llx to 0x%llx, the leaked cluster it points into (recovered)",
+                     (unsigned long long)it->guest,
+                     (unsigned long long)(it->guest + it->guest_length - 1),
+                     (unsigned long long)it->entry, (unsigned long long)it->target,
+                     (unsigned long long)to);
+    qc_unlinked item = {.kind = QC_UNLINK_RECOVERED, .problem = QC_P_QED_L2_ENTRY_INVALID,
+                        .host_offset = to, .length = r->ctx.qed.cluster_size,
+                        .snapshot = QC_UNLINKED_ACTIVE, .entry_offset = it->entry,
+                        .target = it->target, .new_target = to,
+                        .guest_offset = it->guest_length ? it->guest : QC_NO_OFFSET,
+                        .guest_length = it->guest_length};
+    qc_plan_unlinked(r, &item);
+    return true;
+}
+
+void qc_qed_first_check(repair_run *r)
+{
+    const qc_qed_view *q = &r->ctx.qed;
+    r->qed_unfollowed_first = 0;
+    for (size_t i = 0; i < q->nb_items; i++) {
+        const qc_qed_item *it = &q->items[i];
+        bool unfollowed = it->kind == QC_QED_BAD_L1_ENTRY ||
+                          (it->kind == QC_QED_BAD_L2_ENTRY && meant_cluster(q, it) == UINT64_MAX) ||
+                          (it->kind == QC_QED_SECOND_CLAIM && it->table);
+        r->qed_unfollowed_first += unfollowed;
+    }
+}
+
 static void stage_invalid_entries(repair_run *r)
 {
     const qc_qed_view *q = current_qed(r);
@@ -95,7 +161,10 @@ static void stage_invalid_entries(repair_run *r)
         return;
     for (size_t i = 0; i < q->nb_items && !r->error; i++) {
         const qc_qed_item *it = &q->items[i];
-        if (it->kind == QC_QED_BAD_L1_ENTRY)
+        uint64_t meant = meant_cluster(q, it);
+        if (meant != UINT64_MAX)
+            recover_entry(r, it, meant);
+        else if (it->kind == QC_QED_BAD_L1_ENTRY)
             drop_entry(r, it, QC_P_QED_L1_ENTRY_INVALID,
                        "points to an L2 table that is not aligned, lies in the header or does not "
                        "fit in the file");
@@ -114,6 +183,17 @@ static void stage_trailing_leaks(repair_run *r)
         return;
     uint64_t from = q->trailing_leak * q->cluster_size;
     uint64_t clusters = q->nclusters - q->trailing_leak;
+    if (r->check_opts.truncate_leaks && r->qed_unfollowed_first) {
+        qc_plan_note(r, NOTE_GENERAL,
+                     "kept: %llu leaked cluster%s at the end of the file from 0x%llx, not cut "
+                     "off: %llu entr%s of the image could not be followed (invalid, or an L2 table "
+                     "sharing a cluster), and what they meant may be there; look at them (or save "
+                     "them with --salvage), then run -r leaks --truncate-leaks again",
+                     (unsigned long long)clusters, clusters == 1 ? "" : "s",
+                     (unsigned long long)from, (unsigned long long)r->qed_unfollowed_first,
+                     r->qed_unfollowed_first == 1 ? "y" : "ies");
+        return;
+    }
     if (!r->check_opts.truncate_leaks) {
         qc_plan_note(r, NOTE_GENERAL,
                      "%llu leaked cluster%s (%llu bytes) end%s the file from 0x%llx: QED has no "
@@ -179,6 +259,25 @@ static bool copy_target(repair_run *r, const qc_qed_item *it, uint64_t to, uint6
     return true;
 }
 
+/* Whether the view holds the same `len` bytes at a and b (1, 0, or a
+ * negative errno, also in r->error); `buf` holds two clusters. */
+static int same_bytes(repair_run *r, uint64_t a, uint64_t b, uint64_t len, uint8_t *buf)
+{
+    size_t cs = (size_t)r->ctx.qed.cluster_size;
+    for (uint64_t done = 0; done < len; done += cs) {
+        int ret = qc_read_zero_filled(&r->view, a + done, buf, cs);
+        if (ret == 0)
+            ret = qc_read_zero_filled(&r->view, b + done, buf + cs, cs);
+        if (ret < 0) {
+            r->error = ret;
+            return ret;
+        }
+        if (memcmp(buf, buf + cs, cs) != 0)
+            return 0;
+    }
+    return 1;
+}
+
 static void repoint(repair_run *r, const qed_copy *copy)
 {
     const qc_qed_item *it = copy->item;
@@ -224,7 +323,7 @@ static void stage_shared(repair_run *r)
         return;
     uint64_t cs = q->cluster_size;
     qed_copy *copies = calloc(q->nb_items ? q->nb_items : 1, sizeof(*copies));
-    uint8_t *buf = malloc(cs);
+    uint8_t *buf = malloc(2 * cs);
     if (!copies || !buf) {
         free(copies);
         free(buf);
@@ -233,8 +332,12 @@ static void stage_shared(repair_run *r)
     }
     size_t nb_copies = 0;
     /* QEMU allocates at the file's size rounded down to a cluster: past
-     * everything an entry may point to. */
+     * everything an entry may point to. A copy an interrupted repair
+     * already wrote is at the start of the leaked run that ends the file,
+     * in the same order: used as it is, so that the next run ends where an
+     * uninterrupted one does. */
     uint64_t end = r->view.size / cs * cs;
+    uint64_t earlier = q->trailing_leak < q->nclusters ? q->trailing_leak * cs : UINT64_MAX;
     for (size_t i = 0; i < q->nb_items && !r->error; i++) {
         const qc_qed_item *it = &q->items[i];
         if (it->kind != QC_QED_SECOND_CLAIM)
@@ -256,6 +359,17 @@ static void stage_shared(repair_run *r)
         /* Two L2 entries mapping one data cluster, or two L1 entries one
          * L2 table (whose data clusters the next round separates). */
         uint64_t clusters = it->table ? q->h.table_size : 1;
+        if (earlier != UINT64_MAX && earlier + clusters * cs <= q->file_end) {
+            int same = same_bytes(r, it->target, earlier, clusters * cs, buf);
+            if (same < 0)
+                break;
+            if (same) {
+                copies[nb_copies++] = (qed_copy){it, earlier};
+                earlier += clusters * cs;
+                continue;
+            }
+        }
+        earlier = UINT64_MAX;
         if (!copy_target(r, it, end, clusters, buf))
             continue;
         copies[nb_copies++] = (qed_copy){it, end};

@@ -198,6 +198,9 @@ class Case:
     dropped: tuple = ()       # (guest offset, length) -r all lists as dropped
     repointed: tuple = ()     # (earlier guest offset, later guest offset) -r all copies
     cut_to: int = None        # where --truncate-leaks cuts the file
+    kept_tail: bool = False   # --truncate-leaks keeps the trailing leaks (a note says why)
+    recovered: tuple = ()     # guest offsets -r all re-points instead of dropping
+    appended: int = 0         # clusters -r all appends (copies of a shared table and data)
     reclaim: tuple = None     # (clusters, bytes) the note without the option offers
     all_note: str = None      # a regex one of -r all's notes must match
     warning: str = None       # a warning the check after every run still reports
@@ -236,20 +239,22 @@ REPAIR_CASES = [
          {"leaks": unchanged(3, 3), "leaks+trunc": End(3, 1), "all+trunc": End(3, 1)},
          cut_to=SMALL_END, reclaim=(2, 2 * 4 * KiB)),
     Case("l1_past_eof", with_damage(Q.b_l1_past_eof, [(2, None)]),
-         "an L1 entry past the end: -r all clears it (8 MiB of guest dropped)",
+         "an L1 entry past the end: -r all clears it (8 MiB of guest dropped); the trailing "
+         "leaks, maybe the table it meant, are kept even with --truncate-leaks",
          {"leaks": End(3, 5), "all": End(3, 5)},
-         {"leaks": unchanged(2, 5, 1), "all": End(3, 5), "all+trunc": End(0)},
-         dropped=((16 * MiB, 8 * MiB),), cut_to=16 * 4 * KiB, crash=("all",)),
+         {"leaks": unchanged(2, 5, 1), "all": End(3, 5), "all+trunc": End(3, 5)},
+         dropped=((16 * MiB, 8 * MiB),), kept_tail=True, crash=("all",)),
     Case("l1_unaligned", with_damage(Q.b_l1_unaligned, [(2, None)]),
          "an unaligned L1 entry: cleared, not re-pointed (as QEMU)",
          {"leaks": End(3, 5), "all": End(3, 5)},
          {"leaks": unchanged(2, 5, 1), "all": End(3, 5)},
          dropped=((16 * MiB, 8 * MiB),)),
     Case("l2_unaligned", with_damage(Q.b_l2_unaligned, [(2, 0)]),
-         "an unaligned L2 entry: cleared",
+         "an unaligned L2 entry into its own, now leaked, cluster: qemu-img clears it, "
+         "qcheck -r all re-points it there (recovered, nothing dropped)",
          {"leaks": End(3, 1), "all": End(3, 1)},
-         {"leaks": unchanged(2, 1, 1), "all": End(3, 1), "all+trunc": End(0)},
-         dropped=((16 * MiB, 4 * KiB),), cut_to=20 * 4 * KiB, salvage=("all",)),
+         {"leaks": unchanged(2, 1, 1), "all": End(0), "all+trunc": End(0)},
+         recovered=(16 * MiB,), undo=("all",)),
     Case("l2_past_eof", with_damage(Q.b_l2_past_eof, [(2, 0)]),
          "an L2 entry past the end of the file: cleared",
          {"leaks": End(3, 1), "all": End(3, 1)},
@@ -273,18 +278,19 @@ REPAIR_CASES = [
     Case("data_on_l1_table", Q.b_l2_to_l1_table,
          "guest 16 MiB maps onto the L1 table: the data entry is cleared",
          {"leaks": unchanged(2, 1, 1), "all": unchanged(2, 1, 1)},
-         {"leaks": unchanged(2, 1, 1), "all": End(3, 1), "all+trunc": End(0)},
-         dropped=((16 * MiB, 4 * KiB),), cut_to=20 * 4 * KiB, salvage=("all",)),
+         {"leaks": unchanged(2, 1, 1), "all": End(3, 1), "all+trunc": End(3, 1)},
+         dropped=((16 * MiB, 4 * KiB),), salvage=("all",)),
     Case("data_on_l2_table", Q.b_l2_to_own_table,
          "guest 16 MiB maps onto its own L2 table: the data entry is cleared",
          {"leaks": unchanged(2, 1, 1), "all": unchanged(2, 1, 1)},
          {"leaks": unchanged(2, 1, 1), "all": End(3, 1)},
          dropped=((16 * MiB, 4 * KiB),)),
     Case("l1_shared_table", b_l1_shared_table,
-         "two L1 entries share an L2 table: left alone with a note, as QEMU",
+         "two L1 entries share an L2 table: qemu-img leaves it; qcheck -r all copies the "
+         "table for the later entry, then the data cluster both copies map",
          {"leaks": unchanged(2, 5, 4), "all": unchanged(2, 5, 4)},
-         {"leaks": unchanged(2, 5, 4), "all": unchanged(2, 5, 4)},
-         all_note=r"(?i)L2 table|shar"),
+         {"leaks": unchanged(2, 5, 4), "all": End(3, 5)},
+         all_note=r"own copy of the L2 table", appended=5),
     Case("need_check_set", Q.b_need_check, "need-check set on a clean image: cleared",
          {"leaks": End(0), "all": End(0)},
          {"leaks": End(0), "all": End(0)}),
@@ -295,9 +301,9 @@ REPAIR_CASES = [
     Case("need_check_l2_past_eof", b_killed_writer_l2_past_eof,
          "need-check and an invalid L2 entry: -r leaks keeps both, -r all clears both",
          {"leaks": End(3, 1), "all": End(3, 1)},
-         {"leaks": unchanged(2, 1, 1, need_check=True), "all": End(3, 1), "all+trunc": End(0)},
-         dropped=((64 * KiB, 64 * KiB),), cut_to=10 * 64 * KiB,
-         crash=("all", "all+trunc"), undo=("all+trunc",), salvage=("all+trunc",)),
+         {"leaks": unchanged(2, 1, 1, need_check=True), "all": End(3, 1),
+          "all+trunc": End(3, 1)},
+         dropped=((64 * KiB, 64 * KiB),), crash=("all", "all+trunc"), undo=("all+trunc",)),
     Case("need_check_dup", b_killed_writer_dup,
          "need-check and a doubly referenced cluster: qemu-img clears the bit anyway (its "
          "close does), qcheck -r leaks keeps it, -r all copies the cluster and clears it",
@@ -535,8 +541,10 @@ class QedRepairRunner(run_crash.Runner):
         # QEMU's repair keeps the guest data outside the ranges the case
         # says are dropped (it clears invalid entries, not the others): a
         # test of the reader and of the case's ranges as much as of QEMU.
+        cs = ctx["cluster_size"]
+        qemu_drops = ctx["case"].dropped + tuple((g, cs) for g in ctx["case"].recovered)
         changed, _ = guest_diff(ctx["guest"], self.guest(t, human, {}, "qemu-img's result"),
-                                ctx["case"].dropped, ctx["cluster_size"])
+                                qemu_drops, cs)
         t.expect(not changed, "qemu-img -r %s changed guest clusters %s outside the case's "
                  "dropped ranges" % (mode, changed[:6]))
         return out, obj
@@ -617,6 +625,14 @@ class QedRepairRunner(run_crash.Runner):
         if mode == "all" and case.all_note:
             t.expect(any(re.search(case.all_note, n) for n in notes),
                      "%s: no note matches %r: %s" % (what, case.all_note, notes))
+        if case.kept_tail and "+trunc" in key:
+            t.expect(any(re.search(r"kept: .*not cut off", n) for n in notes),
+                     "%s: no note says the trailing leaks were kept: %s" % (what, notes))
+        recovered = sorted(u.get("guest-offset") for u in (res.get("repair") or {}).get(
+            "unlinked") or [] if "recovered" in str(u.get("kind")))
+        want_recovered = sorted(case.recovered) if mode == "all" else []
+        t.expect(recovered == want_recovered, "%s lists the guest offsets %s as recovered, the "
+                 "case %s" % (what, recovered, want_recovered))
         if case.reclaim and "+trunc" not in key and mode == "leaks":
             clusters, nbytes = case.reclaim
             t.expect(any("--truncate-leaks" in n and re.search(r"\b%d\b" % clusters, n) and
@@ -631,6 +647,10 @@ class QedRepairRunner(run_crash.Runner):
         if "+trunc" in key and case.cut_to is not None:
             t.expect(size == case.cut_to + cs * len(case.repointed),
                      "%s: the file is %d bytes, expected cut to %d" % (what, size, case.cut_to))
+        elif case.appended and key.startswith("all"):
+            t.expect(size == before + cs * case.appended,
+                     "%s: the file is %d bytes, expected %d plus %d clusters"
+                     % (what, size, before, case.appended))
         elif case.repointed and key.startswith("all"):
             t.expect(size == -(-before // cs) * cs + cs * len(case.repointed),
                      "%s: the file is %d bytes, expected %d plus one cluster per copy"
@@ -641,7 +661,19 @@ class QedRepairRunner(run_crash.Runner):
     def check_guest(self, t, ctx, mode, img, what):
         case, cs = ctx["case"], ctx["cluster_size"]
         after = self.guest(t, img, kept_damage(ctx, mode), what + "'s result")
-        changed, reads = guest_diff(ctx["guest"], after, case.dropped if mode == "all" else (), cs)
+        recovered = tuple((g, cs) for g in case.recovered) if mode == "all" else ()
+        drops = case.dropped if mode == "all" else ()
+        changed, reads = guest_diff(ctx["guest"], after, drops + recovered, cs)
+        reads = [g for g in reads if not any(o <= g * cs < o + n for o, n in recovered)]
+        # A recovered cluster reads what the cluster its entry pointed into holds.
+        orig = qedlib.Image(ctx["orig"])
+        for g, _ in recovered:
+            aligned = orig.l2_entry(g)[1] & ~(cs - 1)
+            with open(ctx["orig"], "rb") as f:
+                f.seek(aligned)
+                meant = hashlib.sha256(f.read(cs).ljust(cs, b"\0")).hexdigest()
+            t.expect(after.get(g // cs) == meant, "%s: recovered guest 0x%x does not read the "
+                     "cluster at 0x%x its entry pointed into" % (what, g, aligned))
         t.expect(not changed, "%s changed the guest data of clusters %s (guest offsets %s)"
                  % (what, changed[:6], ["0x%x" % (g * cs) for g in changed[:6]]))
         t.expect(not reads, "%s: dropped guest clusters %s do not read as zeros" % (what, reads[:6]))
