@@ -39,13 +39,23 @@ typedef struct qed_walk {
     qc_ctx *ctx;
     qc_qed_header h;
     uint64_t cluster_size, table_bytes, entries;
-    uint64_t file_end;    /* the file's size rounded down to a cluster, as QEMU */
+    uint64_t file_end;    /* where QEMU's file ends (qed_file_end) */
     uint64_t header_end;  /* header_size clusters */
     uint64_t nclusters;   /* clusters up to file_end */
     uint64_t *first_ref;  /* per cluster: REF_* or a guest cluster */
     uint8_t *table;       /* one L2 table */
     bool read_failed;
 } qed_walk;
+
+/* The end of the file as QEMU's QED driver sees it: the block layer counts
+ * a file in 512-byte sectors (its length rounded up), and the driver
+ * rounds that down to a cluster. A cluster the last sector completes is
+ * in the file; QEMU reads zeros past the real end. */
+static uint64_t qed_file_end(uint64_t size, uint64_t cluster_size)
+{
+    uint64_t sectors = size / 512 + (size % 512 != 0);
+    return sectors * 512 / cluster_size * cluster_size;
+}
 
 static bool cluster_offset_valid(const qed_walk *w, uint64_t off)
 {
@@ -302,7 +312,7 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
     w.cluster_size = h->cluster_size;
     w.entries = qc_qed_table_entries(h);
     w.table_bytes = (uint64_t)h->table_size * h->cluster_size;
-    w.file_end = ctx->file_size / w.cluster_size * w.cluster_size;
+    w.file_end = qed_file_end(ctx->file_size, w.cluster_size);
     w.nclusters = w.file_end / w.cluster_size;
     ctx->res->total_clusters = qc_div_round_up(h->image_size, w.cluster_size);
     ctx->qed = (qc_qed_view){.h = w.h, .cluster_size = w.cluster_size, .entries = w.entries,

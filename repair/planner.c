@@ -410,6 +410,12 @@ static const char *qed_refusal_reason(const repair_run *r, const qc_result *befo
                                       size_t len)
 {
     const qc_qed_header *h = &r->ctx.qed.h;
+    if (r->ctx.qed.walked && !before->check_errors && h->header_size == 0) {
+        snprintf(buf, len,
+                 "its QED header claims no cluster (header size 0), so tables and data may lie "
+                 "on the header, and every repair writes the header");
+        return buf;
+    }
     if (r->ctx.qed.walked && !before->check_errors)
         return NULL;
     uint64_t unknown = h->features & ~QC_QED_FEATURES_KNOWN;

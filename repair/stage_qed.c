@@ -18,9 +18,10 @@
  *   shared clusters  (-r all) a data cluster two L2 entries map, or an L2
  *                    table two L1 entries point to, is copied for the
  *                    later one, so both keep what they read; a data
- *                    mapping onto a cluster a table claimed first is
- *                    cleared; an L2 table sharing a cluster with the L1
- *                    table or guest data is left alone, with a note;
+ *                    mapping onto a cluster a table claimed first, and an
+ *                    L1 entry pointing onto the L1 table, are cleared; an
+ *                    L2 table sharing a cluster with guest data is left
+ *                    alone, with a note;
  *   header           (both) unknown autoclear bits cleared (as QEMU's
  *                    read-write open does), and the need-check bit, the
  *                    fence of every QED repair (see write_fence), left set
@@ -331,24 +332,29 @@ static void stage_shared(repair_run *r)
         return;
     }
     size_t nb_copies = 0;
-    /* QEMU allocates at the file's size rounded down to a cluster: past
+    /* Where QEMU allocates: the end of the file as it sees it, past
      * everything an entry may point to. A copy an interrupted repair
      * already wrote is at the start of the leaked run that ends the file,
      * in the same order: used as it is, so that the next run ends where an
      * uninterrupted one does. */
-    uint64_t end = r->view.size / cs * cs;
+    uint64_t end = q->file_end;
     uint64_t earlier = q->trailing_leak < q->nclusters ? q->trailing_leak * cs : UINT64_MAX;
     for (size_t i = 0; i < q->nb_items && !r->error; i++) {
         const qc_qed_item *it = &q->items[i];
         if (it->kind != QC_QED_SECOND_CLAIM)
             continue;
+        if (it->table && it->first_l1) {
+            /* The L1 table cannot be an L2 table too. */
+            drop_entry(r, it, QC_P_QED_CLUSTER_REFERENCED_TWICE,
+                       "points to an L2 table on the L1 table");
+            continue;
+        }
         if (it->table && !it->first_l2) {
             qc_plan_note(r, NOTE_GENERAL,
                          "left alone: the L2 table at 0x%llx (L1 entry at 0x%llx) shares a "
-                         "cluster with %s; which of them is real is not known "
+                         "cluster with guest data; which of them is real is not known "
                          "(qedClusterReferencedTwice)",
-                         (unsigned long long)it->target, (unsigned long long)it->entry,
-                         it->first_l1 ? "the L1 table" : "guest data");
+                         (unsigned long long)it->target, (unsigned long long)it->entry);
             continue;
         }
         if (!it->table && (it->first_l1 || it->first_l2)) {
