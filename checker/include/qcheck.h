@@ -424,7 +424,7 @@ typedef struct qc_chain qc_chain;
 typedef struct qc_chain_layer {
     unsigned depth;          /* 0: the top image; 1: its backing file; ... */
     const char *path;        /* the file, as opened */
-    const char *format;      /* the driver it is read with: "qcow2" or "raw" */
+    const char *format;      /* the driver it is read with: "qcow2", "qed" or "raw" */
     bool probed;             /* the format was guessed from the content (--allow-probe) */
     const qc_result *result; /* its check (a raw layer has nothing to check: no findings) */
     const char *data_file;   /* the external data file opened for it, or NULL */
