@@ -288,7 +288,8 @@ static void classify_clusters(qed_walk *w)
 /* The backing file QEMU's open reads from the header it accepted: the name
  * (a C string up to its first NUL; bytes past the end of the file read as
  * zeros), and raw as its format when the header says not to probe it. A
- * name as long as QEMU's buffer or longer fails QEMU's open: none. */
+ * name as long as QEMU's buffer or longer fails QEMU's open, and an empty
+ * one opens no backing file: none. */
 static void record_backing(qc_ctx *ctx, const qc_qed_header *h)
 {
     qc_result *r = ctx->res;
@@ -298,7 +299,8 @@ static void record_backing(qc_ctx *ctx, const qc_qed_header *h)
     uint64_t have = off < ctx->file_size ? ctx->file_size - off : 0;
     size_t n = have < h->backing_filename_size ? (size_t)have : h->backing_filename_size;
     memset(r->backing_file, 0, sizeof(r->backing_file));
-    if (n && !qc_read(ctx, off, r->backing_file, n, "QED backing file name"))
+    if (!n || !qc_read(ctx, off, r->backing_file, n, "QED backing file name") ||
+        !r->backing_file[0])
         return;
     r->header.backing_file = r->backing_file;
     if (h->features & QC_QED_F_BACKING_FORMAT_NO_PROBE) {
