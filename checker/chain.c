@@ -9,7 +9,8 @@
  * recorded format, a missing recorded format (probed only with
  * allow_probe), raw recorded for a file that is an image, a loop (same
  * device and inode), a chain deeper than the limit, a layer in a format
- * qcheck cannot check; an external data file that cannot be opened, is
+ * qcheck cannot check (qcow2 and QED layers are checked, raw ones have
+ * nothing to check); an external data file that cannot be opened, is
  * shorter than what the image maps into it, or is named relative to the
  * working directory. Needs: each layer's check (its header names, the end
  * of the data it maps). Produces: the layers (open, for the digest) and
@@ -118,6 +119,25 @@ static char *resolve_backing(const char *parent, const char *name)
 
 /* ---- layers ---- */
 
+/* The names layer L's header holds: a qcow2 header that decoded, or a QED
+ * one (whose check records its backing file; it names no data file). NULL
+ * when the check found no header to read them from. */
+static const qc_header_info *names_of(const layer *L)
+{
+    const qc_result *r = L->result;
+    return qc_result_header(r) ? qc_result_header(r) : r->qed ? &r->header : NULL;
+}
+
+/* The formats qcheck reads a layer in: checked (qcow2, qed) or raw. */
+static const char *readable_format(const char *format)
+{
+    static const char *const formats[] = {"qcow2", "qed", "raw"};
+    for (size_t i = 0; format && i < sizeof(formats) / sizeof(formats[0]); i++)
+        if (strcmp(format, formats[i]) == 0)
+            return formats[i];
+    return NULL;
+}
+
 static layer *push_layer(qc_chain *ch, char *path)
 {
     if (ch->n == ch->cap) {
@@ -160,7 +180,7 @@ static const char *probe(qc_io *io)
  * image maps into it. */
 static void open_data_file(qc_chain *ch, layer *L)
 {
-    const qc_header_info *h = qc_result_header(L->result);
+    const qc_header_info *h = names_of(L);
     const char *given = L->pub.depth == 0 ? ch->opts.data_file : NULL;
     const char *obj = "external data file";
     enum { DATA_NOT_NAMED = OPEN_NOT_A_FILE + 1, DATA_NOT_WANTED, DATA_PROTOCOL };
@@ -213,7 +233,7 @@ static long find_layer(const qc_chain *ch, const struct stat *st)
  * new layer after L, or none where the chain ends (reported). L may move. */
 static void open_backing(qc_chain *ch, layer *L)
 {
-    const qc_header_info *h = qc_result_header(L->result);
+    const qc_header_info *h = names_of(L);
     const char *name = h ? h->backing_file : NULL;
     const char *obj = "backing file name";
     if (!name || !ch->opts.backing)
@@ -276,11 +296,11 @@ static void open_backing(qc_chain *ch, layer *L)
                                                     : UNKNOWN_FORMAT;
         report_name(ch, L, QC_P_BACKING_UNOPENABLE, obj, path, why, 0);
         format = NULL;
-    } else if (strcmp(format, "qcow2") != 0) {
+    } else if (!readable_format(format)) {
         report_name(ch, L, QC_P_LAYER_NOT_CHECKED, obj, path, qc_driver_index(format), 0);
         format = NULL;
     }
-    if (!format || !(strcmp(format, "qcow2") == 0 || strcmp(format, "raw") == 0)) {
+    if (!readable_format(format)) {
         qc_io_close(&io);
         free(path);
         return;
@@ -299,7 +319,7 @@ static void open_backing(qc_chain *ch, layer *L)
     B->own_io = true;
     B->dev = st.st_dev;
     B->ino = st.st_ino;
-    B->pub.format = strcmp(format, "raw") == 0 ? "raw" : "qcow2";
+    B->pub.format = readable_format(format);
     B->pub.probed = probed;
 }
 
@@ -341,15 +361,15 @@ int qc_chain_check(qc_io *top, const char *top_path, const qc_options *check,
         L = &ch->layers[k];
         L->pub.result = L->result;
         event(ch, QC_CHAIN_LAYER_BEGIN, L);
-        bool qcow2 = strcmp(L->pub.format, "qcow2") == 0;
-        int ret = qcow2 ? qc_check(&L->io, &ch->check, L->result) : 0;
+        bool raw = strcmp(L->pub.format, "raw") == 0;
+        int ret = raw ? 0 : qc_check(&L->io, &ch->check, L->result);
         if (ret < 0) {
             qc_chain_free(ch);
             return ret;
         }
         if (k == 0)
             L->pub.format = qc_result_driver(L->result);
-        if (qc_result_header(L->result)) {
+        if (names_of(L)) {
             open_data_file(ch, L);
             open_backing(ch, L);
         }

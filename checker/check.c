@@ -19,7 +19,7 @@ static bool init_maps(qc_ctx *ctx)
            qc_bitset_init(&ctx->mem, &ctx->bitmap_unfollowed_targets, ctx->file_clusters) &&
            qc_bitset_init(&ctx->mem, &ctx->orphans, ctx->file_clusters) &&
            qc_bitset_init(&ctx->mem, &ctx->refcount_above_refs, ctx->file_clusters) &&
-           qc_map_begin(ctx);
+           qc_map_begin(ctx, ctx->file_clusters, ctx->geo.cluster_bits);
 }
 
 void qc_ctx_release(qc_ctx *ctx)
@@ -43,6 +43,7 @@ void qc_ctx_release(qc_ctx *ctx)
     free(ctx->l2_tables);
     free(ctx->qed.items);
     free(ctx->qed.leaks);
+    free(ctx->qed.map_class);
 }
 
 bool qc_options_load(qc_options *dst, const qc_options *src)

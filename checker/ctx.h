@@ -67,6 +67,10 @@ typedef struct qc_qed_view {
     size_t nb_items, cap_items;
     qc_cluster_run *leaks; /* the leaked runs, in order */
     size_t nb_leaks, cap_leaks;
+    /* Per cluster up to nclusters, its class in the host map (QC_MAP_HEADER,
+     * L1, L2, DATA or LEAKED, from what referenced it first): only when a
+     * map is asked for and every table was read, else NULL. */
+    uint8_t *map_class;
 } qc_qed_view;
 
 /* pass_qed.c: whether host cluster c is leaked in a repair's check. */
@@ -123,6 +127,8 @@ typedef struct qc_ctx {
      * pages with a mark cost memory), and the corruptions reported before
      * the sets exist (byte ranges, applied once the cluster size is known). */
     qc_bitset map_compressed, map_corrupt, map_overlap;
+    uint64_t map_clusters;     /* the host clusters the map classifies */
+    unsigned map_cluster_bits; /* log2 of their size */
     qc_byte_range map_early[8];
     unsigned nb_map_early;
     bool compared; /* every pass up to the comparison ran: the map can be built */
@@ -173,9 +179,10 @@ void qc_ctx_run(qc_ctx *ctx, qc_io *io, const qc_options *opts, qc_result *resul
 void qc_ctx_release(qc_ctx *ctx);
 
 /* ---- map.c: the host map ---- */
-/* Create the map's mark sets once the file's cluster count is known (does
- * nothing unless the options ask for a map). */
-bool qc_map_begin(qc_ctx *ctx);
+/* Create the map's mark sets for `clusters` host clusters of 2^cluster_bits
+ * bytes, once the cluster size is known (does nothing unless the options
+ * ask for a map). */
+bool qc_map_begin(qc_ctx *ctx, uint64_t clusters, unsigned cluster_bits);
 void qc_map_release(qc_ctx *ctx);
 /* Mark host clusters [first, first + count) (clipped to the file) in one
  * of the map's sets (nothing when the map is not wanted: the set is empty). */
@@ -183,7 +190,8 @@ void qc_map_mark(qc_bitset *set, uint64_t first, uint64_t count);
 /* A finding of problem p was reported: a corruption marks what it names. */
 void qc_map_note_finding(qc_ctx *ctx, const qc_problem *p, uint64_t offset,
                          const qc_finding_ctx *fc);
-/* Classify every host cluster into ctx->res's map (after the comparison). */
+/* Classify every host cluster into ctx->res's map (after the comparison,
+ * or a QED image's walk). */
 void qc_map_build(qc_ctx *ctx);
 
 /* ---- passes ---- */

@@ -5,10 +5,11 @@
  * H(H(block 0) || H(block 1) || ... || le64(virtual size)). Zero and
  * unallocated ranges are known from the metadata and hashed without being
  * read; compressed clusters are decompressed (zlib, zstd); extended L2
- * entries are read subcluster by subcluster. What a layer leaves
- * unallocated is read from the layer below it (zeros past that layer's
- * end, or below the last one), and guest data clusters from the layer's
- * external data file when it has one.
+ * entries are read subcluster by subcluster. A QED layer is read through
+ * its two table levels the same way (an L2 entry 0 unallocated, 1 a zero
+ * cluster). What a layer leaves unallocated is read from the layer below
+ * it (zeros past that layer's end, or below the last one), and guest data
+ * clusters from the layer's external data file when it has one.
  *
  * Needs: layers a check found consistent (the caller checks first), or a
  * raw file. Every read is bounded by the file all the same. Produces: the
@@ -26,6 +27,7 @@
 
 #include "../layout/bytes.h"
 #include "../layout/format.h"
+#include "../layout/qed.h"
 #include "compressed.h"
 #include "ctx.h"
 #include "digest.h"
@@ -152,15 +154,21 @@ static void hash_finish(hasher *h, uint64_t total, uint8_t *out)
     }
 }
 
-/* ---- reading the guest of a qcow2 image ---- */
+/* ---- reading the guest of a qcow2 or QED image ---- */
+
+typedef enum layer_kind { LAYER_RAW, LAYER_QCOW2, LAYER_QED } layer_kind;
 
 typedef struct guest {
     qc_io *io;              /* the image: header and tables (and data, without a data file) */
     qc_io *data;            /* where guest data clusters are: io or the external data file */
-    bool raw;               /* a raw layer: its bytes are the guest's */
+    layer_kind kind;        /* raw: the file's bytes are the guest's */
     uint64_t size;          /* bytes the guest of this layer has */
-    qc_header hdr;
-    qc_geometry g;
+    qc_header hdr;          /* qcow2 */
+    qc_geometry g;          /* qcow2 */
+    /* Both formats' two levels: L1 entries (the L2 tables' host offsets,
+     * 0 for none), and L2 tables of l2_entries entries mapping clusters
+     * of cluster_size bytes. */
+    uint64_t cluster_size, l1_entries, l2_entries, l2_bytes;
     uint64_t *l1;
     uint8_t *l2;            /* the L2 table of l2_index, or none (UINT64_MAX) */
     uint64_t l2_index;
@@ -201,18 +209,19 @@ static int read_data(const guest *gu, uint64_t off, uint8_t *buf, uint64_t len)
  * guest cluster `vc`; 0 for none. */
 static int l2_entry(guest *gu, uint64_t vc, uint64_t *entry, uint64_t *bitmap)
 {
-    uint64_t l1_index = vc / gu->g.l2_entries, i = vc % gu->g.l2_entries;
+    uint64_t l1_index = vc / gu->l2_entries, i = vc % gu->l2_entries;
     *entry = *bitmap = 0;
-    if (l1_index >= gu->hdr.l1_size)
-        return 0;
-    uint64_t l2_offset = gu->l1[l1_index] & QC_L1_OFFSET_MASK;
-    if (!l2_offset)
+    if (l1_index >= gu->l1_entries || !gu->l1[l1_index])
         return 0;
     if (gu->l2_index != l1_index) {
-        int ret = read_host(gu, l2_offset, gu->l2, gu->g.cluster_size);
+        int ret = read_host(gu, gu->l1[l1_index], gu->l2, gu->l2_bytes);
         if (ret < 0)
             return ret;
         gu->l2_index = l1_index;
+    }
+    if (gu->kind == LAYER_QED) {
+        *entry = qc_qed_entry(gu->l2, i);
+        return 0;
     }
     const uint8_t *e = gu->l2 + i * gu->g.l2_entry_size;
     *entry = qc_be64(e);
@@ -306,11 +315,24 @@ static int read_in_cluster(const layers *ls, size_t k, uint64_t off, uint8_t *bl
                            uint64_t pos, uint64_t len, bool *zero)
 {
     guest *gu = &ls->layer[k];
-    uint64_t cs = gu->g.cluster_size, in = off & (cs - 1);
+    uint64_t cs = gu->cluster_size, in = off & (cs - 1);
     uint64_t entry, bitmap;
     int ret = l2_entry(gu, off / cs, &entry, &bitmap);
     if (ret < 0)
         return ret;
+    if (gu->kind == LAYER_QED) {
+        if (entry == QC_QED_UNALLOCATED)
+            return read_below(ls, k, off, block, pos, len, zero);
+        if (entry == QC_QED_ZERO_CLUSTER) {
+            zeros(block, pos, len, *zero);
+            return 0;
+        }
+        uint64_t host;
+        if (!qc_add_ok(entry, in, &host))
+            return -EIO;
+        mark_data(block, pos, zero);
+        return read_host(gu, host, block + pos, len);
+    }
     if (entry & QC_OFLAG_COMPRESSED) {
         const uint8_t *data;
         if ((ret = compressed_cluster(gu, off / cs, entry, &data)) < 0)
@@ -365,12 +387,12 @@ static int read_range(const layers *ls, size_t k, uint64_t off, uint8_t *block, 
         have = len;
     if (have < len)
         zeros(block, pos + have, len - have, *zero);
-    if (have && gu->raw) {
+    if (have && gu->kind == LAYER_RAW) {
         mark_data(block, pos, zero);
         return read_io(gu->io, off, block + pos, have);
     }
     for (uint64_t done = 0; done < have;) {
-        uint64_t at = off + done, cs = gu->g.cluster_size;
+        uint64_t at = off + done, cs = gu->cluster_size;
         uint64_t n = cs - (at & (cs - 1));
         if (n > have - done)
             n = have - done;
@@ -403,6 +425,88 @@ __attribute__((format(printf, 3, 4))) static int refuse(char *why, size_t len, c
     return -ENOTSUP;
 }
 
+#define REFUSE_BACKING                                                                         \
+    "the image has a backing file, whose content the guest also reads: take the digest "     \
+    "through the chain (--chain)"
+#define REFUSE_DATA_FILE "a data file was given for an image without one"
+
+/* The L1 table: l1_entries entries at `offset` in the file, as the L2
+ * tables' host offsets (0: none), and room for one L2 table. */
+static int read_l1(guest *gu, uint64_t offset)
+{
+    uint64_t l1_bytes = gu->l1_entries * 8;
+    if (!qc_range_within(offset, l1_bytes, gu->io->size))
+        return refuse(gu->why, gu->why_len, "the L1 table lies outside the file");
+    gu->l1 = malloc(l1_bytes ? l1_bytes : 1);
+    gu->l2 = malloc(gu->l2_bytes);
+    if (!gu->l1 || !gu->l2)
+        return -ENOMEM;
+    uint8_t *raw = (uint8_t *)gu->l1;
+    int ret = l1_bytes ? read_host(gu, offset, raw, l1_bytes) : 0;
+    for (uint64_t i = 0; ret == 0 && i < gu->l1_entries; i++)
+        gu->l1[i] = gu->kind == LAYER_QED ? qc_qed_entry(raw, i)
+                                          : qc_be64(raw + 8 * i) & QC_L1_OFFSET_MASK;
+    return ret;
+}
+
+/* A QED layer from its first n bytes: tables of table_size clusters, the
+ * guest image_size bytes; it has no data file. */
+static int qed_open(guest *gu, const uint8_t *head, size_t n, const qc_digest_layer *spec,
+                    bool below)
+{
+    qc_qed_header h;
+    qc_qed_header_decode(head, n, &h);
+    if (h.cluster_size < QC_QED_MIN_CLUSTER_SIZE || h.cluster_size > QC_QED_MAX_CLUSTER_SIZE ||
+        (h.cluster_size & (h.cluster_size - 1)) || h.table_size < QC_QED_MIN_TABLE_SIZE ||
+        h.table_size > QC_QED_MAX_TABLE_SIZE)
+        return refuse(gu->why, gu->why_len, "the header cannot be read");
+    gu->kind = LAYER_QED;
+    gu->size = h.image_size;
+    if ((h.features & QC_QED_F_BACKING_FILE) && !below)
+        return refuse(gu->why, gu->why_len, REFUSE_BACKING);
+    if (spec->data)
+        return refuse(gu->why, gu->why_len, REFUSE_DATA_FILE);
+    gu->cluster_size = h.cluster_size;
+    gu->l2_bytes = (uint64_t)h.table_size * h.cluster_size;
+    gu->l1_entries = gu->l2_entries = qc_qed_table_entries(&h);
+    return read_l1(gu, h.l1_table_offset);
+}
+
+/* A qcow2 layer from its first n bytes. */
+static int qcow2_open(guest *gu, const uint8_t *head, size_t n, const qc_digest_layer *spec,
+                      bool below)
+{
+    char *why = gu->why;
+    size_t why_len = gu->why_len;
+    if (!qc_header_decode(head, n, &gu->hdr) || gu->hdr.cluster_bits < 9 ||
+        gu->hdr.cluster_bits > 21 || gu->hdr.refcount_order > 6)
+        return refuse(why, why_len, "the header cannot be read");
+    gu->kind = LAYER_QCOW2;
+    gu->size = gu->hdr.size & ~(uint64_t)511; /* QEMU's guest ends at a whole sector */
+    if (gu->hdr.backing_file_offset && !below)
+        return refuse(why, why_len, REFUSE_BACKING);
+    bool data_file = gu->hdr.incompatible_features & QC_INCOMPAT_DATA_FILE;
+    if (data_file && !spec->data)
+        return refuse(why, why_len, "the guest data are in an external data file: name it "
+                                    "(--data-file, or --chain to open the one the image names)");
+    if (!data_file && spec->data)
+        return refuse(why, why_len, REFUSE_DATA_FILE);
+    if (gu->hdr.crypt_method)
+        return refuse(why, why_len, "the image is encrypted");
+    qc_geometry_init(&gu->g, gu->hdr.cluster_bits, gu->hdr.refcount_order,
+                     gu->hdr.incompatible_features & QC_INCOMPAT_EXTL2);
+    gu->cluster_size = gu->g.cluster_size;
+    gu->l1_entries = gu->hdr.l1_size;
+    gu->l2_entries = gu->g.l2_entries;
+    gu->l2_bytes = gu->g.cluster_size;
+    gu->cluster = malloc(gu->g.cluster_size);
+    gu->compressed = malloc(2 * gu->g.cluster_size);
+    gu->decompressor = qc_decompressor_new();
+    if (!gu->cluster || !gu->compressed || !gu->decompressor)
+        return -ENOMEM;
+    return read_l1(gu, gu->hdr.l1_table_offset);
+}
+
 /* Open layer `spec` for reading; `below`: a layer under it is given. */
 static int guest_open(guest *gu, const qc_digest_layer *spec, bool below, char *why,
                       size_t why_len)
@@ -415,44 +519,18 @@ static int guest_open(guest *gu, const qc_digest_layer *spec, bool below, char *
     gu->why_len = why_len;
     gu->l2_index = gu->decompressed = UINT64_MAX;
     if (spec->raw) {
-        gu->raw = true;
+        gu->kind = LAYER_RAW;
         gu->size = io->size;
         return 0;
     }
     uint8_t head[QC_V3_HEADER_LENGTH] = {0};
     size_t n = io->size < sizeof(head) ? (size_t)io->size : sizeof(head);
-    if (io->read(io->opaque, 0, head, n) < 0 || !qc_header_decode(head, n, &gu->hdr) ||
-        gu->hdr.cluster_bits < 9 || gu->hdr.cluster_bits > 21 || gu->hdr.refcount_order > 6)
+    if (io->read(io->opaque, 0, head, n) < 0)
         return refuse(why, why_len, "the header cannot be read");
-    gu->size = gu->hdr.size & ~(uint64_t)511; /* QEMU's guest ends at a whole sector */
-    if (gu->hdr.backing_file_offset && !below)
-        return refuse(why, why_len, "the image has a backing file, whose content the guest also "
-                                    "reads: take the digest through the chain (--chain)");
-    bool data_file = gu->hdr.incompatible_features & QC_INCOMPAT_DATA_FILE;
-    if (data_file && !spec->data)
-        return refuse(why, why_len, "the guest data are in an external data file: name it "
-                                    "(--data-file, or --chain to open the one the image names)");
-    if (!data_file && spec->data)
-        return refuse(why, why_len, "a data file was given for an image without one");
-    if (gu->hdr.crypt_method)
-        return refuse(why, why_len, "the image is encrypted");
-    qc_geometry_init(&gu->g, gu->hdr.cluster_bits, gu->hdr.refcount_order,
-                     gu->hdr.incompatible_features & QC_INCOMPAT_EXTL2);
-    uint64_t l1_bytes = (uint64_t)gu->hdr.l1_size * 8;
-    if (!qc_range_within(gu->hdr.l1_table_offset, l1_bytes, io->size))
-        return refuse(why, why_len, "the L1 table lies outside the file");
-    gu->l1 = malloc(l1_bytes ? l1_bytes : 1);
-    gu->l2 = malloc(gu->g.cluster_size);
-    gu->cluster = malloc(gu->g.cluster_size);
-    gu->compressed = malloc(2 * gu->g.cluster_size);
-    gu->decompressor = qc_decompressor_new();
-    if (!gu->l1 || !gu->l2 || !gu->cluster || !gu->compressed || !gu->decompressor)
-        return -ENOMEM;
-    uint8_t *raw = (uint8_t *)gu->l1;
-    int ret = l1_bytes ? io->read(io->opaque, gu->hdr.l1_table_offset, raw, (size_t)l1_bytes) : 0;
-    for (uint64_t i = 0; ret == 0 && i < gu->hdr.l1_size; i++)
-        gu->l1[i] = qc_be64(raw + 8 * i);
-    return ret;
+    const char *format = qc_guess_format(head, n);
+    if (format && strcmp(format, "qed") == 0)
+        return qed_open(gu, head, n, spec, below);
+    return qcow2_open(gu, head, n, spec, below);
 }
 
 /* How many bytes from `off` layer k (and the layers below it) read as
@@ -466,10 +544,10 @@ static uint64_t zero_span(const layers *ls, size_t k, uint64_t off)
     if (off >= gu->size)
         return k ? UINT64_MAX : 0;
     uint64_t data;
-    if (gu->raw) /* a hole of the file reads as zeros */
+    if (gu->kind == LAYER_RAW) /* a hole of the file reads as zeros */
         return qc_io_next_data(gu->io, off, &data) == 0 && data > off ? data - off : 0;
-    uint64_t range = gu->g.cluster_size * gu->g.l2_entries, l1_index = off / range;
-    if (l1_index < gu->hdr.l1_size && (gu->l1[l1_index] & QC_L1_OFFSET_MASK))
+    uint64_t range = gu->cluster_size * gu->l2_entries, l1_index = off / range;
+    if (l1_index < gu->l1_entries && gu->l1[l1_index])
         return 0;
     uint64_t here = range - off % range;
     uint64_t below = k + 1 < ls->n ? zero_span(ls, k + 1, off) : UINT64_MAX;

@@ -14,6 +14,11 @@
  * One sweep in cluster order after the comparison classifies each cluster
  * and counts it into its cell: memory is the cells, bounded by the
  * caller's map_cells and by the file, charged to the check's accountant.
+ *
+ * A QED image has no refcounts: its sweep reads the class the QED pass
+ * gave each cluster from its first referrer (the L1 table, an L2 table or
+ * guest data; nothing after the header is a leak), with the same overlap
+ * and corrupt marks, into the same cells.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -80,15 +85,17 @@ void qc_map_mark(qc_bitset *set, uint64_t first, uint64_t count)
             return; /* memory ran out: the check stops, and no map is built */
 }
 
-bool qc_map_begin(qc_ctx *ctx)
+bool qc_map_begin(qc_ctx *ctx, uint64_t clusters, unsigned cluster_bits)
 {
     if (!map_wanted(ctx))
         return true;
-    if (!qc_bitset_init(&ctx->mem, &ctx->map_compressed, ctx->file_clusters) ||
-        !qc_bitset_init(&ctx->mem, &ctx->map_corrupt, ctx->file_clusters) ||
-        !qc_bitset_init(&ctx->mem, &ctx->map_overlap, ctx->file_clusters))
+    ctx->map_clusters = clusters;
+    ctx->map_cluster_bits = cluster_bits;
+    if (!qc_bitset_init(&ctx->mem, &ctx->map_compressed, clusters) ||
+        !qc_bitset_init(&ctx->mem, &ctx->map_corrupt, clusters) ||
+        !qc_bitset_init(&ctx->mem, &ctx->map_overlap, clusters))
         return false;
-    const unsigned bits = ctx->geo.cluster_bits;
+    const unsigned bits = cluster_bits;
     for (unsigned i = 0; i < ctx->nb_map_early; i++) {
         uint64_t first = ctx->map_early[i].start >> bits;
         uint64_t last = (ctx->map_early[i].end - 1) >> bits;
@@ -122,7 +129,7 @@ void qc_map_note_finding(qc_ctx *ctx, const qc_problem *p, uint64_t offset,
         qc_map_mark(&ctx->map_corrupt, fc->cluster,
                     (fc->present & QC_CTX_CLUSTERS) && fc->clusters ? fc->clusters : 1);
     else if (offset != QC_NO_OFFSET && offset < ctx->file_size)
-        qc_map_mark(&ctx->map_corrupt, offset >> ctx->geo.cluster_bits, 1);
+        qc_map_mark(&ctx->map_corrupt, offset >> ctx->map_cluster_bits, 1);
 }
 
 /* ---- the sweep ---- */
@@ -288,12 +295,38 @@ static void sweep_page(const qc_ctx *ctx, map_build *b, uint64_t p, uint64_t fir
     }
 }
 
+/* A QED image's clusters: the class the QED pass gave each, unless a mark
+ * says overlap or corrupt (the partial cluster that may end the file is
+ * not one QEMU uses: free). */
+static void sweep_qed(const qc_ctx *ctx, map_build *b)
+{
+    const qc_qed_view *q = &ctx->qed;
+    for (uint64_t c = 0; c < ctx->map_clusters; c++) {
+        unsigned cls;
+        if (qc_bitset_test(&ctx->map_overlap, c))
+            cls = QC_MAP_OVERLAP;
+        else if (qc_bitset_test(&ctx->map_corrupt, c))
+            cls = QC_MAP_CORRUPT;
+        else
+            cls = c < q->nclusters ? q->map_class[c] : QC_MAP_FREE;
+        add(b, cls, 1);
+    }
+}
+
+/* Every pass the map reads from ran to its end. */
+static bool map_complete(const qc_ctx *ctx)
+{
+    if (ctx->res->qed)
+        return ctx->qed.walked && ctx->qed.map_class;
+    return ctx->compared && !ctx->stop;
+}
+
 void qc_map_build(qc_ctx *ctx)
 {
     qc_result *r = ctx->res;
     qc_result_drop_map(r);
-    uint64_t clusters = ctx->file_clusters;
-    if (!map_wanted(ctx) || !ctx->compared || ctx->stop || clusters == 0)
+    uint64_t clusters = ctx->map_clusters;
+    if (!map_wanted(ctx) || !map_complete(ctx) || clusters == 0)
         return;
     uint64_t per_cell = qc_div_round_up(clusters, ctx->options.map_cells);
     uint64_t nb_cells = qc_div_round_up(clusters, per_cell);
@@ -301,16 +334,22 @@ void qc_map_build(qc_ctx *ctx)
      * rather than reported: the check itself is complete. */
     qc_mem quiet = ctx->mem;
     quiet.refused = NULL;
+    quiet.stopped = NULL; /* a QED check ends stopped: nothing of qcow2's runs */
     qc_map_cell *cells = qc_mem_alloc(&quiet, nb_cells * sizeof(qc_map_cell), "host map");
     if (!cells)
         return;
     ctx->mem.used = quiet.used;
     map_build b = {.cells = cells, .per_cell = per_cell, .totals = r->map_class_clusters};
     memset(r->map_class_clusters, 0, sizeof(r->map_class_clusters));
-    for (uint64_t p = 0; p < ctx->refmap.nb_pages; p++) {
-        uint64_t first = p << QC_PAGE_SHIFT;
-        uint64_t n = clusters - first < QC_PAGE_CLUSTERS ? clusters - first : QC_PAGE_CLUSTERS;
-        sweep_page(ctx, &b, p, first, n);
+    if (r->qed) {
+        sweep_qed(ctx, &b);
+    } else {
+        for (uint64_t p = 0; p < ctx->refmap.nb_pages; p++) {
+            uint64_t first = p << QC_PAGE_SHIFT;
+            uint64_t n = clusters - first < QC_PAGE_CLUSTERS ? clusters - first
+                                                             : QC_PAGE_CLUSTERS;
+            sweep_page(ctx, &b, p, first, n);
+        }
     }
     count_run(&b, b.run_class, b.run_len);
     if (b.in_cell)
@@ -319,5 +358,5 @@ void qc_map_build(qc_ctx *ctx)
     r->map_cells = (size_t)nb_cells;
     r->map_clusters_per_cell = per_cell;
     r->map_clusters = clusters;
-    r->map_cluster_size = ctx->geo.cluster_size;
+    r->map_cluster_size = (uint64_t)1 << ctx->map_cluster_bits;
 }

@@ -17,16 +17,23 @@
  * Needs: the io, the file's size; the QED magic was seen.
  * Produces: the result's counters as qemu-img check reports a QED image
  *   (total, allocated and fragmented clusters, corruptions, leaks, check
- *   errors), and findings 1001-1014; for a repair's check (fix_sink set),
- *   ctx->qed: the geometry, every entry a repair may change (invalid ones,
- *   second claims) and where the trailing leaked run starts.
+ *   errors), and findings 1001-1014; the backing file name and its format
+ *   (raw, or none: probed) as QEMU's open reads them, in the result's
+ *   header names (for --chain; the header is otherwise not qcow2's, so
+ *   qc_result_header stays NULL); ctx->qed: the geometry, and for a
+ *   repair's check (fix_sink set) every entry a repair may change (invalid
+ *   ones, second claims) and where the trailing leaked run starts; when a
+ *   host map is asked for, its overlap and corrupt marks and each
+ *   cluster's class (ctx->qed.map_class) from what referenced it first.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../layout/qed.h"
 #include "ctx.h"
+#include "result.h"
 
 /* What first referenced a cluster: the L1 table, an L2 table (by its L1
  * index) or guest data (by its guest cluster, below 2^54 for any
@@ -157,6 +164,7 @@ static bool claim(qed_walk *w, uint64_t off, uint64_t n, uint64_t ref, const cha
             w->first_ref[c] = ref;
             continue;
         }
+        qc_map_mark(&w->ctx->map_overlap, c, 1);
         char before[96];
         uint64_t first_ref = w->first_ref[c];
         describe_ref(w, first_ref, before, sizeof(before));
@@ -268,6 +276,49 @@ static void find_leaks(qed_walk *w)
     }
 }
 
+/* Each cluster's class in the host map (map.c adds the overlap and corrupt
+ * marks): the header's, then by what referenced it first; nothing: leaked. */
+static void classify_clusters(qed_walk *w)
+{
+    qc_ctx *ctx = w->ctx;
+    uint8_t *cls = qc_alloc(ctx, w->nclusters ? w->nclusters : 1, "QED host map classes");
+    if (!cls)
+        return;
+    for (uint64_t c = 0; c < w->nclusters; c++) {
+        uint64_t ref = w->first_ref[c];
+        cls[c] = c < w->h.header_size ? QC_MAP_HEADER
+               : ref == REF_NONE      ? QC_MAP_LEAKED
+               : ref == REF_L1        ? QC_MAP_L1
+               : ref & REF_L2         ? QC_MAP_L2
+                                      : QC_MAP_DATA;
+    }
+    ctx->qed.map_class = cls;
+}
+
+/* The backing file QEMU's open reads from the header it accepted: the name
+ * (a C string up to its first NUL; bytes past the end of the file read as
+ * zeros), and raw as its format when the header says not to probe it. A
+ * name as long as QEMU's buffer or longer fails QEMU's open, and an empty
+ * one opens no backing file: none. */
+static void record_backing(qc_ctx *ctx, const qc_qed_header *h)
+{
+    qc_result *r = ctx->res;
+    if (!(h->features & QC_QED_F_BACKING_FILE) || h->backing_filename_size > QC_NAME_MAX)
+        return;
+    uint64_t off = h->backing_filename_offset;
+    uint64_t have = off < ctx->file_size ? ctx->file_size - off : 0;
+    size_t n = have < h->backing_filename_size ? (size_t)have : h->backing_filename_size;
+    memset(r->backing_file, 0, sizeof(r->backing_file));
+    if (!n || !qc_read(ctx, off, r->backing_file, n, "QED backing file name") ||
+        !r->backing_file[0])
+        return;
+    r->header.backing_file = r->backing_file;
+    if (h->features & QC_QED_F_BACKING_FORMAT_NO_PROBE) {
+        snprintf(r->backing_format, sizeof(r->backing_format), "raw");
+        r->header.backing_format = r->backing_format;
+    }
+}
+
 /* The header as QEMU's open judges it. False: QEMU would not open the
  * image (reported), nothing else can be checked. */
 static bool check_header(qc_ctx *ctx, const qc_qed_header *h)
@@ -342,6 +393,10 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
                                     .size = h->backing_filename_size, .expected = w.header_end});
         return;
     }
+    record_backing(ctx, h);
+    if (!qc_map_begin(ctx, qc_div_round_up(ctx->file_size, w.cluster_size),
+                      (unsigned)__builtin_ctzll(w.cluster_size)))
+        return;
     if (h->features & QC_QED_F_NEED_CHECK)
         qc_report(ctx, QC_P_QED_NEED_CHECK, obj, 16, 1, &(qc_finding_ctx){0});
     if (h->compat_features)
@@ -370,6 +425,8 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
             }
         }
     }
+    if (ctx->qed.walked && ctx->options.map_cells)
+        classify_clusters(&w);
     free(w.first_ref);
     free(w.table);
     free(l1);

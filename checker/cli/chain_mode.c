@@ -95,7 +95,8 @@ static void print_chain(const cli *c, const qc_chain *ch, const verdict *total, 
     if (c->output == OUTPUT_JSON) {
         printf("{\n    \"filename\": ");
         cli_json_string(stdout, c->filename);
-        printf(",\n    \"format\": \"qcow2\"");
+        printf(",\n    \"format\": ");
+        cli_json_string(stdout, qc_chain_layer_at(ch, 0)->format);
         if (total->corruptions)
             printf(",\n    \"corruptions\": %" PRIu64, total->corruptions);
         printf(",\n    \"check-errors\": %" PRIu64, total->check_errors);

@@ -1050,16 +1050,11 @@ static int check_file(cli *c, verdict *v, bool *checked)
     if (ret == 0 && c->digest_alg) {
         /* The guest's content means something only where the metadata
          * holds: no digest of an image with corruptions. */
-        bool qed = v->driver && strcmp(v->driver, "qed") == 0;
-        if (qed)
-            cli_message(c, "no digest of '%s': qcheck takes the digest of qcow2 images and raw "
-                           "files, not yet of QED images", c->filename);
-        else if (!raw && !v->other_format && (v->corruptions || v->check_errors))
+        if (!raw && !v->other_format && (v->corruptions || v->check_errors))
             cli_message(c, "no digest of '%s': the check found corruptions or could not complete",
                     c->filename);
         else if (raw || !v->other_format)
             no_digest = !cli_take_digest(c, &io, raw, NULL);
-        no_digest = no_digest || qed;
     }
     qc_io_close(&io);
     if (ret < 0) {

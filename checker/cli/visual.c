@@ -117,8 +117,6 @@ static const char *no_map_reason(const qc_result *r)
         return "the image was not checked";
     if (qc_result_other_format(r))
         return "not a qcow2 image";
-    if (strcmp(qc_result_driver(r), "qed") == 0)
-        return "QED images are checked but not drawn yet";
     return "the check stopped before it could classify every cluster (see the findings)";
 }
 

@@ -325,7 +325,10 @@ int qc_exit_status(const qc_result *result);
 /* ---- The host map: what each cluster of the file holds -------------- */
 
 /* The class of a host cluster of the image file. Clusters past the end of
- * the file are not in the map. */
+ * the file are not in the map. A QED image has no refcounts: its header
+ * is its header_size clusters, a cluster after them that nothing
+ * references is leaked (qedClusterLeaked), and only the partial cluster
+ * that may end the file is free. */
 typedef enum qc_map_class {
     QC_MAP_FREE,           /* no structure, no reference, refcount 0 */
     QC_MAP_HEADER,         /* cluster 0 (the header and its extensions), the encryption header */
@@ -340,7 +343,8 @@ typedef enum qc_map_class {
     QC_MAP_COMPRESSED,     /* holds compressed guest data (all or part of it) */
     /* Problems, in increasing severity; a cluster with one of them has
      * that class whatever else it holds (the most severe one). */
-    QC_MAP_LEAKED,         /* refcount on disk above the references found (refcountLeak) */
+    QC_MAP_LEAKED,         /* refcount on disk above the references found (refcountLeak);
+                            * QED: referenced by nothing */
     QC_MAP_ORPHANED,       /* the same, where a pointer the check reported and did
                             * not follow may own it (refcountOrphan) */
     QC_MAP_CORRUPT,        /* named by a corruption finding: its cluster range, or
@@ -424,7 +428,7 @@ typedef struct qc_chain qc_chain;
 typedef struct qc_chain_layer {
     unsigned depth;          /* 0: the top image; 1: its backing file; ... */
     const char *path;        /* the file, as opened */
-    const char *format;      /* the driver it is read with: "qcow2" or "raw" */
+    const char *format;      /* the driver it is read with: "qcow2", "qed" or "raw" */
     bool probed;             /* the format was guessed from the content (--allow-probe) */
     const qc_result *result; /* its check (a raw layer has nothing to check: no findings) */
     const char *data_file;   /* the external data file opened for it, or NULL */

@@ -31,6 +31,12 @@ digest:NAME   `qemu-img convert -O raw` gives RAW; then
               * no qcheck run changes a byte of IMAGE or RAW (sha256).
 raw:NAME      A raw file made here (not by qemu-img), digested directly: an
               odd length (100 KiB + 3) and an empty file.
+digest:qed_*  The same for QED images (qemu-img create -f qed, qemu-io -f
+              qed): data and zero clusters (`write -z`), 4 KiB clusters with
+              several L2 tables, a size that is not a whole cluster, empty.
+qed:same_as_qcow2  A QED image (with zero-cluster and data entries) and its
+              `qemu-img convert -O qcow2` copy: the same sha256 and xxh128
+              digest, the reference one.
 
 Refusals and damaged images (refuse:*, damaged:*):
 refuse:backing    an overlay with a backing file: exit 1, no digest on
@@ -39,10 +45,17 @@ refuse:backing    an overlay with a backing file: exit 1, no digest on
 refuse:data_file  an image with an external data file: the same, the
                   message says "data file";
 refuse:luks       a LUKS-encrypted image: the same, it says "encrypt...";
+refuse:qed_backing  a QED image with a raw backing file, without --chain:
+                  the same as refuse:backing (the digest through the chain
+                  is tests/chain/run_chain.py's qed_top_raw_base);
 damaged:*         an L2 entry pointing past the end of the file, a data
                   cluster whose refcount is 0: the exit status is that of
                   the plain check (2), and no digest is printed (human,
                   JSON);
+damaged:qed_*     a QED L2 entry past the end of the file, or mapping the
+                  data of another guest offset: exit 2, no digest (stderr
+                  says the check found corruptions); a leaked QED cluster:
+                  exit 3 and the reference digest;
 damaged:leak      a leaked cluster (exit 3 as the plain check): the
                   contract says nothing of leaks, so only this is asserted:
                   the exit status is the check's, and a digest, if printed,
@@ -70,6 +83,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True  # keep the source tree clean under CTest
 sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 import qcow2lib as q  # noqa: E402
+import qedlib  # noqa: E402
 
 QEMU_IMG = "qemu-img"
 QEMU_IO = "qemu-io"
@@ -182,22 +196,22 @@ def run(cmd, **kw):
     return res
 
 
-def create(path, size, opts="", backing=None):
+def create(path, size, opts="", backing=None, fmt="qcow2", backing_fmt="qcow2"):
     """qemu-img create, run in the image's directory: a relative data file
     name is created there (a backing name is relative to the image anyway)."""
-    cmd = [QEMU_IMG, "create", "-q", "-f", "qcow2"]
+    cmd = [QEMU_IMG, "create", "-q", "-f", fmt]
     if opts:
         cmd += ["-o", opts]
     if backing:
-        cmd += ["-b", backing, "-F", "qcow2"]
+        cmd += ["-b", backing, "-F", backing_fmt]
     run(cmd + [os.path.abspath(path), str(size)], cwd=os.path.dirname(os.path.abspath(path)))
 
 
-def qemu_io(path, *commands):
-    """qemu-io commands on a qcow2 image, run in its directory (QEMU 7.2
-    opens a relative data file name from there); any failure message is a
-    set-up error."""
-    cmd = [QEMU_IO, "-f", "qcow2"]
+def qemu_io(path, *commands, fmt="qcow2"):
+    """qemu-io commands on an image (qcow2 unless `fmt`), run in its
+    directory (QEMU 7.2 opens a relative data file name from there); any
+    failure message is a set-up error."""
+    cmd = [QEMU_IO, "-f", fmt]
     for c in commands:
         cmd += ["-c", c]
     res = run(cmd + [os.path.abspath(path)], cwd=os.path.dirname(os.path.abspath(path)))
@@ -391,6 +405,39 @@ def build_v2(d):
     return img
 
 
+def image_format(path):
+    return "qed" if path.endswith(".qed") else "qcow2"
+
+
+def qed_builder(name, size, opts, *commands):
+    """A QED image (`opts` for qemu-img create -o) written by qemu-io."""
+    def build(d):
+        img = os.path.join(d, name + ".qed")
+        create(img, size, opts, fmt="qed")
+        if commands:
+            qemu_io(img, *commands, fmt="qed")
+        return img
+    return build
+
+
+QED_IMAGES = [
+    # data, zero clusters over data and over nothing, a zero write of part
+    # of a cluster (zeros written as data), sector-granular writes
+    ("qed_plain", qed_builder("qed_plain", 4 * MiB, "",
+                              *scattered_writes(21, 4 * MiB, 12, 512, 96 * KiB),
+                              "write -P 0x61 0 256k", "write -z 64k 64k", "write -z 3M 128k",
+                              "write -z 200k 4k", "write -P 0x62 4190208 4096")),
+    # 4 KiB clusters, two-cluster tables: eight L2 tables over 16 MiB
+    ("qed_cluster_4k", qed_builder("qed_cluster_4k", 16 * MiB, "cluster_size=4096,table_size=2",
+                                   *scattered_writes(22, 16 * MiB, 30, 512, 24 * KiB),
+                                   "write -z 5M 8k")),
+    # a guest size that is not a whole cluster: the last block is short
+    ("qed_size_1m_512", qed_builder("qed_size_1m_512", MiB + 512, "",
+                                    "write -P 0x63 0 4096", "write -P 0x64 %d 512" % MiB)),
+    ("qed_empty", qed_builder("qed_empty", 16 * MiB, "")),
+]
+
+
 def empty_builder(size):
     def build(d):
         img = os.path.join(d, "empty_%d.qcow2" % size)
@@ -416,7 +463,7 @@ IMAGES = [
     ("v2", build_v2),
     ("empty", empty_builder(16 * MiB)),
     ("empty_size_0", empty_builder(0)),
-]
+] + QED_IMAGES
 
 
 # ---- qcheck ----------------------------------------------------------------------
@@ -491,7 +538,7 @@ class Runner:
         d = self.fresh_dir(t.name)
         img = builder(d)
         raw = os.path.join(d, "guest.raw")
-        run([QEMU_IMG, "convert", "-f", "qcow2", "-O", "raw", img, raw])
+        run([QEMU_IMG, "convert", "-f", image_format(img), "-O", "raw", img, raw])
         ref = reference_digest(raw)
         got = self.human(t, img, "sha256", [raw], summary=True)
         t.expect(got == ref, "--digest IMAGE printed %s, the reference is %s" % (got, ref))
@@ -610,6 +657,64 @@ class Runner:
             _, out, _ = self.qcheck_run(t, ["--digest", img], img)
             t.notes.append("digest printed" if allowed in out else "no digest printed")
 
+    def qed_same_as_qcow2(self, t):
+        """A QED image and its `qemu-img convert -O qcow2` copy: the same
+        digest (sha256 and xxh128), the reference one; the QED image has
+        zero-cluster entries (1) and data entries (the set-up)."""
+        d = self.fresh_dir(t.name)
+        img = dict(QED_IMAGES)["qed_plain"](d)
+        entries = [e for i, e1 in enumerate(qedlib.Image(img).l1()) if e1
+                   for e in qedlib.Image(img).l2(i)]
+        t.expect(qedlib.ZERO_CLUSTER in entries and
+                 any(e > qedlib.ZERO_CLUSTER for e in entries),
+                 "set-up: the QED image has no zero cluster or no data cluster")
+        copy, raw = os.path.join(d, "copy.qcow2"), os.path.join(d, "guest.raw")
+        run([QEMU_IMG, "convert", "-f", "qed", "-O", "qcow2", img, copy])
+        run([QEMU_IMG, "convert", "-f", "qed", "-O", "raw", img, raw])
+        for alg in ("sha256", "xxh128"):
+            on_qed = self.human(t, img, alg, [copy], summary=True)
+            on_qcow2 = self.human(t, copy, alg, [img], summary=True)
+            t.expect(on_qed is not None and on_qed == on_qcow2,
+                     "--digest=%s: %s on the QED image, %s on its qcow2 copy"
+                     % (alg, on_qed, on_qcow2))
+            if alg == "sha256" or XXH3_128 is not None:
+                ref = reference_digest(raw, alg)
+                t.expect(on_qed == ref, "--digest=%s of the QED image: %s, the reference %s"
+                         % (alg, on_qed, ref))
+
+    def refuse_qed_backing(self, t):
+        """A QED image with a raw backing file, without --chain: refused as
+        a qcow2 overlay is (exit 1, "backing")."""
+        d = self.fresh_dir(t.name)
+        base, top = os.path.join(d, "base.raw"), os.path.join(d, "top.qed")
+        write_raw(base, [(0, b"\x5a" * 65536)], 4 * MiB)
+        create(top, 4 * MiB, backing="base.raw", backing_fmt="raw", fmt="qed")
+        qemu_io(top, "write -P 0xa2 64K 4K", fmt="qed")
+        self.refused(t, top, [base], r"backing")
+
+    def qed_damaged(self, t, patch, want_rc, leak=False):
+        """damaged() for a QED image, patched with layout/qedlib.py."""
+        d = self.fresh_dir(t.name)
+        img = os.path.join(d, "img.qed")
+        create(img, 4 * MiB, fmt="qed")
+        qemu_io(img, "write -P 0xd1 0 256K", "write -P 0xd2 1M 64K", fmt="qed")
+        allowed = None
+        if leak:
+            raw = os.path.join(d, "guest.raw")
+            run([QEMU_IMG, "convert", "-f", "qed", "-O", "raw", img, raw])
+            allowed = reference_digest(raw)
+        patch(qedlib.Image(img))
+        rc, _, err = self.qcheck_run(t, [img], img)
+        if not t.expect(rc == want_rc, "test set-up: the plain check exits %d (want %d): %s"
+                        % (rc, want_rc, err.strip())):
+            return
+        err = self.no_digest(t, img, [], want_rc, allowed)
+        if leak:
+            _, out, _ = self.qcheck_run(t, ["--digest", img], img)
+            t.expect(allowed in out, "--digest of a leaky QED image printed no digest: %r" % out)
+        else:
+            t.expect("corruptions" in err, "no digest, but stderr does not say why: %r" % err)
+
     def deep_json(self, t, img, want_rc):
         """`qcheck --deep --output=json IMG`: its exit status and the
         compressedStreamInvalid findings."""
@@ -661,6 +766,12 @@ class Runner:
             ("damaged:l2_past_eof", lambda t: self.damaged(t, l2_past_eof, 2)),
             ("damaged:refcount_zero", lambda t: self.damaged(t, refcount_zero, 2)),
             ("damaged:leak", lambda t: self.damaged(t, leak_cluster, 3, leak=True)),
+            ("qed:same_as_qcow2", self.qed_same_as_qcow2),
+            ("refuse:qed_backing", self.refuse_qed_backing),
+            ("damaged:qed_l2_past_eof", lambda t: self.qed_damaged(t, qed_l2_past_eof, 2)),
+            ("damaged:qed_referenced_twice",
+             lambda t: self.qed_damaged(t, qed_referenced_twice, 2)),
+            ("damaged:qed_leak", lambda t: self.qed_damaged(t, qed_leak, 3, leak=True)),
             ("deep:zlib", lambda t: self.deep_case(t, "zlib")),
             ("deep:zstd", lambda t: self.deep_case(t, "zstd")),
         ]
@@ -715,6 +826,21 @@ def refcount_zero(im):
 def leak_cluster(im):
     """A cluster with refcount 1 that nothing points to."""
     im.append_clusters(count=1)
+
+
+def qed_l2_past_eof(im):
+    """The QED L2 entry of guest offset 64 KiB points 16 clusters past the end."""
+    im.set_l2(64 * KiB, im.file_size() + 16 * im.cluster_size)
+
+
+def qed_referenced_twice(im):
+    """The QED L2 entry of guest offset 1 MiB points to the data of offset 0."""
+    im.set_l2(MiB, im.l2_entry(0)[1])
+
+
+def qed_leak(im):
+    """A cluster appended to a QED image: nothing references it."""
+    im.append_clusters(1)
 
 
 def script_main(doc, make_runner):
