@@ -227,6 +227,47 @@ typedef struct qed_copy {
     uint64_t to;
 } qed_copy;
 
+/* Cluster k of what `it` points to, as its copy holds it. A shared L2
+ * table was never walked, so nothing checked its entries: those that point
+ * outside the file as it is now are cleared in the copy (and, with
+ * `record`, named and listed), so that no entry of the copy can point at
+ * what the repair appends. */
+static int copy_cluster(repair_run *r, const qc_qed_item *it, uint64_t k, uint8_t *buf,
+                        bool record)
+{
+    const qc_qed_view *q = &r->ctx.qed;
+    uint64_t cs = q->cluster_size, per = cs / 8;
+    int ret = qc_read_zero_filled(&r->view, it->target + k * cs, buf, (size_t)cs);
+    if (ret < 0 || !it->table)
+        return ret;
+    uint64_t header_end = (uint64_t)q->h.header_size * cs;
+    for (uint64_t j = 0; j < per; j++) {
+        uint64_t e = qc_qed_entry(buf, j);
+        if (e == QC_QED_UNALLOCATED || e == QC_QED_ZERO_CLUSTER ||
+            ((e & (cs - 1)) == 0 && e >= header_end && e < q->file_end))
+            continue;
+        qc_qed_put_entry(buf, j, 0);
+        uint64_t index = k * per + j, guest;
+        if (!record || !qc_mul_ok(index, cs, &guest) || !qc_add_ok(it->guest, guest, &guest) ||
+            guest >= q->h.image_size)
+            continue;
+        uint64_t length = q->h.image_size - guest < cs ? q->h.image_size - guest : cs;
+        qc_plan_note(r, NOTE_GUEST_RANGE,
+                     "the active image: guest bytes 0x%llx-0x%llx (entry %llu of the L2 table "
+                     "at 0x%llx, invalid: 0x%llx) %s in the copy",
+                     (unsigned long long)guest, (unsigned long long)(guest + length - 1),
+                     (unsigned long long)index, (unsigned long long)it->target,
+                     (unsigned long long)e, guest_effect(r));
+        qc_unlinked item = {.kind = QC_UNLINK_DROPPED, .problem = QC_P_QED_L2_ENTRY_INVALID,
+                            .host_offset = QC_NO_OFFSET, .snapshot = QC_UNLINKED_ACTIVE,
+                            .entry_offset = it->target + index * 8, .target = e,
+                            .new_target = QC_NO_OFFSET, .guest_offset = guest,
+                            .guest_length = length};
+        qc_plan_unlinked(r, &item);
+    }
+    return 0;
+}
+
 /* Append a copy of the `clusters` clusters at it->target to the view at
  * `to`; false when not planned. */
 static bool copy_target(repair_run *r, const qc_qed_item *it, uint64_t to, uint64_t clusters,
@@ -234,7 +275,7 @@ static bool copy_target(repair_run *r, const qc_qed_item *it, uint64_t to, uint6
 {
     uint64_t cs = r->ctx.qed.cluster_size;
     for (uint64_t k = 0; k < clusters; k++) {
-        int ret = qc_read_zero_filled(&r->view, it->target + k * cs, buf, (size_t)cs);
+        int ret = copy_cluster(r, it, k, buf, true);
         if (ret < 0) {
             r->error = ret;
             return false;
@@ -260,15 +301,17 @@ static bool copy_target(repair_run *r, const qc_qed_item *it, uint64_t to, uint6
     return true;
 }
 
-/* Whether the view holds the same `len` bytes at a and b (1, 0, or a
- * negative errno, also in r->error); `buf` holds two clusters. */
-static int same_bytes(repair_run *r, uint64_t a, uint64_t b, uint64_t len, uint8_t *buf)
+/* Whether the view already holds, at `at`, the copy of what `it` points
+ * to (1, 0, or a negative errno, also in r->error); `buf` holds two
+ * clusters. */
+static int copy_already_at(repair_run *r, const qc_qed_item *it, uint64_t at, uint64_t clusters,
+                           uint8_t *buf)
 {
     size_t cs = (size_t)r->ctx.qed.cluster_size;
-    for (uint64_t done = 0; done < len; done += cs) {
-        int ret = qc_read_zero_filled(&r->view, a + done, buf, cs);
+    for (uint64_t k = 0; k < clusters; k++) {
+        int ret = copy_cluster(r, it, k, buf, false);
         if (ret == 0)
-            ret = qc_read_zero_filled(&r->view, b + done, buf + cs, cs);
+            ret = qc_read_zero_filled(&r->view, at + k * cs, buf + cs, cs);
         if (ret < 0) {
             r->error = ret;
             return ret;
@@ -366,7 +409,7 @@ static void stage_shared(repair_run *r)
          * L2 table (whose data clusters the next round separates). */
         uint64_t clusters = it->table ? q->h.table_size : 1;
         if (earlier != UINT64_MAX && earlier + clusters * cs <= q->file_end) {
-            int same = same_bytes(r, it->target, earlier, clusters * cs, buf);
+            int same = copy_already_at(r, it, earlier, clusters, buf);
             if (same < 0)
                 break;
             if (same) {
