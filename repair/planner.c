@@ -136,6 +136,27 @@ static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, c
     return true;
 }
 
+/* Before a step that changes the view: the fence (on the first), then
+ * the step's texts; false (with r->error set) when the step cannot be
+ * recorded. */
+static bool begin_change(repair_run *r, const char *what, const char *why_fmt, va_list ap,
+                         char **what_copy, char **why_copy)
+{
+    if (!r->fenced)
+        write_fence(r);
+    if (r->error)
+        return false;
+    char why[512];
+    vsnprintf(why, sizeof(why), why_fmt, ap);
+    *what_copy = strdup(what);
+    *why_copy = strdup(why);
+    if (*what_copy && *why_copy)
+        return true;
+    free(*what_copy), free(*why_copy);
+    fail(r, -ENOMEM);
+    return false;
+}
+
 bool qc_plan_write(repair_run *r, uint64_t off, const void *data, size_t len, const char *what,
                 const char *why_fmt, ...)
 {
@@ -148,19 +169,15 @@ bool qc_plan_write(repair_run *r, uint64_t off, const void *data, size_t len, co
     }
     if (lands_on_shared_cluster(r, off, end, what))
         return false;
-    if (!r->fenced)
-        write_fence(r);
-    if (r->error)
-        return false;
-    char why[512];
+    char *what_copy, *why_copy;
     va_list ap;
     va_start(ap, why_fmt);
-    vsnprintf(why, sizeof(why), why_fmt, ap);
+    bool begun = begin_change(r, what, why_fmt, ap, &what_copy, &why_copy);
     va_end(ap);
+    if (!begun)
+        return false;
     uint8_t *copy = malloc(len), *old = malloc(len);
-    char *what_copy = strdup(what), *why_copy = strdup(why);
-    int ret = !copy || !old || !what_copy || !why_copy ? -ENOMEM
-                                                        : qc_read_zero_filled(&r->view, off, old, len);
+    int ret = !copy || !old ? -ENOMEM : qc_read_zero_filled(&r->view, off, old, len);
     if (ret == 0)
         ret = r->view.write(r->view.opaque, off, data, len);
     if (ret < 0) {
@@ -180,17 +197,14 @@ bool qc_plan_truncate(repair_run *r, uint64_t size, const char *what, const char
 {
     if (r->error || size >= r->view.size)
         return false;
-    if (!r->fenced)
-        write_fence(r);
-    if (r->error)
-        return false;
-    char why[512];
+    char *what_copy, *why_copy;
     va_list ap;
     va_start(ap, why_fmt);
-    vsnprintf(why, sizeof(why), why_fmt, ap);
+    bool begun = begin_change(r, what, why_fmt, ap, &what_copy, &why_copy);
     va_end(ap);
-    char *what_copy = strdup(what), *why_copy = strdup(why);
-    int ret = !what_copy || !why_copy ? -ENOMEM : r->view.truncate(r->view.opaque, size);
+    if (!begun)
+        return false;
+    int ret = r->view.truncate(r->view.opaque, size);
     if (ret < 0) {
         free(what_copy), free(why_copy);
         fail(r, ret);

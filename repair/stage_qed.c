@@ -31,6 +31,7 @@
  * plan steps, notes and unlinked items.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -325,39 +326,25 @@ static int copy_already_at(repair_run *r, const qc_qed_item *it, uint64_t at, ui
 static void repoint(repair_run *r, const qed_copy *copy)
 {
     const qc_qed_item *it = copy->item;
+    char shared[128];
+    if (it->table)
+        snprintf(shared, sizeof(shared),
+                 "the L2 table at 0x%llx, which the L1 entry at 0x%llx points to too",
+                 (unsigned long long)it->target, (unsigned long long)it->first_l1_entry);
+    else
+        snprintf(shared, sizeof(shared), "host cluster 0x%llx, which guest offset 0x%llx maps too",
+                 (unsigned long long)it->target, (unsigned long long)it->first_guest);
     uint8_t le[8];
     qc_qed_put_entry(le, 0, copy->to);
-    if (it->table) {
-        if (qc_plan_write(r, it->entry, le, 8, "L1 table",
-                          "the entry at 0x%llx re-pointed from the L2 table at 0x%llx, which the "
-                          "L1 entry at 0x%llx points to too, to its copy at 0x%llx",
-                          (unsigned long long)it->entry, (unsigned long long)it->target,
-                          (unsigned long long)it->first_l1_entry,
-                          (unsigned long long)copy->to) &&
-            it->guest_length)
-            qc_plan_note(r, NOTE_GUEST_RANGE,
-                         "the active image: guest bytes 0x%llx-0x%llx now have their own copy of "
-                         "the L2 table at 0x%llx, which the L1 entry at 0x%llx points to too "
-                         "(nothing changes for the guest)",
-                         (unsigned long long)it->guest,
-                         (unsigned long long)(it->guest + it->guest_length - 1),
-                         (unsigned long long)it->target, (unsigned long long)it->first_l1_entry);
-        return;
-    }
-    if (qc_plan_write(r, it->entry, le, 8, "L2 table",
-                      "the entry at 0x%llx (guest offset 0x%llx) re-pointed from 0x%llx, which "
-                      "guest offset 0x%llx maps too, to its copy at 0x%llx",
-                      (unsigned long long)it->entry, (unsigned long long)it->guest,
-                      (unsigned long long)it->target, (unsigned long long)it->first_guest,
-                      (unsigned long long)copy->to) &&
+    if (qc_plan_write(r, it->entry, le, 8, it->table ? "L1 table" : "L2 table",
+                      "the entry at 0x%llx re-pointed from %s, to its copy at 0x%llx",
+                      (unsigned long long)it->entry, shared, (unsigned long long)copy->to) &&
         it->guest_length)
         qc_plan_note(r, NOTE_GUEST_RANGE,
-                     "the active image: guest bytes 0x%llx-0x%llx now have their own copy of "
-                     "host cluster 0x%llx, which guest offset 0x%llx maps too (nothing changes "
-                     "for the guest)",
+                     "the active image: guest bytes 0x%llx-0x%llx now have their own copy of %s "
+                     "(nothing changes for the guest)",
                      (unsigned long long)it->guest,
-                     (unsigned long long)(it->guest + it->guest_length - 1),
-                     (unsigned long long)it->target, (unsigned long long)it->first_guest);
+                     (unsigned long long)(it->guest + it->guest_length - 1), shared);
 }
 
 static void stage_shared(repair_run *r)

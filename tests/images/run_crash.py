@@ -139,6 +139,20 @@ UNDO_IMAGES = {
 
 # ---- helpers -------------------------------------------------------------------
 
+def durable_writes(steps):
+    """For each write of a plan's steps (JSON), how many writes are on disk
+    after a drop-unflushed crash at it: those before the last flush that
+    precedes it."""
+    durable, seen, last_flush = [], 0, 0
+    for step in steps:
+        if step.get("flush"):
+            last_flush = seen
+        else:
+            durable.append(last_flush)
+            seen += 1
+    return durable
+
+
 def sha256(path):
     return q.file_sha256(path)
 
@@ -293,15 +307,7 @@ class Runner:
             steps = self.plan(t, orig, image.mode)
             writes = [s for s in steps if not s.get("flush")]
             t.fatal(writes, "the plan writes nothing (%d steps)" % len(steps))
-            # durable[n]: writes on disk after a drop-unflushed crash at n =
-            # the writes before the last flush preceding write n.
-            durable, seen, last_flush = [], 0, 0
-            for s in steps:
-                if s.get("flush"):
-                    last_flush = seen
-                else:
-                    durable.append(last_flush)
-                    seen += 1
+            durable = durable_writes(steps)
             header_writes = [i for i, s in enumerate(writes)
                              if s["offset"] < 80 and s["offset"] + s["length"] > 72]
             ref = self.copy(orig, os.path.join(d, "ref.qcow2"))

@@ -41,12 +41,10 @@ Exit status 0 only if nothing disagreed; 77 without qemu-img or qemu-io.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 from collections import Counter
@@ -55,6 +53,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.join(HERE, "..", "..", "layout"))
 import qedlib  # noqa: E402
+from common import copy_sparse as copy, file_sha256 as sha256  # noqa: E402
+from oracle import differing_range, parse_seeds  # noqa: E402
 
 KiB, MiB = 1 << 10, 1 << 20
 COUNTS = ("leaks", "corruptions", "check-errors", "total-clusters", "allocated-clusters",
@@ -62,12 +62,6 @@ COUNTS = ("leaks", "corruptions", "check-errors", "total-clusters", "allocated-c
 FAST_SEEDS, FAST_MUTANTS = range(1, 5), 8
 TIMEOUT = 120
 MAX_COMPARED = 256 * MiB  # guest data compared up to this virtual size
-
-
-def copy(src, dst):
-    """Copy a file keeping its holes (a damaged image may be sparse and
-    huge)."""
-    subprocess.run(["cp", "--sparse=always", src, dst], check=True)
 
 
 def run(argv, cwd):
@@ -81,10 +75,6 @@ def run_json(argv, cwd):
     except ValueError:
         obj = {}
     return p, obj
-
-
-def sha256(path):
-    return qedlib.file_sha256(path)
 
 
 # ---- subjects ------------------------------------------------------------------------------
@@ -286,7 +276,8 @@ class Oracle:
             return
         dropped = [(u["guest-offset"], u["guest-length"])
                    for u in mobj.get("repair", {}).get("unlinked", []) if "guest-offset" in u]
-        changed = first_change(os.path.join(d, "before.raw"), out, dropped)
+        changed = differing_range(os.path.join(d, "before.raw"), out,
+                                  [(g, g + n - 1) for g, n in dropped], 4096)
         if changed is not None:
             self.fail("(3)", sid, "-r %s changed guest bytes at 0x%x, not reported dropped" %
                       (mode, changed), d)
@@ -319,28 +310,6 @@ class Oracle:
             self.subject(sid, d)
             if k is not None and len(self.failures) == failed and not self.keep:
                 shutil.rmtree(d, ignore_errors=True)
-
-
-def first_change(a_path, b_path, dropped, block=4096):
-    """The first guest offset where the two raw files differ outside the
-    dropped ranges, or None."""
-    with open(a_path, "rb") as a, open(b_path, "rb") as b:
-        off = 0
-        while True:
-            x, y = a.read(block), b.read(block)
-            if not x and not y:
-                return None
-            if x != y and not any(g <= off < g + n for g, n in dropped):
-                return off
-            off += block
-
-
-def parse_seeds(text):
-    seeds = []
-    for part in text.split(","):
-        lo, _, hi = part.partition("-")
-        seeds += range(int(lo), int(hi or lo) + 1)
-    return seeds
 
 
 def main():

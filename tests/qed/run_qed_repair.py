@@ -790,15 +790,9 @@ class QedRepairRunner(run_crash.Runner):
         steps = self.plan_steps(t, ctx, key)
         writes = [s for s in steps if not s.get("flush")]
         t.fatal(writes, "qcheck %s plans no write to interrupt" % " ".join(args))
-        # As run_crash: a power failure at write n keeps the writes before
-        # the last flush preceding it.
-        durable, seen, last_flush = [], 0, 0
-        for s in steps:
-            if s.get("flush"):
-                last_flush = seen
-            else:
-                durable.append(last_flush)
-                seen += 1
+        # A power failure at write n keeps the writes before the last
+        # flush preceding it.
+        durable = run_crash.durable_writes(steps)
         header_writes = [i for i, s in enumerate(writes) if isinstance(s.get("offset"), int) and
                          s["offset"] < NEED_CHECK_FIELD[1] and
                          s["offset"] + s.get("length", 0) > NEED_CHECK_FIELD[0]]
