@@ -140,6 +140,8 @@ static bool lands_on_shared_cluster(repair_run *r, uint64_t off, uint64_t end, c
  * the step's texts; false (with r->error set) when the step cannot be
  * recorded. */
 static bool begin_change(repair_run *r, const char *what, const char *why_fmt, va_list ap,
+                         char **what_copy, char **why_copy) __attribute__((format(printf, 3, 0)));
+static bool begin_change(repair_run *r, const char *what, const char *why_fmt, va_list ap,
                          char **what_copy, char **why_copy)
 {
     if (!r->fenced)

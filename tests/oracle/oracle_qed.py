@@ -59,7 +59,7 @@ from oracle import differing_range, parse_seeds  # noqa: E402
 KiB, MiB = 1 << 10, 1 << 20
 COUNTS = ("leaks", "corruptions", "check-errors", "total-clusters", "allocated-clusters",
           "fragmented-clusters")
-FAST_SEEDS, FAST_MUTANTS = range(1, 5), 8
+FAST_SEEDS, FAST_MUTANTS = range(1, 4), 6
 TIMEOUT = 120
 MAX_COMPARED = 256 * MiB  # guest data compared up to this virtual size
 
