@@ -24,8 +24,9 @@
  *                    alone, with a note;
  *   header           (both) unknown autoclear bits cleared (as QEMU's
  *                    read-write open does), and the need-check bit, the
- *                    fence of every QED repair (see write_fence), left set
- *                    only when it was set and the image is not clean.
+ *                    fence of every QED repair (write_qed_fence in
+ *                    planner.c), left set only when it was set and the
+ *                    image is not clean.
  *
  * Needs: a repair_run whose first check walked the whole image. Produces:
  * plan steps, notes and unlinked items.
@@ -189,8 +190,9 @@ static void stage_trailing_leaks(repair_run *r)
         qc_plan_note(r, NOTE_GENERAL,
                      "kept: %llu leaked cluster%s at the end of the file from 0x%llx, not cut "
                      "off: %llu entr%s of the image could not be followed (invalid, or an L2 table "
-                     "sharing a cluster), and what they meant may be there; look at them (or save "
-                     "them with --salvage), then run -r leaks --truncate-leaks again",
+                     "sharing a cluster), and what they meant may be there; copy them out if "
+                     "they matter: once -r all has dropped those entries, --truncate-leaks cuts "
+                     "them",
                      (unsigned long long)clusters, clusters == 1 ? "" : "s",
                      (unsigned long long)from, (unsigned long long)r->qed_unfollowed_first,
                      r->qed_unfollowed_first == 1 ? "y" : "ies");
