@@ -655,7 +655,7 @@ int qc_repair_plan_build(qc_io *io, const qc_options *opts, qc_repair_mode mode,
     if (!plan)
         return -ENOMEM;
     plan->size_before = io->size;
-    repair_run r = {.plan = plan, .mode = mode};
+    repair_run r = {.plan = plan, .mode = mode, .image = io};
     if (!qc_options_load(&r.check_opts, opts)) {
         free(plan);
         return -EINVAL;

@@ -63,6 +63,7 @@ typedef struct repair_run {
     qc_repair_mode mode;
     qc_options check_opts; /* silent checks of the view */
     qc_io view;            /* the image as the plan so far leaves it */
+    qc_io *image;          /* the image as it was before the plan */
     int error;             /* first failure (negative errno) */
 
     /* The current check of the view; re-run after writes. */

@@ -231,16 +231,21 @@ typedef struct qed_copy {
 } qed_copy;
 
 /* Cluster k of what `it` points to, as its copy holds it. A shared L2
- * table was never walked, so nothing checked its entries: those that point
- * outside the file as it is now are cleared in the copy (and, with
- * `record`, named and listed), so that no entry of the copy can point at
- * what the repair appends. */
+ * table is copied as the image had it before the repair: what the later
+ * L1 entry read through it, not what the repair made of it for the
+ * first one (an entry cleared there must be named for the later one's
+ * guest range too, which the next round does when it walks the copy).
+ * The table was never walked for the later entry, so nothing checked its
+ * entries: those that point outside the file as it is now are cleared in
+ * the copy (and, with `record`, named and listed), so that no entry of
+ * the copy can point at what the repair appends. */
 static int copy_cluster(repair_run *r, const qc_qed_item *it, uint64_t k, uint8_t *buf,
                         bool record)
 {
     const qc_qed_view *q = &r->ctx.qed;
-    uint64_t cs = q->cluster_size, per = cs / 8;
-    int ret = qc_read_zero_filled(&r->view, it->target + k * cs, buf, (size_t)cs);
+    uint64_t cs = q->cluster_size, per = cs / 8, at = it->target + k * cs;
+    qc_io *from = it->table && at < r->image->size ? r->image : &r->view;
+    int ret = qc_read_zero_filled(from, at, buf, (size_t)cs);
     if (ret < 0 || !it->table)
         return ret;
     uint64_t header_end = (uint64_t)q->h.header_size * cs;
