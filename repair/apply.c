@@ -2,7 +2,7 @@
  * Carrying out a plan, the undo log, and rollback.
  *
  * Undo log layout (all integers big-endian):
- *   header, 48 bytes: "QCHKUNDO", version (u32 = 1), reserved (u32 = 0),
+ *   header, 48 bytes: "QCHKUNDO", version (u32: 1, or 2 with a truncation), reserved (u32 = 0),
  *     image size before the repair (u64), number of records (u64),
  *     total log length (u64), xxh64 of the preceding 40 bytes (u64)
  *   per write or truncation step of the plan, in plan order:
