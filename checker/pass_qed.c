@@ -303,7 +303,7 @@ static void classify_clusters(qed_walk *w)
 static void record_backing(qc_ctx *ctx, const qc_qed_header *h)
 {
     qc_result *r = ctx->res;
-    if (!(h->features & QC_QED_F_BACKING_FILE) || h->backing_filename_size > QC_NAME_MAX)
+    if (!(h->features & QC_QED_F_BACKING_FILE))
         return;
     uint64_t off = h->backing_filename_offset;
     uint64_t have = off < ctx->file_size ? ctx->file_size - off : 0;
@@ -391,6 +391,14 @@ void qc_pass_qed(qc_ctx *ctx, const uint8_t *raw, size_t raw_len)
                   &(qc_finding_ctx){.present = QC_CTX_HOST_OFFSET | QC_CTX_SIZE | QC_CTX_EXPECTED,
                                     .host_offset = h->backing_filename_offset,
                                     .size = h->backing_filename_size, .expected = w.header_end});
+        return;
+    }
+    /* QEMU reads the name into a PATH_MAX buffer with its NUL, and fails
+     * the open for a longer one. */
+    if ((h->features & QC_QED_F_BACKING_FILE) && h->backing_filename_size > QC_NAME_MAX) {
+        qc_report(ctx, QC_P_QED_BACKING_NAME_INVALID, obj, 60, 1,
+                  &(qc_finding_ctx){.present = QC_CTX_SIZE | QC_CTX_EXPECTED, .variant = 1,
+                                    .size = h->backing_filename_size, .expected = QC_NAME_MAX});
         return;
     }
     record_backing(ctx, h);

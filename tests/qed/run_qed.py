@@ -336,6 +336,16 @@ def header_patch(**fields_):
     return build
 
 
+def b_backing_name_4096(path):
+    """A backing file name of 4096 bytes, inside the 64 KiB header: one more
+    than QEMU reads (its buffer is PATH_MAX with the NUL)."""
+    img = small(path, 64 * KiB)
+    img.set_field("features", qedlib.F_BACKING_FILE)
+    img.set_field("backing_filename_offset", 64)
+    img.set_field("backing_filename_size", 4096)
+    return {}
+
+
 def b_header_size_4g(path):
     """header_size 2^20 clusters of 4 KiB (4 GiB, past what QEMU's 32-bit
     header arithmetic holds), the L1 table moved to 4 GiB in a sparse file
@@ -450,6 +460,8 @@ CASES = [
      header_patch(features=qedlib.F_BACKING_FILE, backing_filename_offset=4000,
                   backing_filename_size=200), REFUSED,
      refused("QED backing filename offset is invalid"), {}),
+    ("header_backing_name_4096", b_backing_name_4096, REFUSED,
+     refused("Failed to read backing filename"), {}),
 ]
 
 # ---- running -----------------------------------------------------------------------
