@@ -221,20 +221,39 @@ class LockHolder:
 
     def __init__(self, path):
         self.path = path
-        self.proc = subprocess.Popen([QEMU_IO, "-f", "qcow2", path], stdin=subprocess.PIPE,
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent)
-        _CHILDREN.append(self.proc)
-        deadline = time.monotonic() + 20
+        # The probe's own open can win the race against a qemu-io still
+        # starting (a loaded machine): qemu-io then fails to get the write
+        # lock and exits. Probe only once it has the image open, and start
+        # it again if it lost anyway.
+        deadline = time.monotonic() + 30
         while True:
-            r = subprocess.run([QEMU_IMG, "check", path], capture_output=True, text=True,
-                               timeout=TIMEOUT)
-            if 'Failed to get shared "write" lock' in r.stderr:
-                return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise SetupError("qemu-io did not come to hold the lock on %s (qemu-img: %s)"
-                                 % (path, r.stderr.strip()))
-            time.sleep(0.05)
+            self.proc = subprocess.Popen([QEMU_IO, "-f", "qcow2", path], stdin=subprocess.PIPE,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         preexec_fn=_die_with_parent)
+            _CHILDREN.append(self.proc)
+            while self.proc.poll() is None and not self._has_open() and \
+                    time.monotonic() < deadline:
+                time.sleep(0.02)
+            while self.proc.poll() is None:
+                r = subprocess.run([QEMU_IMG, "check", path], capture_output=True, text=True,
+                                   timeout=TIMEOUT)
+                if 'Failed to get shared "write" lock' in r.stderr:
+                    return
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
+            self.stop()
+            if time.monotonic() > deadline:
+                raise SetupError("qemu-io did not come to hold the lock on %s" % path)
+
+    def _has_open(self):
+        """Whether qemu-io has the image open (its descriptors, from /proc)."""
+        fd_dir = "/proc/%d/fd" % self.proc.pid
+        try:
+            return any(os.path.realpath(os.path.join(fd_dir, fd)) == os.path.realpath(self.path)
+                       for fd in os.listdir(fd_dir))
+        except OSError:
+            return False
 
     def stop(self):
         if self.proc.poll() is None:
