@@ -96,22 +96,44 @@ static bool drop_entry(repair_run *r, const qc_qed_item *it, qc_problem_id probl
     return true;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* The clusters the invalid data entries point into, sorted: one
+ * allocation per check instead of a scan of every item per entry (a
+ * hostile image may have millions). NULL (r->error set) without memory. */
+static uint64_t *invalid_targets(repair_run *r, const qc_qed_view *q, size_t *n)
+{
+    uint64_t *clusters = malloc((q->nb_items ? q->nb_items : 1) * sizeof(*clusters));
+    *n = 0;
+    if (!clusters) {
+        r->error = -ENOMEM;
+        return NULL;
+    }
+    for (size_t i = 0; i < q->nb_items; i++)
+        if (q->items[i].kind == QC_QED_BAD_L2_ENTRY)
+            clusters[(*n)++] = q->items[i].target & ~(q->cluster_size - 1);
+    qsort(clusters, *n, sizeof(*clusters), cmp_u64);
+    return clusters;
+}
+
 /* The cluster an unaligned data entry provably meant: the one it points
  * into, when that cluster is leaked (nothing else uses it) and no other
- * invalid entry points into it; otherwise UINT64_MAX. */
-static uint64_t meant_cluster(const qc_qed_view *q, const qc_qed_item *it)
+ * invalid entry points into it (`targets`: invalid_targets); otherwise
+ * UINT64_MAX. */
+static uint64_t meant_cluster(const qc_qed_view *q, const qc_qed_item *it,
+                              const uint64_t *targets, size_t nb_targets)
 {
     uint64_t cs = q->cluster_size, aligned = it->target & ~(cs - 1);
     if (it->kind != QC_QED_BAD_L2_ENTRY || aligned == it->target ||
         aligned / cs >= q->nclusters || !qc_qed_leaked(q, aligned / cs))
         return UINT64_MAX;
-    for (size_t i = 0; i < q->nb_items; i++) {
-        const qc_qed_item *other = &q->items[i];
-        if (other != it && other->kind == QC_QED_BAD_L2_ENTRY &&
-            (other->target & ~(cs - 1)) == aligned)
-            return UINT64_MAX;
-    }
-    return aligned;
+    size_t first = qc_lower_bound(targets, nb_targets, sizeof(*targets), 0, aligned);
+    bool alone = first + 1 >= nb_targets || targets[first + 1] != aligned;
+    return alone ? aligned : UINT64_MAX;
 }
 
 /* Re-point an unaligned data entry to the cluster it points into. */
@@ -148,13 +170,18 @@ void qc_qed_first_check(repair_run *r)
 {
     const qc_qed_view *q = &r->ctx.qed;
     r->qed_unfollowed_first = 0;
-    for (size_t i = 0; i < q->nb_items; i++) {
+    size_t nb_targets;
+    uint64_t *targets = invalid_targets(r, q, &nb_targets);
+    for (size_t i = 0; targets && i < q->nb_items; i++) {
         const qc_qed_item *it = &q->items[i];
-        bool unfollowed = it->kind == QC_QED_BAD_L1_ENTRY ||
-                          (it->kind == QC_QED_BAD_L2_ENTRY && meant_cluster(q, it) == UINT64_MAX) ||
-                          (it->kind == QC_QED_SECOND_CLAIM && it->table);
+        bool unfollowed =
+            it->kind == QC_QED_BAD_L1_ENTRY ||
+            (it->kind == QC_QED_BAD_L2_ENTRY &&
+             meant_cluster(q, it, targets, nb_targets) == UINT64_MAX) ||
+            (it->kind == QC_QED_SECOND_CLAIM && it->table);
         r->qed_unfollowed_first += unfollowed;
     }
+    free(targets);
 }
 
 static void stage_invalid_entries(repair_run *r)
@@ -162,9 +189,11 @@ static void stage_invalid_entries(repair_run *r)
     const qc_qed_view *q = current_qed(r);
     if (!q)
         return;
-    for (size_t i = 0; i < q->nb_items && !r->error; i++) {
+    size_t nb_targets;
+    uint64_t *targets = invalid_targets(r, q, &nb_targets);
+    for (size_t i = 0; targets && i < q->nb_items && !r->error; i++) {
         const qc_qed_item *it = &q->items[i];
-        uint64_t meant = meant_cluster(q, it);
+        uint64_t meant = meant_cluster(q, it, targets, nb_targets);
         if (meant != UINT64_MAX)
             recover_entry(r, it, meant);
         else if (it->kind == QC_QED_BAD_L1_ENTRY)
@@ -176,6 +205,7 @@ static void stage_invalid_entries(repair_run *r)
                        "points to a data cluster that is not aligned, lies in the header or past "
                        "the end of the file");
     }
+    free(targets);
     qc_plan_flush(r);
 }
 
